@@ -1,0 +1,727 @@
+//! What a backend knows about its streams without reading events, and the rules every backend
+//! applies to a write: expected-state checks, idempotent re-appends, deletes, tombstones,
+//! metadata and checkpoints. The embedded engine and the in-memory store both use it, so the
+//! rules live in one place.
+//!
+//! A write is *planned* against a [`View`] (what is committed plus what is already planned in the
+//! same group commit), which yields the records to store; once they are durable each record's
+//! [`Change`]s are applied to the [`Catalog`].
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use crate::{
+    AppendResult, Checkpoint, ContentType, CurrentRevision, Direction, ExpectedState, NewEvent,
+    StoreError, StreamInfo, StreamMetadata, StreamName,
+};
+
+/// Event type of a metadata record in `$$name`.
+pub const METADATA_TYPE: &str = "$metadata";
+/// Event type of a soft-delete record in `$$name`.
+pub const DELETED_TYPE: &str = "$deleted";
+/// Event type of a tombstone record in `$$name`.
+pub const TOMBSTONE_TYPE: &str = "$tombstone";
+/// Event type of a checkpoint record in `$checkpoint-consumer`.
+pub const CHECKPOINT_TYPE: &str = "$checkpoint";
+
+/// The summary of a stream that write rules need.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamSummary {
+    /// The revision the next event gets (number of events ever written).
+    pub next_revision: u64,
+    /// Revisions below this were soft-deleted.
+    pub deleted_before: u64,
+    /// Tombstoned: never written again.
+    pub tombstoned: bool,
+    /// Id of the last event written.
+    pub last_id: Option<Uuid>,
+}
+
+impl StreamSummary {
+    /// The current revision: `None` when the stream does not exist (never written, or
+    /// soft-deleted and not written since).
+    pub fn current(&self) -> CurrentRevision {
+        if self.next_revision > self.deleted_before {
+            CurrentRevision(Some(self.next_revision - 1))
+        } else {
+            CurrentRevision(None)
+        }
+    }
+}
+
+/// Everything a backend knows of one stream.
+#[derive(Clone, Debug, Default)]
+pub struct StreamState {
+    /// `positions[r]` is the position of revision `r`.
+    pub positions: Vec<u64>,
+    /// Revisions below this were soft-deleted.
+    pub deleted_before: u64,
+    /// Tombstoned.
+    pub tombstoned: bool,
+    /// Id of the last event written.
+    pub last_id: Option<Uuid>,
+    /// The latest metadata.
+    pub metadata: Option<StreamMetadata>,
+}
+
+impl StreamState {
+    /// The summary the write rules need.
+    pub fn summary(&self) -> StreamSummary {
+        StreamSummary {
+            next_revision: self.positions.len() as u64,
+            deleted_before: self.deleted_before,
+            tombstoned: self.tombstoned,
+            last_id: self.last_id,
+        }
+    }
+}
+
+/// A write to plan.
+#[derive(Clone, Debug)]
+pub enum WriteKind {
+    /// Append user events.
+    Append(Vec<NewEvent>),
+    /// Soft-delete.
+    Delete,
+    /// Tombstone.
+    Tombstone,
+    /// Record new metadata.
+    SetMetadata(StreamMetadata),
+}
+
+/// A write request: a kind, the stream it guards and the expected state of that stream.
+#[derive(Clone, Debug)]
+pub struct WriteRequest {
+    /// The stream the expected state is about.
+    pub stream: StreamName,
+    /// The expected state.
+    pub expected: ExpectedState,
+    /// What to write.
+    pub kind: WriteKind,
+    /// A checkpoint to store atomically with it.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// One record to store: an event with its stream and revision. Its position is the next free
+/// one at the time it is stored, in the order of the plan.
+#[derive(Clone, Debug)]
+pub struct PlannedRecord {
+    /// The stream.
+    pub stream: StreamName,
+    /// Its revision in the stream.
+    pub revision: u64,
+    /// The event.
+    pub event: NewEvent,
+}
+
+/// The outcome of planning a write.
+#[derive(Debug)]
+pub enum Plan {
+    /// Store these records; the first `primary` of them are the request's own events.
+    Write {
+        /// The records, in position order.
+        records: Vec<PlannedRecord>,
+        /// How many leading records belong to the request itself (the rest are checkpoints).
+        primary: usize,
+    },
+    /// The same events were already appended: nothing to write, the original result stands.
+    AlreadyAppended {
+        /// Revision of the first of them.
+        first_revision: u64,
+        /// Revision of the last of them.
+        last_revision: u64,
+    },
+}
+
+/// The effect of one stored record on the catalog.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// An event was recorded in a stream.
+    Appended {
+        /// The stream.
+        stream: StreamName,
+        /// Its revision.
+        revision: u64,
+        /// Its position.
+        position: u64,
+        /// Its id.
+        id: Uuid,
+    },
+    /// A stream was soft-deleted below this revision.
+    Deleted {
+        /// The deleted stream.
+        stream: StreamName,
+        /// Revisions below this are gone.
+        before: u64,
+    },
+    /// A stream was tombstoned.
+    Tombstoned {
+        /// The tombstoned stream.
+        stream: StreamName,
+    },
+    /// A stream's metadata changed.
+    Metadata {
+        /// The stream.
+        stream: StreamName,
+        /// The new metadata.
+        metadata: StreamMetadata,
+    },
+    /// A consumer's checkpoint moved.
+    Checkpoint {
+        /// The consumer.
+        consumer: String,
+        /// Its new checkpoint.
+        position: u64,
+    },
+}
+
+/// What a planner sees: committed state plus what the same group commit already planned.
+pub trait View {
+    /// The summary of a stream (default when it was never written).
+    fn summary(&self, stream: &StreamName) -> StreamSummary;
+    /// The id of the event at a revision of a stream.
+    fn id_at(&self, stream: &StreamName, revision: u64) -> Result<Uuid, StoreError>;
+    /// A consumer's last checkpoint.
+    fn checkpoint(&self, consumer: &str) -> Option<u64>;
+}
+
+/// Decodes the changes a record makes. System records whose data does not parse are an error:
+/// they are written only by the store itself.
+pub fn changes_of(
+    stream: &StreamName,
+    revision: u64,
+    position: u64,
+    id: Uuid,
+    event_type: &str,
+    data: &[u8],
+) -> Result<Vec<Change>, StoreError> {
+    let mut changes = vec![Change::Appended {
+        stream: stream.clone(),
+        revision,
+        position,
+        id,
+    }];
+    let bad = |what: &str| {
+        StoreError::invalid(format!(
+            "system record '{event_type}' at position {position} has bad data: {what}"
+        ))
+    };
+    if let Some(target) = stream.described_stream() {
+        match event_type {
+            METADATA_TYPE => {
+                let metadata: StreamMetadata =
+                    serde_json::from_slice(data).map_err(|e| bad(&e.to_string()))?;
+                changes.push(Change::Metadata {
+                    stream: target,
+                    metadata,
+                });
+            }
+            DELETED_TYPE => {
+                let value: serde_json::Value =
+                    serde_json::from_slice(data).map_err(|e| bad(&e.to_string()))?;
+                let before = value["deleted_before"]
+                    .as_u64()
+                    .ok_or_else(|| bad("no deleted_before"))?;
+                changes.push(Change::Deleted {
+                    stream: target,
+                    before,
+                });
+            }
+            TOMBSTONE_TYPE => changes.push(Change::Tombstoned { stream: target }),
+            _ => {}
+        }
+    } else if let (Some(consumer), CHECKPOINT_TYPE) = (stream.checkpoint_consumer(), event_type) {
+        let value: serde_json::Value =
+            serde_json::from_slice(data).map_err(|e| bad(&e.to_string()))?;
+        let position = value["position"]
+            .as_u64()
+            .ok_or_else(|| bad("no position"))?;
+        changes.push(Change::Checkpoint {
+            consumer: consumer.to_owned(),
+            position,
+        });
+    }
+    Ok(changes)
+}
+
+fn system_event(event_type: &str, data: serde_json::Value) -> NewEvent {
+    NewEvent {
+        id: Uuid::now_v7(),
+        event_type: event_type.to_owned(),
+        content_type: ContentType::Json,
+        data: Bytes::from(data.to_string()),
+        metadata: Bytes::new(),
+    }
+}
+
+/// Plans a write: checks the expected state, recognises an idempotent re-append, and lays out
+/// the records to store. Nothing is planned when it fails.
+pub fn plan(view: &impl View, request: &WriteRequest) -> Result<Plan, StoreError> {
+    let stream = &request.stream;
+    let summary = view.summary(stream);
+    if summary.tombstoned {
+        return Err(StoreError::StreamDeleted(stream.to_string()));
+    }
+    let current = summary.current();
+    let wrong = || StoreError::WrongExpectedRevision {
+        stream: stream.to_string(),
+        expected: request.expected,
+        actual: current,
+    };
+    if let WriteKind::Append(events) = &request.kind {
+        if let Some(done) = idempotent(view, stream, &summary, request.expected, events)? {
+            return Ok(done);
+        }
+    }
+    let matches = match request.expected {
+        ExpectedState::Any => true,
+        ExpectedState::NoStream => current.0.is_none(),
+        ExpectedState::StreamExists => current.0.is_some(),
+        ExpectedState::Exact(revision) => current.0 == Some(revision),
+    };
+    if !matches {
+        return Err(wrong());
+    }
+    let mut records = Vec::new();
+    match &request.kind {
+        WriteKind::Append(events) => {
+            for (offset, event) in events.iter().enumerate() {
+                records.push(PlannedRecord {
+                    stream: stream.clone(),
+                    revision: summary.next_revision + offset as u64,
+                    event: event.clone(),
+                });
+            }
+        }
+        WriteKind::Delete => {
+            if current.0.is_none() {
+                return Err(StoreError::NotFound(stream.to_string()));
+            }
+            records.push(system_record(
+                view,
+                stream.metadata_stream(),
+                DELETED_TYPE,
+                serde_json::json!({ "deleted_before": summary.next_revision }),
+            ));
+        }
+        WriteKind::Tombstone => records.push(system_record(
+            view,
+            stream.metadata_stream(),
+            TOMBSTONE_TYPE,
+            serde_json::json!({ "revision": current.0 }),
+        )),
+        WriteKind::SetMetadata(metadata) => {
+            let data = serde_json::to_value(metadata)
+                .map_err(|e| StoreError::invalid(format!("metadata does not serialise: {e}")))?;
+            records.push(system_record(
+                view,
+                stream.metadata_stream(),
+                METADATA_TYPE,
+                data,
+            ));
+        }
+    }
+    let primary = records.len();
+    if let Some(checkpoint) = &request.checkpoint {
+        if let Some(stored) = view.checkpoint(&checkpoint.consumer) {
+            if checkpoint.position <= stored {
+                return Err(StoreError::CheckpointBehind {
+                    consumer: checkpoint.consumer.clone(),
+                    stored,
+                    given: checkpoint.position,
+                });
+            }
+        }
+        records.push(system_record(
+            view,
+            StreamName::checkpoint_stream(&checkpoint.consumer)?,
+            CHECKPOINT_TYPE,
+            serde_json::json!({ "position": checkpoint.position }),
+        ));
+    }
+    Ok(Plan::Write { records, primary })
+}
+
+fn system_record(
+    view: &impl View,
+    stream: StreamName,
+    event_type: &str,
+    data: serde_json::Value,
+) -> PlannedRecord {
+    let revision = view.summary(&stream).next_revision;
+    PlannedRecord {
+        stream,
+        revision,
+        event: system_event(event_type, data),
+    }
+}
+
+/// Whether `events` were already appended by an earlier call with the same expected state.
+/// For an exact revision (or no stream) the events right after it must carry the same ids; for
+/// `Any` and `StreamExists` the stream must end with them.
+fn idempotent(
+    view: &impl View,
+    stream: &StreamName,
+    summary: &StreamSummary,
+    expected: ExpectedState,
+    events: &[NewEvent],
+) -> Result<Option<Plan>, StoreError> {
+    let count = events.len() as u64;
+    let Some(last) = events.last() else {
+        return Ok(None);
+    };
+    let first_revision = match expected {
+        ExpectedState::Exact(revision) => match revision.checked_add(1) {
+            Some(first) if summary.next_revision >= first + count => first,
+            _ => return Ok(None),
+        },
+        ExpectedState::NoStream => {
+            if summary.next_revision < count || summary.current().0.is_none() {
+                return Ok(None);
+            }
+            // The first events after the latest soft delete (or ever).
+            let first = summary.deleted_before;
+            if summary.next_revision < first + count {
+                return Ok(None);
+            }
+            first
+        }
+        ExpectedState::Any | ExpectedState::StreamExists => {
+            if summary.last_id != Some(last.id) || summary.next_revision < count {
+                return Ok(None);
+            }
+            summary.next_revision - count
+        }
+    };
+    for (offset, event) in events.iter().enumerate() {
+        if view.id_at(stream, first_revision + offset as u64)? != event.id {
+            return Ok(None);
+        }
+    }
+    Ok(Some(Plan::AlreadyAppended {
+        first_revision,
+        last_revision: first_revision + count - 1,
+    }))
+}
+
+/// The committed state of all streams and checkpoints.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    streams: HashMap<StreamName, StreamState>,
+    checkpoints: HashMap<String, u64>,
+}
+
+impl Catalog {
+    /// An empty catalog.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies a change of a durable record. Revisions must arrive in order.
+    pub fn apply(&mut self, change: Change) -> Result<(), StoreError> {
+        match change {
+            Change::Appended {
+                stream,
+                revision,
+                position,
+                id,
+            } => {
+                let state = self.streams.entry(stream).or_default();
+                if revision != state.positions.len() as u64 {
+                    return Err(StoreError::invalid(format!(
+                        "record at position {position} has revision {revision}, expected {}",
+                        state.positions.len()
+                    )));
+                }
+                state.positions.push(position);
+                state.last_id = Some(id);
+            }
+            Change::Deleted { stream, before } => {
+                let state = self.streams.entry(stream).or_default();
+                state.deleted_before = state.deleted_before.max(before);
+            }
+            Change::Tombstoned { stream } => {
+                self.streams.entry(stream).or_default().tombstoned = true;
+            }
+            Change::Metadata { stream, metadata } => {
+                self.streams.entry(stream).or_default().metadata = Some(metadata);
+            }
+            Change::Checkpoint { consumer, position } => {
+                self.checkpoints.insert(consumer, position);
+            }
+        }
+        Ok(())
+    }
+
+    /// A stream's state, if anything was ever recorded about it.
+    pub fn stream(&self, stream: &StreamName) -> Option<&StreamState> {
+        self.streams.get(stream)
+    }
+
+    /// A consumer's checkpoint.
+    pub fn checkpoint(&self, consumer: &str) -> Option<u64> {
+        self.checkpoints.get(consumer).copied()
+    }
+
+    /// Number of streams known.
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Iterates over all streams.
+    pub fn streams(&self) -> impl Iterator<Item = (&StreamName, &StreamState)> {
+        self.streams.iter()
+    }
+
+    /// All checkpoints.
+    pub fn checkpoints(&self) -> impl Iterator<Item = (&String, &u64)> {
+        self.checkpoints.iter()
+    }
+
+    /// Restores a stream's state wholesale (used when loading a persisted index).
+    pub fn restore_stream(&mut self, stream: StreamName, state: StreamState) {
+        self.streams.insert(stream, state);
+    }
+
+    /// Restores a checkpoint wholesale (used when loading a persisted index).
+    pub fn restore_checkpoint(&mut self, consumer: String, position: u64) {
+        self.checkpoints.insert(consumer, position);
+    }
+
+    /// The positions a stream read should return, in order, before the max-age filter (which
+    /// needs each event's time and is applied by [`visible_by_age`]).
+    pub fn read_plan(
+        &self,
+        stream: &StreamName,
+        from_revision: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let state = self
+            .streams
+            .get(stream)
+            .ok_or_else(|| StoreError::NotFound(stream.to_string()))?;
+        if state.tombstoned {
+            return Err(StoreError::StreamDeleted(stream.to_string()));
+        }
+        let len = state.positions.len() as u64;
+        if len <= state.deleted_before {
+            return Err(StoreError::NotFound(stream.to_string()));
+        }
+        let mut first_visible = state.deleted_before;
+        if let Some(metadata) = &state.metadata {
+            if let Some(before) = metadata.truncate_before {
+                first_visible = first_visible.max(before);
+            }
+            if let Some(max_count) = metadata.max_count {
+                first_visible = first_visible.max(len.saturating_sub(max_count));
+            }
+        }
+        let range: Box<dyn Iterator<Item = u64>> = match direction {
+            Direction::Forwards => Box::new(from_revision.max(first_visible)..len),
+            Direction::Backwards => {
+                let top = from_revision.min(len - 1);
+                if top < first_visible {
+                    Box::new(std::iter::empty())
+                } else {
+                    Box::new((first_visible..=top).rev())
+                }
+            }
+        };
+        Ok(range
+            .take(limit)
+            .map(|revision| state.positions[revision as usize])
+            .collect())
+    }
+
+    /// The current revision of a stream.
+    pub fn current(&self, stream: &StreamName) -> Result<CurrentRevision, StoreError> {
+        match self.streams.get(stream) {
+            None => Ok(CurrentRevision(None)),
+            Some(state) if state.tombstoned => Err(StoreError::StreamDeleted(stream.to_string())),
+            Some(state) => Ok(state.summary().current()),
+        }
+    }
+
+    /// A stream's metadata.
+    pub fn metadata(&self, stream: &StreamName) -> Result<Option<StreamMetadata>, StoreError> {
+        match self.streams.get(stream) {
+            Some(state) if state.tombstoned => Err(StoreError::StreamDeleted(stream.to_string())),
+            Some(state) => Ok(state.metadata.clone()),
+            None => Ok(None),
+        }
+    }
+
+    /// Lists streams (see [`crate::EventStore::list_streams`]).
+    pub fn list(&self, prefix: &str, after: Option<&StreamName>, limit: usize) -> Vec<StreamInfo> {
+        let include_system = prefix.starts_with('$');
+        let mut names: Vec<&StreamName> = self
+            .streams
+            .iter()
+            .filter(|(name, state)| {
+                !state.positions.is_empty()
+                    && name.as_str().starts_with(prefix)
+                    && (include_system || !name.is_system())
+                    && after.is_none_or(|after| *name > after)
+            })
+            .map(|(name, _)| name)
+            .collect();
+        names.sort_unstable();
+        names
+            .into_iter()
+            .take(limit)
+            .filter_map(|name| {
+                let state = self.streams.get(name)?;
+                let last_position = *state.positions.last()?;
+                Some(StreamInfo {
+                    name: name.clone(),
+                    last_revision: state.positions.len() as u64 - 1,
+                    last_position,
+                    deleted: state.summary().current().0.is_none(),
+                    tombstoned: state.tombstoned,
+                })
+            })
+            .collect()
+    }
+
+    /// The max age of a stream, for [`visible_by_age`].
+    pub fn max_age_secs(&self, stream: &StreamName) -> Option<u64> {
+        self.streams
+            .get(stream)
+            .and_then(|state| state.metadata.as_ref())
+            .and_then(|metadata| metadata.max_age_secs)
+    }
+}
+
+/// Whether an event recorded at `recorded_at_us` is young enough for a stream's max age.
+pub fn visible_by_age(max_age_secs: Option<u64>, recorded_at_us: u64, now_us: u64) -> bool {
+    match max_age_secs {
+        None => true,
+        Some(max_age) => now_us.saturating_sub(recorded_at_us) <= max_age.saturating_mul(1_000_000),
+    }
+}
+
+/// The result of a planned write once its records have positions.
+pub fn append_result(plan: &[PlannedRecord], primary: usize, first_position: u64) -> AppendResult {
+    let first_revision = plan.first().map(|r| r.revision).unwrap_or(0);
+    let last_revision = plan
+        .get(primary.saturating_sub(1))
+        .map(|r| r.revision)
+        .unwrap_or(0);
+    AppendResult {
+        first_revision,
+        last_revision,
+        position: first_position + primary.saturating_sub(1) as u64,
+    }
+}
+
+/// A [`View`] over a committed catalog plus the records planned so far in one group commit.
+pub struct Overlay<'a, F> {
+    catalog: &'a Catalog,
+    committed_id_at: F,
+    streams: HashMap<StreamName, (StreamSummary, Vec<Uuid>)>,
+    checkpoints: HashMap<String, u64>,
+}
+
+impl<'a, F> Overlay<'a, F>
+where
+    F: Fn(u64) -> Result<Uuid, StoreError>,
+{
+    /// An overlay with nothing planned; `committed_id_at` reads the id of the event at a
+    /// committed position.
+    pub fn new(catalog: &'a Catalog, committed_id_at: F) -> Self {
+        Overlay {
+            catalog,
+            committed_id_at,
+            streams: HashMap::new(),
+            checkpoints: HashMap::new(),
+        }
+    }
+
+    /// Takes planned records into account, as if they were committed.
+    pub fn record(&mut self, records: &[PlannedRecord]) -> Result<(), StoreError> {
+        for record in records {
+            // Positions do not matter to planning; the changes' other effects do.
+            for change in changes_of(
+                &record.stream,
+                record.revision,
+                0,
+                record.event.id,
+                &record.event.event_type,
+                &record.event.data,
+            )? {
+                match change {
+                    Change::Appended { stream, id, .. } => {
+                        let entry = self.entry(&stream);
+                        entry.0.next_revision += 1;
+                        entry.0.last_id = Some(id);
+                        entry.1.push(id);
+                    }
+                    Change::Deleted { stream, before } => {
+                        let entry = self.entry(&stream);
+                        entry.0.deleted_before = entry.0.deleted_before.max(before);
+                    }
+                    Change::Tombstoned { stream } => self.entry(&stream).0.tombstoned = true,
+                    Change::Metadata { .. } => {}
+                    Change::Checkpoint { consumer, position } => {
+                        self.checkpoints.insert(consumer, position);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, stream: &StreamName) -> &mut (StreamSummary, Vec<Uuid>) {
+        let catalog = self.catalog;
+        self.streams.entry(stream.clone()).or_insert_with(|| {
+            let summary = catalog
+                .stream(stream)
+                .map(StreamState::summary)
+                .unwrap_or_default();
+            (summary, Vec::new())
+        })
+    }
+}
+
+impl<F> View for Overlay<'_, F>
+where
+    F: Fn(u64) -> Result<Uuid, StoreError>,
+{
+    fn summary(&self, stream: &StreamName) -> StreamSummary {
+        match self.streams.get(stream) {
+            Some((summary, _)) => *summary,
+            None => self
+                .catalog
+                .stream(stream)
+                .map(StreamState::summary)
+                .unwrap_or_default(),
+        }
+    }
+
+    fn id_at(&self, stream: &StreamName, revision: u64) -> Result<Uuid, StoreError> {
+        let committed = self.catalog.stream(stream);
+        let committed_len = committed.map_or(0, |s| s.positions.len() as u64);
+        if revision < committed_len {
+            let position = committed
+                .and_then(|s| s.positions.get(revision as usize))
+                .copied()
+                .ok_or_else(|| StoreError::NotFound(stream.to_string()))?;
+            return (self.committed_id_at)(position);
+        }
+        self.streams
+            .get(stream)
+            .and_then(|(_, pending)| pending.get((revision - committed_len) as usize))
+            .copied()
+            .ok_or_else(|| StoreError::NotFound(stream.to_string()))
+    }
+
+    fn checkpoint(&self, consumer: &str) -> Option<u64> {
+        self.checkpoints
+            .get(consumer)
+            .copied()
+            .or_else(|| self.catalog.checkpoint(consumer))
+    }
+}

@@ -1,0 +1,67 @@
+use std::path::PathBuf;
+
+use crate::stream::{CurrentRevision, ExpectedState};
+
+/// Everything a store operation can fail with. Each variant is one a caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The stream was not in the expected state; nothing was written.
+    #[error("wrong expected revision on stream '{stream}': expected {expected}, actual {actual}")]
+    WrongExpectedRevision {
+        /// The stream appended to.
+        stream: String,
+        /// What the caller expected.
+        expected: ExpectedState,
+        /// What the stream actually was.
+        actual: CurrentRevision,
+    },
+    /// The stream was tombstoned and can never be read or written again.
+    #[error("stream '{0}' is deleted for good (tombstoned)")]
+    StreamDeleted(String),
+    /// The stream does not exist (never written, or soft-deleted).
+    #[error("stream '{0}' not found")]
+    NotFound(String),
+    /// Stored bytes failed their checksum or do not parse: the data is not served.
+    #[error("corrupted data in {} at offset {offset}: {reason}", file.display())]
+    Corrupted {
+        /// The file holding the bad bytes.
+        file: PathBuf,
+        /// Byte offset of the bad record inside the file.
+        offset: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The request is malformed; nothing was written.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// A checkpoint carried with an append would move backwards; nothing was written.
+    #[error("checkpoint of '{consumer}' may only move forward: stored {stored}, given {given}")]
+    CheckpointBehind {
+        /// The consumer whose checkpoint it is.
+        consumer: String,
+        /// The checkpoint already stored.
+        stored: u64,
+        /// The checkpoint given with the append.
+        given: u64,
+    },
+    /// Another process holds the data directory.
+    #[error("the data directory {} is in use by another process", .0.display())]
+    Locked(PathBuf),
+    /// A write failed to become durable; the store refuses writes until it is reopened,
+    /// which recovers from what is on disk.
+    #[error("the store stopped accepting writes after a failed write: {0}")]
+    Poisoned(String),
+    /// The store was closed.
+    #[error("the store is closed")]
+    Closed,
+    /// An operating-system I/O error.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl StoreError {
+    /// Shorthand for [`StoreError::InvalidInput`].
+    pub fn invalid(message: impl Into<String>) -> Self {
+        StoreError::InvalidInput(message.into())
+    }
+}

@@ -1,0 +1,183 @@
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{StoreError, StreamName, limits};
+
+/// How an event's data is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ContentType {
+    /// `application/json` (the default).
+    Json,
+    /// `application/octet-stream`: opaque bytes.
+    Binary,
+}
+
+impl ContentType {
+    /// The MIME type.
+    pub fn mime(self) -> &'static str {
+        match self {
+            ContentType::Json => "application/json",
+            ContentType::Binary => "application/octet-stream",
+        }
+    }
+}
+
+/// An event to append.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    /// Unique id; appending the same ids again with the same expected state is idempotent.
+    pub id: Uuid,
+    /// The event's type, past tense by convention (`OrderPlaced`).
+    pub event_type: String,
+    /// How `data` is encoded.
+    pub content_type: ContentType,
+    /// The payload.
+    pub data: Bytes,
+    /// A JSON object by convention: `$correlationId`, `$causationId` and user keys. May be empty.
+    pub metadata: Bytes,
+}
+
+impl NewEvent {
+    /// An event with a fresh UUIDv7 id and JSON data serialised from `data`.
+    pub fn json<T: Serialize + ?Sized>(
+        event_type: impl Into<String>,
+        data: &T,
+    ) -> Result<Self, StoreError> {
+        let data = serde_json::to_vec(data)
+            .map_err(|e| StoreError::invalid(format!("event data does not serialise: {e}")))?;
+        Ok(NewEvent {
+            id: Uuid::now_v7(),
+            event_type: event_type.into(),
+            content_type: ContentType::Json,
+            data: Bytes::from(data),
+            metadata: Bytes::new(),
+        })
+    }
+
+    /// An event with a fresh UUIDv7 id and the given bytes as data.
+    pub fn binary(event_type: impl Into<String>, data: impl Into<Bytes>) -> Self {
+        NewEvent {
+            id: Uuid::now_v7(),
+            event_type: event_type.into(),
+            content_type: ContentType::Binary,
+            data: data.into(),
+            metadata: Bytes::new(),
+        }
+    }
+
+    /// Replaces the id.
+    pub fn with_id(mut self, id: Uuid) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Sets the metadata to a serialised JSON value.
+    pub fn with_metadata<T: Serialize + ?Sized>(mut self, metadata: &T) -> Result<Self, StoreError> {
+        let bytes = serde_json::to_vec(metadata)
+            .map_err(|e| StoreError::invalid(format!("event metadata does not serialise: {e}")))?;
+        self.metadata = Bytes::from(bytes);
+        Ok(self)
+    }
+
+    /// Checks the limits and, for JSON events, that data and metadata parse.
+    pub fn validate(&self, allow_system_type: bool) -> Result<(), StoreError> {
+        if self.event_type.is_empty() {
+            return Err(StoreError::invalid("event type is empty"));
+        }
+        if self.event_type.len() > limits::EVENT_TYPE_BYTES_MAX {
+            return Err(StoreError::invalid(format!(
+                "event type is {} bytes, the limit is {}",
+                self.event_type.len(),
+                limits::EVENT_TYPE_BYTES_MAX
+            )));
+        }
+        if !allow_system_type && self.event_type.starts_with('$') {
+            return Err(StoreError::invalid(format!(
+                "event type '{}' starts with '$', which is reserved for the system",
+                self.event_type
+            )));
+        }
+        for (what, bytes) in [("data", &self.data), ("metadata", &self.metadata)] {
+            if bytes.len() > limits::EVENT_PAYLOAD_BYTES_MAX {
+                return Err(StoreError::invalid(format!(
+                    "event {what} is {} bytes, the limit is {}",
+                    bytes.len(),
+                    limits::EVENT_PAYLOAD_BYTES_MAX
+                )));
+            }
+        }
+        if self.content_type == ContentType::Json
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&self.data).is_err()
+        {
+            return Err(StoreError::invalid(format!(
+                "event '{}' says its data is JSON but it does not parse",
+                self.event_type
+            )));
+        }
+        if !self.metadata.is_empty()
+            && serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&self.metadata)
+                .is_err()
+        {
+            return Err(StoreError::invalid(format!(
+                "metadata of event '{}' is not a JSON object",
+                self.event_type
+            )));
+        }
+        Ok(())
+    }
+
+    /// Bytes this event takes, roughly, for size limits.
+    pub fn size_bytes(&self) -> usize {
+        self.event_type.len() + self.data.len() + self.metadata.len() + 32
+    }
+}
+
+/// An event as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordedEvent {
+    /// The stream it belongs to.
+    pub stream: StreamName,
+    /// Its 0-based place in the stream.
+    pub revision: u64,
+    /// Its 0-based place in the whole log (`$all`).
+    pub position: u64,
+    /// Its id.
+    pub id: Uuid,
+    /// Its type.
+    pub event_type: String,
+    /// How `data` is encoded.
+    pub content_type: ContentType,
+    /// The payload.
+    pub data: Bytes,
+    /// The metadata (a JSON object by convention, or empty).
+    pub metadata: Bytes,
+    /// When it was recorded: microseconds since the Unix epoch, UTC.
+    pub recorded_at_us: u64,
+}
+
+impl RecordedEvent {
+    /// The metadata parsed as a JSON object (empty when there is none).
+    pub fn metadata_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_slice(&self.metadata).unwrap_or_default()
+    }
+
+    /// The event as it would be appended again (same id, type, data and metadata).
+    pub fn to_new_event(&self) -> NewEvent {
+        NewEvent {
+            id: self.id,
+            event_type: self.event_type.clone(),
+            content_type: self.content_type,
+            data: self.data.clone(),
+            metadata: self.metadata.clone(),
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,47 @@
+//! The heart of Factum: the event model, the [`EventStore`] trait that every backend implements,
+//! the stream [`catalog`] logic the backends share, an in-memory store for tests, and — behind the
+//! `testkit` feature — the conformance suite every backend must pass.
+//!
+//! ```
+//! use factum_core::{EventStore, ExpectedState, MemoryStore, NewEvent, StreamName};
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let store = MemoryStore::new();
+//! let cart = StreamName::new("cart-1").unwrap();
+//! let event = NewEvent::json("ItemAdded", &serde_json::json!({"sku": "apple", "qty": 2})).unwrap();
+//! let result = store.append(&cart, ExpectedState::NoStream, vec![event]).await.unwrap();
+//! assert_eq!(result.last_revision, 0);
+//! let events = store.read_stream(&cart, 0, factum_core::Direction::Forwards, 10).await.unwrap();
+//! assert_eq!(events[0].event_type, "ItemAdded");
+//! # });
+//! ```
+
+pub mod catalog;
+mod error;
+mod event;
+mod memory;
+mod store;
+mod stream;
+mod subscription;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use error::StoreError;
+pub use event::{ContentType, NewEvent, RecordedEvent, now_micros};
+pub use memory::MemoryStore;
+pub use store::{AppendOptions, AppendResult, Checkpoint, Direction, EventStore, StreamInfo};
+pub use stream::{CurrentRevision, ExpectedState, StreamMetadata, StreamName};
+pub use subscription::{Subscription, SubscriptionFilter};
+
+/// Limits that every backend enforces the same way.
+pub mod limits {
+    /// Longest stream name, in bytes.
+    pub const STREAM_NAME_BYTES_MAX: usize = 512;
+    /// Longest event type, in bytes.
+    pub const EVENT_TYPE_BYTES_MAX: usize = 256;
+    /// Largest data or metadata of one event, in bytes.
+    pub const EVENT_PAYLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
+    /// Most events in one append.
+    pub const APPEND_EVENTS_MAX: usize = 100_000;
+    /// Largest total size of one append, in bytes.
+    pub const APPEND_BYTES_MAX: usize = 64 * 1024 * 1024;
+}

@@ -1,0 +1,265 @@
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::catalog::{self, Catalog, Overlay, Plan, WriteKind, WriteRequest};
+use crate::store::validate_append;
+use crate::{
+    AppendOptions, AppendResult, CurrentRevision, Direction, EventStore, ExpectedState, NewEvent,
+    RecordedEvent, StoreError, StreamInfo, StreamMetadata, StreamName, Subscription,
+    SubscriptionFilter, now_micros,
+};
+
+/// An event store in memory, with the same behaviour as the durable backends (it passes the same
+/// conformance suite). For tests of applications: nothing survives the process.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    head: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    catalog: Catalog,
+    log: Vec<RecordedEvent>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryStore {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                head: watch::channel(0).0,
+            }),
+        }
+    }
+
+    fn write(&self, request: WriteRequest) -> Result<(AppendResult, u64), StoreError> {
+        let mut state = self.inner.state.lock();
+        let State { catalog, log } = &mut *state;
+        let plan = {
+            let view = Overlay::new(catalog, |position| {
+                log.get(position as usize)
+                    .map(|e| e.id)
+                    .ok_or_else(|| StoreError::invalid(format!("no event at {position}")))
+            });
+            catalog::plan(&view, &request)?
+        };
+        let (records, primary) = match plan {
+            Plan::AlreadyAppended {
+                first_revision,
+                last_revision,
+            } => {
+                let position = catalog
+                    .stream(&request.stream)
+                    .and_then(|s| s.positions.get(last_revision as usize))
+                    .copied()
+                    .unwrap_or_default();
+                let result = AppendResult {
+                    first_revision,
+                    last_revision,
+                    position,
+                };
+                return Ok((result, position));
+            }
+            Plan::Write { records, primary } => (records, primary),
+        };
+        let first_position = log.len() as u64;
+        let recorded_at_us = now_micros();
+        // Check every change before applying any, so a bad record leaves no trace.
+        let mut changes = Vec::new();
+        for (offset, record) in records.iter().enumerate() {
+            changes.extend(catalog::changes_of(
+                &record.stream,
+                record.revision,
+                first_position + offset as u64,
+                record.event.id,
+                &record.event.event_type,
+                &record.event.data,
+            )?);
+        }
+        for change in changes {
+            catalog.apply(change)?;
+        }
+        for (offset, record) in records.iter().enumerate() {
+            log.push(RecordedEvent {
+                stream: record.stream.clone(),
+                revision: record.revision,
+                position: first_position + offset as u64,
+                id: record.event.id,
+                event_type: record.event.event_type.clone(),
+                content_type: record.event.content_type,
+                data: record.event.data.clone(),
+                metadata: record.event.metadata.clone(),
+                recorded_at_us,
+            });
+        }
+        let head = log.len() as u64;
+        drop(state);
+        self.inner.head.send_replace(head);
+        let result = catalog::append_result(&records, primary, first_position);
+        Ok((result, result.position))
+    }
+}
+
+#[async_trait]
+impl EventStore for MemoryStore {
+    async fn append_with(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedState,
+        events: Vec<NewEvent>,
+        options: AppendOptions,
+    ) -> Result<AppendResult, StoreError> {
+        validate_append(stream, &events, &options)?;
+        self.write(WriteRequest {
+            stream: stream.clone(),
+            expected,
+            kind: WriteKind::Append(events),
+            checkpoint: options.checkpoint,
+        })
+        .map(|(result, _)| result)
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from_revision: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let state = self.inner.state.lock();
+        let positions = state
+            .catalog
+            .read_plan(stream, from_revision, direction, limit)?;
+        let max_age = state.catalog.max_age_secs(stream);
+        let now = now_micros();
+        Ok(positions
+            .into_iter()
+            .filter_map(|p| state.log.get(p as usize))
+            .filter(|e| catalog::visible_by_age(max_age, e.recorded_at_us, now))
+            .cloned()
+            .collect())
+    }
+
+    async fn read_all(
+        &self,
+        from_position: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let state = self.inner.state.lock();
+        let len = state.log.len() as u64;
+        Ok(match direction {
+            Direction::Forwards => state
+                .log
+                .iter()
+                .skip(from_position.min(len) as usize)
+                .take(limit)
+                .cloned()
+                .collect(),
+            Direction::Backwards if len == 0 => Vec::new(),
+            Direction::Backwards => state.log[..=from_position.min(len - 1) as usize]
+                .iter()
+                .rev()
+                .take(limit)
+                .cloned()
+                .collect(),
+        })
+    }
+
+    fn head(&self) -> u64 {
+        *self.inner.head.borrow()
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.inner.head.subscribe()
+    }
+
+    fn subscribe_all(&self, from_position: u64, filter: SubscriptionFilter) -> Subscription {
+        Subscription::all(Arc::new(self.clone()), from_position, filter)
+    }
+
+    fn subscribe_stream(&self, stream: StreamName, from_revision: u64) -> Subscription {
+        Subscription::stream(Arc::new(self.clone()), stream, from_revision)
+    }
+
+    async fn stream_revision(&self, stream: &StreamName) -> Result<CurrentRevision, StoreError> {
+        self.inner.state.lock().catalog.current(stream)
+    }
+
+    async fn get_metadata(
+        &self,
+        stream: &StreamName,
+    ) -> Result<Option<StreamMetadata>, StoreError> {
+        self.inner.state.lock().catalog.metadata(stream)
+    }
+
+    async fn set_metadata(
+        &self,
+        stream: &StreamName,
+        metadata: StreamMetadata,
+    ) -> Result<u64, StoreError> {
+        self.write(WriteRequest {
+            stream: StreamName::user(stream.as_str())?,
+            expected: ExpectedState::Any,
+            kind: WriteKind::SetMetadata(metadata),
+            checkpoint: None,
+        })
+        .map(|(_, position)| position)
+    }
+
+    async fn delete_stream(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedState,
+    ) -> Result<u64, StoreError> {
+        self.write(WriteRequest {
+            stream: StreamName::user(stream.as_str())?,
+            expected,
+            kind: WriteKind::Delete,
+            checkpoint: None,
+        })
+        .map(|(_, position)| position)
+    }
+
+    async fn tombstone_stream(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedState,
+    ) -> Result<u64, StoreError> {
+        self.write(WriteRequest {
+            stream: StreamName::user(stream.as_str())?,
+            expected,
+            kind: WriteKind::Tombstone,
+            checkpoint: None,
+        })
+        .map(|(_, position)| position)
+    }
+
+    async fn list_streams(
+        &self,
+        prefix: &str,
+        after: Option<&StreamName>,
+        limit: usize,
+    ) -> Result<Vec<StreamInfo>, StoreError> {
+        Ok(self.inner.state.lock().catalog.list(prefix, after, limit))
+    }
+
+    async fn read_checkpoint(&self, consumer: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.inner.state.lock().catalog.checkpoint(consumer))
+    }
+}

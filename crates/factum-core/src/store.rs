@@ -1,0 +1,209 @@
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::{
+    CurrentRevision, ExpectedState, NewEvent, RecordedEvent, StoreError, StreamMetadata,
+    StreamName, Subscription, SubscriptionFilter,
+};
+
+/// What a successful append returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AppendResult {
+    /// Revision of the first event this append recorded.
+    pub first_revision: u64,
+    /// Revision of the last event: the expected revision for the next append.
+    pub last_revision: u64,
+    /// Position in `$all` of the last event this append recorded.
+    pub position: u64,
+}
+
+/// A consumer's checkpoint, stored atomically with the events of an append. It may only move
+/// forward: a consumer that reads `$all` and appends its own events this way processes each
+/// event exactly once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Who the checkpoint belongs to.
+    pub consumer: String,
+    /// The last position the consumer has processed.
+    pub position: u64,
+}
+
+/// Extra options of an append.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppendOptions {
+    /// A checkpoint to store in the same atomic write as the events.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// Reading direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Oldest first.
+    Forwards,
+    /// Newest first.
+    Backwards,
+}
+
+/// One stream in a listing.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StreamInfo {
+    /// The stream's name.
+    pub name: StreamName,
+    /// Its last revision (counting soft-deleted events).
+    pub last_revision: u64,
+    /// Position of its last event.
+    pub last_position: u64,
+    /// Soft-deleted and not written since.
+    pub deleted: bool,
+    /// Tombstoned.
+    pub tombstoned: bool,
+}
+
+/// An event store. Every backend (embedded engine, in-memory, PostgreSQL) implements it and
+/// passes the same conformance suite (`factum_core::testkit`).
+///
+/// Reads of `$all` and of streams take a start that is *inclusive*; `u64::MAX` read backwards
+/// means "from the end". Positions are dense: 0, 1, 2, …
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Appends events to a stream, atomically, if the stream is in the expected state, and
+    /// returns only once they are durable. An empty list is rejected as invalid input.
+    async fn append_with(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedState,
+        events: Vec<NewEvent>,
+        options: AppendOptions,
+    ) -> Result<AppendResult, StoreError>;
+
+    /// [`EventStore::append_with`] without options.
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedState,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        self.append_with(stream, expected, events, AppendOptions::default())
+            .await
+    }
+
+    /// Reads up to `limit` events of a stream from a revision (inclusive). Events hidden by
+    /// the stream's metadata (max count, max age, truncate before) or by a soft delete are
+    /// skipped. A stream that does not exist is [`StoreError::NotFound`]; a tombstoned one is
+    /// [`StoreError::StreamDeleted`].
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from_revision: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Reads up to `limit` events of the whole log from a position (inclusive), in log order.
+    async fn read_all(
+        &self,
+        from_position: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The position the next event will get: every position below it is durable and readable.
+    fn head(&self) -> u64;
+
+    /// Follows [`EventStore::head`] as it moves.
+    fn watch_head(&self) -> watch::Receiver<u64>;
+
+    /// Catch-up then live subscription to `$all` from a position (inclusive).
+    fn subscribe_all(&self, from_position: u64, filter: SubscriptionFilter) -> Subscription;
+
+    /// Catch-up then live subscription to one stream from a revision (inclusive).
+    fn subscribe_stream(&self, stream: StreamName, from_revision: u64) -> Subscription;
+
+    /// The stream's current revision (`None` when it does not exist).
+    async fn stream_revision(&self, stream: &StreamName) -> Result<CurrentRevision, StoreError>;
+
+    /// The stream's metadata, if any was set.
+    async fn get_metadata(&self, stream: &StreamName)
+    -> Result<Option<StreamMetadata>, StoreError>;
+
+    /// Records new metadata for a stream; returns the position of the record.
+    async fn set_metadata(
+        &self,
+        stream: &StreamName,
+        metadata: StreamMetadata,
+    ) -> Result<u64, StoreError>;
+
+    /// Soft-deletes a stream: it reads as not found until written again, and its revisions
+    /// then continue. Returns the position of the deletion record.
+    async fn delete_stream(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedState,
+    ) -> Result<u64, StoreError>;
+
+    /// Tombstones a stream: it can never be written again. Returns the position of the record.
+    async fn tombstone_stream(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedState,
+    ) -> Result<u64, StoreError>;
+
+    /// Streams whose names start with `prefix`, in name order, after `after`, at most `limit`.
+    /// System streams (`$…`) are listed only when the prefix starts with `$`.
+    async fn list_streams(
+        &self,
+        prefix: &str,
+        after: Option<&StreamName>,
+        limit: usize,
+    ) -> Result<Vec<StreamInfo>, StoreError>;
+
+    /// The last checkpoint stored for a consumer.
+    async fn read_checkpoint(&self, consumer: &str) -> Result<Option<u64>, StoreError>;
+}
+
+/// Checks what every backend checks before an append reaches storage.
+pub fn validate_append(
+    stream: &StreamName,
+    events: &[NewEvent],
+    options: &AppendOptions,
+) -> Result<(), StoreError> {
+    if stream.is_system() {
+        return Err(StoreError::invalid(format!(
+            "stream '{stream}' is reserved for the system"
+        )));
+    }
+    if events.is_empty() {
+        return Err(StoreError::invalid("an append needs at least one event"));
+    }
+    if events.len() > crate::limits::APPEND_EVENTS_MAX {
+        return Err(StoreError::invalid(format!(
+            "an append of {} events is over the limit of {}",
+            events.len(),
+            crate::limits::APPEND_EVENTS_MAX
+        )));
+    }
+    let mut bytes = 0usize;
+    let mut ids = std::collections::HashSet::with_capacity(events.len());
+    for (index, event) in events.iter().enumerate() {
+        event
+            .validate(false)
+            .map_err(|e| StoreError::invalid(format!("event {index}: {e}")))?;
+        if !ids.insert(event.id) {
+            return Err(StoreError::invalid(format!(
+                "event {index}: id {} appears twice in one append",
+                event.id
+            )));
+        }
+        bytes += event.size_bytes();
+    }
+    if bytes > crate::limits::APPEND_BYTES_MAX {
+        return Err(StoreError::invalid(format!(
+            "an append of {bytes} bytes is over the limit of {}",
+            crate::limits::APPEND_BYTES_MAX
+        )));
+    }
+    if let Some(checkpoint) = &options.checkpoint {
+        StreamName::checkpoint_stream(&checkpoint.consumer)?;
+    }
+    Ok(())
+}

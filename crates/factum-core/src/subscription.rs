@@ -1,0 +1,184 @@
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::{Direction, EventStore, RecordedEvent, StoreError, StreamName};
+
+/// Which events of `$all` a subscription delivers. Empty lists mean "all".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubscriptionFilter {
+    /// Deliver events whose stream starts with one of these.
+    pub stream_prefixes: Vec<String>,
+    /// Deliver events of one of these types.
+    pub event_types: Vec<String>,
+    /// Leave out events of system streams (`$…`).
+    pub exclude_system: bool,
+}
+
+impl SubscriptionFilter {
+    /// Whether an event passes the filter.
+    pub fn matches(&self, event: &RecordedEvent) -> bool {
+        if self.exclude_system && event.stream.is_system() {
+            return false;
+        }
+        let stream_ok = self.stream_prefixes.is_empty()
+            || self
+                .stream_prefixes
+                .iter()
+                .any(|prefix| event.stream.as_str().starts_with(prefix.as_str()));
+        let type_ok = self.event_types.is_empty()
+            || self.event_types.iter().any(|t| *t == event.event_type);
+        stream_ok && type_ok
+    }
+}
+
+enum Source {
+    All {
+        next_position: u64,
+        filter: SubscriptionFilter,
+    },
+    Stream {
+        stream: StreamName,
+        next_revision: u64,
+    },
+}
+
+/// A catch-up subscription: it reads stored events from its start, then waits for new ones,
+/// with no gap and no duplicate at the switch because it always reads the log by position and
+/// only up to the durable head.
+pub struct Subscription {
+    store: Arc<dyn EventStore>,
+    head: watch::Receiver<u64>,
+    source: Source,
+    buffer: VecDeque<RecordedEvent>,
+    batch_size: usize,
+}
+
+impl Subscription {
+    /// How many events one catch-up read takes.
+    pub const BATCH_SIZE_DEFAULT: usize = 512;
+
+    /// A subscription to `$all` from a position (inclusive).
+    pub fn all(store: Arc<dyn EventStore>, from_position: u64, filter: SubscriptionFilter) -> Self {
+        let head = store.watch_head();
+        Subscription {
+            store,
+            head,
+            source: Source::All {
+                next_position: from_position,
+                filter,
+            },
+            buffer: VecDeque::new(),
+            batch_size: Self::BATCH_SIZE_DEFAULT,
+        }
+    }
+
+    /// A subscription to one stream from a revision (inclusive). It may start before the
+    /// stream exists.
+    pub fn stream(store: Arc<dyn EventStore>, stream: StreamName, from_revision: u64) -> Self {
+        let head = store.watch_head();
+        Subscription {
+            store,
+            head,
+            source: Source::Stream {
+                stream,
+                next_revision: from_revision,
+            },
+            buffer: VecDeque::new(),
+            batch_size: Self::BATCH_SIZE_DEFAULT,
+        }
+    }
+
+    /// For `$all`: the position the subscription will look at next. Every event before it
+    /// was delivered or filtered out, so a consumer may store `position() - 1` as its
+    /// checkpoint even when the filter skips many events.
+    pub fn position(&self) -> Option<u64> {
+        match &self.source {
+            Source::All { next_position, .. } => {
+                Some(self.buffer.front().map_or(*next_position, |e| e.position))
+            }
+            Source::Stream { .. } => None,
+        }
+    }
+
+    /// The next event: stored ones first, then live ones as they become durable.
+    /// Fails with [`StoreError::Closed`] when the store is closed.
+    pub async fn next(&mut self) -> Result<RecordedEvent, StoreError> {
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                return Ok(event);
+            }
+            let head = *self.head.borrow_and_update();
+            if self.fill(head).await? {
+                continue;
+            }
+            if self.head.changed().await.is_err() {
+                // The store is gone; deliver what is left, then report it closed.
+                if self.fill(u64::MAX).await? {
+                    continue;
+                }
+                return Err(StoreError::Closed);
+            }
+        }
+    }
+
+    /// Reads the next batch below `head`; returns whether anything was read.
+    async fn fill(&mut self, head: u64) -> Result<bool, StoreError> {
+        match &mut self.source {
+            Source::All {
+                next_position,
+                filter,
+            } => {
+                if *next_position >= head {
+                    return Ok(false);
+                }
+                let events = self
+                    .store
+                    .read_all(*next_position, Direction::Forwards, self.batch_size)
+                    .await?;
+                let Some(last) = events.last() else {
+                    return Ok(false);
+                };
+                *next_position = last.position + 1;
+                self.buffer
+                    .extend(events.into_iter().filter(|e| filter.matches(e)));
+                Ok(true)
+            }
+            Source::Stream {
+                stream,
+                next_revision,
+            } => {
+                let events = match self
+                    .store
+                    .read_stream(stream, *next_revision, Direction::Forwards, self.batch_size)
+                    .await
+                {
+                    Ok(events) => events,
+                    Err(StoreError::NotFound(_)) => Vec::new(),
+                    Err(e) => return Err(e),
+                };
+                let Some(last) = events.last() else {
+                    return Ok(false);
+                };
+                *next_revision = last.revision + 1;
+                self.buffer.extend(events);
+                Ok(true)
+            }
+        }
+    }
+
+    /// The subscription as a `futures` stream.
+    pub fn into_stream(
+        self,
+    ) -> impl futures::Stream<Item = Result<RecordedEvent, StoreError>> + Send {
+        futures::stream::unfold(Some(self), |state| async move {
+            let mut subscription = state?;
+            match subscription.next().await {
+                Ok(event) => Some((Ok(event), Some(subscription))),
+                Err(StoreError::Closed) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        })
+    }
+}
