@@ -28,7 +28,9 @@ pub mod testkit;
 pub use error::StoreError;
 pub use event::{ContentType, NewEvent, RecordedEvent, now_micros};
 pub use memory::MemoryStore;
-pub use store::{AppendOptions, AppendResult, Checkpoint, Direction, EventStore, StreamInfo};
+pub use store::{
+    AppendOptions, AppendResult, Checkpoint, Direction, EventStore, StreamInfo, validate_append,
+};
 pub use stream::{CurrentRevision, ExpectedState, StreamMetadata, StreamName};
 pub use subscription::{Subscription, SubscriptionFilter};
 

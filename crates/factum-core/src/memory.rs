@@ -5,7 +5,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::catalog::{self, Catalog, Overlay, Plan, WriteKind, WriteRequest};
-use crate::store::validate_append;
+use crate::validate_append;
 use crate::{
     AppendOptions, AppendResult, CurrentRevision, Direction, EventStore, ExpectedState, NewEvent,
     RecordedEvent, StoreError, StreamInfo, StreamMetadata, StreamName, Subscription,

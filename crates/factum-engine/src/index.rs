@@ -1,0 +1,200 @@
+//! The derived index: the stream catalog (stream → positions, deletes, metadata, checkpoints)
+//! and position → record location. It lives in memory, is saved to `index.fidx` with the log
+//! position it covers ("indexed up to"), and is brought up to date from the log tail on open.
+//! The log is the truth: a missing or damaged index file is rebuilt from the log.
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use factum_core::StreamName;
+use factum_core::catalog::{Catalog, StreamState};
+use uuid::Uuid;
+
+use crate::log::format::{u16_at, u32_at, u64_at};
+
+const INDEX_MAGIC: &[u8; 8] = b"FACTUMIX";
+const INDEX_VERSION: u32 = 1;
+/// The index file's name inside the data directory.
+pub const INDEX_FILE: &str = "index.fidx";
+
+/// Everything derived from the log.
+#[derive(Default)]
+pub struct Index {
+    pub catalog: Catalog,
+    /// `locations[p]` is where the record of position `p` starts (see [`crate::log::pack`]).
+    pub locations: Vec<u64>,
+}
+
+/// Where the log ended when the index was saved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexedUpTo {
+    pub next_position: u64,
+    pub segment: u32,
+    pub offset: u64,
+}
+
+struct CrcWriter<W> {
+    inner: W,
+    crc: u32,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl Index {
+    /// Saves the index durably: written to a temporary file, synced, renamed over the old one.
+    pub fn save(&self, dir: &Path, up_to: IndexedUpTo) -> std::io::Result<()> {
+        debug_assert_eq!(up_to.next_position, self.locations.len() as u64);
+        let tmp = dir.join(format!("{INDEX_FILE}.tmp"));
+        let file = std::fs::File::create(&tmp)?;
+        let mut w = CrcWriter {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            crc: 0,
+        };
+        w.write_all(INDEX_MAGIC)?;
+        w.write_all(&INDEX_VERSION.to_le_bytes())?;
+        w.write_all(&up_to.segment.to_le_bytes())?;
+        w.write_all(&up_to.offset.to_le_bytes())?;
+        w.write_all(&up_to.next_position.to_le_bytes())?;
+        for location in &self.locations {
+            w.write_all(&location.to_le_bytes())?;
+        }
+        w.write_all(&(self.catalog.stream_count() as u64).to_le_bytes())?;
+        for (name, state) in self.catalog.streams() {
+            w.write_all(&(name.as_str().len() as u16).to_le_bytes())?;
+            w.write_all(name.as_str().as_bytes())?;
+            w.write_all(&state.deleted_before.to_le_bytes())?;
+            w.write_all(&[u8::from(state.tombstoned)])?;
+            w.write_all(state.last_id.unwrap_or(Uuid::nil()).as_bytes())?;
+            let metadata = match &state.metadata {
+                Some(metadata) => serde_json::to_vec(metadata).map_err(std::io::Error::other)?,
+                None => Vec::new(),
+            };
+            w.write_all(&(metadata.len() as u32).to_le_bytes())?;
+            w.write_all(&metadata)?;
+            w.write_all(&(state.positions.len() as u64).to_le_bytes())?;
+            for position in &state.positions {
+                w.write_all(&position.to_le_bytes())?;
+            }
+        }
+        let checkpoints: Vec<_> = self.catalog.checkpoints().collect();
+        w.write_all(&(checkpoints.len() as u64).to_le_bytes())?;
+        for (consumer, position) in checkpoints {
+            w.write_all(&(consumer.len() as u16).to_le_bytes())?;
+            w.write_all(consumer.as_bytes())?;
+            w.write_all(&position.to_le_bytes())?;
+        }
+        let crc = w.crc;
+        let mut inner = w.inner;
+        inner.write_all(&crc.to_le_bytes())?;
+        let file = inner.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, dir.join(INDEX_FILE))?;
+        crate::log::sync_dir(dir)
+    }
+
+    /// Loads a saved index. `Ok(None)` when there is none or it is unusable (damaged, another
+    /// version): the caller rebuilds from the log, which is always possible.
+    pub fn load(dir: &Path) -> std::io::Result<Option<(Index, IndexedUpTo)>> {
+        let path = dir.join(INDEX_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match Self::parse(&bytes) {
+            Some(loaded) => Ok(Some(loaded)),
+            None => {
+                tracing::warn!(file = %path.display(), "the saved index is damaged; rebuilding it from the log");
+                Ok(None)
+            }
+        }
+    }
+
+    fn parse(bytes: &[u8]) -> Option<(Index, IndexedUpTo)> {
+        let body_len = bytes.len().checked_sub(4)?;
+        if crc32c::crc32c(&bytes[..body_len]) != u32_at(bytes, body_len) {
+            return None;
+        }
+        let mut r = Reader { bytes: &bytes[..body_len], at: 0 };
+        if r.take(8)? != INDEX_MAGIC || r.u32()? != INDEX_VERSION {
+            return None;
+        }
+        let segment = r.u32()?;
+        let offset = r.u64()?;
+        let next_position = r.u64()?;
+        let mut locations = Vec::with_capacity(usize::try_from(next_position).ok()?);
+        let raw = r.take(usize::try_from(next_position).ok()?.checked_mul(8)?)?;
+        locations.extend(raw.chunks_exact(8).map(|c| u64_at(c, 0)));
+        let mut catalog = Catalog::new();
+        for _ in 0..r.u64()? {
+            let name_len = r.u16()? as usize;
+            let name = StreamName::new(std::str::from_utf8(r.take(name_len)?).ok()?).ok()?;
+            let deleted_before = r.u64()?;
+            let tombstoned = r.take(1)?[0] != 0;
+            let id = Uuid::from_slice(r.take(16)?).ok()?;
+            let metadata_len = r.u32()? as usize;
+            let metadata = match metadata_len {
+                0 => None,
+                n => Some(serde_json::from_slice(r.take(n)?).ok()?),
+            };
+            let count = usize::try_from(r.u64()?).ok()?;
+            let raw = r.take(count.checked_mul(8)?)?;
+            let positions: Vec<u64> = raw.chunks_exact(8).map(|c| u64_at(c, 0)).collect();
+            let state = StreamState {
+                last_id: (!positions.is_empty()).then_some(id),
+                positions,
+                deleted_before,
+                tombstoned,
+                metadata,
+            };
+            catalog.restore_stream(name, state);
+        }
+        for _ in 0..r.u64()? {
+            let len = r.u16()? as usize;
+            let consumer = std::str::from_utf8(r.take(len)?).ok()?.to_owned();
+            catalog.restore_checkpoint(consumer, r.u64()?);
+        }
+        if r.at != r.bytes.len() {
+            return None;
+        }
+        Some((
+            Index { catalog, locations },
+            IndexedUpTo {
+                next_position,
+                segment,
+                offset,
+            },
+        ))
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let slice = self.bytes.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(slice)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16_at(b, 0))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4).map(|b| u32_at(b, 0))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8).map(|b| u64_at(b, 0))
+    }
+}

@@ -1,0 +1,366 @@
+//! The log: numbered segment files of checksummed frames, and the reading of them.
+
+pub mod format;
+pub mod recovery;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use factum_core::{RecordedEvent, StoreError};
+use parking_lot::RwLock;
+
+use format::{
+    FRAME_HEADER_BYTES, FrameHeader, SEGMENT_HEADER_BYTES, SegmentHeader, decode_record,
+    record_id, record_len,
+};
+
+/// Where an event's record starts: segment number in the top 24 bits, byte offset in the low 40.
+pub fn pack(segment: u32, offset: u64) -> u64 {
+    debug_assert!(offset < 1 << 40);
+    (u64::from(segment) << 40) | offset
+}
+
+/// The inverse of [`pack`].
+pub fn unpack(location: u64) -> (u32, u64) {
+    ((location >> 40) as u32, location & ((1 << 40) - 1))
+}
+
+/// The path of a segment file.
+pub fn segment_path(log_dir: &Path, segment: u32) -> PathBuf {
+    log_dir.join(format!("{segment:010}.seg"))
+}
+
+/// One segment file, open for reading.
+pub struct Segment {
+    pub number: u32,
+    pub first_position: u64,
+    pub path: PathBuf,
+    file: File,
+}
+
+impl Segment {
+    pub fn open(path: PathBuf) -> Result<(Self, u64), StoreError> {
+        let file = File::open(&path)?;
+        let len = file.metadata()?.len();
+        let mut header = [0u8; SEGMENT_HEADER_BYTES];
+        let read = read_up_to(&file, &mut header, 0)?;
+        let header = SegmentHeader::decode(&header[..read]).map_err(|reason| {
+            StoreError::Corrupted {
+                file: path.clone(),
+                offset: 0,
+                reason,
+            }
+        })?;
+        Ok((
+            Segment {
+                number: header.segment,
+                first_position: header.first_position,
+                path,
+                file,
+            },
+            len,
+        ))
+    }
+
+    /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
+    pub fn read(&self, offset: u64, len: usize) -> Result<Bytes, StoreError> {
+        let mut buf = vec![0u8; len];
+        let read = read_up_to(&self.file, &mut buf, offset)?;
+        buf.truncate(read);
+        Ok(Bytes::from(buf))
+    }
+
+    pub fn corrupted(&self, offset: u64, reason: impl Into<String>) -> StoreError {
+        StoreError::Corrupted {
+            file: self.path.clone(),
+            offset,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Reads until `buf` is full or the file ends; returns how much was read.
+pub fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// All segments, shared by the writer (which adds new ones) and readers.
+pub struct Segments {
+    pub log_dir: PathBuf,
+    list: RwLock<Vec<Arc<Segment>>>,
+}
+
+/// Bytes a sequential read fetches at once.
+pub const SEQUENTIAL_CHUNK_BYTES: usize = 1024 * 1024;
+/// Bytes a scattered read fetches at once.
+pub const SCATTERED_CHUNK_BYTES: usize = 4096;
+
+impl Segments {
+    pub fn new(log_dir: PathBuf, list: Vec<Arc<Segment>>) -> Self {
+        Segments {
+            log_dir,
+            list: RwLock::new(list),
+        }
+    }
+
+    pub fn get(&self, number: u32) -> Result<Arc<Segment>, StoreError> {
+        let list = self.list.read();
+        let first = list.first().map_or(0, |s| s.number);
+        number
+            .checked_sub(first)
+            .and_then(|i| list.get(i as usize))
+            .cloned()
+            .ok_or_else(|| StoreError::Corrupted {
+                file: segment_path(&self.log_dir, number),
+                offset: 0,
+                reason: "the index points into a segment that does not exist".into(),
+            })
+    }
+
+    pub fn all(&self) -> Vec<Arc<Segment>> {
+        self.list.read().clone()
+    }
+
+    pub fn push(&self, segment: Segment) {
+        self.list.write().push(Arc::new(segment));
+    }
+
+    /// Reads the events at the given (position, location) pairs, checking every record's
+    /// checksum. Consecutive records are fetched in large chunks.
+    pub fn read_events(
+        &self,
+        locations: &[(u64, u64)],
+        sequential: bool,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let chunk_bytes = if sequential {
+            SEQUENTIAL_CHUNK_BYTES
+        } else {
+            SCATTERED_CHUNK_BYTES
+        };
+        let mut events = Vec::with_capacity(locations.len());
+        let mut chunk: Option<(Arc<Segment>, u64, Bytes)> = None;
+        for &(position, location) in locations {
+            let (number, offset) = unpack(location);
+            let fits = |segment: &Segment, start: u64, bytes: &Bytes| {
+                segment.number == number
+                    && offset >= start
+                    && bytes
+                        .get((offset - start) as usize..)
+                        .and_then(record_len)
+                        .is_some_and(|len| (offset - start) as usize + len <= bytes.len())
+            };
+            if !chunk.as_ref().is_some_and(|(s, start, b)| fits(s, *start, b)) {
+                let segment = self.get(number)?;
+                let mut bytes = segment.read(offset, chunk_bytes)?;
+                let len = record_len(&bytes).unwrap_or(0);
+                if len > bytes.len() {
+                    bytes = segment.read(offset, len)?;
+                }
+                chunk = Some((segment, offset, bytes));
+            }
+            let Some((segment, start, bytes)) = &chunk else {
+                continue;
+            };
+            let event = decode_record(bytes, (offset - start) as usize, position)
+                .map_err(|reason| segment.corrupted(offset, reason))?;
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    /// The id of the record at a location, checksum checked.
+    pub fn read_id(&self, location: u64) -> Result<uuid::Uuid, StoreError> {
+        let (number, offset) = unpack(location);
+        let segment = self.get(number)?;
+        let mut bytes = segment.read(offset, SCATTERED_CHUNK_BYTES)?;
+        let len = record_len(&bytes).unwrap_or(0);
+        if len > bytes.len() {
+            bytes = segment.read(offset, len)?;
+        }
+        record_id(&bytes).map_err(|reason| segment.corrupted(offset, reason))
+    }
+}
+
+/// The segment being appended to.
+pub struct SegmentWriter {
+    pub number: u32,
+    pub len: u64,
+    file: File,
+}
+
+impl SegmentWriter {
+    /// Opens an existing segment for appending at `len` (everything after it is cut off).
+    pub fn open(path: &Path, number: u32, len: u64) -> Result<Self, StoreError> {
+        let file = OpenOptions::new().write(true).open(path)?;
+        if file.metadata()?.len() != len {
+            file.set_len(len)?;
+            file.sync_all()?;
+        }
+        Ok(SegmentWriter { number, len, file })
+    }
+
+    /// Creates a new, empty segment durably (file and directory entry).
+    pub fn create(log_dir: &Path, number: u32, first_position: u64) -> Result<Self, StoreError> {
+        let path = segment_path(log_dir, number);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        file.write_all(
+            &SegmentHeader {
+                segment: number,
+                first_position,
+            }
+            .encode(),
+        )?;
+        file.sync_all()?;
+        sync_dir(log_dir)?;
+        Ok(SegmentWriter {
+            number,
+            len: SEGMENT_HEADER_BYTES as u64,
+            file,
+        })
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all_at(bytes, self.len)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Makes everything written durable (`fdatasync`).
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+/// Makes a directory's entries durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// A frame read from a segment.
+pub struct Frame {
+    pub offset: u64,
+    pub header: FrameHeader,
+    /// The frame's bytes, header included.
+    pub bytes: Bytes,
+}
+
+impl Frame {
+    /// Offsets (in the file) and decoded records of the frame, checksums checked.
+    pub fn records(&self, segment: &Segment) -> Result<Vec<(u64, RecordedEvent)>, StoreError> {
+        let mut records = Vec::with_capacity(self.header.count as usize);
+        let mut at = FRAME_HEADER_BYTES;
+        for i in 0..self.header.count {
+            let position = self.header.first_position + u64::from(i);
+            let event = decode_record(&self.bytes, at, position)
+                .map_err(|reason| segment.corrupted(self.offset + at as u64, reason))?;
+            let len = record_len(&self.bytes[at..]).unwrap_or(0);
+            records.push((self.offset + at as u64, event));
+            at += len;
+        }
+        if at != self.bytes.len() {
+            return Err(segment.corrupted(self.offset, "frame has bytes after its last record"));
+        }
+        Ok(records)
+    }
+}
+
+/// Why a frame could not be read.
+pub enum FrameFault {
+    /// The file ends inside the frame.
+    Torn(String),
+    /// The frame is there but wrong.
+    Bad(String),
+}
+
+/// Reads frames one after another from a segment, in large chunks.
+pub struct FrameReader<'a> {
+    segment: &'a Segment,
+    file_len: u64,
+    pub offset: u64,
+    chunk: Bytes,
+    chunk_start: u64,
+}
+
+/// Bytes the frame reader fetches at once.
+const FRAME_READER_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+
+impl<'a> FrameReader<'a> {
+    pub fn new(segment: &'a Segment, file_len: u64, offset: u64) -> Self {
+        FrameReader {
+            segment,
+            file_len,
+            offset,
+            chunk: Bytes::new(),
+            chunk_start: offset,
+        }
+    }
+
+    fn bytes(&mut self, offset: u64, len: usize) -> Result<Bytes, StoreError> {
+        let end = offset + len as u64;
+        if offset < self.chunk_start || end > self.chunk_start + self.chunk.len() as u64 {
+            let want = len.max(FRAME_READER_CHUNK_BYTES);
+            self.chunk = self.segment.read(offset, want)?;
+            self.chunk_start = offset;
+        }
+        let from = (offset - self.chunk_start) as usize;
+        Ok(self.chunk.slice(from..(from + len).min(self.chunk.len())))
+    }
+
+    /// The next frame; `Ok(None)` at the end of the file.
+    pub fn next(&mut self) -> Result<Result<Option<Frame>, FrameFault>, StoreError> {
+        let offset = self.offset;
+        if offset >= self.file_len {
+            return Ok(Ok(None));
+        }
+        let remaining = self.file_len - offset;
+        if remaining < FRAME_HEADER_BYTES as u64 {
+            return Ok(Err(FrameFault::Torn(format!(
+                "{remaining} bytes at the end are too few for a frame"
+            ))));
+        }
+        let head = self.bytes(offset, FRAME_HEADER_BYTES)?;
+        let header = match FrameHeader::decode(&head) {
+            Ok(header) => header,
+            Err(reason) => return Ok(Err(FrameFault::Bad(reason))),
+        };
+        if header.total_len() as u64 > remaining {
+            return Ok(Err(FrameFault::Torn(format!(
+                "frame of {} bytes runs past the end of the file",
+                header.total_len()
+            ))));
+        }
+        let bytes = self.bytes(offset, header.total_len())?;
+        let crc = FrameHeader::checksum(
+            header.body_len,
+            header.first_position,
+            header.count,
+            &bytes[FRAME_HEADER_BYTES..],
+        );
+        if crc != header.crc {
+            return Ok(Err(FrameFault::Bad("frame checksum mismatch".into())));
+        }
+        self.offset += header.total_len() as u64;
+        Ok(Ok(Some(Frame {
+            offset,
+            header,
+            bytes,
+        })))
+    }
+}

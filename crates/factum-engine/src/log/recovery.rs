@@ -1,0 +1,225 @@
+//! Opening the log after any kind of stop: find the segments, replay frames from a starting
+//! point, cut a torn tail, and refuse to go on past corruption.
+//!
+//! A frame that cannot be read is a *torn tail* only when it is in the last segment and no valid
+//! frame follows it: that is what a crash in the middle of an unsynced write leaves, and nothing
+//! in it was acknowledged. Anything else is corruption and is reported with file and offset.
+
+use std::path::Path;
+
+use factum_core::{RecordedEvent, StoreError};
+use tracing::warn;
+
+use super::format::{FRAME_HEADER_BYTES, FRAME_MAGIC, FrameHeader, SEGMENT_HEADER_BYTES};
+use super::{FrameFault, FrameReader, Segment, segment_path};
+
+/// Where a replay starts.
+#[derive(Clone, Copy, Debug)]
+pub struct Start {
+    pub segment: u32,
+    pub offset: u64,
+    pub next_position: u64,
+}
+
+/// Where the log ends after a replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct End {
+    pub segment: u32,
+    pub len: u64,
+    pub next_position: u64,
+    /// Bytes of a torn tail that were cut off.
+    pub cut_bytes: u64,
+}
+
+/// Opens every segment of the log, in order. A last segment left shorter than its header by a
+/// crash while it was being created is removed. Returns the segments with their lengths.
+pub fn open_segments(log_dir: &Path) -> Result<Vec<(Segment, u64)>, StoreError> {
+    let mut numbers = Vec::new();
+    for entry in std::fs::read_dir(log_dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(number) = name.strip_suffix(".seg").and_then(|n| n.parse::<u32>().ok()) {
+            numbers.push(number);
+        }
+    }
+    numbers.sort_unstable();
+    let mut segments = Vec::with_capacity(numbers.len());
+    for (i, &number) in numbers.iter().enumerate() {
+        let path = segment_path(log_dir, number);
+        let is_last = i + 1 == numbers.len();
+        if let Some(&(ref previous, _)) = segments.last() {
+            let previous: &Segment = previous;
+            if previous.number + 1 != number {
+                return Err(StoreError::Corrupted {
+                    file: path,
+                    offset: 0,
+                    reason: format!("segment {} is missing", previous.number + 1),
+                });
+            }
+        }
+        if is_last && std::fs::metadata(&path)?.len() <= SEGMENT_HEADER_BYTES as u64 {
+            // A header is written and synced before anything else, so a segment this short
+            // with a bad header never held an acknowledged event.
+            if let Err(StoreError::Corrupted { .. }) = Segment::open(path.clone()) {
+                warn!(file = %path.display(), "removing a segment whose creation was interrupted");
+                std::fs::remove_file(&path)?;
+                super::sync_dir(log_dir)?;
+                continue;
+            }
+        }
+        let (segment, len) = Segment::open(path)?;
+        if segment.number != number {
+            return Err(segment.corrupted(0, format!("header says segment {}", segment.number)));
+        }
+        segments.push((segment, len));
+    }
+    Ok(segments)
+}
+
+/// Replays every frame from `start` to the end of the log, handing each record (with the file
+/// offset where it starts) to `apply`. Cuts a torn tail off the last segment.
+pub fn replay(
+    segments: &[(Segment, u64)],
+    start: Start,
+    mut apply: impl FnMut(&Segment, u64, RecordedEvent) -> Result<(), StoreError>,
+    mut progress: impl FnMut(u64),
+) -> Result<End, StoreError> {
+    let mut next_position = start.next_position;
+    let mut end = End {
+        segment: start.segment,
+        len: start.offset,
+        next_position,
+        cut_bytes: 0,
+    };
+    let first = segments
+        .iter()
+        .position(|(s, _)| s.number == start.segment);
+    let Some(first) = first else {
+        if segments.is_empty() && start.next_position == 0 {
+            return Ok(end);
+        }
+        return Err(StoreError::Corrupted {
+            file: segments
+                .first()
+                .map(|(s, _)| s.path.clone())
+                .unwrap_or_default(),
+            offset: start.offset,
+            reason: format!("segment {} that the index points to is missing", start.segment),
+        });
+    };
+    for (i, (segment, len)) in segments.iter().enumerate().skip(first) {
+        let is_last = i + 1 == segments.len();
+        let offset = if i == first {
+            start.offset
+        } else {
+            SEGMENT_HEADER_BYTES as u64
+        };
+        if offset > *len {
+            return Err(segment.corrupted(
+                *len,
+                format!("the log ends at {len} but the index says it reaches {offset}"),
+            ));
+        }
+        if offset == SEGMENT_HEADER_BYTES as u64 && segment.first_position != next_position {
+            return Err(segment.corrupted(
+                0,
+                format!(
+                    "segment starts at position {}, expected {next_position}",
+                    segment.first_position
+                ),
+            ));
+        }
+        let mut reader = FrameReader::new(segment, *len, offset);
+        loop {
+            let at = reader.offset;
+            match reader.next()? {
+                Ok(None) => break,
+                Ok(Some(frame)) => {
+                    if frame.header.first_position != next_position {
+                        return Err(segment.corrupted(
+                            at,
+                            format!(
+                                "frame starts at position {}, expected {next_position}",
+                                frame.header.first_position
+                            ),
+                        ));
+                    }
+                    for (record_offset, event) in frame.records(segment)? {
+                        apply(segment, record_offset, event)?;
+                    }
+                    next_position += u64::from(frame.header.count);
+                    progress(frame.bytes.len() as u64);
+                }
+                Err(fault) => {
+                    let reason = match fault {
+                        FrameFault::Torn(reason) | FrameFault::Bad(reason) => reason,
+                    };
+                    if !is_last {
+                        return Err(segment.corrupted(at, reason));
+                    }
+                    if let Some(valid) = valid_frame_after(segment, *len, at + 1)? {
+                        return Err(segment.corrupted(
+                            at,
+                            format!("{reason}; a valid frame follows at offset {valid}"),
+                        ));
+                    }
+                    warn!(
+                        file = %segment.path.display(),
+                        offset = at,
+                        bytes = len - at,
+                        %reason,
+                        "cutting off a torn tail left by an interrupted write (never acknowledged)"
+                    );
+                    end.cut_bytes = len - at;
+                    end.segment = segment.number;
+                    end.len = at;
+                    end.next_position = next_position;
+                    return Ok(end);
+                }
+            }
+        }
+        end.segment = segment.number;
+        end.len = reader.offset;
+    }
+    end.next_position = next_position;
+    Ok(end)
+}
+
+/// The offset of a complete frame with a good checksum at or after `from`, if there is one.
+pub fn valid_frame_after(
+    segment: &Segment,
+    len: u64,
+    from: u64,
+) -> Result<Option<u64>, StoreError> {
+    const WINDOW: usize = 4 * 1024 * 1024;
+    let magic = FRAME_MAGIC.to_le_bytes();
+    let mut window_start = from;
+    while window_start + FRAME_HEADER_BYTES as u64 <= len {
+        let window = segment.read(window_start, WINDOW + FRAME_HEADER_BYTES)?;
+        let scan_to = window.len().saturating_sub(FRAME_HEADER_BYTES) + 1;
+        for i in 0..scan_to.min(WINDOW) {
+            if window[i..i + 4] != magic {
+                continue;
+            }
+            let candidate = window_start + i as u64;
+            let Ok(header) = FrameHeader::decode(&window[i..i + FRAME_HEADER_BYTES]) else {
+                continue;
+            };
+            if candidate + header.total_len() as u64 > len {
+                continue;
+            }
+            let bytes = segment.read(candidate, header.total_len())?;
+            let crc = FrameHeader::checksum(
+                header.body_len,
+                header.first_position,
+                header.count,
+                &bytes[FRAME_HEADER_BYTES..],
+            );
+            if crc == header.crc {
+                return Ok(Some(candidate));
+            }
+        }
+        window_start += WINDOW as u64;
+    }
+    Ok(None)
+}

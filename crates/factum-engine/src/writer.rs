@@ -1,0 +1,373 @@
+//! The one writer. Appenders send requests over a channel; the writer takes every request that
+//! is waiting, plans each against the committed catalog plus what the group already planned,
+//! writes one frame per request, calls `fdatasync` once, and only then makes the group visible
+//! (index, head) and answers (group commit). Nothing is acknowledged before it is durable.
+
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+
+use factum_core::catalog::{self, Change, Overlay, Plan, PlannedRecord, WriteRequest};
+use factum_core::{AppendResult, RecordedEvent, StoreError, now_micros};
+use tokio::sync::oneshot;
+use tracing::error;
+
+use crate::Shared;
+use crate::index::IndexedUpTo;
+use crate::log::format::{FRAME_HEADER_BYTES, FrameBuilder, RECORD_FIXED_BYTES, RecordRef};
+use crate::log::{SegmentWriter, pack};
+
+/// Most requests committed in one group.
+pub const GROUP_REQUESTS_MAX: usize = 4096;
+/// Most bytes committed in one group (a single larger append still goes alone).
+pub const GROUP_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+pub type Reply = oneshot::Sender<Result<AppendResult, StoreError>>;
+
+pub enum Request {
+    Write(WriteRequest, Reply),
+    /// Recorded events to store as they are (ids, revisions, times), from an export.
+    Import(Vec<RecordedEvent>, Reply),
+}
+
+impl Request {
+    fn size_bytes(&self) -> usize {
+        match self {
+            Request::Write(request, _) => match &request.kind {
+                catalog::WriteKind::Append(events) => events.iter().map(|e| e.size_bytes()).sum(),
+                _ => 256,
+            },
+            Request::Import(events, _) => events.iter().map(|e| e.data.len() + 128).sum(),
+        }
+    }
+}
+
+/// One frame to write: its records, each with its recorded time.
+struct FramePlan {
+    records: Vec<(PlannedRecord, u64)>,
+    primary: usize,
+}
+
+pub struct Writer {
+    pub shared: Arc<Shared>,
+    pub segment: SegmentWriter,
+    pub next_position: u64,
+    pub segment_bytes_limit: u64,
+    pub index_save_interval_events: u64,
+    pub saved_at_position: u64,
+}
+
+impl Writer {
+    pub fn run(mut self, requests: Receiver<Request>) -> Result<(), StoreError> {
+        while let Ok(first) = requests.recv() {
+            let mut bytes = first.size_bytes();
+            let mut group = vec![first];
+            while group.len() < GROUP_REQUESTS_MAX && bytes < GROUP_BYTES_MAX {
+                match requests.try_recv() {
+                    Ok(request) => {
+                        bytes += request.size_bytes();
+                        group.push(request);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(group);
+            if self.shared.poisoned.lock().is_none()
+                && self.next_position - self.saved_at_position >= self.index_save_interval_events
+            {
+                if let Err(e) = self.save_index() {
+                    error!(error = %e, "saving the index failed; it will be rebuilt from the log");
+                }
+            }
+        }
+        if self.shared.poisoned.lock().is_some() {
+            // What is on disk is recovered on the next open; the in-memory index may be ahead.
+            return Ok(());
+        }
+        self.save_index().map_err(StoreError::Io)
+    }
+
+    fn save_index(&mut self) -> std::io::Result<()> {
+        let up_to = IndexedUpTo {
+            next_position: self.next_position,
+            segment: self.segment.number,
+            offset: self.segment.len,
+        };
+        self.shared.index.read().save(&self.shared.dir, up_to)?;
+        self.saved_at_position = self.next_position;
+        Ok(())
+    }
+
+    fn commit(&mut self, group: Vec<Request>) {
+        if let Some(reason) = self.shared.poisoned.lock().clone() {
+            for request in group {
+                let reply = match request {
+                    Request::Write(_, reply) | Request::Import(_, reply) => reply,
+                };
+                let _ = reply.send(Err(StoreError::Poisoned(reason.clone())));
+            }
+            return;
+        }
+        let now = now_micros();
+        let mut replies: Vec<(Reply, Result<Option<usize>, StoreError>, Option<AppendResult>)> =
+            Vec::with_capacity(group.len());
+        let mut frames: Vec<FramePlan> = Vec::new();
+        {
+            let index = self.shared.index.read();
+            let segments = &self.shared.segments;
+            let mut overlay = Overlay::new(&index.catalog, |position| {
+                let location = index
+                    .locations
+                    .get(position as usize)
+                    .ok_or_else(|| StoreError::invalid(format!("no event at {position}")))?;
+                segments.read_id(*location)
+            });
+            let mut planned_positions = self.next_position;
+            for request in group {
+                match request {
+                    Request::Write(request, reply) => match catalog::plan(&overlay, &request) {
+                        Err(e) => replies.push((reply, Err(e), None)),
+                        Ok(Plan::AlreadyAppended {
+                            first_revision,
+                            last_revision,
+                        }) => {
+                            let committed = index
+                                .catalog
+                                .stream(&request.stream)
+                                .and_then(|s| s.positions.get(last_revision as usize).copied());
+                            // Or its first write is earlier in this very group.
+                            let position = committed.or_else(|| {
+                                planned_position(
+                                    &frames,
+                                    self.next_position,
+                                    &request.stream,
+                                    last_revision,
+                                )
+                            });
+                            match position {
+                                Some(position) => replies.push((
+                                    reply,
+                                    Ok(None),
+                                    Some(AppendResult {
+                                        first_revision,
+                                        last_revision,
+                                        position,
+                                    }),
+                                )),
+                                None => replies.push((
+                                    reply,
+                                    Err(StoreError::invalid("idempotent append lost its original")),
+                                    None,
+                                )),
+                            }
+                        }
+                        Ok(Plan::Write { records, primary }) => {
+                            if let Err(e) = overlay.record(&records) {
+                                replies.push((reply, Err(e), None));
+                                continue;
+                            }
+                            let count = records.len() as u64;
+                            frames.push(FramePlan {
+                                records: records.into_iter().map(|r| (r, now)).collect(),
+                                primary,
+                            });
+                            planned_positions += count;
+                            replies.push((reply, Ok(Some(frames.len() - 1)), None));
+                        }
+                    },
+                    Request::Import(events, reply) => {
+                        match import_plan(&overlay, events) {
+                            Ok(records) => {
+                                let plain: Vec<PlannedRecord> =
+                                    records.iter().map(|(r, _)| r.clone()).collect();
+                                if let Err(e) = overlay.record(&plain) {
+                                    replies.push((reply, Err(e), None));
+                                    continue;
+                                }
+                                let primary = records.len();
+                                planned_positions += records.len() as u64;
+                                frames.push(FramePlan { records, primary });
+                                replies.push((reply, Ok(Some(frames.len() - 1)), None));
+                            }
+                            Err(e) => replies.push((reply, Err(e), None)),
+                        }
+                    }
+                }
+            }
+            debug_assert!(planned_positions >= self.next_position);
+        }
+        let written = if frames.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.write_frames(&frames)
+        };
+        let results = match written {
+            Ok(results) => results,
+            Err(e) => {
+                let reason = format!(
+                    "{e}; appends of this group may or may not be stored, reopen the store to recover"
+                );
+                error!(%reason, "a write failed; the store refuses writes until reopened");
+                *self.shared.poisoned.lock() = Some(reason.clone());
+                for (reply, outcome, _) in replies {
+                    let answer = match outcome {
+                        Err(e) => Err(e),
+                        Ok(_) => Err(StoreError::Poisoned(reason.clone())),
+                    };
+                    let _ = reply.send(answer);
+                }
+                return;
+            }
+        };
+        for (reply, outcome, done) in replies {
+            let answer = match outcome {
+                Err(e) => Err(e),
+                Ok(Some(frame)) => results
+                    .get(frame)
+                    .copied()
+                    .ok_or_else(|| StoreError::invalid("frame result missing")),
+                Ok(None) => done.ok_or_else(|| StoreError::invalid("result missing")),
+            };
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Writes the frames, syncs, then publishes them. Returns each frame's result.
+    fn write_frames(&mut self, frames: &[FramePlan]) -> Result<Vec<AppendResult>, StoreError> {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut locations: Vec<(u32, u64)> = Vec::new();
+        let mut changes: Vec<Change> = Vec::new();
+        let mut results = Vec::with_capacity(frames.len());
+        let mut position = self.next_position;
+        for frame in frames {
+            let size = FRAME_HEADER_BYTES as u64
+                + frame
+                    .records
+                    .iter()
+                    .map(|(r, _)| {
+                        (RECORD_FIXED_BYTES
+                            + r.stream.as_str().len()
+                            + r.event.event_type.len()
+                            + r.event.data.len()
+                            + r.event.metadata.len()) as u64
+                    })
+                    .sum::<u64>();
+            let used = self.segment.len + buf.len() as u64;
+            if used + size > self.segment_bytes_limit
+                && used > crate::log::format::SEGMENT_HEADER_BYTES as u64
+            {
+                self.segment.write(&buf)?;
+                self.segment.sync()?;
+                buf.clear();
+                self.roll(position)?;
+            }
+            let base = self.segment.len;
+            let first_position = position;
+            let mut builder = FrameBuilder::begin(&mut buf, first_position);
+            for (record, recorded_at_us) in &frame.records {
+                let at = builder.push(
+                    &mut buf,
+                    &RecordRef {
+                        stream: record.stream.as_str(),
+                        revision: record.revision,
+                        recorded_at_us: *recorded_at_us,
+                        id: record.event.id,
+                        content_type: record.event.content_type,
+                        event_type: &record.event.event_type,
+                        data: &record.event.data,
+                        metadata: &record.event.metadata,
+                    },
+                );
+                locations.push((self.segment.number, base + at as u64));
+                changes.extend(catalog::changes_of(
+                    &record.stream,
+                    record.revision,
+                    position,
+                    record.event.id,
+                    &record.event.event_type,
+                    &record.event.data,
+                )?);
+                position += 1;
+            }
+            builder.finish(&mut buf);
+            let records: Vec<PlannedRecord> = frame.records.iter().map(|(r, _)| r.clone()).collect();
+            results.push(catalog::append_result(&records, frame.primary, first_position));
+        }
+        self.segment.write(&buf)?;
+        self.segment.sync()?;
+        // Durable: now make it visible.
+        {
+            let mut index = self.shared.index.write();
+            for (segment, offset) in locations {
+                index.locations.push(pack(segment, offset));
+            }
+            for change in changes {
+                index.catalog.apply(change)?;
+            }
+            debug_assert_eq!(index.locations.len() as u64, position);
+        }
+        self.next_position = position;
+        self.shared.head.send_replace(position);
+        Ok(results)
+    }
+
+    fn roll(&mut self, first_position: u64) -> Result<(), StoreError> {
+        let number = self.segment.number + 1;
+        let log_dir = self.shared.segments.log_dir.clone();
+        self.segment = SegmentWriter::create(&log_dir, number, first_position)?;
+        let (segment, _) = crate::log::Segment::open(crate::log::segment_path(&log_dir, number))?;
+        self.shared.segments.push(segment);
+        Ok(())
+    }
+}
+
+/// Checks that imported events continue their streams exactly (same revisions).
+fn import_plan(
+    view: &impl catalog::View,
+    events: Vec<RecordedEvent>,
+) -> Result<Vec<(PlannedRecord, u64)>, StoreError> {
+    let mut next: std::collections::HashMap<factum_core::StreamName, u64> = Default::default();
+    let mut records = Vec::with_capacity(events.len());
+    for event in events {
+        let expected = *next
+            .entry(event.stream.clone())
+            .or_insert_with(|| view.summary(&event.stream).next_revision);
+        if view.summary(&event.stream).tombstoned {
+            return Err(StoreError::StreamDeleted(event.stream.to_string()));
+        }
+        if event.revision != expected {
+            return Err(StoreError::invalid(format!(
+                "imported event {} of stream '{}' has revision {}, the stream's next revision is {expected}",
+                event.id, event.stream, event.revision
+            )));
+        }
+        next.insert(event.stream.clone(), expected + 1);
+        let recorded_at_us = event.recorded_at_us;
+        records.push((
+            PlannedRecord {
+                stream: event.stream.clone(),
+                revision: event.revision,
+                event: event.to_new_event(),
+            },
+            recorded_at_us,
+        ));
+    }
+    Ok(records)
+}
+
+/// The position a record planned earlier in the group will get.
+fn planned_position(
+    frames: &[FramePlan],
+    mut position: u64,
+    stream: &factum_core::StreamName,
+    revision: u64,
+) -> Option<u64> {
+    for frame in frames {
+        for (record, _) in &frame.records {
+            if record.stream == *stream && record.revision == revision {
+                return Some(position);
+            }
+            position += 1;
+        }
+    }
+    None
+}

@@ -1,0 +1,14 @@
+//! The embedded engine passes the conformance suite.
+use factum_engine::{Engine, Options};
+
+async fn fresh() -> (Engine, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    // Small segments, so the suite also crosses segment boundaries.
+    let options = Options {
+        segment_bytes_limit: 64 * 1024,
+        ..Options::default()
+    };
+    (Engine::open(dir.path(), options).unwrap(), dir)
+}
+
+factum_core::conformance_tests!(fresh);
