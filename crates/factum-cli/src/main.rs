@@ -1,1 +1,477 @@
-fn main(){}
+//! `factum`: the command line over the embedded store. JSON lines in and out.
+
+mod bench;
+mod demo;
+mod json;
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Parser, Subcommand};
+use factum_core::{
+    Direction, EventStore, ExpectedState, StoreError, StreamMetadata, StreamName,
+    SubscriptionFilter,
+};
+use factum_engine::{Engine, Options};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Factum: an event store. Events in and out as JSON lines.
+#[derive(Parser)]
+#[command(name = "factum", version, about)]
+struct Cli {
+    /// The data directory of the embedded store.
+    #[arg(long, global = true, env = "FACTUM_DATA_DIR", default_value = "./factum-data")]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Append events, read from stdin one JSON object a line:
+    /// {"type": "...", "data": ..., "metadata": {...}, "id": "<uuid>"}.
+    Append {
+        /// The stream to append to.
+        stream: String,
+        /// any, no-stream, exists, or the revision the stream must be at.
+        #[arg(long, default_value = "any")]
+        expected: String,
+    },
+    /// Print a stream's events.
+    Read {
+        /// The stream to read.
+        stream: String,
+        /// First revision to read (default: the start, or the end with --backwards).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Newest first.
+        #[arg(long)]
+        backwards: bool,
+        /// At most this many events.
+        #[arg(long, default_value_t = u64::MAX)]
+        limit: u64,
+    },
+    /// Print events of the whole log ($all).
+    ReadAll {
+        /// First position to read (default: the start, or the end with --backwards).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Newest first.
+        #[arg(long)]
+        backwards: bool,
+        /// At most this many events.
+        #[arg(long, default_value_t = u64::MAX)]
+        limit: u64,
+    },
+    /// Print the log from a position, then new events as they are appended, until interrupted.
+    Tail {
+        /// First position (default: the current end, showing only new events).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Only streams starting with this (repeatable).
+        #[arg(long = "stream-prefix")]
+        stream_prefixes: Vec<String>,
+        /// Only events of this type (repeatable).
+        #[arg(long = "type")]
+        event_types: Vec<String>,
+    },
+    /// List streams, one JSON object a line.
+    Streams {
+        /// Only names starting with this; a prefix starting with '$' lists system streams.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// At most this many.
+        #[arg(long, default_value_t = u64::MAX)]
+        limit: u64,
+    },
+    /// Delete a stream (soft: it can be written again), or tombstone it for good.
+    Delete {
+        /// The stream.
+        stream: String,
+        /// Never allow the stream to be written again.
+        #[arg(long)]
+        tombstone: bool,
+        /// any, no-stream, exists, or the revision the stream must be at.
+        #[arg(long, default_value = "any")]
+        expected: String,
+    },
+    /// Show a stream's metadata, or set it with --set '{"max_count": 100}'.
+    Metadata {
+        /// The stream.
+        stream: String,
+        /// New metadata: max_count, max_age_secs, truncate_before, custom.
+        #[arg(long)]
+        set: Option<String>,
+    },
+    /// Read every record and check every checksum; exits non-zero naming the first corruption.
+    Verify,
+    /// Print every recorded event as a JSON line (the input of `import`).
+    Export {
+        /// First position.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+    /// Store exported events as they were: ids, order, revisions and times.
+    Import {
+        /// The file to read (default: stdin).
+        file: Option<PathBuf>,
+    },
+    /// Measure appends and reads against PostgreSQL and SQLite on the same machine.
+    Bench(bench::BenchArgs),
+    /// A walk through the event store on the embedded engine: a shopping cart.
+    Demo,
+}
+
+/// Exit codes a script can act on.
+mod exit {
+    pub const FAILURE: u8 = 1;
+    pub const INVALID_INPUT: u8 = 2;
+    pub const WRONG_EXPECTED_REVISION: u8 = 3;
+    pub const NOT_FOUND: u8 = 4;
+    pub const DELETED: u8 = 5;
+    pub const CORRUPTED: u8 = 6;
+    pub const LOCKED: u8 = 7;
+}
+
+/// Bad input found by the command line itself (before the store saw it).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BadInput(String);
+
+fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.downcast_ref::<BadInput>().is_some() {
+        return exit::INVALID_INPUT;
+    }
+    match error.downcast_ref::<StoreError>() {
+        Some(StoreError::InvalidInput(_)) => exit::INVALID_INPUT,
+        Some(StoreError::WrongExpectedRevision { .. } | StoreError::CheckpointBehind { .. }) => {
+            exit::WRONG_EXPECTED_REVISION
+        }
+        Some(StoreError::NotFound(_)) => exit::NOT_FOUND,
+        Some(StoreError::StreamDeleted(_)) => exit::DELETED,
+        Some(StoreError::Corrupted { .. }) => exit::CORRUPTED,
+        Some(StoreError::Locked(_)) => exit::LOCKED,
+        _ => exit::FAILURE,
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(exit_code(&error))
+        }
+    }
+}
+
+fn bad(message: impl Into<String>) -> anyhow::Error {
+    anyhow!(BadInput(message.into()))
+}
+
+fn stream_arg(name: &str) -> Result<StreamName> {
+    StreamName::user(name).map_err(|e| bad(e.to_string()))
+}
+
+fn expected_arg(text: &str) -> Result<ExpectedState> {
+    text.parse().map_err(|e: StoreError| bad(e.to_string()))
+}
+
+fn open(cli_dir: &std::path::Path) -> Result<Engine> {
+    Ok(Engine::open(cli_dir, Options::default())?)
+}
+
+fn stdout() -> BufWriter<std::io::StdoutLock<'static>> {
+    BufWriter::with_capacity(1 << 16, std::io::stdout().lock())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let dir = cli.data_dir.as_path();
+    match cli.command {
+        Command::Append { stream, expected } => {
+            let stream = stream_arg(&stream)?;
+            let expected = expected_arg(&expected)?;
+            // Parse and check every line before anything is written.
+            let mut events = Vec::new();
+            for (number, line) in std::io::stdin().lock().lines().enumerate() {
+                let line = line.context("reading stdin")?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let event = json::parse_event_line(&line)
+                    .map_err(|e| bad(format!("line {}: {e:#}", number + 1)))?;
+                events.push(event);
+            }
+            if events.is_empty() {
+                return Err(bad("no events on stdin (one JSON object a line)"));
+            }
+            let store = open(dir)?;
+            let result = store.append(&stream, expected, events).await?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "stream": stream.as_str(),
+                    "first_revision": result.first_revision,
+                    "last_revision": result.last_revision,
+                    "position": result.position,
+                })
+            );
+            store.close()?;
+        }
+        Command::Read { stream, from, backwards, limit } => {
+            let stream = StreamName::new(stream).map_err(|e| bad(e.to_string()))?;
+            let store = open(dir)?;
+            let direction = if backwards { Direction::Backwards } else { Direction::Forwards };
+            let from = from.unwrap_or(if backwards { u64::MAX } else { 0 });
+            print_pages(limit, from, backwards, |from, page| {
+                let store = store.clone();
+                let stream = stream.clone();
+                async move { store.read_stream(&stream, from, direction, page).await }
+            }, |e| e.revision)
+            .await?;
+        }
+        Command::ReadAll { from, backwards, limit } => {
+            let store = open(dir)?;
+            let direction = if backwards { Direction::Backwards } else { Direction::Forwards };
+            let from = from.unwrap_or(if backwards { u64::MAX } else { 0 });
+            print_pages(limit, from, backwards, |from, page| {
+                let store = store.clone();
+                async move { store.read_all(from, direction, page).await }
+            }, |e| e.position)
+            .await?;
+        }
+        Command::Tail { from, stream_prefixes, event_types } => {
+            let store = open(dir)?;
+            let from = from.unwrap_or_else(|| store.head());
+            let filter = SubscriptionFilter { stream_prefixes, event_types, exclude_system: false };
+            let mut subscription = store.subscribe_all(from, filter);
+            loop {
+                tokio::select! {
+                    event = subscription.next() => {
+                        let event = event?;
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "{}", json::to_line(&event)?)?;
+                        out.flush()?;
+                    }
+                    _ = tokio::signal::ctrl_c() => break,
+                }
+            }
+        }
+        Command::Streams { prefix, limit } => {
+            let store = open(dir)?;
+            let mut out = stdout();
+            let mut after: Option<StreamName> = None;
+            let mut left = limit;
+            while left > 0 {
+                let page = store
+                    .list_streams(&prefix, after.as_ref(), left.min(10_000) as usize)
+                    .await?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.name.clone());
+                left -= page.len() as u64;
+                for info in page {
+                    writeln!(out, "{}", serde_json::to_string(&info)?)?;
+                }
+            }
+            out.flush()?;
+        }
+        Command::Delete { stream, tombstone, expected } => {
+            let stream = stream_arg(&stream)?;
+            let expected = expected_arg(&expected)?;
+            let store = open(dir)?;
+            let position = if tombstone {
+                store.tombstone_stream(&stream, expected).await?
+            } else {
+                store.delete_stream(&stream, expected).await?
+            };
+            println!(
+                "{}",
+                serde_json::json!({"stream": stream.as_str(), "tombstoned": tombstone, "position": position})
+            );
+            store.close()?;
+        }
+        Command::Metadata { stream, set } => {
+            let stream = stream_arg(&stream)?;
+            let new: Option<StreamMetadata> = match set {
+                Some(text) => Some(
+                    serde_json::from_str(&text)
+                        .map_err(|e| bad(format!("--set: {e} (keys: max_count, max_age_secs, truncate_before, custom)")))?,
+                ),
+                None => None,
+            };
+            let store = open(dir)?;
+            if let Some(metadata) = new {
+                store.set_metadata(&stream, metadata).await?;
+            }
+            let metadata = store.get_metadata(&stream).await?;
+            println!("{}", serde_json::to_string(&metadata.unwrap_or_default())?);
+            store.close()?;
+        }
+        Command::Verify => {
+            let store = open(dir)?;
+            let bar = bytes_bar(0, "verifying");
+            let report = store.verify(|done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            });
+            bar.finish_and_clear();
+            let report = report?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "ok": true,
+                    "segments": report.segments,
+                    "appends": report.frames,
+                    "events": report.events,
+                    "bytes": report.bytes,
+                })
+            );
+        }
+        Command::Export { from } => {
+            let store = open(dir)?;
+            let head = store.head();
+            let bar = count_bar(head.saturating_sub(from), "exporting");
+            let mut out = stdout();
+            let mut next = from;
+            while next < head {
+                let events = store.read_all(next, Direction::Forwards, 4096).await?;
+                let Some(last) = events.last() else { break };
+                next = last.position + 1;
+                for event in &events {
+                    writeln!(out, "{}", json::to_line(event)?)?;
+                }
+                bar.inc(events.len() as u64);
+            }
+            out.flush()?;
+            bar.finish_and_clear();
+        }
+        Command::Import { file } => import(dir, file).await?,
+        Command::Bench(args) => bench::run(dir, args).await?,
+        Command::Demo => demo::run(dir).await?,
+    }
+    Ok(())
+}
+
+/// Prints pages of events until `limit` events or the end.
+async fn print_pages<F, Fut>(
+    limit: u64,
+    mut from: u64,
+    backwards: bool,
+    mut read: F,
+    key: impl Fn(&factum_core::RecordedEvent) -> u64,
+) -> Result<()>
+where
+    F: FnMut(u64, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<factum_core::RecordedEvent>, StoreError>>,
+{
+    let mut out = stdout();
+    let mut left = limit;
+    while left > 0 {
+        let events = read(from, left.min(4096) as usize).await?;
+        let Some(last) = events.last() else { break };
+        let last_key = key(last);
+        left -= events.len() as u64;
+        for event in &events {
+            writeln!(out, "{}", json::to_line(event)?)?;
+        }
+        if backwards {
+            let Some(next) = last_key.checked_sub(1) else { break };
+            from = next;
+        } else {
+            from = last_key + 1;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn bytes_bar(total: u64, message: &'static str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(message);
+    bar
+}
+
+fn count_bar(total: u64, message: &'static str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {human_pos}/{human_len} events {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(message);
+    bar
+}
+
+/// Imports exported events. Every line is parsed and checked before anything is written.
+async fn import(dir: &std::path::Path, file: Option<PathBuf>) -> Result<()> {
+    let reader: Box<dyn BufRead> = match &file {
+        Some(path) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let mut events = Vec::new();
+    let mut next_revision: std::collections::HashMap<StreamName, u64> = Default::default();
+    for (number, line) in reader.lines().enumerate() {
+        let line = line.context("reading the input")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event = json::from_line(&line).map_err(|e| bad(format!("line {}: {e:#}", number + 1)))?;
+        event
+            .to_new_event()
+            .validate(true)
+            .map_err(|e| bad(format!("line {}: {e}", number + 1)))?;
+        if let Some(expected) = next_revision.get(&event.stream) {
+            if *expected != event.revision {
+                return Err(bad(format!(
+                    "line {}: stream '{}' jumps from revision {} to {}",
+                    number + 1,
+                    event.stream,
+                    expected - 1,
+                    event.revision
+                )));
+            }
+        }
+        next_revision.insert(event.stream.clone(), event.revision + 1);
+        events.push(event);
+    }
+    let store = open(dir)?;
+    let bar = count_bar(events.len() as u64, "importing");
+    let total = events.len();
+    let mut rest = events.into_iter().peekable();
+    while rest.peek().is_some() {
+        let batch: Vec<_> = rest.by_ref().take(4096).collect();
+        let count = batch.len() as u64;
+        store.import(batch).await?;
+        bar.inc(count);
+    }
+    bar.finish_and_clear();
+    println!("{}", serde_json::json!({"imported": total, "head": store.head()}));
+    store.close()?;
+    Ok(())
+}
