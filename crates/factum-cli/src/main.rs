@@ -122,6 +122,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// A walk through the event store on the embedded engine: a shopping cart.
     Demo,
+    /// (Used by `bench --scenarios open`.) Open the store, serve reads, report time and memory.
+    #[command(hide = true)]
+    BenchOpen,
 }
 
 /// Exit codes a script can act on.
@@ -365,6 +368,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Import { file } => import(dir, file).await?,
         Command::Bench(args) => bench::run(dir, args).await?,
         Command::Demo => demo::run(dir).await?,
+        Command::BenchOpen => bench::open_child(dir).await?,
     }
     Ok(())
 }
