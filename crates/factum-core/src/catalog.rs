@@ -197,12 +197,30 @@ pub fn changes_of(
     event_type: &str,
     data: &[u8],
 ) -> Result<Vec<Change>, StoreError> {
-    let mut changes = vec![Change::Appended {
+    let mut changes = Vec::with_capacity(2);
+    push_changes(&mut changes, stream, revision, position, id, event_type, data)?;
+    Ok(changes)
+}
+
+/// [`changes_of`], added to `changes`.
+pub fn push_changes(
+    changes: &mut Vec<Change>,
+    stream: &StreamName,
+    revision: u64,
+    position: u64,
+    id: Uuid,
+    event_type: &str,
+    data: &[u8],
+) -> Result<(), StoreError> {
+    changes.push(Change::Appended {
         stream: stream.clone(),
         revision,
         position,
         id,
-    }];
+    });
+    if !stream.is_system() {
+        return Ok(());
+    }
     let bad = |what: &str| {
         StoreError::invalid(format!(
             "system record '{event_type}' at position {position} has bad data: {what}"
@@ -243,7 +261,7 @@ pub fn changes_of(
             position,
         });
     }
-    Ok(changes)
+    Ok(())
 }
 
 fn system_event(event_type: &str, data: serde_json::Value) -> NewEvent {
@@ -257,8 +275,9 @@ fn system_event(event_type: &str, data: serde_json::Value) -> NewEvent {
 }
 
 /// Plans a write: checks the expected state, recognises an idempotent re-append, and lays out
-/// the records to store. Nothing is planned when it fails.
-pub fn plan(view: &impl View, request: &WriteRequest) -> Result<Plan, StoreError> {
+/// the records to store (moving the request's events into them). Nothing is planned when it
+/// fails.
+pub fn plan(view: &impl View, request: &mut WriteRequest) -> Result<Plan, StoreError> {
     let stream = &request.stream;
     let summary = view.summary(stream);
     if summary.tombstoned {
@@ -284,14 +303,26 @@ pub fn plan(view: &impl View, request: &WriteRequest) -> Result<Plan, StoreError
     if !matches {
         return Err(wrong());
     }
+    if let Some(checkpoint) = &request.checkpoint {
+        if let Some(stored) = view.checkpoint(&checkpoint.consumer) {
+            if checkpoint.position <= stored {
+                return Err(StoreError::CheckpointBehind {
+                    consumer: checkpoint.consumer.clone(),
+                    stored,
+                    given: checkpoint.position,
+                });
+            }
+        }
+    }
     let mut records = Vec::new();
-    match &request.kind {
+    match &mut request.kind {
         WriteKind::Append(events) => {
-            for (offset, event) in events.iter().enumerate() {
+            records.reserve(events.len() + 1);
+            for (offset, event) in std::mem::take(events).into_iter().enumerate() {
                 records.push(PlannedRecord {
                     stream: stream.clone(),
                     revision: summary.next_revision + offset as u64,
-                    event: event.clone(),
+                    event,
                 });
             }
         }
@@ -325,15 +356,6 @@ pub fn plan(view: &impl View, request: &WriteRequest) -> Result<Plan, StoreError
     }
     let primary = records.len();
     if let Some(checkpoint) = &request.checkpoint {
-        if let Some(stored) = view.checkpoint(&checkpoint.consumer) {
-            if checkpoint.position <= stored {
-                return Err(StoreError::CheckpointBehind {
-                    consumer: checkpoint.consumer.clone(),
-                    stored,
-                    given: checkpoint.position,
-                });
-            }
-        }
         records.push(system_record(
             view,
             StreamName::checkpoint_stream(&checkpoint.consumer)?,
@@ -643,6 +665,13 @@ where
     /// Takes planned records into account, as if they were committed.
     pub fn record(&mut self, records: &[PlannedRecord]) -> Result<(), StoreError> {
         for record in records {
+            if !record.stream.is_system() {
+                let entry = self.entry(&record.stream);
+                entry.0.next_revision += 1;
+                entry.0.last_id = Some(record.event.id);
+                entry.1.push(record.event.id);
+                continue;
+            }
             // Positions do not matter to planning; the changes' other effects do.
             for change in changes_of(
                 &record.stream,

@@ -47,7 +47,7 @@ impl MemoryStore {
         }
     }
 
-    fn write(&self, request: WriteRequest) -> Result<(AppendResult, u64), StoreError> {
+    fn write(&self, mut request: WriteRequest) -> Result<(AppendResult, u64), StoreError> {
         let mut state = self.inner.state.lock();
         let State { catalog, log } = &mut *state;
         let plan = {
@@ -56,7 +56,7 @@ impl MemoryStore {
                     .map(|e| e.id)
                     .ok_or_else(|| StoreError::invalid(format!("no event at {position}")))
             });
-            catalog::plan(&view, &request)?
+            catalog::plan(&view, &mut request)?
         };
         let (records, primary) = match plan {
             Plan::AlreadyAppended {

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -10,7 +11,7 @@ use crate::{StoreError, limits};
 /// `name`, `$checkpoint-consumer` holds a consumer's checkpoints, and `$all` is the log itself.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct StreamName(String);
+pub struct StreamName(Arc<str>);
 
 impl StreamName {
     /// Validates a name for any stream, system streams included.
@@ -32,7 +33,7 @@ impl StreamName {
         if name == "$all" {
             return Err(StoreError::invalid("'$all' is the log, not a stream"));
         }
-        Ok(StreamName(name))
+        Ok(StreamName(name.into()))
     }
 
     /// Validates a name a user may write to: not reserved (`$…`).
@@ -59,7 +60,7 @@ impl StreamName {
 
     /// The stream holding this stream's metadata, deletion and tombstone records.
     pub fn metadata_stream(&self) -> StreamName {
-        StreamName(format!("$${}", self.0))
+        StreamName(format!("$${}", self.0).into())
     }
 
     /// For a metadata stream `$$name`, the stream `name` it describes.
@@ -67,7 +68,7 @@ impl StreamName {
         self.0
             .strip_prefix("$$")
             .filter(|rest| !rest.is_empty())
-            .map(|rest| StreamName(rest.to_owned()))
+            .map(|rest| StreamName(rest.into()))
     }
 
     /// The stream holding the checkpoints of a consumer.
@@ -105,7 +106,7 @@ impl TryFrom<String> for StreamName {
 
 impl From<StreamName> for String {
     fn from(value: StreamName) -> Self {
-        value.0
+        value.0.to_string()
     }
 }
 

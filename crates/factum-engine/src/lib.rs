@@ -219,6 +219,7 @@ impl Engine {
             segment_bytes_limit: options.segment_bytes_limit,
             index_save_interval_events: options.index_save_interval_events,
             saved_at_position: loaded,
+            group_bytes_hint: 64 * 1024,
         };
         if report.replayed_events >= options.index_save_interval_events {
             shared.index.read().save(
@@ -320,14 +321,27 @@ impl Engine {
         locations: Vec<(u64, u64)>,
         sequential: bool,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        // Large reads go to the blocking pool so they never stall the async workers.
-        if locations.len() > 256 {
-            let shared = self.inner.shared.clone();
-            tokio::task::spawn_blocking(move || shared.segments.read_events(&locations, sequential))
+        // Large reads must not stall the async workers: on a multi-threaded runtime the worker
+        // hands its other tasks off while it reads (the events stay on the thread that
+        // allocated them, which keeps the allocator fast); elsewhere they go to the blocking
+        // pool.
+        let segments = &self.inner.shared.segments;
+        if locations.len() <= 256 {
+            return segments.read_events(&locations, sequential);
+        }
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                tokio::task::block_in_place(|| segments.read_events(&locations, sequential))
+            }
+            Ok(_) => {
+                let shared = self.inner.shared.clone();
+                tokio::task::spawn_blocking(move || {
+                    shared.segments.read_events(&locations, sequential)
+                })
                 .await
                 .map_err(|e| StoreError::invalid(format!("read task failed: {e}")))?
-        } else {
-            self.inner.shared.segments.read_events(&locations, sequential)
+            }
+            Err(_) => segments.read_events(&locations, sequential),
         }
     }
 

@@ -41,9 +41,11 @@ impl Request {
     }
 }
 
-/// One frame to write: its records, each with its recorded time.
+/// One frame to write: its records, with their recorded times when they are imported (otherwise
+/// the time of the group).
 struct FramePlan {
-    records: Vec<(PlannedRecord, u64)>,
+    records: Vec<PlannedRecord>,
+    imported_times: Option<Vec<u64>>,
     primary: usize,
 }
 
@@ -54,6 +56,8 @@ pub struct Writer {
     pub segment_bytes_limit: u64,
     pub index_save_interval_events: u64,
     pub saved_at_position: u64,
+    /// The size of the largest group written so far, so the buffer is allocated once.
+    pub group_bytes_hint: usize,
 }
 
 impl Writer {
@@ -124,7 +128,7 @@ impl Writer {
             let mut planned_positions = self.next_position;
             for request in group {
                 match request {
-                    Request::Write(request, reply) => match catalog::plan(&overlay, &request) {
+                    Request::Write(mut request, reply) => match catalog::plan(&overlay, &mut request) {
                         Err(e) => replies.push((reply, Err(e), None)),
                         Ok(Plan::AlreadyAppended {
                             first_revision,
@@ -167,7 +171,8 @@ impl Writer {
                             }
                             let count = records.len() as u64;
                             frames.push(FramePlan {
-                                records: records.into_iter().map(|r| (r, now)).collect(),
+                                records,
+                                imported_times: None,
                                 primary,
                             });
                             planned_positions += count;
@@ -176,16 +181,18 @@ impl Writer {
                     },
                     Request::Import(events, reply) => {
                         match import_plan(&overlay, events) {
-                            Ok(records) => {
-                                let plain: Vec<PlannedRecord> =
-                                    records.iter().map(|(r, _)| r.clone()).collect();
-                                if let Err(e) = overlay.record(&plain) {
+                            Ok((records, times)) => {
+                                if let Err(e) = overlay.record(&records) {
                                     replies.push((reply, Err(e), None));
                                     continue;
                                 }
                                 let primary = records.len();
                                 planned_positions += records.len() as u64;
-                                frames.push(FramePlan { records, primary });
+                                frames.push(FramePlan {
+                                    records,
+                                    imported_times: Some(times),
+                                    primary,
+                                });
                                 replies.push((reply, Ok(Some(frames.len() - 1)), None));
                             }
                             Err(e) => replies.push((reply, Err(e), None)),
@@ -198,7 +205,7 @@ impl Writer {
         let written = if frames.is_empty() {
             Ok(Vec::new())
         } else {
-            self.write_frames(&frames)
+            self.write_frames(&frames, now)
         };
         let results = match written {
             Ok(results) => results,
@@ -232,10 +239,15 @@ impl Writer {
     }
 
     /// Writes the frames, syncs, then publishes them. Returns each frame's result.
-    fn write_frames(&mut self, frames: &[FramePlan]) -> Result<Vec<AppendResult>, StoreError> {
-        let mut buf: Vec<u8> = Vec::new();
-        let mut locations: Vec<(u32, u64)> = Vec::new();
-        let mut changes: Vec<Change> = Vec::new();
+    fn write_frames(
+        &mut self,
+        frames: &[FramePlan],
+        now: u64,
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        let records_total: usize = frames.iter().map(|f| f.records.len()).sum();
+        let mut buf: Vec<u8> = Vec::with_capacity(self.group_bytes_hint);
+        let mut locations: Vec<(u32, u64)> = Vec::with_capacity(records_total);
+        let mut changes: Vec<Change> = Vec::with_capacity(records_total);
         let mut results = Vec::with_capacity(frames.len());
         let mut position = self.next_position;
         for frame in frames {
@@ -243,7 +255,7 @@ impl Writer {
                 + frame
                     .records
                     .iter()
-                    .map(|(r, _)| {
+                    .map(|r| {
                         (RECORD_FIXED_BYTES
                             + r.stream.as_str().len()
                             + r.event.event_type.len()
@@ -263,13 +275,18 @@ impl Writer {
             let base = self.segment.len;
             let first_position = position;
             let mut builder = FrameBuilder::begin(&mut buf, first_position);
-            for (record, recorded_at_us) in &frame.records {
+            for (i, record) in frame.records.iter().enumerate() {
+                let recorded_at_us = frame
+                    .imported_times
+                    .as_ref()
+                    .and_then(|times| times.get(i).copied())
+                    .unwrap_or(now);
                 let at = builder.push(
                     &mut buf,
                     &RecordRef {
                         stream: record.stream.as_str(),
                         revision: record.revision,
-                        recorded_at_us: *recorded_at_us,
+                        recorded_at_us,
                         id: record.event.id,
                         content_type: record.event.content_type,
                         event_type: &record.event.event_type,
@@ -278,20 +295,21 @@ impl Writer {
                     },
                 );
                 locations.push((self.segment.number, base + at as u64));
-                changes.extend(catalog::changes_of(
+                catalog::push_changes(
+                    &mut changes,
                     &record.stream,
                     record.revision,
                     position,
                     record.event.id,
                     &record.event.event_type,
                     &record.event.data,
-                )?);
+                )?;
                 position += 1;
             }
             builder.finish(&mut buf);
-            let records: Vec<PlannedRecord> = frame.records.iter().map(|(r, _)| r.clone()).collect();
-            results.push(catalog::append_result(&records, frame.primary, first_position));
+            results.push(catalog::append_result(&frame.records, frame.primary, first_position));
         }
+        self.group_bytes_hint = self.group_bytes_hint.max(buf.len().min(crate::writer::GROUP_BYTES_MAX));
         self.segment.write(&buf)?;
         self.segment.sync()?;
         // Durable: now make it visible.
@@ -321,12 +339,14 @@ impl Writer {
 }
 
 /// Checks that imported events continue their streams exactly (same revisions).
+#[allow(clippy::type_complexity)]
 fn import_plan(
     view: &impl catalog::View,
     events: Vec<RecordedEvent>,
-) -> Result<Vec<(PlannedRecord, u64)>, StoreError> {
+) -> Result<(Vec<PlannedRecord>, Vec<u64>), StoreError> {
     let mut next: std::collections::HashMap<factum_core::StreamName, u64> = Default::default();
     let mut records = Vec::with_capacity(events.len());
+    let mut times = Vec::with_capacity(events.len());
     for event in events {
         let expected = *next
             .entry(event.stream.clone())
@@ -341,17 +361,14 @@ fn import_plan(
             )));
         }
         next.insert(event.stream.clone(), expected + 1);
-        let recorded_at_us = event.recorded_at_us;
-        records.push((
-            PlannedRecord {
-                stream: event.stream.clone(),
-                revision: event.revision,
-                event: event.to_new_event(),
-            },
-            recorded_at_us,
-        ));
+        times.push(event.recorded_at_us);
+        records.push(PlannedRecord {
+            stream: event.stream.clone(),
+            revision: event.revision,
+            event: event.to_new_event(),
+        });
     }
-    Ok(records)
+    Ok((records, times))
 }
 
 /// The position a record planned earlier in the group will get.
@@ -362,7 +379,7 @@ fn planned_position(
     revision: u64,
 ) -> Option<u64> {
     for frame in frames {
-        for (record, _) in &frame.records {
+        for record in &frame.records {
             if record.stream == *stream && record.revision == revision {
                 return Some(position);
             }

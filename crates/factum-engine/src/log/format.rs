@@ -207,9 +207,9 @@ pub fn record_len(bytes: &[u8]) -> Option<usize> {
     (bytes.len() >= 4).then(|| u32_at(bytes, 0) as usize)
 }
 
-/// Decodes one record that starts at `bytes[at]` and checks its checksum. `chunk` holds the
-/// bytes so data and metadata are shared, not copied.
-pub fn decode_record(chunk: &Bytes, at: usize, position: u64) -> Result<RecordedEvent, String> {
+/// Decodes one record that starts at `chunk[at]` and checks its checksum. Data and metadata are
+/// copied out, so the chunk can be reused.
+pub fn decode_record(chunk: &[u8], at: usize, position: u64) -> Result<RecordedEvent, String> {
     let bytes = chunk.get(at..).ok_or("record starts past the end")?;
     let len = record_len(bytes).ok_or("record length is cut short")?;
     if len < RECORD_FIXED_BYTES || len > bytes.len() {
@@ -253,8 +253,8 @@ pub fn decode_record(chunk: &Bytes, at: usize, position: u64) -> Result<Recorded
         id: Uuid::from_bytes(id),
         event_type: event_type.to_owned(),
         content_type,
-        data: chunk.slice(at + data_range.start..at + data_range.end),
-        metadata: chunk.slice(at + metadata_range.start..at + metadata_range.end),
+        data: Bytes::copy_from_slice(&record[data_range]),
+        metadata: Bytes::copy_from_slice(&record[metadata_range]),
         recorded_at_us: u64_at(record, 16),
     })
 }

@@ -66,6 +66,15 @@ impl Segment {
         ))
     }
 
+    /// Reads up to `len` bytes at `offset` into `buf` (fewer at the end of the file); returns
+    /// how many. `buf` only grows, so a reused buffer costs no allocation.
+    pub fn read_into(&self, offset: u64, len: usize, buf: &mut Vec<u8>) -> Result<usize, StoreError> {
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        Ok(read_up_to(&self.file, &mut buf[..len], offset)?)
+    }
+
     /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
     pub fn read(&self, offset: u64, len: usize) -> Result<Bytes, StoreError> {
         let mut buf = vec![0u8; len];
@@ -139,46 +148,54 @@ impl Segments {
     }
 
     /// Reads the events at the given (position, location) pairs, checking every record's
-    /// checksum. Consecutive records are fetched in large chunks.
+    /// checksum. Consecutive records are fetched in large chunks into a buffer that each thread
+    /// reuses, so reads cost no page faults.
     pub fn read_events(
         &self,
         locations: &[(u64, u64)],
         sequential: bool,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        thread_local! {
+            static CHUNK: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
         let chunk_bytes = if sequential {
             SEQUENTIAL_CHUNK_BYTES
         } else {
             SCATTERED_CHUNK_BYTES
         };
-        let mut events = Vec::with_capacity(locations.len());
-        let mut chunk: Option<(Arc<Segment>, u64, Bytes)> = None;
-        for &(position, location) in locations {
-            let (number, offset) = unpack(location);
-            let fits = |segment: &Segment, start: u64, bytes: &Bytes| {
-                segment.number == number
-                    && offset >= start
-                    && bytes
-                        .get((offset - start) as usize..)
-                        .and_then(record_len)
-                        .is_some_and(|len| (offset - start) as usize + len <= bytes.len())
-            };
-            if !chunk.as_ref().is_some_and(|(s, start, b)| fits(s, *start, b)) {
-                let segment = self.get(number)?;
-                let mut bytes = segment.read(offset, chunk_bytes)?;
-                let len = record_len(&bytes).unwrap_or(0);
-                if len > bytes.len() {
-                    bytes = segment.read(offset, len)?;
+        CHUNK.with(|chunk| {
+            let mut chunk = chunk.borrow_mut();
+            let mut events = Vec::with_capacity(locations.len());
+            // The segment, file offset and length of what `chunk` holds.
+            let mut held: Option<(Arc<Segment>, u64, usize)> = None;
+            for &(position, location) in locations {
+                let (number, offset) = unpack(location);
+                let fits = |(segment, start, len): &(Arc<Segment>, u64, usize)| {
+                    segment.number == number
+                        && offset >= *start
+                        && chunk
+                            .get((offset - start) as usize..*len)
+                            .and_then(record_len)
+                            .is_some_and(|record| (offset - start) as usize + record <= *len)
+                };
+                if !held.as_ref().is_some_and(fits) {
+                    let segment = self.get(number)?;
+                    let mut len = segment.read_into(offset, chunk_bytes, &mut chunk)?;
+                    let record = chunk.get(..len).and_then(record_len).unwrap_or(0);
+                    if record > len {
+                        len = segment.read_into(offset, record, &mut chunk)?;
+                    }
+                    held = Some((segment, offset, len));
                 }
-                chunk = Some((segment, offset, bytes));
+                let Some((segment, start, len)) = &held else {
+                    continue;
+                };
+                let event = decode_record(&chunk[..*len], (offset - start) as usize, position)
+                    .map_err(|reason| segment.corrupted(offset, reason))?;
+                events.push(event);
             }
-            let Some((segment, start, bytes)) = &chunk else {
-                continue;
-            };
-            let event = decode_record(bytes, (offset - start) as usize, position)
-                .map_err(|reason| segment.corrupted(offset, reason))?;
-            events.push(event);
-        }
-        Ok(events)
+            Ok(events)
+        })
     }
 
     /// The id of the record at a location, checksum checked.
