@@ -22,7 +22,11 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Scenarios to run (bulk, concurrent, single, read-all, open).
-    #[arg(long, value_delimiter = ',', default_value = "bulk,concurrent,single,read-all")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "bulk,concurrent,single,read-all"
+    )]
     scenarios: Vec<String>,
     /// Stores to compare (factum, postgres, sqlite).
     #[arg(long, value_delimiter = ',', default_value = "factum,postgres,sqlite")]
@@ -46,7 +50,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1_000_000)]
     open_streams: u64,
     /// PostgreSQL connection string.
-    #[arg(long, default_value = "host=127.0.0.1 port=5432 user=postgres dbname=test")]
+    #[arg(
+        long,
+        default_value = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+    )]
     postgres: String,
     /// Where the stores are created (default: a fresh directory beside the data directory).
     #[arg(long)]
@@ -66,7 +73,13 @@ struct Row {
     p999_us: u64,
 }
 
-fn row(scenario: &str, store: &str, events: u64, elapsed: Duration, mut latencies_us: Vec<u64>) -> Row {
+fn row(
+    scenario: &str,
+    store: &str,
+    events: u64,
+    elapsed: Duration,
+    mut latencies_us: Vec<u64>,
+) -> Row {
     latencies_us.sort_unstable();
     let pick = |q: f64| -> u64 {
         if latencies_us.is_empty() {
@@ -135,14 +148,19 @@ impl Store {
 
     async fn open(name: &str, dir: &Path, args: &BenchArgs) -> Result<Store> {
         match name {
-            "factum" => Ok(Store::Factum(Engine::open(dir.join("factum"), Options::default())?)),
+            "factum" => Ok(Store::Factum(Engine::open(
+                dir.join("factum"),
+                Options::default(),
+            )?)),
             "postgres" => {
                 let mut clients = Vec::new();
                 for _ in 0..args.writers.clamp(1, 64) {
                     let (client, connection) =
                         tokio_postgres::connect(&args.postgres, tokio_postgres::NoTls)
                             .await
-                            .with_context(|| format!("connecting to PostgreSQL at '{}'", args.postgres))?;
+                            .with_context(|| {
+                                format!("connecting to PostgreSQL at '{}'", args.postgres)
+                            })?;
                     tokio::spawn(connection);
                     clients.push(Arc::new(client));
                 }
@@ -188,7 +206,13 @@ impl Store {
 
     /// Appends events to a stream whose next revision is `next_revision`, with the exact
     /// expected revision (or "no stream").
-    async fn append(&self, writer: usize, stream: &str, next_revision: u64, payloads: Vec<String>) -> Result<()> {
+    async fn append(
+        &self,
+        writer: usize,
+        stream: &str,
+        next_revision: u64,
+        payloads: Vec<String>,
+    ) -> Result<()> {
         match self {
             Store::Factum(engine) => {
                 let expected = match next_revision {
@@ -205,7 +229,9 @@ impl Store {
                         metadata: Bytes::new(),
                     })
                     .collect();
-                engine.append(&StreamName::user(stream)?, expected, events).await?;
+                engine
+                    .append(&StreamName::user(stream)?, expected, events)
+                    .await?;
             }
             Store::Postgres(clients) => {
                 let client = &clients[writer % clients.len()];
@@ -293,8 +319,13 @@ impl Store {
                     let (mut count, mut next) = (0, from);
                     while let Some(row) = rows.next()? {
                         let position: i64 = row.get(0)?;
-                        let _: (String, i64, String, String, String) =
-                            (row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?);
+                        let _: (String, i64, String, String, String) = (
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                            row.get(5)?,
+                        );
                         count += 1;
                         next = position as u64 + 1;
                     }
@@ -317,9 +348,11 @@ impl Store {
 fn bar(total: u64, message: String) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template("{msg:>22} [{bar:30}] {human_pos}/{human_len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>22} [{bar:30}] {human_pos}/{human_len} {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar.set_message(message);
     bar
@@ -335,7 +368,9 @@ async fn bulk(store: &Store, events: u64, payloads: &Payloads) -> Result<Row> {
     let started = Instant::now();
     for a in 0..appends {
         let stream = (a % STREAMS) as usize;
-        let batch: Vec<String> = (0..PER_APPEND).map(|i| payloads.get(a * PER_APPEND + i)).collect();
+        let batch: Vec<String> = (0..PER_APPEND)
+            .map(|i| payloads.get(a * PER_APPEND + i))
+            .collect();
         let t = Instant::now();
         store
             .append(0, &format!("bulk-{stream}"), next_revision[stream], batch)
@@ -346,10 +381,21 @@ async fn bulk(store: &Store, events: u64, payloads: &Payloads) -> Result<Row> {
     }
     let elapsed = started.elapsed();
     progress.finish_and_clear();
-    Ok(row("bulk", store.name(), appends * PER_APPEND, elapsed, latencies))
+    Ok(row(
+        "bulk",
+        store.name(),
+        appends * PER_APPEND,
+        elapsed,
+        latencies,
+    ))
 }
 
-async fn concurrent(store: Arc<Store>, events: u64, writers: u64, payloads: Arc<Payloads>) -> Result<Row> {
+async fn concurrent(
+    store: Arc<Store>,
+    events: u64,
+    writers: u64,
+    payloads: Arc<Payloads>,
+) -> Result<Row> {
     let per_writer = events / writers;
     let progress = bar(per_writer * writers, format!("concurrent {}", store.name()));
     let started = Instant::now();
@@ -363,7 +409,12 @@ async fn concurrent(store: Arc<Store>, events: u64, writers: u64, payloads: Arc<
             for i in 0..per_writer {
                 let t = Instant::now();
                 store
-                    .append(w as usize, &format!("concurrent-{w}"), i, vec![payloads.get(w * per_writer + i)])
+                    .append(
+                        w as usize,
+                        &format!("concurrent-{w}"),
+                        i,
+                        vec![payloads.get(w * per_writer + i)],
+                    )
                     .await?;
                 latencies.push(t.elapsed().as_micros() as u64);
                 progress.inc(1);
@@ -377,7 +428,13 @@ async fn concurrent(store: Arc<Store>, events: u64, writers: u64, payloads: Arc<
     }
     let elapsed = started.elapsed();
     progress.finish_and_clear();
-    Ok(row("concurrent", store.name(), per_writer * writers, elapsed, latencies))
+    Ok(row(
+        "concurrent",
+        store.name(),
+        per_writer * writers,
+        elapsed,
+        latencies,
+    ))
 }
 
 async fn single(store: &Store, events: u64, payloads: &Payloads) -> Result<Row> {
@@ -386,7 +443,9 @@ async fn single(store: &Store, events: u64, payloads: &Payloads) -> Result<Row> 
     let started = Instant::now();
     for i in 0..events {
         let t = Instant::now();
-        store.append(0, "single-0", i, vec![payloads.get(i)]).await?;
+        store
+            .append(0, "single-0", i, vec![payloads.get(i)])
+            .await?;
         latencies.push(t.elapsed().as_micros() as u64);
         progress.inc(1);
     }
@@ -421,7 +480,11 @@ async fn read_all(store: &Store, expected_events: u64) -> Result<Row> {
 /// The cost of one durable 4 KiB append on the disk of `dir`: write + `fdatasync`, p50 of 200.
 fn fdatasync_reference(dir: &Path) -> Result<u64> {
     let path = dir.join("fdatasync-probe");
-    let file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)?;
     let block = vec![0x5a_u8; 4096];
     let mut latencies = Vec::with_capacity(200);
     for i in 0..200u64 {
@@ -438,11 +501,20 @@ fn fdatasync_reference(dir: &Path) -> Result<u64> {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown cpu".into());
     let memory_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
         .map_or(0, |kb| kb / 1024 / 1024);
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cores} cores ({cpu}), {memory_gib} GiB")
@@ -458,13 +530,18 @@ pub async fn run(data_dir: &Path, args: BenchArgs) -> Result<()> {
             .unwrap_or_else(|| PathBuf::from(".")),
     };
     std::fs::create_dir_all(&base)?;
-    let work = tempfile::Builder::new().prefix("factum-bench-").tempdir_in(&base)?;
+    let work = tempfile::Builder::new()
+        .prefix("factum-bench-")
+        .tempdir_in(&base)?;
     let fsync_us = fdatasync_reference(work.path())?;
     if !args.json {
         println!("machine: {}", machine());
         println!("one fdatasync of a 4 KiB append on this disk: {fsync_us} µs (p50 of 200)");
     } else {
-        println!("{}", serde_json::json!({"reference": "fdatasync_4k", "p50_us": fsync_us, "machine": machine()}));
+        println!(
+            "{}",
+            serde_json::json!({"reference": "fdatasync_4k", "p50_us": fsync_us, "machine": machine()})
+        );
     }
     let mut rows: Vec<Row> = Vec::new();
     let mut stores = Vec::new();
@@ -484,12 +561,20 @@ pub async fn run(data_dir: &Path, args: BenchArgs) -> Result<()> {
             let result = match scenario.as_str() {
                 "bulk" => bulk(store, args.bulk_events, &payloads).await,
                 "concurrent" => {
-                    concurrent(store.clone(), args.concurrent_events, args.writers, payloads.clone()).await
+                    concurrent(
+                        store.clone(),
+                        args.concurrent_events,
+                        args.writers,
+                        payloads.clone(),
+                    )
+                    .await
                 }
                 "single" => single(store, args.single_events, &payloads).await,
                 "read-all" => read_all(store, written[i]).await,
                 "open" => continue,
-                other => bail!("unknown scenario '{other}' (bulk, concurrent, single, read-all, open)"),
+                other => {
+                    bail!("unknown scenario '{other}' (bulk, concurrent, single, read-all, open)")
+                }
             };
             let r = result.with_context(|| format!("{scenario} on {}", store.name()))?;
             if scenario != "read-all" && scenario != "open" {
@@ -519,18 +604,32 @@ fn print_row(args: &BenchArgs, r: &Row) {
     } else {
         println!(
             "{:<11} {:<9} {:>10} events {:>8.2} s {:>12.0} events/s   p50 {:>7} µs  p99 {:>7} µs  p99.9 {:>7} µs",
-            r.scenario, r.store, r.events, r.seconds, r.events_per_sec, r.p50_us, r.p99_us, r.p999_us
+            r.scenario,
+            r.store,
+            r.events,
+            r.seconds,
+            r.events_per_sec,
+            r.p50_us,
+            r.p99_us,
+            r.p999_us
         );
     }
 }
 
 fn print_ratios(rows: &[Row], fsync_us: u64) {
     for r in rows.iter().filter(|r| r.store == "factum") {
-        if !rows.iter().any(|o| o.scenario == r.scenario && o.store != "factum") && r.scenario != "single" {
+        if !rows
+            .iter()
+            .any(|o| o.scenario == r.scenario && o.store != "factum")
+            && r.scenario != "single"
+        {
             continue;
         }
         let mut line = format!("{:<11} factum", r.scenario);
-        for other in rows.iter().filter(|o| o.scenario == r.scenario && o.store != "factum") {
+        for other in rows
+            .iter()
+            .filter(|o| o.scenario == r.scenario && o.store != "factum")
+        {
             line.push_str(&format!(
                 "  {:.1}× {} in events/s",
                 r.events_per_sec / other.events_per_sec.max(1e-9),
@@ -603,8 +702,11 @@ async fn open_scenario(work: &Path, args: &BenchArgs) -> Result<()> {
         } else {
             println!(
                 "open ({state}): {} events over {} streams in {:.2} s, {} MB resident while serving, {} events replayed",
-                measured["events"], args.open_streams, measured["seconds"].as_f64().unwrap_or(0.0),
-                measured["rss_mb"], measured["replayed_events"]
+                measured["events"],
+                args.open_streams,
+                measured["seconds"].as_f64().unwrap_or(0.0),
+                measured["rss_mb"],
+                measured["replayed_events"]
             );
         }
     }
@@ -617,7 +719,10 @@ fn open_in_child(dir: &Path) -> Result<serde_json::Value> {
         .arg(dir)
         .output()?;
     if !output.status.success() {
-        bail!("measuring open failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "measuring open failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(serde_json::from_slice(&output.stdout)?)
 }
@@ -631,7 +736,9 @@ pub async fn open_child(dir: &Path) -> Result<()> {
     // Serve: read streams spread over the store and a page of the log.
     for i in 0..1000u64 {
         let stream = StreamName::user(format!("open-{}", i * 997 % 1_000_000))?;
-        let _ = engine.read_stream(&stream, 0, Direction::Forwards, 100).await;
+        let _ = engine
+            .read_stream(&stream, 0, Direction::Forwards, 100)
+            .await;
     }
     engine.read_all(head / 2, Direction::Forwards, 4096).await?;
     let rss_mb = std::fs::read_to_string("/proc/self/status")

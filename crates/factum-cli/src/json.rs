@@ -113,7 +113,10 @@ pub fn to_line(event: &RecordedEvent) -> Result<String> {
 pub fn from_line(line: &str) -> Result<RecordedEvent> {
     let parsed: RecordedLine = serde_json::from_str(line)?;
     let (content_type, data) = match parsed.content_type.as_deref() {
-        None => (ContentType::Json, Bytes::copy_from_slice(parsed.data.get().as_bytes())),
+        None => (
+            ContentType::Json,
+            Bytes::copy_from_slice(parsed.data.get().as_bytes()),
+        ),
         Some(BINARY) => {
             let text: String = serde_json::from_str(parsed.data.get())?;
             (ContentType::Binary, Bytes::from(unhex(&text)?))
@@ -142,7 +145,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Result<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         bail!("hex data has an odd length");
     }
     (0..text.len())
@@ -159,8 +162,14 @@ mod tests {
     #[test]
     fn recorded_lines_round_trip_byte_for_byte() {
         for (content_type, data) in [
-            (ContentType::Json, Bytes::from_static(b"{ \"b\": 1,  \"a\": [2, 3.50] }")),
-            (ContentType::Binary, Bytes::from((0..=255u8).collect::<Vec<_>>())),
+            (
+                ContentType::Json,
+                Bytes::from_static(b"{ \"b\": 1,  \"a\": [2, 3.50] }"),
+            ),
+            (
+                ContentType::Binary,
+                Bytes::from((0..=255u8).collect::<Vec<_>>()),
+            ),
         ] {
             let event = RecordedEvent {
                 stream: StreamName::new("s-1").unwrap(),

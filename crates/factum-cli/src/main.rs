@@ -27,7 +27,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "factum", version, about)]
 struct Cli {
     /// The data directory of the embedded store.
-    #[arg(long, global = true, env = "FACTUM_DATA_DIR", default_value = "./factum-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "FACTUM_DATA_DIR",
+        default_value = "./factum-data"
+    )]
     data_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -36,7 +41,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Append events, read from stdin one JSON object a line:
-    /// {"type": "...", "data": ..., "metadata": {...}, "id": "<uuid>"}.
+    /// `{"type": "...", "data": ..., "metadata": {...}, "id": "UUID"}`.
     Append {
         /// The stream to append to.
         stream: String,
@@ -174,7 +179,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -243,32 +251,69 @@ async fn run(cli: Cli) -> Result<()> {
             );
             store.close()?;
         }
-        Command::Read { stream, from, backwards, limit } => {
+        Command::Read {
+            stream,
+            from,
+            backwards,
+            limit,
+        } => {
             let stream = StreamName::new(stream).map_err(|e| bad(e.to_string()))?;
             let store = open(dir)?;
-            let direction = if backwards { Direction::Backwards } else { Direction::Forwards };
+            let direction = if backwards {
+                Direction::Backwards
+            } else {
+                Direction::Forwards
+            };
             let from = from.unwrap_or(if backwards { u64::MAX } else { 0 });
-            print_pages(limit, from, backwards, |from, page| {
-                let store = store.clone();
-                let stream = stream.clone();
-                async move { store.read_stream(&stream, from, direction, page).await }
-            }, |e| e.revision)
+            print_pages(
+                limit,
+                from,
+                backwards,
+                |from, page| {
+                    let store = store.clone();
+                    let stream = stream.clone();
+                    async move { store.read_stream(&stream, from, direction, page).await }
+                },
+                |e| e.revision,
+            )
             .await?;
         }
-        Command::ReadAll { from, backwards, limit } => {
+        Command::ReadAll {
+            from,
+            backwards,
+            limit,
+        } => {
             let store = open(dir)?;
-            let direction = if backwards { Direction::Backwards } else { Direction::Forwards };
+            let direction = if backwards {
+                Direction::Backwards
+            } else {
+                Direction::Forwards
+            };
             let from = from.unwrap_or(if backwards { u64::MAX } else { 0 });
-            print_pages(limit, from, backwards, |from, page| {
-                let store = store.clone();
-                async move { store.read_all(from, direction, page).await }
-            }, |e| e.position)
+            print_pages(
+                limit,
+                from,
+                backwards,
+                |from, page| {
+                    let store = store.clone();
+                    async move { store.read_all(from, direction, page).await }
+                },
+                |e| e.position,
+            )
             .await?;
         }
-        Command::Tail { from, stream_prefixes, event_types } => {
+        Command::Tail {
+            from,
+            stream_prefixes,
+            event_types,
+        } => {
             let store = open(dir)?;
             let from = from.unwrap_or_else(|| store.head());
-            let filter = SubscriptionFilter { stream_prefixes, event_types, exclude_system: false };
+            let filter = SubscriptionFilter {
+                stream_prefixes,
+                event_types,
+                exclude_system: false,
+            };
             let mut subscription = store.subscribe_all(from, filter);
             loop {
                 tokio::select! {
@@ -300,7 +345,11 @@ async fn run(cli: Cli) -> Result<()> {
             }
             out.flush()?;
         }
-        Command::Delete { stream, tombstone, expected } => {
+        Command::Delete {
+            stream,
+            tombstone,
+            expected,
+        } => {
             let stream = stream_arg(&stream)?;
             let expected = expected_arg(&expected)?;
             let store = open(dir)?;
@@ -318,10 +367,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Metadata { stream, set } => {
             let stream = stream_arg(&stream)?;
             let new: Option<StreamMetadata> = match set {
-                Some(text) => Some(
-                    serde_json::from_str(&text)
-                        .map_err(|e| bad(format!("--set: {e} (keys: max_count, max_age_secs, truncate_before, custom)")))?,
-                ),
+                Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
+                    bad(format!(
+                        "--set: {e} (keys: max_count, max_age_secs, truncate_before, custom)"
+                    ))
+                })?),
                 None => None,
             };
             let store = open(dir)?;
@@ -401,7 +451,9 @@ where
             writeln!(out, "{}", json::to_line(event)?)?;
         }
         if backwards {
-            let Some(next) = last_key.checked_sub(1) else { break };
+            let Some(next) = last_key.checked_sub(1) else {
+                break;
+            };
             from = next;
         } else {
             from = last_key + 1;
@@ -427,9 +479,11 @@ fn bytes_bar(total: u64, message: &'static str) -> ProgressBar {
 fn count_bar(total: u64, message: &'static str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:40}] {human_pos}/{human_len} events {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg} [{bar:40}] {human_pos}/{human_len} events {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar.set_message(message);
     bar
@@ -450,21 +504,22 @@ async fn import(dir: &std::path::Path, file: Option<PathBuf>) -> Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let event = json::from_line(&line).map_err(|e| bad(format!("line {}: {e:#}", number + 1)))?;
+        let event =
+            json::from_line(&line).map_err(|e| bad(format!("line {}: {e:#}", number + 1)))?;
         event
             .to_new_event()
             .validate(true)
             .map_err(|e| bad(format!("line {}: {e}", number + 1)))?;
-        if let Some(expected) = next_revision.get(&event.stream) {
-            if *expected != event.revision {
-                return Err(bad(format!(
-                    "line {}: stream '{}' jumps from revision {} to {}",
-                    number + 1,
-                    event.stream,
-                    expected - 1,
-                    event.revision
-                )));
-            }
+        if let Some(expected) = next_revision.get(&event.stream)
+            && *expected != event.revision
+        {
+            return Err(bad(format!(
+                "line {}: stream '{}' jumps from revision {} to {}",
+                number + 1,
+                event.stream,
+                expected - 1,
+                event.revision
+            )));
         }
         next_revision.insert(event.stream.clone(), event.revision + 1);
         events.push(event);
@@ -480,7 +535,10 @@ async fn import(dir: &std::path::Path, file: Option<PathBuf>) -> Result<()> {
         bar.inc(count);
     }
     bar.finish_and_clear();
-    println!("{}", serde_json::json!({"imported": total, "head": store.head()}));
+    println!(
+        "{}",
+        serde_json::json!({"imported": total, "head": store.head()})
+    );
     store.close()?;
     Ok(())
 }

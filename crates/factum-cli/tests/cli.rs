@@ -15,7 +15,12 @@ fn factum(dir: &Path, args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -37,22 +42,44 @@ const TWO_EVENTS: &str = r#"{"type": "ItemAdded", "data": {"sku": "apple", "qty"
 #[test]
 fn append_then_read_prints_recorded_events() {
     let dir = tempfile::tempdir().unwrap();
-    let out = factum(dir.path(), &["append", "cart-1", "--expected", "no-stream"], TWO_EVENTS);
+    let out = factum(
+        dir.path(),
+        &["append", "cart-1", "--expected", "no-stream"],
+        TWO_EVENTS,
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         lines(&out),
-        vec![serde_json::json!({"stream": "cart-1", "first_revision": 0, "last_revision": 1, "position": 1})]
+        vec![
+            serde_json::json!({"stream": "cart-1", "first_revision": 0, "last_revision": 1, "position": 1})
+        ]
     );
     let out = factum(dir.path(), &["read", "cart-1"], "");
     let events = lines(&out);
     assert_eq!(events.len(), 2);
-    assert_eq!(events[0]["data"], serde_json::json!({"sku": "apple", "qty": 2}));
+    assert_eq!(
+        events[0]["data"],
+        serde_json::json!({"sku": "apple", "qty": 2})
+    );
     assert_eq!(events[1]["id"], "0191e0a4-5b9c-7cc3-9d2e-3c2b8f1e7a10");
     assert_eq!(events[1]["metadata"]["$correlationId"], "c-1");
-    for key in ["stream", "revision", "position", "id", "type", "data", "metadata", "recorded_at"] {
+    for key in [
+        "stream",
+        "revision",
+        "position",
+        "id",
+        "type",
+        "data",
+        "metadata",
+        "recorded_at",
+    ] {
         assert!(events[0].get(key).is_some(), "missing {key}");
     }
-    let out = factum(dir.path(), &["read", "cart-1", "--backwards", "--limit", "1"], "");
+    let out = factum(
+        dir.path(),
+        &["read", "cart-1", "--backwards", "--limit", "1"],
+        "",
+    );
     assert_eq!(lines(&out)[0]["revision"], 1);
     let out = factum(dir.path(), &["read-all", "--from", "1"], "");
     assert_eq!(lines(&out)[0]["position"], 1);
@@ -64,10 +91,17 @@ fn append_then_read_prints_recorded_events() {
 fn wrong_expected_revision_exits_3_naming_both_revisions() {
     let dir = tempfile::tempdir().unwrap();
     factum(dir.path(), &["append", "acct-1"], TWO_EVENTS);
-    let out = factum(dir.path(), &["append", "acct-1", "--expected", "0"], TWO_EVENTS);
+    let out = factum(
+        dir.path(),
+        &["append", "acct-1", "--expected", "0"],
+        TWO_EVENTS,
+    );
     assert_eq!(out.status.code(), Some(3));
     let message = stderr(&out);
-    assert!(message.contains("expected revision 0") && message.contains("actual revision 1"), "{message}");
+    assert!(
+        message.contains("expected revision 0") && message.contains("actual revision 1"),
+        "{message}"
+    );
     assert_eq!(lines(&factum(dir.path(), &["read", "acct-1"], "")).len(), 2);
 }
 
@@ -75,15 +109,43 @@ fn wrong_expected_revision_exits_3_naming_both_revisions() {
 fn bad_input_exits_2_naming_the_line_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cases: &[(&[&str], &str, &str)] = &[
-        (&["append", "s"], "{\"type\":\"A\",\"data\":1}\n{\"type\":\"A\",\"data\":", "line 2"),
-        (&["append", "s"], "{\"type\":\"A\",\"data\":1}\n{\"data\":1}\n", "line 2"),
-        (&["append", "s"], "{\"type\":\"A\",\"data\":1,\"metadata\":[]}\n", "line 1"),
-        (&["append", "s"], "{\"type\":\"A\",\"data\":1,\"id\":\"x\"}\n", "line 1"),
+        (
+            &["append", "s"],
+            "{\"type\":\"A\",\"data\":1}\n{\"type\":\"A\",\"data\":",
+            "line 2",
+        ),
+        (
+            &["append", "s"],
+            "{\"type\":\"A\",\"data\":1}\n{\"data\":1}\n",
+            "line 2",
+        ),
+        (
+            &["append", "s"],
+            "{\"type\":\"A\",\"data\":1,\"metadata\":[]}\n",
+            "line 1",
+        ),
+        (
+            &["append", "s"],
+            "{\"type\":\"A\",\"data\":1,\"id\":\"x\"}\n",
+            "line 1",
+        ),
         (&["append", "s"], "", "no events"),
-        (&["append", "$system"], "{\"type\":\"A\",\"data\":1}\n", "reserved"),
+        (
+            &["append", "$system"],
+            "{\"type\":\"A\",\"data\":1}\n",
+            "reserved",
+        ),
         (&["append", ""], "{\"type\":\"A\",\"data\":1}\n", "empty"),
-        (&["append", "s", "--expected", "soon"], "{\"type\":\"A\",\"data\":1}\n", "soon"),
-        (&["metadata", "s", "--set", "{\"max_count\":\"x\"}"], "", "--set"),
+        (
+            &["append", "s", "--expected", "soon"],
+            "{\"type\":\"A\",\"data\":1}\n",
+            "soon",
+        ),
+        (
+            &["metadata", "s", "--set", "{\"max_count\":\"x\"}"],
+            "",
+            "--set",
+        ),
     ];
     for (args, input, says) in cases {
         let out = factum(dir.path(), args, input);
@@ -102,38 +164,84 @@ fn missing_and_deleted_streams_have_their_exit_codes() {
     assert_eq!(out.status.code(), Some(4));
     assert!(stderr(&out).contains("not found"));
     factum(dir.path(), &["append", "gone"], TWO_EVENTS);
-    assert!(factum(dir.path(), &["delete", "gone", "--tombstone"], "").status.success());
-    assert_eq!(factum(dir.path(), &["read", "gone"], "").status.code(), Some(5));
-    assert_eq!(factum(dir.path(), &["append", "gone"], TWO_EVENTS).status.code(), Some(5));
+    assert!(
+        factum(dir.path(), &["delete", "gone", "--tombstone"], "")
+            .status
+            .success()
+    );
+    assert_eq!(
+        factum(dir.path(), &["read", "gone"], "").status.code(),
+        Some(5)
+    );
+    assert_eq!(
+        factum(dir.path(), &["append", "gone"], TWO_EVENTS)
+            .status
+            .code(),
+        Some(5)
+    );
 }
 
 #[test]
 fn metadata_set_and_show() {
     let dir = tempfile::tempdir().unwrap();
     factum(dir.path(), &["append", "m"], TWO_EVENTS);
-    let out = factum(dir.path(), &["metadata", "m", "--set", r#"{"max_count": 1, "custom": {"team": "a"}}"#], "");
+    let out = factum(
+        dir.path(),
+        &[
+            "metadata",
+            "m",
+            "--set",
+            r#"{"max_count": 1, "custom": {"team": "a"}}"#,
+        ],
+        "",
+    );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(lines(&factum(dir.path(), &["metadata", "m"], ""))[0]["custom"]["team"], "a");
+    assert_eq!(
+        lines(&factum(dir.path(), &["metadata", "m"], ""))[0]["custom"]["team"],
+        "a"
+    );
     assert_eq!(lines(&factum(dir.path(), &["read", "m"], "")).len(), 1);
 }
 
 #[test]
 fn export_then_import_keeps_everything_byte_for_byte() {
     let source = tempfile::tempdir().unwrap();
-    factum(source.path(), &["append", "a"], TWO_EVENTS.replace("0191e0a4-5b9c-7cc3-9d2e-3c2b8f1e7a10", "0191e0a4-5b9c-7cc3-9d2e-3c2b8f1e7a11").as_str());
-    factum(source.path(), &["append", "b"], "{\"type\": \"Spaced\", \"data\": { \"z\" : 1,   \"a\" : [ 1.50 ] }}\n");
+    factum(
+        source.path(),
+        &["append", "a"],
+        TWO_EVENTS
+            .replace(
+                "0191e0a4-5b9c-7cc3-9d2e-3c2b8f1e7a10",
+                "0191e0a4-5b9c-7cc3-9d2e-3c2b8f1e7a11",
+            )
+            .as_str(),
+    );
+    factum(
+        source.path(),
+        &["append", "b"],
+        "{\"type\": \"Spaced\", \"data\": { \"z\" : 1,   \"a\" : [ 1.50 ] }}\n",
+    );
     factum(source.path(), &["append", "a"], TWO_EVENTS);
     factum(source.path(), &["delete", "b"], "");
     let exported = factum(source.path(), &["export"], "");
     assert!(exported.status.success());
     let text = String::from_utf8(exported.stdout.clone()).unwrap();
-    assert!(text.contains(r#"{ "z" : 1,   "a" : [ 1.50 ] }"#), "data kept as written");
+    assert!(
+        text.contains(r#"{ "z" : 1,   "a" : [ 1.50 ] }"#),
+        "data kept as written"
+    );
 
     let target = tempfile::tempdir().unwrap();
     let out = factum(target.path(), &["import"], &text);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(factum(target.path(), &["export"], "").stdout, exported.stdout);
-    assert_eq!(factum(target.path(), &["read", "b"], "").status.code(), Some(4));
+    assert_eq!(
+        factum(target.path(), &["export"], "").stdout,
+        exported.stdout
+    );
+    assert_eq!(
+        factum(target.path(), &["read", "b"], "").status.code(),
+        Some(4)
+    );
 
     // A bad line anywhere: nothing is imported.
     let empty = tempfile::tempdir().unwrap();
@@ -160,7 +268,11 @@ fn verify_reports_health_and_names_corruption() {
     assert_eq!(out.status.code(), Some(6));
     assert!(stderr(&out).contains("0000000000.seg"), "{}", stderr(&out));
     assert!(stderr(&out).contains("offset"), "{}", stderr(&out));
-    assert_eq!(factum(dir.path(), &["read", "v"], "").status.code(), Some(6), "never served");
+    assert_eq!(
+        factum(dir.path(), &["read", "v"], "").status.code(),
+        Some(6),
+        "never served"
+    );
 }
 
 #[test]

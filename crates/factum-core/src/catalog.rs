@@ -198,7 +198,15 @@ pub fn changes_of(
     data: &[u8],
 ) -> Result<Vec<Change>, StoreError> {
     let mut changes = Vec::with_capacity(2);
-    push_changes(&mut changes, stream, revision, position, id, event_type, data)?;
+    push_changes(
+        &mut changes,
+        stream,
+        revision,
+        position,
+        id,
+        event_type,
+        data,
+    )?;
     Ok(changes)
 }
 
@@ -289,10 +297,10 @@ pub fn plan(view: &impl View, request: &mut WriteRequest) -> Result<Plan, StoreE
         expected: request.expected,
         actual: current,
     };
-    if let WriteKind::Append(events) = &request.kind {
-        if let Some(done) = idempotent(view, stream, &summary, request.expected, events)? {
-            return Ok(done);
-        }
+    if let WriteKind::Append(events) = &request.kind
+        && let Some(done) = idempotent(view, stream, &summary, request.expected, events)?
+    {
+        return Ok(done);
     }
     let matches = match request.expected {
         ExpectedState::Any => true,
@@ -303,16 +311,15 @@ pub fn plan(view: &impl View, request: &mut WriteRequest) -> Result<Plan, StoreE
     if !matches {
         return Err(wrong());
     }
-    if let Some(checkpoint) = &request.checkpoint {
-        if let Some(stored) = view.checkpoint(&checkpoint.consumer) {
-            if checkpoint.position <= stored {
-                return Err(StoreError::CheckpointBehind {
-                    consumer: checkpoint.consumer.clone(),
-                    stored,
-                    given: checkpoint.position,
-                });
-            }
-        }
+    if let Some(checkpoint) = &request.checkpoint
+        && let Some(stored) = view.checkpoint(&checkpoint.consumer)
+        && checkpoint.position <= stored
+    {
+        return Err(StoreError::CheckpointBehind {
+            consumer: checkpoint.consumer.clone(),
+            stored,
+            given: checkpoint.position,
+        });
     }
     let mut records = Vec::new();
     match &mut request.kind {

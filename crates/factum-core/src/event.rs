@@ -73,7 +73,10 @@ impl NewEvent {
     }
 
     /// Sets the metadata to a serialised JSON value.
-    pub fn with_metadata<T: Serialize + ?Sized>(mut self, metadata: &T) -> Result<Self, StoreError> {
+    pub fn with_metadata<T: Serialize + ?Sized>(
+        mut self,
+        metadata: &T,
+    ) -> Result<Self, StoreError> {
         let bytes = serde_json::to_vec(metadata)
             .map_err(|e| StoreError::invalid(format!("event metadata does not serialise: {e}")))?;
         self.metadata = Bytes::from(bytes);

@@ -27,8 +27,7 @@ impl SubscriptionFilter {
                 .stream_prefixes
                 .iter()
                 .any(|prefix| event.stream.as_str().starts_with(prefix.as_str()));
-        let type_ok = self.event_types.is_empty()
-            || self.event_types.iter().any(|t| *t == event.event_type);
+        let type_ok = self.event_types.is_empty() || self.event_types.contains(&event.event_type);
         stream_ok && type_ok
     }
 }

@@ -99,7 +99,10 @@ pub async fn expected_states_are_checked<S: EventStore>(store: S) {
             .await,
         None,
     );
-    wrong(store.append(&s, ExpectedState::Exact(0), events(1)).await, None);
+    wrong(
+        store.append(&s, ExpectedState::Exact(0), events(1)).await,
+        None,
+    );
     let first = store
         .append(&s, ExpectedState::NoStream, events(2))
         .await
@@ -175,9 +178,7 @@ pub async fn wrong_expected_revision_writes_nothing<S: EventStore>(store: S) {
     assert_eq!(read.len(), 3);
 }
 
-pub async fn concurrent_appenders_with_same_expected_revision_one_wins<
-    S: EventStore + 'static,
->(
+pub async fn concurrent_appenders_with_same_expected_revision_one_wins<S: EventStore + 'static>(
     store: S,
 ) {
     let store = Arc::new(store);
@@ -228,11 +229,11 @@ pub async fn multi_event_append_is_all_or_none<S: EventStore>(store: S) {
     let s = stream("batch");
     let mut bad = events(5);
     bad[3].data = bytes::Bytes::from_static(b"{not json");
-    let err = store
-        .append(&s, ExpectedState::Any, bad)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::InvalidInput(ref m) if m.contains("event 3")), "{err}");
+    let err = store.append(&s, ExpectedState::Any, bad).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::InvalidInput(ref m) if m.contains("event 3")),
+        "{err}"
+    );
     let mut duplicated = events(3);
     duplicated[2].id = duplicated[0].id;
     assert!(matches!(
@@ -248,14 +249,20 @@ pub async fn multi_event_append_is_all_or_none<S: EventStore>(store: S) {
         .append(&s, ExpectedState::NoStream, events(1000))
         .await
         .unwrap();
-    assert_eq!((r.first_revision, r.last_revision, r.position), (0, 999, 999));
+    assert_eq!(
+        (r.first_revision, r.last_revision, r.position),
+        (0, 999, 999)
+    );
     let read = store
         .read_stream(&s, 0, Direction::Forwards, 2000)
         .await
         .unwrap();
     assert_eq!(read.len(), 1000);
     for (i, e) in read.iter().enumerate() {
-        assert_eq!((e.revision, e.position, n_of(e)), (i as u64, i as u64, i as u64));
+        assert_eq!(
+            (e.revision, e.position, n_of(e)),
+            (i as u64, i as u64, i as u64)
+        );
     }
 }
 
@@ -292,10 +299,7 @@ pub async fn idempotent_reappend_returns_original_result<S: EventStore>(store: S
         .append(&s, ExpectedState::Any, tail.clone())
         .await
         .unwrap();
-    assert_eq!(
-        store.append(&s, ExpectedState::Any, tail).await.unwrap(),
-        r
-    );
+    assert_eq!(store.append(&s, ExpectedState::Any, tail).await.unwrap(), r);
     assert_eq!(store.head(), 8);
     // Same ids at a different place are not a match: the usual check applies.
     assert!(matches!(
@@ -320,39 +324,70 @@ pub async fn read_stream_forwards_backwards_and_limits<S: EventStore>(store: S) 
         .unwrap();
     let revisions = |v: Vec<crate::RecordedEvent>| v.iter().map(|e| e.revision).collect::<Vec<_>>();
     assert_eq!(
-        revisions(store.read_stream(&s, 0, Direction::Forwards, 100).await.unwrap()),
+        revisions(
+            store
+                .read_stream(&s, 0, Direction::Forwards, 100)
+                .await
+                .unwrap()
+        ),
         (0..15).collect::<Vec<_>>()
     );
     assert_eq!(
-        revisions(store.read_stream(&s, 8, Direction::Forwards, 4).await.unwrap()),
+        revisions(
+            store
+                .read_stream(&s, 8, Direction::Forwards, 4)
+                .await
+                .unwrap()
+        ),
         vec![8, 9, 10, 11]
     );
     assert_eq!(
-        revisions(store.read_stream(&s, u64::MAX, Direction::Backwards, 3).await.unwrap()),
+        revisions(
+            store
+                .read_stream(&s, u64::MAX, Direction::Backwards, 3)
+                .await
+                .unwrap()
+        ),
         vec![14, 13, 12]
     );
     assert_eq!(
-        revisions(store.read_stream(&s, 2, Direction::Backwards, 10).await.unwrap()),
+        revisions(
+            store
+                .read_stream(&s, 2, Direction::Backwards, 10)
+                .await
+                .unwrap()
+        ),
         vec![2, 1, 0]
     );
-    assert!(store
-        .read_stream(&s, 15, Direction::Forwards, 10)
+    assert!(
+        store
+            .read_stream(&s, 15, Direction::Forwards, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .read_stream(&s, 0, Direction::Forwards, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let read = store
+        .read_stream(&s, 10, Direction::Forwards, 1)
         .await
-        .unwrap()
-        .is_empty());
-    assert!(store
-        .read_stream(&s, 0, Direction::Forwards, 0)
-        .await
-        .unwrap()
-        .is_empty());
-    let read = store.read_stream(&s, 10, Direction::Forwards, 1).await.unwrap();
+        .unwrap();
     assert_eq!((read[0].position, n_of(&read[0])), (13, 10));
 }
 
 pub async fn read_all_is_in_log_order<S: EventStore>(store: S) {
     for i in 0..20u64 {
         store
-            .append(&stream(&format!("s-{}", i % 3)), ExpectedState::Any, vec![event(i)])
+            .append(
+                &stream(&format!("s-{}", i % 3)),
+                ExpectedState::Any,
+                vec![event(i)],
+            )
             .await
             .unwrap();
     }
@@ -364,12 +399,30 @@ pub async fn read_all_is_in_log_order<S: EventStore>(store: S) {
         assert_eq!(e.revision, i as u64 / 3);
     }
     let page = store.read_all(5, Direction::Forwards, 3).await.unwrap();
-    assert_eq!(page.iter().map(|e| e.position).collect::<Vec<_>>(), vec![5, 6, 7]);
-    let back = store.read_all(u64::MAX, Direction::Backwards, 4).await.unwrap();
-    assert_eq!(back.iter().map(|e| e.position).collect::<Vec<_>>(), vec![19, 18, 17, 16]);
+    assert_eq!(
+        page.iter().map(|e| e.position).collect::<Vec<_>>(),
+        vec![5, 6, 7]
+    );
+    let back = store
+        .read_all(u64::MAX, Direction::Backwards, 4)
+        .await
+        .unwrap();
+    assert_eq!(
+        back.iter().map(|e| e.position).collect::<Vec<_>>(),
+        vec![19, 18, 17, 16]
+    );
     let back = store.read_all(1, Direction::Backwards, 4).await.unwrap();
-    assert_eq!(back.iter().map(|e| e.position).collect::<Vec<_>>(), vec![1, 0]);
-    assert!(store.read_all(20, Direction::Forwards, 10).await.unwrap().is_empty());
+    assert_eq!(
+        back.iter().map(|e| e.position).collect::<Vec<_>>(),
+        vec![1, 0]
+    );
+    assert!(
+        store
+            .read_all(20, Direction::Forwards, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.head(), 20);
 }
 
@@ -385,7 +438,9 @@ pub async fn missing_stream_is_not_found<S: EventStore>(store: S) {
         CurrentRevision(None)
     );
     assert!(matches!(
-        store.delete_stream(&stream("nope"), ExpectedState::Any).await,
+        store
+            .delete_stream(&stream("nope"), ExpectedState::Any)
+            .await,
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(store.head(), 0);
@@ -428,7 +483,11 @@ pub async fn subscription_switches_from_catch_up_to_live_without_gap_or_duplicat
     let store = Arc::new(store);
     for i in 0..300u64 {
         store
-            .append(&stream(&format!("sub-{}", i % 7)), ExpectedState::Any, vec![event(i)])
+            .append(
+                &stream(&format!("sub-{}", i % 7)),
+                ExpectedState::Any,
+                vec![event(i)],
+            )
             .await
             .unwrap();
     }
@@ -441,7 +500,11 @@ pub async fn subscription_switches_from_catch_up_to_live_without_gap_or_duplicat
                 for i in 0..500u64 {
                     let n = 300 + w * 500 + i;
                     store
-                        .append(&stream(&format!("live-{w}")), ExpectedState::Any, vec![event(n)])
+                        .append(
+                            &stream(&format!("live-{w}")),
+                            ExpectedState::Any,
+                            vec![event(n)],
+                        )
                         .await
                         .unwrap();
                     if i % 50 == 0 {
@@ -506,7 +569,10 @@ pub async fn filtered_subscription_delivers_only_matching_events<S: EventStore +
     for i in (12..40).step_by(4) {
         assert_eq!(n_of(&by_type.next().await.unwrap()), i);
     }
-    store.set_metadata(&stream("cart-0"), StreamMetadata::default()).await.unwrap();
+    store
+        .set_metadata(&stream("cart-0"), StreamMetadata::default())
+        .await
+        .unwrap();
     store
         .append(&stream("cart-x"), ExpectedState::Any, vec![event(1000)])
         .await
@@ -515,7 +581,11 @@ pub async fn filtered_subscription_delivers_only_matching_events<S: EventStore +
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(n_of(&e), 1000, "the $$cart-0 record does not match the prefix");
+    assert_eq!(
+        n_of(&e),
+        1000,
+        "the $$cart-0 record does not match the prefix"
+    );
     let mut no_system = store.subscribe_all(
         40,
         SubscriptionFilter {
@@ -530,7 +600,10 @@ pub async fn stream_subscription_follows_one_stream<S: EventStore + 'static>(sto
     let store = Arc::new(store);
     let s = stream("followed");
     let mut subscription = store.subscribe_stream(s.clone(), 0);
-    store.append(&s, ExpectedState::NoStream, events(3)).await.unwrap();
+    store
+        .append(&s, ExpectedState::NoStream, events(3))
+        .await
+        .unwrap();
     store
         .append(&stream("noise"), ExpectedState::Any, events(3))
         .await
@@ -540,7 +613,10 @@ pub async fn stream_subscription_follows_one_stream<S: EventStore + 'static>(sto
         let s = s.clone();
         tokio::spawn(async move {
             for i in 3..50 {
-                store.append(&s, ExpectedState::Exact(i - 1), vec![event(i)]).await.unwrap();
+                store
+                    .append(&s, ExpectedState::Exact(i - 1), vec![event(i)])
+                    .await
+                    .unwrap();
             }
         })
     };
@@ -558,36 +634,64 @@ pub async fn stream_subscription_follows_one_stream<S: EventStore + 'static>(sto
 
 pub async fn soft_delete_hides_stream_and_revisions_continue<S: EventStore>(store: S) {
     let s = stream("cart-9");
-    store.append(&s, ExpectedState::NoStream, events(3)).await.unwrap();
+    store
+        .append(&s, ExpectedState::NoStream, events(3))
+        .await
+        .unwrap();
     assert!(matches!(
         store.delete_stream(&s, ExpectedState::Exact(1)).await,
         Err(StoreError::WrongExpectedRevision { .. })
     ));
-    let position = store.delete_stream(&s, ExpectedState::Exact(2)).await.unwrap();
+    let position = store
+        .delete_stream(&s, ExpectedState::Exact(2))
+        .await
+        .unwrap();
     assert_eq!(position, 3);
     assert!(matches!(
         store.read_stream(&s, 0, Direction::Forwards, 10).await,
         Err(StoreError::NotFound(_))
     ));
-    assert_eq!(store.stream_revision(&s).await.unwrap(), CurrentRevision(None));
+    assert_eq!(
+        store.stream_revision(&s).await.unwrap(),
+        CurrentRevision(None)
+    );
     assert!(store.list_streams("cart-", None, 10).await.unwrap()[0].deleted);
     // Recorded, not erased: the events and the deletion stay in $all.
     let all = store.read_all(0, Direction::Forwards, 10).await.unwrap();
     assert_eq!(all.len(), 4);
     assert_eq!(all[3].stream.as_str(), "$$cart-9");
     assert_eq!(all[3].event_type, crate::catalog::DELETED_TYPE);
-    let r = store.append(&s, ExpectedState::NoStream, events(2)).await.unwrap();
+    let r = store
+        .append(&s, ExpectedState::NoStream, events(2))
+        .await
+        .unwrap();
     assert_eq!((r.first_revision, r.last_revision), (3, 4));
-    let read = store.read_stream(&s, 0, Direction::Forwards, 10).await.unwrap();
-    assert_eq!(read.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![3, 4]);
+    let read = store
+        .read_stream(&s, 0, Direction::Forwards, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        read.iter().map(|e| e.revision).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
 }
 
 pub async fn tombstone_forbids_writes_forever<S: EventStore>(store: S) {
     let s = stream("gone");
-    store.append(&s, ExpectedState::NoStream, events(2)).await.unwrap();
-    store.tombstone_stream(&s, ExpectedState::Any).await.unwrap();
+    store
+        .append(&s, ExpectedState::NoStream, events(2))
+        .await
+        .unwrap();
+    store
+        .tombstone_stream(&s, ExpectedState::Any)
+        .await
+        .unwrap();
     let head = store.head();
-    for expected in [ExpectedState::Any, ExpectedState::NoStream, ExpectedState::Exact(1)] {
+    for expected in [
+        ExpectedState::Any,
+        ExpectedState::NoStream,
+        ExpectedState::Exact(1),
+    ] {
         assert!(matches!(
             store.append(&s, expected, events(1)).await,
             Err(StoreError::StreamDeleted(_))
@@ -611,7 +715,10 @@ pub async fn tombstone_forbids_writes_forever<S: EventStore>(store: S) {
 pub async fn metadata_limits_what_reads_return<S: EventStore>(store: S) {
     let s = stream("meta");
     assert_eq!(store.get_metadata(&s).await.unwrap(), None);
-    store.append(&s, ExpectedState::NoStream, events(10)).await.unwrap();
+    store
+        .append(&s, ExpectedState::NoStream, events(10))
+        .await
+        .unwrap();
     let metadata = StreamMetadata {
         max_count: Some(4),
         custom: Some(serde_json::json!({"owner": "billing"})),
@@ -621,7 +728,12 @@ pub async fn metadata_limits_what_reads_return<S: EventStore>(store: S) {
     assert_eq!(store.get_metadata(&s).await.unwrap(), Some(metadata));
     let revisions = |v: Vec<crate::RecordedEvent>| v.iter().map(|e| e.revision).collect::<Vec<_>>();
     assert_eq!(
-        revisions(store.read_stream(&s, 0, Direction::Forwards, 100).await.unwrap()),
+        revisions(
+            store
+                .read_stream(&s, 0, Direction::Forwards, 100)
+                .await
+                .unwrap()
+        ),
         vec![6, 7, 8, 9]
     );
     store
@@ -635,7 +747,12 @@ pub async fn metadata_limits_what_reads_return<S: EventStore>(store: S) {
         .await
         .unwrap();
     assert_eq!(
-        revisions(store.read_stream(&s, u64::MAX, Direction::Backwards, 100).await.unwrap()),
+        revisions(
+            store
+                .read_stream(&s, u64::MAX, Direction::Backwards, 100)
+                .await
+                .unwrap()
+        ),
         vec![9, 8]
     );
     store
@@ -649,35 +766,72 @@ pub async fn metadata_limits_what_reads_return<S: EventStore>(store: S) {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    store.append(&s, ExpectedState::Exact(9), events(1)).await.unwrap();
+    store
+        .append(&s, ExpectedState::Exact(9), events(1))
+        .await
+        .unwrap();
     assert_eq!(
-        revisions(store.read_stream(&s, 0, Direction::Forwards, 100).await.unwrap()),
+        revisions(
+            store
+                .read_stream(&s, 0, Direction::Forwards, 100)
+                .await
+                .unwrap()
+        ),
         vec![10]
     );
     // Metadata hides, it does not change revisions or the log.
-    assert_eq!(store.stream_revision(&s).await.unwrap(), CurrentRevision(Some(10)));
-    assert_eq!(store.read_all(0, Direction::Forwards, 100).await.unwrap().len(), 14);
+    assert_eq!(
+        store.stream_revision(&s).await.unwrap(),
+        CurrentRevision(Some(10))
+    );
+    assert_eq!(
+        store
+            .read_all(0, Direction::Forwards, 100)
+            .await
+            .unwrap()
+            .len(),
+        14
+    );
 }
 
 pub async fn list_streams_by_prefix<S: EventStore>(store: S) {
     for name in ["order-2", "cart-1", "order-1", "order-3"] {
-        store.append(&stream(name), ExpectedState::Any, events(2)).await.unwrap();
+        store
+            .append(&stream(name), ExpectedState::Any, events(2))
+            .await
+            .unwrap();
     }
-    store.set_metadata(&stream("order-1"), StreamMetadata::default()).await.unwrap();
+    store
+        .set_metadata(&stream("order-1"), StreamMetadata::default())
+        .await
+        .unwrap();
     let names = |v: Vec<crate::StreamInfo>| {
-        v.into_iter().map(|i| i.name.to_string()).collect::<Vec<_>>()
+        v.into_iter()
+            .map(|i| i.name.to_string())
+            .collect::<Vec<_>>()
     };
     assert_eq!(
         names(store.list_streams("", None, 100).await.unwrap()),
         vec!["cart-1", "order-1", "order-2", "order-3"]
     );
     assert_eq!(
-        names(store.list_streams("order-", Some(&stream("order-1")), 1).await.unwrap()),
+        names(
+            store
+                .list_streams("order-", Some(&stream("order-1")), 1)
+                .await
+                .unwrap()
+        ),
         vec!["order-2"]
     );
-    assert_eq!(names(store.list_streams("$$", None, 100).await.unwrap()), vec!["$$order-1"]);
+    assert_eq!(
+        names(store.list_streams("$$", None, 100).await.unwrap()),
+        vec!["$$order-1"]
+    );
     let info = &store.list_streams("cart", None, 1).await.unwrap()[0];
-    assert_eq!((info.last_revision, info.last_position, info.deleted), (1, 3, false));
+    assert_eq!(
+        (info.last_revision, info.last_position, info.deleted),
+        (1, 3, false)
+    );
 }
 
 pub async fn checkpoint_is_stored_with_append_and_only_moves_forward<S: EventStore>(store: S) {
@@ -699,12 +853,24 @@ pub async fn checkpoint_is_stored_with_append_and_only_moves_forward<S: EventSto
         .append_with(&s, ExpectedState::Any, events(1), with(10))
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::CheckpointBehind { stored: 10, given: 10, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            StoreError::CheckpointBehind {
+                stored: 10,
+                given: 10,
+                ..
+            }
+        ),
+        "{err}"
+    );
     // A failing expected state stores no checkpoint either.
-    assert!(store
-        .append_with(&s, ExpectedState::Exact(0), events(1), with(11))
-        .await
-        .is_err());
+    assert!(
+        store
+            .append_with(&s, ExpectedState::Exact(0), events(1), with(11))
+            .await
+            .is_err()
+    );
     assert_eq!(store.head(), head);
     assert_eq!(store.read_checkpoint("saga").await.unwrap(), Some(10));
     store
@@ -725,10 +891,17 @@ pub async fn data_and_metadata_round_trip_byte_for_byte<S: EventStore>(store: S)
     let ids = (binary.id, json.id);
     let before = crate::now_micros();
     store
-        .append(&s, ExpectedState::NoStream, vec![binary.clone(), json.clone()])
+        .append(
+            &s,
+            ExpectedState::NoStream,
+            vec![binary.clone(), json.clone()],
+        )
         .await
         .unwrap();
-    let read = store.read_stream(&s, 0, Direction::Forwards, 10).await.unwrap();
+    let read = store
+        .read_stream(&s, 0, Direction::Forwards, 10)
+        .await
+        .unwrap();
     assert_eq!(read[0].to_new_event(), binary);
     assert_eq!(read[1].to_new_event(), json);
     assert_eq!((read[0].id, read[1].id), ids);

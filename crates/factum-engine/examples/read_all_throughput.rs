@@ -9,9 +9,13 @@ use factum_engine::{Engine, Options};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let dir = args.next().ok_or("usage: read_all_throughput DIR [EVENTS]")?;
+    let dir = args
+        .next()
+        .ok_or("usage: read_all_throughput DIR [EVENTS]")?;
     let events: u64 = args.next().map_or(Ok(1_000_000), |n| n.parse())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let engine = Engine::open(&dir, Options::default())?;
         let data = Bytes::from(format!("{{\"pad\":\"{}\"}}", "x".repeat(240)));
@@ -43,7 +47,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 read += page.len() as u64;
             }
             let seconds = started.elapsed().as_secs_f64();
-            println!("round {round}: {read} events in {seconds:.3} s = {:.0} events/s", read as f64 / seconds);
+            println!(
+                "round {round}: {read} events in {seconds:.3} s = {:.0} events/s",
+                read as f64 / seconds
+            );
         }
         engine.close()?;
         Ok::<_, Box<dyn std::error::Error>>(())

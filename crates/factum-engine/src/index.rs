@@ -124,7 +124,10 @@ impl Index {
         if crc32c::crc32c(&bytes[..body_len]) != u32_at(bytes, body_len) {
             return None;
         }
-        let mut r = Reader { bytes: &bytes[..body_len], at: 0 };
+        let mut r = Reader {
+            bytes: &bytes[..body_len],
+            at: 0,
+        };
         if r.take(8)? != INDEX_MAGIC || r.u32()? != INDEX_VERSION {
             return None;
         }

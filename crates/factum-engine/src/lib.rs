@@ -193,7 +193,9 @@ impl Engine {
             .map(|(s, _)| s.number)
             .unwrap_or(first_segment);
         if end.segment != last {
-            return Err(StoreError::invalid("log replay did not reach the last segment"));
+            return Err(StoreError::invalid(
+                "log replay did not reach the last segment",
+            ));
         }
         let segment_writer =
             SegmentWriter::open(&log::segment_path(&log_dir, last), last, end.len)?;
@@ -271,7 +273,10 @@ impl Engine {
         result
     }
 
-    async fn send(&self, request: impl FnOnce(writer::Reply) -> Request) -> Result<AppendResult, StoreError> {
+    async fn send(
+        &self,
+        request: impl FnOnce(writer::Reply) -> Request,
+    ) -> Result<AppendResult, StoreError> {
         let (reply, answer) = oneshot::channel();
         {
             let writer = self.inner.writer.lock();
@@ -346,7 +351,11 @@ impl Engine {
     }
 
     /// Reads `$all` without going through the async runtime (benchmarks, verification tools).
-    pub fn read_all_blocking(&self, from_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+    pub fn read_all_blocking(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let end = from_position.saturating_add(limit as u64);
         let locations = self.locations(from_position..end);
         self.inner.shared.segments.read_events(&locations, true)
@@ -521,7 +530,13 @@ impl EventStore for Engine {
         after: Option<&StreamName>,
         limit: usize,
     ) -> Result<Vec<StreamInfo>, StoreError> {
-        Ok(self.inner.shared.index.read().catalog.list(prefix, after, limit))
+        Ok(self
+            .inner
+            .shared
+            .index
+            .read()
+            .catalog
+            .list(prefix, after, limit))
     }
 
     async fn read_checkpoint(&self, consumer: &str) -> Result<Option<u64>, StoreError> {

@@ -41,6 +41,16 @@ impl Request {
     }
 }
 
+/// What a request in a group comes to.
+enum Outcome {
+    /// Refused; nothing of it is written.
+    Failed(StoreError),
+    /// Written as this frame of the group.
+    Frame(usize),
+    /// Already stored by an earlier identical append.
+    Done(AppendResult),
+}
+
 /// One frame to write: its records, with their recorded times when they are imported (otherwise
 /// the time of the group).
 struct FramePlan {
@@ -77,10 +87,9 @@ impl Writer {
             self.commit(group);
             if self.shared.poisoned.lock().is_none()
                 && self.next_position - self.saved_at_position >= self.index_save_interval_events
+                && let Err(e) = self.save_index()
             {
-                if let Err(e) = self.save_index() {
-                    error!(error = %e, "saving the index failed; it will be rebuilt from the log");
-                }
+                error!(error = %e, "saving the index failed; it will be rebuilt from the log");
             }
         }
         if self.shared.poisoned.lock().is_some() {
@@ -112,8 +121,7 @@ impl Writer {
             return;
         }
         let now = now_micros();
-        let mut replies: Vec<(Reply, Result<Option<usize>, StoreError>, Option<AppendResult>)> =
-            Vec::with_capacity(group.len());
+        let mut replies: Vec<(Reply, Outcome)> = Vec::with_capacity(group.len());
         let mut frames: Vec<FramePlan> = Vec::new();
         {
             let index = self.shared.index.read();
@@ -128,76 +136,71 @@ impl Writer {
             let mut planned_positions = self.next_position;
             for request in group {
                 match request {
-                    Request::Write(mut request, reply) => match catalog::plan(&overlay, &mut request) {
-                        Err(e) => replies.push((reply, Err(e), None)),
-                        Ok(Plan::AlreadyAppended {
-                            first_revision,
-                            last_revision,
-                        }) => {
-                            let committed = index
-                                .catalog
-                                .stream(&request.stream)
-                                .and_then(|s| s.positions.get(last_revision as usize).copied());
-                            // Or its first write is earlier in this very group.
-                            let position = committed.or_else(|| {
-                                planned_position(
-                                    &frames,
-                                    self.next_position,
-                                    &request.stream,
-                                    last_revision,
-                                )
-                            });
-                            match position {
-                                Some(position) => replies.push((
-                                    reply,
-                                    Ok(None),
-                                    Some(AppendResult {
+                    Request::Write(mut request, reply) => {
+                        match catalog::plan(&overlay, &mut request) {
+                            Err(e) => replies.push((reply, Outcome::Failed(e))),
+                            Ok(Plan::AlreadyAppended {
+                                first_revision,
+                                last_revision,
+                            }) => {
+                                let committed = index
+                                    .catalog
+                                    .stream(&request.stream)
+                                    .and_then(|s| s.positions.get(last_revision as usize).copied());
+                                // Or its first write is earlier in this very group.
+                                let position = committed.or_else(|| {
+                                    planned_position(
+                                        &frames,
+                                        self.next_position,
+                                        &request.stream,
+                                        last_revision,
+                                    )
+                                });
+                                let outcome = match position {
+                                    Some(position) => Outcome::Done(AppendResult {
                                         first_revision,
                                         last_revision,
                                         position,
                                     }),
-                                )),
-                                None => replies.push((
-                                    reply,
-                                    Err(StoreError::invalid("idempotent append lost its original")),
-                                    None,
-                                )),
+                                    None => Outcome::Failed(StoreError::invalid(
+                                        "idempotent append lost its original",
+                                    )),
+                                };
+                                replies.push((reply, outcome));
                             }
-                        }
-                        Ok(Plan::Write { records, primary }) => {
-                            if let Err(e) = overlay.record(&records) {
-                                replies.push((reply, Err(e), None));
-                                continue;
-                            }
-                            let count = records.len() as u64;
-                            frames.push(FramePlan {
-                                records,
-                                imported_times: None,
-                                primary,
-                            });
-                            planned_positions += count;
-                            replies.push((reply, Ok(Some(frames.len() - 1)), None));
-                        }
-                    },
-                    Request::Import(events, reply) => {
-                        match import_plan(&overlay, events) {
-                            Ok((records, times)) => {
+                            Ok(Plan::Write { records, primary }) => {
                                 if let Err(e) = overlay.record(&records) {
-                                    replies.push((reply, Err(e), None));
+                                    replies.push((reply, Outcome::Failed(e)));
                                     continue;
                                 }
-                                let primary = records.len();
-                                planned_positions += records.len() as u64;
+                                let count = records.len() as u64;
                                 frames.push(FramePlan {
                                     records,
-                                    imported_times: Some(times),
+                                    imported_times: None,
                                     primary,
                                 });
-                                replies.push((reply, Ok(Some(frames.len() - 1)), None));
+                                planned_positions += count;
+                                replies.push((reply, Outcome::Frame(frames.len() - 1)));
                             }
-                            Err(e) => replies.push((reply, Err(e), None)),
                         }
                     }
+                    Request::Import(events, reply) => match import_plan(&overlay, events) {
+                        Ok((records, times)) => {
+                            if let Err(e) = overlay.record(&records) {
+                                replies.push((reply, Outcome::Failed(e)));
+                                continue;
+                            }
+                            let primary = records.len();
+                            planned_positions += records.len() as u64;
+                            frames.push(FramePlan {
+                                records,
+                                imported_times: Some(times),
+                                primary,
+                            });
+                            replies.push((reply, Outcome::Frame(frames.len() - 1)));
+                        }
+                        Err(e) => replies.push((reply, Outcome::Failed(e))),
+                    },
                 }
             }
             debug_assert!(planned_positions >= self.next_position);
@@ -215,24 +218,26 @@ impl Writer {
                 );
                 error!(%reason, "a write failed; the store refuses writes until reopened");
                 *self.shared.poisoned.lock() = Some(reason.clone());
-                for (reply, outcome, _) in replies {
+                for (reply, outcome) in replies {
                     let answer = match outcome {
-                        Err(e) => Err(e),
-                        Ok(_) => Err(StoreError::Poisoned(reason.clone())),
+                        Outcome::Failed(e) => Err(e),
+                        Outcome::Frame(_) | Outcome::Done(_) => {
+                            Err(StoreError::Poisoned(reason.clone()))
+                        }
                     };
                     let _ = reply.send(answer);
                 }
                 return;
             }
         };
-        for (reply, outcome, done) in replies {
+        for (reply, outcome) in replies {
             let answer = match outcome {
-                Err(e) => Err(e),
-                Ok(Some(frame)) => results
+                Outcome::Failed(e) => Err(e),
+                Outcome::Frame(frame) => results
                     .get(frame)
                     .copied()
                     .ok_or_else(|| StoreError::invalid("frame result missing")),
-                Ok(None) => done.ok_or_else(|| StoreError::invalid("result missing")),
+                Outcome::Done(result) => Ok(result),
             };
             let _ = reply.send(answer);
         }
@@ -307,9 +312,15 @@ impl Writer {
                 position += 1;
             }
             builder.finish(&mut buf);
-            results.push(catalog::append_result(&frame.records, frame.primary, first_position));
+            results.push(catalog::append_result(
+                &frame.records,
+                frame.primary,
+                first_position,
+            ));
         }
-        self.group_bytes_hint = self.group_bytes_hint.max(buf.len().min(crate::writer::GROUP_BYTES_MAX));
+        self.group_bytes_hint = self
+            .group_bytes_hint
+            .max(buf.len().min(crate::writer::GROUP_BYTES_MAX));
         self.segment.write(&buf)?;
         self.segment.sync()?;
         // Durable: now make it visible.

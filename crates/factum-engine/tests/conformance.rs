@@ -1,4 +1,5 @@
 //! The embedded engine passes the conformance suite.
+#![allow(clippy::unwrap_used)]
 use factum_engine::{Engine, Options};
 
 async fn fresh() -> (Engine, tempfile::TempDir) {

@@ -1,10 +1,13 @@
 //! Damaged files: bit flips anywhere, truncation at random offsets, torn tails. Damage is
 //! detected (open or `verify` fails naming a file and offset, or a torn tail is cut and
 //! reported) and never served: every event a read returns is the one that was written.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 
-use factum_core::{Direction, EventStore, ExpectedState, NewEvent, RecordedEvent, StoreError, StreamName};
+use factum_core::{
+    Direction, EventStore, ExpectedState, NewEvent, RecordedEvent, StoreError, StreamName,
+};
 use factum_engine::{Engine, Options};
 use rand::Rng;
 
@@ -23,11 +26,23 @@ async fn template() -> (tempfile::TempDir, Vec<RecordedEvent>) {
     for k in 0..120u64 {
         let stream = StreamName::user(format!("c-{}", k % STREAMS)).unwrap();
         let events = (0..1 + k % 3)
-            .map(|i| NewEvent::json("Written", &serde_json::json!({"k": k, "i": i, "pad": "z".repeat((k * 7 % 90) as usize)})).unwrap())
+            .map(|i| {
+                NewEvent::json(
+                    "Written",
+                    &serde_json::json!({"k": k, "i": i, "pad": "z".repeat((k * 7 % 90) as usize)}),
+                )
+                .unwrap()
+            })
             .collect();
-        store.append(&stream, ExpectedState::Any, events).await.unwrap();
+        store
+            .append(&stream, ExpectedState::Any, events)
+            .await
+            .unwrap();
     }
-    let all = store.read_all(0, Direction::Forwards, usize::MAX).await.unwrap();
+    let all = store
+        .read_all(0, Direction::Forwards, usize::MAX)
+        .await
+        .unwrap();
     store.close().unwrap();
     (dir, all)
 }
@@ -62,7 +77,10 @@ async fn nothing_wrong_is_served(store: &Engine, original: &[RecordedEvent]) {
         match store.read_all(from, Direction::Forwards, 16).await {
             Ok(events) => {
                 for event in &events {
-                    assert_eq!(event, &original[event.position as usize], "served a damaged event");
+                    assert_eq!(
+                        event, &original[event.position as usize],
+                        "served a damaged event"
+                    );
                 }
             }
             Err(StoreError::Corrupted { .. }) => {}
@@ -72,10 +90,16 @@ async fn nothing_wrong_is_served(store: &Engine, original: &[RecordedEvent]) {
     }
     for s in 0..STREAMS {
         let stream = StreamName::user(format!("c-{s}")).unwrap();
-        match store.read_stream(&stream, 0, Direction::Forwards, usize::MAX).await {
+        match store
+            .read_stream(&stream, 0, Direction::Forwards, usize::MAX)
+            .await
+        {
             Ok(events) => {
                 for event in &events {
-                    assert_eq!(event, &original[event.position as usize], "served a damaged event");
+                    assert_eq!(
+                        event, &original[event.position as usize],
+                        "served a damaged event"
+                    );
                 }
             }
             Err(StoreError::Corrupted { .. }) => {}
@@ -114,7 +138,11 @@ async fn damage_rounds(damage: Damage, keep_index: bool, rounds: usize) {
 
         let store = match Engine::open(work.path(), options()) {
             Err(StoreError::Corrupted { file, reason, .. }) => {
-                assert!(file.starts_with(work.path()), "names the file: {}", file.display());
+                assert!(
+                    file.starts_with(work.path()),
+                    "names the file: {}",
+                    file.display()
+                );
                 assert!(!reason.is_empty());
                 detected_at_open += 1;
                 continue;
@@ -126,8 +154,14 @@ async fn damage_rounds(damage: Damage, keep_index: bool, rounds: usize) {
         if store.open_report().cut_bytes > 0 {
             // Without a saved index, damage in the last frame of the last segment looks like
             // an interrupted write: it is cut off, reported, and the rest is intact.
-            assert!(!keep_index && is_last, "a tail may be cut only where nothing vouches for it");
-            let kept = store.read_all(0, Direction::Forwards, usize::MAX).await.unwrap();
+            assert!(
+                !keep_index && is_last,
+                "a tail may be cut only where nothing vouches for it"
+            );
+            let kept = store
+                .read_all(0, Direction::Forwards, usize::MAX)
+                .await
+                .unwrap();
             assert_eq!(kept[..], original[..kept.len()]);
             cut += 1;
             continue;
@@ -139,7 +173,9 @@ async fn damage_rounds(damage: Damage, keep_index: bool, rounds: usize) {
             Ok(_) => panic!("damage at {}:{offset} went undetected", file.display()),
         }
     }
-    println!("{rounds} rounds: {detected_at_open} at open, {detected_by_verify} by verify, {cut} tails cut");
+    println!(
+        "{rounds} rounds: {detected_at_open} at open, {detected_by_verify} by verify, {cut} tails cut"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -174,7 +210,10 @@ async fn a_torn_tail_is_cut_off_and_appends_continue() {
             // One more append whose write the "crash" interrupts.
             let store = Engine::open(work.path(), options()).unwrap();
             let big = NewEvent::json("Torn", &"t".repeat(200)).unwrap();
-            store.append(&stream, ExpectedState::Any, vec![big]).await.unwrap();
+            store
+                .append(&stream, ExpectedState::Any, vec![big])
+                .await
+                .unwrap();
             store.close().unwrap();
             drop(store);
             let last = segment_files(work.path()).pop().unwrap();
@@ -195,11 +234,24 @@ async fn a_torn_tail_is_cut_off_and_appends_continue() {
             let store = Engine::open(work.path(), options()).unwrap();
             let cut = store.open_report().cut_bytes;
             assert!(cut > 0 && cut < full_len, "cut {cut}");
-            assert_eq!(std::fs::metadata(&last).unwrap().len(), full_len - cut_into - cut);
-            let all = store.read_all(0, Direction::Forwards, usize::MAX).await.unwrap();
-            assert_eq!(all, original, "the torn append is gone whole, the rest intact");
+            assert_eq!(
+                std::fs::metadata(&last).unwrap().len(),
+                full_len - cut_into - cut
+            );
+            let all = store
+                .read_all(0, Direction::Forwards, usize::MAX)
+                .await
+                .unwrap();
+            assert_eq!(
+                all, original,
+                "the torn append is gone whole, the rest intact"
+            );
             let r = store
-                .append(&stream, ExpectedState::Any, vec![NewEvent::json("After", &1).unwrap()])
+                .append(
+                    &stream,
+                    ExpectedState::Any,
+                    vec![NewEvent::json("After", &1).unwrap()],
+                )
                 .await
                 .unwrap();
             assert_eq!(r.position, original.len() as u64);

@@ -3,6 +3,7 @@
 //! acknowledged event byte for byte, and hold each unacknowledged append whole or not at all.
 //!
 //! The child is this same test binary, run with `FACTUM_CRASH_CHILD_DIR` set.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -98,7 +99,13 @@ struct Ack {
 
 fn run_child_and_kill(dir: &std::path::Path, round: u64) -> Vec<Ack> {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child_appends_until_killed", "--nocapture", "--test-threads", "1"])
+        .args([
+            "--exact",
+            "crash_child_appends_until_killed",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env(CHILD_DIR, dir)
         .env(CHILD_ROUND, round.to_string())
         .stdout(Stdio::piped())
@@ -186,7 +193,10 @@ async fn acknowledged_appends_survive_sigkill_and_torn_appends_vanish_whole() {
         // Stream reads agree with the log.
         for s in 0..20 {
             let stream = StreamName::user(format!("crash-{s}")).unwrap();
-            if let Ok(events) = store.read_stream(&stream, 0, Direction::Forwards, usize::MAX).await {
+            if let Ok(events) = store
+                .read_stream(&stream, 0, Direction::Forwards, usize::MAX)
+                .await
+            {
                 for (revision, event) in events.iter().enumerate() {
                     assert_eq!(event.revision, revision as u64);
                     assert_eq!(&log[event.position as usize], event);
@@ -203,5 +213,8 @@ async fn acknowledged_appends_survive_sigkill_and_torn_appends_vanish_whole() {
         "{ROUNDS} kills, {} acknowledged appends checked, {cut_rounds} torn tails cut",
         acknowledged.len()
     );
-    assert!(acknowledged.len() as u64 > ROUNDS, "the child must get appends done");
+    assert!(
+        acknowledged.len() as u64 > ROUNDS,
+        "the child must get appends done"
+    );
 }

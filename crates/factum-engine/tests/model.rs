@@ -1,5 +1,6 @@
 //! Property test: any sequence of operations, with reopens in between, gives the engine the same
 //! results as the in-memory model (`MemoryStore`), and the same reads.
+#![allow(clippy::unwrap_used)]
 
 use factum_core::{
     Direction, EventStore, ExpectedState, MemoryStore, NewEvent, RecordedEvent, StoreError,
@@ -10,13 +11,37 @@ use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Append { stream: u8, expected: ExpectedState, count: u8 },
-    Reappend { expected: ExpectedState },
-    Delete { stream: u8, expected: ExpectedState },
-    Tombstone { stream: u8 },
-    Metadata { stream: u8, max_count: Option<u64>, truncate_before: Option<u64> },
-    ReadStream { stream: u8, from: u64, backwards: bool, limit: usize },
-    ReadAll { from: u64, backwards: bool, limit: usize },
+    Append {
+        stream: u8,
+        expected: ExpectedState,
+        count: u8,
+    },
+    Reappend {
+        expected: ExpectedState,
+    },
+    Delete {
+        stream: u8,
+        expected: ExpectedState,
+    },
+    Tombstone {
+        stream: u8,
+    },
+    Metadata {
+        stream: u8,
+        max_count: Option<u64>,
+        truncate_before: Option<u64>,
+    },
+    ReadStream {
+        stream: u8,
+        from: u64,
+        backwards: bool,
+        limit: usize,
+    },
+    ReadAll {
+        from: u64,
+        backwards: bool,
+        limit: usize,
+    },
     Reopen,
 }
 
@@ -49,25 +74,44 @@ fn name(stream: u8) -> StreamName {
 }
 
 fn direction(backwards: bool) -> Direction {
-    if backwards { Direction::Backwards } else { Direction::Forwards }
+    if backwards {
+        Direction::Backwards
+    } else {
+        Direction::Forwards
+    }
 }
 
 /// What can be compared: everything but the recorded time, which differs between stores.
 #[allow(clippy::type_complexity)]
-fn comparable(events: Vec<RecordedEvent>) -> Vec<(String, u64, u64, uuid::Uuid, String, bytes::Bytes)> {
+fn comparable(
+    events: Vec<RecordedEvent>,
+) -> Vec<(String, u64, u64, uuid::Uuid, String, bytes::Bytes)> {
     events
         .into_iter()
         .map(|e| {
             // System records get fresh ids in each store.
-            let id = if e.stream.is_system() { uuid::Uuid::nil() } else { e.id };
-            (e.stream.to_string(), e.revision, e.position, id, e.event_type, e.data)
+            let id = if e.stream.is_system() {
+                uuid::Uuid::nil()
+            } else {
+                e.id
+            };
+            (
+                e.stream.to_string(),
+                e.revision,
+                e.position,
+                id,
+                e.event_type,
+                e.data,
+            )
         })
         .collect()
 }
 
 fn kind<T: std::fmt::Debug + PartialEq>(r: Result<T, StoreError>) -> Result<T, String> {
     r.map_err(|e| match e {
-        StoreError::WrongExpectedRevision { actual, .. } => format!("wrong expected, actual {actual}"),
+        StoreError::WrongExpectedRevision { actual, .. } => {
+            format!("wrong expected, actual {actual}")
+        }
         StoreError::StreamDeleted(s) => format!("deleted {s}"),
         StoreError::NotFound(s) => format!("not found {s}"),
         StoreError::InvalidInput(_) => "invalid".into(),
@@ -77,16 +121,26 @@ fn kind<T: std::fmt::Debug + PartialEq>(r: Result<T, StoreError>) -> Result<T, S
 
 async fn run(ops: Vec<Op>) {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options { segment_bytes_limit: 2048, index_save_interval_events: 7 };
+    let options = Options {
+        segment_bytes_limit: 2048,
+        index_save_interval_events: 7,
+    };
     let mut engine = Engine::open(dir.path(), options.clone()).unwrap();
     let model = MemoryStore::new();
     let mut last_append: Option<(StreamName, Vec<NewEvent>)> = None;
     for (step, op) in ops.into_iter().enumerate() {
         let context = format!("step {step}: {op:?}");
         match op {
-            Op::Append { stream, expected, count } => {
+            Op::Append {
+                stream,
+                expected,
+                count,
+            } => {
                 let events: Vec<NewEvent> = (0..count)
-                    .map(|i| NewEvent::json("Happened", &serde_json::json!({"step": step, "i": i})).unwrap())
+                    .map(|i| {
+                        NewEvent::json("Happened", &serde_json::json!({"step": step, "i": i}))
+                            .unwrap()
+                    })
                     .collect();
                 let a = kind(engine.append(&name(stream), expected, events.clone()).await);
                 let b = kind(model.append(&name(stream), expected, events.clone()).await);
@@ -106,24 +160,69 @@ async fn run(ops: Vec<Op>) {
                 assert_eq!(a, b, "{context}");
             }
             Op::Tombstone { stream } => {
-                let a = kind(engine.tombstone_stream(&name(stream), ExpectedState::Any).await);
-                let b = kind(model.tombstone_stream(&name(stream), ExpectedState::Any).await);
+                let a = kind(
+                    engine
+                        .tombstone_stream(&name(stream), ExpectedState::Any)
+                        .await,
+                );
+                let b = kind(
+                    model
+                        .tombstone_stream(&name(stream), ExpectedState::Any)
+                        .await,
+                );
                 assert_eq!(a, b, "{context}");
             }
-            Op::Metadata { stream, max_count, truncate_before } => {
-                let metadata = StreamMetadata { max_count, truncate_before, ..Default::default() };
+            Op::Metadata {
+                stream,
+                max_count,
+                truncate_before,
+            } => {
+                let metadata = StreamMetadata {
+                    max_count,
+                    truncate_before,
+                    ..Default::default()
+                };
                 let a = kind(engine.set_metadata(&name(stream), metadata.clone()).await);
                 let b = kind(model.set_metadata(&name(stream), metadata).await);
                 assert_eq!(a, b, "{context}");
             }
-            Op::ReadStream { stream, from, backwards, limit } => {
-                let a = kind(engine.read_stream(&name(stream), from, direction(backwards), limit).await).map(comparable);
-                let b = kind(model.read_stream(&name(stream), from, direction(backwards), limit).await).map(comparable);
+            Op::ReadStream {
+                stream,
+                from,
+                backwards,
+                limit,
+            } => {
+                let a = kind(
+                    engine
+                        .read_stream(&name(stream), from, direction(backwards), limit)
+                        .await,
+                )
+                .map(comparable);
+                let b = kind(
+                    model
+                        .read_stream(&name(stream), from, direction(backwards), limit)
+                        .await,
+                )
+                .map(comparable);
                 assert_eq!(a, b, "{context}");
             }
-            Op::ReadAll { from, backwards, limit } => {
-                let a = comparable(engine.read_all(from, direction(backwards), limit).await.unwrap());
-                let b = comparable(model.read_all(from, direction(backwards), limit).await.unwrap());
+            Op::ReadAll {
+                from,
+                backwards,
+                limit,
+            } => {
+                let a = comparable(
+                    engine
+                        .read_all(from, direction(backwards), limit)
+                        .await
+                        .unwrap(),
+                );
+                let b = comparable(
+                    model
+                        .read_all(from, direction(backwards), limit)
+                        .await
+                        .unwrap(),
+                );
                 assert_eq!(a, b, "{context}");
             }
             Op::Reopen => {

@@ -1,4 +1,5 @@
 //! Reopening, locking, segment rolls and index rebuilds.
+#![allow(clippy::unwrap_used)]
 use factum_core::{Direction, EventStore, ExpectedState, NewEvent, StoreError, StreamName};
 use factum_engine::{Engine, Options};
 
@@ -10,7 +11,11 @@ fn small_segments() -> Options {
 }
 
 fn event(n: u64) -> NewEvent {
-    NewEvent::json("Counted", &serde_json::json!({ "n": n, "pad": "x".repeat(100) })).unwrap()
+    NewEvent::json(
+        "Counted",
+        &serde_json::json!({ "n": n, "pad": "x".repeat(100) }),
+    )
+    .unwrap()
 }
 
 async fn fill(store: &Engine, streams: u64, per_stream: u64) {
@@ -18,7 +23,11 @@ async fn fill(store: &Engine, streams: u64, per_stream: u64) {
         for s in 0..streams {
             let stream = StreamName::user(format!("s-{s}")).unwrap();
             store
-                .append(&stream, ExpectedState::Any, vec![event(round * streams + s)])
+                .append(
+                    &stream,
+                    ExpectedState::Any,
+                    vec![event(round * streams + s)],
+                )
                 .await
                 .unwrap();
         }
@@ -26,7 +35,10 @@ async fn fill(store: &Engine, streams: u64, per_stream: u64) {
 }
 
 async fn all(store: &Engine) -> Vec<factum_core::RecordedEvent> {
-    store.read_all(0, Direction::Forwards, usize::MAX).await.unwrap()
+    store
+        .read_all(0, Direction::Forwards, usize::MAX)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -52,13 +64,21 @@ async fn events_survive_reopen_across_many_segments() {
     assert!(segments > 5, "only {segments} segments");
 
     let store = Engine::open(dir.path(), small_segments()).unwrap();
-    assert_eq!(store.open_report().replayed_events, 0, "the saved index covers the log");
+    assert_eq!(
+        store.open_report().replayed_events,
+        0,
+        "the saved index covers the log"
+    );
     assert_eq!(all(&store).await, before);
     let report = store.verify(|_, _| {}).unwrap();
     assert_eq!(report.events, 420);
     // Appends go on where they stopped.
     let r = store
-        .append(&StreamName::user("s-0").unwrap(), ExpectedState::Exact(59), vec![event(1)])
+        .append(
+            &StreamName::user("s-0").unwrap(),
+            ExpectedState::Exact(59),
+            vec![event(1)],
+        )
         .await
         .unwrap();
     assert_eq!((r.last_revision, r.position), (60, 420));
@@ -85,7 +105,12 @@ async fn a_missing_or_damaged_index_is_rebuilt_from_the_log() {
         .unwrap();
     let before = all(&store).await;
     let s1 = store
-        .read_stream(&StreamName::user("s-1").unwrap(), 0, Direction::Forwards, 100)
+        .read_stream(
+            &StreamName::user("s-1").unwrap(),
+            0,
+            Direction::Forwards,
+            100,
+        )
         .await
         .unwrap();
     store.close().unwrap();
@@ -104,7 +129,12 @@ async fn a_missing_or_damaged_index_is_rebuilt_from_the_log() {
     let store = Engine::open(dir.path(), small_segments()).unwrap();
     assert_eq!(all(&store).await, before);
     let s1_again = store
-        .read_stream(&StreamName::user("s-1").unwrap(), 0, Direction::Forwards, 100)
+        .read_stream(
+            &StreamName::user("s-1").unwrap(),
+            0,
+            Direction::Forwards,
+            100,
+        )
         .await
         .unwrap();
     assert_eq!(s1_again, s1);
@@ -134,7 +164,11 @@ async fn the_index_is_saved_as_the_log_grows() {
     let store = Engine::open(dir.path(), options).unwrap();
     let report = store.open_report();
     assert_eq!(report.events, 120);
-    assert!(report.replayed_events < 50, "replayed {}", report.replayed_events);
+    assert!(
+        report.replayed_events < 50,
+        "replayed {}",
+        report.replayed_events
+    );
     assert_eq!(all(&store).await.len(), 120);
 }
 
@@ -167,12 +201,22 @@ async fn import_keeps_ids_order_revisions_and_times() {
     assert_eq!(all(&target).await, exported);
     let s3 = StreamName::user("s-3").unwrap();
     assert_eq!(
-        target.read_stream(&s3, 0, Direction::Forwards, 100).await.unwrap(),
-        source.read_stream(&s3, 0, Direction::Forwards, 100).await.unwrap()
+        target
+            .read_stream(&s3, 0, Direction::Forwards, 100)
+            .await
+            .unwrap(),
+        source
+            .read_stream(&s3, 0, Direction::Forwards, 100)
+            .await
+            .unwrap()
     );
     assert!(matches!(
         target
-            .append(&StreamName::user("s-0").unwrap(), ExpectedState::Any, vec![event(0)])
+            .append(
+                &StreamName::user("s-0").unwrap(),
+                ExpectedState::Any,
+                vec![event(0)]
+            )
             .await,
         Err(StoreError::StreamDeleted(_))
     ));
@@ -180,6 +224,9 @@ async fn import_keeps_ids_order_revisions_and_times() {
     let head = target.head();
     let mut wrong = exported[5].clone();
     wrong.stream = StreamName::user("s-1").unwrap();
-    assert!(matches!(target.import(vec![wrong]).await, Err(StoreError::InvalidInput(_))));
+    assert!(matches!(
+        target.import(vec![wrong]).await,
+        Err(StoreError::InvalidInput(_))
+    ));
     assert_eq!(target.head(), head);
 }

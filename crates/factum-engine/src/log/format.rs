@@ -96,7 +96,10 @@ impl FrameHeader {
             crc: u32_at(bytes, 20),
         };
         if header.body_len as usize > FRAME_BODY_BYTES_MAX {
-            return Err(format!("frame length {} is over the limit", header.body_len));
+            return Err(format!(
+                "frame length {} is over the limit",
+                header.body_len
+            ));
         }
         Ok(header)
     }
@@ -236,7 +239,8 @@ pub fn decode_record(chunk: &[u8], at: usize, position: u64) -> Result<RecordedE
     let type_range = take(type_len);
     let data_range = take(data_len);
     let metadata_range = take(metadata_len);
-    let stream = std::str::from_utf8(&record[stream_range]).map_err(|_| "stream name is not UTF-8")?;
+    let stream =
+        std::str::from_utf8(&record[stream_range]).map_err(|_| "stream name is not UTF-8")?;
     let event_type =
         std::str::from_utf8(&record[type_range]).map_err(|_| "event type is not UTF-8")?;
     let content_type = match record[40] {

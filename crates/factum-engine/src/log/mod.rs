@@ -14,8 +14,8 @@ use factum_core::{RecordedEvent, StoreError};
 use parking_lot::RwLock;
 
 use format::{
-    FRAME_HEADER_BYTES, FrameHeader, SEGMENT_HEADER_BYTES, SegmentHeader, decode_record,
-    record_id, record_len,
+    FRAME_HEADER_BYTES, FrameHeader, SEGMENT_HEADER_BYTES, SegmentHeader, decode_record, record_id,
+    record_len,
 };
 
 /// Where an event's record starts: segment number in the top 24 bits, byte offset in the low 40.
@@ -48,13 +48,12 @@ impl Segment {
         let len = file.metadata()?.len();
         let mut header = [0u8; SEGMENT_HEADER_BYTES];
         let read = read_up_to(&file, &mut header, 0)?;
-        let header = SegmentHeader::decode(&header[..read]).map_err(|reason| {
-            StoreError::Corrupted {
+        let header =
+            SegmentHeader::decode(&header[..read]).map_err(|reason| StoreError::Corrupted {
                 file: path.clone(),
                 offset: 0,
                 reason,
-            }
-        })?;
+            })?;
         Ok((
             Segment {
                 number: header.segment,
@@ -68,7 +67,12 @@ impl Segment {
 
     /// Reads up to `len` bytes at `offset` into `buf` (fewer at the end of the file); returns
     /// how many. `buf` only grows, so a reused buffer costs no allocation.
-    pub fn read_into(&self, offset: u64, len: usize, buf: &mut Vec<u8>) -> Result<usize, StoreError> {
+    pub fn read_into(
+        &self,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<usize, StoreError> {
         if buf.len() < len {
             buf.resize(len, 0);
         }

@@ -38,7 +38,10 @@ pub fn open_segments(log_dir: &Path) -> Result<Vec<(Segment, u64)>, StoreError> 
     for entry in std::fs::read_dir(log_dir)? {
         let name = entry?.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(number) = name.strip_suffix(".seg").and_then(|n| n.parse::<u32>().ok()) {
+        if let Some(number) = name
+            .strip_suffix(".seg")
+            .and_then(|n| n.parse::<u32>().ok())
+        {
             numbers.push(number);
         }
     }
@@ -47,7 +50,7 @@ pub fn open_segments(log_dir: &Path) -> Result<Vec<(Segment, u64)>, StoreError> 
     for (i, &number) in numbers.iter().enumerate() {
         let path = segment_path(log_dir, number);
         let is_last = i + 1 == numbers.len();
-        if let Some(&(ref previous, _)) = segments.last() {
+        if let Some((previous, _)) = segments.last() {
             let previous: &Segment = previous;
             if previous.number + 1 != number {
                 return Err(StoreError::Corrupted {
@@ -91,9 +94,7 @@ pub fn replay(
         next_position,
         cut_bytes: 0,
     };
-    let first = segments
-        .iter()
-        .position(|(s, _)| s.number == start.segment);
+    let first = segments.iter().position(|(s, _)| s.number == start.segment);
     let Some(first) = first else {
         if segments.is_empty() && start.next_position == 0 {
             return Ok(end);
@@ -104,7 +105,10 @@ pub fn replay(
                 .map(|(s, _)| s.path.clone())
                 .unwrap_or_default(),
             offset: start.offset,
-            reason: format!("segment {} that the index points to is missing", start.segment),
+            reason: format!(
+                "segment {} that the index points to is missing",
+                start.segment
+            ),
         });
     };
     for (i, (segment, len)) in segments.iter().enumerate().skip(first) {
