@@ -63,7 +63,7 @@ pub struct StreamState {
     /// Id of the last event written.
     pub last_id: Option<Uuid>,
     /// The latest metadata.
-    pub metadata: Option<StreamMetadata>,
+    pub metadata: Option<Box<StreamMetadata>>,
 }
 
 impl StreamState {
@@ -436,9 +436,14 @@ fn idempotent(
 }
 
 /// The committed state of all streams and checkpoints.
+///
+/// Streams live in a dense vector and the map holds only their slot: a hash table rounds its
+/// size up to a power of two, so keeping the large per-stream state out of it saves about half
+/// of the catalog's memory with a million streams.
 #[derive(Debug, Default)]
 pub struct Catalog {
-    streams: HashMap<StreamName, StreamState>,
+    slots: HashMap<StreamName, u32>,
+    streams: Vec<(StreamName, StreamState)>,
     checkpoints: HashMap<String, u64>,
 }
 
@@ -446,6 +451,33 @@ impl Catalog {
     /// An empty catalog.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty catalog with room for `streams` streams.
+    pub fn with_capacity(streams: usize) -> Self {
+        Catalog {
+            slots: HashMap::with_capacity(streams),
+            streams: Vec::with_capacity(streams),
+            checkpoints: HashMap::new(),
+        }
+    }
+
+    fn state_mut(&mut self, stream: StreamName) -> &mut StreamState {
+        let slot = match self.slots.get(&stream) {
+            Some(slot) => *slot as usize,
+            None => {
+                let slot = self.streams.len();
+                self.slots.insert(stream.clone(), slot as u32);
+                self.streams.push((stream, StreamState::default()));
+                slot
+            }
+        };
+        &mut self.streams[slot].1
+    }
+
+    fn state(&self, stream: &str) -> Option<&StreamState> {
+        let slot = *self.slots.get(stream)? as usize;
+        self.streams.get(slot).map(|(_, state)| state)
     }
 
     /// Applies a change of a durable record. Revisions must arrive in order.
@@ -457,7 +489,7 @@ impl Catalog {
                 position,
                 id,
             } => {
-                let state = self.streams.entry(stream).or_default();
+                let state = self.state_mut(stream);
                 if revision != state.positions.len() as u64 {
                     return Err(StoreError::invalid(format!(
                         "record at position {position} has revision {revision}, expected {}",
@@ -468,14 +500,14 @@ impl Catalog {
                 state.last_id = Some(id);
             }
             Change::Deleted { stream, before } => {
-                let state = self.streams.entry(stream).or_default();
+                let state = self.state_mut(stream);
                 state.deleted_before = state.deleted_before.max(before);
             }
             Change::Tombstoned { stream } => {
-                self.streams.entry(stream).or_default().tombstoned = true;
+                self.state_mut(stream).tombstoned = true;
             }
             Change::Metadata { stream, metadata } => {
-                self.streams.entry(stream).or_default().metadata = Some(metadata);
+                self.state_mut(stream).metadata = Some(Box::new(metadata));
             }
             Change::Checkpoint { consumer, position } => {
                 self.checkpoints.insert(consumer, position);
@@ -484,9 +516,36 @@ impl Catalog {
         Ok(())
     }
 
+    /// Records an event of a user stream (no system effects), found by name without
+    /// allocating unless the stream is new. Revisions must arrive in order.
+    pub fn append_user_event(
+        &mut self,
+        stream: &str,
+        revision: u64,
+        position: u64,
+        id: Uuid,
+    ) -> Result<(), StoreError> {
+        let state = match self.slots.get(stream) {
+            Some(slot) => match self.streams.get_mut(*slot as usize) {
+                Some((_, state)) => state,
+                None => return Err(StoreError::invalid("stream slot out of range")),
+            },
+            None => self.state_mut(StreamName::new(stream)?),
+        };
+        if revision != state.positions.len() as u64 {
+            return Err(StoreError::invalid(format!(
+                "record at position {position} has revision {revision}, expected {}",
+                state.positions.len()
+            )));
+        }
+        state.positions.push(position);
+        state.last_id = Some(id);
+        Ok(())
+    }
+
     /// A stream's state, if anything was ever recorded about it.
     pub fn stream(&self, stream: &StreamName) -> Option<&StreamState> {
-        self.streams.get(stream)
+        self.state(stream.as_str())
     }
 
     /// A consumer's checkpoint.
@@ -501,7 +560,7 @@ impl Catalog {
 
     /// Iterates over all streams.
     pub fn streams(&self) -> impl Iterator<Item = (&StreamName, &StreamState)> {
-        self.streams.iter()
+        self.streams.iter().map(|(name, state)| (name, state))
     }
 
     /// All checkpoints.
@@ -511,7 +570,16 @@ impl Catalog {
 
     /// Restores a stream's state wholesale (used when loading a persisted index).
     pub fn restore_stream(&mut self, stream: StreamName, state: StreamState) {
-        self.streams.insert(stream, state);
+        *self.state_mut(stream) = state;
+    }
+
+    /// Gives back memory held in spare capacity (after a replay built the catalog by pushing).
+    pub fn shrink_to_fit(&mut self) {
+        for (_, state) in &mut self.streams {
+            state.positions.shrink_to_fit();
+        }
+        self.streams.shrink_to_fit();
+        self.slots.shrink_to_fit();
     }
 
     /// Restores a checkpoint wholesale (used when loading a persisted index).
@@ -529,8 +597,7 @@ impl Catalog {
         limit: usize,
     ) -> Result<Vec<u64>, StoreError> {
         let state = self
-            .streams
-            .get(stream)
+            .stream(stream)
             .ok_or_else(|| StoreError::NotFound(stream.to_string()))?;
         if state.tombstoned {
             return Err(StoreError::StreamDeleted(stream.to_string()));
@@ -567,7 +634,7 @@ impl Catalog {
 
     /// The current revision of a stream.
     pub fn current(&self, stream: &StreamName) -> Result<CurrentRevision, StoreError> {
-        match self.streams.get(stream) {
+        match self.stream(stream) {
             None => Ok(CurrentRevision(None)),
             Some(state) if state.tombstoned => Err(StoreError::StreamDeleted(stream.to_string())),
             Some(state) => Ok(state.summary().current()),
@@ -576,9 +643,9 @@ impl Catalog {
 
     /// A stream's metadata.
     pub fn metadata(&self, stream: &StreamName) -> Result<Option<StreamMetadata>, StoreError> {
-        match self.streams.get(stream) {
+        match self.stream(stream) {
             Some(state) if state.tombstoned => Err(StoreError::StreamDeleted(stream.to_string())),
-            Some(state) => Ok(state.metadata.clone()),
+            Some(state) => Ok(state.metadata.as_deref().cloned()),
             None => Ok(None),
         }
     }
@@ -586,23 +653,21 @@ impl Catalog {
     /// Lists streams (see [`crate::EventStore::list_streams`]).
     pub fn list(&self, prefix: &str, after: Option<&StreamName>, limit: usize) -> Vec<StreamInfo> {
         let include_system = prefix.starts_with('$');
-        let mut names: Vec<&StreamName> = self
+        let mut listed: Vec<&(StreamName, StreamState)> = self
             .streams
             .iter()
             .filter(|(name, state)| {
                 !state.positions.is_empty()
                     && name.as_str().starts_with(prefix)
                     && (include_system || !name.is_system())
-                    && after.is_none_or(|after| *name > after)
+                    && after.is_none_or(|after| name > after)
             })
-            .map(|(name, _)| name)
             .collect();
-        names.sort_unstable();
-        names
+        listed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        listed
             .into_iter()
             .take(limit)
-            .filter_map(|name| {
-                let state = self.streams.get(name)?;
+            .filter_map(|(name, state)| {
                 let last_position = *state.positions.last()?;
                 Some(StreamInfo {
                     name: name.clone(),
@@ -617,8 +682,7 @@ impl Catalog {
 
     /// The max age of a stream, for [`visible_by_age`].
     pub fn max_age_secs(&self, stream: &StreamName) -> Option<u64> {
-        self.streams
-            .get(stream)
+        self.stream(stream)
             .and_then(|state| state.metadata.as_ref())
             .and_then(|metadata| metadata.max_age_secs)
     }

@@ -110,18 +110,17 @@ impl NewEvent {
                 )));
             }
         }
-        if self.content_type == ContentType::Json
-            && serde_json::from_slice::<serde::de::IgnoredAny>(&self.data).is_err()
-        {
+        if self.content_type == ContentType::Json && !crate::json::is_valid(&self.data) {
             return Err(StoreError::invalid(format!(
                 "event '{}' says its data is JSON but it does not parse",
                 self.event_type
             )));
         }
-        if !self.metadata.is_empty()
-            && serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&self.metadata)
-                .is_err()
-        {
+        let is_object = |bytes: &[u8]| {
+            bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+                && crate::json::is_valid(bytes)
+        };
+        if !self.metadata.is_empty() && !is_object(&self.metadata) {
             return Err(StoreError::invalid(format!(
                 "metadata of event '{}' is not a JSON object",
                 self.event_type

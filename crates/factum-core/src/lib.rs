@@ -18,6 +18,7 @@
 pub mod catalog;
 mod error;
 mod event;
+pub mod json;
 mod memory;
 mod store;
 mod stream;

@@ -85,6 +85,14 @@ impl StreamName {
     }
 }
 
+// Lets maps keyed by stream name be searched with a `&str` (no allocation); `Arc<str>`
+// hashes and compares exactly as `str` does.
+impl std::borrow::Borrow<str> for StreamName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for StreamName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

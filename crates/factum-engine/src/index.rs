@@ -10,8 +10,6 @@ use factum_core::StreamName;
 use factum_core::catalog::{Catalog, StreamState};
 use uuid::Uuid;
 
-use crate::log::format::{u16_at, u32_at, u64_at};
-
 const INDEX_MAGIC: &[u8; 8] = b"FACTUMIX";
 const INDEX_VERSION: u32 = 1;
 /// The index file's name inside the data directory.
@@ -102,56 +100,71 @@ impl Index {
     }
 
     /// Loads a saved index. `Ok(None)` when there is none or it is unusable (damaged, another
-    /// version): the caller rebuilds from the log, which is always possible.
+    /// version): the caller rebuilds from the log, which is always possible. The file is read as
+    /// a stream, so loading needs no more memory than the index itself.
     pub fn load(dir: &Path) -> std::io::Result<Option<(Index, IndexedUpTo)>> {
         let path = dir.join(INDEX_FILE);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        match Self::parse(&bytes) {
-            Some(loaded) => Ok(Some(loaded)),
-            None => {
+        let len = file.metadata()?.len();
+        let mut r = Reader {
+            inner: std::io::BufReader::with_capacity(1 << 20, file),
+            crc: 0,
+            left: len.saturating_sub(4),
+        };
+        let parsed = Self::parse(&mut r);
+        let mut trailer = [0u8; 4];
+        let intact = parsed.is_some()
+            && r.left == 0
+            && std::io::Read::read_exact(&mut r.inner, &mut trailer).is_ok()
+            && u32::from_le_bytes(trailer) == r.crc;
+        match parsed {
+            Some(loaded) if intact => Ok(Some(loaded)),
+            _ => {
                 tracing::warn!(file = %path.display(), "the saved index is damaged; rebuilding it from the log");
                 Ok(None)
             }
         }
     }
 
-    fn parse(bytes: &[u8]) -> Option<(Index, IndexedUpTo)> {
-        let body_len = bytes.len().checked_sub(4)?;
-        if crc32c::crc32c(&bytes[..body_len]) != u32_at(bytes, body_len) {
-            return None;
-        }
-        let mut r = Reader {
-            bytes: &bytes[..body_len],
-            at: 0,
-        };
+    fn parse(r: &mut Reader) -> Option<(Index, IndexedUpTo)> {
         if r.take(8)? != INDEX_MAGIC || r.u32()? != INDEX_VERSION {
             return None;
         }
         let segment = r.u32()?;
         let offset = r.u64()?;
         let next_position = r.u64()?;
-        let mut locations = Vec::with_capacity(usize::try_from(next_position).ok()?);
-        let raw = r.take(usize::try_from(next_position).ok()?.checked_mul(8)?)?;
-        locations.extend(raw.chunks_exact(8).map(|c| u64_at(c, 0)));
-        let mut catalog = Catalog::new();
-        for _ in 0..r.u64()? {
+        // Every count is checked against the bytes left, so a damaged count cannot make the
+        // loader allocate more than the file could hold.
+        let count = usize::try_from(next_position).ok()?;
+        if count.checked_mul(8)? as u64 > r.left {
+            return None;
+        }
+        let mut locations = Vec::with_capacity(count);
+        r.u64s(count, &mut locations)?;
+        let streams = r.u64()?;
+        // Each stream takes at least 47 bytes of the file: this bounds the reservation.
+        let mut catalog = Catalog::with_capacity(streams.min(r.left / 47) as usize);
+        for _ in 0..streams {
             let name_len = r.u16()? as usize;
-            let name = StreamName::new(std::str::from_utf8(r.take(name_len)?).ok()?).ok()?;
+            let name = StreamName::new(String::from_utf8(r.take(name_len)?).ok()?).ok()?;
             let deleted_before = r.u64()?;
             let tombstoned = r.take(1)?[0] != 0;
-            let id = Uuid::from_slice(r.take(16)?).ok()?;
+            let id = Uuid::from_slice(&r.take(16)?).ok()?;
             let metadata_len = r.u32()? as usize;
             let metadata = match metadata_len {
                 0 => None,
-                n => Some(serde_json::from_slice(r.take(n)?).ok()?),
+                n => Some(Box::new(serde_json::from_slice(&r.take(n)?).ok()?)),
             };
             let count = usize::try_from(r.u64()?).ok()?;
-            let raw = r.take(count.checked_mul(8)?)?;
-            let positions: Vec<u64> = raw.chunks_exact(8).map(|c| u64_at(c, 0)).collect();
+            if count.checked_mul(8)? as u64 > r.left {
+                return None;
+            }
+            let mut positions = Vec::with_capacity(count);
+            r.u64s(count, &mut positions)?;
             let state = StreamState {
                 last_id: (!positions.is_empty()).then_some(id),
                 positions,
@@ -163,11 +176,8 @@ impl Index {
         }
         for _ in 0..r.u64()? {
             let len = r.u16()? as usize;
-            let consumer = std::str::from_utf8(r.take(len)?).ok()?.to_owned();
+            let consumer = String::from_utf8(r.take(len)?).ok()?;
             catalog.restore_checkpoint(consumer, r.u64()?);
-        }
-        if r.at != r.bytes.len() {
-            return None;
         }
         Some((
             Index { catalog, locations },
@@ -180,24 +190,60 @@ impl Index {
     }
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
+/// Reads the index file's body, keeping its checksum and how many body bytes are left.
+struct Reader {
+    inner: std::io::BufReader<std::fs::File>,
+    crc: u32,
+    left: u64,
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let slice = self.bytes.get(self.at..self.at.checked_add(n)?)?;
-        self.at += n;
-        Some(slice)
+impl Reader {
+    fn fill<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let mut buf = [0u8; N];
+        self.read(&mut buf)?;
+        Some(buf)
+    }
+    fn read(&mut self, buf: &mut [u8]) -> Option<()> {
+        if (buf.len() as u64) > self.left {
+            return None;
+        }
+        std::io::Read::read_exact(&mut self.inner, buf).ok()?;
+        self.left -= buf.len() as u64;
+        self.crc = crc32c::crc32c_append(self.crc, buf);
+        Some(())
+    }
+    fn take(&mut self, n: usize) -> Option<Vec<u8>> {
+        if n as u64 > self.left {
+            return None;
+        }
+        let mut buf = vec![0u8; n];
+        self.read(&mut buf)?;
+        Some(buf)
+    }
+    /// Reads `count` integers in large chunks.
+    fn u64s(&mut self, count: usize, out: &mut Vec<u64>) -> Option<()> {
+        let mut chunk = [0u8; 8 * 1024];
+        let mut left = count;
+        while left > 0 {
+            let n = left.min(1024);
+            let bytes = chunk.get_mut(..n * 8)?;
+            self.read(bytes)?;
+            out.extend(bytes.chunks_exact(8).map(|b| {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(b);
+                u64::from_le_bytes(word)
+            }));
+            left -= n;
+        }
+        Some(())
     }
     fn u16(&mut self) -> Option<u16> {
-        self.take(2).map(|b| u16_at(b, 0))
+        self.fill::<2>().map(u16::from_le_bytes)
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32_at(b, 0))
+        self.fill::<4>().map(u32::from_le_bytes)
     }
     fn u64(&mut self) -> Option<u64> {
-        self.take(8).map(|b| u64_at(b, 0))
+        self.fill::<8>().map(u64::from_le_bytes)
     }
 }

@@ -166,28 +166,49 @@ impl Engine {
             ),
         };
         let loaded = start.next_position;
+        // Reserve for the most events the log could hold (every record is at least its fixed
+        // part): pages never written are never resident, and the vector never has to be
+        // copied while it grows.
+        let log_bytes: u64 = segments.iter().map(|(_, len)| *len).sum();
+        let most_events = log_bytes / log::format::RECORD_FIXED_BYTES as u64;
+        index
+            .locations
+            .reserve((most_events.saturating_sub(loaded)) as usize);
         let end = recovery::replay(
             &segments,
             start,
-            |segment, offset, event| {
-                debug_assert_eq!(index.locations.len() as u64, event.position);
+            |segment, offset, position, record| {
+                debug_assert_eq!(index.locations.len() as u64, position);
                 index.locations.push(pack(segment.number, offset));
+                let fits = |e: StoreError| {
+                    segment.corrupted(offset, format!("record does not fit the index: {e}"))
+                };
+                if !record.stream.starts_with('$') {
+                    return index
+                        .catalog
+                        .append_user_event(record.stream, record.revision, position, record.id)
+                        .map_err(fits);
+                }
+                let stream = StreamName::new(record.stream).map_err(fits)?;
                 for change in catalog::changes_of(
-                    &event.stream,
-                    event.revision,
-                    event.position,
-                    event.id,
-                    &event.event_type,
-                    &event.data,
-                )? {
-                    index.catalog.apply(change).map_err(|e| {
-                        segment.corrupted(offset, format!("record does not fit the index: {e}"))
-                    })?;
+                    &stream,
+                    record.revision,
+                    position,
+                    record.id,
+                    record.event_type,
+                    record.data,
+                )
+                .map_err(fits)?
+                {
+                    index.catalog.apply(change).map_err(fits)?;
                 }
                 Ok(())
             },
             |_| {},
         )?;
+        if end.next_position > loaded {
+            index.catalog.shrink_to_fit();
+        }
         let last = segments
             .last()
             .map(|(s, _)| s.number)

@@ -294,3 +294,46 @@ pub fn u64_at(bytes: &[u8], at: usize) -> u64 {
     b.copy_from_slice(&bytes[at..at + 8]);
     u64::from_le_bytes(b)
 }
+
+/// The fields of a record that the index needs, borrowed from the frame.
+pub struct RecordView<'a> {
+    pub revision: u64,
+    pub id: Uuid,
+    pub stream: &'a str,
+    pub event_type: &'a str,
+    pub data: &'a [u8],
+    pub len: usize,
+}
+
+/// Reads a record's fields without checking its own checksum: for frames whose checksum,
+/// which covers every record byte, was already checked.
+pub fn view_record(bytes: &[u8]) -> Result<RecordView<'_>, String> {
+    let len = record_len(bytes).ok_or("record length is cut short")?;
+    if len < RECORD_FIXED_BYTES || len > bytes.len() {
+        return Err(format!("record length {len} does not fit"));
+    }
+    let record = &bytes[..len];
+    let stream_len = u16_at(record, 42) as usize;
+    let type_len = u16_at(record, 44) as usize;
+    let data_len = u32_at(record, 48) as usize;
+    let metadata_len = u32_at(record, 52) as usize;
+    if RECORD_FIXED_BYTES + stream_len + type_len + data_len + metadata_len != len {
+        return Err("record field lengths do not add up".into());
+    }
+    let type_start = RECORD_FIXED_BYTES + stream_len;
+    let data_start = type_start + type_len;
+    let stream = std::str::from_utf8(&record[RECORD_FIXED_BYTES..type_start])
+        .map_err(|_| "stream name is not UTF-8")?;
+    let event_type = std::str::from_utf8(&record[type_start..data_start])
+        .map_err(|_| "event type is not UTF-8")?;
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&record[24..40]);
+    Ok(RecordView {
+        revision: u64_at(record, 8),
+        id: Uuid::from_bytes(id),
+        stream,
+        event_type,
+        data: &record[data_start..data_start + data_len],
+        len,
+    })
+}

@@ -283,6 +283,32 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// Hands each record's fields (and its file offset) to `visit`. The frame's checksum was
+    /// checked when it was read, and it covers every record byte.
+    pub fn visit_records(
+        &self,
+        segment: &Segment,
+        mut visit: impl FnMut(u64, u64, format::RecordView<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut at = FRAME_HEADER_BYTES;
+        for i in 0..self.header.count {
+            let offset = self.offset + at as u64;
+            let record = self
+                .bytes
+                .get(at..)
+                .ok_or_else(|| segment.corrupted(offset, "frame ends before its records"))
+                .and_then(|rest| {
+                    format::view_record(rest).map_err(|reason| segment.corrupted(offset, reason))
+                })?;
+            at += record.len;
+            visit(offset, self.header.first_position + u64::from(i), record)?;
+        }
+        if at != self.bytes.len() {
+            return Err(segment.corrupted(self.offset, "frame has bytes after its last record"));
+        }
+        Ok(())
+    }
+
     /// Offsets (in the file) and decoded records of the frame, checksums checked.
     pub fn records(&self, segment: &Segment) -> Result<Vec<(u64, RecordedEvent)>, StoreError> {
         let mut records = Vec::with_capacity(self.header.count as usize);

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use factum_core::{RecordedEvent, StoreError};
+use factum_core::StoreError;
 use tracing::warn;
 
 use super::format::{FRAME_HEADER_BYTES, FRAME_MAGIC, FrameHeader, SEGMENT_HEADER_BYTES};
@@ -80,11 +80,11 @@ pub fn open_segments(log_dir: &Path) -> Result<Vec<(Segment, u64)>, StoreError> 
 }
 
 /// Replays every frame from `start` to the end of the log, handing each record (with the file
-/// offset where it starts) to `apply`. Cuts a torn tail off the last segment.
+/// offset where it starts and its position) to `apply`. Cuts a torn tail off the last segment.
 pub fn replay(
     segments: &[(Segment, u64)],
     start: Start,
-    mut apply: impl FnMut(&Segment, u64, RecordedEvent) -> Result<(), StoreError>,
+    mut apply: impl FnMut(&Segment, u64, u64, super::format::RecordView<'_>) -> Result<(), StoreError>,
     mut progress: impl FnMut(u64),
 ) -> Result<End, StoreError> {
     let mut next_position = start.next_position;
@@ -148,9 +148,9 @@ pub fn replay(
                             ),
                         ));
                     }
-                    for (record_offset, event) in frame.records(segment)? {
-                        apply(segment, record_offset, event)?;
-                    }
+                    frame.visit_records(segment, |offset, position, record| {
+                        apply(segment, offset, position, record)
+                    })?;
                     next_position += u64::from(frame.header.count);
                     progress(frame.bytes.len() as u64);
                 }
