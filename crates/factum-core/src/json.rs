@@ -109,14 +109,12 @@ impl Parser<'_> {
     fn string(&mut self) -> Option<()> {
         self.eat(b'"')?;
         loop {
-            // Plain bytes are most of a string: skip them eight at a time where none of the
-            // eight is a quote, a backslash or a control character.
+            // Plain bytes are most of a string: skip eight at a time while none of the eight
+            // is a quote, a backslash or a control character.
             while let Some(word) = self.bytes.get(self.at..self.at + 8) {
-                let mut plain = true;
-                for &b in word {
-                    plain &= b != b'"' && b != b'\\' && b >= 0x20;
-                }
-                if !plain {
+                let mut eight = [0u8; 8];
+                eight.copy_from_slice(word);
+                if needs_attention(u64::from_le_bytes(eight)) {
                     break;
                 }
                 self.at += 8;
@@ -196,6 +194,24 @@ impl Parser<'_> {
     }
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Whether any byte of the word is below `n` (n <= 128). Exact as a yes/no answer.
+fn has_byte_below(word: u64, n: u8) -> bool {
+    word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS != 0
+}
+
+/// Whether any byte of the word equals `byte`.
+fn has_byte(word: u64, byte: u8) -> bool {
+    has_byte_below(word ^ (ONES * u64::from(byte)), 1)
+}
+
+/// Whether a string's next eight bytes hold a quote, a backslash or a control character.
+fn needs_attention(word: u64) -> bool {
+    has_byte(word, b'"') || has_byte(word, b'\\') || has_byte_below(word, 0x20)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -212,6 +228,37 @@ mod tests {
                 serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
             }
             Err(_) => false,
+        }
+    }
+
+    #[test]
+    fn word_tests_are_exact() {
+        for special in [b'"', b'\\', 0x00, 0x1f] {
+            for at in 0..8 {
+                let mut bytes = *b"abcdefgh";
+                bytes[at] = special;
+                assert!(
+                    needs_attention(u64::from_le_bytes(bytes)),
+                    "{special} at {at}"
+                );
+            }
+        }
+        for bytes in [
+            *b"abcdefgh",
+            [0x20; 8],
+            [0xff; 8],
+            [0x7f; 8],
+            *b"\x80 !#[]~\xff",
+        ] {
+            assert!(!needs_attention(u64::from_le_bytes(bytes)), "{bytes:?}");
+        }
+        for b in 0..=255u8 {
+            let word = u64::from_le_bytes([b' ', b, b'a', 0xc3, 0xa9, b'z', b'~', b'0']);
+            assert_eq!(
+                needs_attention(word),
+                b == b'"' || b == b'\\' || b < 0x20,
+                "{b}"
+            );
         }
     }
 
