@@ -67,6 +67,19 @@ pub struct StreamState {
 }
 
 impl StreamState {
+    /// Records the stream's next event; revisions must arrive in order.
+    fn record(&mut self, revision: u64, position: u64, id: Uuid) -> Result<(), StoreError> {
+        if revision != self.positions.len() as u64 {
+            return Err(StoreError::invalid(format!(
+                "record at position {position} has revision {revision}, expected {}",
+                self.positions.len()
+            )));
+        }
+        self.positions.push(position);
+        self.last_id = Some(id);
+        Ok(())
+    }
+
     /// The summary the write rules need.
     pub fn summary(&self) -> StreamSummary {
         StreamSummary {
@@ -102,6 +115,22 @@ pub struct WriteRequest {
     pub kind: WriteKind,
     /// A checkpoint to store atomically with it.
     pub checkpoint: Option<Checkpoint>,
+}
+
+impl WriteRequest {
+    /// A soft delete, tombstone or metadata change of a user stream.
+    pub fn admin(
+        stream: &StreamName,
+        expected: ExpectedState,
+        kind: WriteKind,
+    ) -> Result<Self, StoreError> {
+        Ok(WriteRequest {
+            stream: StreamName::user(stream.as_str())?,
+            expected,
+            kind,
+            checkpoint: None,
+        })
+    }
 }
 
 /// One record to store: an event with its stream and revision. Its position is the next free
@@ -488,17 +517,7 @@ impl Catalog {
                 revision,
                 position,
                 id,
-            } => {
-                let state = self.state_mut(stream);
-                if revision != state.positions.len() as u64 {
-                    return Err(StoreError::invalid(format!(
-                        "record at position {position} has revision {revision}, expected {}",
-                        state.positions.len()
-                    )));
-                }
-                state.positions.push(position);
-                state.last_id = Some(id);
-            }
+            } => self.state_mut(stream).record(revision, position, id)?,
             Change::Deleted { stream, before } => {
                 let state = self.state_mut(stream);
                 state.deleted_before = state.deleted_before.max(before);
@@ -532,15 +551,7 @@ impl Catalog {
             },
             None => self.state_mut(StreamName::new(stream)?),
         };
-        if revision != state.positions.len() as u64 {
-            return Err(StoreError::invalid(format!(
-                "record at position {position} has revision {revision}, expected {}",
-                state.positions.len()
-            )));
-        }
-        state.positions.push(position);
-        state.last_id = Some(id);
-        Ok(())
+        state.record(revision, position, id)
     }
 
     /// A stream's state, if anything was ever recorded about it.

@@ -213,12 +213,11 @@ impl EventStore for MemoryStore {
         stream: &StreamName,
         metadata: StreamMetadata,
     ) -> Result<u64, StoreError> {
-        self.write(WriteRequest {
-            stream: StreamName::user(stream.as_str())?,
-            expected: ExpectedState::Any,
-            kind: WriteKind::SetMetadata(metadata),
-            checkpoint: None,
-        })
+        self.write(WriteRequest::admin(
+            stream,
+            ExpectedState::Any,
+            WriteKind::SetMetadata(metadata),
+        )?)
         .map(|(_, position)| position)
     }
 
@@ -227,13 +226,8 @@ impl EventStore for MemoryStore {
         stream: &StreamName,
         expected: ExpectedState,
     ) -> Result<u64, StoreError> {
-        self.write(WriteRequest {
-            stream: StreamName::user(stream.as_str())?,
-            expected,
-            kind: WriteKind::Delete,
-            checkpoint: None,
-        })
-        .map(|(_, position)| position)
+        self.write(WriteRequest::admin(stream, expected, WriteKind::Delete)?)
+            .map(|(_, position)| position)
     }
 
     async fn tombstone_stream(
@@ -241,13 +235,8 @@ impl EventStore for MemoryStore {
         stream: &StreamName,
         expected: ExpectedState,
     ) -> Result<u64, StoreError> {
-        self.write(WriteRequest {
-            stream: StreamName::user(stream.as_str())?,
-            expected,
-            kind: WriteKind::Tombstone,
-            checkpoint: None,
-        })
-        .map(|(_, position)| position)
+        self.write(WriteRequest::admin(stream, expected, WriteKind::Tombstone)?)
+            .map(|(_, position)| position)
     }
 
     async fn list_streams(

@@ -505,12 +505,11 @@ impl EventStore for Engine {
         stream: &StreamName,
         metadata: StreamMetadata,
     ) -> Result<u64, StoreError> {
-        self.write(WriteRequest {
-            stream: StreamName::user(stream.as_str())?,
-            expected: ExpectedState::Any,
-            kind: WriteKind::SetMetadata(metadata),
-            checkpoint: None,
-        })
+        self.write(WriteRequest::admin(
+            stream,
+            ExpectedState::Any,
+            WriteKind::SetMetadata(metadata),
+        )?)
         .await
         .map(|r| r.position)
     }
@@ -520,14 +519,9 @@ impl EventStore for Engine {
         stream: &StreamName,
         expected: ExpectedState,
     ) -> Result<u64, StoreError> {
-        self.write(WriteRequest {
-            stream: StreamName::user(stream.as_str())?,
-            expected,
-            kind: WriteKind::Delete,
-            checkpoint: None,
-        })
-        .await
-        .map(|r| r.position)
+        self.write(WriteRequest::admin(stream, expected, WriteKind::Delete)?)
+            .await
+            .map(|r| r.position)
     }
 
     async fn tombstone_stream(
@@ -535,14 +529,9 @@ impl EventStore for Engine {
         stream: &StreamName,
         expected: ExpectedState,
     ) -> Result<u64, StoreError> {
-        self.write(WriteRequest {
-            stream: StreamName::user(stream.as_str())?,
-            expected,
-            kind: WriteKind::Tombstone,
-            checkpoint: None,
-        })
-        .await
-        .map(|r| r.position)
+        self.write(WriteRequest::admin(stream, expected, WriteKind::Tombstone)?)
+            .await
+            .map(|r| r.position)
     }
 
     async fn list_streams(

@@ -214,52 +214,25 @@ pub fn record_len(bytes: &[u8]) -> Option<usize> {
 /// copied out, so the chunk can be reused.
 pub fn decode_record(chunk: &[u8], at: usize, position: u64) -> Result<RecordedEvent, String> {
     let bytes = chunk.get(at..).ok_or("record starts past the end")?;
-    let len = record_len(bytes).ok_or("record length is cut short")?;
-    if len < RECORD_FIXED_BYTES || len > bytes.len() {
-        return Err(format!("record length {len} does not fit"));
-    }
-    let record = &bytes[..len];
-    if crc32c::crc32c(&record[8..]) != u32_at(record, 4) {
+    let record = view_record(bytes)?;
+    if crc32c::crc32c(&bytes[8..record.len]) != u32_at(bytes, 4) {
         return Err("record checksum mismatch".into());
     }
-    let stream_len = u16_at(record, 42) as usize;
-    let type_len = u16_at(record, 44) as usize;
-    let data_len = u32_at(record, 48) as usize;
-    let metadata_len = u32_at(record, 52) as usize;
-    if RECORD_FIXED_BYTES + stream_len + type_len + data_len + metadata_len != len {
-        return Err("record field lengths do not add up".into());
-    }
-    let mut cursor = RECORD_FIXED_BYTES;
-    let mut take = |n: usize| {
-        let range = cursor..cursor + n;
-        cursor += n;
-        range
-    };
-    let stream_range = take(stream_len);
-    let type_range = take(type_len);
-    let data_range = take(data_len);
-    let metadata_range = take(metadata_len);
-    let stream =
-        std::str::from_utf8(&record[stream_range]).map_err(|_| "stream name is not UTF-8")?;
-    let event_type =
-        std::str::from_utf8(&record[type_range]).map_err(|_| "event type is not UTF-8")?;
-    let content_type = match record[40] {
+    let content_type = match bytes[40] {
         0 => ContentType::Json,
         1 => ContentType::Binary,
         other => return Err(format!("unknown content type {other}")),
     };
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&record[24..40]);
     Ok(RecordedEvent {
-        stream: StreamName::new(stream).map_err(|e| e.to_string())?,
-        revision: u64_at(record, 8),
+        stream: StreamName::new(record.stream).map_err(|e| e.to_string())?,
+        revision: record.revision,
         position,
-        id: Uuid::from_bytes(id),
-        event_type: event_type.to_owned(),
+        id: record.id,
+        event_type: record.event_type.to_owned(),
         content_type,
-        data: Bytes::copy_from_slice(&record[data_range]),
-        metadata: Bytes::copy_from_slice(&record[metadata_range]),
-        recorded_at_us: u64_at(record, 16),
+        data: Bytes::copy_from_slice(record.data),
+        metadata: Bytes::copy_from_slice(record.metadata),
+        recorded_at_us: u64_at(bytes, 16),
     })
 }
 
@@ -302,6 +275,7 @@ pub struct RecordView<'a> {
     pub stream: &'a str,
     pub event_type: &'a str,
     pub data: &'a [u8],
+    pub metadata: &'a [u8],
     pub len: usize,
 }
 
@@ -334,6 +308,7 @@ pub fn view_record(bytes: &[u8]) -> Result<RecordView<'_>, String> {
         stream,
         event_type,
         data: &record[data_start..data_start + data_len],
+        metadata: &record[data_start + data_len..],
         len,
     })
 }
