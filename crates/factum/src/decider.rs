@@ -1,0 +1,49 @@
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Upcasters;
+
+/// A consistency boundary written as two pure functions (the decider pattern):
+/// [`decide`](Decider::decide) turns a command into events or a rejection, given the current
+/// state; [`evolve`](Decider::evolve) folds one event into the state. The state is rebuilt by
+/// replaying the stream's events from [`initial_state`](Decider::initial_state).
+///
+/// Events are a plain `serde` enum in its default (externally tagged) representation: each
+/// variant's name is the stored event type (`ItemAdded`), and its fields are the stored data.
+pub trait Decider: Send + Sync + 'static {
+    /// What the decider knows of one aggregate.
+    type State: Send + Sync;
+    /// What can be asked of it.
+    type Command: Send + Sync;
+    /// What it records.
+    type Event: Serialize + DeserializeOwned + Send + Sync;
+    /// Why it refuses a command.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The stream category: aggregate `id` lives in stream `{CATEGORY}-{id}`.
+    const CATEGORY: &'static str;
+
+    /// The state of an aggregate that has no events yet.
+    fn initial_state(&self) -> Self::State;
+
+    /// Decides what happens when `command` arrives in `state`. Pure: no I/O.
+    fn decide(
+        &self,
+        state: &Self::State,
+        command: &Self::Command,
+    ) -> Result<Vec<Self::Event>, Self::Error>;
+
+    /// The state after `event`. Pure, and total: every recorded event must fold.
+    fn evolve(&self, state: Self::State, event: &Self::Event) -> Self::State;
+
+    /// The schema version today's code writes for an event type (1 unless it changed).
+    fn event_version(&self, event_type: &str) -> u32 {
+        let _ = event_type;
+        1
+    }
+
+    /// How stored events of older versions become today's.
+    fn upcasters(&self) -> Upcasters {
+        Upcasters::default()
+    }
+}

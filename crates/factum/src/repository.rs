@@ -1,0 +1,195 @@
+use std::sync::Arc;
+
+use factum_core::{Direction, EventStore, ExpectedState, StoreError, StreamName};
+
+use crate::{CodecError, CommandContext, Decider, EventCodec};
+
+/// Why a command could not be executed.
+#[derive(Debug, thiserror::Error)]
+pub enum RepositoryError<E: std::error::Error + 'static> {
+    /// The decider refused the command; nothing was written.
+    #[error("command rejected: {0}")]
+    Rejected(E),
+    /// Other writers kept changing the stream between load and append, every attempt.
+    #[error("stream '{stream}' kept changing under the command: gave up after {attempts} attempts")]
+    Conflict {
+        /// The contended stream.
+        stream: String,
+        /// How many times the command was decided.
+        attempts: usize,
+    },
+    /// The aggregate id does not make a valid stream name.
+    #[error("invalid aggregate id: {0}")]
+    InvalidId(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An event did not encode or decode.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// An aggregate's state as loaded, and the revision it was loaded at (`None`: no events yet).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loaded<S> {
+    /// The state.
+    pub state: S,
+    /// The revision of the last event folded in.
+    pub revision: Option<u64>,
+}
+
+/// What executing a command did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Executed<E> {
+    /// The events the command produced (and that were stored).
+    pub events: Vec<E>,
+    /// The stream's revision afterwards (`None`: the stream still has no events).
+    pub revision: Option<u64>,
+    /// Position of the last stored event, for read-your-writes (`None` when nothing was stored).
+    pub position: Option<u64>,
+    /// How many times the command was decided (more than one after concurrency conflicts).
+    pub attempts: usize,
+}
+
+/// Loads aggregates and executes commands against them: load, decide, append with the loaded
+/// revision as the expected one; on a conflict, load again and decide again, a bounded number
+/// of times.
+pub struct Repository<D: Decider> {
+    store: Arc<dyn EventStore>,
+    decider: D,
+    codec: EventCodec<D>,
+    attempts_max: usize,
+}
+
+/// Events read per page when loading.
+const LOAD_PAGE_EVENTS: usize = 4096;
+
+impl<D: Decider> Repository<D> {
+    /// A repository over a store; a conflicting command is decided at most 5 times.
+    pub fn new(store: impl EventStore + 'static, decider: D) -> Self {
+        Self::with_store(Arc::new(store), decider)
+    }
+
+    /// A repository over a shared store.
+    pub fn with_store(store: Arc<dyn EventStore>, decider: D) -> Self {
+        let codec = EventCodec::new(&decider);
+        Repository {
+            store,
+            decider,
+            codec,
+            attempts_max: 5,
+        }
+    }
+
+    /// Decides a conflicting command at most this many times.
+    pub fn with_attempts_max(mut self, attempts: usize) -> Self {
+        self.attempts_max = attempts.max(1);
+        self
+    }
+
+    /// The decider.
+    pub fn decider(&self) -> &D {
+        &self.decider
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// The stream of aggregate `id`: `{CATEGORY}-{id}`.
+    pub fn stream(&self, id: &str) -> Result<StreamName, RepositoryError<D::Error>> {
+        StreamName::user(format!("{}-{id}", D::CATEGORY))
+            .map_err(|e| RepositoryError::InvalidId(e.to_string()))
+    }
+
+    /// Loads an aggregate by replaying its events.
+    pub async fn load(&self, id: &str) -> Result<Loaded<D::State>, RepositoryError<D::Error>> {
+        let stream = self.stream(id)?;
+        self.load_stream(&stream).await
+    }
+
+    async fn load_stream(
+        &self,
+        stream: &StreamName,
+    ) -> Result<Loaded<D::State>, RepositoryError<D::Error>> {
+        let mut state = self.decider.initial_state();
+        let mut revision = None;
+        let mut from = 0;
+        loop {
+            let page = match self
+                .store
+                .read_stream(stream, from, Direction::Forwards, LOAD_PAGE_EVENTS)
+                .await
+            {
+                Ok(page) => page,
+                Err(StoreError::NotFound(_)) => break,
+                Err(e) => return Err(e.into()),
+            };
+            let Some(last) = page.last() else { break };
+            from = last.revision + 1;
+            revision = Some(last.revision);
+            let full = page.len() == LOAD_PAGE_EVENTS;
+            for recorded in &page {
+                let event = self.codec.decode(&self.decider, recorded)?;
+                state = self.decider.evolve(state, &event);
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(Loaded { state, revision })
+    }
+
+    /// Executes a command against aggregate `id`. Its events carry the context's correlation
+    /// and causation ids. A rejection writes nothing.
+    pub async fn execute(
+        &self,
+        id: &str,
+        command: D::Command,
+        context: &CommandContext,
+    ) -> Result<Executed<D::Event>, RepositoryError<D::Error>> {
+        let stream = self.stream(id)?;
+        for attempt in 1..=self.attempts_max {
+            let loaded = self.load_stream(&stream).await?;
+            let events = self
+                .decider
+                .decide(&loaded.state, &command)
+                .map_err(RepositoryError::Rejected)?;
+            if events.is_empty() {
+                return Ok(Executed {
+                    events,
+                    revision: loaded.revision,
+                    position: None,
+                    attempts: attempt,
+                });
+            }
+            let encoded = events
+                .iter()
+                .map(|event| self.codec.encode(&self.decider, event, context))
+                .collect::<Result<Vec<_>, _>>()?;
+            let expected = match loaded.revision {
+                None => ExpectedState::NoStream,
+                Some(revision) => ExpectedState::Exact(revision),
+            };
+            match self.store.append(&stream, expected, encoded).await {
+                Ok(result) => {
+                    return Ok(Executed {
+                        events,
+                        revision: Some(result.last_revision),
+                        position: Some(result.position),
+                        attempts: attempt,
+                    });
+                }
+                Err(StoreError::WrongExpectedRevision { .. }) => {
+                    tracing::debug!(%stream, attempt, "concurrency conflict; deciding again");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(RepositoryError::Conflict {
+            stream: stream.to_string(),
+            attempts: self.attempts_max,
+        })
+    }
+}

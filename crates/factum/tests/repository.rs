@@ -1,0 +1,377 @@
+//! The repository and the codec: conflicts, retries, schema evolution.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use factum::{
+    CodecError, CommandContext, Decider, EventStore, ExpectedState, MemoryStore, NewEvent,
+    Repository, RepositoryError, StoreError, StreamName, Upcasters,
+};
+use factum_core::{
+    AppendOptions, AppendResult, CurrentRevision, Direction, RecordedEvent, StreamInfo,
+    StreamMetadata, Subscription, SubscriptionFilter,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+enum Event {
+    Deposited { cents: u64 },
+    Frozen,
+    Renamed(String),
+}
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("account is frozen")]
+struct IsFrozen;
+
+#[derive(Default, Clone, Debug, PartialEq)]
+struct Account {
+    cents: u64,
+    frozen: bool,
+    name: String,
+}
+
+enum Command {
+    Deposit(u64),
+    Freeze,
+    Rename(String),
+}
+
+/// An account whose `Deposited` events were once `{ "amount": <euros> }` (version 1) and
+/// before that were called `Paid`.
+struct Accounts;
+
+impl Decider for Accounts {
+    type State = Account;
+    type Command = Command;
+    type Event = Event;
+    type Error = IsFrozen;
+    const CATEGORY: &'static str = "account";
+
+    fn initial_state(&self) -> Account {
+        Account::default()
+    }
+
+    fn decide(&self, account: &Account, command: &Command) -> Result<Vec<Event>, IsFrozen> {
+        if account.frozen {
+            return Err(IsFrozen);
+        }
+        Ok(vec![match command {
+            Command::Deposit(cents) => Event::Deposited { cents: *cents },
+            Command::Freeze => Event::Frozen,
+            Command::Rename(name) => Event::Renamed(name.clone()),
+        }])
+    }
+
+    fn evolve(&self, mut account: Account, event: &Event) -> Account {
+        match event {
+            Event::Deposited { cents } => account.cents += cents,
+            Event::Frozen => account.frozen = true,
+            Event::Renamed(name) => account.name = name.clone(),
+        }
+        account
+    }
+
+    fn event_version(&self, event_type: &str) -> u32 {
+        if event_type == "Deposited" { 2 } else { 1 }
+    }
+
+    fn upcasters(&self) -> Upcasters {
+        Upcasters::default()
+            .rename("Paid", 1, "Deposited")
+            .upgrade("Deposited", 1, |data| {
+                let euros = data["amount"].as_u64().ok_or("no amount")?;
+                Ok(serde_json::json!({ "cents": euros * 100 }))
+            })
+    }
+}
+
+fn raw(event_type: &str, data: serde_json::Value, version: Option<u32>) -> NewEvent {
+    let event = NewEvent::json(event_type, &data).unwrap();
+    match version {
+        Some(v) => event
+            .with_metadata(&serde_json::json!({ "$schemaVersion": v }))
+            .unwrap(),
+        None => event,
+    }
+}
+
+#[tokio::test]
+async fn old_events_are_upcast_on_load() {
+    let store = MemoryStore::new();
+    let stream = StreamName::user("account-a").unwrap();
+    store
+        .append(
+            &stream,
+            ExpectedState::NoStream,
+            vec![
+                raw("Paid", serde_json::json!({"amount": 3}), None),
+                raw("Deposited", serde_json::json!({"amount": 2}), Some(1)),
+                raw("Deposited", serde_json::json!({"cents": 7}), Some(2)),
+                raw("Frozen", serde_json::Value::Null, None),
+                raw("Renamed", serde_json::json!("Ann"), None),
+            ],
+        )
+        .await
+        .unwrap();
+    let accounts = Repository::new(store, Accounts);
+    let loaded = accounts.load("a").await.unwrap();
+    assert_eq!(
+        loaded.state,
+        Account {
+            cents: 507,
+            frozen: true,
+            name: "Ann".into()
+        }
+    );
+    assert_eq!(loaded.revision, Some(4));
+}
+
+#[tokio::test]
+async fn events_written_by_newer_code_or_without_an_upcaster_are_refused() {
+    let store = MemoryStore::new();
+    let future = StreamName::user("account-future").unwrap();
+    store
+        .append(
+            &future,
+            ExpectedState::Any,
+            vec![raw("Deposited", serde_json::json!({"cents": 1}), Some(3))],
+        )
+        .await
+        .unwrap();
+    let stuck = StreamName::user("account-stuck").unwrap();
+    store
+        .append(
+            &stuck,
+            ExpectedState::Any,
+            vec![raw("Frozen", serde_json::Value::Null, Some(0))],
+        )
+        .await
+        .unwrap();
+    let garbage = StreamName::user("account-garbage").unwrap();
+    store
+        .append(
+            &garbage,
+            ExpectedState::Any,
+            vec![raw("Deposited", serde_json::json!({"cents": "x"}), Some(2))],
+        )
+        .await
+        .unwrap();
+    let accounts = Repository::new(store, Accounts);
+    assert!(matches!(
+        accounts.load("future").await,
+        Err(RepositoryError::Codec(CodecError::FutureVersion {
+            version: 3,
+            current: 2,
+            ..
+        }))
+    ));
+    assert!(matches!(
+        accounts.load("stuck").await,
+        Err(RepositoryError::Codec(CodecError::NoUpcaster {
+            version: 0,
+            current: 1,
+            ..
+        }))
+    ));
+    assert!(matches!(
+        accounts.load("garbage").await,
+        Err(RepositoryError::Codec(CodecError::Decode {
+            position: 2,
+            ..
+        }))
+    ));
+}
+
+#[tokio::test]
+async fn new_events_are_written_at_the_current_version_and_read_back() {
+    let store = MemoryStore::new();
+    let accounts = Repository::new(store.clone(), Accounts);
+    let context = CommandContext::new();
+    accounts
+        .execute("b", Command::Deposit(250), &context)
+        .await
+        .unwrap();
+    accounts
+        .execute("b", Command::Rename("Bo".into()), &context)
+        .await
+        .unwrap();
+    let done = accounts
+        .execute("b", Command::Freeze, &context)
+        .await
+        .unwrap();
+    assert_eq!((done.revision, done.position), (Some(2), Some(2)));
+    let stored = store
+        .read_stream(
+            &StreamName::user("account-b").unwrap(),
+            0,
+            Direction::Forwards,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored[0].event_type, "Deposited");
+    assert_eq!(
+        stored[0].data,
+        serde_json::to_vec(&serde_json::json!({"cents": 250})).unwrap()
+    );
+    assert_eq!(stored[0].metadata_json()["$schemaVersion"], 2);
+    assert_eq!(stored[2].event_type, "Frozen");
+    assert!(matches!(
+        accounts.execute("b", Command::Deposit(1), &context).await,
+        Err(RepositoryError::Rejected(IsFrozen))
+    ));
+    assert_eq!(store.head(), 3, "a rejection writes nothing");
+    assert_eq!(
+        accounts.load("b").await.unwrap().state,
+        Account {
+            cents: 250,
+            frozen: true,
+            name: "Bo".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_id_is_refused() {
+    let accounts = Repository::new(MemoryStore::new(), Accounts);
+    let long = "x".repeat(600);
+    assert!(matches!(
+        accounts
+            .execute(&long, Command::Freeze, &CommandContext::new())
+            .await,
+        Err(RepositoryError::InvalidId(_))
+    ));
+}
+
+/// A store that lets another writer append to the stream just before each of our appends.
+struct Interfering {
+    inner: MemoryStore,
+    foreign_writes: AtomicU64,
+    every_time: bool,
+}
+
+#[async_trait]
+impl EventStore for Interfering {
+    async fn append_with(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedState,
+        events: Vec<NewEvent>,
+        options: AppendOptions,
+    ) -> Result<AppendResult, StoreError> {
+        if self.every_time || self.foreign_writes.load(Ordering::SeqCst) == 0 {
+            self.foreign_writes.fetch_add(1, Ordering::SeqCst);
+            let foreign = raw("Deposited", serde_json::json!({"cents": 1}), Some(2));
+            self.inner
+                .append(stream, ExpectedState::Any, vec![foreign])
+                .await?;
+        }
+        self.inner
+            .append_with(stream, expected, events, options)
+            .await
+    }
+    async fn read_stream(
+        &self,
+        s: &StreamName,
+        f: u64,
+        d: Direction,
+        l: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner.read_stream(s, f, d, l).await
+    }
+    async fn read_all(
+        &self,
+        f: u64,
+        d: Direction,
+        l: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner.read_all(f, d, l).await
+    }
+    fn head(&self) -> u64 {
+        self.inner.head()
+    }
+    fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.watch_head()
+    }
+    fn subscribe_all(&self, f: u64, filter: SubscriptionFilter) -> Subscription {
+        self.inner.subscribe_all(f, filter)
+    }
+    fn subscribe_stream(&self, s: StreamName, f: u64) -> Subscription {
+        self.inner.subscribe_stream(s, f)
+    }
+    async fn stream_revision(&self, s: &StreamName) -> Result<CurrentRevision, StoreError> {
+        self.inner.stream_revision(s).await
+    }
+    async fn get_metadata(&self, s: &StreamName) -> Result<Option<StreamMetadata>, StoreError> {
+        self.inner.get_metadata(s).await
+    }
+    async fn set_metadata(&self, s: &StreamName, m: StreamMetadata) -> Result<u64, StoreError> {
+        self.inner.set_metadata(s, m).await
+    }
+    async fn delete_stream(&self, s: &StreamName, e: ExpectedState) -> Result<u64, StoreError> {
+        self.inner.delete_stream(s, e).await
+    }
+    async fn tombstone_stream(&self, s: &StreamName, e: ExpectedState) -> Result<u64, StoreError> {
+        self.inner.tombstone_stream(s, e).await
+    }
+    async fn list_streams(
+        &self,
+        p: &str,
+        a: Option<&StreamName>,
+        l: usize,
+    ) -> Result<Vec<StreamInfo>, StoreError> {
+        self.inner.list_streams(p, a, l).await
+    }
+    async fn read_checkpoint(&self, c: &str) -> Result<Option<u64>, StoreError> {
+        self.inner.read_checkpoint(c).await
+    }
+}
+
+#[tokio::test]
+async fn a_conflict_is_decided_again_on_the_new_state() {
+    let store = Arc::new(Interfering {
+        inner: MemoryStore::new(),
+        foreign_writes: AtomicU64::new(0),
+        every_time: false,
+    });
+    let accounts = Repository::with_store(store.clone(), Accounts);
+    let done = accounts
+        .execute("c", Command::Deposit(10), &CommandContext::new())
+        .await
+        .unwrap();
+    assert_eq!(done.attempts, 2);
+    assert_eq!(done.revision, Some(1));
+    assert_eq!(
+        accounts.load("c").await.unwrap().state.cents,
+        11,
+        "both writes count once"
+    );
+}
+
+#[tokio::test]
+async fn a_command_that_keeps_losing_gives_up_and_writes_nothing_of_its_own() {
+    let store = Arc::new(Interfering {
+        inner: MemoryStore::new(),
+        foreign_writes: AtomicU64::new(0),
+        every_time: true,
+    });
+    let accounts = Repository::with_store(store.clone(), Accounts).with_attempts_max(3);
+    match accounts
+        .execute("d", Command::Deposit(500), &CommandContext::new())
+        .await
+    {
+        Err(RepositoryError::Conflict { stream, attempts }) => {
+            assert_eq!((stream.as_str(), attempts), ("account-d", 3));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(store.foreign_writes.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        accounts.load("d").await.unwrap().state.cents,
+        3,
+        "only the foreign deposits"
+    );
+}
