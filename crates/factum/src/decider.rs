@@ -14,9 +14,9 @@ pub trait Decider: Send + Sync + 'static {
     /// What the decider knows of one aggregate.
     type State: Send + Sync;
     /// What can be asked of it.
-    type Command: Send + Sync;
+    type Command: Send + Sync + 'static;
     /// What it records.
-    type Event: Serialize + DeserializeOwned + Send + Sync;
+    type Event: Serialize + DeserializeOwned + Send + Sync + 'static;
     /// Why it refuses a command.
     type Error: std::error::Error + Send + Sync + 'static;
 

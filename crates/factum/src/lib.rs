@@ -42,16 +42,18 @@
 //! # });
 //! ```
 
+pub mod bus;
 mod codec;
 mod context;
 mod decider;
 mod repository;
 pub mod testing;
 
+pub use bus::{BusError, Command, CommandBus, Envelope};
 pub use codec::{CodecError, EventCodec, Upcasters};
 pub use context::CommandContext;
 pub use decider::Decider;
-pub use repository::{Executed, Loaded, Repository, RepositoryError};
+pub use repository::{Executed, Loaded, Repository, RepositoryError, ToAggregate};
 
 pub use factum_core::{
     AppendResult, Direction, EventStore, ExpectedState, MemoryStore, NewEvent, RecordedEvent,

@@ -2,7 +2,35 @@ use std::sync::Arc;
 
 use factum_core::{Direction, EventStore, ExpectedState, StoreError, StreamName};
 
+use crate::bus::{BusError, Command, Envelope};
 use crate::{CodecError, CommandContext, Decider, EventCodec};
+
+/// A command for the aggregate with this id: what the bus carries to a repository's handler
+/// ([`Repository::handler`]).
+pub struct ToAggregate<D: Decider> {
+    /// The aggregate's id.
+    pub id: String,
+    /// The command.
+    pub command: D::Command,
+}
+
+impl<D: Decider> ToAggregate<D> {
+    /// The command `command` for aggregate `id`.
+    pub fn new(id: impl Into<String>, command: D::Command) -> Self {
+        ToAggregate {
+            id: id.into(),
+            command,
+        }
+    }
+}
+
+impl<D: Decider> Command for ToAggregate<D> {
+    type Output = Executed<D::Event>;
+
+    fn name() -> &'static str {
+        D::CATEGORY
+    }
+}
 
 /// Why a command could not be executed.
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +218,36 @@ impl<D: Decider> Repository<D> {
         Err(RepositoryError::Conflict {
             stream: stream.to_string(),
             attempts: self.attempts_max,
+        })
+    }
+}
+
+impl<D: Decider> Repository<D> {
+    /// The repository as the command bus's handler of [`ToAggregate<D>`]: a rejection by the
+    /// decider reaches the sender as [`BusError::Rejected`] with the decider's own error.
+    pub fn handler(
+        self: Arc<Self>,
+    ) -> impl tower::Service<
+        Envelope<ToAggregate<D>>,
+        Response = Executed<D::Event>,
+        Error = BusError,
+        Future = impl std::future::Future<Output = Result<Executed<D::Event>, BusError>> + Send,
+    > + Clone
+    + Send
+    + Sync
+    + 'static {
+        tower::service_fn(move |envelope: Envelope<ToAggregate<D>>| {
+            let repository = self.clone();
+            async move {
+                let ToAggregate { id, command } = envelope.command;
+                repository
+                    .execute(&id, command, &envelope.context)
+                    .await
+                    .map_err(|error| match error {
+                        RepositoryError::Rejected(reason) => BusError::rejected(reason),
+                        other => BusError::Failed(other.to_string()),
+                    })
+            }
         })
     }
 }
