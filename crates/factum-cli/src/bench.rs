@@ -21,7 +21,7 @@ pub struct BenchArgs {
     /// One JSON object a line instead of a table.
     #[arg(long)]
     json: bool,
-    /// Scenarios to run (bulk, concurrent, single, read-all, open).
+    /// Scenarios to run (bulk, concurrent, single, read-all; also open, load, bus).
     #[arg(
         long,
         value_delimiter = ',',
@@ -60,20 +60,28 @@ pub struct BenchArgs {
     work_dir: Option<PathBuf>,
 }
 
-/// One measured row.
-#[derive(serde::Serialize, Clone)]
-struct Row {
-    scenario: String,
-    store: String,
-    events: u64,
-    seconds: f64,
-    events_per_sec: f64,
-    p50_us: u64,
-    p99_us: u64,
-    p999_us: u64,
+/// The engine of a store that is the embedded one.
+fn store_engine(store: &Store) -> Result<Engine> {
+    match store {
+        Store::Factum(engine) => Ok(engine.clone()),
+        _ => bail!("this scenario runs on the embedded store only"),
+    }
 }
 
-fn row(
+/// One measured row.
+#[derive(serde::Serialize, Clone)]
+pub(crate) struct Row {
+    pub(crate) scenario: String,
+    pub(crate) store: String,
+    pub(crate) events: u64,
+    pub(crate) seconds: f64,
+    pub(crate) events_per_sec: f64,
+    pub(crate) p50_us: u64,
+    pub(crate) p99_us: u64,
+    pub(crate) p999_us: u64,
+}
+
+pub(crate) fn row(
     scenario: &str,
     store: &str,
     events: u64,
@@ -103,13 +111,13 @@ fn row(
 
 /// Payloads prepared before any clock starts, so the benchmark measures the stores, not the
 /// formatting of test data.
-struct Payloads(Vec<String>);
+pub(crate) struct Payloads(Vec<String>);
 
 impl Payloads {
     fn new() -> Self {
         Payloads((0..4096).map(payload).collect())
     }
-    fn get(&self, n: u64) -> String {
+    pub(crate) fn get(&self, n: u64) -> String {
         self.0[(n % 4096) as usize].clone()
     }
 }
@@ -345,7 +353,7 @@ impl Store {
     }
 }
 
-fn bar(total: u64, message: String) -> ProgressBar {
+pub(crate) fn bar(total: u64, message: String) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template(
@@ -572,12 +580,17 @@ pub async fn run(data_dir: &Path, args: BenchArgs) -> Result<()> {
                 "single" => single(store, args.single_events, &payloads).await,
                 "read-all" => read_all(store, written[i]).await,
                 "open" => continue,
+                "load" if i == 0 => {
+                    crate::bench_toolkit::load(store_engine(store)?, &payloads).await
+                }
+                "bus" if i == 0 => crate::bench_toolkit::bus().await,
+                "load" | "bus" => continue,
                 other => {
                     bail!("unknown scenario '{other}' (bulk, concurrent, single, read-all, open)")
                 }
             };
             let r = result.with_context(|| format!("{scenario} on {}", store.name()))?;
-            if scenario != "read-all" && scenario != "open" {
+            if !matches!(scenario.as_str(), "read-all" | "open" | "bus") {
                 written[i] += r.events;
             }
             print_row(&args, &r);

@@ -178,10 +178,14 @@ impl<D: Decider> EventCodec<D> {
             position: recorded.position,
             reason,
         };
-        let version = serde_json::from_slice::<VersionOnly>(&recorded.metadata)
-            .ok()
-            .and_then(|m| m.schema_version)
-            .unwrap_or(1);
+        let version = if recorded.metadata.is_empty() {
+            1
+        } else {
+            serde_json::from_slice::<VersionOnly>(&recorded.metadata)
+                .ok()
+                .and_then(|m| m.schema_version)
+                .unwrap_or(1)
+        };
         let current = decider.event_version(&recorded.event_type);
         if version == current && !self.upcasters.applies(&recorded.event_type, version) {
             // The common case: read the stored bytes straight into the enum.

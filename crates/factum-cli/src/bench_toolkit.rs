@@ -1,0 +1,173 @@
+//! Toolkit scenarios of `factum bench`: executing a command on a long aggregate (`load`) and
+//! the command bus's own cost with four layers (`bus`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use factum::bus::{AuditEntry, AuditSink, CommandBus};
+use factum::{
+    Command, CommandContext, Decider, Envelope, EventStore, ExpectedState, NewEvent, Repository,
+    StreamName,
+};
+use factum_engine::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::bench::{Payloads, Row, bar, row};
+
+/// The order line every bench payload describes, as an application would type it.
+#[derive(Serialize, Deserialize)]
+struct OrderLine {
+    order_id: String,
+    customer_id: String,
+    sku: String,
+    quantity: u32,
+    unit_price_cents: u64,
+    currency: String,
+    warehouse: String,
+    note: String,
+}
+
+#[derive(Serialize, Deserialize)]
+enum OrderEvent {
+    OrderLineAdded(OrderLine),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("never")]
+struct Never;
+
+/// An order that counts its lines.
+struct Orders;
+
+impl Decider for Orders {
+    type State = u64;
+    type Command = ();
+    type Event = OrderEvent;
+    type Error = Never;
+    const CATEGORY: &'static str = "bench-order";
+    fn initial_state(&self) -> u64 {
+        0
+    }
+    fn decide(&self, _: &u64, _: &()) -> Result<Vec<OrderEvent>, Never> {
+        Ok(vec![OrderEvent::OrderLineAdded(OrderLine {
+            order_id: "ord-1".into(),
+            customer_id: "cus-1".into(),
+            sku: "SKU-1".into(),
+            quantity: 1,
+            unit_price_cents: 100,
+            currency: "EUR".into(),
+            warehouse: "eu-west-1".into(),
+            note: String::new(),
+        })])
+    }
+    fn evolve(&self, lines: u64, _: &OrderEvent) -> u64 {
+        lines + 1
+    }
+}
+
+/// Load and execute a command on an aggregate of 10,000 events (no snapshot).
+pub async fn load(engine: Engine, payloads: &Payloads) -> Result<Row> {
+    const EVENTS: u64 = 10_000;
+    const RUNS: usize = 50;
+    let stream = StreamName::user("bench-order-long")?;
+    for chunk in 0..EVENTS / 1000 {
+        let events = (0..1000)
+            .map(|i| {
+                NewEvent::json(
+                    "OrderLineAdded",
+                    &serde_json::from_str::<serde_json::Value>(&payloads.get(chunk * 1000 + i))?,
+                )
+                .map_err(anyhow::Error::from)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        engine.append(&stream, ExpectedState::Any, events).await?;
+    }
+    let orders = Repository::new(engine, Orders);
+    let progress = bar(RUNS as u64, "load 10k factum".into());
+    let mut latencies = Vec::with_capacity(RUNS);
+    let started = Instant::now();
+    let mut loaded_events = 0;
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        let done = orders.execute("long", (), &CommandContext::new()).await?;
+        latencies.push(t.elapsed().as_micros() as u64);
+        loaded_events += done.revision.unwrap_or(0);
+        progress.inc(1);
+    }
+    let elapsed = started.elapsed();
+    progress.finish_and_clear();
+    Ok(row("load-10k", "factum", loaded_events, elapsed, latencies))
+}
+
+struct Ping;
+
+impl Command for Ping {
+    type Output = u64;
+    fn name() -> &'static str {
+        "Ping"
+    }
+}
+
+/// An audit sink that only counts, so the layer's own cost is what is measured.
+#[derive(Default)]
+struct Counting(std::sync::atomic::AtomicU64);
+
+#[async_trait::async_trait]
+impl AuditSink for Counting {
+    async fn record(&self, _: AuditEntry) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The cost of sending a trivial command through the bus with four layers, per command, with
+/// the trivial handler's own cost taken out.
+pub async fn bus() -> Result<Row> {
+    const COMMANDS: u64 = 200_000;
+    let handler = tower::service_fn(|_: Envelope<Ping>| async { Ok::<u64, factum::BusError>(1) });
+    let bus = CommandBus::builder()
+        .with_tracing()
+        .with_validation()
+        .with_authorization(|context, _| context.user.is_some())
+        .with_audit(Arc::new(Counting::default()))
+        .handle::<Ping, _>(handler)
+        .build()?;
+    let context = CommandContext::new().by("bench");
+    let progress = bar(COMMANDS, "bus 4 layers".into());
+    // The handler alone, as the baseline.
+    let mut direct = Duration::ZERO;
+    for _ in 0..COMMANDS {
+        let t = Instant::now();
+        let mut service = handler;
+        tower::ServiceExt::oneshot(
+            &mut service,
+            Envelope {
+                command: Ping,
+                context: context.clone(),
+            },
+        )
+        .await?;
+        direct += t.elapsed();
+    }
+    let mut latencies = Vec::with_capacity(COMMANDS as usize);
+    let started = Instant::now();
+    for _ in 0..COMMANDS {
+        let t = Instant::now();
+        bus.send(Ping, context.clone()).await?;
+        latencies.push(t.elapsed().as_nanos() as u64);
+        progress.inc(1);
+    }
+    let elapsed = started.elapsed();
+    progress.finish_and_clear();
+    let overhead_ns = elapsed.saturating_sub(direct).as_nanos() as u64 / COMMANDS;
+    let mut r = row("bus-4-layers", "factum", COMMANDS, elapsed, latencies);
+    // Latencies were taken in nanoseconds: report them in µs with the overhead as p50 reference.
+    r.p50_us = r.p50_us.div_ceil(1000);
+    r.p99_us = r.p99_us.div_ceil(1000);
+    r.p999_us = r.p999_us.div_ceil(1000);
+    eprintln!(
+        "bus overhead per command with 4 layers: {:.2} µs",
+        overhead_ns as f64 / 1000.0
+    );
+    Ok(r)
+}
