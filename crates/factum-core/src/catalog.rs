@@ -102,6 +102,8 @@ pub enum WriteKind {
     Tombstone,
     /// Record new metadata.
     SetMetadata(StreamMetadata),
+    /// Only the request's checkpoint (its stream is the checkpoint stream).
+    CheckpointOnly,
 }
 
 /// A write request: a kind, the stream it guards and the expected state of that stream.
@@ -118,6 +120,19 @@ pub struct WriteRequest {
 }
 
 impl WriteRequest {
+    /// A checkpoint stored on its own.
+    pub fn checkpoint(consumer: &str, position: u64) -> Result<Self, StoreError> {
+        Ok(WriteRequest {
+            stream: StreamName::checkpoint_stream(consumer)?,
+            expected: ExpectedState::Any,
+            kind: WriteKind::CheckpointOnly,
+            checkpoint: Some(Checkpoint {
+                consumer: consumer.to_owned(),
+                position,
+            }),
+        })
+    }
+
     /// A soft delete, tombstone or metadata change of a user stream.
     pub fn admin(
         stream: &StreamName,
@@ -320,6 +335,9 @@ pub fn plan(view: &impl View, request: &mut WriteRequest) -> Result<Plan, StoreE
     if summary.tombstoned {
         return Err(StoreError::StreamDeleted(stream.to_string()));
     }
+    if matches!(request.kind, WriteKind::CheckpointOnly) && request.checkpoint.is_none() {
+        return Err(StoreError::invalid("a checkpoint write needs a checkpoint"));
+    }
     let current = summary.current();
     let wrong = || StoreError::WrongExpectedRevision {
         stream: stream.to_string(),
@@ -379,6 +397,7 @@ pub fn plan(view: &impl View, request: &mut WriteRequest) -> Result<Plan, StoreE
             TOMBSTONE_TYPE,
             serde_json::json!({ "revision": current.0 }),
         )),
+        WriteKind::CheckpointOnly => {}
         WriteKind::SetMetadata(metadata) => {
             let data = serde_json::to_value(metadata)
                 .map_err(|e| StoreError::invalid(format!("metadata does not serialise: {e}")))?;

@@ -248,6 +248,11 @@ impl EventStore for MemoryStore {
         Ok(self.inner.state.lock().catalog.list(prefix, after, limit))
     }
 
+    async fn save_checkpoint(&self, consumer: &str, position: u64) -> Result<u64, StoreError> {
+        self.write(WriteRequest::checkpoint(consumer, position)?)
+            .map(|(_, position)| position)
+    }
+
     async fn read_checkpoint(&self, consumer: &str) -> Result<Option<u64>, StoreError> {
         Ok(self.inner.state.lock().catalog.checkpoint(consumer))
     }

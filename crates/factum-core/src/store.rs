@@ -157,6 +157,10 @@ pub trait EventStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<StreamInfo>, StoreError>;
 
+    /// Stores a consumer's checkpoint on its own (without events); it may only move forward.
+    /// Returns the position of the record.
+    async fn save_checkpoint(&self, consumer: &str, position: u64) -> Result<u64, StoreError>;
+
     /// The last checkpoint stored for a consumer.
     async fn read_checkpoint(&self, consumer: &str) -> Result<Option<u64>, StoreError>;
 }
@@ -167,7 +171,7 @@ pub fn validate_append(
     events: &[NewEvent],
     options: &AppendOptions,
 ) -> Result<(), StoreError> {
-    if stream.is_system() {
+    if stream.is_system() && !stream.is_toolkit_stream() {
         return Err(StoreError::invalid(format!(
             "stream '{stream}' is reserved for the system"
         )));

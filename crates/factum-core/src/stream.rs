@@ -58,6 +58,14 @@ impl StreamName {
         self.0.starts_with('$')
     }
 
+    /// Whether this is a system stream that the toolkit writes with ordinary appends: dead
+    /// letters (`$deadletter-…`), inboxes (`$inbox-…`) and snapshots (`$snapshot-…`).
+    pub fn is_toolkit_stream(&self) -> bool {
+        ["$deadletter-", "$inbox-", "$snapshot-"]
+            .iter()
+            .any(|prefix| self.0.len() > prefix.len() && self.0.starts_with(prefix))
+    }
+
     /// The stream holding this stream's metadata, deletion and tombstone records.
     pub fn metadata_stream(&self) -> StreamName {
         StreamName(format!("$${}", self.0).into())

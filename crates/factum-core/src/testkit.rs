@@ -40,6 +40,8 @@ macro_rules! conformance_tests {
             metadata_limits_what_reads_return,
             list_streams_by_prefix,
             checkpoint_is_stored_with_append_and_only_moves_forward,
+            checkpoint_can_be_saved_on_its_own,
+            toolkit_streams_take_appends_other_system_streams_do_not,
             data_and_metadata_round_trip_byte_for_byte
         );
     };
@@ -908,4 +910,51 @@ pub async fn data_and_metadata_round_trip_byte_for_byte<S: EventStore>(store: S)
     assert_eq!(read[1].metadata_json()["$correlationId"], "c-1");
     assert!(read[0].recorded_at_us >= before);
     assert!(read[0].recorded_at_us <= crate::now_micros());
+}
+
+pub async fn checkpoint_can_be_saved_on_its_own<S: EventStore>(store: S) {
+    store
+        .append(&stream("a"), ExpectedState::Any, events(3))
+        .await
+        .unwrap();
+    let position = store.save_checkpoint("projector", 2).await.unwrap();
+    assert_eq!(position, 3);
+    assert_eq!(store.read_checkpoint("projector").await.unwrap(), Some(2));
+    assert!(matches!(
+        store.save_checkpoint("projector", 2).await,
+        Err(StoreError::CheckpointBehind {
+            stored: 2,
+            given: 2,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.save_checkpoint("", 5).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    store.save_checkpoint("projector", 3).await.unwrap();
+    assert_eq!(store.read_checkpoint("projector").await.unwrap(), Some(3));
+    assert_eq!(store.head(), 5);
+}
+
+pub async fn toolkit_streams_take_appends_other_system_streams_do_not<S: EventStore>(store: S) {
+    for name in ["$deadletter-billing", "$inbox-mailer", "$snapshot-cart-1"] {
+        let s = StreamName::new(name).unwrap();
+        assert!(s.is_toolkit_stream());
+        store
+            .append(&s, ExpectedState::NoStream, events(1))
+            .await
+            .unwrap();
+    }
+    for name in ["$deadletter-", "$$cart-1", "$checkpoint-x", "$other"] {
+        let s = StreamName::new(name).unwrap();
+        assert!(
+            matches!(
+                store.append(&s, ExpectedState::Any, events(1)).await,
+                Err(StoreError::InvalidInput(_))
+            ),
+            "{name}"
+        );
+    }
+    assert_eq!(store.head(), 3);
 }

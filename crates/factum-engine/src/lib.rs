@@ -549,6 +549,12 @@ impl EventStore for Engine {
             .list(prefix, after, limit))
     }
 
+    async fn save_checkpoint(&self, consumer: &str, position: u64) -> Result<u64, StoreError> {
+        self.write(WriteRequest::checkpoint(consumer, position)?)
+            .await
+            .map(|r| r.position)
+    }
+
     async fn read_checkpoint(&self, consumer: &str) -> Result<Option<u64>, StoreError> {
         Ok(self.inner.shared.index.read().catalog.checkpoint(consumer))
     }

@@ -46,6 +46,8 @@ pub mod bus;
 mod codec;
 mod context;
 mod decider;
+mod inbox;
+pub mod processor;
 mod repository;
 pub mod testing;
 
@@ -53,6 +55,8 @@ pub use bus::{BusError, Command, CommandBus, Envelope};
 pub use codec::{CodecError, EventCodec, Upcasters};
 pub use context::CommandContext;
 pub use decider::Decider;
+pub use inbox::Inbox;
+pub use processor::{EventHandler, EventProcessor, HandlerError, RetryPolicy, handler_fn};
 pub use repository::{Executed, Loaded, Repository, RepositoryError, ToAggregate};
 
 pub use factum_core::{

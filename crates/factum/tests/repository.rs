@@ -325,6 +325,9 @@ impl EventStore for Interfering {
     ) -> Result<Vec<StreamInfo>, StoreError> {
         self.inner.list_streams(p, a, l).await
     }
+    async fn save_checkpoint(&self, c: &str, p: u64) -> Result<u64, StoreError> {
+        self.inner.save_checkpoint(c, p).await
+    }
     async fn read_checkpoint(&self, c: &str) -> Result<Option<u64>, StoreError> {
         self.inner.read_checkpoint(c).await
     }

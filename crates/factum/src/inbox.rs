@@ -1,0 +1,88 @@
+//! An inbox makes a handler idempotent by event id: an event whose id the inbox has seen is
+//! not handled again. The ids are kept in the stream `$inbox-{name}`, so they survive restarts.
+//!
+//! The effect and the record of it are two steps: a crash between them lets the effect happen
+//! again. Where the effect is itself an append to the store, prefer deterministic event ids
+//! (for example [`Inbox::derived_id`]), which make the append idempotent on its own.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+
+use factum_core::{
+    Direction, EventStore, ExpectedState, NewEvent, RecordedEvent, StoreError, StreamName,
+};
+use uuid::Uuid;
+
+/// Remembers which events were handled.
+pub struct Inbox {
+    store: Arc<dyn EventStore>,
+    stream: StreamName,
+    // Held across the effect, so that two deliveries of one event at once run it once.
+    seen: tokio::sync::Mutex<HashSet<Uuid>>,
+}
+
+impl Inbox {
+    /// Opens the inbox `name`, loading the ids it has recorded.
+    pub async fn open(store: Arc<dyn EventStore>, name: &str) -> Result<Self, StoreError> {
+        let stream = StreamName::new(format!("$inbox-{name}"))?;
+        let mut seen = HashSet::new();
+        let mut from = 0;
+        loop {
+            let page = match store
+                .read_stream(&stream, from, Direction::Forwards, 4096)
+                .await
+            {
+                Ok(page) => page,
+                Err(StoreError::NotFound(_)) => break,
+                Err(e) => return Err(e),
+            };
+            let Some(last) = page.last() else { break };
+            from = last.revision + 1;
+            for record in &page {
+                if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&record.data)
+                    && let Some(id) = value["event_id"].as_str().and_then(|s| s.parse().ok())
+                {
+                    seen.insert(id);
+                }
+            }
+        }
+        Ok(Inbox {
+            store,
+            stream,
+            seen: tokio::sync::Mutex::new(seen),
+        })
+    }
+
+    /// Runs `effect` for `event` unless this inbox has already seen the event; records it
+    /// when the effect succeeds. Returns `Ok(None)` for an event seen before.
+    pub async fn once<T, E, F, Fut>(&self, event: &RecordedEvent, effect: F) -> Result<Option<T>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: From<StoreError>,
+    {
+        let mut seen = self.seen.lock().await;
+        if seen.contains(&event.id) {
+            return Ok(None);
+        }
+        let value = effect().await?;
+        let record = NewEvent::json(
+            "Handled",
+            &serde_json::json!({ "event_id": event.id.to_string() }),
+        )
+        .map_err(E::from)?;
+        self.store
+            .append(&self.stream, ExpectedState::Any, vec![record])
+            .await
+            .map_err(E::from)?;
+        seen.insert(event.id);
+        Ok(Some(value))
+    }
+
+    /// A deterministic id for an event a handler appends in reaction to `source`: the same
+    /// source and purpose always give the same id.
+    pub fn derived_id(source: &RecordedEvent, purpose: &str) -> Uuid {
+        Uuid::new_v5(&source.id, purpose.as_bytes())
+    }
+}

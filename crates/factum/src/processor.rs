@@ -1,0 +1,601 @@
+//! Event processors: follow `$all` from a durable checkpoint and hand each committed event to
+//! the handlers registered for its type. Handlers of one event run side by side, so one that
+//! fails (and is retried with exponential backoff and jitter) holds up none of the others;
+//! events are taken in log order, so each stream's order is kept. An event a handler still
+//! fails after its last attempt is parked in the dead-letter stream `$deadletter-{processor}`
+//! with the error and its position, where it can be listed and replayed.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use factum_core::{
+    Direction, EventStore, ExpectedState, NewEvent, RecordedEvent, StoreError, StreamName,
+    SubscriptionFilter,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What a handler returns when it fails.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Reacts to events. Handlers only ever see committed events.
+#[async_trait::async_trait]
+pub trait EventHandler: Send + Sync {
+    /// A stable name: dead letters name the handler that failed, and replay finds it by name.
+    fn name(&self) -> &str;
+    /// Handles one event.
+    async fn handle(&self, event: &RecordedEvent) -> Result<(), HandlerError>;
+}
+
+struct FnHandler<F> {
+    name: String,
+    f: F,
+}
+
+#[async_trait::async_trait]
+impl<F, Fut> EventHandler for FnHandler<F>
+where
+    F: Fn(RecordedEvent) -> Fut + Send + Sync,
+    Fut: Future<Output = Result<(), HandlerError>> + Send,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+    async fn handle(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        (self.f)(event.clone()).await
+    }
+}
+
+/// A handler from a name and an async function of the event.
+pub fn handler_fn<F, Fut>(name: impl Into<String>, f: F) -> Arc<dyn EventHandler>
+where
+    F: Fn(RecordedEvent) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    Arc::new(FnHandler {
+        name: name.into(),
+        f,
+    })
+}
+
+/// How failures are retried before an event is parked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    /// Delay after the first failure.
+    pub initial_delay: Duration,
+    /// Each further delay is this many times the previous one...
+    pub multiplier: f64,
+    /// ...up to this.
+    pub max_delay: Duration,
+    /// Waits a random time between half the delay and the delay, so that many failing
+    /// handlers do not retry in step.
+    pub jitter: bool,
+}
+
+impl Default for RetryPolicy {
+    /// Three attempts, 100 ms then 200 ms apart (with jitter).
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            initial_delay: Duration::from_millis(100),
+            multiplier: 2.0,
+            max_delay: Duration::from_secs(10),
+            jitter: true,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt number `failed` (1-based).
+    pub fn delay(&self, failed: u32) -> Duration {
+        let factor = self
+            .multiplier
+            .max(1.0)
+            .powi(failed.saturating_sub(1) as i32);
+        let base = self.initial_delay.mul_f64(factor).min(self.max_delay);
+        if self.jitter {
+            base.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+        } else {
+            base
+        }
+    }
+}
+
+/// A parked event: which handler failed on which event, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The id of the dead-letter record itself.
+    #[serde(default)]
+    pub id: Uuid,
+    /// The processor.
+    pub processor: String,
+    /// The handler that failed.
+    pub handler: String,
+    /// The last error.
+    pub error: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The failed event's position in `$all`.
+    pub position: u64,
+    /// Its stream.
+    pub stream: String,
+    /// Its revision.
+    pub revision: u64,
+    /// Its id.
+    pub event_id: Uuid,
+    /// Its type.
+    pub event_type: String,
+}
+
+const DEAD_LETTERED: &str = "DeadLettered";
+const RESOLVED: &str = "DeadLetterResolved";
+/// The event type `factum deadletters replay` records to ask a processor to replay.
+pub const REPLAY_REQUESTED: &str = "DeadLetterReplayRequested";
+const REPLAY_DONE: &str = "DeadLetterReplayDone";
+
+/// The dead-letter stream of a processor.
+pub fn dead_letter_stream(processor: &str) -> Result<StreamName, StoreError> {
+    StreamName::new(format!("$deadletter-{processor}"))
+}
+
+/// Dead letters of a processor that no replay has resolved yet, oldest first.
+pub async fn unresolved_dead_letters(
+    store: &dyn EventStore,
+    processor: &str,
+) -> Result<Vec<DeadLetter>, StoreError> {
+    let stream = dead_letter_stream(processor)?;
+    let mut letters = Vec::new();
+    let mut resolved: HashSet<Uuid> = HashSet::new();
+    let mut from = 0;
+    loop {
+        let page = match store
+            .read_stream(&stream, from, Direction::Forwards, 1024)
+            .await
+        {
+            Ok(page) => page,
+            Err(StoreError::NotFound(_)) => break,
+            Err(e) => return Err(e),
+        };
+        let Some(last) = page.last() else { break };
+        from = last.revision + 1;
+        for record in &page {
+            match record.event_type.as_str() {
+                DEAD_LETTERED => {
+                    if let Ok(mut letter) = serde_json::from_slice::<DeadLetter>(&record.data) {
+                        letter.id = record.id;
+                        letters.push(letter);
+                    }
+                }
+                RESOLVED => {
+                    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&record.data)
+                        && let Some(id) = value["dead_letter"].as_str().and_then(|s| s.parse().ok())
+                    {
+                        resolved.insert(id);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    letters.retain(|letter: &DeadLetter| !resolved.contains(&letter.id));
+    Ok(letters)
+}
+
+/// Counts of what a processor did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessorStats {
+    /// Events taken from the log (after the filter).
+    pub events: u64,
+    /// Handler calls that failed (each retry counts).
+    pub failures: u64,
+    /// Events parked in the dead-letter stream (one per failing handler).
+    pub dead_lettered: u64,
+    /// The last position processed.
+    pub position: Option<u64>,
+}
+
+/// What a replay of dead letters did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Dead letters whose handler now succeeded.
+    pub resolved: usize,
+    /// Dead letters that failed again (they stay parked).
+    pub failed: usize,
+}
+
+/// Builds an [`EventProcessor`].
+pub struct EventProcessorBuilder {
+    name: String,
+    store: Arc<dyn EventStore>,
+    filter: SubscriptionFilter,
+    handlers: Vec<(Option<String>, Arc<dyn EventHandler>)>,
+    retry: RetryPolicy,
+    checkpoint_every_events: u64,
+    checkpoint_interval: Duration,
+}
+
+impl EventProcessorBuilder {
+    /// Calls `handler` for every event of type `event_type`.
+    pub fn on(mut self, event_type: impl Into<String>, handler: Arc<dyn EventHandler>) -> Self {
+        self.handlers.push((Some(event_type.into()), handler));
+        self
+    }
+
+    /// Calls `handler` for every event that passes the filter.
+    pub fn on_any(mut self, handler: Arc<dyn EventHandler>) -> Self {
+        self.handlers.push((None, handler));
+        self
+    }
+
+    /// Takes only events of streams starting with one of these prefixes.
+    pub fn stream_prefixes(
+        mut self,
+        prefixes: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.filter.stream_prefixes = prefixes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How failures are retried.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Saves the checkpoint after this many events or this much time, whichever comes first
+    /// (and when the processor stops). After a crash, events since the last checkpoint are
+    /// handled again: make effects idempotent (see [`crate::Inbox`]).
+    pub fn checkpoint_every(mut self, events: u64, interval: Duration) -> Self {
+        self.checkpoint_every_events = events.max(1);
+        self.checkpoint_interval = interval;
+        self
+    }
+
+    /// The processor.
+    pub fn build(self) -> Result<EventProcessor, StoreError> {
+        dead_letter_stream(&self.name)?;
+        StreamName::checkpoint_stream(&self.name)?;
+        let mut filter = self.filter;
+        filter.exclude_system = true;
+        // Only the types some handler wants, unless one wants everything.
+        if self.handlers.iter().all(|(t, _)| t.is_some()) {
+            filter.event_types = self
+                .handlers
+                .iter()
+                .filter_map(|(t, _)| t.clone())
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+        }
+        Ok(EventProcessor {
+            inner: Arc::new(Inner {
+                name: self.name,
+                store: self.store,
+                filter,
+                handlers: self.handlers,
+                retry: self.retry,
+                checkpoint_every_events: self.checkpoint_every_events,
+                checkpoint_interval: self.checkpoint_interval,
+            }),
+        })
+    }
+}
+
+struct Inner {
+    name: String,
+    store: Arc<dyn EventStore>,
+    filter: SubscriptionFilter,
+    handlers: Vec<(Option<String>, Arc<dyn EventHandler>)>,
+    retry: RetryPolicy,
+    checkpoint_every_events: u64,
+    checkpoint_interval: Duration,
+}
+
+/// Follows `$all` and hands events to its handlers (see the module documentation).
+#[derive(Clone)]
+pub struct EventProcessor {
+    inner: Arc<Inner>,
+}
+
+type Shutdown<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+impl EventProcessor {
+    /// A builder for a processor named `name` (its checkpoint and dead letters are kept
+    /// under this name).
+    pub fn builder(name: impl Into<String>, store: Arc<dyn EventStore>) -> EventProcessorBuilder {
+        EventProcessorBuilder {
+            name: name.into(),
+            store,
+            filter: SubscriptionFilter::default(),
+            handlers: Vec::new(),
+            retry: RetryPolicy::default(),
+            checkpoint_every_events: 10_000,
+            checkpoint_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// The processor's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Processes the log from the checkpoint, then new events as they are committed, until
+    /// `shutdown` completes; saves the checkpoint before returning. Replays the dead letters
+    /// first when `factum deadletters replay` asked for it.
+    pub async fn run(
+        &self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<ProcessorStats, StoreError> {
+        self.replay_if_requested().await?;
+        self.process(None, Some(Box::pin(shutdown))).await
+    }
+
+    /// Processes every event below `end` (for instance the head when called), saves the
+    /// checkpoint, and returns.
+    pub async fn run_until(&self, end: u64) -> Result<ProcessorStats, StoreError> {
+        self.process(Some(end), None).await
+    }
+
+    async fn process(
+        &self,
+        end: Option<u64>,
+        mut shutdown: Option<Shutdown<'_>>,
+    ) -> Result<ProcessorStats, StoreError> {
+        let inner = &self.inner;
+        let mut saved = inner.store.read_checkpoint(&inner.name).await?;
+        let start = saved.map_or(0, |p| p + 1);
+        let mut stats = ProcessorStats::default();
+        let mut subscription = inner.store.subscribe_all(start, inner.filter.clone());
+        let mut since_checkpoint = 0u64;
+        let mut last_checkpoint = Instant::now();
+        loop {
+            let event = if let Some(signal) = shutdown.as_mut() {
+                tokio::select! {
+                    event = subscription.next() => event?,
+                    _ = signal => break,
+                }
+            } else {
+                let end = end.unwrap_or(u64::MAX);
+                if subscription.position().is_some_and(|p| p >= end) {
+                    break;
+                }
+                // The filter may skip everything left below `end`; look again shortly.
+                // `next` is safe to cancel: nothing is lost when the timer wins.
+                tokio::select! {
+                    event = subscription.next() => event?,
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => continue,
+                }
+            };
+            if end.is_some_and(|end| event.position >= end) {
+                break;
+            }
+            self.handle(&event, &mut stats).await?;
+            stats.events += 1;
+            stats.position = Some(event.position);
+            since_checkpoint += 1;
+            if since_checkpoint >= inner.checkpoint_every_events
+                || last_checkpoint.elapsed() >= inner.checkpoint_interval
+            {
+                self.checkpoint(&mut saved, event.position).await?;
+                since_checkpoint = 0;
+                last_checkpoint = Instant::now();
+            }
+        }
+        // Everything looked at is done, handled or filtered out.
+        let looked_at = subscription
+            .position()
+            .map(|p| end.map_or(p, |end| p.min(end)))
+            .and_then(|p| p.checked_sub(1));
+        if let Some(position) = looked_at.max(stats.position) {
+            self.checkpoint(&mut saved, position).await?;
+        }
+        Ok(stats)
+    }
+
+    async fn checkpoint(&self, saved: &mut Option<u64>, position: u64) -> Result<(), StoreError> {
+        if saved.is_none_or(|saved| position > saved) {
+            self.inner
+                .store
+                .save_checkpoint(&self.inner.name, position)
+                .await?;
+            *saved = Some(position);
+        }
+        Ok(())
+    }
+
+    fn handlers_for<'a>(
+        &'a self,
+        event_type: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<dyn EventHandler>> {
+        self.inner
+            .handlers
+            .iter()
+            .filter(move |(t, _)| t.as_deref().is_none_or(|t| t == event_type))
+            .map(|(_, handler)| handler)
+    }
+
+    /// Runs every handler of the event side by side, each with its retries; parks the event
+    /// for each handler that still fails.
+    async fn handle(
+        &self,
+        event: &RecordedEvent,
+        stats: &mut ProcessorStats,
+    ) -> Result<(), StoreError> {
+        let runs = self
+            .handlers_for(&event.event_type)
+            .map(|handler| async move {
+                let (outcome, failures) = self.attempt(handler.as_ref(), event).await;
+                (handler, outcome, failures)
+            });
+        for (handler, outcome, failures) in futures::future::join_all(runs).await {
+            stats.failures += failures;
+            if let Err((error, attempts)) = outcome {
+                self.park(event, handler.name(), &error, attempts).await?;
+                stats.dead_lettered += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls a handler until it succeeds or the attempts are used up; returns the outcome
+    /// and how many calls failed.
+    async fn attempt(
+        &self,
+        handler: &dyn EventHandler,
+        event: &RecordedEvent,
+    ) -> (Result<(), (String, u32)>, u64) {
+        let policy = &self.inner.retry;
+        let mut failed = 0u32;
+        loop {
+            match handler.handle(event).await {
+                Ok(()) => return (Ok(()), u64::from(failed)),
+                Err(error) => {
+                    failed += 1;
+                    tracing::warn!(
+                        processor = %self.inner.name,
+                        handler = handler.name(),
+                        position = event.position,
+                        attempt = failed,
+                        %error,
+                        "handler failed"
+                    );
+                    if failed >= policy.attempts.max(1) {
+                        return (Err((error.to_string(), failed)), u64::from(failed));
+                    }
+                    tokio::time::sleep(policy.delay(failed)).await;
+                }
+            }
+        }
+    }
+
+    async fn park(
+        &self,
+        event: &RecordedEvent,
+        handler: &str,
+        error: &str,
+        attempts: u32,
+    ) -> Result<(), StoreError> {
+        let letter = DeadLetter {
+            id: Uuid::nil(),
+            processor: self.inner.name.clone(),
+            handler: handler.to_owned(),
+            error: error.to_owned(),
+            attempts,
+            position: event.position,
+            stream: event.stream.to_string(),
+            revision: event.revision,
+            event_id: event.id,
+            event_type: event.event_type.clone(),
+        };
+        let record =
+            NewEvent::json(DEAD_LETTERED, &letter)?.with_metadata(&event.metadata_json())?;
+        self.inner
+            .store
+            .append(
+                &dead_letter_stream(&self.inner.name)?,
+                ExpectedState::Any,
+                vec![record],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The dead letters no replay has resolved yet.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        unresolved_dead_letters(self.inner.store.as_ref(), &self.inner.name).await
+    }
+
+    /// Hands every unresolved dead letter to its handler again (with the retry policy). Those
+    /// that succeed are marked resolved; the others stay parked.
+    pub async fn replay_dead_letters(&self) -> Result<ReplayReport, StoreError> {
+        let mut report = ReplayReport::default();
+        let stream = dead_letter_stream(&self.inner.name)?;
+        for letter in self.dead_letters().await? {
+            let Some(event) = self
+                .inner
+                .store
+                .read_all(letter.position, Direction::Forwards, 1)
+                .await?
+                .into_iter()
+                .next()
+                .filter(|e| e.id == letter.event_id)
+            else {
+                report.failed += 1;
+                continue;
+            };
+            let Some(handler) = self
+                .inner
+                .handlers
+                .iter()
+                .map(|(_, h)| h)
+                .find(|h| h.name() == letter.handler)
+            else {
+                report.failed += 1;
+                continue;
+            };
+            match self.attempt(handler.as_ref(), &event).await.0 {
+                Ok(()) => {
+                    let resolved = NewEvent::json(
+                        RESOLVED,
+                        &serde_json::json!({"dead_letter": letter.id.to_string(), "position": letter.position, "handler": letter.handler}),
+                    )?;
+                    self.inner
+                        .store
+                        .append(&stream, ExpectedState::Any, vec![resolved])
+                        .await?;
+                    report.resolved += 1;
+                }
+                Err(_) => report.failed += 1,
+            }
+        }
+        Ok(report)
+    }
+
+    /// Replays dead letters if the last replay request has not been answered yet.
+    async fn replay_if_requested(&self) -> Result<(), StoreError> {
+        let stream = dead_letter_stream(&self.inner.name)?;
+        let last = match self
+            .inner
+            .store
+            .read_stream(&stream, u64::MAX, Direction::Backwards, 1)
+            .await
+        {
+            Ok(last) => last,
+            Err(StoreError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if last
+            .first()
+            .is_some_and(|e| e.event_type == REPLAY_REQUESTED)
+        {
+            let report = self.replay_dead_letters().await?;
+            let done = NewEvent::json(
+                REPLAY_DONE,
+                &serde_json::json!({"resolved": report.resolved, "failed": report.failed}),
+            )?;
+            self.inner
+                .store
+                .append(&stream, ExpectedState::Any, vec![done])
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Records a request that processor `processor` replay its dead letters when it next starts
+/// (what `factum deadletters replay` does).
+pub async fn request_replay(store: &dyn EventStore, processor: &str) -> Result<u64, StoreError> {
+    let request = NewEvent::json(REPLAY_REQUESTED, &serde_json::json!({}))?;
+    Ok(store
+        .append(
+            &dead_letter_stream(processor)?,
+            ExpectedState::Any,
+            vec![request],
+        )
+        .await?
+        .position)
+}
