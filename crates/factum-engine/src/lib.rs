@@ -115,6 +115,9 @@ pub struct OpenReport {
     pub replayed_events: u64,
     /// Bytes of a torn tail that were cut off.
     pub cut_bytes: u64,
+    /// Last segments removed because they were shorter than a segment header (an interrupted
+    /// creation, or a segment cut that short with no saved index to say otherwise).
+    pub removed_segments: u64,
 }
 
 /// The embedded event store. Cheap to clone: clones share one store.
@@ -141,10 +144,11 @@ impl Engine {
             Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::Io(e)),
         }
 
-        let mut segments = recovery::open_segments(&log_dir)?;
+        let (mut segments, removed_segments) = recovery::open_segments(&log_dir)?;
         if segments.is_empty() {
+            // A new store, or one whose only segment never got past creation.
             SegmentWriter::create(&log_dir, 0, 0)?;
-            segments = recovery::open_segments(&log_dir)?;
+            segments = recovery::open_segments(&log_dir)?.0;
         }
         let first_segment = segments.first().map_or(0, |(s, _)| s.number);
         let (mut index, start) = match Index::load(&dir)? {
@@ -224,6 +228,7 @@ impl Engine {
             events: end.next_position,
             replayed_events: end.next_position - loaded,
             cut_bytes: end.cut_bytes,
+            removed_segments,
         };
         let shared = Arc::new(Shared {
             dir: dir.clone(),

@@ -151,9 +151,11 @@ async fn damage_rounds(damage: Damage, keep_index: bool, rounds: usize) {
             Ok(store) => store,
         };
         nothing_wrong_is_served(&store, &original).await;
-        if store.open_report().cut_bytes > 0 {
-            // Without a saved index, damage in the last frame of the last segment looks like
-            // an interrupted write: it is cut off, reported, and the rest is intact.
+        let report = store.open_report();
+        if report.cut_bytes > 0 || report.removed_segments > 0 {
+            // Without a saved index, damage in the last frame of the last segment (or a last
+            // segment cut below its header) looks like an interrupted write: it is cut off,
+            // reported, and the rest is intact.
             assert!(
                 !keep_index && is_last,
                 "a tail may be cut only where nothing vouches for it"
@@ -278,5 +280,36 @@ async fn damage_before_a_valid_frame_is_corruption_not_a_torn_tail() {
         }
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("corruption went unnoticed"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_last_segment_cut_below_its_header_is_removed_and_reported_or_refused() {
+    let (template, original) = template().await;
+    for keep_index in [false, true] {
+        let work = tempfile::tempdir().unwrap();
+        copy_dir(template.path(), work.path());
+        if !keep_index {
+            std::fs::remove_file(work.path().join("index.fidx")).unwrap();
+        }
+        let last = segment_files(work.path()).pop().unwrap();
+        let bytes = std::fs::read(&last).unwrap();
+        std::fs::write(&last, &bytes[..10]).unwrap();
+        match Engine::open(work.path(), options()) {
+            // A saved index vouches for the segment: its loss is corruption.
+            Err(StoreError::Corrupted { .. }) if keep_index => {}
+            Ok(store) if !keep_index => {
+                assert_eq!(store.open_report().removed_segments, 1);
+                let kept = store
+                    .read_all(0, Direction::Forwards, usize::MAX)
+                    .await
+                    .unwrap();
+                assert!(kept.len() < original.len());
+                assert_eq!(kept[..], original[..kept.len()]);
+                store.verify(|_, _| {}).unwrap();
+            }
+            Err(e) => panic!("keep_index={keep_index}: unexpected error {e}"),
+            Ok(_) => panic!("keep_index={keep_index}: the lost segment went unnoticed"),
+        }
     }
 }

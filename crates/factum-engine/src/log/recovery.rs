@@ -32,8 +32,10 @@ pub struct End {
 }
 
 /// Opens every segment of the log, in order. A last segment left shorter than its header by a
-/// crash while it was being created is removed. Returns the segments with their lengths.
-pub fn open_segments(log_dir: &Path) -> Result<Vec<(Segment, u64)>, StoreError> {
+/// crash while it was being created is removed. Returns the segments with their lengths, and
+/// how many were removed (reported like a torn tail: without a saved index that vouches for the
+/// segment, a segment cut to less than its header looks the same).
+pub fn open_segments(log_dir: &Path) -> Result<(Vec<(Segment, u64)>, u64), StoreError> {
     let mut numbers = Vec::new();
     for entry in std::fs::read_dir(log_dir)? {
         let name = entry?.file_name();
@@ -47,6 +49,7 @@ pub fn open_segments(log_dir: &Path) -> Result<Vec<(Segment, u64)>, StoreError> 
     }
     numbers.sort_unstable();
     let mut segments = Vec::with_capacity(numbers.len());
+    let mut removed = 0;
     for (i, &number) in numbers.iter().enumerate() {
         let path = segment_path(log_dir, number);
         let is_last = i + 1 == numbers.len();
@@ -60,12 +63,18 @@ pub fn open_segments(log_dir: &Path) -> Result<Vec<(Segment, u64)>, StoreError> 
                 });
             }
         }
-        if is_last && std::fs::metadata(&path)?.len() <= SEGMENT_HEADER_BYTES as u64 {
+        let len = std::fs::metadata(&path)?.len();
+        if is_last && len <= SEGMENT_HEADER_BYTES as u64 {
             // A header is written and synced before anything else, so a segment this short
             // with a bad header never held an acknowledged event.
             if let Err(StoreError::Corrupted { .. }) = Segment::open(path.clone()) {
-                warn!(file = %path.display(), "removing a segment whose creation was interrupted");
+                warn!(
+                    file = %path.display(),
+                    bytes = len,
+                    "removing a last segment shorter than its header (an interrupted creation)"
+                );
                 std::fs::remove_file(&path)?;
+                removed += 1;
                 super::sync_dir(log_dir)?;
                 continue;
             }
@@ -76,7 +85,7 @@ pub fn open_segments(log_dir: &Path) -> Result<Vec<(Segment, u64)>, StoreError> 
         }
         segments.push((segment, len));
     }
-    Ok(segments)
+    Ok((segments, removed))
 }
 
 /// Replays every frame from `start` to the end of the log, handing each record (with the file
