@@ -668,7 +668,6 @@ async fn open_scenario(work: &Path, args: &BenchArgs) -> Result<()> {
         let engine = Engine::open(&dir, Options::default())?;
         let progress = bar(args.open_events, "open: building".into());
         let streams = args.open_streams.max(1);
-        let per_stream = args.open_events.div_ceil(streams);
         let mut position = 0u64;
         // Import writes many streams per atomic batch, which builds the store quickly.
         while position < args.open_events {
@@ -693,7 +692,6 @@ async fn open_scenario(work: &Path, args: &BenchArgs) -> Result<()> {
             progress.inc(count);
         }
         progress.finish_and_clear();
-        let _ = per_stream;
         engine.close()?;
     }
     let clean = open_in_child(&dir)?;

@@ -9,10 +9,10 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 
-use factum_core::{
-    Direction, EventStore, ExpectedState, NewEvent, RecordedEvent, StoreError, StreamName,
-};
+use factum_core::{EventStore, ExpectedState, NewEvent, RecordedEvent, StoreError, StreamName};
 use uuid::Uuid;
+
+use crate::replay::replay_stream;
 
 /// Remembers which events were handled.
 pub struct Inbox {
@@ -27,26 +27,15 @@ impl Inbox {
     pub async fn open(store: Arc<dyn EventStore>, name: &str) -> Result<Self, StoreError> {
         let stream = StreamName::new(format!("$inbox-{name}"))?;
         let mut seen = HashSet::new();
-        let mut from = 0;
-        loop {
-            let page = match store
-                .read_stream(&stream, from, Direction::Forwards, 4096)
-                .await
+        replay_stream(store.as_ref(), &stream, |record| {
+            if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&record.data)
+                && let Some(id) = value["event_id"].as_str().and_then(|s| s.parse().ok())
             {
-                Ok(page) => page,
-                Err(StoreError::NotFound(_)) => break,
-                Err(e) => return Err(e),
-            };
-            let Some(last) = page.last() else { break };
-            from = last.revision + 1;
-            for record in &page {
-                if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&record.data)
-                    && let Some(id) = value["event_id"].as_str().and_then(|s| s.parse().ok())
-                {
-                    seen.insert(id);
-                }
+                seen.insert(id);
             }
-        }
+            Ok::<_, StoreError>(())
+        })
+        .await?;
         Ok(Inbox {
             store,
             stream,

@@ -48,6 +48,7 @@ mod context;
 mod decider;
 mod inbox;
 pub mod processor;
+mod replay;
 mod repository;
 pub mod testing;
 

@@ -15,6 +15,8 @@ use factum_core::{
     SubscriptionFilter,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::replay::replay_stream;
 use uuid::Uuid;
 
 /// What a handler returns when it fails.
@@ -150,37 +152,26 @@ pub async fn unresolved_dead_letters(
     let stream = dead_letter_stream(processor)?;
     let mut letters = Vec::new();
     let mut resolved: HashSet<Uuid> = HashSet::new();
-    let mut from = 0;
-    loop {
-        let page = match store
-            .read_stream(&stream, from, Direction::Forwards, 1024)
-            .await
-        {
-            Ok(page) => page,
-            Err(StoreError::NotFound(_)) => break,
-            Err(e) => return Err(e),
-        };
-        let Some(last) = page.last() else { break };
-        from = last.revision + 1;
-        for record in &page {
-            match record.event_type.as_str() {
-                DEAD_LETTERED => {
-                    if let Ok(mut letter) = serde_json::from_slice::<DeadLetter>(&record.data) {
-                        letter.id = record.id;
-                        letters.push(letter);
-                    }
+    replay_stream(store, &stream, |record| {
+        match record.event_type.as_str() {
+            DEAD_LETTERED => {
+                if let Ok(mut letter) = serde_json::from_slice::<DeadLetter>(&record.data) {
+                    letter.id = record.id;
+                    letters.push(letter);
                 }
-                RESOLVED => {
-                    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&record.data)
-                        && let Some(id) = value["dead_letter"].as_str().and_then(|s| s.parse().ok())
-                    {
-                        resolved.insert(id);
-                    }
-                }
-                _ => {}
             }
+            RESOLVED => {
+                if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&record.data)
+                    && let Some(id) = value["dead_letter"].as_str().and_then(|s| s.parse().ok())
+                {
+                    resolved.insert(id);
+                }
+            }
+            _ => {}
         }
-    }
+        Ok::<_, StoreError>(())
+    })
+    .await?;
     letters.retain(|letter: &DeadLetter| !resolved.contains(&letter.id));
     Ok(letters)
 }

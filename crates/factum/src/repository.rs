@@ -1,8 +1,9 @@
 use std::sync::Arc;
 
-use factum_core::{Direction, EventStore, ExpectedState, StoreError, StreamName};
+use factum_core::{EventStore, ExpectedState, StoreError, StreamName};
 
 use crate::bus::{BusError, Command, Envelope};
+use crate::replay::replay_stream;
 use crate::{CodecError, CommandContext, Decider, EventCodec};
 
 /// A command for the aggregate with this id: what the bus carries to a repository's handler
@@ -89,9 +90,6 @@ pub struct Repository<D: Decider> {
     attempts_max: usize,
 }
 
-/// Events read per page when loading.
-const LOAD_PAGE_EVENTS: usize = 4096;
-
 impl<D: Decider> Repository<D> {
     /// A repository over a store; a conflicting command is decided at most 5 times.
     pub fn new(store: impl EventStore + 'static, decider: D) -> Self {
@@ -141,31 +139,17 @@ impl<D: Decider> Repository<D> {
         &self,
         stream: &StreamName,
     ) -> Result<Loaded<D::State>, RepositoryError<D::Error>> {
-        let mut state = self.decider.initial_state();
+        // `evolve` takes the state by value; the closure moves it out and back in.
+        let mut state = Some(self.decider.initial_state());
         let mut revision = None;
-        let mut from = 0;
-        loop {
-            let page = match self
-                .store
-                .read_stream(stream, from, Direction::Forwards, LOAD_PAGE_EVENTS)
-                .await
-            {
-                Ok(page) => page,
-                Err(StoreError::NotFound(_)) => break,
-                Err(e) => return Err(e.into()),
-            };
-            let Some(last) = page.last() else { break };
-            from = last.revision + 1;
-            revision = Some(last.revision);
-            let full = page.len() == LOAD_PAGE_EVENTS;
-            for recorded in &page {
-                let event = self.codec.decode(&self.decider, recorded)?;
-                state = self.decider.evolve(state, &event);
-            }
-            if !full {
-                break;
-            }
-        }
+        replay_stream(self.store.as_ref(), stream, |recorded| {
+            let event = self.codec.decode(&self.decider, recorded)?;
+            state = state.take().map(|state| self.decider.evolve(state, &event));
+            revision = Some(recorded.revision);
+            Ok::<_, RepositoryError<D::Error>>(())
+        })
+        .await?;
+        let state = state.unwrap_or_else(|| self.decider.initial_state());
         Ok(Loaded { state, revision })
     }
 
