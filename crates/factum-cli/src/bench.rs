@@ -21,7 +21,8 @@ pub struct BenchArgs {
     /// One JSON object a line instead of a table.
     #[arg(long)]
     json: bool,
-    /// Scenarios to run (bulk, concurrent, single, read-all; also open, load, bus).
+    /// Scenarios to run (bulk, concurrent, single, read-all; also open, load, load-snapshot,
+    /// bus, processor).
     #[arg(
         long,
         value_delimiter = ',',
@@ -583,14 +584,26 @@ pub async fn run(data_dir: &Path, args: BenchArgs) -> Result<()> {
                 "load" if i == 0 => {
                     crate::bench_toolkit::load(store_engine(store)?, &payloads).await
                 }
+                "load-snapshot" if i == 0 => {
+                    crate::bench_toolkit::load_snapshot(store_engine(store)?, &payloads).await
+                }
+                "processor" if i == 0 => {
+                    crate::bench_toolkit::processor(store_engine(store)?, &payloads).await
+                }
                 "bus" if i == 0 => crate::bench_toolkit::bus().await,
-                "load" | "bus" => continue,
+                "load" | "load-snapshot" | "bus" | "processor" => continue,
                 other => {
-                    bail!("unknown scenario '{other}' (bulk, concurrent, single, read-all, open)")
+                    bail!(
+                        "unknown scenario '{other}' (bulk, concurrent, single, read-all, open, \
+                         load, load-snapshot, bus, processor)"
+                    )
                 }
             };
             let r = result.with_context(|| format!("{scenario} on {}", store.name()))?;
-            if !matches!(scenario.as_str(), "read-all" | "open" | "bus") {
+            if !matches!(
+                scenario.as_str(),
+                "read-all" | "open" | "bus" | "load-snapshot"
+            ) {
                 written[i] += r.events;
             }
             print_row(&args, &r);

@@ -1,5 +1,6 @@
-//! Toolkit scenarios of `factum bench`: executing a command on a long aggregate (`load`) and
-//! the command bus's own cost with four layers (`bus`).
+//! Toolkit scenarios of `factum bench`: executing a command on a long aggregate (`load`, and
+//! `load-snapshot` on a far longer one with snapshots), the command bus's own cost with four
+//! layers (`bus`), and an event processor's throughput with one trivial handler (`processor`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,23 +67,37 @@ impl Decider for Orders {
     }
 }
 
+/// Appends `events` order lines to `stream`, 1000 per append, with a progress bar.
+async fn fill(
+    engine: &Engine,
+    stream: &StreamName,
+    events: u64,
+    payloads: &Payloads,
+) -> Result<()> {
+    let progress = bar(events, format!("writing {stream}"));
+    for chunk in 0..events.div_ceil(1000) {
+        let events = (0..1000.min(events - chunk * 1000))
+            .map(|i| {
+                Ok(NewEvent::json(
+                    "OrderLineAdded",
+                    &serde_json::value::RawValue::from_string(payloads.get(chunk * 1000 + i))?,
+                )?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let n = events.len() as u64;
+        engine.append(stream, ExpectedState::Any, events).await?;
+        progress.inc(n);
+    }
+    progress.finish_and_clear();
+    Ok(())
+}
+
 /// Load and execute a command on an aggregate of 10,000 events (no snapshot).
 pub async fn load(engine: Engine, payloads: &Payloads) -> Result<Row> {
     const EVENTS: u64 = 10_000;
     const RUNS: usize = 50;
     let stream = StreamName::user("bench-order-long")?;
-    for chunk in 0..EVENTS / 1000 {
-        let events = (0..1000)
-            .map(|i| {
-                NewEvent::json(
-                    "OrderLineAdded",
-                    &serde_json::from_str::<serde_json::Value>(&payloads.get(chunk * 1000 + i))?,
-                )
-                .map_err(anyhow::Error::from)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        engine.append(&stream, ExpectedState::Any, events).await?;
-    }
+    fill(&engine, &stream, EVENTS, payloads).await?;
     let orders = Repository::new(engine, Orders);
     let progress = bar(RUNS as u64, "load 10k factum".into());
     let mut latencies = Vec::with_capacity(RUNS);
@@ -98,6 +113,111 @@ pub async fn load(engine: Engine, payloads: &Payloads) -> Result<Row> {
     let elapsed = started.elapsed();
     progress.finish_and_clear();
     Ok(row("load-10k", "factum", loaded_events, elapsed, latencies))
+}
+
+/// Load and execute a command on an aggregate of 1,000,000 events with a snapshot every 100
+/// events: the first command replays the whole stream and saves the first snapshot; the
+/// measured ones load the newest snapshot and at most 99 events after it.
+pub async fn load_snapshot(engine: Engine, payloads: &Payloads) -> Result<Row> {
+    const EVENTS: u64 = 1_000_000;
+    const RUNS: usize = 2_000;
+    let stream = StreamName::user("bench-order-huge")?;
+    fill(&engine, &stream, EVENTS, payloads).await?;
+    let orders = Repository::new(engine, Orders).with_snapshots(100);
+    let t = Instant::now();
+    orders.execute("huge", (), &CommandContext::new()).await?;
+    eprintln!(
+        "first command on 1M events, replaying all of them and saving a snapshot: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    let progress = bar(RUNS as u64, "load 1M+snapshot factum".into());
+    let mut latencies = Vec::with_capacity(RUNS);
+    let started = Instant::now();
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        orders.execute("huge", (), &CommandContext::new()).await?;
+        latencies.push(t.elapsed().as_micros() as u64);
+        progress.inc(1);
+    }
+    let elapsed = started.elapsed();
+    progress.finish_and_clear();
+    // The rate is of commands here: each one stands for the whole aggregate.
+    Ok(row(
+        "load-1m-snap",
+        "factum",
+        RUNS as u64,
+        elapsed,
+        latencies,
+    ))
+}
+
+/// An event processor with one trivial handler (it counts) over 1,000,000 events in 1,000
+/// streams, from an empty checkpoint to the head. Latency is the time to process each batch
+/// of 10,000 events.
+pub async fn processor(engine: Engine, payloads: &Payloads) -> Result<Row> {
+    const EVENTS: u64 = 1_000_000;
+    let first = engine.head();
+    let progress = bar(EVENTS, "writing for the processor".into());
+    for chunk in 0..EVENTS / 1000 {
+        let stream = StreamName::user(format!("bench-proc-{chunk}"))?;
+        let events = (0..1000)
+            .map(|i| {
+                Ok(NewEvent::json(
+                    "OrderLineAdded",
+                    &serde_json::value::RawValue::from_string(payloads.get(chunk * 1000 + i))?,
+                )?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        engine
+            .append(&stream, ExpectedState::NoStream, events)
+            .await?;
+        progress.inc(1000);
+    }
+    progress.finish_and_clear();
+    let end = engine.head();
+    let store: Arc<dyn EventStore> = Arc::new(engine);
+    // The processor starts where this scenario's events start.
+    let name = format!("bench-processor-{}", uuid::Uuid::now_v7().simple());
+    if let Some(before) = first.checked_sub(1) {
+        store.save_checkpoint(&name, before).await?;
+    }
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = seen.clone();
+    let processor = factum::EventProcessor::builder(name, store)
+        .on_any(factum::handler_fn("count", move |_| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::future::ready(Ok(()))
+        }))
+        .checkpoint_every(100_000, Duration::from_secs(1))
+        .build()?;
+    let progress = bar(EVENTS, "processor factum".into());
+    let started = Instant::now();
+    let run = processor.run_until(end);
+    tokio::pin!(run);
+    let mut latencies = Vec::new();
+    let mut last = (Instant::now(), 0u64);
+    let stats = loop {
+        tokio::select! {
+            stats = &mut run => break stats?,
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {
+                let now = seen.load(std::sync::atomic::Ordering::Relaxed);
+                progress.set_position(now);
+                if now >= last.1 + 10_000 {
+                    let per_batch = last.0.elapsed().as_micros() as u64 * 10_000 / (now - last.1);
+                    latencies.push(per_batch);
+                    last = (Instant::now(), now);
+                }
+            }
+        }
+    };
+    let elapsed = started.elapsed();
+    progress.finish_and_clear();
+    anyhow::ensure!(
+        stats.events == EVENTS && seen.load(std::sync::atomic::Ordering::Relaxed) == EVENTS,
+        "the processor handled {} events, expected {EVENTS}",
+        stats.events
+    );
+    Ok(row("processor", "factum", EVENTS, elapsed, latencies))
 }
 
 struct Ping;

@@ -42,6 +42,13 @@ pub trait Decider: Send + Sync + 'static {
         1
     }
 
+    /// The schema version of [`State`](Decider::State) as snapshots store it (1 unless it
+    /// changed). Raise it whenever the state's serialised shape changes: snapshots of other
+    /// versions are ignored, and the stream is replayed instead.
+    fn state_version(&self) -> u32 {
+        1
+    }
+
     /// How stored events of older versions become today's.
     fn upcasters(&self) -> Upcasters {
         Upcasters::default()

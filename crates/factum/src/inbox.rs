@@ -27,7 +27,7 @@ impl Inbox {
     pub async fn open(store: Arc<dyn EventStore>, name: &str) -> Result<Self, StoreError> {
         let stream = StreamName::new(format!("$inbox-{name}"))?;
         let mut seen = HashSet::new();
-        replay_stream(store.as_ref(), &stream, |record| {
+        replay_stream(store.as_ref(), &stream, 0, |record| {
             if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&record.data)
                 && let Some(id) = value["event_id"].as_str().and_then(|s| s.parse().ok())
             {

@@ -50,6 +50,7 @@ mod inbox;
 pub mod processor;
 mod replay;
 mod repository;
+pub mod snapshot;
 pub mod testing;
 
 pub use bus::{BusError, Command, CommandBus, Envelope};

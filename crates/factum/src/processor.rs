@@ -152,7 +152,7 @@ pub async fn unresolved_dead_letters(
     let stream = dead_letter_stream(processor)?;
     let mut letters = Vec::new();
     let mut resolved: HashSet<Uuid> = HashSet::new();
-    replay_stream(store, &stream, |record| {
+    replay_stream(store, &stream, 0, |record| {
         match record.event_type.as_str() {
             DEAD_LETTERED => {
                 if let Ok(mut letter) = serde_json::from_slice::<DeadLetter>(&record.data) {

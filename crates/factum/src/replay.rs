@@ -6,14 +6,14 @@ use factum_core::{Direction, EventStore, RecordedEvent, StoreError, StreamName};
 /// Events read per page.
 pub(crate) const PAGE_EVENTS: usize = 4096;
 
-/// Hands every event of `stream` to `visit`, oldest first, a page at a time. A stream that does
-/// not exist has no events.
+/// Hands every event of `stream` from revision `from` on to `visit`, oldest first, a page at a
+/// time. A stream that does not exist has no events.
 pub(crate) async fn replay_stream<E: From<StoreError>>(
     store: &dyn EventStore,
     stream: &StreamName,
+    mut from: u64,
     mut visit: impl FnMut(&RecordedEvent) -> Result<(), E>,
 ) -> Result<(), E> {
-    let mut from = 0;
     loop {
         let page = match store
             .read_stream(stream, from, Direction::Forwards, PAGE_EVENTS)

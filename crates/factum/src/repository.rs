@@ -1,9 +1,12 @@
 use std::sync::Arc;
 
 use factum_core::{EventStore, ExpectedState, StoreError, StreamName};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::bus::{BusError, Command, Envelope};
 use crate::replay::replay_stream;
+use crate::snapshot::Snapshots;
 use crate::{CodecError, CommandContext, Decider, EventCodec};
 
 /// A command for the aggregate with this id: what the bus carries to a repository's handler
@@ -65,6 +68,10 @@ pub struct Loaded<S> {
     pub state: S,
     /// The revision of the last event folded in.
     pub revision: Option<u64>,
+    /// The revision of the snapshot the load started from (`None`: replayed from the start).
+    pub snapshot: Option<u64>,
+    /// How many events were read and folded (after the snapshot, if one was used).
+    pub replayed: u64,
 }
 
 /// What executing a command did.
@@ -88,6 +95,7 @@ pub struct Repository<D: Decider> {
     decider: D,
     codec: EventCodec<D>,
     attempts_max: usize,
+    snapshots: Option<Snapshots<D::State>>,
 }
 
 impl<D: Decider> Repository<D> {
@@ -104,12 +112,71 @@ impl<D: Decider> Repository<D> {
             decider,
             codec,
             attempts_max: 5,
+            snapshots: None,
         }
     }
 
     /// Decides a conflicting command at most this many times.
     pub fn with_attempts_max(mut self, attempts: usize) -> Self {
         self.attempts_max = attempts.max(1);
+        self
+    }
+
+    /// Saves a snapshot of the state once `every` events were folded since the last one (or
+    /// since the start), and loads from the newest snapshot plus the events after it.
+    ///
+    /// Snapshots live in `$snapshot-<stream>` in the same store, tagged with
+    /// [`Decider::state_version`]; a snapshot of another version, or one that no longer decodes
+    /// or no longer matches its stream, is ignored and the stream is replayed. Saving happens
+    /// after a command's events are durable; if it fails, the command still succeeded and the
+    /// failure is logged.
+    ///
+    /// A snapshot holds the effect of every event up to its revision, so an aggregate stream
+    /// whose old events are hidden by `truncate_before`, `max_count` or `max_age` metadata is
+    /// loaded from the snapshot as if they were still there.
+    ///
+    /// ```
+    /// use factum::{CommandContext, Decider, MemoryStore, Repository};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize)]
+    /// # enum Event { Incremented }
+    /// # #[derive(Debug, thiserror::Error)]
+    /// # #[error("never")]
+    /// # struct Never;
+    /// struct Counter;
+    /// impl Decider for Counter {
+    ///     type State = u64; // serde, so that it can be snapshotted
+    ///     # type Command = ();
+    ///     # type Event = Event;
+    ///     # type Error = Never;
+    ///     # const CATEGORY: &'static str = "counter";
+    ///     # fn initial_state(&self) -> u64 { 0 }
+    ///     # fn decide(&self, _: &u64, _: &()) -> Result<Vec<Event>, Never> { Ok(vec![Event::Incremented]) }
+    ///     # fn evolve(&self, n: u64, _: &Event) -> u64 { n + 1 }
+    ///     // ...
+    /// }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let counters = Repository::new(MemoryStore::new(), Counter).with_snapshots(10);
+    /// for _ in 0..25 {
+    ///     counters.execute("c-1", (), &CommandContext::new()).await.unwrap();
+    /// }
+    /// let loaded = counters.load("c-1").await.unwrap();
+    /// assert_eq!(loaded.state, 25);
+    /// assert_eq!(loaded.snapshot, Some(19)); // saved after the 20th event
+    /// assert_eq!(loaded.replayed, 5);
+    /// # });
+    /// ```
+    pub fn with_snapshots(mut self, every: u64) -> Self
+    where
+        D::State: Serialize + DeserializeOwned,
+    {
+        self.snapshots = Some(Snapshots {
+            every: every.max(1),
+            version: self.decider.state_version(),
+            encode: |state| serde_json::to_vec(state),
+            decode: |bytes| serde_json::from_slice(bytes),
+        });
         self
     }
 
@@ -139,18 +206,60 @@ impl<D: Decider> Repository<D> {
         &self,
         stream: &StreamName,
     ) -> Result<Loaded<D::State>, RepositoryError<D::Error>> {
+        let found = match &self.snapshots {
+            Some(snapshots) => snapshots.load(self.store.as_ref(), stream).await?,
+            None => None,
+        };
+        let (start, snapshot, from) = match found {
+            Some(found) => (found.state, Some(found.revision), found.revision + 1),
+            None => (self.decider.initial_state(), None, 0),
+        };
         // `evolve` takes the state by value; the closure moves it out and back in.
-        let mut state = Some(self.decider.initial_state());
-        let mut revision = None;
-        replay_stream(self.store.as_ref(), stream, |recorded| {
+        let mut state = Some(start);
+        let mut revision = snapshot;
+        let mut replayed = 0;
+        replay_stream(self.store.as_ref(), stream, from, |recorded| {
             let event = self.codec.decode(&self.decider, recorded)?;
             state = state.take().map(|state| self.decider.evolve(state, &event));
             revision = Some(recorded.revision);
+            replayed += 1;
             Ok::<_, RepositoryError<D::Error>>(())
         })
         .await?;
         let state = state.unwrap_or_else(|| self.decider.initial_state());
-        Ok(Loaded { state, revision })
+        Ok(Loaded {
+            state,
+            revision,
+            snapshot,
+            replayed,
+        })
+    }
+
+    /// After `events` were stored (the last with `last_id` at `revision`), saves a snapshot if
+    /// enough events were folded since the last one.
+    async fn snapshot_after(
+        &self,
+        stream: &StreamName,
+        loaded: Loaded<D::State>,
+        events: &[D::Event],
+        revision: u64,
+        last_id: uuid::Uuid,
+    ) {
+        let Some(snapshots) = &self.snapshots else {
+            return;
+        };
+        if loaded.replayed + (events.len() as u64) < snapshots.every {
+            return;
+        }
+        let state = events.iter().fold(loaded.state, |state, event| {
+            self.decider.evolve(state, event)
+        });
+        if let Err(error) = snapshots
+            .save(self.store.as_ref(), stream, &state, revision, last_id)
+            .await
+        {
+            tracing::warn!(%stream, revision, %error, "snapshot not saved");
+        }
     }
 
     /// Executes a command against aggregate `id`. Its events carry the context's correlation
@@ -184,8 +293,11 @@ impl<D: Decider> Repository<D> {
                 None => ExpectedState::NoStream,
                 Some(revision) => ExpectedState::Exact(revision),
             };
+            let last_id = encoded.last().map(|event| event.id).unwrap_or_default();
             match self.store.append(&stream, expected, encoded).await {
                 Ok(result) => {
+                    self.snapshot_after(&stream, loaded, &events, result.last_revision, last_id)
+                        .await;
                     return Ok(Executed {
                         events,
                         revision: Some(result.last_revision),

@@ -1,0 +1,150 @@
+//! Snapshots of an aggregate's state, so that loading a long stream does not replay it whole.
+//!
+//! A snapshot is an event of type `Snapshot` in the stream `$snapshot-<stream>`, beside the
+//! aggregate's stream, in the same store. Its data is the state as JSON; its metadata names the
+//! state's schema version ([`Decider::state_version`](crate::Decider::state_version)), and the
+//! revision and id of the last event folded into it. A snapshot is used only when all three
+//! still hold: the version is today's, and the stream still has that event at that revision
+//! (so a stream deleted and written again is replayed from its events). Anything else — a
+//! changed version, a state that no longer decodes — is ignored and the stream is replayed.
+
+use bytes::Bytes;
+use factum_core::{ContentType, Direction, EventStore, NewEvent, StoreError, StreamName};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The event type of a stored snapshot.
+pub const SNAPSHOT_EVENT_TYPE: &str = "Snapshot";
+
+/// The snapshot stream beside `stream`: `$snapshot-<stream>`.
+pub fn snapshot_stream(stream: &StreamName) -> Result<StreamName, StoreError> {
+    StreamName::new(format!("$snapshot-{stream}"))
+}
+
+/// What a snapshot's metadata records.
+#[derive(Serialize, Deserialize)]
+struct SnapshotMeta {
+    #[serde(rename = "$stateVersion")]
+    state_version: u32,
+    #[serde(rename = "$revision")]
+    revision: u64,
+    #[serde(rename = "$eventId")]
+    event_id: Uuid,
+}
+
+/// How a repository takes and reads snapshots of states of type `S`: the policy, and the state's
+/// JSON encoding (fixed where `S` is known to be serde).
+pub(crate) struct Snapshots<S> {
+    /// Save a snapshot once this many events were folded since the last one.
+    pub every: u64,
+    /// The state's schema version today.
+    pub version: u32,
+    pub encode: fn(&S) -> serde_json::Result<Vec<u8>>,
+    pub decode: fn(&[u8]) -> serde_json::Result<S>,
+}
+
+/// A usable snapshot: the state after the event at `revision`.
+pub(crate) struct Found<S> {
+    pub state: S,
+    pub revision: u64,
+}
+
+impl<S> Snapshots<S> {
+    /// The newest snapshot of `stream`, if there is one this code can use.
+    pub async fn load(
+        &self,
+        store: &dyn EventStore,
+        stream: &StreamName,
+    ) -> Result<Option<Found<S>>, StoreError> {
+        // A stream name too long to prefix has no snapshots.
+        let Ok(beside) = snapshot_stream(stream) else {
+            return Ok(None);
+        };
+        let newest = match store
+            .read_stream(&beside, u64::MAX, Direction::Backwards, 1)
+            .await
+        {
+            Ok(mut page) => match page.pop() {
+                Some(event) => event,
+                None => return Ok(None),
+            },
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let meta: SnapshotMeta = match serde_json::from_slice(&newest.metadata) {
+            Ok(meta) => meta,
+            Err(e) => {
+                tracing::warn!(%stream, error = %e, "snapshot metadata unreadable; replaying");
+                return Ok(None);
+            }
+        };
+        if meta.state_version != self.version {
+            tracing::debug!(
+                %stream,
+                stored = meta.state_version,
+                current = self.version,
+                "snapshot of another state version; replaying"
+            );
+            return Ok(None);
+        }
+        // The event the snapshot was taken after must still be there, as it was.
+        let at = match store
+            .read_stream(stream, meta.revision, Direction::Forwards, 1)
+            .await
+        {
+            Ok(page) => page,
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if !at
+            .first()
+            .is_some_and(|e| e.revision == meta.revision && e.id == meta.event_id)
+        {
+            tracing::debug!(%stream, revision = meta.revision, "snapshot no longer matches the stream; replaying");
+            return Ok(None);
+        }
+        match (self.decode)(&newest.data) {
+            Ok(state) => Ok(Some(Found {
+                state,
+                revision: meta.revision,
+            })),
+            Err(e) => {
+                tracing::warn!(%stream, error = %e, "snapshot state does not decode; replaying");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Saves `state`, the state after event `event_id` at `revision` of `stream`.
+    pub async fn save(
+        &self,
+        store: &dyn EventStore,
+        stream: &StreamName,
+        state: &S,
+        revision: u64,
+        event_id: Uuid,
+    ) -> Result<(), StoreError> {
+        let Ok(beside) = snapshot_stream(stream) else {
+            return Ok(());
+        };
+        let data = (self.encode)(state)
+            .map_err(|e| StoreError::invalid(format!("state does not serialise: {e}")))?;
+        let metadata = serde_json::to_vec(&SnapshotMeta {
+            state_version: self.version,
+            revision,
+            event_id,
+        })
+        .map_err(|e| StoreError::invalid(e.to_string()))?;
+        let event = NewEvent {
+            id: Uuid::now_v7(),
+            event_type: SNAPSHOT_EVENT_TYPE.to_owned(),
+            content_type: ContentType::Json,
+            data: Bytes::from(data),
+            metadata: Bytes::from(metadata),
+        };
+        store
+            .append(&beside, factum_core::ExpectedState::Any, vec![event])
+            .await?;
+        Ok(())
+    }
+}
