@@ -6,7 +6,7 @@ mod demo;
 mod json;
 
 use std::io::{BufRead, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow};
@@ -129,6 +129,11 @@ enum Command {
         /// The file to read (default: stdin).
         file: Option<PathBuf>,
     },
+    /// Events that an event processor's handlers gave up on: list them, or have them replayed.
+    Deadletters {
+        #[command(subcommand)]
+        action: DeadLetters,
+    },
     /// Measure appends and reads against PostgreSQL and SQLite on the same machine.
     Bench(bench::BenchArgs),
     /// A walk through the event store on the embedded engine: a shopping cart.
@@ -211,12 +216,108 @@ fn expected_arg(text: &str) -> Result<ExpectedState> {
     text.parse().map_err(|e: StoreError| bad(e.to_string()))
 }
 
+#[derive(Subcommand)]
+enum DeadLetters {
+    /// Print a processor's unresolved dead letters, one JSON object a line; with no processor,
+    /// print each processor that has any, with their number.
+    List {
+        /// The processor's name.
+        processor: Option<String>,
+    },
+    /// Ask a processor to replay its dead letters: it does so the next time it starts, and
+    /// those whose handler now succeeds are resolved.
+    Replay {
+        /// The processor's name.
+        processor: String,
+    },
+}
+
 fn open(cli_dir: &std::path::Path) -> Result<Engine> {
     Ok(Engine::open(cli_dir, Options::default())?)
 }
 
 fn stdout() -> BufWriter<std::io::StdoutLock<'static>> {
     BufWriter::with_capacity(1 << 16, std::io::stdout().lock())
+}
+
+async fn dead_letters(dir: &Path, action: DeadLetters) -> Result<()> {
+    use factum::processor::{dead_letter_stream, request_replay, unresolved_dead_letters};
+    let processor_arg = |name: &str| -> Result<()> {
+        if name.is_empty() {
+            return Err(bad("processor name is empty".to_owned()));
+        }
+        dead_letter_stream(name)
+            .map(drop)
+            .map_err(|e| bad(format!("processor name: {e}")))
+    };
+    match action {
+        DeadLetters::List {
+            processor: Some(processor),
+        } => {
+            processor_arg(&processor)?;
+            let store = open(dir)?;
+            let mut out = stdout();
+            for letter in unresolved_dead_letters(&store, &processor).await? {
+                writeln!(out, "{}", serde_json::to_string(&letter)?)?;
+            }
+            out.flush()?;
+            store.close()?;
+        }
+        DeadLetters::List { processor: None } => {
+            const PREFIX: &str = "$deadletter-";
+            let store = open(dir)?;
+            let mut out = stdout();
+            let mut after: Option<StreamName> = None;
+            loop {
+                let page = store.list_streams(PREFIX, after.as_ref(), 1000).await?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.name.clone());
+                for info in page {
+                    let Some(processor) = info.name.as_str().strip_prefix(PREFIX) else {
+                        continue;
+                    };
+                    let unresolved = unresolved_dead_letters(&store, processor).await?.len();
+                    if unresolved > 0 {
+                        writeln!(
+                            out,
+                            "{}",
+                            serde_json::json!({"processor": processor, "unresolved": unresolved})
+                        )?;
+                    }
+                }
+            }
+            out.flush()?;
+            store.close()?;
+        }
+        DeadLetters::Replay { processor } => {
+            processor_arg(&processor)?;
+            let store = open(dir)?;
+            let unresolved = unresolved_dead_letters(&store, &processor).await?.len();
+            if unresolved == 0 {
+                println!(
+                    "{}",
+                    serde_json::json!({"processor": processor, "unresolved": 0, "replay_requested": false})
+                );
+                eprintln!("processor '{processor}' has no dead letters to replay");
+            } else {
+                let position = request_replay(&store, &processor).await?;
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "processor": processor,
+                        "unresolved": unresolved,
+                        "replay_requested": true,
+                        "position": position,
+                    })
+                );
+                eprintln!(
+                    "processor '{processor}' replays its {unresolved} dead letter(s) when it next starts"
+                );
+            }
+            store.close()?;
+        }
+    }
+    Ok(())
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -383,6 +484,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&metadata.unwrap_or_default())?);
             store.close()?;
         }
+        Command::Deadletters { action } => dead_letters(dir, action).await?,
         Command::Verify => {
             let store = open(dir)?;
             let bar = bytes_bar(0, "verifying");

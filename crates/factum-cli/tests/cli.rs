@@ -314,3 +314,108 @@ fn a_second_process_on_the_same_directory_is_refused() {
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert!(stderr(&out).contains("in use"));
 }
+
+/// Runs a processor `notifier` with one handler over the store in `dir`: `notify` fails on
+/// `Failing` events while `failing` holds.
+fn run_notifier(dir: &Path, failing: bool, append: bool) {
+    use factum::{EventProcessor, EventStore, ExpectedState, NewEvent, RetryPolicy, StreamName};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let engine = factum_engine::Engine::open(dir, factum_engine::Options::default()).unwrap();
+        if append {
+            let events = vec![
+                NewEvent::json("Fine", &serde_json::json!({})).unwrap(),
+                NewEvent::json("Failing", &serde_json::json!({"n": 1})).unwrap(),
+            ];
+            engine
+                .append(
+                    &StreamName::user("order-1").unwrap(),
+                    ExpectedState::Any,
+                    events,
+                )
+                .await
+                .unwrap();
+        }
+        let store: std::sync::Arc<dyn EventStore> = std::sync::Arc::new(engine.clone());
+        let processor = EventProcessor::builder("notifier", store)
+            .on_any(factum::handler_fn("notify", move |event| async move {
+                if failing && event.event_type == "Failing" {
+                    Err("the mail server is down".into())
+                } else {
+                    Ok(())
+                }
+            }))
+            .retry(RetryPolicy {
+                attempts: 1,
+                ..RetryPolicy::default()
+            })
+            .build()
+            .unwrap();
+        // Starting replays what was asked for; then it stops at once.
+        processor.run(std::future::ready(())).await.unwrap();
+        let head = engine.head();
+        processor.run_until(head).await.unwrap();
+        engine.close().unwrap();
+    });
+}
+
+#[test]
+fn dead_letters_are_listed_and_replayed_when_the_processor_next_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    run_notifier(dir.path(), true, true);
+
+    let out = factum(dir.path(), &["deadletters", "list"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        lines(&out),
+        vec![serde_json::json!({"processor": "notifier", "unresolved": 1})]
+    );
+    let out = factum(dir.path(), &["deadletters", "list", "notifier"], "");
+    let letters = lines(&out);
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["handler"], "notify");
+    assert_eq!(letters[0]["event_type"], "Failing");
+    assert_eq!(letters[0]["stream"], "order-1");
+    assert_eq!(letters[0]["revision"], 1);
+    assert_eq!(letters[0]["error"], "the mail server is down");
+
+    let out = factum(dir.path(), &["deadletters", "replay", "notifier"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(lines(&out)[0]["replay_requested"], true);
+    assert!(stderr(&out).contains("when it next starts"));
+    // Nothing is replayed until the processor starts.
+    assert_eq!(
+        lines(&factum(
+            dir.path(),
+            &["deadletters", "list", "notifier"],
+            ""
+        ))
+        .len(),
+        1
+    );
+
+    // The mail server is back; the processor starts and replays.
+    run_notifier(dir.path(), false, false);
+    let out = factum(dir.path(), &["deadletters", "list", "notifier"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(lines(&out).is_empty());
+    assert!(lines(&factum(dir.path(), &["deadletters", "list"], "")).is_empty());
+    let out = factum(dir.path(), &["deadletters", "replay", "notifier"], "");
+    assert_eq!(lines(&out)[0]["replay_requested"], false);
+}
+
+#[test]
+fn dead_letters_of_an_unknown_processor_are_none_and_a_bad_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = factum(dir.path(), &["deadletters", "list", "nobody"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(lines(&out).is_empty());
+    let long = "p".repeat(600);
+    let out = factum(dir.path(), &["deadletters", "replay", &long], "");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = factum(dir.path(), &["deadletters", "list", ""], "");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
