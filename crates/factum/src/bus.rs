@@ -2,6 +2,60 @@
 //! the bus's middleware (tracing, validation, authorisation, audit — all `tower::Layer`s).
 //! The sender gets the handler's result or a typed rejection; system-generated commands can be
 //! dispatched without waiting, through the same handlers and middleware.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use factum::bus::{BusError, Command, CommandBus, Envelope, MemoryAuditLog};
+//! use factum::CommandContext;
+//!
+//! struct Ship { order: String }
+//!
+//! impl Command for Ship {
+//!     type Output = String; // the tracking number
+//!     fn name() -> &'static str { "Ship" }
+//!     fn validate(&self) -> Result<(), String> {
+//!         if self.order.is_empty() { return Err("no order".into()); }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! #[derive(Debug, thiserror::Error)]
+//! #[error("order {0} is on hold")]
+//! struct OnHold(String);
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let audit = Arc::new(MemoryAuditLog::default());
+//! let bus = CommandBus::builder()
+//!     .with_tracing()
+//!     .with_validation()
+//!     .with_authorization(|context, _name| context.user.is_some())
+//!     .with_audit(audit.clone())
+//!     .handle::<Ship, _>(tower::service_fn(|envelope: Envelope<Ship>| async move {
+//!         if envelope.command.order == "o-13" {
+//!             return Err(BusError::rejected(OnHold(envelope.command.order)));
+//!         }
+//!         Ok(format!("TRACK-{}", envelope.command.order))
+//!     }))
+//!     .build()
+//!     .unwrap();
+//!
+//! let clerk = CommandContext::new().by("clerk");
+//! let tracking = bus.send(Ship { order: "o-1".into() }, clerk.clone()).await.unwrap();
+//! assert_eq!(tracking, "TRACK-o-1");
+//!
+//! // A rejection comes back typed; validation and authorisation stop a command early.
+//! let held = bus.send(Ship { order: "o-13".into() }, clerk.clone()).await.unwrap_err();
+//! assert_eq!(held.rejection::<OnHold>().unwrap().0, "o-13");
+//! assert!(bus.send(Ship { order: "".into() }, clerk).await.is_err());
+//! assert!(bus.send(Ship { order: "o-2".into() }, CommandContext::new()).await.is_err());
+//!
+//! // The audit log has who sent what, and how it ended.
+//! let entries = audit.entries();
+//! assert_eq!(entries.len(), 4);
+//! assert_eq!(entries[0].user.as_deref(), Some("clerk"));
+//! assert!(entries[1].error.is_some());
+//! # });
+//! ```
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;

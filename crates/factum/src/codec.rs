@@ -56,6 +56,27 @@ type Step = Box<dyn Fn(Value) -> Result<Value, String> + Send + Sync>;
 /// Steps that bring stored events of old schema versions up to date, keyed by
 /// `(event type, version)` (the shape cqrs-es uses). Each step moves one event type from one
 /// version to the next, or renames a type; steps chain until none applies.
+///
+/// ```
+/// use factum::Upcasters;
+/// use serde_json::json;
+///
+/// // `Paid {amount: euros}` (version 1) became `Deposited {cents}` (version 2).
+/// let upcasters = Upcasters::default()
+///     .rename("Paid", 1, "Deposited")
+///     .upgrade("Deposited", 1, |mut data| {
+///         let euros = data["amount"].as_u64().ok_or("no amount")?;
+///         data = json!({ "cents": euros * 100 });
+///         Ok(data)
+///     });
+/// let (event_type, version, data) =
+///     upcasters.upcast("Paid".into(), 1, json!({"amount": 5})).unwrap();
+/// assert_eq!((event_type.as_str(), version), ("Deposited", 2));
+/// assert_eq!(data, json!({"cents": 500}));
+/// ```
+///
+/// A decider returns its upcasters from [`Decider::upcasters`] and the version it writes today
+/// from [`Decider::event_version`]; the repository applies them when it loads.
 #[derive(Default)]
 pub struct Upcasters {
     steps: HashMap<(String, u32), (String, u32, Step)>,

@@ -41,6 +41,24 @@ impl CommandContext {
 
     /// A context for a command caused by a recorded event (a process manager, a saga): same
     /// correlation as the event, caused by the event.
+    ///
+    /// ```
+    /// use factum::{CommandContext, Direction, EventStore, ExpectedState, MemoryStore, StreamName};
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// let user = CommandContext::new().by("ann");
+    /// let placed = factum::NewEvent::json("OrderPlaced", &serde_json::json!({})).unwrap()
+    ///     .with_metadata(&user.metadata(1)).unwrap();
+    /// let stream = StreamName::user("order-1").unwrap();
+    /// store.append(&stream, ExpectedState::Any, vec![placed]).await.unwrap();
+    /// let event = store.read_stream(&stream, 0, Direction::Forwards, 1).await.unwrap().remove(0);
+    ///
+    /// let follow_up = CommandContext::caused_by(&event);
+    /// assert_eq!(follow_up.correlation_id, user.correlation_id);
+    /// assert_eq!(follow_up.causation_id, event.id.to_string());
+    /// assert_eq!(follow_up.user.as_deref(), Some("ann"));
+    /// # });
+    /// ```
     pub fn caused_by(event: &factum_core::RecordedEvent) -> Self {
         let metadata = event.metadata_json();
         let correlation_id = metadata

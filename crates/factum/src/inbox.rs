@@ -14,7 +14,37 @@ use uuid::Uuid;
 
 use crate::replay::replay_stream;
 
-/// Remembers which events were handled.
+/// Remembers which events were handled, so that a handler runs its effect once per event id.
+/// The ids are kept in the stream `$inbox-{name}`, so they survive restarts.
+///
+/// The effect and the record of it are two steps: a crash between them lets the effect happen
+/// again. Where the effect is itself an append to the store, prefer deterministic event ids
+/// (for example [`Inbox::derived_id`]), which make the append idempotent on its own.
+///
+/// ```
+/// use std::sync::Arc;
+/// use factum::{Direction, EventStore, ExpectedState, Inbox, MemoryStore, NewEvent, StoreError,
+///              StreamName};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+/// let vip = NewEvent::json("CustomerBecameVip", &serde_json::json!({})).unwrap();
+/// let stream = StreamName::user("history-ann").unwrap();
+/// store.append(&stream, ExpectedState::Any, vec![vip]).await.unwrap();
+/// let event = store.read_stream(&stream, 0, Direction::Forwards, 1).await.unwrap().remove(0);
+///
+/// let inbox = Inbox::open(store.clone(), "congratulations").await.unwrap();
+/// let mut sent = 0;
+/// for _delivery in 0..2 {
+///     inbox.once(&event, || async { sent += 1; Ok::<_, StoreError>(()) }).await.unwrap();
+/// }
+/// assert_eq!(sent, 1);
+/// // A restarted service opens the inbox again and still knows.
+/// let inbox = Inbox::open(store, "congratulations").await.unwrap();
+/// let again = inbox.once(&event, || async { Ok::<_, StoreError>(()) }).await.unwrap();
+/// assert!(again.is_none());
+/// # });
+/// ```
 pub struct Inbox {
     store: Arc<dyn EventStore>,
     stream: StreamName,

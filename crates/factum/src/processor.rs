@@ -4,6 +4,45 @@
 //! events are taken in log order, so each stream's order is kept. An event a handler still
 //! fails after its last attempt is parked in the dead-letter stream `$deadletter-{processor}`
 //! with the error and its position, where it can be listed and replayed.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::time::Duration;
+//! use factum::{EventProcessor, EventStore, ExpectedState, MemoryStore, NewEvent, RetryPolicy,
+//!              StreamName, handler_fn};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+//! let cancelled = NewEvent::json("OrderCancelled", &serde_json::json!({"amount": 10})).unwrap();
+//! store.append(&StreamName::user("order-1").unwrap(), ExpectedState::Any, vec![cancelled])
+//!     .await.unwrap();
+//!
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let refund_calls = calls.clone();
+//! let processor = EventProcessor::builder("cancellations", store.clone())
+//!     // Fails twice, then succeeds: retried with backoff.
+//!     .on("OrderCancelled", handler_fn("refund", move |_event| {
+//!         let n = refund_calls.fetch_add(1, Ordering::SeqCst);
+//!         async move { if n < 2 { Err("gateway down".into()) } else { Ok(()) } }
+//!     }))
+//!     // Always fails: parked as a dead letter, without holding up the refund.
+//!     .on("OrderCancelled", handler_fn("notify", |_event| async {
+//!         Err("mail server down".into())
+//!     }))
+//!     .retry(RetryPolicy { attempts: 3, initial_delay: Duration::from_millis(1),
+//!                          ..RetryPolicy::default() })
+//!     .build()
+//!     .unwrap();
+//!
+//! let stats = processor.run_until(store.head()).await.unwrap();
+//! assert_eq!((stats.events, stats.dead_lettered), (1, 1));
+//! assert_eq!(calls.load(Ordering::SeqCst), 3);
+//! let parked = processor.dead_letters().await.unwrap();
+//! assert_eq!(parked[0].handler, "notify");
+//! assert_eq!(store.read_checkpoint("cancellations").await.unwrap(), Some(0));
+//! # });
+//! ```
 
 use std::collections::HashSet;
 use std::future::Future;
