@@ -217,7 +217,9 @@ impl<D: Decider> EventCodec<D> {
             text.push(b':');
             text.extend_from_slice(&recorded.data);
             text.push(b'}');
-            return serde_json::from_slice(&text).map_err(|e| bad(e.to_string()));
+            // One UTF-8 check of the whole text is cheaper than serde's check of each string.
+            let text = String::from_utf8(text).map_err(|e| bad(e.to_string()))?;
+            return serde_json::from_str(&text).map_err(|e| bad(e.to_string()));
         }
         if version > current && !self.upcasters.applies(&recorded.event_type, version) {
             return Err(CodecError::FutureVersion {
