@@ -145,7 +145,7 @@ fn bus(store: Arc<dyn EventStore>) -> anyhow::Result<CommandBus> {
 // --- Step 5: reacting to events --------------------------------------------------------------
 
 /// Below this, the owner is warned.
-const LOW_BALANCE_CENTS: u64 = 10_00;
+const LOW_BALANCE_CENTS: u64 = 1000;
 
 /// Where warnings go (an e-mail or a push message in a real service).
 trait Notifier: Send + Sync + 'static {
@@ -235,13 +235,13 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     bus.send(
-        account(AccountCommand::Deposit { cents: 50_00 }),
+        account(AccountCommand::Deposit { cents: 5000 }),
         ann.clone(),
     )
     .await?;
     let done = bus
         .send(
-            account(AccountCommand::Withdraw { cents: 45_00 }),
+            account(AccountCommand::Withdraw { cents: 4500 }),
             ann.clone(),
         )
         .await?;
@@ -251,7 +251,7 @@ async fn main() -> anyhow::Result<()> {
     );
     match bus
         .send(
-            account(AccountCommand::Withdraw { cents: 100_00 }),
+            account(AccountCommand::Withdraw { cents: 10000 }),
             ann.clone(),
         )
         .await
@@ -338,21 +338,21 @@ mod tests {
         })
         .await
         .unwrap();
-        send(AccountCommand::Deposit { cents: 50_00 })
+        send(AccountCommand::Deposit { cents: 5000 })
             .await
             .unwrap();
-        send(AccountCommand::Withdraw { cents: 30_00 })
+        send(AccountCommand::Withdraw { cents: 3000 })
             .await
             .unwrap(); // 20.00 left
-        send(AccountCommand::Withdraw { cents: 15_00 })
+        send(AccountCommand::Withdraw { cents: 1500 })
             .await
             .unwrap(); // 5.00 left: warn
-        let refused = send(AccountCommand::Withdraw { cents: 6_00 })
+        let refused = send(AccountCommand::Withdraw { cents: 600 })
             .await
             .unwrap_err();
         assert_eq!(
             refused.rejection::<AccountError>(),
-            Some(&AccountError::InsufficientFunds { balance: 5_00 })
+            Some(&AccountError::InsufficientFunds { balance: 500 })
         );
         // Without a user, the authorisation layer refuses.
         assert!(
