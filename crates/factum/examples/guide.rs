@@ -338,9 +338,7 @@ mod tests {
         })
         .await
         .unwrap();
-        send(AccountCommand::Deposit { cents: 5000 })
-            .await
-            .unwrap();
+        send(AccountCommand::Deposit { cents: 5000 }).await.unwrap();
         send(AccountCommand::Withdraw { cents: 3000 })
             .await
             .unwrap(); // 20.00 left
