@@ -67,14 +67,15 @@ impl Decider for Orders {
     }
 }
 
-/// Appends `events` order lines to `stream`, 1000 per append, with a progress bar.
+/// Appends `events` order lines, 1000 per append, append `n` to stream `stream_of(n)`, with a
+/// progress bar.
 async fn fill(
     engine: &Engine,
-    stream: &StreamName,
+    stream_of: impl Fn(u64) -> Result<StreamName>,
     events: u64,
     payloads: &Payloads,
 ) -> Result<()> {
-    let progress = bar(events, format!("writing {stream}"));
+    let progress = bar(events, format!("writing {events} events"));
     for chunk in 0..events.div_ceil(1000) {
         let events = (0..1000.min(events - chunk * 1000))
             .map(|i| {
@@ -85,7 +86,9 @@ async fn fill(
             })
             .collect::<Result<Vec<_>>>()?;
         let n = events.len() as u64;
-        engine.append(stream, ExpectedState::Any, events).await?;
+        engine
+            .append(&stream_of(chunk)?, ExpectedState::Any, events)
+            .await?;
         progress.inc(n);
     }
     progress.finish_and_clear();
@@ -97,7 +100,7 @@ pub async fn load(engine: Engine, payloads: &Payloads) -> Result<Row> {
     const EVENTS: u64 = 10_000;
     const RUNS: usize = 50;
     let stream = StreamName::user("bench-order-long")?;
-    fill(&engine, &stream, EVENTS, payloads).await?;
+    fill(&engine, |_| Ok(stream.clone()), EVENTS, payloads).await?;
     let orders = Repository::new(engine, Orders);
     let progress = bar(RUNS as u64, "load 10k factum".into());
     let mut latencies = Vec::with_capacity(RUNS);
@@ -122,7 +125,7 @@ pub async fn load_snapshot(engine: Engine, payloads: &Payloads) -> Result<Row> {
     const EVENTS: u64 = 1_000_000;
     const RUNS: usize = 2_000;
     let stream = StreamName::user("bench-order-huge")?;
-    fill(&engine, &stream, EVENTS, payloads).await?;
+    fill(&engine, |_| Ok(stream.clone()), EVENTS, payloads).await?;
     let orders = Repository::new(engine, Orders).with_snapshots(100);
     let t = Instant::now();
     orders.execute("huge", (), &CommandContext::new()).await?;
@@ -157,23 +160,8 @@ pub async fn load_snapshot(engine: Engine, payloads: &Payloads) -> Result<Row> {
 pub async fn processor(engine: Engine, payloads: &Payloads) -> Result<Row> {
     const EVENTS: u64 = 1_000_000;
     let first = engine.head();
-    let progress = bar(EVENTS, "writing for the processor".into());
-    for chunk in 0..EVENTS / 1000 {
-        let stream = StreamName::user(format!("bench-proc-{chunk}"))?;
-        let events = (0..1000)
-            .map(|i| {
-                Ok(NewEvent::json(
-                    "OrderLineAdded",
-                    &serde_json::value::RawValue::from_string(payloads.get(chunk * 1000 + i))?,
-                )?)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        engine
-            .append(&stream, ExpectedState::NoStream, events)
-            .await?;
-        progress.inc(1000);
-    }
-    progress.finish_and_clear();
+    let stream_of = |chunk| Ok(StreamName::user(format!("bench-proc-{chunk}"))?);
+    fill(&engine, stream_of, EVENTS, payloads).await?;
     let end = engine.head();
     let store: Arc<dyn EventStore> = Arc::new(engine);
     // The processor starts where this scenario's events start.
