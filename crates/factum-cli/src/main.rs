@@ -243,9 +243,6 @@ fn stdout() -> BufWriter<std::io::StdoutLock<'static>> {
 async fn dead_letters(dir: &Path, action: DeadLetters) -> Result<()> {
     use factum::processor::{dead_letter_stream, request_replay, unresolved_dead_letters};
     let processor_arg = |name: &str| -> Result<()> {
-        if name.is_empty() {
-            return Err(bad("processor name is empty".to_owned()));
-        }
         dead_letter_stream(name)
             .map(drop)
             .map_err(|e| bad(format!("processor name: {e}")))

@@ -55,7 +55,7 @@ pub struct Inbox {
 impl Inbox {
     /// Opens the inbox `name`, loading the ids it has recorded.
     pub async fn open(store: Arc<dyn EventStore>, name: &str) -> Result<Self, StoreError> {
-        let stream = StreamName::new(format!("$inbox-{name}"))?;
+        let stream = crate::toolkit_stream("inbox", name)?;
         let mut seen = HashSet::new();
         replay_stream(store.as_ref(), &stream, 0, |record| {
             if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&record.data)

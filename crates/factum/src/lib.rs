@@ -61,6 +61,17 @@ pub use inbox::Inbox;
 pub use processor::{EventHandler, EventProcessor, HandlerError, RetryPolicy, handler_fn};
 pub use repository::{Executed, Loaded, Repository, RepositoryError, ToAggregate};
 
+/// The toolkit's own stream `${kind}-{name}` (`$deadletter-…`, `$inbox-…`, `$snapshot-…`): an
+/// empty name would make a stream that is not one of the toolkit's, so it is refused.
+pub(crate) fn toolkit_stream(kind: &str, name: &str) -> Result<StreamName, StoreError> {
+    if name.is_empty() {
+        return Err(StoreError::invalid(format!(
+            "a '${kind}-' stream needs a name after the prefix"
+        )));
+    }
+    StreamName::new(format!("${kind}-{name}"))
+}
+
 pub use factum_core::{
     AppendResult, Direction, EventStore, ExpectedState, MemoryStore, NewEvent, RecordedEvent,
     StoreError, StreamName, Subscription, SubscriptionFilter,

@@ -180,7 +180,7 @@ const REPLAY_DONE: &str = "DeadLetterReplayDone";
 
 /// The dead-letter stream of a processor.
 pub fn dead_letter_stream(processor: &str) -> Result<StreamName, StoreError> {
-    StreamName::new(format!("$deadletter-{processor}"))
+    crate::toolkit_stream("deadletter", processor)
 }
 
 /// Dead letters of a processor that no replay has resolved yet, oldest first.

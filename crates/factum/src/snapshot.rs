@@ -18,7 +18,7 @@ pub const SNAPSHOT_EVENT_TYPE: &str = "Snapshot";
 
 /// The snapshot stream beside `stream`: `$snapshot-<stream>`.
 pub fn snapshot_stream(stream: &StreamName) -> Result<StreamName, StoreError> {
-    StreamName::new(format!("$snapshot-{stream}"))
+    crate::toolkit_stream("snapshot", stream.as_str())
 }
 
 /// What a snapshot's metadata records.

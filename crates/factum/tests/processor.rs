@@ -362,3 +362,27 @@ fn backoff_grows_exponentially_within_its_jitter_and_cap() {
     };
     assert_eq!(steady.delay(3), Duration::from_millis(400));
 }
+
+#[tokio::test]
+async fn an_empty_processor_or_inbox_name_is_refused_and_writes_nothing() {
+    let store = Arc::new(MemoryStore::new());
+    let head = store.head();
+    assert!(matches!(
+        factum::processor::dead_letter_stream(""),
+        Err(factum::StoreError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        unresolved_dead_letters(store.as_ref(), "").await,
+        Err(factum::StoreError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        request_replay(store.as_ref(), "").await,
+        Err(factum::StoreError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        Inbox::open(store.clone(), "").await,
+        Err(factum::StoreError::InvalidInput(_))
+    ));
+    assert!(EventProcessor::builder("", store.clone()).build().is_err());
+    assert_eq!(store.head(), head, "nothing was written");
+}
