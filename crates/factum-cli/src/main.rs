@@ -263,24 +263,25 @@ async fn dead_letters(dir: &Path, action: DeadLetters) -> Result<()> {
         DeadLetters::List { processor: None } => {
             const PREFIX: &str = "$deadletter-";
             let store = open(dir)?;
+            let mut processors = Vec::new();
+            for_each_stream_page(&store, PREFIX, u64::MAX, |page| {
+                processors.extend(
+                    page.iter()
+                        .filter_map(|info| info.name.as_str().strip_prefix(PREFIX))
+                        .map(str::to_owned),
+                );
+                Ok(())
+            })
+            .await?;
             let mut out = stdout();
-            let mut after: Option<StreamName> = None;
-            loop {
-                let page = store.list_streams(PREFIX, after.as_ref(), 1000).await?;
-                let Some(last) = page.last() else { break };
-                after = Some(last.name.clone());
-                for info in page {
-                    let Some(processor) = info.name.as_str().strip_prefix(PREFIX) else {
-                        continue;
-                    };
-                    let unresolved = unresolved_dead_letters(&store, processor).await?.len();
-                    if unresolved > 0 {
-                        writeln!(
-                            out,
-                            "{}",
-                            serde_json::json!({"processor": processor, "unresolved": unresolved})
-                        )?;
-                    }
+            for processor in processors {
+                let unresolved = unresolved_dead_letters(&store, &processor).await?.len();
+                if unresolved > 0 {
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({"processor": processor, "unresolved": unresolved})
+                    )?;
                 }
             }
             out.flush()?;
@@ -358,17 +359,11 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let stream = StreamName::new(stream).map_err(|e| bad(e.to_string()))?;
             let store = open(dir)?;
-            let direction = if backwards {
-                Direction::Backwards
-            } else {
-                Direction::Forwards
-            };
-            let from = from.unwrap_or(if backwards { u64::MAX } else { 0 });
             print_pages(
                 limit,
                 from,
                 backwards,
-                |from, page| {
+                |from, direction, page| {
                     let store = store.clone();
                     let stream = stream.clone();
                     async move { store.read_stream(&stream, from, direction, page).await }
@@ -383,17 +378,11 @@ async fn run(cli: Cli) -> Result<()> {
             limit,
         } => {
             let store = open(dir)?;
-            let direction = if backwards {
-                Direction::Backwards
-            } else {
-                Direction::Forwards
-            };
-            let from = from.unwrap_or(if backwards { u64::MAX } else { 0 });
             print_pages(
                 limit,
                 from,
                 backwards,
-                |from, page| {
+                |from, direction, page| {
                     let store = store.clone();
                     async move { store.read_all(from, direction, page).await }
                 },
@@ -429,19 +418,13 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Streams { prefix, limit } => {
             let store = open(dir)?;
             let mut out = stdout();
-            let mut after: Option<StreamName> = None;
-            let mut left = limit;
-            while left > 0 {
-                let page = store
-                    .list_streams(&prefix, after.as_ref(), left.min(10_000) as usize)
-                    .await?;
-                let Some(last) = page.last() else { break };
-                after = Some(last.name.clone());
-                left -= page.len() as u64;
+            for_each_stream_page(&store, &prefix, limit, |page| {
                 for info in page {
                     writeln!(out, "{}", serde_json::to_string(&info)?)?;
                 }
-            }
+                Ok(())
+            })
+            .await?;
             out.flush()?;
         }
         Command::Delete {
@@ -528,22 +511,50 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// Prints pages of events until `limit` events or the end.
+/// Hands the streams whose names start with `prefix` to `visit`, a page at a time, up to
+/// `limit` streams in name order.
+async fn for_each_stream_page(
+    store: &Engine,
+    prefix: &str,
+    limit: u64,
+    mut visit: impl FnMut(Vec<factum_core::StreamInfo>) -> Result<()>,
+) -> Result<()> {
+    let mut after: Option<StreamName> = None;
+    let mut left = limit;
+    while left > 0 {
+        let page = store
+            .list_streams(prefix, after.as_ref(), left.min(10_000) as usize)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.name.clone());
+        left -= page.len() as u64;
+        visit(page)?;
+    }
+    Ok(())
+}
+
+/// Prints pages of events until `limit` events or the end, from `from` (default: the start, or
+/// the end when reading backwards); `key` is what the next page starts after.
 async fn print_pages<F, Fut>(
     limit: u64,
-    mut from: u64,
+    from: Option<u64>,
     backwards: bool,
     mut read: F,
     key: impl Fn(&factum_core::RecordedEvent) -> u64,
 ) -> Result<()>
 where
-    F: FnMut(u64, usize) -> Fut,
+    F: FnMut(u64, Direction, usize) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<factum_core::RecordedEvent>, StoreError>>,
 {
+    let (direction, mut from) = if backwards {
+        (Direction::Backwards, from.unwrap_or(u64::MAX))
+    } else {
+        (Direction::Forwards, from.unwrap_or(0))
+    };
     let mut out = stdout();
     let mut left = limit;
     while left > 0 {
-        let events = read(from, left.min(4096) as usize).await?;
+        let events = read(from, direction, left.min(4096) as usize).await?;
         let Some(last) = events.last() else { break };
         let last_key = key(last);
         left -= events.len() as u64;
