@@ -36,15 +36,7 @@ pub(crate) fn verify(
     let mut next_position = 0u64;
     for (segment, len) in segments.iter().zip(lengths) {
         report.segments += 1;
-        if segment.first_position != next_position {
-            return Err(segment.corrupted(
-                0,
-                format!(
-                    "segment starts at position {}, expected {next_position}",
-                    segment.first_position
-                ),
-            ));
-        }
+        segment.expect_first_position(next_position)?;
         let mut reader = FrameReader::new(segment, len, SEGMENT_HEADER_BYTES as u64);
         report.bytes += SEGMENT_HEADER_BYTES as u64;
         while next_position < head {
@@ -56,15 +48,7 @@ pub(crate) fn verify(
                     return Err(segment.corrupted(at, reason));
                 }
             };
-            if frame.header.first_position != next_position {
-                return Err(segment.corrupted(
-                    at,
-                    format!(
-                        "frame starts at position {}, expected {next_position}",
-                        frame.header.first_position
-                    ),
-                ));
-            }
+            frame.expect_first_position(segment, next_position)?;
             let records = frame.records(segment)?;
             let index = shared.index.read();
             for (offset, event) in records {

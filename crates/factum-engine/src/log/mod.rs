@@ -94,6 +94,20 @@ impl Segment {
             reason: reason.into(),
         }
     }
+
+    /// Checks that the segment starts where the one before it ended.
+    pub fn expect_first_position(&self, next_position: u64) -> Result<(), StoreError> {
+        if self.first_position != next_position {
+            return Err(self.corrupted(
+                0,
+                format!(
+                    "segment starts at position {}, expected {next_position}",
+                    self.first_position
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Reads until `buf` is full or the file ends; returns how much was read.
@@ -283,6 +297,24 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// Checks that the frame starts where the one before it ended.
+    pub fn expect_first_position(
+        &self,
+        segment: &Segment,
+        next_position: u64,
+    ) -> Result<(), StoreError> {
+        if self.header.first_position != next_position {
+            return Err(segment.corrupted(
+                self.offset,
+                format!(
+                    "frame starts at position {}, expected {next_position}",
+                    self.header.first_position
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Hands each record's fields (and its file offset) to `visit`. The frame's checksum was
     /// checked when it was read, and it covers every record byte.
     pub fn visit_records(

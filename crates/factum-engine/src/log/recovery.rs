@@ -133,14 +133,8 @@ pub fn replay(
                 format!("the log ends at {len} but the index says it reaches {offset}"),
             ));
         }
-        if offset == SEGMENT_HEADER_BYTES as u64 && segment.first_position != next_position {
-            return Err(segment.corrupted(
-                0,
-                format!(
-                    "segment starts at position {}, expected {next_position}",
-                    segment.first_position
-                ),
-            ));
+        if offset == SEGMENT_HEADER_BYTES as u64 {
+            segment.expect_first_position(next_position)?;
         }
         let mut reader = FrameReader::new(segment, *len, offset);
         loop {
@@ -148,15 +142,7 @@ pub fn replay(
             match reader.next()? {
                 Ok(None) => break,
                 Ok(Some(frame)) => {
-                    if frame.header.first_position != next_position {
-                        return Err(segment.corrupted(
-                            at,
-                            format!(
-                                "frame starts at position {}, expected {next_position}",
-                                frame.header.first_position
-                            ),
-                        ));
-                    }
+                    frame.expect_first_position(segment, next_position)?;
                     frame.visit_records(segment, |offset, position, record| {
                         apply(segment, offset, position, record)
                     })?;
