@@ -418,4 +418,10 @@ fn dead_letters_of_an_unknown_processor_are_none_and_a_bad_name_is_refused() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let out = factum(dir.path(), &["deadletters", "list", ""], "");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = factum(dir.path(), &["deadletters", "replay", ""], "");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // Nothing was written: no replay request, no event at all.
+    let out = factum(dir.path(), &["read-all"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(lines(&out).is_empty());
 }
