@@ -1,0 +1,395 @@
+//! Read models in PostgreSQL.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use factum_core::now_micros;
+use futures::future::try_join_all;
+use tokio::sync::{Mutex, watch};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, NoTls};
+
+use crate::read_model::{META_DDL, Registry};
+use crate::sql::check_identifier;
+use crate::{
+    Commit, ProjectionError, ProjectionState, ReadModel, Row, SwapOutcome, Table, Target, Value,
+};
+
+/// A read model in a PostgreSQL schema. The statements of a batch are pipelined on one
+/// connection and run in order in one transaction with the checkpoint.
+///
+/// A rebuild fills tables of the same names in the schema `{schema}__rebuild` and moves them
+/// into `schema` when it swaps, indexes included.
+pub struct PgReadModel {
+    schema: String,
+    writer: Mutex<Writer>,
+    reader: Client,
+    registry: Registry,
+    committed: watch::Sender<u64>,
+}
+
+struct Writer {
+    client: Client,
+    /// Prepared statements by target and projection SQL.
+    prepared: [HashMap<String, tokio_postgres::Statement>; 2],
+}
+
+async fn connect(config: &str, schema: &str) -> Result<Client, ProjectionError> {
+    let (client, connection) = tokio_postgres::connect(config, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "read-model connection to PostgreSQL closed");
+        }
+    });
+    client
+        .batch_execute(&format!("SET search_path TO {schema}"))
+        .await?;
+    Ok(client)
+}
+
+impl PgReadModel {
+    /// Connects (`postgres://…` or `host=… user=…`) and creates `schema` if it is missing.
+    /// Queries see the schema's tables without qualifying them.
+    pub async fn connect(config: &str, schema: &str) -> Result<Self, ProjectionError> {
+        check_identifier("schema", schema)?;
+        let schema = schema.to_ascii_lowercase();
+        let client = connect(config, &schema).await?;
+        create(
+            &client,
+            &format!("CREATE SCHEMA IF NOT EXISTS {schema}; {META_DDL}"),
+        )
+        .await?;
+        let reader = connect(config, &schema).await?;
+        // Queries read; they never write.
+        reader
+            .batch_execute("SET default_transaction_read_only = on")
+            .await?;
+        Ok(PgReadModel {
+            schema,
+            writer: Mutex::new(Writer {
+                client,
+                prepared: [HashMap::new(), HashMap::new()],
+            }),
+            reader,
+            registry: Registry::default(),
+            committed: watch::channel(0).0,
+        })
+    }
+
+    /// The schema the tables live in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    fn shadow_schema(&self) -> String {
+        format!("{}__rebuild", self.schema)
+    }
+}
+
+/// Runs `CREATE … IF NOT EXISTS` statements. Two sessions creating the same object at once
+/// may race to a unique violation; then the object exists, and running them again settles it.
+async fn create(client: &Client, ddl: &str) -> Result<(), ProjectionError> {
+    let mut attempts = 0;
+    loop {
+        match client.batch_execute(ddl).await {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if attempts < 3
+                    && e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
+            {
+                attempts += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn checkpoint(
+    tx: &tokio_postgres::Transaction<'_>,
+    name: &str,
+    target: Target,
+) -> Result<(Option<u64>, bool), ProjectionError> {
+    let column = match target {
+        Target::Live => "position",
+        Target::Shadow => "rebuild_position",
+    };
+    let row = tx
+        .query_opt(
+            &format!(
+                "SELECT {column}, rebuilding FROM factum_projections WHERE name = $1 FOR UPDATE"
+            ),
+            &[&name],
+        )
+        .await?
+        .ok_or_else(|| ProjectionError::UnknownProjection(name.to_owned()))?;
+    Ok((row.get::<_, Option<i64>>(0).map(|p| p as u64), row.get(1)))
+}
+
+fn value_from_pg(row: &tokio_postgres::Row, i: usize) -> Result<Value, ProjectionError> {
+    let column = &row.columns()[i];
+    let ty = column.type_();
+    let value = match *ty {
+        Type::BOOL => row.try_get::<_, Option<bool>>(i)?.into(),
+        Type::INT2 => row.try_get::<_, Option<i16>>(i)?.into(),
+        Type::INT4 => row.try_get::<_, Option<i32>>(i)?.into(),
+        Type::INT8 => row.try_get::<_, Option<i64>>(i)?.into(),
+        Type::FLOAT4 => row.try_get::<_, Option<f32>>(i)?.map(f64::from).into(),
+        Type::FLOAT8 => row.try_get::<_, Option<f64>>(i)?.into(),
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => {
+            row.try_get::<_, Option<String>>(i)?.into()
+        }
+        Type::BYTEA => row.try_get::<_, Option<Vec<u8>>>(i)?.into(),
+        Type::JSON | Type::JSONB => row
+            .try_get::<_, Option<serde_json::Value>>(i)?
+            .map(|v| v.to_string())
+            .into(),
+        _ => {
+            return Err(ProjectionError::invalid(format!(
+                "column '{}' has type {ty}, which queries cannot return yet; cast it (::text)",
+                column.name()
+            )));
+        }
+    };
+    Ok(value)
+}
+
+fn param_refs(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
+}
+
+#[async_trait]
+impl ReadModel for PgReadModel {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn install(
+        &self,
+        name: &str,
+        version: u32,
+        tables: &[Table],
+    ) -> Result<ProjectionState, ProjectionError> {
+        let registered = self.registry.register(name, tables)?;
+        let mut writer = self.writer.lock().await;
+        let tx = writer.client.transaction().await?;
+        for table in &registered.tables {
+            let mut ddl = table.create_sql(&table.name);
+            for index in table.index_sql(&table.name) {
+                ddl.push_str("; ");
+                ddl.push_str(&index);
+            }
+            tx.batch_execute(&ddl).await?;
+        }
+        tx.execute(
+            "INSERT INTO factum_projections (name, version) VALUES ($1, $2) \
+             ON CONFLICT (name) DO NOTHING",
+            &[&name, &i64::from(version)],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE factum_projections SET version = $2 \
+             WHERE name = $1 AND position IS NULL AND NOT rebuilding",
+            &[&name, &i64::from(version)],
+        )
+        .await?;
+        tx.commit().await?;
+        drop(writer);
+        self.state(name).await
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<(), ProjectionError> {
+        let registered = self.registry.get(&commit.projection)?;
+        let shadow_schema = self.shadow_schema();
+        let physical = |table: &str| match commit.target {
+            Target::Live => table.to_owned(),
+            Target::Shadow => format!("{shadow_schema}.{table}"),
+        };
+        let mut guard = self.writer.lock().await;
+        let writer = &mut *guard;
+        let slot = usize::from(commit.target == Target::Shadow);
+        // Prepare what this batch needs first, outside the transaction's pipeline.
+        for statement in &commit.statements {
+            if !writer.prepared[slot].contains_key(statement.sql.as_ref()) {
+                let sql = registered.sql(commit.target, &statement.sql, physical, false)?;
+                let prepared = writer.client.prepare(&sql).await?;
+                writer.prepared[slot].insert(statement.sql.to_string(), prepared);
+            }
+        }
+        let tx = writer.client.transaction().await?;
+        let (found, rebuilding) = checkpoint(&tx, &commit.projection, commit.target).await?;
+        if found != commit.expected || (commit.target == Target::Shadow && !rebuilding) {
+            return Err(ProjectionError::CheckpointMoved {
+                projection: commit.projection,
+                expected: commit.expected,
+                found,
+            });
+        }
+        let prepared = &writer.prepared[slot];
+        let mut pending = Vec::with_capacity(commit.statements.len());
+        for statement in &commit.statements {
+            let Some(prepared) = prepared.get(statement.sql.as_ref()) else {
+                return Err(ProjectionError::invalid("a statement was not prepared"));
+            };
+            let params = param_refs(&statement.params);
+            let tx = &tx;
+            // Sent one after another on the connection without waiting: PostgreSQL runs them
+            // in order.
+            pending.push(async move { tx.execute(prepared, &params).await });
+        }
+        try_join_all(pending).await?;
+        let now = now_micros() as i64;
+        let position = commit.position as i64;
+        let head = commit.head as i64;
+        match commit.target {
+            Target::Live => {
+                tx.execute(
+                    "UPDATE factum_projections SET position = $2, recorded_at_us = $3, \
+                     updated_at_us = $4, head = $5 WHERE name = $1",
+                    &[
+                        &commit.projection,
+                        &position,
+                        &(commit.recorded_at_us as i64),
+                        &now,
+                        &head,
+                    ],
+                )
+                .await?
+            }
+            Target::Shadow => {
+                tx.execute(
+                    "UPDATE factum_projections SET rebuild_position = $2, rebuild_target = $3 \
+                     WHERE name = $1",
+                    &[&commit.projection, &position, &head],
+                )
+                .await?
+            }
+        };
+        tx.commit().await?;
+        self.committed.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    async fn begin_rebuild(&self, name: &str, target: u64) -> Result<(), ProjectionError> {
+        let registered = self.registry.get(name)?;
+        let shadow_schema = self.shadow_schema();
+        let mut writer = self.writer.lock().await;
+        writer.prepared[1].clear();
+        create(
+            &writer.client,
+            &format!("CREATE SCHEMA IF NOT EXISTS {shadow_schema}"),
+        )
+        .await?;
+        let tx = writer.client.transaction().await?;
+        for table in &registered.tables {
+            let physical = format!("{shadow_schema}.{}", table.name);
+            let mut ddl = format!("DROP TABLE IF EXISTS {physical}; ");
+            ddl.push_str(&table.create_sql(&physical));
+            for index in table.index_sql(&physical) {
+                ddl.push_str("; ");
+                ddl.push_str(&index);
+            }
+            tx.batch_execute(&ddl).await?;
+        }
+        let changed = tx
+            .execute(
+                "UPDATE factum_projections SET rebuilding = TRUE, rebuild_position = NULL, \
+                 rebuild_target = $2, rebuild_started_at_us = $3 WHERE name = $1",
+                &[&name, &(target as i64), &(now_micros() as i64)],
+            )
+            .await?;
+        if changed == 0 {
+            return Err(ProjectionError::UnknownProjection(name.to_owned()));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn swap(
+        &self,
+        name: &str,
+        version: u32,
+        recorded_at_us: u64,
+    ) -> Result<SwapOutcome, ProjectionError> {
+        let registered = self.registry.get(name)?;
+        let shadow_schema = self.shadow_schema();
+        let mut writer = self.writer.lock().await;
+        let tx = writer.client.transaction().await?;
+        let (live, _) = checkpoint(&tx, name, Target::Live).await?;
+        let (shadow, rebuilding) = checkpoint(&tx, name, Target::Shadow).await?;
+        if !rebuilding {
+            return Err(ProjectionError::invalid(format!(
+                "projection '{name}' has no rebuild to swap in"
+            )));
+        }
+        if let Some(live) = live
+            && shadow.is_none_or(|s| s < live)
+        {
+            return Ok(SwapOutcome::LiveAhead { live });
+        }
+        for table in &registered.tables {
+            tx.batch_execute(&format!(
+                "DROP TABLE IF EXISTS {schema}.{table}; \
+                 ALTER TABLE {shadow_schema}.{table} SET SCHEMA {schema}",
+                schema = self.schema,
+                table = table.name
+            ))
+            .await?;
+        }
+        let now = now_micros() as i64;
+        tx.execute(
+            "UPDATE factum_projections SET version = $2, position = rebuild_position, \
+             recorded_at_us = $3, updated_at_us = $4, rebuilding = FALSE, \
+             rebuild_position = NULL, rebuild_requested = FALSE, rebuilt_at_us = $4 \
+             WHERE name = $1",
+            &[&name, &i64::from(version), &(recorded_at_us as i64), &now],
+        )
+        .await?;
+        tx.commit().await?;
+        writer.prepared = [HashMap::new(), HashMap::new()];
+        self.committed.send_modify(|n| *n += 1);
+        Ok(SwapOutcome::Swapped)
+    }
+
+    async fn request_rebuild(&self, name: &str) -> Result<(), ProjectionError> {
+        let changed = self
+            .writer
+            .lock()
+            .await
+            .client
+            .execute(
+                "UPDATE factum_projections SET rebuild_requested = TRUE WHERE name = $1",
+                &[&name],
+            )
+            .await?;
+        if changed == 0 {
+            return Err(ProjectionError::UnknownProjection(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>, ProjectionError> {
+        let sql = crate::sql::rewrite(sql, |name| Some(name.to_owned()), false)?;
+        let rows = self.reader.query(&sql, &param_refs(params)).await?;
+        let Some(first) = rows.first() else {
+            return Ok(Vec::new());
+        };
+        let columns: Arc<[String]> = first
+            .columns()
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect();
+        rows.iter()
+            .map(|row| {
+                let values = (0..columns.len())
+                    .map(|i| value_from_pg(row, i))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Row::new(columns.clone(), values))
+            })
+            .collect()
+    }
+
+    fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
+}
