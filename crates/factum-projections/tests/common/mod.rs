@@ -158,6 +158,12 @@ pub const PG: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
 /// reason printed) when the server is not reachable outside CI. Under `CI=true` a missing
 /// server fails the test.
 pub async fn postgres(label: &str) -> Option<Arc<dyn ReadModel>> {
+    let schema = postgres_schema(label).await?;
+    Some(Arc::new(PgReadModel::connect(PG, &schema).await.unwrap()))
+}
+
+/// An empty PostgreSQL schema named after `label`, as [`postgres`] makes it.
+pub async fn postgres_schema(label: &str) -> Option<String> {
     // Schema names are short: the initials of the scenario's words.
     let initials: String = label.split('_').filter_map(|w| w.chars().next()).collect();
     let schema = format!("fp_{initials}_{}", label.len());
@@ -178,5 +184,5 @@ pub async fn postgres(label: &str) -> Option<Arc<dyn ReadModel>> {
         ))
         .await
         .unwrap();
-    Some(Arc::new(PgReadModel::connect(PG, &schema).await.unwrap()))
+    Some(schema)
 }
