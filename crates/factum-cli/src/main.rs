@@ -4,6 +4,7 @@ mod bench;
 mod bench_toolkit;
 mod demo;
 mod json;
+mod projections;
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -134,6 +135,11 @@ enum Command {
         #[command(subcommand)]
         action: DeadLetters,
     },
+    /// Projections' read models: their lag, and rebuilds.
+    Projections {
+        #[command(subcommand)]
+        action: projections::Projections,
+    },
     /// Measure appends and reads against PostgreSQL and SQLite on the same machine.
     Bench(bench::BenchArgs),
     /// A walk through the event store on the embedded engine: a shopping cart.
@@ -163,15 +169,27 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     if error.downcast_ref::<BadInput>().is_some() {
         return exit::INVALID_INPUT;
     }
-    match error.downcast_ref::<StoreError>() {
-        Some(StoreError::InvalidInput(_)) => exit::INVALID_INPUT,
-        Some(StoreError::WrongExpectedRevision { .. } | StoreError::CheckpointBehind { .. }) => {
+    match error.downcast_ref::<factum_projections::ProjectionError>() {
+        Some(factum_projections::ProjectionError::Invalid(_)) => return exit::INVALID_INPUT,
+        Some(factum_projections::ProjectionError::UnknownProjection(_)) => return exit::NOT_FOUND,
+        Some(factum_projections::ProjectionError::Store(e)) => return store_exit_code(e),
+        _ => {}
+    }
+    error
+        .downcast_ref::<StoreError>()
+        .map_or(exit::FAILURE, store_exit_code)
+}
+
+fn store_exit_code(error: &StoreError) -> u8 {
+    match error {
+        StoreError::InvalidInput(_) => exit::INVALID_INPUT,
+        StoreError::WrongExpectedRevision { .. } | StoreError::CheckpointBehind { .. } => {
             exit::WRONG_EXPECTED_REVISION
         }
-        Some(StoreError::NotFound(_)) => exit::NOT_FOUND,
-        Some(StoreError::StreamDeleted(_)) => exit::DELETED,
-        Some(StoreError::Corrupted { .. }) => exit::CORRUPTED,
-        Some(StoreError::Locked(_)) => exit::LOCKED,
+        StoreError::NotFound(_) => exit::NOT_FOUND,
+        StoreError::StreamDeleted(_) => exit::DELETED,
+        StoreError::Corrupted { .. } => exit::CORRUPTED,
+        StoreError::Locked(_) => exit::LOCKED,
         _ => exit::FAILURE,
     }
 }
@@ -465,6 +483,7 @@ async fn run(cli: Cli) -> Result<()> {
             store.close()?;
         }
         Command::Deadletters { action } => dead_letters(dir, action).await?,
+        Command::Projections { action } => projections::run(dir, action).await?,
         Command::Verify => {
             let store = open(dir)?;
             let bar = bytes_bar(0, "verifying");
