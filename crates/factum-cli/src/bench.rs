@@ -22,7 +22,7 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Scenarios to run (bulk, concurrent, single, read-all; also open, load, load-snapshot,
-    /// bus, processor).
+    /// bus, processor, project, project-e2e).
     #[arg(
         long,
         value_delimiter = ',',
@@ -566,6 +566,17 @@ pub async fn run(data_dir: &Path, args: BenchArgs) -> Result<()> {
     let mut written = vec![0u64; stores.len()];
     let payloads = Arc::new(Payloads::new());
     for scenario in &args.scenarios {
+        if matches!(scenario.as_str(), "project" | "project-e2e") {
+            let measured =
+                crate::bench_projections::run(scenario, work.path(), &args.postgres, &payloads)
+                    .await
+                    .with_context(|| scenario.clone())?;
+            for r in measured {
+                print_row(&args, &r);
+                rows.push(r);
+            }
+            continue;
+        }
         for (i, store) in stores.iter().enumerate() {
             let result = match scenario.as_str() {
                 "bulk" => bulk(store, args.bulk_events, &payloads).await,
@@ -595,7 +606,7 @@ pub async fn run(data_dir: &Path, args: BenchArgs) -> Result<()> {
                 other => {
                     bail!(
                         "unknown scenario '{other}' (bulk, concurrent, single, read-all, open, \
-                         load, load-snapshot, bus, processor)"
+                         load, load-snapshot, bus, processor, project, project-e2e)"
                     )
                 }
             };

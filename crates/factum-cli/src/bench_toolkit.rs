@@ -69,7 +69,7 @@ impl Decider for Orders {
 
 /// Appends `events` order lines, 1000 per append, append `n` to stream `stream_of(n)`, with a
 /// progress bar.
-async fn fill(
+pub(crate) async fn fill(
     engine: &Engine,
     stream_of: impl Fn(u64) -> Result<StreamName>,
     events: u64,
