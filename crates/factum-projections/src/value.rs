@@ -189,10 +189,16 @@ impl Row {
             .collect()
     }
 
-    /// The row deserialised into a type whose fields are the column names.
+    /// The row deserialised into a type: a struct whose fields are the column names, or a
+    /// tuple of the columns in order.
     pub fn to<T: DeserializeOwned>(&self) -> Result<T, ProjectionError> {
-        serde_json::from_value(serde_json::Value::Object(self.to_json())).map_err(|e| {
-            ProjectionError::invalid(format!("a row does not fit the type asked for: {e}"))
-        })
+        serde_json::from_value(serde_json::Value::Object(self.to_json()))
+            .or_else(|by_name| {
+                let values = self.values.iter().map(Value::to_json).collect();
+                serde_json::from_value(serde_json::Value::Array(values)).map_err(|_| by_name)
+            })
+            .map_err(|e| {
+                ProjectionError::invalid(format!("a row does not fit the type asked for: {e}"))
+            })
     }
 }

@@ -12,14 +12,22 @@
 //! The product (one stream per SKU) is the consistency boundary, so every command names the
 //! SKU it is about: allocating never takes more than a product has.
 //!
+//! A projection keeps a `batches` table in a read model, so that a question across products —
+//! which have fewer than 10 units available? — is one query, not a replay of every stream.
+//!
 //! `cargo run --example allocation` runs it on the embedded store (`FACTUM_DATA_DIR`, default
-//! `./factum-data`); `cargo test --example allocation` runs its tests.
+//! `./factum-data`) with the read model in `FACTUM_READ_MODEL` (default
+//! `./factum-read-model.db`); `cargo test --example allocation` runs its tests.
 
 use std::sync::Arc;
 
 use factum::{
-    BusError, CommandBus, CommandContext, Decider, EventProcessor, EventStore, Executed,
-    RecordedEvent, Repository, ToAggregate, handler_fn,
+    BusError, CommandBus, CommandContext, Decider, EventCodec, EventProcessor, EventStore,
+    Executed, RecordedEvent, Repository, ToAggregate, handler_fn,
+};
+use factum_projections::{
+    ApplyError, Projection, ProjectionError, Projector, ReadModel, SqliteReadModel, Table, Tx,
+    Value,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -338,6 +346,85 @@ fn allocation_processor(
         .build()?)
 }
 
+/// The read model of stock: one row per batch, with what is allocated from it.
+struct Stock;
+
+impl Projection for Stock {
+    fn name(&self) -> &str {
+        "stock"
+    }
+
+    fn tables(&self) -> Vec<Table> {
+        vec![Table::new(
+            "batches",
+            "sku TEXT NOT NULL, reference TEXT NOT NULL, quantity BIGINT NOT NULL, \
+             allocated BIGINT NOT NULL, eta TEXT, PRIMARY KEY (sku, reference)",
+        )]
+    }
+
+    fn filter(&self) -> factum::SubscriptionFilter {
+        factum::SubscriptionFilter {
+            stream_prefixes: vec!["product-".into()],
+            ..Default::default()
+        }
+    }
+
+    fn apply(&self, tx: &mut Tx, event: &RecordedEvent) -> Result<(), ApplyError> {
+        let sku = Value::from(sku_of(event));
+        match EventCodec::new(&Products).decode(&Products, event)? {
+            ProductEvent::BatchCreated {
+                reference,
+                quantity,
+                eta,
+            } => tx.execute(
+                "INSERT INTO {batches} (sku, reference, quantity, allocated, eta) \
+                 VALUES ($1, $2, $3, 0, $4)",
+                [sku, reference.into(), quantity.into(), eta.into()],
+            ),
+            ProductEvent::Allocated {
+                reference,
+                quantity,
+                ..
+            } => tx.execute(
+                "UPDATE {batches} SET allocated = allocated + $3 WHERE sku = $1 AND reference = $2",
+                [sku, reference.into(), quantity.into()],
+            ),
+            ProductEvent::Deallocated {
+                reference,
+                quantity,
+                ..
+            } => tx.execute(
+                "UPDATE {batches} SET allocated = allocated - $3 WHERE sku = $1 AND reference = $2",
+                [sku, reference.into(), quantity.into()],
+            ),
+            ProductEvent::BatchQuantityChanged {
+                reference,
+                quantity,
+            } => tx.execute(
+                "UPDATE {batches} SET quantity = $3 WHERE sku = $1 AND reference = $2",
+                [sku, reference.into(), quantity.into()],
+            ),
+            ProductEvent::OutOfStock { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+/// Products with fewer than `units` available (in stock or on the way), fewest first.
+async fn products_under(
+    read_model: &dyn ReadModel,
+    units: i64,
+) -> Result<Vec<(String, i64)>, ProjectionError> {
+    let rows = read_model
+        .query(
+            "SELECT sku, CAST(SUM(quantity - allocated) AS BIGINT) AS available FROM batches \
+             GROUP BY sku HAVING SUM(quantity - allocated) < $1 ORDER BY available, sku",
+            &[units.into()],
+        )
+        .await?;
+    rows.iter().map(|row| row.to()).collect()
+}
+
 async fn send(
     bus: &CommandBus,
     sku: &str,
@@ -406,6 +493,20 @@ async fn main() -> anyhow::Result<()> {
     println!("  processor handled {} event(s)", stats.events);
     for notification in notifications.0.lock().iter() {
         println!("  notification: {notification}");
+    }
+    let file =
+        std::env::var("FACTUM_READ_MODEL").unwrap_or_else(|_| "./factum-read-model.db".into());
+    let read_model = SqliteReadModel::open(&file).await?;
+    Projector::new(store.clone(), Arc::new(read_model.clone()), Stock)
+        .run_until(engine.head())
+        .await?;
+    println!("  products with fewer than 10 available (read model in {file}):");
+    let low = products_under(&read_model, 10).await?;
+    for (sku, available) in &low {
+        println!("    {sku}: {available}");
+    }
+    if low.is_empty() {
+        println!("    (none)");
     }
     let product = Repository::with_store(store, Products).load(&sku).await?;
     for batch in product.state.batches {
@@ -662,6 +763,59 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(after.len(), events.len());
+    }
+
+    /// The stock read model answers "fewer than 10 available" across products, and follows
+    /// allocations, a reduced batch and the reallocation it causes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn products_under_10_available_come_from_the_read_model() {
+        let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+        let dir = tempfile::tempdir().unwrap();
+        let read_model = SqliteReadModel::open(dir.path().join("read.db"))
+            .await
+            .unwrap();
+        let projector = Projector::new(store.clone(), Arc::new(read_model.clone()), Stock);
+        let bus = bus(store.clone()).unwrap();
+        send(&bus, "LAMP", batch("warehouse", 20, None))
+            .await
+            .unwrap();
+        send(&bus, "CHAIR", batch("warehouse", 8, None))
+            .await
+            .unwrap();
+        send(&bus, "DESK", batch("ship", 30, Some("2026-12-24")))
+            .await
+            .unwrap();
+        send(&bus, "LAMP", allocate("o-1", 12)).await.unwrap();
+        send(&bus, "CHAIR", allocate("o-2", 9)).await.unwrap(); // out of stock
+        projector.run_until(store.head()).await.unwrap();
+        assert_eq!(
+            products_under(&read_model, 10).await.unwrap(),
+            [("CHAIR".to_owned(), 8), ("LAMP".to_owned(), 8)]
+        );
+
+        // A new batch for the lamp; the chair's batch shrinks under an allocation.
+        send(&bus, "LAMP", batch("ship", 50, Some("2026-12-02")))
+            .await
+            .unwrap();
+        send(&bus, "CHAIR", allocate("o-3", 5)).await.unwrap();
+        send(
+            &bus,
+            "CHAIR",
+            ProductCommand::ChangeBatchQuantity {
+                reference: "warehouse".into(),
+                quantity: 4,
+            },
+        )
+        .await
+        .unwrap();
+        projector.run_until(store.head()).await.unwrap();
+        assert_eq!(
+            products_under(&read_model, 10).await.unwrap(),
+            [("CHAIR".to_owned(), 4)],
+            "the chair's allocation of 5 was taken back from its batch of 4"
+        );
+        let everything = products_under(&read_model, i64::MAX).await.unwrap();
+        assert_eq!(everything.len(), 3);
     }
 
     #[tokio::test]
