@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
-use factum_core::{Direction, EventStore, StoreError};
+use factum_core::StoreError;
 use factum_engine::{Engine, Options};
 use factum_projections::{ProjectionState, ReadModel, open_read_model};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -89,17 +89,9 @@ async fn head(dir: &Path) -> Result<Option<(u64, u64)>> {
         Err(StoreError::Locked(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let head = engine.head();
-    let recorded = match head.checked_sub(1) {
-        Some(last) => engine
-            .read_all(last, Direction::Forwards, 1)
-            .await?
-            .first()
-            .map_or(0, |e| e.recorded_at_us),
-        None => 0,
-    };
+    let head = factum_projections::head_of(&engine).await;
     engine.close()?;
-    Ok(Some((head, recorded)))
+    Ok(Some(head?))
 }
 
 async fn status(dir: &Path, read_model: &dyn ReadModel) -> Result<()> {

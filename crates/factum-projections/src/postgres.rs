@@ -10,7 +10,7 @@ use tokio::sync::{Mutex, watch};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
-use crate::read_model::{META_DDL, Registry};
+use crate::read_model::{META_DDL, Registry, check_continues, swap_check};
 use crate::sql::check_identifier;
 use crate::{
     Commit, ProjectionError, ProjectionState, ReadModel, Row, SwapOutcome, Table, Target, Value,
@@ -218,13 +218,7 @@ impl ReadModel for PgReadModel {
         }
         let tx = writer.client.transaction().await?;
         let (found, rebuilding) = checkpoint(&tx, &commit.projection, commit.target).await?;
-        if found != commit.expected || (commit.target == Target::Shadow && !rebuilding) {
-            return Err(ProjectionError::CheckpointMoved {
-                projection: commit.projection,
-                expected: commit.expected,
-                found,
-            });
-        }
+        check_continues(&commit, found, rebuilding)?;
         let prepared = &writer.prepared[slot];
         let mut pending = Vec::with_capacity(commit.statements.len());
         for statement in &commit.statements {
@@ -317,15 +311,8 @@ impl ReadModel for PgReadModel {
         let tx = writer.client.transaction().await?;
         let (live, _) = checkpoint(&tx, name, Target::Live).await?;
         let (shadow, rebuilding) = checkpoint(&tx, name, Target::Shadow).await?;
-        if !rebuilding {
-            return Err(ProjectionError::invalid(format!(
-                "projection '{name}' has no rebuild to swap in"
-            )));
-        }
-        if let Some(live) = live
-            && shadow.is_none_or(|s| s < live)
-        {
-            return Ok(SwapOutcome::LiveAhead { live });
+        if let Some(wait) = swap_check(&name, live, shadow, rebuilding)? {
+            return Ok(wait);
         }
         for table in &registered.tables {
             tx.batch_execute(&format!(

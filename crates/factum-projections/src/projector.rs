@@ -317,13 +317,11 @@ impl Projector {
     }
 }
 
-/// Every projection of a read model with its lag behind the store's head.
-pub async fn status(
-    store: &dyn EventStore,
-    read_model: &dyn ReadModel,
-) -> Result<Vec<ProjectionStatus>, ProjectionError> {
+/// The store's head and when the newest event was recorded (µs since the epoch; 0 when the
+/// store is empty): what lag is measured against.
+pub async fn head_of(store: &dyn EventStore) -> Result<(u64, u64), ProjectionError> {
     let head = store.head();
-    let head_recorded_at_us = match head.checked_sub(1) {
+    let recorded_at_us = match head.checked_sub(1) {
         Some(last) => store
             .read_all(last, Direction::Forwards, 1)
             .await?
@@ -331,6 +329,15 @@ pub async fn status(
             .map_or(0, |e| e.recorded_at_us),
         None => 0,
     };
+    Ok((head, recorded_at_us))
+}
+
+/// Every projection of a read model with its lag behind the store's head.
+pub async fn status(
+    store: &dyn EventStore,
+    read_model: &dyn ReadModel,
+) -> Result<Vec<ProjectionStatus>, ProjectionError> {
+    let (head, head_recorded_at_us) = head_of(store).await?;
     Ok(read_model
         .states()
         .await?

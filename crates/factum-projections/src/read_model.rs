@@ -291,6 +291,42 @@ fn state_from_row(row: &Row) -> Result<ProjectionState, ProjectionError> {
     })
 }
 
+/// A batch commits only if the stored checkpoint is the one it continued from, and a batch for
+/// shadow tables only while a rebuild is under way.
+pub(crate) fn check_continues(
+    commit: &Commit,
+    found: Option<u64>,
+    rebuilding: bool,
+) -> Result<(), ProjectionError> {
+    if found != commit.expected || (commit.target == Target::Shadow && !rebuilding) {
+        return Err(ProjectionError::CheckpointMoved {
+            projection: commit.projection.clone(),
+            expected: commit.expected,
+            found,
+        });
+    }
+    Ok(())
+}
+
+/// Whether shadow tables may be swapped in: `None` to go ahead, `LiveAhead` when the live
+/// checkpoint is past the shadow's (swapping then would move the read model back in time).
+pub(crate) fn swap_check(
+    name: &str,
+    live: Option<u64>,
+    shadow: Option<u64>,
+    rebuilding: bool,
+) -> Result<Option<SwapOutcome>, ProjectionError> {
+    if !rebuilding {
+        return Err(ProjectionError::invalid(format!(
+            "projection '{name}' has no rebuild to swap in"
+        )));
+    }
+    Ok(match live {
+        Some(live) if shadow.is_none_or(|s| s < live) => Some(SwapOutcome::LiveAhead { live }),
+        _ => None,
+    })
+}
+
 /// The tables of the projections a handle has installed, and their statements made concrete.
 #[derive(Default)]
 pub(crate) struct Registry {

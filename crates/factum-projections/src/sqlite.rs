@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 use tokio::sync::watch;
 
-use crate::read_model::{META_DDL, Registry};
+use crate::read_model::{META_DDL, Registry, check_continues, swap_check};
 use crate::{
     Commit, ProjectionError, ProjectionState, ReadModel, Row, SwapOutcome, Table, Target, Value,
 };
@@ -213,13 +213,7 @@ impl ReadModel for SqliteReadModel {
             let mut conn = inner.writer.lock();
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let (found, rebuilding) = checkpoint(&tx, &commit.projection, commit.target)?;
-            if found != commit.expected || (commit.target == Target::Shadow && !rebuilding) {
-                return Err(ProjectionError::CheckpointMoved {
-                    projection: commit.projection,
-                    expected: commit.expected,
-                    found,
-                });
-            }
+            check_continues(&commit, found, rebuilding)?;
             let physical = |table: &str| match commit.target {
                 Target::Live => table.to_owned(),
                 Target::Shadow => shadow_name(table),
@@ -295,15 +289,8 @@ impl ReadModel for SqliteReadModel {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let (live, _) = checkpoint(&tx, &name, Target::Live)?;
             let (shadow, rebuilding) = checkpoint(&tx, &name, Target::Shadow)?;
-            if !rebuilding {
-                return Err(ProjectionError::invalid(format!(
-                    "projection '{name}' has no rebuild to swap in"
-                )));
-            }
-            if let Some(live) = live
-                && shadow.is_none_or(|s| s < live)
-            {
-                return Ok(SwapOutcome::LiveAhead { live });
+            if let Some(wait) = swap_check(&name, live, shadow, rebuilding)? {
+                return Ok(wait);
             }
             for table in &registered.tables {
                 tx.execute_batch(&format!(
