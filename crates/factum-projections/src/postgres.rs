@@ -311,7 +311,7 @@ impl ReadModel for PgReadModel {
         let tx = writer.client.transaction().await?;
         let (live, _) = checkpoint(&tx, name, Target::Live).await?;
         let (shadow, rebuilding) = checkpoint(&tx, name, Target::Shadow).await?;
-        if let Some(wait) = swap_check(&name, live, shadow, rebuilding)? {
+        if let Some(wait) = swap_check(name, live, shadow, rebuilding)? {
             return Ok(wait);
         }
         for table in &registered.tables {
