@@ -290,14 +290,7 @@ async fn end_to_end(engine: &Engine, dir: &Path) -> Result<Vec<Row>> {
     let read_model: Arc<dyn ReadModel> = Arc::new(SqliteReadModel::open(dir.join("e2e.db")).await?);
     let projector = Projector::new(store.clone(), read_model.clone(), Balances);
     projector.install().await?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        projector
-            .run(async {
-                stopped.await.ok();
-            })
-            .await
-    });
+    let running = projector.spawn();
     let repository = Repository::with_store(store, Accounts);
     let context = CommandContext::new();
     let progress = bar(COMMANDS, "command → row sqlite".into());
@@ -323,7 +316,6 @@ async fn end_to_end(engine: &Engine, dir: &Path) -> Result<Vec<Row>> {
     }
     let elapsed = started.elapsed();
     progress.finish_and_clear();
-    stop.send(()).ok();
-    running.await??;
+    running.stop().await?;
     Ok(vec![row("cmd→row", "sqlite", COMMANDS, elapsed, latencies)])
 }

@@ -94,14 +94,7 @@ async fn status_shows_lag_and_rebuild_is_carried_out_by_the_running_projector() 
     let engine = Engine::open(dir.path().join("data"), Options::default()).unwrap();
     let store: Arc<dyn EventStore> = Arc::new(engine.clone());
     let projector = Projector::new(store.clone(), read_model.clone(), Counts);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        projector
-            .run(async {
-                stopped.await.ok();
-            })
-            .await
-    });
+    let running = projector.spawn();
     read_model
         .wait_for("counts", 9, std::time::Duration::from_secs(5))
         .await
@@ -158,7 +151,6 @@ async fn status_shows_lag_and_rebuild_is_carried_out_by_the_running_projector() 
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no read model"));
 
-    stop.send(()).unwrap();
-    running.await.unwrap().unwrap();
+    running.stop().await.unwrap();
     engine.close().unwrap();
 }

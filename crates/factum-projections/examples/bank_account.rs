@@ -258,17 +258,7 @@ async fn main() -> anyhow::Result<()> {
 
     println!("accounts on the embedded store in {dir}, read model in {file}");
     projector.install().await?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn({
-        let projector = projector.clone();
-        async move {
-            projector
-                .run(async {
-                    stopped.await.ok();
-                })
-                .await
-        }
-    });
+    let running = projector.spawn();
 
     let accounts = Repository::with_store(store.clone(), Accounts);
     let queries = AccountQueries {
@@ -338,8 +328,7 @@ async fn main() -> anyhow::Result<()> {
             status.state.name, status.state.position, status.behind
         );
     }
-    stop.send(()).ok();
-    running.await??;
+    running.stop().await?;
     engine.close()?;
     Ok(())
 }
@@ -386,17 +375,7 @@ mod tests {
         let store: Arc<dyn EventStore> = Arc::new(factum::MemoryStore::new());
         let projector = Projector::new(store.clone(), read_model.clone(), AccountsView::new());
         projector.install().await.unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let running = tokio::spawn({
-            let projector = projector.clone();
-            async move {
-                projector
-                    .run(async {
-                        stopped.await.ok();
-                    })
-                    .await
-            }
-        });
+        let running = projector.spawn();
         let accounts = Repository::with_store(store.clone(), Accounts);
         let queries = AccountQueries {
             read_model: read_model.clone(),
@@ -469,8 +448,7 @@ mod tests {
             ]
         );
         assert_eq!(queries.account("nobody", None).await.unwrap(), None);
-        stop.send(()).unwrap();
-        running.await.unwrap().unwrap();
+        running.stop().await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,7 +49,7 @@ mod value;
 
 pub use error::{ApplyError, ProjectionError};
 pub use postgres::PgReadModel;
-pub use projector::{Projector, RebuildProgress, RunStats, head_of, status};
+pub use projector::{Projector, RebuildProgress, RunStats, RunningProjector, head_of, status};
 pub use read_model::{
     Commit, ProjectionState, ProjectionStatus, ReadModel, SwapOutcome, Target, open_read_model,
 };

@@ -185,6 +185,21 @@ impl Projector {
         Ok(total)
     }
 
+    /// Runs [`Projector::run`] on a task of its own until [`RunningProjector::stop`] (or until
+    /// the handle is dropped).
+    pub fn spawn(&self) -> RunningProjector {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let projector = self.clone();
+        let task = tokio::spawn(async move {
+            projector
+                .run(async {
+                    stopped.await.ok();
+                })
+                .await
+        });
+        RunningProjector { stop, task }
+    }
+
     /// Builds the read model again from position 0 into shadow tables while the live tables
     /// keep serving, then swaps them in, in one transaction. `progress` hears after every
     /// batch.
@@ -330,6 +345,23 @@ pub async fn head_of(store: &dyn EventStore) -> Result<(u64, u64), ProjectionErr
         None => 0,
     };
     Ok((head, recorded_at_us))
+}
+
+/// A projector running on its own task ([`Projector::spawn`]).
+pub struct RunningProjector {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<RunStats, ProjectionError>>,
+}
+
+impl RunningProjector {
+    /// Stops it after the batch in hand and returns what it did, or the error it stopped on.
+    pub async fn stop(self) -> Result<RunStats, ProjectionError> {
+        // The task may have ended on an error already; its result says so.
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .map_err(|e| ProjectionError::invalid(format!("the projector's task failed: {e}")))?
+    }
 }
 
 /// Every projection of a read model with its lag behind the store's head.

@@ -45,17 +45,7 @@ async fn catches_up_then_follows_live(read_model: Arc<dyn ReadModel>) {
     let projector =
         Projector::new(store.clone(), read_model.clone(), Accounts { version: 1 }).batch_size(7);
     projector.install().await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn({
-        let projector = projector.clone();
-        async move {
-            projector
-                .run(async {
-                    stopped.await.ok();
-                })
-                .await
-        }
-    });
+    let running = projector.spawn();
     let last = account_life(&*store, "late", 2).await;
     let state = read_model
         .wait_for("accounts", last, Duration::from_secs(10))
@@ -71,8 +61,7 @@ async fn catches_up_then_follows_live(read_model: Arc<dyn ReadModel>) {
         .await
         .unwrap();
     assert_eq!(rows[0].get("balance"), Some(&Value::Int(15)));
-    stop.send(()).unwrap();
-    let stats = running.await.unwrap().unwrap();
+    let stats = running.stop().await.unwrap();
     assert_eq!(stats.events, store.head());
 }
 
@@ -111,17 +100,7 @@ async fn a_rebuild_equals_the_live_model_and_swaps_while_events_arrive(
     assert_eq!(live, expected(&*store).await);
 
     // A rebuild runs while a live projector follows and new accounts keep coming.
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn({
-        let projector = projector.clone();
-        async move {
-            projector
-                .run(async {
-                    stopped.await.ok();
-                })
-                .await
-        }
-    });
+    let running = projector.spawn();
     let writer = tokio::spawn({
         let store = store.clone();
         async move {
@@ -152,8 +131,7 @@ async fn a_rebuild_equals_the_live_model_and_swaps_while_events_arrive(
 
     // A second rebuild works too (index names alternate in SQLite), and queries use the index.
     projector.rebuild(|_| {}).await.unwrap();
-    stop.send(()).unwrap();
-    running.await.unwrap().unwrap();
+    running.stop().await.unwrap();
     assert_eq!(actual(&*read_model).await, expected(&*store).await);
     let poor = read_model
         .query(
@@ -195,17 +173,7 @@ async fn a_requested_rebuild_is_taken_up_by_the_running_projector(read_model: Ar
     }
     let projector = Projector::new(store.clone(), read_model.clone(), Accounts { version: 1 });
     projector.install().await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn({
-        let projector = projector.clone();
-        async move {
-            projector
-                .run(async {
-                    stopped.await.ok();
-                })
-                .await
-        }
-    });
+    let running = projector.spawn();
     read_model.request_rebuild("accounts").await.unwrap();
     assert!(matches!(
         read_model.request_rebuild("nope").await,
@@ -223,8 +191,7 @@ async fn a_requested_rebuild_is_taken_up_by_the_running_projector(read_model: Ar
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.send(()).unwrap();
-    running.await.unwrap().unwrap();
+    running.stop().await.unwrap();
     assert_eq!(actual(&*read_model).await, expected(&*store).await);
 }
 
@@ -263,17 +230,7 @@ async fn read_your_writes_waits_for_the_position_or_times_out(read_model: Arc<dy
         Err(ProjectionError::Timeout { reached, .. }) => assert_eq!(reached, None),
         other => panic!("{other:?}"),
     }
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn({
-        let projector = projector.clone();
-        async move {
-            projector
-                .run(async {
-                    stopped.await.ok();
-                })
-                .await
-        }
-    });
+    let running = projector.spawn();
     for i in 0..20 {
         let position = account_life(&*store, &format!("n{i}"), 1).await;
         read_model
@@ -293,8 +250,7 @@ async fn read_your_writes_waits_for_the_position_or_times_out(read_model: Arc<dy
             "read {i} after its write"
         );
     }
-    stop.send(()).unwrap();
-    running.await.unwrap().unwrap();
+    running.stop().await.unwrap();
 }
 
 /// A projection that fails on one event, or names a table it did not declare.
