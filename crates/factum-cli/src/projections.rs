@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use factum_core::StoreError;
 use factum_engine::{Engine, Options};
-use factum_projections::{ProjectionState, ReadModel, open_read_model};
+use factum_projections::{ProjectionState, ReadModel, open_read_model, sqlite_path};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::bad;
@@ -56,9 +56,7 @@ pub enum Projections {
 
 async fn open(args: &ReadModelArgs) -> Result<Arc<dyn ReadModel>> {
     let url = args.read_model.as_str();
-    let is_pg =
-        url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains("host=");
-    if !is_pg && !Path::new(url.strip_prefix("sqlite:").unwrap_or(url)).exists() {
+    if sqlite_path(url).is_some_and(|path| !Path::new(path).exists()) {
         return Err(bad(format!(
             "no read model at '{url}' (set --read-model or FACTUM_READ_MODEL)"
         )));

@@ -52,6 +52,7 @@ pub use postgres::PgReadModel;
 pub use projector::{Projector, RebuildProgress, RunStats, RunningProjector, head_of, status};
 pub use read_model::{
     Commit, ProjectionState, ProjectionStatus, ReadModel, SwapOutcome, Target, open_read_model,
+    sqlite_path,
 };
 pub use sqlite::SqliteReadModel;
 pub use value::{Row, Value};

@@ -211,16 +211,23 @@ pub trait ReadModel: Send + Sync + 'static {
     }
 }
 
-/// Opens a read model from a URL: `sqlite:PATH` (or a path ending in `.db`/`.sqlite`), or a
-/// PostgreSQL URL `postgres://…` / `postgresql://…` / `host=…`, whose tables live in `schema`.
+/// The file a read-model URL names, or `None` when it is a PostgreSQL URL
+/// (`postgres://…`, `postgresql://…` or `host=…`). A SQLite URL is `sqlite:PATH` or a path.
+pub fn sqlite_path(url: &str) -> Option<&str> {
+    let postgres =
+        url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains("host=");
+    (!postgres).then(|| url.strip_prefix("sqlite:").unwrap_or(url))
+}
+
+/// Opens a read model from a URL (see [`sqlite_path`]); a PostgreSQL one keeps its tables in
+/// `pg_schema`.
 pub async fn open_read_model(
     url: &str,
     pg_schema: &str,
 ) -> Result<Arc<dyn ReadModel>, ProjectionError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains("host=") {
+    let Some(path) = sqlite_path(url) else {
         return Ok(Arc::new(PgReadModel::connect(url, pg_schema).await?));
-    }
-    let path = url.strip_prefix("sqlite:").unwrap_or(url);
+    };
     if path.is_empty() {
         return Err(ProjectionError::invalid("the read-model URL names no file"));
     }
@@ -408,5 +415,23 @@ impl Registered {
         .into();
         self.rewrites.lock()[slot].insert(sql.to_owned(), rewritten.clone());
         Ok(rewritten)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sqlite_path;
+
+    #[test]
+    fn read_model_urls_name_a_file_or_postgresql() {
+        assert_eq!(sqlite_path("sqlite:read.db"), Some("read.db"));
+        assert_eq!(sqlite_path("./read.db"), Some("./read.db"));
+        for postgres in [
+            "postgres://u@h/db",
+            "postgresql://u@h/db",
+            "host=127.0.0.1 user=postgres",
+        ] {
+            assert_eq!(sqlite_path(postgres), None, "{postgres}");
+        }
     }
 }
