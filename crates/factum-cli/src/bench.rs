@@ -69,6 +69,37 @@ fn store_engine(store: &Store) -> Result<Engine> {
     }
 }
 
+/// Runs `work` with a progress bar fed by `progress` (events done so far); returns the time it
+/// took and the time per 10,000 events, sampled as it went.
+pub(crate) async fn timed(
+    label: &str,
+    events: u64,
+    work: impl std::future::Future<Output = Result<()>>,
+    progress: impl Fn() -> u64,
+) -> Result<(Duration, Vec<u64>)> {
+    let bar = bar(events, label.to_owned());
+    let started = Instant::now();
+    tokio::pin!(work);
+    let mut latencies = Vec::new();
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        tokio::select! {
+            done = &mut work => { done?; break; }
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {
+                let now = progress();
+                bar.set_position(now);
+                if now >= last.1 + 10_000 {
+                    latencies.push(last.0.elapsed().as_micros() as u64 * 10_000 / (now - last.1));
+                    last = (Instant::now(), now);
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    Ok((elapsed, latencies))
+}
+
 /// One measured row.
 #[derive(serde::Serialize, Clone)]
 pub(crate) struct Row {

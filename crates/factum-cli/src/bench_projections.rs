@@ -19,7 +19,7 @@ use factum_projections::{
 };
 use serde::Deserialize;
 
-use crate::bench::{Payloads, Row, bar, row};
+use crate::bench::{Payloads, Row, bar, row, timed};
 
 /// The fields of a bench payload this projection reads.
 #[derive(Deserialize)]
@@ -77,36 +77,6 @@ pub async fn run(
     };
     engine.close()?;
     rows
-}
-
-/// Runs `projector` to the head with a progress bar; latency per 10,000 events.
-async fn timed(
-    label: &str,
-    events: u64,
-    work: impl std::future::Future<Output = Result<()>>,
-    progress: impl Fn() -> u64,
-) -> Result<(Duration, Vec<u64>)> {
-    let bar = bar(events, label.to_owned());
-    let started = Instant::now();
-    tokio::pin!(work);
-    let mut latencies = Vec::new();
-    let mut last = (Instant::now(), 0u64);
-    loop {
-        tokio::select! {
-            done = &mut work => { done?; break; }
-            _ = tokio::time::sleep(Duration::from_millis(5)) => {
-                let now = progress();
-                bar.set_position(now);
-                if now >= last.1 + 10_000 {
-                    latencies.push(last.0.elapsed().as_micros() as u64 * 10_000 / (now - last.1));
-                    last = (Instant::now(), now);
-                }
-            }
-        }
-    }
-    let elapsed = started.elapsed();
-    bar.finish_and_clear();
-    Ok((elapsed, latencies))
 }
 
 async fn project(

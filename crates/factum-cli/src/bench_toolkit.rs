@@ -14,7 +14,7 @@ use factum::{
 use factum_engine::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::bench::{Payloads, Row, bar, row};
+use crate::bench::{Payloads, Row, bar, row, timed};
 
 /// The order line every bench payload describes, as an application would type it.
 #[derive(Serialize, Deserialize)]
@@ -178,33 +178,22 @@ pub async fn processor(engine: Engine, payloads: &Payloads) -> Result<Row> {
         }))
         .checkpoint_every(100_000, Duration::from_secs(1))
         .build()?;
-    let progress = bar(EVENTS, "processor factum".into());
-    let started = Instant::now();
-    let run = processor.run_until(end);
-    tokio::pin!(run);
-    let mut latencies = Vec::new();
-    let mut last = (Instant::now(), 0u64);
-    let stats = loop {
-        tokio::select! {
-            stats = &mut run => break stats?,
-            _ = tokio::time::sleep(Duration::from_millis(5)) => {
-                let now = seen.load(std::sync::atomic::Ordering::Relaxed);
-                progress.set_position(now);
-                if now >= last.1 + 10_000 {
-                    let per_batch = last.0.elapsed().as_micros() as u64 * 10_000 / (now - last.1);
-                    latencies.push(per_batch);
-                    last = (Instant::now(), now);
-                }
-            }
-        }
-    };
-    let elapsed = started.elapsed();
-    progress.finish_and_clear();
-    anyhow::ensure!(
-        stats.events == EVENTS && seen.load(std::sync::atomic::Ordering::Relaxed) == EVENTS,
-        "the processor handled {} events, expected {EVENTS}",
-        stats.events
-    );
+    let count = || seen.load(std::sync::atomic::Ordering::Relaxed);
+    let (elapsed, latencies) = timed(
+        "processor factum",
+        EVENTS,
+        async {
+            let stats = processor.run_until(end).await?;
+            anyhow::ensure!(
+                stats.events == EVENTS && count() == EVENTS,
+                "the processor handled {} events, expected {EVENTS}",
+                stats.events
+            );
+            Ok(())
+        },
+        count,
+    )
+    .await?;
     Ok(row("processor", "factum", EVENTS, elapsed, latencies))
 }
 
