@@ -206,20 +206,23 @@ impl ReadModel for PgReadModel {
             Target::Shadow => format!("{shadow_schema}.{table}"),
         };
         let mut guard = self.writer.lock().await;
-        let writer = &mut *guard;
-        let slot = usize::from(commit.target == Target::Shadow);
-        // Prepare what this batch needs first, outside the transaction's pipeline.
-        for statement in &commit.statements {
-            if !writer.prepared[slot].contains_key(statement.sql.as_ref()) {
-                let sql = registered.sql(commit.target, &statement.sql, physical, false)?;
-                let prepared = writer.client.prepare(&sql).await?;
-                writer.prepared[slot].insert(statement.sql.to_string(), prepared);
-            }
-        }
-        let tx = writer.client.transaction().await?;
+        let Writer { client, prepared } = &mut *guard;
+        let prepared = &mut prepared[usize::from(commit.target == Target::Shadow)];
+        let tx = client.transaction().await?;
+        // The checkpoint first: a batch that does not continue from it fails the same way
+        // whatever its statements name.
         let (found, rebuilding) = checkpoint(&tx, &commit.projection, commit.target).await?;
         check_continues(&commit, found, rebuilding)?;
-        let prepared = &writer.prepared[slot];
+        // Then what this batch needs prepared, before the pipeline (prepared statements
+        // outlive the transaction).
+        for statement in &commit.statements {
+            if !prepared.contains_key(statement.sql.as_ref()) {
+                let sql = registered.sql(commit.target, &statement.sql, physical, false)?;
+                let statement_prepared = tx.prepare(&sql).await?;
+                prepared.insert(statement.sql.to_string(), statement_prepared);
+            }
+        }
+        let prepared = &*prepared;
         let mut pending = Vec::with_capacity(commit.statements.len());
         for statement in &commit.statements {
             let Some(prepared) = prepared.get(statement.sql.as_ref()) else {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{Accounts, account_life, actual, expected};
 use factum_core::{EventStore, ExpectedState, MemoryStore, NewEvent, RecordedEvent, StreamName};
 use factum_projections::{
-    ApplyError, ProjectionError, Projector, ReadModel, Table, Tx, Value, status,
+    ApplyError, Commit, ProjectionError, Projector, ReadModel, Table, Target, Tx, Value, status,
 };
 use serde_json::json;
 
@@ -375,4 +375,46 @@ async fn bad_names_are_refused_before_anything_is_written() {
         );
     }
     assert!(read_model.states().await.unwrap().is_empty());
+}
+
+on_both!(shadow_writes_and_swaps_without_a_rebuild_are_refused);
+async fn shadow_writes_and_swaps_without_a_rebuild_are_refused(read_model: Arc<dyn ReadModel>) {
+    let store = store();
+    account_life(&*store, "a", 1).await;
+    let projector = Projector::new(store.clone(), read_model.clone(), Accounts { version: 1 });
+    projector.run_until(store.head()).await.unwrap();
+    let before = read_model.state("accounts").await.unwrap();
+
+    assert!(matches!(
+        read_model.swap("accounts", 2, 0).await,
+        Err(ProjectionError::Invalid(message)) if message.contains("no rebuild")
+    ));
+    let stray = Commit {
+        projection: "accounts".into(),
+        target: Target::Shadow,
+        expected: None,
+        position: 0,
+        recorded_at_us: 0,
+        head: store.head(),
+        statements: vec![factum_projections::Statement {
+            sql: "DELETE FROM {accounts}".into(),
+            params: vec![],
+        }],
+    };
+    assert!(matches!(
+        read_model.commit(stray.clone()).await,
+        Err(ProjectionError::CheckpointMoved { .. })
+    ));
+    // A live batch that does not continue from the stored checkpoint is refused too.
+    let stale = Commit {
+        target: Target::Live,
+        expected: None,
+        ..stray
+    };
+    assert!(matches!(
+        read_model.commit(stale).await,
+        Err(ProjectionError::CheckpointMoved { expected: None, found, .. }) if found == before.position
+    ));
+    assert_eq!(read_model.state("accounts").await.unwrap(), before);
+    assert_eq!(actual(&*read_model).await, expected(&*store).await);
 }
