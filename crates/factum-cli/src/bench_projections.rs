@@ -1,8 +1,10 @@
 //! Projection scenarios of `factum bench`, each on a fresh embedded store of its own:
 //!
 //! - `project`: 1,000,000 order lines projected into a sales-per-SKU table, live from an
-//!   empty checkpoint, into SQLite and into PostgreSQL; then a rebuild of the same into SQLite
-//!   (shadow tables and swap). Latency is the time per 10,000 events.
+//!   empty checkpoint, into SQLite and into PostgreSQL — once with the upsert stated as a row
+//!   change (`project`), once as SQL of the projection's own (`project-sql`); then a rebuild of
+//!   the row-change form into SQLite (shadow tables and swap). Latency is the time per 10,000
+//!   events.
 //! - `project-e2e`: a command executed through the repository while a projector follows live
 //!   into SQLite; latency is from the command being accepted (durable) until a query that
 //!   waits for its position sees the row.
@@ -29,34 +31,51 @@ struct OrderLine<'a> {
     unit_price_cents: i64,
 }
 
-/// Sales per SKU: one upsert per order line.
-struct Sales;
+/// Sales per SKU: one upsert per order line, stated as a row change (`rows`) or as SQL of the
+/// projection's own. Each form has its own table.
+struct Sales {
+    rows: bool,
+}
+
+impl Sales {
+    fn table(&self) -> &'static str {
+        if self.rows { "sales" } else { "sales_sql" }
+    }
+}
 
 impl Projection for Sales {
     fn name(&self) -> &str {
-        "sales"
+        self.table()
     }
     fn tables(&self) -> Vec<Table> {
         vec![
             Table::new(
-                "sales",
+                self.table(),
                 "sku TEXT PRIMARY KEY, quantity BIGINT NOT NULL, revenue_cents BIGINT NOT NULL",
             )
-            .index("sales_by_revenue", "revenue_cents"),
+            .index(format!("{}_by_revenue", self.table()), "revenue_cents"),
         ]
     }
     fn apply(&self, tx: &mut Tx, event: &RecordedEvent) -> Result<(), ApplyError> {
         let line: OrderLine = serde_json::from_slice(&event.data)?;
-        tx.execute(
-            "INSERT INTO {sales} (sku, quantity, revenue_cents) VALUES ($1, $2, $3) \
-             ON CONFLICT (sku) DO UPDATE SET quantity = {sales}.quantity + excluded.quantity, \
-             revenue_cents = {sales}.revenue_cents + excluded.revenue_cents",
-            [
-                Value::from(line.sku),
-                Value::Int(line.quantity),
-                Value::Int(line.quantity * line.unit_price_cents),
-            ],
-        );
+        let revenue = line.quantity * line.unit_price_cents;
+        if self.rows {
+            tx.upsert("sales")
+                .key("sku", line.sku)
+                .add("quantity", line.quantity)
+                .add("revenue_cents", revenue);
+        } else {
+            tx.execute(
+                "INSERT INTO {sales_sql} (sku, quantity, revenue_cents) VALUES ($1, $2, $3) \
+                 ON CONFLICT (sku) DO UPDATE SET quantity = {sales_sql}.quantity + excluded.quantity, \
+                 revenue_cents = {sales_sql}.revenue_cents + excluded.revenue_cents",
+                [
+                    Value::from(line.sku),
+                    Value::Int(line.quantity),
+                    Value::Int(revenue),
+                ],
+            );
+        }
         Ok(())
     }
 }
@@ -103,36 +122,46 @@ async fn project(
         Err(e) => eprintln!("skipping project on postgres: {e:#}"),
     }
     for (name, read_model) in read_models {
-        let projector = Projector::new(store.clone(), read_model.clone(), Sales);
-        projector.install().await?;
-        let watched = read_model.clone();
-        let position = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let seen = position.clone();
-        let mut committed = watched.committed();
-        let follow = tokio::spawn(async move {
-            while committed.changed().await.is_ok() {
-                if let Ok(state) = watched.state("sales").await {
-                    seen.store(state.next_position(), std::sync::atomic::Ordering::Relaxed);
+        for rows_form in [true, false] {
+            let sales = Sales { rows: rows_form };
+            let table = sales.table();
+            let projector = Projector::new(store.clone(), read_model.clone(), sales);
+            projector.install().await?;
+            let watched = read_model.clone();
+            let position = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let seen = position.clone();
+            let mut committed = watched.committed();
+            let follow = tokio::spawn(async move {
+                while committed.changed().await.is_ok() {
+                    if let Ok(state) = watched.state(table).await {
+                        seen.store(state.next_position(), std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
-            }
-        });
-        let (elapsed, latencies) = timed(
-            &format!("project {name}"),
-            EVENTS,
-            async {
-                let stats = projector.run_until(EVENTS).await?;
-                ensure!(stats.events == EVENTS, "projected {} events", stats.events);
-                Ok(())
-            },
-            || position.load(std::sync::atomic::Ordering::Relaxed),
-        )
-        .await?;
-        follow.abort();
-        check_totals(&*read_model, payloads, EVENTS).await?;
-        rows.push(row("project", name, EVENTS, elapsed, latencies));
+            });
+            let form = if rows_form {
+                "row changes"
+            } else {
+                "SQL statements"
+            };
+            let (elapsed, latencies) = timed(
+                &format!("project {name} ({form})"),
+                EVENTS,
+                async {
+                    let stats = projector.run_until(EVENTS).await?;
+                    ensure!(stats.events == EVENTS, "projected {} events", stats.events);
+                    Ok(())
+                },
+                || position.load(std::sync::atomic::Ordering::Relaxed),
+            )
+            .await?;
+            follow.abort();
+            check_totals(&*read_model, table, payloads, EVENTS).await?;
+            let scenario = if rows_form { "project" } else { "project-sql" };
+            rows.push(row(scenario, name, EVENTS, elapsed, latencies));
+        }
     }
 
-    let projector = Projector::new(store.clone(), sqlite.clone(), Sales);
+    let projector = Projector::new(store.clone(), sqlite.clone(), Sales { rows: true });
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let reported = done.clone();
     let (elapsed, latencies) = timed(
@@ -154,7 +183,7 @@ async fn project(
         || done.load(std::sync::atomic::Ordering::Relaxed),
     )
     .await?;
-    check_totals(&*sqlite, payloads, EVENTS).await?;
+    check_totals(&*sqlite, "sales", payloads, EVENTS).await?;
     rows.push(row("rebuild", "sqlite", EVENTS, elapsed, latencies));
     Ok(rows)
 }
@@ -175,7 +204,12 @@ async fn pg(config: &str) -> Result<Arc<dyn ReadModel>> {
 }
 
 /// The projected totals equal those computed from the payloads.
-async fn check_totals(read_model: &dyn ReadModel, payloads: &Payloads, events: u64) -> Result<()> {
+async fn check_totals(
+    read_model: &dyn ReadModel,
+    table: &str,
+    payloads: &Payloads,
+    events: u64,
+) -> Result<()> {
     let mut quantity = 0i64;
     for n in 0..events {
         let payload = payloads.get(n);
@@ -183,7 +217,10 @@ async fn check_totals(read_model: &dyn ReadModel, payloads: &Payloads, events: u
         quantity += line.quantity;
     }
     let rows = read_model
-        .query("SELECT CAST(SUM(quantity) AS BIGINT) AS q FROM sales", &[])
+        .query(
+            &format!("SELECT CAST(SUM(quantity) AS BIGINT) AS q FROM {table}"),
+            &[],
+        )
         .await?;
     let projected = rows.first().and_then(|r| r.get("q").cloned());
     ensure!(

@@ -150,24 +150,35 @@ impl factum_projections::Projection for AccountsView {
     fn apply(&self, tx: &mut Tx, event: &RecordedEvent) -> Result<(), ApplyError> {
         let id = Value::from(&event.stream.as_str()["account-".len()..]);
         let at = Value::Int(event.recorded_at_us as i64);
+        // Row changes: the read model writes the SQL, and PostgreSQL runs a batch's changes
+        // to the table as a few statements instead of one per event.
         match self.codec.decode(&Accounts, event)? {
-            AccountEvent::AccountOpened { owner } => tx.execute(
-                "INSERT INTO {accounts} (id, owner, balance, suspended, updated_at_us) \
-                 VALUES ($1, $2, 0, FALSE, $3)",
-                [id, owner.into(), at],
-            ),
-            AccountEvent::Deposited { cents } => tx.execute(
-                "UPDATE {accounts} SET balance = balance + $2, updated_at_us = $3 WHERE id = $1",
-                [id, cents.into(), at],
-            ),
-            AccountEvent::Withdrawn { cents } => tx.execute(
-                "UPDATE {accounts} SET balance = balance - $2, updated_at_us = $3 WHERE id = $1",
-                [id, cents.into(), at],
-            ),
-            AccountEvent::AccountSuspended { .. } => tx.execute(
-                "UPDATE {accounts} SET suspended = TRUE, updated_at_us = $2 WHERE id = $1",
-                [id, at],
-            ),
+            AccountEvent::AccountOpened { owner } => {
+                tx.insert("accounts")
+                    .set("id", id)
+                    .set("owner", owner)
+                    .set("balance", 0)
+                    .set("suspended", false)
+                    .set("updated_at_us", at);
+            }
+            AccountEvent::Deposited { cents } => {
+                tx.update("accounts")
+                    .key("id", id)
+                    .set("updated_at_us", at)
+                    .add("balance", cents);
+            }
+            AccountEvent::Withdrawn { cents } => {
+                tx.update("accounts")
+                    .key("id", id)
+                    .set("updated_at_us", at)
+                    .add("balance", -cents);
+            }
+            AccountEvent::AccountSuspended { .. } => {
+                tx.update("accounts")
+                    .key("id", id)
+                    .set("suspended", true)
+                    .set("updated_at_us", at);
+            }
         }
         Ok(())
     }

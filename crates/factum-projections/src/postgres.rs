@@ -7,10 +7,11 @@ use async_trait::async_trait;
 use factum_core::now_micros;
 use futures::future::try_join_all;
 use tokio::sync::{Mutex, watch};
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::{Kind, ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
 use crate::read_model::{META_DDL, Registry, check_continues, swap_check};
+use crate::rows::{Step, columns, fold, plan};
 use crate::sql::check_identifier;
 use crate::{
     Commit, ProjectionError, ProjectionState, ReadModel, Row, SwapOutcome, Table, Target, Value,
@@ -158,6 +159,41 @@ fn param_refs(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
 }
 
+/// The parameters of one statement of a batch.
+enum Args<'a> {
+    /// A statement of the projection's own.
+    Borrowed(&'a [Value]),
+    /// One row change.
+    Row(Vec<Value>),
+    /// Many row changes: one array per column.
+    Columns(Vec<Vec<Value>>),
+}
+
+impl Args<'_> {
+    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        match self {
+            Args::Borrowed(params) => param_refs(params),
+            Args::Row(params) => param_refs(params),
+            Args::Columns(columns) => columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect(),
+        }
+    }
+}
+
+/// The prepared statement for SQL with `{table}` names, prepared on first use.
+async fn prepare(
+    tx: &tokio_postgres::Transaction<'_>,
+    prepared: &mut HashMap<String, tokio_postgres::Statement>,
+    sql: &str,
+    physical: impl FnOnce() -> Result<Arc<str>, ProjectionError>,
+) -> Result<tokio_postgres::Statement, ProjectionError> {
+    if let Some(statement) = prepared.get(sql) {
+        return Ok(statement.clone());
+    }
+    let statement = tx.prepare(&physical()?).await?;
+    prepared.insert(sql.to_owned(), statement.clone());
+    Ok(statement)
+}
+
 #[async_trait]
 impl ReadModel for PgReadModel {
     fn kind(&self) -> &'static str {
@@ -215,20 +251,58 @@ impl ReadModel for PgReadModel {
         check_continues(&commit, found, rebuilding)?;
         // Then what this batch needs prepared, before the pipeline (prepared statements
         // outlive the transaction).
-        for statement in &commit.statements {
-            if !prepared.contains_key(statement.sql.as_ref()) {
-                let sql = registered.sql(commit.target, &statement.sql, physical, false)?;
-                let statement_prepared = tx.prepare(&sql).await?;
-                prepared.insert(statement.sql.to_string(), statement_prepared);
-            }
+        let mut runs = Vec::new();
+        for step in plan(&commit.changes) {
+            runs.push(match step {
+                Step::Sql(statement) => {
+                    let sql = statement.sql.as_ref();
+                    let prepared = prepare(&tx, prepared, sql, || {
+                        registered.sql(commit.target, sql, physical, false)
+                    })
+                    .await?;
+                    (prepared, Args::Borrowed(&statement.params))
+                }
+                Step::Rows(rows) => {
+                    let Some(first) = rows.first() else { continue };
+                    first.check_shape()?;
+                    for row in &rows {
+                        row.check_values()?;
+                    }
+                    let single_sql = first.single_sql();
+                    let single = prepare(&tx, prepared, &single_sql, || {
+                        registered.sql(commit.target, &single_sql, physical, false)
+                    })
+                    .await?;
+                    let folded = fold(&rows)?;
+                    // Arrays of arrays would flatten in `unnest`: such tables take a statement
+                    // per row.
+                    let flat = single
+                        .params()
+                        .iter()
+                        .all(|ty| !matches!(ty.kind(), Kind::Array(_)));
+                    if folded.len() == 1 || !flat {
+                        for row in folded {
+                            runs.push((single.clone(), Args::Row(row)));
+                        }
+                        continue;
+                    }
+                    let types: Vec<String> = single
+                        .params()
+                        .iter()
+                        .map(|ty| format!("\"{}\".\"{}\"", ty.schema(), ty.name()))
+                        .collect();
+                    let multi_sql = first.multi_sql(&types);
+                    let multi = prepare(&tx, prepared, &multi_sql, || {
+                        registered.sql(commit.target, &multi_sql, physical, false)
+                    })
+                    .await?;
+                    (multi, Args::Columns(columns(folded, types.len())))
+                }
+            });
         }
-        let prepared = &*prepared;
-        let mut pending = Vec::with_capacity(commit.statements.len());
-        for statement in &commit.statements {
-            let Some(prepared) = prepared.get(statement.sql.as_ref()) else {
-                return Err(ProjectionError::invalid("a statement was not prepared"));
-            };
-            let params = param_refs(&statement.params);
+        let mut pending = Vec::with_capacity(runs.len());
+        for (prepared, args) in &runs {
+            let params = args.refs();
             let tx = &tx;
             // Sent one after another on the connection without waiting: PostgreSQL runs them
             // in order.

@@ -312,7 +312,7 @@ impl Projector {
                 position,
                 recorded_at_us,
                 head: self.store.head(),
-                statements: tx.into_statements(),
+                changes: tx.into_changes(),
             };
             let (committed, next) = tokio::join!(
                 self.read_model.commit(commit),

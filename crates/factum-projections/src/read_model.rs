@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::sql::check_identifier;
-use crate::{PgReadModel, ProjectionError, Row, SqliteReadModel, Statement, Table, Value};
+use crate::{Change, PgReadModel, ProjectionError, Row, SqliteReadModel, Table, Value};
 
 /// Which copy of a projection's tables a batch writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -19,7 +19,7 @@ pub enum Target {
     Shadow,
 }
 
-/// One batch of a projection: statements plus the checkpoint they move, in one transaction.
+/// One batch of a projection: changes plus the checkpoint they move, in one transaction.
 #[derive(Clone, Debug)]
 pub struct Commit {
     /// The projection.
@@ -35,8 +35,8 @@ pub struct Commit {
     pub recorded_at_us: u64,
     /// The store's head when the batch was read.
     pub head: u64,
-    /// The statements, in order.
-    pub statements: Vec<Statement>,
+    /// The changes, in order.
+    pub changes: Vec<Change>,
 }
 
 /// What a swap did.

@@ -10,6 +10,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, param
 use tokio::sync::watch;
 
 use crate::read_model::{META_DDL, Registry, check_continues, swap_check};
+use crate::rows::{Step, fold, plan};
 use crate::{
     Commit, ProjectionError, ProjectionState, ReadModel, Row, SwapOutcome, Table, Target, Value,
 };
@@ -218,10 +219,27 @@ impl ReadModel for SqliteReadModel {
                 Target::Live => table.to_owned(),
                 Target::Shadow => shadow_name(table),
             };
-            for statement in &commit.statements {
-                let sql = registered.sql(commit.target, &statement.sql, physical, true)?;
-                tx.prepare_cached(&sql)?
-                    .execute(params_from_iter(statement.params.iter()))?;
+            for step in plan(&commit.changes) {
+                match step {
+                    Step::Sql(statement) => {
+                        let sql = registered.sql(commit.target, &statement.sql, physical, true)?;
+                        tx.prepare_cached(&sql)?
+                            .execute(params_from_iter(statement.params.iter()))?;
+                    }
+                    Step::Rows(rows) => {
+                        let Some(first) = rows.first() else { continue };
+                        first.check_shape()?;
+                        let sql =
+                            registered.sql(commit.target, &first.single_sql(), physical, true)?;
+                        for row in &rows {
+                            row.check_values()?;
+                        }
+                        let mut prepared = tx.prepare_cached(&sql)?;
+                        for row in fold(&rows)? {
+                            prepared.execute(params_from_iter(row))?;
+                        }
+                    }
+                }
             }
             let now = now_micros() as i64;
             let position = commit.position as i64;

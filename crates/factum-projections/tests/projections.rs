@@ -1,6 +1,7 @@
 //! Projections against real SQLite files and the real PostgreSQL server.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -12,25 +13,6 @@ use factum_projections::{
     ApplyError, Commit, ProjectionError, Projector, ReadModel, Table, Target, Tx, Value, status,
 };
 use serde_json::json;
-
-/// Runs a scenario on a SQLite file and on a PostgreSQL schema.
-macro_rules! on_both {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let dir = tempfile::tempdir().unwrap();
-                super::$name(crate::common::sqlite(&dir, "read.db").await).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(read_model) = crate::common::postgres(stringify!($name)).await {
-                    super::$name(read_model).await;
-                }
-            }
-        }
-    };
-}
 
 fn store() -> Arc<dyn EventStore> {
     Arc::new(MemoryStore::new())
@@ -396,10 +378,12 @@ async fn shadow_writes_and_swaps_without_a_rebuild_are_refused(read_model: Arc<d
         position: 0,
         recorded_at_us: 0,
         head: store.head(),
-        statements: vec![factum_projections::Statement {
-            sql: "DELETE FROM {accounts}".into(),
-            params: vec![],
-        }],
+        changes: vec![factum_projections::Change::Sql(
+            factum_projections::Statement {
+                sql: "DELETE FROM {accounts}".into(),
+                params: vec![],
+            },
+        )],
     };
     assert!(matches!(
         read_model.commit(stray.clone()).await,

@@ -1,6 +1,6 @@
 //! A bank-account projection, a reference model computed in memory, and read-model set-up for
 //! the tests.
-#![allow(clippy::unwrap_used, dead_code, missing_docs)]
+#![allow(clippy::unwrap_used, dead_code, missing_docs, unused_macros)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,6 +10,25 @@ use factum_projections::{
     ApplyError, PgReadModel, Projection, ReadModel, SqliteReadModel, Table, Tx, Value,
 };
 use serde_json::json;
+
+/// Runs a scenario on a SQLite file and on a PostgreSQL schema.
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().unwrap();
+                super::$name(crate::common::sqlite(&dir, "read.db").await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(read_model) = crate::common::postgres(stringify!($name)).await {
+                    super::$name(read_model).await;
+                }
+            }
+        }
+    };
+}
 
 pub struct Accounts {
     pub version: u32,
@@ -66,39 +85,46 @@ impl Projection for Accounts {
 /// (owner, balance, suspended, events) by account id.
 pub type Model = BTreeMap<String, (String, i64, bool, i64)>;
 
-/// The read model computed from every event of the store, in memory.
-pub async fn expected(store: &dyn EventStore) -> Model {
-    let mut model = Model::new();
-    let mut from = 0;
+/// Every event of the store, in order.
+pub async fn all_events(store: &dyn EventStore) -> Vec<RecordedEvent> {
+    let mut all = Vec::new();
     loop {
+        let from = all.last().map_or(0, |e: &RecordedEvent| e.position + 1);
         let events = store
             .read_all(from, factum_core::Direction::Forwards, 1000)
             .await
             .unwrap();
-        let Some(last) = events.last() else { break };
-        from = last.position + 1;
-        for event in &events {
-            let Some(id) = event.stream.as_str().strip_prefix("account-") else {
-                continue;
-            };
-            let data: serde_json::Value = serde_json::from_slice(&event.data).unwrap();
-            let amount = data["amount"].as_i64().unwrap_or(0);
-            match event.event_type.as_str() {
-                "AccountOpened" => {
-                    model.insert(
-                        id.to_owned(),
-                        (data["owner"].as_str().unwrap().to_owned(), 0, false, 1),
-                    );
-                }
-                kind => {
-                    let account = model.get_mut(id).unwrap();
-                    account.3 += 1;
-                    match kind {
-                        "Deposited" => account.1 += amount,
-                        "Withdrawn" => account.1 -= amount,
-                        "AccountSuspended" => account.2 = true,
-                        _ => {}
-                    }
+        if events.is_empty() {
+            return all;
+        }
+        all.extend(events);
+    }
+}
+
+/// The read model computed from every event of the store, in memory.
+pub async fn expected(store: &dyn EventStore) -> Model {
+    let mut model = Model::new();
+    for event in &all_events(store).await {
+        let Some(id) = event.stream.as_str().strip_prefix("account-") else {
+            continue;
+        };
+        let data: serde_json::Value = serde_json::from_slice(&event.data).unwrap();
+        let amount = data["amount"].as_i64().unwrap_or(0);
+        match event.event_type.as_str() {
+            "AccountOpened" => {
+                model.insert(
+                    id.to_owned(),
+                    (data["owner"].as_str().unwrap().to_owned(), 0, false, 1),
+                );
+            }
+            kind => {
+                let account = model.get_mut(id).unwrap();
+                account.3 += 1;
+                match kind {
+                    "Deposited" => account.1 += amount,
+                    "Withdrawn" => account.1 -= amount,
+                    "AccountSuspended" => account.2 = true,
+                    _ => {}
                 }
             }
         }
