@@ -4,7 +4,7 @@ mod bench;
 mod bench_projections;
 mod bench_toolkit;
 mod demo;
-mod json;
+
 mod projections;
 
 use std::io::{BufRead, BufWriter, Write};
@@ -18,6 +18,7 @@ use factum_core::{
     SubscriptionFilter,
 };
 use factum_engine::{Engine, Options};
+use factum_server::json;
 use indicatif::{ProgressBar, ProgressStyle};
 
 // Reads and appends allocate many small objects; mimalloc keeps that fast and keeps freed
@@ -143,6 +144,14 @@ enum Command {
     },
     /// Measure appends and reads against PostgreSQL and SQLite on the same machine.
     Bench(bench::BenchArgs),
+    /// Serve the event store over HTTP: the JSON API, server-sent events, health and metrics.
+    /// Stops on SIGTERM or Ctrl-C after finishing the requests in flight.
+    Serve {
+        /// The address to listen on. Without an auth configuration only loopback addresses
+        /// are allowed.
+        #[arg(long, env = "FACTUM_LISTEN", default_value = "127.0.0.1:2113")]
+        listen: std::net::SocketAddr,
+    },
     /// A walk through the event store on the embedded engine: a shopping cart.
     Demo,
     /// (Used by `bench --scenarios open`.) Open the store, serve reads, report time and memory.
@@ -249,6 +258,49 @@ enum DeadLetters {
         /// The processor's name.
         processor: String,
     },
+}
+
+/// `factum serve`: the embedded store over HTTP until SIGTERM or Ctrl-C.
+async fn serve(dir: &Path, listen: std::net::SocketAddr) -> Result<()> {
+    if !listen.ip().is_loopback() {
+        return Err(bad(format!(
+            "{listen} is not a loopback address: without an auth configuration the server \
+             listens on loopback only"
+        )));
+    }
+    let store = open(dir)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let address = listener.local_addr()?;
+    eprintln!(
+        "factum serve: http://{address} (data: {}); no auth configured, so loopback only. \
+         Stop with Ctrl-C or SIGTERM.",
+        dir.display()
+    );
+    let shutdown = async {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async {
+                match terminate.as_mut() {
+                    Some(signal) => { signal.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+        }
+    };
+    factum_server::serve(
+        listener,
+        std::sync::Arc::new(store.clone()),
+        factum_server::Config::default(),
+        shutdown,
+    )
+    .await?;
+    store.close()?;
+    eprintln!("factum serve: stopped");
+    Ok(())
 }
 
 fn open(cli_dir: &std::path::Path) -> Result<Engine> {
@@ -525,6 +577,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Import { file } => import(dir, file).await?,
         Command::Bench(args) => bench::run(dir, args).await?,
+        Command::Serve { listen } => serve(dir, listen).await?,
         Command::Demo => demo::run(dir).await?,
         Command::BenchOpen => bench::open_child(dir).await?,
     }

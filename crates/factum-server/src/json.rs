@@ -1,19 +1,25 @@
-//! The JSON-lines shapes of the command line: events in (`append`), recorded events out
-//! (`read`, `read-all`, `tail`, `export`) and back in (`import`). Data and metadata travel as
-//! the raw JSON text that was stored, so an export imports back byte for byte.
+//! The JSON shapes of events, shared by the HTTP API and the command line: events in (an
+//! append), recorded events out (reads, subscriptions, `factum export`) and back in
+//! (`factum import`). Data and metadata travel as the raw JSON text that was stored, so an
+//! export imports back byte for byte.
 
-use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use factum_core::{ContentType, NewEvent, RecordedEvent, StreamName};
+use factum_core::{ContentType, NewEvent, RecordedEvent, StoreError, StreamName};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
-/// One line of `factum append` input.
+type Result<T> = std::result::Result<T, StoreError>;
+
+fn bad(message: impl std::fmt::Display) -> StoreError {
+    StoreError::invalid(message.to_string())
+}
+
+/// An event to append, as JSON: `type`, `data`, optional `metadata` (an object) and `id`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EventLine {
+pub struct EventLine {
     #[serde(rename = "type")]
     event_type: String,
     data: Box<RawValue>,
@@ -25,40 +31,57 @@ struct EventLine {
 
 /// Parses one input line of `factum append` into an event (validated).
 pub fn parse_event_line(line: &str) -> Result<NewEvent> {
-    let parsed: EventLine = serde_json::from_str(line)?;
-    let metadata = match parsed.metadata {
-        Some(raw) if raw.get() != "null" => {
-            if !raw.get().trim_start().starts_with('{') {
-                bail!("metadata must be a JSON object");
+    serde_json::from_str::<EventLine>(line)
+        .map_err(bad)?
+        .into_event()
+}
+
+impl EventLine {
+    /// The event to append (validated); an event without an id gets a new UUIDv7.
+    pub fn into_event(self) -> Result<NewEvent> {
+        let parsed = self;
+        let metadata = match parsed.metadata {
+            Some(raw) if raw.get() != "null" => {
+                if !raw.get().trim_start().starts_with('{') {
+                    return Err(bad("metadata must be a JSON object"));
+                }
+                Bytes::copy_from_slice(raw.get().as_bytes())
             }
-            Bytes::copy_from_slice(raw.get().as_bytes())
-        }
-        _ => Bytes::new(),
-    };
-    let event = NewEvent {
-        id: parsed.id.unwrap_or_else(Uuid::now_v7),
-        event_type: parsed.event_type,
-        content_type: ContentType::Json,
-        data: Bytes::copy_from_slice(parsed.data.get().as_bytes()),
-        metadata,
-    };
-    event.validate(false)?;
-    Ok(event)
+            _ => Bytes::new(),
+        };
+        let event = NewEvent {
+            id: parsed.id.unwrap_or_else(Uuid::now_v7),
+            event_type: parsed.event_type,
+            content_type: ContentType::Json,
+            data: Bytes::copy_from_slice(parsed.data.get().as_bytes()),
+            metadata,
+        };
+        event.validate(false)?;
+        Ok(event)
+    }
 }
 
 /// A recorded event as printed.
 #[derive(Serialize, Deserialize)]
 pub struct RecordedLine {
+    /// The stream.
     pub stream: String,
+    /// Its revision in the stream.
     pub revision: u64,
+    /// Its position in `$all`.
     pub position: u64,
+    /// The event id.
     pub id: Uuid,
+    /// The event type.
     #[serde(rename = "type")]
     pub event_type: String,
     /// JSON data as stored; binary data as a hex string (with `content_type`).
     pub data: Box<RawValue>,
+    /// The metadata object as stored, or `null`.
     pub metadata: Box<RawValue>,
+    /// When it was recorded, RFC 3339 with microseconds.
     pub recorded_at: String,
+    /// `application/octet-stream` for binary data; absent for JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
 }
@@ -66,7 +89,7 @@ pub struct RecordedLine {
 const BINARY: &str = "application/octet-stream";
 
 fn raw(text: String) -> Result<Box<RawValue>> {
-    Ok(RawValue::from_string(text)?)
+    RawValue::from_string(text).map_err(bad)
 }
 
 /// Formats microseconds since the epoch as RFC 3339 with microseconds.
@@ -77,16 +100,24 @@ pub fn format_time(recorded_at_us: u64) -> String {
 
 fn parse_time(text: &str) -> Result<u64> {
     let time: SystemTime = humantime::parse_rfc3339_weak(text)
-        .with_context(|| format!("recorded_at '{text}' is not an RFC 3339 time"))?;
-    Ok(time.duration_since(UNIX_EPOCH)?.as_micros() as u64)
+        .map_err(|_| bad(format!("recorded_at '{text}' is not an RFC 3339 time")))?;
+    Ok(time
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| bad(format!("recorded_at '{text}' is before 1970")))?
+        .as_micros() as u64)
 }
 
 /// The printed form of a recorded event.
 pub fn to_line(event: &RecordedEvent) -> Result<String> {
+    serde_json::to_string(&recorded(event)?).map_err(bad)
+}
+
+/// A recorded event in its JSON shape.
+pub fn recorded(event: &RecordedEvent) -> Result<RecordedLine> {
     let (data, content_type) = match event.content_type {
         ContentType::Json => (String::from_utf8_lossy(&event.data).into_owned(), None),
         ContentType::Binary => (
-            serde_json::to_string(&hex(&event.data))?,
+            serde_json::to_string(&hex(&event.data)).map_err(bad)?,
             Some(BINARY.to_owned()),
         ),
     };
@@ -95,7 +126,7 @@ pub fn to_line(event: &RecordedEvent) -> Result<String> {
     } else {
         String::from_utf8_lossy(&event.metadata).into_owned()
     };
-    let line = RecordedLine {
+    Ok(RecordedLine {
         stream: event.stream.to_string(),
         revision: event.revision,
         position: event.position,
@@ -105,23 +136,22 @@ pub fn to_line(event: &RecordedEvent) -> Result<String> {
         metadata: raw(metadata)?,
         recorded_at: format_time(event.recorded_at_us),
         content_type,
-    };
-    Ok(serde_json::to_string(&line)?)
+    })
 }
 
 /// Parses a line of `factum export` output back into the recorded event.
 pub fn from_line(line: &str) -> Result<RecordedEvent> {
-    let parsed: RecordedLine = serde_json::from_str(line)?;
+    let parsed: RecordedLine = serde_json::from_str(line).map_err(bad)?;
     let (content_type, data) = match parsed.content_type.as_deref() {
         None => (
             ContentType::Json,
             Bytes::copy_from_slice(parsed.data.get().as_bytes()),
         ),
         Some(BINARY) => {
-            let text: String = serde_json::from_str(parsed.data.get())?;
+            let text: String = serde_json::from_str(parsed.data.get()).map_err(bad)?;
             (ContentType::Binary, Bytes::from(unhex(&text)?))
         }
-        Some(other) => bail!("unknown content_type '{other}'"),
+        Some(other) => return Err(bad(format!("unknown content_type '{other}'"))),
     };
     let metadata = match parsed.metadata.get() {
         "null" => Bytes::new(),
@@ -145,12 +175,12 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Result<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        bail!("hex data has an odd length");
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return Err(bad("data is not hex"));
     }
     (0..text.len())
         .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).context("data is not hex"))
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| bad("data is not hex")))
         .collect()
 }
 

@@ -1,0 +1,86 @@
+//! Errors as HTTP responses: a status and a JSON body `{"error": "…"}` that names the problem.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use factum_core::{ExpectedState, StoreError};
+use serde_json::json;
+
+/// An error response of the API.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl ApiError {
+    /// An error with a status and a message.
+    pub fn new(status: StatusCode, message: impl std::fmt::Display) -> Self {
+        ApiError {
+            status,
+            body: json!({ "error": message.to_string() }),
+        }
+    }
+
+    /// 400: the request is malformed; nothing was written.
+    pub fn bad_request(message: impl std::fmt::Display) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// The JSON body: `{"error": "…"}`, and for a wrong expected revision `expected` and
+    /// `actual`.
+    pub fn body(&self) -> &serde_json::Value {
+        &self.body
+    }
+
+    /// The status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+/// How an expected state is written in the `Expected-Revision` header.
+pub(crate) fn expected_json(expected: ExpectedState) -> serde_json::Value {
+    match expected {
+        ExpectedState::Any => "any".into(),
+        ExpectedState::NoStream => "no-stream".into(),
+        ExpectedState::StreamExists => "exists".into(),
+        ExpectedState::Exact(revision) => revision.into(),
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        let status = match &error {
+            StoreError::WrongExpectedRevision {
+                expected, actual, ..
+            } => {
+                return ApiError {
+                    status: StatusCode::CONFLICT,
+                    body: json!({
+                        "error": error.to_string(),
+                        "expected": expected_json(*expected),
+                        "actual": actual.0,
+                    }),
+                };
+            }
+            StoreError::CheckpointBehind { .. } => StatusCode::CONFLICT,
+            StoreError::StreamDeleted(_) => StatusCode::GONE,
+            StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+            StoreError::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            StoreError::Closed | StoreError::Poisoned(_) | StoreError::Locked(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            StoreError::Corrupted { .. } | StoreError::Io(_) => {
+                tracing::error!(error = %error, "the store failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiError::new(status, error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}

@@ -1,0 +1,127 @@
+//! `factum serve`: the event store over HTTP.
+//!
+//! A JSON API to append, read, list, delete and describe streams; pages of `$all` for
+//! consumers that keep their own position (the event-provider API); server-sent events that
+//! follow a stream or `$all` live and resume from `Last-Event-ID` without gap or duplicate;
+//! `/health` and Prometheus `/metrics`.
+//!
+//! ```no_run
+//! # async fn run(store: std::sync::Arc<dyn factum_core::EventStore>) -> std::io::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:2113").await?;
+//! factum_server::serve(listener, store, factum_server::Config::default(), async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await
+//! # }
+//! ```
+//!
+//! | method and path | what it does |
+//! |---|---|
+//! | `POST /streams/{stream}` | appends a JSON array of events; header `Expected-Revision` |
+//! | `GET /streams/{stream}?from=&direction=&limit=` | a page of a stream's events |
+//! | `DELETE /streams/{stream}[?tombstone=true]` | soft delete, or tombstone |
+//! | `GET`, `PUT /streams/{stream}/metadata` | the stream's metadata |
+//! | `GET /streams/{stream}/subscribe?from=` | the stream live, as server-sent events |
+//! | `GET /streams?prefix=&after=&limit=` | streams by name |
+//! | `GET /all?from=&limit=` | a page of `$all` |
+//! | `GET /all/subscribe?from=` | `$all` live, as server-sent events |
+//! | `GET /health`, `GET /metrics` | liveness and the store's head; Prometheus metrics |
+
+mod api;
+mod error;
+pub mod json;
+mod metrics;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use factum_core::EventStore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use error::ApiError;
+
+/// Limits of the server.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The largest request body accepted (413 beyond it). Default 4 MiB.
+    pub max_body_bytes: usize,
+    /// The most events or streams one page returns (`limit`). Default 1000.
+    pub max_page: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_body_bytes: 4 << 20,
+            max_page: 1000,
+        }
+    }
+}
+
+/// What every handler sees.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) store: Arc<dyn EventStore>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) metrics: Arc<metrics::Metrics>,
+    /// Becomes `true` when the server shuts down: subscriptions end.
+    pub(crate) closing: watch::Receiver<bool>,
+}
+
+/// The API as a router, and the switch that ends its subscriptions (send `true`).
+pub fn router(store: Arc<dyn EventStore>, config: Config) -> (Router, watch::Sender<bool>) {
+    let (close, closing) = watch::channel(false);
+    let state = AppState {
+        store,
+        config: Arc::new(config),
+        metrics: Arc::new(metrics::Metrics::new()),
+        closing,
+    };
+    let router = Router::new()
+        .route("/health", get(api::health))
+        .route("/metrics", get(api::metrics))
+        .route("/streams", get(api::list_streams))
+        .route(
+            "/streams/{stream}",
+            get(api::read_stream)
+                .post(api::append)
+                .delete(api::delete_stream),
+        )
+        .route(
+            "/streams/{stream}/metadata",
+            get(api::get_metadata).put(api::put_metadata),
+        )
+        .route("/streams/{stream}/subscribe", get(api::subscribe_stream))
+        .route("/all", get(api::read_all))
+        .route("/all/subscribe", get(api::subscribe_all))
+        .fallback(api::no_such_endpoint)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .with_state(state);
+    (router, close)
+}
+
+/// Serves the API on `listener` until `shutdown` completes; then stops accepting connections,
+/// ends the subscriptions, lets requests in flight (appends included) finish, and returns.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<dyn EventStore>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (router, close) = router(store, config);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing requests in flight");
+            let _ = close.send(true);
+        })
+        .await
+}

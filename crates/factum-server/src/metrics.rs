@@ -1,0 +1,157 @@
+//! Prometheus metrics: requests and their latency by route, appends, events and bytes written,
+//! subscribers, and the store's head.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::AppState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs … ≈ 1.6 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+/// The server's metrics.
+pub(crate) struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub(crate) appends: Counter,
+    pub(crate) events: Counter,
+    pub(crate) bytes: Counter,
+    pub(crate) subscribers: Gauge,
+    head: Gauge,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("factum");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        let appends = Counter::default();
+        let events = Counter::default();
+        let bytes = Counter::default();
+        let subscribers = Gauge::default();
+        let head = Gauge::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by method, route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request, by method and route (for subscriptions: until the \
+             stream opens)",
+            latency.clone(),
+        );
+        registry.register("appends", "Appends that were recorded", appends.clone());
+        registry.register(
+            "appended_events",
+            "Events recorded by appends",
+            events.clone(),
+        );
+        registry.register(
+            "appended_bytes",
+            "Bytes of data and metadata recorded by appends",
+            bytes.clone(),
+        );
+        registry.register(
+            "subscribers",
+            "Open server-sent-event subscriptions",
+            subscribers.clone(),
+        );
+        registry.register(
+            "head_position",
+            "The position the next event will get",
+            head.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            appends,
+            events,
+            bytes,
+            subscribers,
+            head,
+        }
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub(crate) fn render(&self, head: u64) -> String {
+        self.head.set(i64::try_from(head).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Counts each request and times it, by the route it matched.
+pub(crate) async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let metrics: &Arc<Metrics> = &state.metrics;
+    metrics
+        .latency
+        .get_or_create(&RouteLabels {
+            method: method.clone(),
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+/// Counts a subscriber while it lives.
+pub(crate) struct Subscribed(pub(crate) Arc<Metrics>);
+
+impl Subscribed {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
+        metrics.subscribers.inc();
+        Subscribed(metrics)
+    }
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        self.0.subscribers.dec();
+    }
+}

@@ -1,0 +1,658 @@
+//! The HTTP API against a real server on the embedded store: every endpoint, every error status
+//! with the input that causes it (and that nothing was written), server-sent events that resume
+//! without gap or duplicate, metrics, and shutdown.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use factum_core::EventStore;
+use factum_engine::{Engine, Options};
+use futures::StreamExt;
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+struct Server {
+    url: String,
+    store: Engine,
+    client: Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Server {
+    start_with(factum_server::Config::default()).await
+}
+
+async fn start_with(config: factum_server::Config) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Engine::open(dir.path().join("data"), Options::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(factum_server::serve(
+        listener,
+        Arc::new(store.clone()),
+        config,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    Server {
+        url,
+        store,
+        client: Client::new(),
+        stop: Some(stop),
+        task,
+        _dir: dir,
+    }
+}
+
+impl Server {
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    async fn append(
+        &self,
+        stream: &str,
+        expected: Option<&str>,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .post(self.at(&format!("/streams/{stream}")))
+            .json(&body);
+        if let Some(expected) = expected {
+            request = request.header("Expected-Revision", expected);
+        }
+        let response = request.send().await.unwrap();
+        (
+            response.status(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self.client.get(self.at(path)).send().await.unwrap();
+        (
+            response.status(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        self.store.close().unwrap();
+    }
+}
+
+fn events(n: usize, kind: &str) -> Value {
+    Value::Array(
+        (0..n)
+            .map(|i| json!({"type": kind, "data": {"n": i}, "metadata": {"by": "test"}}))
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_and_reads_streams() {
+    let server = start().await;
+    let (status, body) = server
+        .append("order-1", Some("no-stream"), events(3, "Placed"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        body,
+        json!({"first_revision": 0, "last_revision": 2, "position": 2})
+    );
+    let id = uuid::Uuid::now_v7();
+    let (status, body) = server
+        .append(
+            "order-1",
+            Some("2"),
+            json!([{"type": "Paid", "data": {"cents": 5}, "id": id}]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["first_revision"], 3);
+
+    let (status, page) = server.get("/streams/order-1?limit=2").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["events"].as_array().unwrap().len(), 2);
+    assert_eq!(page["events"][0]["data"], json!({"n": 0}));
+    assert_eq!(page["events"][0]["metadata"], json!({"by": "test"}));
+    assert_eq!(page["events"][0]["type"], "Placed");
+    assert_eq!(page["events"][0]["stream"], "order-1");
+    assert_eq!(page["next"], 2);
+    let (_, page) = server.get("/streams/order-1?from=2").await;
+    assert_eq!(page["events"][1]["id"], id.to_string());
+    assert_eq!(page["next"], 4);
+    let (_, page) = server
+        .get("/streams/order-1?direction=backwards&limit=3")
+        .await;
+    let revisions: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["revision"].as_u64().unwrap())
+        .collect();
+    assert_eq!(revisions, [3, 2, 1]);
+    assert_eq!(page["next"], 0);
+    let (_, page) = server
+        .get("/streams/order-1?direction=backwards&from=0")
+        .await;
+    assert_eq!(page["next"], Value::Null);
+
+    let (status, body) = server.get("/streams/order-404").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"].as_str().unwrap().contains("order-404"));
+
+    // An idempotent retry: the same id again returns the original result and writes nothing.
+    let head = server.store.head();
+    let (status, body) = server
+        .append(
+            "order-1",
+            Some("2"),
+            json!([{"type": "Paid", "data": {"cents": 5}, "id": id}]),
+        )
+        .await;
+    assert_eq!(
+        (status, body["first_revision"].clone()),
+        (StatusCode::CREATED, json!(3))
+    );
+    assert_eq!(server.store.head(), head);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_expected_revisions_are_conflicts_and_write_nothing() {
+    let server = start().await;
+    server.append("cart-1", None, events(2, "Added")).await;
+    let head = server.store.head();
+    for (expected, want_expected, actual) in [
+        ("no-stream", json!("no-stream"), json!(1)),
+        ("0", json!(0), json!(1)),
+        ("7", json!(7), json!(1)),
+    ] {
+        let (status, body) = server
+            .append("cart-1", Some(expected), events(1, "Added"))
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{expected}: {body}");
+        assert_eq!(body["expected"], want_expected);
+        assert_eq!(body["actual"], actual);
+    }
+    let (status, body) = server
+        .append("cart-2", Some("exists"), events(1, "Added"))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["actual"], Value::Null);
+    assert_eq!(server.store.head(), head);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_named_and_writes_nothing() {
+    let server = start_with(factum_server::Config {
+        max_body_bytes: 64 * 1024,
+        ..factum_server::Config::default()
+    })
+    .await;
+    server.append("s-1", None, events(1, "A")).await;
+    let head = server.store.head();
+    let raw = |stream: &str, headers: Vec<(&'static str, &'static str)>, body: String| {
+        let mut request = server
+            .client
+            .post(server.at(&format!("/streams/{stream}")))
+            .header("content-type", "application/json")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request
+    };
+    let huge = format!(
+        "[{{\"type\":\"A\",\"data\":\"{}\"}}]",
+        "x".repeat(100 * 1024)
+    );
+    let cases: Vec<(reqwest::RequestBuilder, StatusCode, &str)> = vec![
+        (
+            raw("s-1", vec![], "[{\"type\":".into()),
+            StatusCode::BAD_REQUEST,
+            "body",
+        ),
+        (
+            raw("s-1", vec![], "{\"type\":\"A\",\"data\":1}".into()),
+            StatusCode::BAD_REQUEST,
+            "expected a sequence",
+        ),
+        (
+            raw("s-1", vec![], "[]".into()),
+            StatusCode::BAD_REQUEST,
+            "no event",
+        ),
+        (
+            raw("s-1", vec![], "[{\"type\":5,\"data\":1}]".into()),
+            StatusCode::BAD_REQUEST,
+            "invalid type",
+        ),
+        (
+            raw("s-1", vec![], "[{\"data\":1}]".into()),
+            StatusCode::BAD_REQUEST,
+            "missing field `type`",
+        ),
+        (
+            raw("s-1", vec![], "[{\"type\":\"\",\"data\":1}]".into()),
+            StatusCode::BAD_REQUEST,
+            "event 0",
+        ),
+        (
+            raw(
+                "s-1",
+                vec![],
+                "[{\"type\":\"A\",\"data\":1},{\"type\":\"B\",\"data\":1,\"metadata\":[1]}]".into(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "event 1: invalid input: metadata must be a JSON object",
+        ),
+        (
+            raw(
+                "s-1",
+                vec![],
+                "[{\"type\":\"A\",\"data\":1,\"id\":\"nope\"}]".into(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "UUID",
+        ),
+        (
+            raw(
+                "s-1",
+                vec![],
+                "[{\"type\":\"A\",\"data\":1,\"extra\":true}]".into(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "unknown field `extra`",
+        ),
+        (
+            raw(
+                "s-1",
+                vec![("Expected-Revision", "soon")],
+                "[{\"type\":\"A\",\"data\":1}]".into(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "Expected-Revision",
+        ),
+        (
+            raw(
+                "s-1?validate=true",
+                vec![],
+                "[{\"type\":\"A\",\"data\":1}]".into(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "unknown field `validate`",
+        ),
+        (
+            raw("%24system", vec![], "[{\"type\":\"A\",\"data\":1}]".into()),
+            StatusCode::BAD_REQUEST,
+            "reserved",
+        ),
+        (
+            raw("s-1", vec![], huge),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too large",
+        ),
+    ];
+    for (request, status, message) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{message}");
+        let body: Value = response.json().await.unwrap();
+        let error = body["error"].as_str().unwrap_or_default().to_owned();
+        assert!(error.contains(message), "expected '{message}' in: {error}");
+        assert_eq!(
+            server.store.head(),
+            head,
+            "{message}: something was written"
+        );
+    }
+
+    // Bad query parameters of reads.
+    for (path, message) in [
+        ("/streams/s-1?limit=0", "limit 0"),
+        ("/streams/s-1?limit=5000", "limit 5000"),
+        ("/streams/s-1?direction=sideways", "unknown variant"),
+        ("/streams/s-1?from=-1", "from"),
+        ("/streams/s-1?colour=red", "unknown field `colour`"),
+        ("/all?limit=abc", "limit"),
+        ("/streams?after=", "stream name"),
+        ("/health?x=1", "unknown field"),
+        ("/all/subscribe?from=x", "from"),
+    ] {
+        let (status, body) = server.get(path).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(message),
+            "{path}: expected '{message}' in {body}"
+        );
+    }
+    let (status, _) = server.get("/nowhere").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(server.store.head(), head);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_is_paged_in_log_order() {
+    let server = start().await;
+    for i in 0..5 {
+        server.append(&format!("s-{i}"), None, events(3, "E")).await;
+    }
+    let mut from = 0;
+    let mut positions = Vec::new();
+    loop {
+        let (status, page) = server.get(&format!("/all?from={from}&limit=4")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(page["head"], 15);
+        let events = page["events"].as_array().unwrap();
+        if events.is_empty() {
+            assert_eq!(page["next"], from);
+            break;
+        }
+        positions.extend(events.iter().map(|e| e["position"].as_u64().unwrap()));
+        from = page["next"].as_u64().unwrap();
+    }
+    assert_eq!(positions, (0..15).collect::<Vec<_>>());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_tombstones_metadata_and_listing() {
+    let server = start().await;
+    for name in ["acc-1", "acc-2", "acc-3", "other-1"] {
+        server.append(name, None, events(1, "Opened")).await;
+    }
+    let (_, listing) = server.get("/streams?prefix=acc-&limit=2").await;
+    let names: Vec<&str> = listing["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["acc-1", "acc-2"]);
+    assert_eq!(listing["next"], "acc-2");
+    let (_, listing) = server.get("/streams?prefix=acc-&after=acc-2").await;
+    assert_eq!(listing["streams"][0]["name"], "acc-3");
+    assert_eq!(listing["next"], Value::Null);
+
+    // Soft delete: not found, then written again.
+    let response = server
+        .client
+        .delete(server.at("/streams/acc-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(server.get("/streams/acc-1").await.0, StatusCode::NOT_FOUND);
+    let (status, body) = server
+        .append("acc-1", Some("no-stream"), events(1, "Reopened"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(body["first_revision"], 1);
+
+    // A delete with a wrong expected revision is a conflict.
+    let response = server
+        .client
+        .delete(server.at("/streams/acc-2"))
+        .header("Expected-Revision", "9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+
+    // Tombstone: gone for good.
+    let response = server
+        .client
+        .delete(server.at("/streams/acc-2?tombstone=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let head = server.store.head();
+    assert_eq!(server.get("/streams/acc-2").await.0, StatusCode::GONE);
+    assert_eq!(
+        server.append("acc-2", None, events(1, "A")).await.0,
+        StatusCode::GONE
+    );
+    assert_eq!(
+        server.get("/streams/acc-2/subscribe").await.0,
+        StatusCode::GONE
+    );
+    assert_eq!(server.store.head(), head);
+
+    // Metadata.
+    assert_eq!(
+        server.get("/streams/acc-3/metadata").await,
+        (StatusCode::OK, json!({}))
+    );
+    let response = server
+        .client
+        .put(server.at("/streams/acc-3/metadata"))
+        .json(&json!({"max_count": 1, "custom": {"owner": "ann"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        server.get("/streams/acc-3/metadata").await.1,
+        json!({"max_count": 1, "custom": {"owner": "ann"}})
+    );
+    server.append("acc-3", None, events(2, "More")).await;
+    let (_, page) = server.get("/streams/acc-3").await;
+    assert_eq!(
+        page["events"].as_array().unwrap().len(),
+        1,
+        "max_count hides older events"
+    );
+    let head = server.store.head();
+    let response = server
+        .client
+        .put(server.at("/streams/acc-3/metadata"))
+        .json(&json!({"max_cuont": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(server.store.head(), head);
+    server.stop().await;
+}
+
+/// A server-sent-events reader: (id, data) pairs as they arrive.
+struct Sse {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl Sse {
+    async fn open(server: &Server, path: &str, last_event_id: Option<u64>) -> Sse {
+        let mut request = server.client.get(server.at(path));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        Sse {
+            body: Box::pin(response.bytes_stream()),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event, or `None` when the server ended the stream.
+    async fn next(&mut self) -> Option<(u64, Value)> {
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut id = None;
+                let mut data = None;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id: ").or(line.strip_prefix("id:")) {
+                        id = Some(v.parse().unwrap());
+                    } else if let Some(v) =
+                        line.strip_prefix("data: ").or(line.strip_prefix("data:"))
+                    {
+                        data = Some(serde_json::from_str(v).unwrap());
+                    }
+                }
+                if let (Some(id), Some(data)) = (id, data) {
+                    return Some((id, data));
+                }
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.body.next())
+                .await
+                .expect("an event within 10 s")?
+                .ok()?;
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_follow_live_and_resume_without_gap_or_duplicate() {
+    let server = start().await;
+    server.append("a-1", None, events(5, "E")).await;
+    server.append("b-1", None, events(5, "E")).await;
+
+    // $all: catch up, then live; drop after 7 events and resume from the last id.
+    let mut all = Sse::open(&server, "/all/subscribe", None).await;
+    let mut seen = Vec::new();
+    for _ in 0..7 {
+        let (id, event) = all.next().await.unwrap();
+        assert_eq!(event["position"], id);
+        seen.push(id);
+    }
+    drop(all);
+    server.append("a-1", None, events(3, "Later")).await;
+    let mut all = Sse::open(&server, "/all/subscribe", seen.last().copied()).await;
+    while seen.len() < 13 {
+        seen.push(all.next().await.unwrap().0);
+    }
+    assert_eq!(seen, (0..13).collect::<Vec<_>>());
+    // Live: an event appended now arrives.
+    server.append("b-1", None, events(1, "Live")).await;
+    assert_eq!(all.next().await.unwrap().0, 13);
+
+    // One stream: ids are positions; resuming from one goes on at the next revision.
+    let mut stream = Sse::open(&server, "/streams/a-1/subscribe?from=1", None).await;
+    let (first, event) = stream.next().await.unwrap();
+    assert_eq!((first, event["revision"].clone()), (1, json!(1)));
+    let (second, _) = stream.next().await.unwrap();
+    drop(stream);
+    let mut stream = Sse::open(&server, "/streams/a-1/subscribe", Some(second)).await;
+    let revisions: Vec<u64> = {
+        let mut revisions = Vec::new();
+        for _ in 0..5 {
+            revisions.push(stream.next().await.unwrap().1["revision"].as_u64().unwrap());
+        }
+        revisions
+    };
+    assert_eq!(revisions, [3, 4, 5, 6, 7]);
+    // A Last-Event-ID that is not an event of the stream is refused.
+    let response = server
+        .client
+        .get(server.at("/streams/a-1/subscribe"))
+        .header("Last-Event-ID", "6")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    // A stream that does not exist yet is waited for.
+    let mut later = Sse::open(&server, "/streams/c-1/subscribe", None).await;
+    server.append("c-1", None, events(1, "Born")).await;
+    assert_eq!(later.next().await.unwrap().1["stream"], "c-1");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics() {
+    let server = start().await;
+    server.append("m-1", None, events(4, "E")).await;
+    assert_eq!(
+        server.get("/health").await,
+        (StatusCode::OK, json!({"status": "ok", "head": 4}))
+    );
+    let _subscriber = Sse::open(&server, "/all/subscribe", None).await;
+    let text = server
+        .client
+        .get(server.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        "factum_appends_total 1",
+        "factum_appended_events_total 4",
+        "factum_subscribers 1",
+        "factum_head_position 4",
+        "factum_http_requests_total{method=\"POST\",route=\"/streams/{stream}\",status=\"201\"} 1",
+        "factum_http_request_duration_seconds_bucket{",
+    ] {
+        assert!(
+            text.contains(expected),
+            "'{expected}' missing from:\n{text}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_appends_in_flight_and_ends_subscriptions() {
+    let server = start().await;
+    let mut subscriber = Sse::open(&server, "/all/subscribe", None).await;
+    let appends: Vec<_> = (0..20)
+        .map(|i| {
+            let client = server.client.clone();
+            let url = server.at(&format!("/streams/in-flight-{i}"));
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .json(&events(1, "E"))
+                    .send()
+                    .await
+                    .map(|r| r.status())
+            })
+        })
+        .collect();
+    // Let the appends reach the server, then stop it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let store = server.store.clone();
+    server.stop().await;
+    let mut created = 0u64;
+    for append in appends {
+        // Each append either completed (and is durable) or never reached the server.
+        if let Ok(status) = append.await.unwrap() {
+            assert_eq!(status, StatusCode::CREATED);
+            created += 1;
+        }
+    }
+    assert_eq!(store.head(), created);
+    // The subscription delivered what it saw, then ended.
+    let mut delivered = 0;
+    while subscriber.next().await.is_some() {
+        delivered += 1;
+    }
+    assert!(delivered <= created);
+}
