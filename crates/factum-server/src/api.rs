@@ -92,6 +92,29 @@ fn lines(events: &[RecordedEvent]) -> Result<Vec<RecordedLine>> {
 #[serde(deny_unknown_fields)]
 pub(crate) struct NoParams {}
 
+/// The endpoints, for a person or a client that opens the server's address.
+pub(crate) async fn index(
+    params: std::result::Result<Query<NoParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>> {
+    query(params)?;
+    Ok(Json(json!({
+        "name": "factum",
+        "version": env!("CARGO_PKG_VERSION"),
+        "endpoints": {
+            "POST /streams/{stream}": "append a JSON array of events ({type, data, metadata?, id?}); header Expected-Revision: any|no-stream|exists|N",
+            "GET /streams/{stream}?from=&direction=forwards|backwards&limit=": "a page of a stream's events",
+            "DELETE /streams/{stream}?tombstone=": "soft delete, or tombstone",
+            "GET|PUT /streams/{stream}/metadata": "the stream's metadata",
+            "GET /streams/{stream}/subscribe?from=": "the stream live (server-sent events; id = position, resume with Last-Event-ID)",
+            "GET /streams?prefix=&after=&limit=": "streams by name",
+            "GET /all?from=&limit=": "a page of $all, with the position to ask for next",
+            "GET /all/subscribe?from=": "$all live (server-sent events)",
+            "GET /health": "liveness and the store's head",
+            "GET /metrics": "Prometheus metrics",
+        }
+    })))
+}
+
 pub(crate) async fn health(
     State(state): State<AppState>,
     params: std::result::Result<Query<NoParams>, QueryRejection>,

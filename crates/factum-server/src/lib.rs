@@ -26,6 +26,7 @@
 //! | `GET /all?from=&limit=` | a page of `$all` |
 //! | `GET /all/subscribe?from=` | `$all` live, as server-sent events |
 //! | `GET /health`, `GET /metrics` | liveness and the store's head; Prometheus metrics |
+//! | `GET /` | this list of endpoints, as JSON |
 
 mod api;
 mod error;
@@ -82,6 +83,7 @@ pub fn router(store: Arc<dyn EventStore>, config: Config) -> (Router, watch::Sen
         closing,
     };
     let router = Router::new()
+        .route("/", get(api::index))
         .route("/health", get(api::health))
         .route("/metrics", get(api::metrics))
         .route("/streams", get(api::list_streams))

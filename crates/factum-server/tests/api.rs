@@ -343,6 +343,9 @@ async fn bad_input_is_named_and_writes_nothing() {
             "{path}: expected '{message}' in {body}"
         );
     }
+    let (status, index) = server.get("/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(index["endpoints"]["POST /streams/{stream}"].is_string());
     let (status, _) = server.get("/nowhere").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(server.store.head(), head);
