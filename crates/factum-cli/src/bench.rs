@@ -22,7 +22,7 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Scenarios to run (bulk, concurrent, single, read-all; also open, load, load-snapshot,
-    /// bus, processor, project, project-e2e).
+    /// bus, processor, project, project-e2e, http, http-sse).
     #[arg(
         long,
         value_delimiter = ',',
@@ -597,12 +597,26 @@ pub async fn run(data_dir: &Path, args: BenchArgs) -> Result<()> {
     let mut written = vec![0u64; stores.len()];
     let payloads = Arc::new(Payloads::new());
     for scenario in &args.scenarios {
-        if matches!(scenario.as_str(), "project" | "project-e2e") {
-            let measured =
+        // Scenarios with a store of their own, run once.
+        let own = match scenario.as_str() {
+            "http" | "http-sse" => Some(
+                crate::bench_http::run(
+                    scenario,
+                    work.path(),
+                    args.concurrent_events,
+                    usize::try_from(args.writers)?,
+                    &payloads,
+                )
+                .await,
+            ),
+            "project" | "project-e2e" => Some(
                 crate::bench_projections::run(scenario, work.path(), &args.postgres, &payloads)
-                    .await
-                    .with_context(|| scenario.clone())?;
-            for r in measured {
+                    .await,
+            ),
+            _ => None,
+        };
+        if let Some(measured) = own {
+            for r in measured.with_context(|| scenario.clone())? {
                 print_row(&args, &r);
                 rows.push(r);
             }
@@ -637,7 +651,7 @@ pub async fn run(data_dir: &Path, args: BenchArgs) -> Result<()> {
                 other => {
                     bail!(
                         "unknown scenario '{other}' (bulk, concurrent, single, read-all, open, \
-                         load, load-snapshot, bus, processor, project, project-e2e)"
+                         load, load-snapshot, bus, processor, project, project-e2e, http, http-sse)"
                     )
                 }
             };

@@ -1,6 +1,7 @@
 //! `factum`: the command line over the embedded store. JSON lines in and out.
 
 mod bench;
+mod bench_http;
 mod bench_projections;
 mod bench_toolkit;
 mod demo;
