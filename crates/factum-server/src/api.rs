@@ -87,6 +87,15 @@ fn lines(events: &[RecordedEvent]) -> Result<Vec<RecordedLine>> {
         .collect()
 }
 
+/// A page of events. Data and metadata are sent as the JSON text stored, byte for byte.
+#[derive(serde::Serialize)]
+pub(crate) struct Page {
+    events: Vec<RecordedLine>,
+    next: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    head: Option<u64>,
+}
+
 /// Query parameters of an endpoint that takes none.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -199,7 +208,7 @@ pub(crate) async fn read_stream(
     State(state): State<AppState>,
     stream: std::result::Result<Path<String>, PathRejection>,
     params: std::result::Result<Query<ReadParams>, QueryRejection>,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<Page>> {
     let stream = StreamName::new(path(stream)?)?;
     let params = query(params)?;
     let limit = limit(params.limit, &state)?;
@@ -219,7 +228,11 @@ pub(crate) async fn read_stream(
         }
         (Direction::Backwards, _) => None,
     };
-    Ok(Json(json!({ "events": lines(&events)?, "next": next })))
+    Ok(Json(Page {
+        events: lines(&events)?,
+        next,
+        head: None,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -232,7 +245,7 @@ pub(crate) struct AllParams {
 pub(crate) async fn read_all(
     State(state): State<AppState>,
     params: std::result::Result<Query<AllParams>, QueryRejection>,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<Page>> {
     let params = query(params)?;
     let limit = limit(params.limit, &state)?;
     let from = params.from.unwrap_or(0);
@@ -242,9 +255,11 @@ pub(crate) async fn read_all(
         .read_all(from, Direction::Forwards, limit)
         .await?;
     let next = events.last().map_or(from, |e| e.position + 1);
-    Ok(Json(
-        json!({ "events": lines(&events)?, "next": next, "head": head }),
-    ))
+    Ok(Json(Page {
+        events: lines(&events)?,
+        next: Some(next),
+        head: Some(head),
+    }))
 }
 
 #[derive(Deserialize)]

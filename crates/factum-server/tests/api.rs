@@ -153,6 +153,31 @@ async fn appends_and_reads_streams() {
         .await;
     assert_eq!(page["next"], Value::Null);
 
+    // Data comes back as it was sent, byte for byte (key order and spacing kept).
+    let response = server
+        .client
+        .post(server.at("/streams/raw-1"))
+        .body(r#"[{"type": "T", "data": {"zeta":1,"alpha":2}}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    for path in ["/streams/raw-1", "/all?from=0"] {
+        let text = server
+            .client
+            .get(server.at(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            text.contains(r#""data":{"zeta":1,"alpha":2}"#),
+            "{path}: {text}"
+        );
+    }
+
     let (status, body) = server.get("/streams/order-404").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body["error"].as_str().unwrap().contains("order-404"));
