@@ -111,10 +111,7 @@ async fn checkpoint(
     name: &str,
     target: Target,
 ) -> Result<(Option<u64>, bool), ProjectionError> {
-    let column = match target {
-        Target::Live => "position",
-        Target::Shadow => "rebuild_position",
-    };
+    let column = target.checkpoint_column();
     let row = tx
         .query_opt(
             &format!(
@@ -264,16 +261,13 @@ impl ReadModel for PgReadModel {
                 }
                 Step::Rows(rows) => {
                     let Some(first) = rows.first() else { continue };
-                    first.check_shape()?;
-                    for row in &rows {
-                        row.check_values()?;
-                    }
+                    // Checked before its SQL is written.
+                    let folded = fold(&rows)?;
                     let single_sql = first.single_sql();
                     let single = prepare(&tx, prepared, &single_sql, || {
                         registered.sql(commit.target, &single_sql, physical, false)
                     })
                     .await?;
-                    let folded = fold(&rows)?;
                     // Arrays of arrays would flatten in `unnest`: such tables take a statement
                     // per row.
                     let flat = single

@@ -19,6 +19,16 @@ pub enum Target {
     Shadow,
 }
 
+impl Target {
+    /// The column of `factum_projections` that holds this target's checkpoint.
+    pub(crate) fn checkpoint_column(self) -> &'static str {
+        match self {
+            Target::Live => "position",
+            Target::Shadow => "rebuild_position",
+        }
+    }
+}
+
 /// One batch of a projection: changes plus the checkpoint they move, in one transaction.
 #[derive(Clone, Debug)]
 pub struct Commit {

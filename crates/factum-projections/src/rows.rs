@@ -420,13 +420,18 @@ impl Hash for KeyOf<'_> {
     }
 }
 
-/// The rows of a run of changes of one shape, as values in [`RowChange::values`] order. Upserts
-/// and updates of the same key are folded into one row: the last `set` values, the sum of the
-/// `add` values — what running them one after another leaves.
+/// The rows of a run of changes of one shape, as values in [`RowChange::values`] order, after
+/// checking the run (names and values): only then may the run's SQL be written. Upserts and
+/// updates of the same key are folded into one row: the last `set` values, the sum of the `add`
+/// values — what running them one after another leaves.
 pub(crate) fn fold(rows: &[&RowChange]) -> Result<Vec<Vec<Value>>, ProjectionError> {
     let Some(first) = rows.first() else {
         return Ok(Vec::new());
     };
+    first.check_shape()?;
+    for row in rows {
+        row.check_values()?;
+    }
     if !matches!(first.kind, RowKind::Upsert | RowKind::Update) {
         return Ok(rows
             .iter()

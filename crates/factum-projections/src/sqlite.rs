@@ -146,10 +146,7 @@ fn checkpoint(
     name: &str,
     target: Target,
 ) -> Result<(Option<u64>, bool), ProjectionError> {
-    let column = match target {
-        Target::Live => "position",
-        Target::Shadow => "rebuild_position",
-    };
+    let column = target.checkpoint_column();
     tx.query_row(
         &format!("SELECT {column}, rebuilding FROM factum_projections WHERE name = ?1"),
         [name],
@@ -228,14 +225,12 @@ impl ReadModel for SqliteReadModel {
                     }
                     Step::Rows(rows) => {
                         let Some(first) = rows.first() else { continue };
-                        first.check_shape()?;
+                        // Checked before its SQL is written.
+                        let folded = fold(&rows)?;
                         let sql =
                             registered.sql(commit.target, &first.single_sql(), physical, true)?;
-                        for row in &rows {
-                            row.check_values()?;
-                        }
                         let mut prepared = tx.prepare_cached(&sql)?;
-                        for row in fold(&rows)? {
+                        for row in folded {
                             prepared.execute(params_from_iter(row))?;
                         }
                     }

@@ -280,20 +280,13 @@ async fn row_changes_equal_the_model_at_any_batch_size(read_model: Arc<dyn ReadM
     }
 
     // And live again, on top of what is there.
-    let model = {
-        let more = append_facts(&*store, 700, 8).await;
-        projector_run(&store, &read_model, 250).await;
-        more
-    };
-    assert_eq!(actual(&*read_model).await, model);
-}
-
-async fn projector_run(store: &Arc<dyn EventStore>, read_model: &Arc<dyn ReadModel>, batch: usize) {
+    let model = append_facts(&*store, 700, 8).await;
     Projector::new(store.clone(), read_model.clone(), Ledger)
-        .batch_size(batch)
+        .batch_size(250)
         .run_until(store.head())
         .await
         .unwrap();
+    assert_eq!(actual(&*read_model).await, model);
 }
 
 fn row(kind: &str, build: impl FnOnce(&mut RowChange)) -> Change {

@@ -39,8 +39,7 @@ pub fn parse_event_line(line: &str) -> Result<NewEvent> {
 impl EventLine {
     /// The event to append (validated); an event without an id gets a new UUIDv7.
     pub fn into_event(self) -> Result<NewEvent> {
-        let parsed = self;
-        let metadata = match parsed.metadata {
+        let metadata = match self.metadata {
             Some(raw) if raw.get() != "null" => {
                 if !raw.get().trim_start().starts_with('{') {
                     return Err(bad("metadata must be a JSON object"));
@@ -50,10 +49,10 @@ impl EventLine {
             _ => Bytes::new(),
         };
         let event = NewEvent {
-            id: parsed.id.unwrap_or_else(Uuid::now_v7),
-            event_type: parsed.event_type,
+            id: self.id.unwrap_or_else(Uuid::now_v7),
+            event_type: self.event_type,
             content_type: ContentType::Json,
-            data: Bytes::copy_from_slice(parsed.data.get().as_bytes()),
+            data: Bytes::copy_from_slice(self.data.get().as_bytes()),
             metadata,
         };
         event.validate(false)?;
