@@ -604,6 +604,19 @@ async fn subscriptions_follow_live_and_resume_without_gap_or_duplicate() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // Nor is a Last-Event-ID that is not a position.
+    for path in ["/streams/a-1/subscribe", "/all/subscribe"] {
+        let response = server
+            .client
+            .get(server.at(path))
+            .header("Last-Event-ID", "abc")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("Last-Event-ID"));
+    }
 
     // A stream that does not exist yet is waited for.
     let mut later = Sse::open(&server, "/streams/c-1/subscribe", None).await;
@@ -683,4 +696,16 @@ async fn shutdown_finishes_appends_in_flight_and_ends_subscriptions() {
         delivered += 1;
     }
     assert!(delivered <= created);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_store_answers_503_and_writes_nothing() {
+    let server = start().await;
+    server.append("s-1", None, events(1, "E")).await;
+    server.store.close().unwrap();
+    let (status, body) = server.append("s-1", None, events(1, "E")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("closed"));
+    assert_eq!(server.store.head(), 1);
+    server.stop().await;
 }
