@@ -149,9 +149,11 @@ async fn subscribers(client: &reqwest::Client, url: &str) -> Result<Row> {
                     .await
                     .context("the subscription ended early")??;
                 buffer.extend_from_slice(&chunk);
-                while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
-                    let block: Vec<u8> = buffer.drain(..end + 2).collect();
-                    let text = std::str::from_utf8(&block)?;
+                let mut start = 0;
+                while let Some(end) = buffer[start..].windows(2).position(|w| w == b"\n\n") {
+                    let block = &buffer[start..start + end];
+                    start += end + 2;
+                    let text = std::str::from_utf8(block)?;
                     let Some(id) = text
                         .lines()
                         .find_map(|l| l.strip_prefix("id: ").or(l.strip_prefix("id:")))
@@ -169,6 +171,7 @@ async fn subscribers(client: &reqwest::Client, url: &str) -> Result<Row> {
                     expected += 1;
                     progress.inc(1);
                 }
+                buffer.drain(..start);
             }
             Ok::<_, anyhow::Error>(delays)
         }));

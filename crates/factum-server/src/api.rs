@@ -1,26 +1,20 @@
 //! The handlers of the JSON API. Every rejection — of the path, the query, a header or the
 //! body — answers with [`ApiError`]'s JSON, and nothing is written.
 
-use std::convert::Infallible;
-use std::time::Duration;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use factum_core::{
     Direction, ExpectedState, RecordedEvent, StoreError, StreamMetadata, StreamName, Subscription,
-    SubscriptionFilter,
 };
-use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::json::{EventLine, RecordedLine, recorded};
-use crate::metrics::Subscribed;
+use crate::sse::{self, Follow};
 use crate::{ApiError, AppState};
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -367,8 +361,7 @@ pub(crate) async fn subscribe_all(
         Some(last) => last + 1,
         None => params.from.unwrap_or(0),
     };
-    let subscription = Subscription::all(state.store.clone(), from, SubscriptionFilter::default());
-    Ok(events(&state, subscription))
+    Ok(sse::respond(&state, Follow::All { from }))
 }
 
 pub(crate) async fn subscribe_stream(
@@ -408,42 +401,5 @@ pub(crate) async fn subscribe_stream(
         None => params.from.unwrap_or(0),
     };
     let subscription = Subscription::stream(state.store.clone(), stream, from);
-    Ok(events(&state, subscription))
-}
-
-/// A subscription as server-sent events: `id:` is the event's position, `data:` the event's
-/// JSON. A failure is sent as an `error` event, and the stream ends; so does shutdown.
-fn events(state: &AppState, subscription: Subscription) -> Response {
-    let subscribed = Subscribed::new(state.metrics.clone());
-    let mut closing = state.closing.clone();
-    let closed = async move {
-        let _ = closing.wait_for(|closing| *closing).await;
-    };
-    let stream = subscription
-        .into_stream()
-        .map(move |event| -> std::result::Result<Event, Infallible> {
-            let _counted = &subscribed;
-            Ok(
-                match event.map_err(ApiError::from).and_then(|e| {
-                    let line = recorded(&e)?;
-                    Ok((e.position, line))
-                }) {
-                    Ok((position, line)) => Event::default()
-                        .id(position.to_string())
-                        .json_data(line)
-                        .unwrap_or_else(|e| Event::default().event("error").data(e.to_string())),
-                    Err(e) => Event::default().event("error").data(e.body().to_string()),
-                },
-            )
-        })
-        .take_until(Box::pin(closed));
-    sse(stream)
-}
-
-fn sse(
-    stream: impl Stream<Item = std::result::Result<Event, Infallible>> + Send + 'static,
-) -> Response {
-    Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response()
+    Ok(sse::respond(&state, Follow::Stream(subscription)))
 }

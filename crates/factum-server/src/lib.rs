@@ -32,6 +32,7 @@ mod api;
 mod error;
 pub mod json;
 mod metrics;
+mod sse;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -52,6 +53,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// The most events or streams one page returns (`limit`). Default 1000.
     pub max_page: usize,
+    /// How many events the shared reader of `$all` keeps for SSE followers that fall behind;
+    /// one further behind reads the store until it has caught up. Default 8192.
+    pub sse_buffer: usize,
 }
 
 impl Default for Config {
@@ -59,6 +63,7 @@ impl Default for Config {
         Config {
             max_body_bytes: 4 << 20,
             max_page: 1000,
+            sse_buffer: 8192,
         }
     }
 }
@@ -71,6 +76,8 @@ pub(crate) struct AppState {
     pub(crate) metrics: Arc<metrics::Metrics>,
     /// Becomes `true` when the server shuts down: subscriptions end.
     pub(crate) closing: watch::Receiver<bool>,
+    /// The one reader of `$all` that feeds every SSE follower of it.
+    pub(crate) fanout: Arc<sse::Fanout>,
 }
 
 /// The API as a router, and the switch that ends its subscriptions (send `true`).
@@ -78,6 +85,7 @@ pub fn router(store: Arc<dyn EventStore>, config: Config) -> (Router, watch::Sen
     let (close, closing) = watch::channel(false);
     let state = AppState {
         store,
+        fanout: Arc::new(sse::Fanout::new(config.sse_buffer.max(1))),
         config: Arc::new(config),
         metrics: Arc::new(metrics::Metrics::new()),
         closing,

@@ -625,6 +625,59 @@ async fn subscriptions_follow_live_and_resume_without_gap_or_duplicate() {
     server.stop().await;
 }
 
+/// Followers of `$all` share one reader. One that stops reading falls far behind the shared
+/// buffer (16 events here), and must fill the gap from the store; one that joins late, or
+/// while nobody else follows, catches up alone. Each still receives every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_that_lag_or_join_late_receive_every_event_once() {
+    let server = start_with(factum_server::Config {
+        sse_buffer: 16,
+        ..factum_server::Config::default()
+    })
+    .await;
+    server.append("x-0", None, events(5, "E")).await;
+    let mut steady = Sse::open(&server, "/all/subscribe", None).await;
+    let mut stalled = Sse::open(&server, "/all/subscribe?from=2", None).await;
+    let mut expected = 5;
+    for round in 0..40 {
+        let stream = format!("x-{}", round % 7);
+        server.append(&stream, None, events(25, "E")).await;
+        expected += 25;
+        // The steady follower keeps up; the stalled one reads nothing yet.
+        for _ in 0..25 {
+            steady.next().await.unwrap();
+        }
+    }
+    let mut late = Sse::open(&server, "/all/subscribe?from=990", None).await;
+    server.append("x-last", None, events(10, "E")).await;
+    expected += 10;
+    let mut got = Vec::new();
+    while got.len() < (2..expected).collect::<Vec<u64>>().len() {
+        let (id, event) = stalled.next().await.unwrap();
+        assert_eq!(event["position"], id);
+        got.push(id);
+    }
+    assert_eq!(got, (2..expected).collect::<Vec<u64>>());
+    let mut got = Vec::new();
+    while got.len() < (990..expected).collect::<Vec<u64>>().len() {
+        got.push(late.next().await.unwrap().0);
+    }
+    assert_eq!(got, (990..expected).collect::<Vec<u64>>());
+    // Nobody follows for a while; then a new follower still gets everything from its start.
+    drop((steady, stalled, late));
+    server.append("x-gap", None, events(30, "E")).await;
+    expected += 30;
+    let mut again = Sse::open(&server, "/all/subscribe?from=1000", None).await;
+    server.append("x-gap", None, events(5, "E")).await;
+    expected += 5;
+    let mut got = Vec::new();
+    while got.len() < (1000..expected).collect::<Vec<u64>>().len() {
+        got.push(again.next().await.unwrap().0);
+    }
+    assert_eq!(got, (1000..expected).collect::<Vec<u64>>());
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_metrics() {
     let server = start().await;

@@ -1,0 +1,318 @@
+//! Server-sent events, with one reader for every follower of `$all`.
+//!
+//! Followers of `$all` share one fan-out: a single task reads each new event once, writes its
+//! SSE frame once, and broadcasts the frame's bytes. A follower first catches up alone from the
+//! store, then takes frames from the broadcast, skipping those it already sent. Every frame
+//! says from which position on the fan-out saw nothing but its event (`after`), so a follower
+//! that finds a gap before a frame — it lagged and the broadcast dropped frames, or the
+//! fan-out skipped events while nobody listened — reads the gap from the store first. Nothing
+//! is lost and nothing is sent twice; the common case costs one copy of bytes per follower.
+//!
+//! A frame is `id: <position>\ndata: <event JSON>\n\n`. Frames ready together go out as one
+//! chunk; a comment line every 15 seconds keeps idle connections open.
+
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use factum_core::{Direction, EventStore, RecordedEvent, StoreError, Subscription};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::json::recorded;
+use crate::metrics::Subscribed;
+use crate::{ApiError, AppState};
+
+/// How many events one read of the store takes.
+const PAGE: usize = 512;
+/// How often an idle connection gets a comment line.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// One event's SSE frame, written once for all followers.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    /// The fan-out saw no event in `after..position`.
+    after: u64,
+    position: u64,
+    bytes: Bytes,
+}
+
+/// The shared reader of `$all`.
+pub(crate) struct Fanout {
+    frames: broadcast::Sender<Arc<Frame>>,
+    started: Once,
+    /// Becomes `true` when the fan-out has stopped (the store closed or failed).
+    ended: watch::Sender<bool>,
+}
+
+impl Fanout {
+    /// A fan-out that keeps `buffer` frames for followers that fall behind.
+    pub(crate) fn new(buffer: usize) -> Self {
+        Fanout {
+            frames: broadcast::channel(buffer).0,
+            started: Once::new(),
+            ended: watch::channel(false).0,
+        }
+    }
+
+    /// Frames from now on; the fan-out starts with its first follower.
+    /// The first follower starts it from a head read before it subscribed, so that the
+    /// follower's own catch-up reaches at least where the fan-out begins.
+    fn follow(&self, state: &AppState) -> (broadcast::Receiver<Arc<Frame>>, watch::Receiver<bool>) {
+        let start = state.store.head();
+        let receiver = self.frames.subscribe();
+        self.started.call_once(|| {
+            let frames = self.frames.clone();
+            let ended = self.ended.clone();
+            let (store, closing) = (state.store.clone(), state.closing.clone());
+            tokio::spawn(async move {
+                fan_out(store, start, frames, closing).await;
+                ended.send_replace(true);
+            });
+        });
+        (receiver, self.ended.subscribe())
+    }
+}
+
+/// Reads every event once and broadcasts its frame, while anyone follows.
+async fn fan_out(
+    store: Arc<dyn EventStore>,
+    start: u64,
+    frames: broadcast::Sender<Arc<Frame>>,
+    mut closing: watch::Receiver<bool>,
+) {
+    let mut head = store.watch_head();
+    let mut cursor = start;
+    loop {
+        // The head is read before the followers are counted: a follower that comes later
+        // catches up to at least this head from the store itself.
+        let target = *head.borrow_and_update();
+        if frames.receiver_count() == 0 {
+            cursor = target;
+        }
+        while cursor < target {
+            let events = match store.read_all(cursor, Direction::Forwards, PAGE).await {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::warn!(error = %e, "SSE fan-out stopped: reading $all failed");
+                    return;
+                }
+            };
+            if events.is_empty() {
+                break;
+            }
+            for event in &events {
+                let frame = match encode(event) {
+                    Ok(bytes) => Frame {
+                        after: cursor,
+                        position: event.position,
+                        bytes,
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e.body(), "SSE fan-out stopped");
+                        return;
+                    }
+                };
+                cursor = event.position + 1;
+                // No receiver is not an error: the next follower catches up from the store.
+                let _ = frames.send(Arc::new(frame));
+            }
+        }
+        tokio::select! {
+            changed = head.changed() => if changed.is_err() { return },
+            _ = set(&mut closing) => return,
+        }
+    }
+}
+
+/// Waits until a switch is on (or its sender is gone).
+async fn set(switch: &mut watch::Receiver<bool>) {
+    let _ = switch.wait_for(|on| *on).await.map(|_| ());
+}
+
+/// `id: <position>\ndata: <event JSON>\n\n`.
+fn encode(event: &RecordedEvent) -> Result<Bytes, ApiError> {
+    let line = recorded(event)?;
+    let mut json = serde_json::to_vec(&line)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    // Stored JSON may hold line breaks between tokens (never inside strings); one SSE data
+    // line must not.
+    json.retain(|&b| b != b'\n' && b != b'\r');
+    let mut out = format!("id: {}\ndata: ", event.position).into_bytes();
+    out.extend_from_slice(&json);
+    out.extend_from_slice(b"\n\n");
+    Ok(Bytes::from(out))
+}
+
+/// An `error` event with the API error's JSON; the stream ends after it.
+fn error_frame(error: &ApiError) -> Bytes {
+    Bytes::from(format!("event: error\ndata: {}\n\n", error.body()))
+}
+
+/// Where a follower sends its chunks; `Err` when the client has gone.
+struct Out {
+    chunks: mpsc::Sender<Bytes>,
+}
+
+impl Out {
+    async fn send(&self, chunk: Vec<u8>) -> Result<(), ()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.chunks.send(Bytes::from(chunk)).await.map_err(|_| ())
+    }
+
+    async fn fail(&self, error: ApiError) {
+        let _ = self.chunks.send(error_frame(&error)).await;
+    }
+}
+
+/// Appends the frames of the events in `*next..until` read from the store; moves `*next`.
+async fn read_gap(
+    store: &Arc<dyn EventStore>,
+    next: &mut u64,
+    until: u64,
+    out: &Out,
+) -> Result<(), Option<ApiError>> {
+    while *next < until {
+        let events = store
+            .read_all(*next, Direction::Forwards, PAGE)
+            .await
+            .map_err(|e| Some(ApiError::from(e)))?;
+        let Some(last) = events.last().map(|e| e.position) else {
+            break;
+        };
+        let mut chunk = Vec::new();
+        for event in events.iter().take_while(|e| e.position < until) {
+            chunk.extend_from_slice(&encode(event).map_err(Some)?);
+            *next = event.position + 1;
+        }
+        if last >= until {
+            *next = until;
+        } else {
+            *next = last + 1;
+        }
+        out.send(chunk).await.map_err(|()| None)?;
+    }
+    Ok(())
+}
+
+/// Follows `$all` from `from` for one client.
+async fn follow_all(state: AppState, from: u64, out: Out) {
+    let (mut frames, mut ended) = state.fanout.follow(&state);
+    let mut closing = state.closing.clone();
+    let mut next = from;
+    let store = state.store.clone();
+    let head = store.head();
+    match read_gap(&store, &mut next, head, &out).await {
+        Ok(()) => {}
+        Err(Some(e)) => return out.fail(e).await,
+        Err(None) => return,
+    }
+    let mut keep_alive =
+        tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    loop {
+        let first = tokio::select! {
+            frame = frames.recv() => frame,
+            _ = keep_alive.tick() => {
+                if out.send(b":\n\n".to_vec()).await.is_err() { return }
+                continue;
+            }
+            _ = set(&mut closing) => return,
+            _ = set(&mut ended) => {
+                // Send what the store still serves, then say why the stream ends.
+                if let Err(Some(e)) = read_gap(&store, &mut next, u64::MAX, &out).await {
+                    return out.fail(e).await;
+                }
+                return out.fail(ApiError::from(StoreError::Closed)).await;
+            }
+        };
+        let mut ready = Vec::new();
+        match first {
+            Ok(frame) => ready.push(frame),
+            // Frames were dropped: the next frame's `after` shows the gap, read from the store.
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => {
+                return out.fail(ApiError::from(StoreError::Closed)).await;
+            }
+        }
+        while let Ok(frame) = frames.try_recv() {
+            ready.push(frame);
+        }
+        let mut chunk = Vec::new();
+        for frame in ready {
+            if frame.position < next {
+                continue;
+            }
+            if next < frame.after {
+                if out.send(std::mem::take(&mut chunk)).await.is_err() {
+                    return;
+                }
+                match read_gap(&store, &mut next, frame.after, &out).await {
+                    Ok(()) => {}
+                    Err(Some(e)) => return out.fail(e).await,
+                    Err(None) => return,
+                }
+            }
+            chunk.extend_from_slice(&frame.bytes);
+            next = frame.position + 1;
+        }
+        if out.send(chunk).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Follows one stream with a subscription of its own.
+async fn follow_stream(state: AppState, mut subscription: Subscription, out: Out) {
+    let mut closing = state.closing.clone();
+    let mut keep_alive =
+        tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    loop {
+        let chunk = tokio::select! {
+            event = subscription.next() => match event.map_err(ApiError::from).and_then(|e| encode(&e)) {
+                Ok(frame) => frame.to_vec(),
+                Err(e) => return out.fail(e).await,
+            },
+            _ = keep_alive.tick() => b":\n\n".to_vec(),
+            _ = set(&mut closing) => return,
+        };
+        if out.send(chunk).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What a subscription endpoint answers: `$all` from a position, or one stream.
+pub(crate) enum Follow {
+    All { from: u64 },
+    Stream(Subscription),
+}
+
+/// Starts a follower and answers with its events as `text/event-stream`.
+pub(crate) fn respond(state: &AppState, follow: Follow) -> Response {
+    let (chunks, mut rx) = mpsc::channel::<Bytes>(64);
+    let out = Out { chunks };
+    let subscribed = Subscribed::new(state.metrics.clone());
+    let state = state.clone();
+    tokio::spawn(async move {
+        let _counted = subscribed;
+        match follow {
+            Follow::All { from } => follow_all(state, from, out).await,
+            Follow::Stream(subscription) => follow_stream(state, subscription, out).await,
+        }
+    });
+    let body = futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|chunk| chunk.map(Ok::<_, std::convert::Infallible>))
+    });
+    let mut response = Body::from_stream(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
