@@ -152,6 +152,8 @@ enum Command {
         /// are allowed.
         #[arg(long, env = "FACTUM_LISTEN", default_value = "127.0.0.1:2113")]
         listen: std::net::SocketAddr,
+        #[command(flatten)]
+        security: ServeSecurity,
     },
     /// A walk through the event store on the embedded engine: a shopping cart.
     Demo,
@@ -261,12 +263,36 @@ enum DeadLetters {
     },
 }
 
+/// Who may use the server, and over what.
+#[derive(clap::Args)]
+struct ServeSecurity {
+    /// A TOML file of bearer tokens with read, write and admin rights on stream prefixes.
+    /// Without one, every request is allowed and the server listens on loopback only.
+    #[arg(long, env = "FACTUM_AUTH")]
+    auth: Option<PathBuf>,
+    /// A PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, env = "FACTUM_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "FACTUM_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
 /// `factum serve`: the embedded store over HTTP until SIGTERM or Ctrl-C.
-async fn serve(dir: &Path, listen: std::net::SocketAddr) -> Result<()> {
-    if !listen.ip().is_loopback() {
+async fn serve(dir: &Path, listen: std::net::SocketAddr, security: ServeSecurity) -> Result<()> {
+    let mut config = factum_server::Config::default();
+    if let Some(path) = &security.auth {
+        config.auth = Some(std::sync::Arc::new(
+            factum_server::auth::Auth::load(path).map_err(|e| bad(e.to_string()))?,
+        ));
+    }
+    if let (Some(cert), Some(key)) = (&security.tls_cert, &security.tls_key) {
+        config.tls = Some(factum_server::tls::load(cert, key).map_err(|e| bad(e.to_string()))?);
+    }
+    if config.auth.is_none() && !listen.ip().is_loopback() {
         return Err(bad(format!(
-            "{listen} is not a loopback address: without an auth configuration the server \
-             listens on loopback only"
+            "{listen} is not a loopback address: without an auth configuration (--auth) the \
+             server listens on loopback only"
         )));
     }
     let store = open(dir)?;
@@ -274,11 +300,28 @@ async fn serve(dir: &Path, listen: std::net::SocketAddr) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let access = match &config.auth {
+        Some(auth) => format!(
+            "{} tokens from {}",
+            auth.len(),
+            security.auth.as_deref().unwrap_or(Path::new("")).display()
+        ),
+        None => "no auth configured, so loopback only".to_owned(),
+    };
     eprintln!(
-        "factum serve: http://{address} (data: {}); no auth configured, so loopback only. \
-         Stop with Ctrl-C or SIGTERM.",
+        "factum serve: {scheme}://{address} (data: {}); {access}. Stop with Ctrl-C or SIGTERM.",
         dir.display()
     );
+    if config.auth.is_some() && config.tls.is_none() && !listen.ip().is_loopback() {
+        eprintln!(
+            "factum serve: warning: tokens travel in clear text without TLS (--tls-cert, --tls-key)"
+        );
+    }
     let shutdown = async {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -295,7 +338,7 @@ async fn serve(dir: &Path, listen: std::net::SocketAddr) -> Result<()> {
     factum_server::serve(
         listener,
         std::sync::Arc::new(store.clone()),
-        factum_server::Config::default(),
+        config,
         shutdown,
     )
     .await?;
@@ -578,7 +621,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Import { file } => import(dir, file).await?,
         Command::Bench(args) => bench::run(dir, args).await?,
-        Command::Serve { listen } => serve(dir, listen).await?,
+        Command::Serve { listen, security } => serve(dir, listen, security).await?,
         Command::Demo => demo::run(dir).await?,
         Command::BenchOpen => bench::open_child(dir).await?,
     }

@@ -10,6 +10,11 @@ use std::time::Duration;
 
 /// One HTTP/1.1 request; returns the status code and the body.
 fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_as(address, method, path, body, "")
+}
+
+/// One HTTP/1.1 request with extra header lines (each ending in `\r\n`).
+fn http_as(address: &str, method: &str, path: &str, body: &str, headers: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(address).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -17,7 +22,7 @@ fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         Content-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -31,25 +36,44 @@ fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     (status, body)
 }
 
-#[test]
-fn serves_http_and_stops_cleanly_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts `factum serve` with `args` on `data`; returns the process, its stderr, the first line
+/// it printed and the port it listens on.
+fn spawn_serve(
+    args: &[&str],
+    data: &std::path::Path,
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStderr>,
+    String,
+    u16,
+) {
     let mut server = Command::new(env!("CARGO_BIN_EXE_factum"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("FACTUM_DATA_DIR", dir.path())
+        .arg("serve")
+        .args(args)
+        .env("FACTUM_DATA_DIR", data)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(server.stderr.take().unwrap());
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
-    assert!(line.contains("loopback only"), "{line}");
-    let address = line
-        .split("http://")
+    let port = line
+        .split("://")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_owned();
+        .and_then(|address| address.rsplit(':').next())
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    (server, stderr, line, port)
+}
+
+#[test]
+fn serves_http_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, mut stderr, line, port) =
+        spawn_serve(&["--listen", "127.0.0.1:0"], dir.path());
+    assert!(line.contains("loopback only"), "{line}");
+    let address = format!("127.0.0.1:{port}");
 
     let (status, body) = http(
         &address,
@@ -93,4 +117,52 @@ fn refuses_to_listen_beyond_loopback_without_auth() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("loopback only"));
+}
+
+#[test]
+fn with_auth_it_listens_beyond_loopback_and_asks_for_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.toml");
+    std::fs::write(
+        &auth,
+        "[[token]]\nname = \"app\"\nsecret = \"app-secret-0123456789\"\nwrite = [\"cart-\"]\n",
+    )
+    .unwrap();
+    let (mut server, _stderr, line, port) = spawn_serve(
+        &["--listen", "0.0.0.0:0", "--auth", auth.to_str().unwrap()],
+        &dir.path().join("data"),
+    );
+    assert!(
+        line.contains("http://0.0.0.0:") && line.contains("1 tokens"),
+        "{line}"
+    );
+    let address = format!("127.0.0.1:{port}");
+    let event = r#"[{"type": "ItemAdded", "data": {}}]"#;
+    assert_eq!(http(&address, "POST", "/streams/cart-1", event).0, 401);
+    let bearer = "Authorization: Bearer app-secret-0123456789\r\n";
+    assert_eq!(
+        http_as(&address, "POST", "/streams/cart-1", event, bearer).0,
+        201
+    );
+    assert_eq!(
+        http_as(&address, "POST", "/streams/order-1", event, bearer).0,
+        403
+    );
+    assert_eq!(http(&address, "GET", "/health", "").0, 200);
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(server.wait().unwrap().success());
+
+    // A bad auth file is refused before anything listens.
+    std::fs::write(&auth, "[[token]]\nname = \"app\"\nsecret = \"short\"\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_factum"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--auth"])
+        .arg(&auth)
+        .env("FACTUM_DATA_DIR", dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("shorter than 16"));
 }

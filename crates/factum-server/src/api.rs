@@ -13,6 +13,7 @@ use factum_core::{
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::auth::{Caller, Right};
 use crate::json::{EventLine, RecordedLine, recorded};
 use crate::sse::{self, Follow};
 use crate::{ApiError, AppState};
@@ -148,12 +149,14 @@ pub(crate) async fn no_such_endpoint() -> ApiError {
 
 pub(crate) async fn append(
     State(state): State<AppState>,
+    caller: Caller,
     stream: std::result::Result<Path<String>, PathRejection>,
     params: std::result::Result<Query<NoParams>, QueryRejection>,
     headers: HeaderMap,
     events: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<factum_core::AppendResult>)> {
     let stream = StreamName::user(path(stream)?)?;
+    caller.require(Right::Write, stream.as_str())?;
     query(params)?;
     let expected = expected(&headers)?;
     let events = body(&state, events)?;
@@ -200,10 +203,12 @@ pub(crate) struct ReadParams {
 
 pub(crate) async fn read_stream(
     State(state): State<AppState>,
+    caller: Caller,
     stream: std::result::Result<Path<String>, PathRejection>,
     params: std::result::Result<Query<ReadParams>, QueryRejection>,
 ) -> Result<Json<Page>> {
     let stream = StreamName::new(path(stream)?)?;
+    caller.require(Right::Read, stream.as_str())?;
     let params = query(params)?;
     let limit = limit(params.limit, &state)?;
     let (direction, from) = match params.direction.unwrap_or(Way::Forwards) {
@@ -238,9 +243,11 @@ pub(crate) struct AllParams {
 
 pub(crate) async fn read_all(
     State(state): State<AppState>,
+    caller: Caller,
     params: std::result::Result<Query<AllParams>, QueryRejection>,
 ) -> Result<Json<Page>> {
     let params = query(params)?;
+    caller.require_all()?;
     let limit = limit(params.limit, &state)?;
     let from = params.from.unwrap_or(0);
     let head = state.store.head();
@@ -264,11 +271,13 @@ pub(crate) struct DeleteParams {
 
 pub(crate) async fn delete_stream(
     State(state): State<AppState>,
+    caller: Caller,
     stream: std::result::Result<Path<String>, PathRejection>,
     params: std::result::Result<Query<DeleteParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>> {
     let stream = StreamName::user(path(stream)?)?;
+    caller.require(Right::Admin, stream.as_str())?;
     let params = query(params)?;
     let expected = expected(&headers)?;
     let position = if params.tombstone.unwrap_or(false) {
@@ -281,10 +290,12 @@ pub(crate) async fn delete_stream(
 
 pub(crate) async fn get_metadata(
     State(state): State<AppState>,
+    caller: Caller,
     stream: std::result::Result<Path<String>, PathRejection>,
     params: std::result::Result<Query<NoParams>, QueryRejection>,
 ) -> Result<Json<StreamMetadata>> {
     let stream = StreamName::new(path(stream)?)?;
+    caller.require(Right::Read, stream.as_str())?;
     query(params)?;
     Ok(Json(
         state.store.get_metadata(&stream).await?.unwrap_or_default(),
@@ -293,11 +304,13 @@ pub(crate) async fn get_metadata(
 
 pub(crate) async fn put_metadata(
     State(state): State<AppState>,
+    caller: Caller,
     stream: std::result::Result<Path<String>, PathRejection>,
     params: std::result::Result<Query<NoParams>, QueryRejection>,
     metadata: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>> {
     let stream = StreamName::user(path(stream)?)?;
+    caller.require(Right::Admin, stream.as_str())?;
     query(params)?;
     let metadata: StreamMetadata = serde_json::from_slice(&body(&state, metadata)?)
         .map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
@@ -315,6 +328,7 @@ pub(crate) struct ListParams {
 
 pub(crate) async fn list_streams(
     State(state): State<AppState>,
+    caller: Caller,
     params: std::result::Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>> {
     let params = query(params)?;
@@ -331,6 +345,11 @@ pub(crate) async fn list_streams(
     let next = (streams.len() == limit)
         .then(|| streams.last().map(|s| s.name.to_string()))
         .flatten();
+    // A token sees only the streams it may read; `next` still pages past the others.
+    let streams: Vec<_> = streams
+        .into_iter()
+        .filter(|s| caller.can_read(s.name.as_str()))
+        .collect();
     Ok(Json(json!({ "streams": streams, "next": next })))
 }
 
@@ -353,10 +372,12 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>> {
 
 pub(crate) async fn subscribe_all(
     State(state): State<AppState>,
+    caller: Caller,
     params: std::result::Result<Query<SubscribeParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response> {
     let params = query(params)?;
+    caller.require_all()?;
     let from = match last_event_id(&headers)? {
         Some(last) => last + 1,
         None => params.from.unwrap_or(0),
@@ -366,11 +387,13 @@ pub(crate) async fn subscribe_all(
 
 pub(crate) async fn subscribe_stream(
     State(state): State<AppState>,
+    caller: Caller,
     stream: std::result::Result<Path<String>, PathRejection>,
     params: std::result::Result<Query<SubscribeParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response> {
     let stream = StreamName::new(path(stream)?)?;
+    caller.require(Right::Read, stream.as_str())?;
     let params = query(params)?;
     // A tombstoned stream answers 410 at once; one that does not exist yet is waited for.
     match state

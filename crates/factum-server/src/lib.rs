@@ -29,10 +29,12 @@
 //! | `GET /` | this list of endpoints, as JSON |
 
 mod api;
+pub mod auth;
 mod error;
 pub mod json;
 mod metrics;
 mod sse;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -56,6 +58,10 @@ pub struct Config {
     /// How many events the shared reader of `$all` keeps for SSE followers that fall behind;
     /// one further behind reads the store until it has caught up. Default 8192.
     pub sse_buffer: usize,
+    /// Bearer tokens and their rights; `None` lets every request through (loopback use).
+    pub auth: Option<Arc<auth::Auth>>,
+    /// TLS (see [`tls::load`]); `None` serves plain HTTP.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 impl Default for Config {
@@ -64,6 +70,8 @@ impl Default for Config {
             max_body_bytes: 4 << 20,
             max_page: 1000,
             sse_buffer: 8192,
+            auth: None,
+            tls: None,
         }
     }
 }
@@ -111,6 +119,10 @@ pub fn router(store: Arc<dyn EventStore>, config: Config) -> (Router, watch::Sen
         .fallback(api::no_such_endpoint)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            auth::authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             metrics::track,
         ))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
@@ -118,20 +130,32 @@ pub fn router(store: Arc<dyn EventStore>, config: Config) -> (Router, watch::Sen
     (router, close)
 }
 
-/// Serves the API on `listener` until `shutdown` completes; then stops accepting connections,
-/// ends the subscriptions, lets requests in flight (appends included) finish, and returns.
+/// Serves the API on `listener` (over TLS when the config has it) until `shutdown` completes;
+/// then stops accepting connections, ends the subscriptions, lets requests in flight (appends
+/// included) finish, and returns.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn EventStore>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let tls = config.tls.clone();
     let (router, close) = router(store, config);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: finishing requests in flight");
-            let _ = close.send(true);
-        })
-        .await
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing requests in flight");
+        let _ = close.send(true);
+    };
+    match tls {
+        Some(tls) => {
+            axum::serve(tls::TlsListener::new(listener, tls)?, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }

@@ -3,106 +3,15 @@
 //! without gap or duplicate, metrics, and shutdown.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::sync::Arc;
+mod common;
+
+use common::{Sse, events, start, start_with};
+
 use std::time::Duration;
 
 use factum_core::EventStore;
-use factum_engine::{Engine, Options};
-use futures::StreamExt;
-use reqwest::{Client, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-
-struct Server {
-    url: String,
-    store: Engine,
-    client: Client,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-    _dir: tempfile::TempDir,
-}
-
-async fn start() -> Server {
-    start_with(factum_server::Config::default()).await
-}
-
-async fn start_with(config: factum_server::Config) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Engine::open(dir.path().join("data"), Options::default()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(factum_server::serve(
-        listener,
-        Arc::new(store.clone()),
-        config,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    Server {
-        url,
-        store,
-        client: Client::new(),
-        stop: Some(stop),
-        task,
-        _dir: dir,
-    }
-}
-
-impl Server {
-    fn at(&self, path: &str) -> String {
-        format!("{}{path}", self.url)
-    }
-
-    async fn append(
-        &self,
-        stream: &str,
-        expected: Option<&str>,
-        body: Value,
-    ) -> (StatusCode, Value) {
-        let mut request = self
-            .client
-            .post(self.at(&format!("/streams/{stream}")))
-            .json(&body);
-        if let Some(expected) = expected {
-            request = request.header("Expected-Revision", expected);
-        }
-        let response = request.send().await.unwrap();
-        (
-            response.status(),
-            response.json().await.unwrap_or(Value::Null),
-        )
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let response = self.client.get(self.at(path)).send().await.unwrap();
-        (
-            response.status(),
-            response.json().await.unwrap_or(Value::Null),
-        )
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        self.store.close().unwrap();
-    }
-}
-
-fn events(n: usize, kind: &str) -> Value {
-    Value::Array(
-        (0..n)
-            .map(|i| json!({"type": kind, "data": {"n": i}, "metadata": {"by": "test"}}))
-            .collect(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_and_reads_streams() {
@@ -500,59 +409,6 @@ async fn deletes_tombstones_metadata_and_listing() {
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(server.store.head(), head);
     server.stop().await;
-}
-
-/// A server-sent-events reader: (id, data) pairs as they arrive.
-struct Sse {
-    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
-    buffer: String,
-}
-
-impl Sse {
-    async fn open(server: &Server, path: &str, last_event_id: Option<u64>) -> Sse {
-        let mut request = server.client.get(server.at(path));
-        if let Some(id) = last_event_id {
-            request = request.header("Last-Event-ID", id.to_string());
-        }
-        let response = request.send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(
-            response.headers()["content-type"].to_str().unwrap(),
-            "text/event-stream"
-        );
-        Sse {
-            body: Box::pin(response.bytes_stream()),
-            buffer: String::new(),
-        }
-    }
-
-    /// The next event, or `None` when the server ended the stream.
-    async fn next(&mut self) -> Option<(u64, Value)> {
-        loop {
-            while let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut id = None;
-                let mut data = None;
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id: ").or(line.strip_prefix("id:")) {
-                        id = Some(v.parse().unwrap());
-                    } else if let Some(v) =
-                        line.strip_prefix("data: ").or(line.strip_prefix("data:"))
-                    {
-                        data = Some(serde_json::from_str(v).unwrap());
-                    }
-                }
-                if let (Some(id), Some(data)) = (id, data) {
-                    return Some((id, data));
-                }
-            }
-            let chunk = tokio::time::timeout(Duration::from_secs(10), self.body.next())
-                .await
-                .expect("an event within 10 s")?
-                .ok()?;
-            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
