@@ -154,6 +154,13 @@ enum Command {
         listen: std::net::SocketAddr,
         #[command(flatten)]
         security: ServeSecurity,
+        /// A read model (a SQLite file or a PostgreSQL URL) whose projections' lag the server
+        /// reports at `/projections` and in `/metrics`.
+        #[arg(long)]
+        read_model: Option<String>,
+        /// The PostgreSQL schema of --read-model.
+        #[arg(long, default_value = "public")]
+        read_model_schema: String,
     },
     /// A walk through the event store on the embedded engine: a shopping cart.
     Demo,
@@ -279,8 +286,16 @@ struct ServeSecurity {
 }
 
 /// `factum serve`: the embedded store over HTTP until SIGTERM or Ctrl-C.
-async fn serve(dir: &Path, listen: std::net::SocketAddr, security: ServeSecurity) -> Result<()> {
-    let mut config = factum_server::Config::default();
+async fn serve(
+    dir: &Path,
+    listen: std::net::SocketAddr,
+    security: ServeSecurity,
+    read_model: Option<std::sync::Arc<dyn factum_projections::ReadModel>>,
+) -> Result<()> {
+    let mut config = factum_server::Config {
+        read_model,
+        ..factum_server::Config::default()
+    };
     if let Some(path) = &security.auth {
         config.auth = Some(std::sync::Arc::new(
             factum_server::auth::Auth::load(path).map_err(|e| bad(e.to_string()))?,
@@ -621,7 +636,18 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Import { file } => import(dir, file).await?,
         Command::Bench(args) => bench::run(dir, args).await?,
-        Command::Serve { listen, security } => serve(dir, listen, security).await?,
+        Command::Serve {
+            listen,
+            security,
+            read_model,
+            read_model_schema,
+        } => {
+            let read_model = match read_model {
+                Some(url) => Some(projections::open_url(&url, &read_model_schema).await?),
+                None => None,
+            };
+            serve(dir, listen, security, read_model).await?
+        }
         Command::Demo => demo::run(dir).await?,
         Command::BenchOpen => bench::open_child(dir).await?,
     }

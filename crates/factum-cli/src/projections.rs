@@ -55,13 +55,17 @@ pub enum Projections {
 }
 
 async fn open(args: &ReadModelArgs) -> Result<Arc<dyn ReadModel>> {
-    let url = args.read_model.as_str();
+    open_url(&args.read_model, &args.schema).await
+}
+
+/// Opens a read model by URL (a SQLite file that must exist, or PostgreSQL).
+pub async fn open_url(url: &str, schema: &str) -> Result<Arc<dyn ReadModel>> {
     if sqlite_path(url).is_some_and(|path| !Path::new(path).exists()) {
         return Err(bad(format!(
             "no read model at '{url}' (set --read-model or FACTUM_READ_MODEL)"
         )));
     }
-    Ok(open_read_model(url, &args.schema).await?)
+    Ok(open_read_model(url, schema).await?)
 }
 
 pub async fn run(dir: &Path, action: Projections) -> Result<()> {

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{Caller, Right};
+use crate::consumers;
 use crate::json::{EventLine, RecordedLine, recorded};
 use crate::sse::{self, Follow};
 use crate::{ApiError, AppState};
@@ -113,6 +114,8 @@ pub(crate) async fn index(
             "GET /streams?prefix=&after=&limit=": "streams by name",
             "GET /all?from=&limit=": "a page of $all, with the position to ask for next",
             "GET /all/subscribe?from=": "$all live (server-sent events)",
+            "GET /processors": "event processors: checkpoint, events behind, dead letters",
+            "GET /projections": "projections of the read model (--read-model), with their lag",
             "GET /health": "liveness and the store's head",
             "GET /metrics": "Prometheus metrics",
         }
@@ -132,7 +135,11 @@ pub(crate) async fn metrics(
     params: std::result::Result<Query<NoParams>, QueryRejection>,
 ) -> Result<Response> {
     query(params)?;
-    let text = state.metrics.render(state.store.head());
+    let processors = consumers::processors(&*state.store).await?;
+    let projections = consumers::projections(&state).await?.unwrap_or_default();
+    let text = state
+        .metrics
+        .render(state.store.head(), &processors, &projections);
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -425,4 +432,31 @@ pub(crate) async fn subscribe_stream(
     };
     let subscription = Subscription::stream(state.store.clone(), stream, from);
     Ok(sse::respond(&state, Follow::Stream(subscription)))
+}
+
+pub(crate) async fn processors(
+    State(state): State<AppState>,
+    caller: Caller,
+    params: std::result::Result<Query<NoParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>> {
+    caller.require_all()?;
+    query(params)?;
+    let processors = consumers::processors(&*state.store).await?;
+    Ok(Json(
+        json!({ "processors": processors, "head": state.store.head() }),
+    ))
+}
+
+pub(crate) async fn projections(
+    State(state): State<AppState>,
+    caller: Caller,
+    params: std::result::Result<Query<NoParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>> {
+    caller.require_all()?;
+    query(params)?;
+    let projections = consumers::projections(&state).await?;
+    Ok(Json(json!({
+        "read_model": state.config.read_model.as_ref().map(|m| m.kind()),
+        "projections": projections.unwrap_or_default(),
+    })))
 }

@@ -25,11 +25,14 @@
 //! | `GET /streams?prefix=&after=&limit=` | streams by name |
 //! | `GET /all?from=&limit=` | a page of `$all` |
 //! | `GET /all/subscribe?from=` | `$all` live, as server-sent events |
+//! | `GET /processors` | event processors: checkpoint, events behind, dead letters |
+//! | `GET /projections` | projections of the read model given in [`Config`], with their lag |
 //! | `GET /health`, `GET /metrics` | liveness and the store's head; Prometheus metrics |
 //! | `GET /` | this list of endpoints, as JSON |
 
 mod api;
 pub mod auth;
+mod consumers;
 mod error;
 pub mod json;
 mod metrics;
@@ -49,7 +52,7 @@ use tokio::sync::watch;
 pub use error::ApiError;
 
 /// Limits of the server.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     /// The largest request body accepted (413 beyond it). Default 4 MiB.
     pub max_body_bytes: usize,
@@ -62,6 +65,8 @@ pub struct Config {
     pub auth: Option<Arc<auth::Auth>>,
     /// TLS (see [`tls::load`]); `None` serves plain HTTP.
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// The read model whose projections `/projections` and `/metrics` report on.
+    pub read_model: Option<Arc<dyn factum_projections::ReadModel>>,
 }
 
 impl Default for Config {
@@ -72,6 +77,7 @@ impl Default for Config {
             sse_buffer: 8192,
             auth: None,
             tls: None,
+            read_model: None,
         }
     }
 }
@@ -116,6 +122,8 @@ pub fn router(store: Arc<dyn EventStore>, config: Config) -> (Router, watch::Sen
         .route("/streams/{stream}/subscribe", get(api::subscribe_stream))
         .route("/all", get(api::read_all))
         .route("/all/subscribe", get(api::subscribe_all))
+        .route("/processors", get(api::processors))
+        .route("/projections", get(api::projections))
         .fallback(api::no_such_endpoint)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -1,7 +1,8 @@
 //! Prometheus metrics: requests and their latency by route, appends, events and bytes written,
-//! subscribers, and the store's head.
+//! subscribers, the store's head, and how far event processors and projections are behind.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -14,7 +15,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use factum_projections::ProjectionStatus;
+
 use crate::AppState;
+use crate::consumers::ProcessorStatus;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -27,6 +31,16 @@ struct RequestLabels {
 struct RouteLabels {
     method: String,
     route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProcessorLabels {
+    processor: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProjectionLabels {
+    projection: String,
 }
 
 fn latency_histogram() -> Histogram {
@@ -44,6 +58,10 @@ pub(crate) struct Metrics {
     pub(crate) bytes: Counter,
     pub(crate) subscribers: Gauge,
     head: Gauge,
+    processor_lag: Family<ProcessorLabels, Gauge>,
+    processor_dead_letters: Family<ProcessorLabels, Gauge>,
+    projection_lag: Family<ProjectionLabels, Gauge>,
+    projection_lag_seconds: Family<ProjectionLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -90,8 +108,36 @@ impl Metrics {
             "The position the next event will get",
             head.clone(),
         );
+        let processor_lag = Family::<ProcessorLabels, Gauge>::default();
+        let processor_dead_letters = Family::<ProcessorLabels, Gauge>::default();
+        let projection_lag = Family::<ProjectionLabels, Gauge>::default();
+        let projection_lag_seconds = Family::<ProjectionLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "processor_lag_events",
+            "Events in the log after an event processor's checkpoint",
+            processor_lag.clone(),
+        );
+        registry.register(
+            "processor_dead_letters",
+            "An event processor's dead letters that no replay has resolved",
+            processor_dead_letters.clone(),
+        );
+        registry.register(
+            "projection_lag_events",
+            "Events in the log a projection has not applied (with --read-model)",
+            projection_lag.clone(),
+        );
+        registry.register(
+            "projection_lag_seconds",
+            "Seconds between the newest event and the last one a projection applied",
+            projection_lag_seconds.clone(),
+        );
         Metrics {
             registry,
+            processor_lag,
+            processor_dead_letters,
+            projection_lag,
+            projection_lag_seconds,
             requests,
             latency,
             appends,
@@ -102,9 +148,44 @@ impl Metrics {
         }
     }
 
-    /// The metrics in Prometheus' text format.
-    pub(crate) fn render(&self, head: u64) -> String {
-        self.head.set(i64::try_from(head).unwrap_or(i64::MAX));
+    /// The metrics in Prometheus' text format, with the head and the consumers' lag as they
+    /// are now.
+    pub(crate) fn render(
+        &self,
+        head: u64,
+        processors: &[ProcessorStatus],
+        projections: &[ProjectionStatus],
+    ) -> String {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.head.set(gauge(head));
+        self.processor_lag.clear();
+        self.processor_dead_letters.clear();
+        for p in processors {
+            let labels = ProcessorLabels {
+                processor: p.name.clone(),
+            };
+            self.processor_lag
+                .get_or_create(&labels)
+                .set(gauge(p.behind));
+            self.processor_dead_letters
+                .get_or_create(&labels)
+                .set(gauge(p.dead_letters as u64));
+        }
+        self.projection_lag.clear();
+        self.projection_lag_seconds.clear();
+        for p in projections {
+            let labels = ProjectionLabels {
+                projection: p.state.name.clone(),
+            };
+            self.projection_lag
+                .get_or_create(&labels)
+                .set(gauge(p.behind));
+            if let Some(seconds) = p.behind_seconds {
+                self.projection_lag_seconds
+                    .get_or_create(&labels)
+                    .set(seconds);
+            }
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

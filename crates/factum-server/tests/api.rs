@@ -7,6 +7,7 @@ mod common;
 
 use common::{Sse, events, start, start_with};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use factum_core::EventStore;
@@ -616,5 +617,123 @@ async fn a_closed_store_answers_503_and_writes_nothing() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body["error"].as_str().unwrap().contains("closed"));
     assert_eq!(server.store.head(), 1);
+    server.stop().await;
+}
+
+/// A projection that counts events in one table.
+struct Counting;
+
+impl factum_projections::Projection for Counting {
+    fn name(&self) -> &str {
+        "counting"
+    }
+    fn tables(&self) -> Vec<factum_projections::Table> {
+        vec![factum_projections::Table::new(
+            "seen",
+            "id TEXT PRIMARY KEY",
+        )]
+    }
+    fn apply(
+        &self,
+        tx: &mut factum_projections::Tx,
+        event: &factum_core::RecordedEvent,
+    ) -> Result<(), factum_projections::ApplyError> {
+        tx.insert("seen").key("id", event.id.to_string());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processors_and_projections_report_their_lag_and_dead_letters() {
+    use factum::processor::{EventProcessor, RetryPolicy, handler_fn};
+    use factum_projections::{Projector, ReadModel, SqliteReadModel};
+
+    let dir = tempfile::tempdir().unwrap();
+    let read_model: Arc<dyn ReadModel> = Arc::new(
+        SqliteReadModel::open(dir.path().join("read.db"))
+            .await
+            .unwrap(),
+    );
+    let server = start_with(factum_server::Config {
+        read_model: Some(read_model.clone()),
+        ..factum_server::Config::default()
+    })
+    .await;
+    let store: Arc<dyn EventStore> = Arc::new(server.store.clone());
+    server.append("order-1", None, events(3, "Placed")).await;
+    server.append("order-2", None, events(1, "Broken")).await;
+
+    // A processor whose handler fails on one event type: it parks a dead letter.
+    let processor = EventProcessor::builder("billing", store.clone())
+        .on(
+            "Broken",
+            handler_fn("bill", |_event| async { Err("no price".into()) }),
+        )
+        .retry(RetryPolicy {
+            attempts: 1,
+            ..RetryPolicy::default()
+        })
+        .build()
+        .unwrap();
+    processor.run_until(4).await.unwrap();
+    // A projection that has applied the first 2 events.
+    Projector::new(store.clone(), read_model.clone(), Counting)
+        .run_until(2)
+        .await
+        .unwrap();
+    server.append("order-3", None, events(2, "Placed")).await;
+    let head = server.store.head();
+
+    let (status, body) = server.get("/processors").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let billing = &body["processors"][0];
+    assert_eq!(billing["name"], "billing");
+    assert_eq!(billing["dead_letters"], 1);
+    let checkpoint = billing["checkpoint"].as_u64().unwrap();
+    assert_eq!(billing["behind"], head - checkpoint - 1);
+    assert!(billing["behind"].as_u64().unwrap() >= 2);
+
+    let (status, body) = server.get("/projections").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["read_model"], "sqlite");
+    let counting = &body["projections"][0];
+    assert_eq!(counting["name"], "counting");
+    assert_eq!(counting["behind"], head - 2);
+
+    let text = server
+        .client
+        .get(server.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        format!(
+            "factum_processor_lag_events{{processor=\"billing\"}} {}",
+            head - checkpoint - 1
+        ),
+        "factum_processor_dead_letters{processor=\"billing\"} 1".to_owned(),
+        format!(
+            "factum_projection_lag_events{{projection=\"counting\"}} {}",
+            head - 2
+        ),
+    ] {
+        assert!(text.contains(&line), "{line} not in\n{text}");
+    }
+    assert!(text.contains("factum_projection_lag_seconds{projection=\"counting\"}"));
+
+    // Without a read model the server lists no projections.
+    let plain = start().await;
+    assert_eq!(
+        plain.get("/projections").await,
+        (
+            StatusCode::OK,
+            json!({"read_model": null, "projections": []})
+        )
+    );
+    plain.stop().await;
+    drop(processor);
     server.stop().await;
 }
