@@ -97,11 +97,27 @@ pub(crate) struct Page {
 #[serde(deny_unknown_fields)]
 pub(crate) struct NoParams {}
 
-/// The endpoints, for a person or a client that opens the server's address.
+/// The web UI, one page shipped inside the binary.
+const UI: &str = include_str!("../ui/index.html");
+
+/// The server's address: the web UI for a browser (`Accept: text/html`), the list of
+/// endpoints as JSON for any other client.
 pub(crate) async fn index(
     params: std::result::Result<Query<NoParams>, QueryRejection>,
-) -> Result<Json<serde_json::Value>> {
+    headers: HeaderMap,
+) -> Result<Response> {
     query(params)?;
+    let browser = header_text(&headers, "accept")?.is_some_and(|a| a.contains("text/html"));
+    if browser {
+        return Ok((
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            UI,
+        )
+            .into_response());
+    }
     Ok(Json(json!({
         "name": "factum",
         "version": env!("CARGO_PKG_VERSION"),
@@ -119,7 +135,8 @@ pub(crate) async fn index(
             "GET /health": "liveness and the store's head",
             "GET /metrics": "Prometheus metrics",
         }
-    })))
+    }))
+    .into_response())
 }
 
 pub(crate) async fn health(
