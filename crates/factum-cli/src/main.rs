@@ -320,13 +320,9 @@ async fn serve(
     } else {
         "http"
     };
-    let access = match &config.auth {
-        Some(auth) => format!(
-            "{} tokens from {}",
-            auth.len(),
-            security.auth.as_deref().unwrap_or(Path::new("")).display()
-        ),
-        None => "no auth configured, so loopback only".to_owned(),
+    let access = match (&config.auth, &security.auth) {
+        (Some(auth), Some(path)) => format!("{} tokens from {}", auth.len(), path.display()),
+        _ => "no auth configured, so loopback only".to_owned(),
     };
     eprintln!(
         "factum serve: {scheme}://{address} (data: {}); {access}. Stop with Ctrl-C or SIGTERM.",
@@ -371,7 +367,9 @@ fn stdout() -> BufWriter<std::io::StdoutLock<'static>> {
 }
 
 async fn dead_letters(dir: &Path, action: DeadLetters) -> Result<()> {
-    use factum::processor::{dead_letter_stream, request_replay, unresolved_dead_letters};
+    use factum::processor::{
+        dead_letter_stream, processor_statuses, request_replay, unresolved_dead_letters,
+    };
     let processor_arg = |name: &str| -> Result<()> {
         dead_letter_stream(name)
             .map(drop)
@@ -391,26 +389,17 @@ async fn dead_letters(dir: &Path, action: DeadLetters) -> Result<()> {
             store.close()?;
         }
         DeadLetters::List { processor: None } => {
-            const PREFIX: &str = "$deadletter-";
             let store = open(dir)?;
-            let mut processors = Vec::new();
-            for_each_stream_page(&store, PREFIX, u64::MAX, |page| {
-                processors.extend(
-                    page.iter()
-                        .filter_map(|info| info.name.as_str().strip_prefix(PREFIX))
-                        .map(str::to_owned),
-                );
-                Ok(())
-            })
-            .await?;
             let mut out = stdout();
-            for processor in processors {
-                let unresolved = unresolved_dead_letters(&store, &processor).await?.len();
-                if unresolved > 0 {
+            for processor in processor_statuses(&store).await? {
+                if processor.dead_letters > 0 {
                     writeln!(
                         out,
                         "{}",
-                        serde_json::json!({"processor": processor, "unresolved": unresolved})
+                        serde_json::json!({
+                            "processor": processor.name,
+                            "unresolved": processor.dead_letters,
+                        })
                     )?;
                 }
             }

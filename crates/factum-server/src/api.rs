@@ -7,6 +7,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use factum::processor::processor_statuses;
 use factum_core::{
     Direction, ExpectedState, RecordedEvent, StoreError, StreamMetadata, StreamName, Subscription,
 };
@@ -152,7 +153,7 @@ pub(crate) async fn metrics(
     params: std::result::Result<Query<NoParams>, QueryRejection>,
 ) -> Result<Response> {
     query(params)?;
-    let processors = consumers::processors(&*state.store).await?;
+    let processors = processor_statuses(&*state.store).await?;
     let projections = consumers::projections(&state).await?.unwrap_or_default();
     let text = state
         .metrics
@@ -458,7 +459,7 @@ pub(crate) async fn processors(
 ) -> Result<Json<serde_json::Value>> {
     caller.require_all()?;
     query(params)?;
-    let processors = consumers::processors(&*state.store).await?;
+    let processors = processor_statuses(&*state.store).await?;
     Ok(Json(
         json!({ "processors": processors, "head": state.store.head() }),
     ))

@@ -111,7 +111,7 @@ impl Token {
 /// The tokens the server accepts.
 #[derive(Debug)]
 pub struct Auth {
-    tokens: Vec<Token>,
+    tokens: Vec<Arc<Token>>,
 }
 
 /// The shortest secret accepted.
@@ -178,7 +178,9 @@ impl Auth {
                 }
             }
         }
-        Ok(Auth { tokens: file.token })
+        Ok(Auth {
+            tokens: file.token.into_iter().map(Arc::new).collect(),
+        })
     }
 
     /// How many tokens there are.
@@ -192,7 +194,7 @@ impl Auth {
     }
 
     /// The token whose secret this is; every secret is compared, each in constant time.
-    fn find(&self, secret: &str) -> Option<&Token> {
+    fn find(&self, secret: &str) -> Option<&Arc<Token>> {
         let mut found = None;
         for token in &self.tokens {
             if constant_time_eq(token.secret.as_bytes(), secret.as_bytes()) {
@@ -302,9 +304,7 @@ pub(crate) async fn authenticate(
             return response;
         }
     };
-    request
-        .extensions_mut()
-        .insert(Caller(Some(Arc::new(token.clone()))));
+    request.extensions_mut().insert(Caller(Some(token.clone())));
     next.run(request).await
 }
 

@@ -150,31 +150,32 @@ fn error_frame(error: &ApiError) -> Bytes {
     Bytes::from(format!("event: error\ndata: {}\n\n", error.body()))
 }
 
-/// Where a follower sends its chunks; `Err` when the client has gone.
+/// Why a follower stopped early: the client went away (`None`), or a failure to report.
+type Stop = Option<ApiError>;
+
+/// Where a follower sends its chunks.
 struct Out {
     chunks: mpsc::Sender<Bytes>,
 }
 
 impl Out {
-    async fn send(&self, chunk: Vec<u8>) -> Result<(), ()> {
+    /// Sends a chunk (nothing if it is empty); `Err(None)` when the client has gone.
+    async fn send(&self, chunk: impl Into<Bytes>) -> Result<(), Stop> {
+        let chunk = chunk.into();
         if chunk.is_empty() {
             return Ok(());
         }
-        self.chunks.send(Bytes::from(chunk)).await.map_err(|_| ())
-    }
-
-    async fn fail(&self, error: ApiError) {
-        let _ = self.chunks.send(error_frame(&error)).await;
+        self.chunks.send(chunk).await.map_err(|_| None)
     }
 }
 
-/// Appends the frames of the events in `*next..until` read from the store; moves `*next`.
+/// Sends the frames of the events in `*next..until`, read from the store; moves `*next`.
 async fn read_gap(
     store: &Arc<dyn EventStore>,
     next: &mut u64,
     until: u64,
     out: &Out,
-) -> Result<(), Option<ApiError>> {
+) -> Result<(), Stop> {
     while *next < until {
         let events = store
             .read_all(*next, Direction::Forwards, PAGE)
@@ -185,47 +186,39 @@ async fn read_gap(
         };
         let mut chunk = Vec::new();
         for event in events.iter().take_while(|e| e.position < until) {
-            chunk.extend_from_slice(&encode(event).map_err(Some)?);
-            *next = event.position + 1;
+            chunk.extend_from_slice(&encode(event)?);
         }
-        if last >= until {
-            *next = until;
-        } else {
-            *next = last + 1;
-        }
-        out.send(chunk).await.map_err(|()| None)?;
+        *next = until.min(last + 1);
+        out.send(chunk).await?;
     }
     Ok(())
 }
 
+/// A keep-alive timer whose first tick is one period from now.
+fn keep_alive() -> tokio::time::Interval {
+    tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE)
+}
+
 /// Follows `$all` from `from` for one client.
-async fn follow_all(state: AppState, from: u64, out: Out) {
-    let (mut frames, mut ended) = state.fanout.follow(&state);
+async fn follow_all(state: &AppState, from: u64, out: &Out) -> Result<(), Stop> {
+    let (mut frames, mut ended) = state.fanout.follow(state);
     let mut closing = state.closing.clone();
     let mut next = from;
-    let store = state.store.clone();
-    let head = store.head();
-    match read_gap(&store, &mut next, head, &out).await {
-        Ok(()) => {}
-        Err(Some(e)) => return out.fail(e).await,
-        Err(None) => return,
-    }
-    let mut keep_alive =
-        tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    let store = &state.store;
+    read_gap(store, &mut next, store.head(), out).await?;
+    let mut keep_alive = keep_alive();
     loop {
         let first = tokio::select! {
             frame = frames.recv() => frame,
             _ = keep_alive.tick() => {
-                if out.send(b":\n\n".to_vec()).await.is_err() { return }
+                out.send(&b":\n\n"[..]).await?;
                 continue;
             }
-            _ = set(&mut closing) => return,
+            _ = set(&mut closing) => return Ok(()),
             _ = set(&mut ended) => {
                 // Send what the store still serves, then say why the stream ends.
-                if let Err(Some(e)) = read_gap(&store, &mut next, u64::MAX, &out).await {
-                    return out.fail(e).await;
-                }
-                return out.fail(ApiError::from(StoreError::Closed)).await;
+                read_gap(store, &mut next, u64::MAX, out).await?;
+                return Err(Some(ApiError::from(StoreError::Closed)));
             }
         };
         let mut ready = Vec::new();
@@ -234,7 +227,7 @@ async fn follow_all(state: AppState, from: u64, out: Out) {
             // Frames were dropped: the next frame's `after` shows the gap, read from the store.
             Err(broadcast::error::RecvError::Lagged(_)) => continue,
             Err(broadcast::error::RecvError::Closed) => {
-                return out.fail(ApiError::from(StoreError::Closed)).await;
+                return Err(Some(ApiError::from(StoreError::Closed)));
             }
         }
         while let Ok(frame) = frames.try_recv() {
@@ -246,41 +239,31 @@ async fn follow_all(state: AppState, from: u64, out: Out) {
                 continue;
             }
             if next < frame.after {
-                if out.send(std::mem::take(&mut chunk)).await.is_err() {
-                    return;
-                }
-                match read_gap(&store, &mut next, frame.after, &out).await {
-                    Ok(()) => {}
-                    Err(Some(e)) => return out.fail(e).await,
-                    Err(None) => return,
-                }
+                out.send(std::mem::take(&mut chunk)).await?;
+                read_gap(store, &mut next, frame.after, out).await?;
             }
             chunk.extend_from_slice(&frame.bytes);
             next = frame.position + 1;
         }
-        if out.send(chunk).await.is_err() {
-            return;
-        }
+        out.send(chunk).await?;
     }
 }
 
 /// Follows one stream with a subscription of its own.
-async fn follow_stream(state: AppState, mut subscription: Subscription, out: Out) {
+async fn follow_stream(
+    state: &AppState,
+    mut subscription: Subscription,
+    out: &Out,
+) -> Result<(), Stop> {
     let mut closing = state.closing.clone();
-    let mut keep_alive =
-        tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    let mut keep_alive = keep_alive();
     loop {
         let chunk = tokio::select! {
-            event = subscription.next() => match event.map_err(ApiError::from).and_then(|e| encode(&e)) {
-                Ok(frame) => frame.to_vec(),
-                Err(e) => return out.fail(e).await,
-            },
-            _ = keep_alive.tick() => b":\n\n".to_vec(),
-            _ = set(&mut closing) => return,
+            event = subscription.next() => encode(&event.map_err(ApiError::from)?)?,
+            _ = keep_alive.tick() => Bytes::from_static(b":\n\n"),
+            _ = set(&mut closing) => return Ok(()),
         };
-        if out.send(chunk).await.is_err() {
-            return;
-        }
+        out.send(chunk).await?;
     }
 }
 
@@ -298,9 +281,13 @@ pub(crate) fn respond(state: &AppState, follow: Follow) -> Response {
     let state = state.clone();
     tokio::spawn(async move {
         let _counted = subscribed;
-        match follow {
-            Follow::All { from } => follow_all(state, from, out).await,
-            Follow::Stream(subscription) => follow_stream(state, subscription, out).await,
+        let stopped = match follow {
+            Follow::All { from } => follow_all(&state, from, &out).await,
+            Follow::Stream(subscription) => follow_stream(&state, subscription, &out).await,
+        };
+        // A failure is sent as an `error` event, and the stream ends.
+        if let Err(Some(error)) = stopped {
+            let _ = out.chunks.send(error_frame(&error)).await;
         }
     });
     let body = futures::stream::poll_fn(move |cx| {
