@@ -108,7 +108,7 @@ fn serves_http_and_stops_cleanly_on_sigterm() {
 }
 
 #[test]
-fn refuses_to_listen_beyond_loopback_without_auth() {
+fn refuses_bad_settings_before_listening() {
     let dir = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_factum"))
         .args(["serve", "--listen", "0.0.0.0:0"])
@@ -117,6 +117,16 @@ fn refuses_to_listen_beyond_loopback_without_auth() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("loopback only"));
+
+    // A read model that is not there is refused before anything listens.
+    let output = Command::new(env!("CARGO_BIN_EXE_factum"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--read-model"])
+        .arg(dir.path().join("missing.db"))
+        .env("FACTUM_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no read model"));
 }
 
 #[test]
