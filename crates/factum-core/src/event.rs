@@ -88,11 +88,11 @@ impl NewEvent {
         if self.event_type.is_empty() {
             return Err(StoreError::invalid("event type is empty"));
         }
-        if self.event_type.len() > limits::EVENT_TYPE_BYTES_MAX {
+        let chars = self.event_type.chars().count();
+        if chars > limits::EVENT_TYPE_CHARS_MAX {
             return Err(StoreError::invalid(format!(
-                "event type is {} bytes, the limit is {}",
-                self.event_type.len(),
-                limits::EVENT_TYPE_BYTES_MAX
+                "event type is {chars} characters, the limit is {}",
+                limits::EVENT_TYPE_CHARS_MAX
             )));
         }
         if !allow_system_type && self.event_type.starts_with('$') {

@@ -37,10 +37,14 @@ pub use subscription::{Subscription, SubscriptionFilter};
 
 /// Limits that every backend enforces the same way.
 pub mod limits {
-    /// Longest stream name, in bytes.
-    pub const STREAM_NAME_BYTES_MAX: usize = 512;
-    /// Longest event type, in bytes.
-    pub const EVENT_TYPE_BYTES_MAX: usize = 256;
+    /// Longest stream name, in characters (Unicode scalar values, as JSON Schema's
+    /// `maxLength` counts them): at most 2048 bytes of UTF-8.
+    pub const STREAM_NAME_CHARS_MAX: usize = 512;
+    /// How much longer a system stream's name (starting with `$`) may be, so that the streams
+    /// the system derives from a stream's name fit: `$$name` (metadata), `$snapshot-name`.
+    pub const SYSTEM_PREFIX_CHARS_MAX: usize = 64;
+    /// Longest event type, in characters: at most 1024 bytes of UTF-8.
+    pub const EVENT_TYPE_CHARS_MAX: usize = 256;
     /// Largest data or metadata of one event, in bytes.
     pub const EVENT_PAYLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
     /// Most events in one append.

@@ -8,6 +8,7 @@ use crate::{
 
 /// What a successful append returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AppendResult {
     /// Revision of the first event this append recorded.
     pub first_revision: u64,
@@ -46,8 +47,10 @@ pub enum Direction {
 
 /// One stream in a listing.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StreamInfo {
     /// The stream's name.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub name: StreamName,
     /// Its last revision (counting soft-deleted events).
     pub last_revision: u64,

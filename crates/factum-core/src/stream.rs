@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{StoreError, limits};
 
-/// A validated stream name: UTF-8, 1..=512 bytes, no NUL.
+/// A validated stream name: 1 to 512 characters, no NUL (a system stream's name, starting with
+/// `$`, may be 64 characters longer).
 ///
 /// Names starting with `$` are reserved for the system: `$$name` holds the metadata of stream
 /// `name`, `$checkpoint-consumer` holds a consumer's checkpoints, and `$all` is the log itself.
@@ -20,11 +21,15 @@ impl StreamName {
         if name.is_empty() {
             return Err(StoreError::invalid("stream name is empty"));
         }
-        if name.len() > limits::STREAM_NAME_BYTES_MAX {
+        let chars = name.chars().count();
+        let limit = if name.starts_with('$') {
+            limits::STREAM_NAME_CHARS_MAX + limits::SYSTEM_PREFIX_CHARS_MAX
+        } else {
+            limits::STREAM_NAME_CHARS_MAX
+        };
+        if chars > limit {
             return Err(StoreError::invalid(format!(
-                "stream name is {} bytes, the limit is {}",
-                name.len(),
-                limits::STREAM_NAME_BYTES_MAX
+                "stream name is {chars} characters, the limit is {limit}"
             )));
         }
         if name.contains('\0') {
@@ -187,20 +192,98 @@ impl fmt::Display for CurrentRevision {
     }
 }
 
+/// A whole number from 0 to `i64::MAX` — what JSON Schema calls a non-negative int64 — also
+/// when written with a zero fraction (`56.0`), as some JSON writers do.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    const LIMIT: u64 = i64::MAX as u64;
+    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let whole = match (number.as_u64(), number.as_f64()) {
+        (Some(n), _) => Some(n),
+        // 2^63 is the first float past the limit.
+        (None, Some(f)) if f.fract() == 0.0 && (0.0..9_223_372_036_854_775_808.0).contains(&f) => {
+            Some(f as u64)
+        }
+        _ => None,
+    };
+    match whole {
+        Some(n) if n <= LIMIT => Ok(Some(n)),
+        _ => Err(serde::de::Error::custom(format!(
+            "{number} is not a whole number from 0 to {LIMIT}"
+        ))),
+    }
+}
+
 /// Settings of a stream, stored as a `$metadata` event in the stream `$$name`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StreamMetadata {
     /// Keep only the newest `max_count` events visible.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole_number"
+    )]
     pub max_count: Option<u64>,
     /// Hide events older than this many seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole_number"
+    )]
     pub max_age_secs: Option<u64>,
     /// Hide events with a revision below this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole_number"
+    )]
     pub truncate_before: Option<u64>,
     /// Anything the application wants to keep with the stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom: Option<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn metadata_numbers_are_whole_and_within_int64() {
+        let parse = |json: &str| serde_json::from_str::<StreamMetadata>(json);
+        assert_eq!(parse(r#"{"max_count": 56.0}"#).unwrap().max_count, Some(56));
+        assert_eq!(
+            parse(r#"{"truncate_before": 9223372036854775807}"#)
+                .unwrap()
+                .truncate_before,
+            Some(i64::MAX as u64)
+        );
+        assert_eq!(
+            parse(r#"{"max_age_secs": null}"#).unwrap().max_age_secs,
+            None
+        );
+        // Parsed exactly: a whole number in exponent form is not read one step off.
+        assert_eq!(
+            parse(r#"{"max_count": 4.234676970811786e15}"#)
+                .unwrap()
+                .max_count,
+            Some(4_234_676_970_811_786)
+        );
+        for bad in [
+            r#"{"max_count": 1.5}"#,
+            r#"{"max_count": -1}"#,
+            r#"{"truncate_before": 9223372036854775808}"#,
+            r#"{"truncate_before": 9.3e18}"#,
+            r#"{"max_age_secs": "5"}"#,
+        ] {
+            let error = parse(bad).unwrap_err().to_string();
+            assert!(
+                error.contains("whole number") || error.contains("invalid type"),
+                "{bad}: {error}"
+            );
+        }
+    }
 }

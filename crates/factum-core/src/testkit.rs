@@ -475,6 +475,52 @@ pub async fn reserved_names_and_bad_events_are_rejected<S: EventStore>(store: S)
         ));
     }
     assert_eq!(store.head(), 0);
+
+    // Limits count characters, not bytes: the longest name and type in two-byte characters
+    // are stored and read back; one character more is refused.
+    assert!(StreamName::new("ü".repeat(513)).is_err());
+    let wide = StreamName::new("ü".repeat(512)).unwrap();
+    let mut wide_type = event(0);
+    wide_type.event_type = "ü".repeat(256);
+    let mut wider_type = event(1);
+    wider_type.event_type = "ü".repeat(257);
+    assert!(matches!(
+        store
+            .append(&wide, ExpectedState::Any, vec![wider_type])
+            .await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    store
+        .append(&wide, ExpectedState::NoStream, vec![wide_type])
+        .await
+        .unwrap();
+    let read = store
+        .read_stream(&wide, 0, Direction::Forwards, 10)
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].stream, wide);
+    assert_eq!(read[0].event_type, "ü".repeat(256));
+    // The streams the system derives from the longest name are written and read back too.
+    let position = store
+        .set_metadata(
+            &wide,
+            StreamMetadata {
+                max_count: Some(5),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let all = store
+        .read_all(position, Direction::Forwards, 10)
+        .await
+        .unwrap();
+    assert_eq!(all[0].stream, wide.metadata_stream());
+    assert_eq!(
+        store.get_metadata(&wide).await.unwrap().unwrap().max_count,
+        Some(5)
+    );
 }
 
 pub async fn subscription_switches_from_catch_up_to_live_without_gap_or_duplicate<

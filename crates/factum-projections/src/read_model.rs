@@ -63,6 +63,7 @@ pub enum SwapOutcome {
 
 /// A projection's row in `factum_projections`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProjectionState {
     /// The projection.
     pub name: String,
@@ -74,7 +75,9 @@ pub struct ProjectionState {
     pub recorded_at_us: u64,
     /// When the live tables last committed (µs since the epoch).
     pub updated_at_us: u64,
-    /// The store's head as the projector last saw it.
+    /// The store's head as the projector last saw it (`projector_head` in JSON: a
+    /// [`ProjectionStatus`] has its own `head`).
+    #[serde(rename = "projector_head")]
     pub head: u64,
     /// A rebuild is filling shadow tables.
     pub rebuilding: bool,
@@ -119,6 +122,7 @@ impl ProjectionState {
 
 /// A projection's lag.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProjectionStatus {
     /// The stored state.
     #[serde(flatten)]

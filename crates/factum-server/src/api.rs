@@ -7,16 +7,20 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use factum::processor::ProcessorStatus;
 use factum::processor::processor_statuses;
+use factum_core::{AppendResult, StreamInfo};
 use factum_core::{
     Direction, ExpectedState, RecordedEvent, StoreError, StreamMetadata, StreamName, Subscription,
 };
-use serde::Deserialize;
-use serde_json::json;
+use factum_projections::ProjectionStatus;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Caller, Right};
 use crate::consumers;
-use crate::json::{EventLine, RecordedLine, recorded};
+use crate::error::ErrorBody;
+use crate::json::{EventLine, Object, RecordedLine, recorded};
 use crate::sse::{self, Follow};
 use crate::{ApiError, AppState};
 
@@ -57,12 +61,37 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>
         .transpose()
 }
 
+/// A revision or position written in a header: 1 to 18 digits, nothing else.
+fn digits(text: &str) -> Option<u64> {
+    let ok = (1..=18).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit());
+    ok.then(|| text.parse().ok()).flatten()
+}
+
 fn expected(headers: &HeaderMap) -> Result<ExpectedState> {
-    match header_text(headers, "expected-revision")? {
-        None => Ok(ExpectedState::Any),
-        Some(text) => text.trim().parse().map_err(|e: StoreError| {
-            ApiError::bad_request(format!("header Expected-Revision: {e}"))
+    let Some(text) = header_text(headers, "expected-revision")? else {
+        return Ok(ExpectedState::Any);
+    };
+    match text.trim() {
+        "any" => Ok(ExpectedState::Any),
+        "no-stream" => Ok(ExpectedState::NoStream),
+        "exists" => Ok(ExpectedState::StreamExists),
+        other => digits(other).map(ExpectedState::Exact).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "header Expected-Revision: '{other}' is not any, no-stream, exists or a \
+                 revision (1 to 18 digits)"
+            ))
         }),
+    }
+}
+
+/// A position or revision in a query: at most `i64::MAX`, as the description says.
+fn int64<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
+    match Option::<u64>::deserialize(d)? {
+        Some(n) if n > i64::MAX as u64 => Err(serde::de::Error::custom(format!(
+            "{n} is beyond the largest position, {}",
+            i64::MAX
+        ))),
+        n => Ok(n),
     }
 }
 
@@ -85,12 +114,45 @@ fn lines(events: &[RecordedEvent]) -> Result<Vec<RecordedLine>> {
 }
 
 /// A page of events. Data and metadata are sent as the JSON text stored, byte for byte.
-#[derive(serde::Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct Page {
+    /// The events, in the order asked for.
     events: Vec<RecordedLine>,
+    /// What to pass as `from` for the next page: a revision (streams) or a position (`$all`);
+    /// `null` when reading a stream backwards has reached its start.
     next: Option<u64>,
+    /// `$all` only: the store's head when the page was read (the position the next event
+    /// will take).
     #[serde(skip_serializing_if = "Option::is_none")]
     head: Option<u64>,
+}
+
+/// The body of an append: its events in order, at least one.
+#[derive(Deserialize)]
+pub(crate) struct NewEvents(Vec<Object<EventLine>>);
+
+impl utoipa::PartialSchema for NewEvents {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ArrayBuilder::new()
+            .items(utoipa::openapi::Ref::from_schema_name(EventLine::name()))
+            .min_items(Some(1))
+            .into()
+    }
+}
+
+impl ToSchema for NewEvents {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push((
+            EventLine::name().into(),
+            <EventLine as utoipa::PartialSchema>::schema(),
+        ));
+        EventLine::schemas(schemas);
+    }
 }
 
 /// Query parameters of an endpoint that takes none.
@@ -98,12 +160,60 @@ pub(crate) struct Page {
 #[serde(deny_unknown_fields)]
 pub(crate) struct NoParams {}
 
+/// The answer to a request that wrote a marker event (delete, tombstone, metadata).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Written {
+    /// Its position in `$all`.
+    position: u64,
+}
+
+/// Liveness.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Health {
+    /// Always `ok` when the server answers.
+    status: &'static str,
+    /// The store's head: the position the next event will take.
+    head: u64,
+}
+
+/// A page of streams.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct StreamList {
+    /// The streams, in name order (only those the caller's token may read).
+    streams: Vec<StreamInfo>,
+    /// What to pass as `after` for the next page; `null` on the last page.
+    next: Option<String>,
+}
+
+/// Event processors, found by their checkpoints and dead letters in the store.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Processors {
+    /// Each processor, by name.
+    processors: Vec<ProcessorStatus>,
+    /// The store's head the lag is measured against.
+    head: u64,
+}
+
+/// Projections of the read model the server was given.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Projections {
+    /// `sqlite` or `postgres`; `null` when the server runs without a read model.
+    read_model: Option<&'static str>,
+    /// Each projection with its lag.
+    projections: Vec<ProjectionStatus>,
+}
+
 /// The web UI, one page shipped inside the binary.
 const UI: &str = include_str!("../ui/index.html");
 
 /// The server's address: the web UI for a browser (`Accept: text/html`), the list of
 /// endpoints as JSON for any other client.
+#[utoipa::path(get, path = "/", tag = "server", security(()),
+    summary = "The web UI (Accept: text/html), or this API's endpoints as JSON",
+    responses((status = 200, description = "The web UI for a browser; for other clients a JSON object naming each endpoint and where this description is",
+        content((String = "text/html"), (Object = "application/json")))))]
 pub(crate) async fn index(
+    State(state): State<AppState>,
     params: std::result::Result<Query<NoParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response> {
@@ -119,35 +229,49 @@ pub(crate) async fn index(
         )
             .into_response());
     }
-    Ok(Json(json!({
-        "name": "factum",
-        "version": env!("CARGO_PKG_VERSION"),
-        "endpoints": {
-            "POST /streams/{stream}": "append a JSON array of events ({type, data, metadata?, id?}); header Expected-Revision: any|no-stream|exists|N",
-            "GET /streams/{stream}?from=&direction=forwards|backwards&limit=": "a page of a stream's events",
-            "DELETE /streams/{stream}?tombstone=": "soft delete, or tombstone",
-            "GET|PUT /streams/{stream}/metadata": "the stream's metadata",
-            "GET /streams/{stream}/subscribe?from=": "the stream live (server-sent events; id = position, resume with Last-Event-ID)",
-            "GET /streams?prefix=&after=&limit=": "streams by name",
-            "GET /all?from=&limit=": "a page of $all, with the position to ask for next",
-            "GET /all/subscribe?from=": "$all live (server-sent events)",
-            "GET /processors": "event processors: checkpoint, events behind, dead letters",
-            "GET /projections": "projections of the read model (--read-model), with their lag",
-            "GET /health": "liveness and the store's head",
-            "GET /metrics": "Prometheus metrics",
-        }
-    }))
-    .into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        state.docs.index.clone(),
+    )
+        .into_response())
 }
 
+/// This API described in OpenAPI 3.1, generated from the handlers and their types.
+#[utoipa::path(get, path = "/openapi.json", tag = "server", security(()),
+    summary = "This API, described in OpenAPI 3.1",
+    responses((status = 200, description = "The OpenAPI description", body = Object)))]
+pub(crate) async fn openapi(
+    State(state): State<AppState>,
+    params: std::result::Result<Query<NoParams>, QueryRejection>,
+) -> Result<Response> {
+    query(params)?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        state.docs.openapi.clone(),
+    )
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/health", tag = "server", security(()),
+    summary = "Liveness and the store's head",
+    responses((status = 200, description = "The server is up", body = Health)))]
 pub(crate) async fn health(
     State(state): State<AppState>,
     params: std::result::Result<Query<NoParams>, QueryRejection>,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<Health>> {
     query(params)?;
-    Ok(Json(json!({ "status": "ok", "head": state.store.head() })))
+    Ok(Json(Health {
+        status: "ok",
+        head: state.store.head(),
+    }))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "server",
+    summary = "Prometheus metrics (any valid token)",
+    responses(
+        (status = 200, description = "Appends, events, bytes, latency histograms, subscribers, processor and projection lag, in the OpenMetrics text format",
+            body = String, content_type = "application/openmetrics-text"),
+        (status = 503, description = "The read model given with --read-model does not answer", body = ErrorBody)))]
 pub(crate) async fn metrics(
     State(state): State<AppState>,
     params: std::result::Result<Query<NoParams>, QueryRejection>,
@@ -172,6 +296,16 @@ pub(crate) async fn no_such_endpoint() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
 }
 
+#[utoipa::path(post, path = "/streams/{stream}", tag = "streams",
+    summary = "Append events to a stream, all or none (write right)",
+    params(("stream" = String, Path, description = "The stream's name: 1 to 512 characters without NUL, not starting with `$` (reserved for the system).", min_length = 1, max_length = 512, pattern = r"^[^\$\x00][^\x00]*$"), ("Expected-Revision" = Option<String>, Header, nullable = false, description = "What the stream must be for the request to go ahead: `any` (default), `no-stream`, `exists`, or the revision of its last event.", pattern = r"^(any|no-stream|exists|[0-9]{1,18})$")),
+    request_body(content = NewEvents, description = "The events, at least one, in order"),
+    responses(
+        (status = 201, description = "Appended, durably", body = AppendResult),
+        (status = 403, description = "The token may not write to this stream", body = ErrorBody),
+        (status = 409, description = "The stream is not at the expected revision; nothing was written", body = ErrorBody),
+        (status = 410, description = "The stream is deleted or tombstoned", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server takes", body = ErrorBody)))]
 pub(crate) async fn append(
     State(state): State<AppState>,
     caller: Caller,
@@ -185,7 +319,7 @@ pub(crate) async fn append(
     query(params)?;
     let expected = expected(&headers)?;
     let events = body(&state, events)?;
-    let parsed: Vec<EventLine> =
+    let NewEvents(parsed) =
         serde_json::from_slice(&events).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
     if parsed.is_empty() {
         return Err(ApiError::bad_request(
@@ -195,7 +329,7 @@ pub(crate) async fn append(
     let events = parsed
         .into_iter()
         .enumerate()
-        .map(|(i, line)| {
+        .map(|(i, Object(line))| {
             line.into_event()
                 .map_err(|e| ApiError::bad_request(format!("event {i}: {e}")))
         })
@@ -211,21 +345,38 @@ pub(crate) async fn append(
     Ok((StatusCode::CREATED, Json(result)))
 }
 
-#[derive(Clone, Copy, Deserialize)]
+/// Which way to read a stream.
+#[derive(Clone, Copy, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Way {
     Forwards,
     Backwards,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReadParams {
+    /// The revision to start at, included; default the first (forwards) or the last
+    /// (backwards).
+    #[serde(default, deserialize_with = "int64")]
     from: Option<u64>,
+    /// `forwards` (default) or `backwards`.
+    #[param(inline)]
     direction: Option<Way>,
+    /// How many events at most (default 100).
+    #[param(minimum = 1)]
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/streams/{stream}", tag = "streams",
+    summary = "A page of a stream's events (read right)",
+    params(("stream" = String, Path, description = "The stream's name: 1 to 512 characters without NUL, not `$all`.", min_length = 1, max_length = 512, pattern = r"^[^\x00]+$"), ReadParams),
+    responses(
+        (status = 200, description = "The page", body = Page),
+        (status = 403, description = "The token may not read this stream", body = ErrorBody),
+        (status = 404, description = "The stream does not exist", body = ErrorBody),
+        (status = 410, description = "The stream is tombstoned", body = ErrorBody)))]
 pub(crate) async fn read_stream(
     State(state): State<AppState>,
     caller: Caller,
@@ -259,13 +410,24 @@ pub(crate) async fn read_stream(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AllParams {
+    /// The position to start at, included (default 0): the `next` of the previous page.
+    #[serde(default, deserialize_with = "int64")]
     from: Option<u64>,
+    /// How many events at most (default 100).
+    #[param(minimum = 1)]
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/all", tag = "all",
+    summary = "A page of $all, the log of every event in commit order (read right on every stream)",
+    params(AllParams),
+    responses(
+        (status = 200, description = "The page, with the position to ask for next", body = Page),
+        (status = 403, description = "The token may not read every stream", body = ErrorBody)))]
 pub(crate) async fn read_all(
     State(state): State<AppState>,
     caller: Caller,
@@ -288,19 +450,31 @@ pub(crate) async fn read_all(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DeleteParams {
+    /// `true`: tombstone the stream, for good; default `false`: a soft delete, after which
+    /// an append starts the stream again.
     tombstone: Option<bool>,
 }
 
+#[utoipa::path(delete, path = "/streams/{stream}", tag = "streams",
+    summary = "Delete a stream softly, or tombstone it (admin right)",
+    params(("stream" = String, Path, description = "The stream's name: 1 to 512 characters without NUL, not starting with `$` (reserved for the system).", min_length = 1, max_length = 512, pattern = r"^[^\$\x00][^\x00]*$"), DeleteParams, ("Expected-Revision" = Option<String>, Header, nullable = false, description = "What the stream must be for the request to go ahead: `any` (default), `no-stream`, `exists`, or the revision of its last event.", pattern = r"^(any|no-stream|exists|[0-9]{1,18})$")),
+    responses(
+        (status = 200, description = "Deleted; the marker's position", body = Written),
+        (status = 403, description = "The token may not delete this stream", body = ErrorBody),
+        (status = 404, description = "The stream does not exist", body = ErrorBody),
+        (status = 409, description = "The stream is not at the expected revision", body = ErrorBody),
+        (status = 410, description = "The stream is already tombstoned", body = ErrorBody)))]
 pub(crate) async fn delete_stream(
     State(state): State<AppState>,
     caller: Caller,
     stream: std::result::Result<Path<String>, PathRejection>,
     params: std::result::Result<Query<DeleteParams>, QueryRejection>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<Written>> {
     let stream = StreamName::user(path(stream)?)?;
     caller.require(Right::Admin, stream.as_str())?;
     let params = query(params)?;
@@ -310,9 +484,16 @@ pub(crate) async fn delete_stream(
     } else {
         state.store.delete_stream(&stream, expected).await?
     };
-    Ok(Json(json!({ "position": position })))
+    Ok(Json(Written { position }))
 }
 
+#[utoipa::path(get, path = "/streams/{stream}/metadata", tag = "streams",
+    summary = "A stream's metadata (read right)",
+    params(("stream" = String, Path, description = "The stream's name: 1 to 512 characters without NUL, not `$all`.", min_length = 1, max_length = 512, pattern = r"^[^\x00]+$")),
+    responses(
+        (status = 200, description = "The metadata; empty when none was set. Metadata outlives a soft delete of its stream.", body = StreamMetadata),
+        (status = 403, description = "The token may not read this stream", body = ErrorBody),
+        (status = 410, description = "The stream is tombstoned", body = ErrorBody)))]
 pub(crate) async fn get_metadata(
     State(state): State<AppState>,
     caller: Caller,
@@ -327,35 +508,55 @@ pub(crate) async fn get_metadata(
     ))
 }
 
+#[utoipa::path(put, path = "/streams/{stream}/metadata", tag = "streams",
+    summary = "Set a stream's metadata (admin right)",
+    params(("stream" = String, Path, description = "The stream's name: 1 to 512 characters without NUL, not starting with `$` (reserved for the system).", min_length = 1, max_length = 512, pattern = r"^[^\$\x00][^\x00]*$")),
+    request_body(content = StreamMetadata, description = "The metadata; it replaces what was set before"),
+    responses(
+        (status = 200, description = "Set; the metadata event's position", body = Written),
+        (status = 403, description = "The token may not change this stream", body = ErrorBody),
+        (status = 410, description = "The stream is tombstoned", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server takes", body = ErrorBody)))]
 pub(crate) async fn put_metadata(
     State(state): State<AppState>,
     caller: Caller,
     stream: std::result::Result<Path<String>, PathRejection>,
     params: std::result::Result<Query<NoParams>, QueryRejection>,
     metadata: std::result::Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<Written>> {
     let stream = StreamName::user(path(stream)?)?;
     caller.require(Right::Admin, stream.as_str())?;
     query(params)?;
-    let metadata: StreamMetadata = serde_json::from_slice(&body(&state, metadata)?)
-        .map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    let Object(metadata) =
+        serde_json::from_slice::<Object<StreamMetadata>>(&body(&state, metadata)?)
+            .map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
     let position = state.store.set_metadata(&stream, metadata).await?;
-    Ok(Json(json!({ "position": position })))
+    Ok(Json(Written { position }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListParams {
+    /// Only streams whose names start with this (default: every stream).
     prefix: Option<String>,
+    /// Only streams after this name: the `next` of the previous page.
+    #[param(min_length = 1, pattern = r"^[^\x00]+$")]
     after: Option<String>,
+    /// How many streams at most (default 100).
+    #[param(minimum = 1)]
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/streams", tag = "streams",
+    summary = "Streams by name (those the token may read)",
+    params(ListParams),
+    responses((status = 200, description = "A page of streams", body = StreamList)))]
 pub(crate) async fn list_streams(
     State(state): State<AppState>,
     caller: Caller,
     params: std::result::Result<Query<ListParams>, QueryRejection>,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<StreamList>> {
     let params = query(params)?;
     let limit = limit(params.limit, &state)?;
     let after = params.after.map(StreamName::new).transpose()?;
@@ -375,12 +576,15 @@ pub(crate) async fn list_streams(
         .into_iter()
         .filter(|s| caller.can_read(s.name.as_str()))
         .collect();
-    Ok(Json(json!({ "streams": streams, "next": next })))
+    Ok(Json(StreamList { streams, next }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SubscribeParams {
+    /// Where to start, included: a position (`$all`) or a revision (a stream); default 0.
+    #[serde(default, deserialize_with = "int64")]
     from: Option<u64>,
 }
 
@@ -388,13 +592,22 @@ pub(crate) struct SubscribeParams {
 fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>> {
     header_text(headers, "last-event-id")?
         .map(|text| {
-            text.trim().parse::<u64>().map_err(|_| {
-                ApiError::bad_request(format!("header Last-Event-ID '{text}' is not a position"))
+            digits(text.trim()).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "header Last-Event-ID '{text}' is not a position (1 to 18 digits)"
+                ))
             })
         })
         .transpose()
 }
 
+#[utoipa::path(get, path = "/all/subscribe", tag = "all",
+    summary = "Follow $all live, as server-sent events (read right on every stream)",
+    params(SubscribeParams, ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = r"^[0-9]{1,18}$", description = "The position of the last event the client received (the `id:` of its SSE frame): the subscription resumes after it; it overrides `from`.")),
+    responses(
+        (status = 200, description = "Server-sent events: `id:` is the position, `data:` the event as in a page; a keep-alive comment every 15 s; an `error` event before the stream ends on a failure",
+            body = String, content_type = "text/event-stream"),
+        (status = 403, description = "The token may not read every stream", body = ErrorBody)))]
 pub(crate) async fn subscribe_all(
     State(state): State<AppState>,
     caller: Caller,
@@ -410,6 +623,14 @@ pub(crate) async fn subscribe_all(
     Ok(sse::respond(&state, Follow::All { from }))
 }
 
+#[utoipa::path(get, path = "/streams/{stream}/subscribe", tag = "streams",
+    summary = "Follow a stream live, as server-sent events (read right)",
+    params(("stream" = String, Path, description = "The stream's name: 1 to 512 characters without NUL, not `$all`.", min_length = 1, max_length = 512, pattern = r"^[^\x00]+$"), SubscribeParams, ("Last-Event-ID" = Option<u64>, Header, nullable = false, description = "The position of the last event the client received (the `id:` of its SSE frame): the subscription resumes after it; it overrides `from`.")),
+    responses(
+        (status = 200, description = "Server-sent events: `id:` is the position, `data:` the event as in a page. A stream that does not exist yet is waited for.",
+            body = String, content_type = "text/event-stream"),
+        (status = 403, description = "The token may not read this stream", body = ErrorBody),
+        (status = 410, description = "The stream is tombstoned", body = ErrorBody)))]
 pub(crate) async fn subscribe_stream(
     State(state): State<AppState>,
     caller: Caller,
@@ -452,29 +673,41 @@ pub(crate) async fn subscribe_stream(
     Ok(sse::respond(&state, Follow::Stream(subscription)))
 }
 
+#[utoipa::path(get, path = "/processors", tag = "consumers",
+    summary = "Event processors: checkpoint, events behind, dead letters (read right on every stream)",
+    responses(
+        (status = 200, description = "The processors", body = Processors),
+        (status = 403, description = "The token may not read every stream", body = ErrorBody)))]
 pub(crate) async fn processors(
     State(state): State<AppState>,
     caller: Caller,
     params: std::result::Result<Query<NoParams>, QueryRejection>,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<Processors>> {
     caller.require_all()?;
     query(params)?;
     let processors = processor_statuses(&*state.store).await?;
-    Ok(Json(
-        json!({ "processors": processors, "head": state.store.head() }),
-    ))
+    Ok(Json(Processors {
+        processors,
+        head: state.store.head(),
+    }))
 }
 
+#[utoipa::path(get, path = "/projections", tag = "consumers",
+    summary = "Projections of the server's read model, with their lag (read right on every stream)",
+    responses(
+        (status = 200, description = "The projections (none without --read-model)", body = Projections),
+        (status = 403, description = "The token may not read every stream", body = ErrorBody),
+        (status = 503, description = "The read model does not answer", body = ErrorBody)))]
 pub(crate) async fn projections(
     State(state): State<AppState>,
     caller: Caller,
     params: std::result::Result<Query<NoParams>, QueryRejection>,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<Projections>> {
     caller.require_all()?;
     query(params)?;
     let projections = consumers::projections(&state).await?;
-    Ok(Json(json!({
-        "read_model": state.config.read_model.as_ref().map(|m| m.kind()),
-        "projections": projections.unwrap_or_default(),
-    })))
+    Ok(Json(Projections {
+        read_model: state.config.read_model.as_ref().map(|m| m.kind()),
+        projections: projections.unwrap_or_default(),
+    }))
 }

@@ -3,13 +3,30 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use factum_core::{ExpectedState, StoreError};
-use serde_json::json;
+use serde::Serialize;
+
+/// The JSON body of every error response.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, naming the input at fault.
+    pub error: String,
+    /// On a wrong expected revision (409): the `Expected-Revision` the request gave —
+    /// `"any"`, `"no-stream"`, `"exists"` or a revision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub expected: Option<serde_json::Value>,
+    /// On a wrong expected revision (409): the stream's revision (`null` when it does not
+    /// exist).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<u64>)]
+    pub actual: Option<Option<u64>>,
+}
 
 /// An error response of the API.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    body: serde_json::Value,
+    body: ErrorBody,
 }
 
 impl ApiError {
@@ -17,7 +34,11 @@ impl ApiError {
     pub fn new(status: StatusCode, message: impl std::fmt::Display) -> Self {
         ApiError {
             status,
-            body: json!({ "error": message.to_string() }),
+            body: ErrorBody {
+                error: message.to_string(),
+                expected: None,
+                actual: None,
+            },
         }
     }
 
@@ -28,8 +49,13 @@ impl ApiError {
 
     /// The JSON body: `{"error": "…"}`, and for a wrong expected revision `expected` and
     /// `actual`.
-    pub fn body(&self) -> &serde_json::Value {
+    pub fn body(&self) -> &ErrorBody {
         &self.body
+    }
+
+    /// The JSON body as text.
+    pub fn json(&self) -> String {
+        serde_json::to_string(&self.body).unwrap_or_else(|_| r#"{"error":"unprintable"}"#.into())
     }
 
     /// The status this error answers with.
@@ -56,11 +82,11 @@ impl From<StoreError> for ApiError {
             } => {
                 return ApiError {
                     status: StatusCode::CONFLICT,
-                    body: json!({
-                        "error": error.to_string(),
-                        "expected": expected_json(*expected),
-                        "actual": actual.0,
-                    }),
+                    body: ErrorBody {
+                        error: error.to_string(),
+                        expected: Some(expected_json(*expected)),
+                        actual: Some(actual.0),
+                    },
                 };
             }
             StoreError::CheckpointBehind { .. } => StatusCode::CONFLICT,

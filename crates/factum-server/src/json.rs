@@ -17,23 +17,56 @@ fn bad(message: impl std::fmt::Display) -> StoreError {
 }
 
 /// An event to append, as JSON: `type`, `data`, optional `metadata` (an object) and `id`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventLine {
+    /// The event type: 1 to 256 characters, not starting with `$` (reserved for the system).
     #[serde(rename = "type")]
+    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\$]")]
     event_type: String,
+    /// Any JSON value; stored as sent, byte for byte.
+    #[schema(value_type = serde_json::Value)]
     data: Box<RawValue>,
+    /// A JSON object, or `null` for none; stored as sent.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Box<RawValue>>,
+    /// The event id; appending an id the stream already holds is idempotent. A new UUIDv7
+    /// when missing.
     #[serde(default)]
     id: Option<Uuid>,
 }
 
 /// Parses one input line of `factum append` into an event (validated).
 pub fn parse_event_line(line: &str) -> Result<NewEvent> {
-    serde_json::from_str::<EventLine>(line)
+    serde_json::from_str::<Object<EventLine>>(line)
         .map_err(bad)?
+        .0
         .into_event()
+}
+
+/// A `T` read from a JSON object only. (serde's derive also takes an array of the fields in
+/// order, which the API does not document and must not accept.)
+pub struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Fields<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Fields<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Fields(std::marker::PhantomData))
+            .map(Object)
+    }
 }
 
 impl EventLine {
@@ -61,7 +94,7 @@ impl EventLine {
 }
 
 /// A recorded event as printed.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecordedLine {
     /// The stream.
     pub stream: String,
@@ -75,8 +108,10 @@ pub struct RecordedLine {
     #[serde(rename = "type")]
     pub event_type: String,
     /// JSON data as stored; binary data as a hex string (with `content_type`).
+    #[schema(value_type = serde_json::Value)]
     pub data: Box<RawValue>,
     /// The metadata object as stored, or `null`.
+    #[schema(value_type = Option<Object>, required = true)]
     pub metadata: Box<RawValue>,
     /// When it was recorded, RFC 3339 with microseconds.
     pub recorded_at: String,
@@ -224,5 +259,10 @@ mod tests {
         assert!(parse_event_line(r#"{"type":"A","data":1,"id":"nope"}"#).is_err());
         assert!(parse_event_line(r#"{"type":"A","data":1,"extra":true}"#).is_err());
         assert!(parse_event_line(r#"{"type":"A","data":1"#).is_err());
+        let array = parse_event_line(r#"["A", 1, null, null]"#).unwrap_err();
+        assert!(
+            array.to_string().contains("expected a JSON object"),
+            "{array}"
+        );
     }
 }

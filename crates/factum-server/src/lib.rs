@@ -15,20 +15,10 @@
 //! # }
 //! ```
 //!
-//! | method and path | what it does |
-//! |---|---|
-//! | `POST /streams/{stream}` | appends a JSON array of events; header `Expected-Revision` |
-//! | `GET /streams/{stream}?from=&direction=&limit=` | a page of a stream's events |
-//! | `DELETE /streams/{stream}[?tombstone=true]` | soft delete, or tombstone |
-//! | `GET`, `PUT /streams/{stream}/metadata` | the stream's metadata |
-//! | `GET /streams/{stream}/subscribe?from=` | the stream live, as server-sent events |
-//! | `GET /streams?prefix=&after=&limit=` | streams by name |
-//! | `GET /all?from=&limit=` | a page of `$all` |
-//! | `GET /all/subscribe?from=` | `$all` live, as server-sent events |
-//! | `GET /processors` | event processors: checkpoint, events behind, dead letters |
-//! | `GET /projections` | projections of the read model given in [`Config`], with their lag |
-//! | `GET /health`, `GET /metrics` | liveness and the store's head; Prometheus metrics |
-//! | `GET /` | this list of endpoints, as JSON |
+//! The routes and their OpenAPI 3.1 description are declared together (each handler carries
+//! its description); a running server serves it at `GET /openapi.json`, and [`openapi`] gives
+//! it to a program. `GET /` serves the web UI to a browser and the list of endpoints to any
+//! other client.
 
 mod api;
 pub mod auth;
@@ -36,6 +26,7 @@ mod consumers;
 mod error;
 pub mod json;
 mod metrics;
+mod openapi;
 mod sse;
 pub mod tls;
 
@@ -44,7 +35,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
 use factum_core::EventStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -92,38 +82,32 @@ pub(crate) struct AppState {
     pub(crate) closing: watch::Receiver<bool>,
     /// The one reader of `$all` that feeds every SSE follower of it.
     pub(crate) fanout: Arc<sse::Fanout>,
+    /// The OpenAPI description and the endpoint index.
+    pub(crate) docs: Arc<openapi::Docs>,
+}
+
+/// The OpenAPI description of the API as a server with `config` serves it (its page limit;
+/// security requirements only when it has tokens).
+pub fn openapi(config: &Config) -> utoipa::openapi::OpenApi {
+    let mut doc = openapi::routes().into_openapi();
+    openapi::complete(&mut doc, config);
+    doc
 }
 
 /// The API as a router, and the switch that ends its subscriptions (send `true`).
 pub fn router(store: Arc<dyn EventStore>, config: Config) -> (Router, watch::Sender<bool>) {
     let (close, closing) = watch::channel(false);
+    let (routes, mut doc) = openapi::routes().split_for_parts();
+    openapi::complete(&mut doc, &config);
     let state = AppState {
         store,
         fanout: Arc::new(sse::Fanout::new(config.sse_buffer.max(1))),
         config: Arc::new(config),
         metrics: Arc::new(metrics::Metrics::new()),
         closing,
+        docs: Arc::new(openapi::Docs::new(&doc)),
     };
-    let router = Router::new()
-        .route("/", get(api::index))
-        .route("/health", get(api::health))
-        .route("/metrics", get(api::metrics))
-        .route("/streams", get(api::list_streams))
-        .route(
-            "/streams/{stream}",
-            get(api::read_stream)
-                .post(api::append)
-                .delete(api::delete_stream),
-        )
-        .route(
-            "/streams/{stream}/metadata",
-            get(api::get_metadata).put(api::put_metadata),
-        )
-        .route("/streams/{stream}/subscribe", get(api::subscribe_stream))
-        .route("/all", get(api::read_all))
-        .route("/all/subscribe", get(api::subscribe_all))
-        .route("/processors", get(api::processors))
-        .route("/projections", get(api::projections))
+    let router = routes
         .fallback(api::no_such_endpoint)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

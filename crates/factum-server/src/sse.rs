@@ -110,7 +110,7 @@ async fn fan_out(
                         bytes,
                     },
                     Err(e) => {
-                        tracing::warn!(error = %e.body(), "SSE fan-out stopped");
+                        tracing::warn!(error = %e.json(), "SSE fan-out stopped");
                         return;
                     }
                 };
@@ -147,7 +147,7 @@ fn encode(event: &RecordedEvent) -> Result<Bytes, ApiError> {
 
 /// An `error` event with the API error's JSON; the stream ends after it.
 fn error_frame(error: &ApiError) -> Bytes {
-    Bytes::from(format!("event: error\ndata: {}\n\n", error.body()))
+    Bytes::from(format!("event: error\ndata: {}\n\n", error.json()))
 }
 
 /// Why a follower stopped early: the client went away (`None`), or a failure to report.

@@ -245,6 +245,39 @@ async fn bad_input_is_named_and_writes_nothing() {
             StatusCode::PAYLOAD_TOO_LARGE,
             "too large",
         ),
+        // serde would take an event as an array of its fields; the API takes objects only.
+        (
+            raw("s-1", vec![], "[[\"A\", 1, null, null]]".into()),
+            StatusCode::BAD_REQUEST,
+            "expected a JSON object",
+        ),
+        (
+            raw(
+                "s-1",
+                vec![("Expected-Revision", "+0")],
+                "[{\"type\":\"A\",\"data\":1}]".into(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "1 to 18 digits",
+        ),
+        (
+            raw(
+                "s-1",
+                vec![("Expected-Revision", "1234567890123456789")],
+                "[{\"type\":\"A\",\"data\":1}]".into(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "1 to 18 digits",
+        ),
+        (
+            raw(
+                "s-1",
+                vec![],
+                format!("[{{\"type\":\"{}\",\"data\":1}}]", "é".repeat(257)),
+            ),
+            StatusCode::BAD_REQUEST,
+            "257 characters, the limit is 256",
+        ),
     ];
     for (request, status, message) in cases {
         let response = request.send().await.unwrap();
@@ -270,6 +303,11 @@ async fn bad_input_is_named_and_writes_nothing() {
         ("/streams?after=", "stream name"),
         ("/health?x=1", "unknown field"),
         ("/all/subscribe?from=x", "from"),
+        (
+            "/all?from=9223372036854775808",
+            "beyond the largest position",
+        ),
+        ("/streams/s-1?from=18446744073709551616", "from"),
     ] {
         let (status, body) = server.get(path).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
@@ -278,12 +316,124 @@ async fn bad_input_is_named_and_writes_nothing() {
             "{path}: expected '{message}' in {body}"
         );
     }
-    let (status, index) = server.get("/").await;
-    assert_eq!(status, StatusCode::OK);
-    assert!(index["endpoints"]["POST /streams/{stream}"].is_string());
+    let last_event_id = server
+        .client
+        .get(server.at("/all/subscribe"))
+        .header("Last-Event-ID", "1234567890123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(last_event_id.status(), StatusCode::BAD_REQUEST);
+    for metadata in [
+        "[null, null]",
+        "{\"max_count\": 1.5}",
+        "{\"max_count\": 1e19}",
+    ] {
+        let response = server
+            .client
+            .put(server.at("/streams/s-1/metadata"))
+            .header("content-type", "application/json")
+            .body(metadata)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{metadata}");
+    }
     let (status, _) = server.get("/nowhere").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(server.store.head(), head);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_describes_every_route_and_the_index_is_made_from_it() {
+    let config = factum_server::Config {
+        max_page: 250,
+        ..factum_server::Config::default()
+    };
+    let server = start_with(config.clone()).await;
+    let (status, doc) = server.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(
+        doc,
+        serde_json::to_value(factum_server::openapi(&config)).unwrap()
+    );
+    // Without tokens the description asks for none.
+    assert!(doc.get("security").is_none(), "{}", doc["security"]);
+    let paths = doc["paths"].as_object().unwrap();
+    let mut operations = Vec::new();
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().unwrap() {
+            operations.push(format!("{} {path}", method.to_uppercase()));
+            assert!(operation["summary"].is_string(), "{method} {path}");
+            assert!(operation["responses"]["400"].is_object(), "{method} {path}");
+            assert!(operation.get("security").is_none(), "{method} {path}");
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                if parameter["name"] == "limit" {
+                    assert_eq!(parameter["schema"]["maximum"], 250, "{method} {path}");
+                }
+            }
+        }
+    }
+    operations.sort();
+    for expected in [
+        "DELETE /streams/{stream}",
+        "GET /",
+        "GET /all",
+        "GET /all/subscribe",
+        "GET /health",
+        "GET /metrics",
+        "GET /openapi.json",
+        "GET /processors",
+        "GET /projections",
+        "GET /streams",
+        "GET /streams/{stream}",
+        "GET /streams/{stream}/metadata",
+        "GET /streams/{stream}/subscribe",
+        "POST /streams/{stream}",
+        "PUT /streams/{stream}/metadata",
+    ] {
+        assert!(
+            operations.contains(&expected.to_owned()),
+            "{expected} is not described"
+        );
+    }
+    // Every described operation is routed: none answers "no such endpoint" or 405.
+    for operation in &operations {
+        let (method, path) = operation.split_once(' ').unwrap();
+        if path.ends_with("/subscribe") {
+            continue;
+        }
+        let path = path.replace("{stream}", "described");
+        let response = server
+            .client
+            .request(method.parse().unwrap(), server.at(&path))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(
+            response.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{operation}"
+        );
+        let body = response.text().await.unwrap();
+        assert!(!body.contains("no such endpoint"), "{operation}: {body}");
+    }
+    // The index at / (for clients that are not browsers) lists the same operations.
+    let (status, index) = server.get("/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(index["openapi"], "/openapi.json");
+    let mut listed: Vec<String> = index["endpoints"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    listed.sort();
+    assert_eq!(listed, operations);
     server.stop().await;
 }
 

@@ -220,6 +220,32 @@ async fn tokens_grant_rights_on_stream_prefixes() {
             .0,
         StatusCode::NOT_FOUND
     );
+
+    // The description is open, and says which operations need a token.
+    let (status, doc) = call(&server, Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["security"], serde_json::json!([{ "token": [] }]));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["token"]["scheme"],
+        "bearer"
+    );
+    for (path, method, open) in [
+        ("/", "get", true),
+        ("/health", "get", true),
+        ("/openapi.json", "get", true),
+        ("/metrics", "get", false),
+        ("/streams/{stream}", "post", false),
+        ("/all", "get", false),
+    ] {
+        let operation = &doc["paths"][path][method];
+        if open {
+            assert_eq!(operation["security"], serde_json::json!([{}]), "{path}");
+            assert!(operation["responses"]["401"].is_null(), "{path}");
+        } else {
+            assert!(operation["security"].is_null(), "{path}");
+            assert!(operation["responses"]["401"].is_object(), "{path}");
+        }
+    }
     server.stop().await;
 }
 

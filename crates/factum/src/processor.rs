@@ -218,6 +218,7 @@ pub async fn unresolved_dead_letters(
 /// A processor as the store shows it: its checkpoint, how far behind the head that is, and its
 /// dead letters that no replay has resolved.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProcessorStatus {
     /// The processor's name.
     pub name: String,
