@@ -7,9 +7,10 @@ mod bench_toolkit;
 mod demo;
 
 mod projections;
+mod store;
 
 use std::io::{BufRead, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow};
@@ -18,7 +19,6 @@ use factum_core::{
     Direction, EventStore, ExpectedState, StoreError, StreamMetadata, StreamName,
     SubscriptionFilter,
 };
-use factum_engine::{Engine, Options};
 use factum_server::json;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -39,6 +39,18 @@ struct Cli {
         default_value = "./factum-data"
     )]
     data_dir: PathBuf,
+    /// Use the store in PostgreSQL at this URL (postgres://user@host/db) instead of the
+    /// embedded store in --data-dir.
+    #[arg(long, global = true, env = "FACTUM_STORE")]
+    store: Option<String>,
+    /// The PostgreSQL schema of the store (with --store).
+    #[arg(
+        long,
+        global = true,
+        env = "FACTUM_STORE_SCHEMA",
+        default_value = "factum"
+    )]
+    store_schema: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -287,7 +299,7 @@ struct ServeSecurity {
 
 /// `factum serve`: the embedded store over HTTP until SIGTERM or Ctrl-C.
 async fn serve(
-    dir: &Path,
+    dir: &store::Location,
     listen: std::net::SocketAddr,
     security: ServeSecurity,
     read_model: Option<std::sync::Arc<dyn factum_projections::ReadModel>>,
@@ -310,7 +322,7 @@ async fn serve(
              server listens on loopback only"
         )));
     }
-    let store = open(dir)?;
+    let store = open(dir).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -325,8 +337,8 @@ async fn serve(
         _ => "no auth configured, so loopback only".to_owned(),
     };
     eprintln!(
-        "factum serve: {scheme}://{address} (data: {}); {access}. Stop with Ctrl-C or SIGTERM.",
-        dir.display()
+        "factum serve: {scheme}://{address} ({}); {access}. Stop with Ctrl-C or SIGTERM.",
+        dir.describe()
     );
     if config.auth.is_some() && config.tls.is_none() && !listen.ip().is_loopback() {
         eprintln!(
@@ -346,27 +358,21 @@ async fn serve(
             } => {}
         }
     };
-    factum_server::serve(
-        listener,
-        std::sync::Arc::new(store.clone()),
-        config,
-        shutdown,
-    )
-    .await?;
+    factum_server::serve(listener, store.shared(), config, shutdown).await?;
     store.close()?;
     eprintln!("factum serve: stopped");
     Ok(())
 }
 
-fn open(cli_dir: &std::path::Path) -> Result<Engine> {
-    Ok(Engine::open(cli_dir, Options::default())?)
+async fn open(location: &store::Location) -> Result<store::Store> {
+    store::Store::open(location).await
 }
 
 fn stdout() -> BufWriter<std::io::StdoutLock<'static>> {
     BufWriter::with_capacity(1 << 16, std::io::stdout().lock())
 }
 
-async fn dead_letters(dir: &Path, action: DeadLetters) -> Result<()> {
+async fn dead_letters(dir: &store::Location, action: DeadLetters) -> Result<()> {
     use factum::processor::{
         dead_letter_stream, processor_statuses, request_replay, unresolved_dead_letters,
     };
@@ -380,18 +386,18 @@ async fn dead_letters(dir: &Path, action: DeadLetters) -> Result<()> {
             processor: Some(processor),
         } => {
             processor_arg(&processor)?;
-            let store = open(dir)?;
+            let store = open(dir).await?;
             let mut out = stdout();
-            for letter in unresolved_dead_letters(&store, &processor).await? {
+            for letter in unresolved_dead_letters(&*store, &processor).await? {
                 writeln!(out, "{}", serde_json::to_string(&letter)?)?;
             }
             out.flush()?;
             store.close()?;
         }
         DeadLetters::List { processor: None } => {
-            let store = open(dir)?;
+            let store = open(dir).await?;
             let mut out = stdout();
-            for processor in processor_statuses(&store).await? {
+            for processor in processor_statuses(&*store).await? {
                 if processor.dead_letters > 0 {
                     writeln!(
                         out,
@@ -408,8 +414,8 @@ async fn dead_letters(dir: &Path, action: DeadLetters) -> Result<()> {
         }
         DeadLetters::Replay { processor } => {
             processor_arg(&processor)?;
-            let store = open(dir)?;
-            let unresolved = unresolved_dead_letters(&store, &processor).await?.len();
+            let store = open(dir).await?;
+            let unresolved = unresolved_dead_letters(&*store, &processor).await?.len();
             if unresolved == 0 {
                 println!(
                     "{}",
@@ -417,7 +423,7 @@ async fn dead_letters(dir: &Path, action: DeadLetters) -> Result<()> {
                 );
                 eprintln!("processor '{processor}' has no dead letters to replay");
             } else {
-                let position = request_replay(&store, &processor).await?;
+                let position = request_replay(&*store, &processor).await?;
                 println!(
                     "{}",
                     serde_json::json!({
@@ -438,7 +444,8 @@ async fn dead_letters(dir: &Path, action: DeadLetters) -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let dir = cli.data_dir.as_path();
+    let location = store::Location::new(cli.data_dir.clone(), cli.store, cli.store_schema)?;
+    let dir = &location;
     match cli.command {
         Command::Append { stream, expected } => {
             let stream = stream_arg(&stream)?;
@@ -457,7 +464,7 @@ async fn run(cli: Cli) -> Result<()> {
             if events.is_empty() {
                 return Err(bad("no events on stdin (one JSON object a line)"));
             }
-            let store = open(dir)?;
+            let store = open(dir).await?;
             let result = store.append(&stream, expected, events).await?;
             println!(
                 "{}",
@@ -477,7 +484,7 @@ async fn run(cli: Cli) -> Result<()> {
             limit,
         } => {
             let stream = StreamName::new(stream).map_err(|e| bad(e.to_string()))?;
-            let store = open(dir)?;
+            let store = open(dir).await?;
             print_pages(
                 limit,
                 from,
@@ -496,7 +503,7 @@ async fn run(cli: Cli) -> Result<()> {
             backwards,
             limit,
         } => {
-            let store = open(dir)?;
+            let store = open(dir).await?;
             print_pages(
                 limit,
                 from,
@@ -514,7 +521,7 @@ async fn run(cli: Cli) -> Result<()> {
             stream_prefixes,
             event_types,
         } => {
-            let store = open(dir)?;
+            let store = open(dir).await?;
             let from = from.unwrap_or_else(|| store.head());
             let filter = SubscriptionFilter {
                 stream_prefixes,
@@ -535,9 +542,9 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Streams { prefix, limit } => {
-            let store = open(dir)?;
+            let store = open(dir).await?;
             let mut out = stdout();
-            for_each_stream_page(&store, &prefix, limit, |page| {
+            for_each_stream_page(&*store, &prefix, limit, |page| {
                 for info in page {
                     writeln!(out, "{}", serde_json::to_string(&info)?)?;
                 }
@@ -553,7 +560,7 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let stream = stream_arg(&stream)?;
             let expected = expected_arg(&expected)?;
-            let store = open(dir)?;
+            let store = open(dir).await?;
             let position = if tombstone {
                 store.tombstone_stream(&stream, expected).await?
             } else {
@@ -575,7 +582,7 @@ async fn run(cli: Cli) -> Result<()> {
                 })?),
                 None => None,
             };
-            let store = open(dir)?;
+            let store = open(dir).await?;
             if let Some(metadata) = new {
                 store.set_metadata(&stream, metadata).await?;
             }
@@ -586,27 +593,19 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Deadletters { action } => dead_letters(dir, action).await?,
         Command::Projections { action } => projections::run(dir, action).await?,
         Command::Verify => {
-            let store = open(dir)?;
+            let store = open(dir).await?;
             let bar = bytes_bar(0, "verifying");
-            let report = store.verify(|done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            });
-            bar.finish_and_clear();
-            let report = report?;
-            println!(
-                "{}",
-                serde_json::json!({
-                    "ok": true,
-                    "segments": report.segments,
-                    "appends": report.frames,
-                    "events": report.events,
-                    "bytes": report.bytes,
+            let report = store
+                .verify(|done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
                 })
-            );
+                .await;
+            bar.finish_and_clear();
+            println!("{}", report?);
         }
         Command::Export { from } => {
-            let store = open(dir)?;
+            let store = open(dir).await?;
             let head = store.head();
             let bar = count_bar(head.saturating_sub(from), "exporting");
             let mut out = stdout();
@@ -624,7 +623,7 @@ async fn run(cli: Cli) -> Result<()> {
             bar.finish_and_clear();
         }
         Command::Import { file } => import(dir, file).await?,
-        Command::Bench(args) => bench::run(dir, args).await?,
+        Command::Bench(args) => bench::run(&dir.data_dir, args).await?,
         Command::Serve {
             listen,
             security,
@@ -637,8 +636,8 @@ async fn run(cli: Cli) -> Result<()> {
             };
             serve(dir, listen, security, read_model).await?
         }
-        Command::Demo => demo::run(dir).await?,
-        Command::BenchOpen => bench::open_child(dir).await?,
+        Command::Demo => demo::run(&dir.data_dir).await?,
+        Command::BenchOpen => bench::open_child(&dir.data_dir).await?,
     }
     Ok(())
 }
@@ -646,7 +645,7 @@ async fn run(cli: Cli) -> Result<()> {
 /// Hands the streams whose names start with `prefix` to `visit`, a page at a time, up to
 /// `limit` streams in name order.
 async fn for_each_stream_page(
-    store: &Engine,
+    store: &dyn EventStore,
     prefix: &str,
     limit: u64,
     mut visit: impl FnMut(Vec<factum_core::StreamInfo>) -> Result<()>,
@@ -733,7 +732,7 @@ fn count_bar(total: u64, message: &'static str) -> ProgressBar {
 }
 
 /// Imports exported events. Every line is parsed and checked before anything is written.
-async fn import(dir: &std::path::Path, file: Option<PathBuf>) -> Result<()> {
+async fn import(dir: &store::Location, file: Option<PathBuf>) -> Result<()> {
     let reader: Box<dyn BufRead> = match &file {
         Some(path) => Box::new(std::io::BufReader::new(
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
@@ -767,7 +766,7 @@ async fn import(dir: &std::path::Path, file: Option<PathBuf>) -> Result<()> {
         next_revision.insert(event.stream.clone(), event.revision + 1);
         events.push(event);
     }
-    let store = open(dir)?;
+    let store = open(dir).await?;
     let bar = count_bar(events.len() as u64, "importing");
     let total = events.len();
     let mut rest = events.into_iter().peekable();

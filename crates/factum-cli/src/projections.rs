@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use factum_core::StoreError;
-use factum_engine::{Engine, Options};
 use factum_projections::{ProjectionState, ReadModel, open_read_model, sqlite_path};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -68,7 +67,7 @@ pub async fn open_url(url: &str, schema: &str) -> Result<Arc<dyn ReadModel>> {
     Ok(open_read_model(url, schema).await?)
 }
 
-pub async fn run(dir: &Path, action: Projections) -> Result<()> {
+pub async fn run(dir: &crate::store::Location, action: Projections) -> Result<()> {
     match action {
         Projections::Status { read_model } => status(dir, &*open(&read_model).await?).await,
         Projections::Rebuild {
@@ -82,28 +81,28 @@ pub async fn run(dir: &Path, action: Projections) -> Result<()> {
 
 /// The head and the time of the newest event, from the store when the command can open it;
 /// `None` when an application holds it open.
-async fn head(dir: &Path) -> Result<Option<(u64, u64)>> {
-    if !dir.exists() {
+async fn head(dir: &crate::store::Location) -> Result<Option<(u64, u64)>> {
+    if dir.postgres.is_none() && !dir.data_dir.exists() {
         return Ok(None);
     }
-    let engine = match Engine::open(dir, Options::default()) {
-        Ok(engine) => engine,
-        Err(StoreError::Locked(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let store = match crate::store::Store::open(dir).await {
+        Ok(store) => store,
+        Err(e) if matches!(e.downcast_ref(), Some(StoreError::Locked(_))) => return Ok(None),
+        Err(e) => return Err(e),
     };
-    let head = factum_projections::head_of(&engine).await;
-    engine.close()?;
+    let head = factum_projections::head_of(&*store).await;
+    store.close()?;
     Ok(Some(head?))
 }
 
-async fn status(dir: &Path, read_model: &dyn ReadModel) -> Result<()> {
+async fn status(dir: &crate::store::Location, read_model: &dyn ReadModel) -> Result<()> {
     let states = read_model.states().await?;
     let head = head(dir).await?;
     if head.is_none() {
         eprintln!(
-            "the store in {} is open in another process (or missing): lag is measured against \
+            "the store ({}) is open in another process (or missing): lag is measured against \
              the head each projector last saw",
-            dir.display()
+            dir.describe()
         );
     }
     let mut out = crate::stdout();

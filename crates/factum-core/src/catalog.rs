@@ -633,30 +633,19 @@ impl Catalog {
             return Err(StoreError::StreamDeleted(stream.to_string()));
         }
         let len = state.positions.len() as u64;
-        if len <= state.deleted_before {
-            return Err(StoreError::NotFound(stream.to_string()));
-        }
-        let mut first_visible = state.deleted_before;
-        if let Some(metadata) = &state.metadata {
-            if let Some(before) = metadata.truncate_before {
-                first_visible = first_visible.max(before);
-            }
-            if let Some(max_count) = metadata.max_count {
-                first_visible = first_visible.max(len.saturating_sub(max_count));
-            }
-        }
-        let range: Box<dyn Iterator<Item = u64>> = match direction {
-            Direction::Forwards => Box::new(from_revision.max(first_visible)..len),
-            Direction::Backwards => {
-                let top = from_revision.min(len - 1);
-                if top < first_visible {
-                    Box::new(std::iter::empty())
-                } else {
-                    Box::new((first_visible..=top).rev())
-                }
-            }
+        let range = read_range(
+            stream,
+            len,
+            state.deleted_before,
+            state.metadata.as_deref(),
+            from_revision,
+            direction,
+        )?;
+        let revisions: Box<dyn Iterator<Item = u64>> = match direction {
+            Direction::Forwards => Box::new(range),
+            Direction::Backwards => Box::new(range.rev()),
         };
-        Ok(range
+        Ok(revisions
             .take(limit)
             .map(|revision| state.positions[revision as usize])
             .collect())
@@ -718,6 +707,72 @@ impl Catalog {
     }
 }
 
+/// The revisions a stream read may return, before the limit and the max-age filter: `len`
+/// revisions were written, those below `deleted_before` were soft-deleted, and the metadata may
+/// hide more (truncate before, max count). Read backwards, the range is walked from its end.
+/// A stream with no visible revision left by a soft delete is [`StoreError::NotFound`].
+pub fn read_range(
+    stream: &StreamName,
+    len: u64,
+    deleted_before: u64,
+    metadata: Option<&StreamMetadata>,
+    from_revision: u64,
+    direction: Direction,
+) -> Result<std::ops::Range<u64>, StoreError> {
+    if len <= deleted_before {
+        return Err(StoreError::NotFound(stream.to_string()));
+    }
+    let mut first_visible = deleted_before;
+    if let Some(metadata) = metadata {
+        if let Some(before) = metadata.truncate_before {
+            first_visible = first_visible.max(before);
+        }
+        if let Some(max_count) = metadata.max_count {
+            first_visible = first_visible.max(len.saturating_sub(max_count));
+        }
+    }
+    Ok(match direction {
+        Direction::Forwards => from_revision.max(first_visible).min(len)..len,
+        Direction::Backwards => {
+            let end = from_revision.min(len - 1) + 1;
+            first_visible.min(end)..end
+        }
+    })
+}
+
+/// Checks that imported events continue their streams exactly (same revisions, no tombstoned
+/// stream) and lays them out as records, with their recorded times beside them.
+pub fn import_plan(
+    view: &impl View,
+    events: Vec<crate::RecordedEvent>,
+) -> Result<(Vec<PlannedRecord>, Vec<u64>), StoreError> {
+    let mut next: HashMap<StreamName, u64> = HashMap::new();
+    let mut records = Vec::with_capacity(events.len());
+    let mut times = Vec::with_capacity(events.len());
+    for event in events {
+        let expected = *next
+            .entry(event.stream.clone())
+            .or_insert_with(|| view.summary(&event.stream).next_revision);
+        if view.summary(&event.stream).tombstoned {
+            return Err(StoreError::StreamDeleted(event.stream.to_string()));
+        }
+        if event.revision != expected {
+            return Err(StoreError::invalid(format!(
+                "imported event {} of stream '{}' has revision {}, the stream's next revision is {expected}",
+                event.id, event.stream, event.revision
+            )));
+        }
+        next.insert(event.stream.clone(), expected + 1);
+        times.push(event.recorded_at_us);
+        records.push(PlannedRecord {
+            stream: event.stream.clone(),
+            revision: event.revision,
+            event: event.to_new_event(),
+        });
+    }
+    Ok((records, times))
+}
+
 /// Whether an event recorded at `recorded_at_us` is young enough for a stream's max age.
 pub fn visible_by_age(max_age_secs: Option<u64>, recorded_at_us: u64, now_us: u64) -> bool {
     match max_age_secs {
@@ -740,24 +795,65 @@ pub fn append_result(plan: &[PlannedRecord], primary: usize, first_position: u64
     }
 }
 
-/// A [`View`] over a committed catalog plus the records planned so far in one group commit.
-pub struct Overlay<'a, F> {
+/// The committed state of a [`Catalog`] as a [`View`]; `committed_id_at` reads the id of the
+/// event at a committed position.
+pub struct CatalogView<'a, F> {
     catalog: &'a Catalog,
     committed_id_at: F,
+}
+
+impl<F> View for CatalogView<'_, F>
+where
+    F: Fn(u64) -> Result<Uuid, StoreError>,
+{
+    fn summary(&self, stream: &StreamName) -> StreamSummary {
+        self.catalog
+            .stream(stream)
+            .map(StreamState::summary)
+            .unwrap_or_default()
+    }
+
+    fn id_at(&self, stream: &StreamName, revision: u64) -> Result<Uuid, StoreError> {
+        let position = self
+            .catalog
+            .stream(stream)
+            .and_then(|s| s.positions.get(revision as usize))
+            .copied()
+            .ok_or_else(|| StoreError::NotFound(stream.to_string()))?;
+        (self.committed_id_at)(position)
+    }
+
+    fn checkpoint(&self, consumer: &str) -> Option<u64> {
+        self.catalog.checkpoint(consumer)
+    }
+}
+
+/// A [`View`] over committed state (`base`) plus the records planned so far in one group commit.
+pub struct Overlay<B> {
+    base: B,
     streams: HashMap<StreamName, (StreamSummary, Vec<Uuid>)>,
     checkpoints: HashMap<String, u64>,
 }
 
-impl<'a, F> Overlay<'a, F>
+impl<'a, F> Overlay<CatalogView<'a, F>>
 where
     F: Fn(u64) -> Result<Uuid, StoreError>,
 {
-    /// An overlay with nothing planned; `committed_id_at` reads the id of the event at a
-    /// committed position.
+    /// An overlay over a committed catalog with nothing planned; `committed_id_at` reads the id
+    /// of the event at a committed position.
     pub fn new(catalog: &'a Catalog, committed_id_at: F) -> Self {
-        Overlay {
+        Overlay::over(CatalogView {
             catalog,
             committed_id_at,
+        })
+    }
+}
+
+impl<B: View> Overlay<B> {
+    /// An overlay over any committed state, with nothing planned.
+    pub fn over(base: B) -> Self {
+        Overlay {
+            base,
             streams: HashMap::new(),
             checkpoints: HashMap::new(),
         }
@@ -805,41 +901,25 @@ where
     }
 
     fn entry(&mut self, stream: &StreamName) -> &mut (StreamSummary, Vec<Uuid>) {
-        let catalog = self.catalog;
-        self.streams.entry(stream.clone()).or_insert_with(|| {
-            let summary = catalog
-                .stream(stream)
-                .map(StreamState::summary)
-                .unwrap_or_default();
-            (summary, Vec::new())
-        })
+        let base = &self.base;
+        self.streams
+            .entry(stream.clone())
+            .or_insert_with(|| (base.summary(stream), Vec::new()))
     }
 }
 
-impl<F> View for Overlay<'_, F>
-where
-    F: Fn(u64) -> Result<Uuid, StoreError>,
-{
+impl<B: View> View for Overlay<B> {
     fn summary(&self, stream: &StreamName) -> StreamSummary {
         match self.streams.get(stream) {
             Some((summary, _)) => *summary,
-            None => self
-                .catalog
-                .stream(stream)
-                .map(StreamState::summary)
-                .unwrap_or_default(),
+            None => self.base.summary(stream),
         }
     }
 
     fn id_at(&self, stream: &StreamName, revision: u64) -> Result<Uuid, StoreError> {
-        let committed = self.catalog.stream(stream);
-        let committed_len = committed.map_or(0, |s| s.positions.len() as u64);
+        let committed_len = self.base.summary(stream).next_revision;
         if revision < committed_len {
-            let position = committed
-                .and_then(|s| s.positions.get(revision as usize))
-                .copied()
-                .ok_or_else(|| StoreError::NotFound(stream.to_string()))?;
-            return (self.committed_id_at)(position);
+            return self.base.id_at(stream, revision);
         }
         self.streams
             .get(stream)
@@ -852,6 +932,6 @@ where
         self.checkpoints
             .get(consumer)
             .copied()
-            .or_else(|| self.catalog.checkpoint(consumer))
+            .or_else(|| self.base.checkpoint(consumer))
     }
 }

@@ -51,6 +51,11 @@ pub enum StoreError {
     /// which recovers from what is on disk.
     #[error("the store stopped accepting writes after a failed write: {0}")]
     Poisoned(String),
+    /// The database behind the store failed or could not be reached. Nothing is acknowledged
+    /// that was not committed; an append that fails this way may or may not have been stored,
+    /// and retrying it with the same event ids is safe (the re-append is recognised).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     /// The store was closed.
     #[error("the store is closed")]
     Closed,

@@ -1,5 +1,6 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -52,7 +53,12 @@ pub struct Subscription {
     source: Source,
     buffer: VecDeque<RecordedEvent>,
     batch_size: usize,
+    retry_delay: Duration,
 }
+
+/// First and longest wait before reading again when the database is unavailable.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 impl Subscription {
     /// How many events one catch-up read takes.
@@ -70,6 +76,7 @@ impl Subscription {
             },
             buffer: VecDeque::new(),
             batch_size: Self::BATCH_SIZE_DEFAULT,
+            retry_delay: Duration::ZERO,
         }
     }
 
@@ -86,6 +93,7 @@ impl Subscription {
             },
             buffer: VecDeque::new(),
             batch_size: Self::BATCH_SIZE_DEFAULT,
+            retry_delay: Duration::ZERO,
         }
     }
 
@@ -102,15 +110,28 @@ impl Subscription {
     }
 
     /// The next event: stored ones first, then live ones as they become durable.
-    /// Fails with [`StoreError::Closed`] when the store is closed.
+    /// Fails with [`StoreError::Closed`] when the store is closed. While the database behind
+    /// the store is unavailable it keeps trying, and resumes where it was.
     pub async fn next(&mut self) -> Result<RecordedEvent, StoreError> {
         loop {
             if let Some(event) = self.buffer.pop_front() {
                 return Ok(event);
             }
             let head = *self.head.borrow_and_update();
-            if self.fill(head).await? {
-                continue;
+            match self.fill(head).await {
+                Ok(true) => {
+                    self.retry_delay = Duration::ZERO;
+                    continue;
+                }
+                Ok(false) => self.retry_delay = Duration::ZERO,
+                // The database behind the store is away (restarting, say): try again, more
+                // slowly each time, from the same place.
+                Err(StoreError::Unavailable(_)) => {
+                    self.retry_delay = (self.retry_delay * 2).clamp(RETRY_FIRST, RETRY_MAX);
+                    tokio::time::sleep(self.retry_delay).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
             if self.head.changed().await.is_err() {
                 // The store is gone; deliver what is left, then report it closed.

@@ -184,23 +184,25 @@ impl Writer {
                             }
                         }
                     }
-                    Request::Import(events, reply) => match import_plan(&overlay, events) {
-                        Ok((records, times)) => {
-                            if let Err(e) = overlay.record(&records) {
-                                replies.push((reply, Outcome::Failed(e)));
-                                continue;
+                    Request::Import(events, reply) => {
+                        match catalog::import_plan(&overlay, events) {
+                            Ok((records, times)) => {
+                                if let Err(e) = overlay.record(&records) {
+                                    replies.push((reply, Outcome::Failed(e)));
+                                    continue;
+                                }
+                                let primary = records.len();
+                                planned_positions += records.len() as u64;
+                                frames.push(FramePlan {
+                                    records,
+                                    imported_times: Some(times),
+                                    primary,
+                                });
+                                replies.push((reply, Outcome::Frame(frames.len() - 1)));
                             }
-                            let primary = records.len();
-                            planned_positions += records.len() as u64;
-                            frames.push(FramePlan {
-                                records,
-                                imported_times: Some(times),
-                                primary,
-                            });
-                            replies.push((reply, Outcome::Frame(frames.len() - 1)));
+                            Err(e) => replies.push((reply, Outcome::Failed(e))),
                         }
-                        Err(e) => replies.push((reply, Outcome::Failed(e))),
-                    },
+                    }
                 }
             }
             debug_assert!(planned_positions >= self.next_position);
@@ -347,39 +349,6 @@ impl Writer {
         self.shared.segments.push(segment);
         Ok(())
     }
-}
-
-/// Checks that imported events continue their streams exactly (same revisions).
-#[allow(clippy::type_complexity)]
-fn import_plan(
-    view: &impl catalog::View,
-    events: Vec<RecordedEvent>,
-) -> Result<(Vec<PlannedRecord>, Vec<u64>), StoreError> {
-    let mut next: std::collections::HashMap<factum_core::StreamName, u64> = Default::default();
-    let mut records = Vec::with_capacity(events.len());
-    let mut times = Vec::with_capacity(events.len());
-    for event in events {
-        let expected = *next
-            .entry(event.stream.clone())
-            .or_insert_with(|| view.summary(&event.stream).next_revision);
-        if view.summary(&event.stream).tombstoned {
-            return Err(StoreError::StreamDeleted(event.stream.to_string()));
-        }
-        if event.revision != expected {
-            return Err(StoreError::invalid(format!(
-                "imported event {} of stream '{}' has revision {}, the stream's next revision is {expected}",
-                event.id, event.stream, event.revision
-            )));
-        }
-        next.insert(event.stream.clone(), expected + 1);
-        times.push(event.recorded_at_us);
-        records.push(PlannedRecord {
-            stream: event.stream.clone(),
-            revision: event.revision,
-            event: event.to_new_event(),
-        });
-    }
-    Ok((records, times))
 }
 
 /// The position a record planned earlier in the group will get.

@@ -93,9 +93,10 @@ impl From<StoreError> for ApiError {
             StoreError::StreamDeleted(_) => StatusCode::GONE,
             StoreError::NotFound(_) => StatusCode::NOT_FOUND,
             StoreError::InvalidInput(_) => StatusCode::BAD_REQUEST,
-            StoreError::Closed | StoreError::Poisoned(_) | StoreError::Locked(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            StoreError::Closed
+            | StoreError::Poisoned(_)
+            | StoreError::Locked(_)
+            | StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             StoreError::Corrupted { .. } | StoreError::Io(_) => {
                 tracing::error!(error = %error, "the store failed");
                 StatusCode::INTERNAL_SERVER_ERROR

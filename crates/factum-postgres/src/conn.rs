@@ -1,0 +1,142 @@
+//! Connections to PostgreSQL: each keeps its prepared statements, and a small pool hands them
+//! out round-robin (a connection runs the queries of many tasks at once, pipelined).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use factum_core::StoreError;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row, Statement};
+
+/// A database error as the store reports it: the database failed or could not be reached.
+pub(crate) fn unavailable(error: tokio_postgres::Error) -> StoreError {
+    let message = match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    };
+    StoreError::Unavailable(message)
+}
+
+/// Where to connect, with the store's schema first on the search path.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    pub config: tokio_postgres::Config,
+}
+
+impl Target {
+    pub fn new(connection: &str, schema: &str) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = connection
+            .parse()
+            .map_err(|e| StoreError::invalid(format!("bad PostgreSQL connection string: {e}")))?;
+        config.options(format!("-c search_path={schema}"));
+        if config.get_application_name().is_none() {
+            config.application_name("factum");
+        }
+        config.connect_timeout(std::time::Duration::from_secs(10));
+        Ok(Target { config })
+    }
+
+    /// A new connection; the task that drives it logs when it closes.
+    pub async fn connect(&self) -> Result<Client, StoreError> {
+        let (client, connection) = self.config.connect(NoTls).await.map_err(unavailable)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "a PostgreSQL connection closed");
+            }
+        });
+        Ok(client)
+    }
+}
+
+/// A connection and its prepared statements.
+pub(crate) struct Conn {
+    pub client: Client,
+    statements: parking_lot::Mutex<HashMap<&'static str, Statement>>,
+}
+
+impl Conn {
+    pub async fn open(target: &Target) -> Result<Self, StoreError> {
+        Ok(Conn {
+            client: target.connect().await?,
+            statements: parking_lot::Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn statement(&self, sql: &'static str) -> Result<Statement, StoreError> {
+        if let Some(statement) = self.statements.lock().get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).await.map_err(unavailable)?;
+        self.statements.lock().insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    pub async fn query(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let statement = self.statement(sql).await?;
+        self.client
+            .query(&statement, params)
+            .await
+            .map_err(unavailable)
+    }
+
+    pub async fn query_opt(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, StoreError> {
+        let statement = self.statement(sql).await?;
+        self.client
+            .query_opt(&statement, params)
+            .await
+            .map_err(unavailable)
+    }
+
+    pub async fn execute(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let statement = self.statement(sql).await?;
+        self.client
+            .execute(&statement, params)
+            .await
+            .map_err(unavailable)
+    }
+}
+
+/// Reader connections, opened when first needed and again after they close.
+pub(crate) struct Pool {
+    target: Target,
+    slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    pub fn new(target: Target, size: usize) -> Self {
+        Pool {
+            target,
+            slots: (0..size.max(1))
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub async fn get(&self) -> Result<Arc<Conn>, StoreError> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut slot = self.slots[index].lock().await;
+        if let Some(conn) = slot.as_ref()
+            && !conn.client.is_closed()
+        {
+            return Ok(conn.clone());
+        }
+        let conn = Arc::new(Conn::open(&self.target).await?);
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+}

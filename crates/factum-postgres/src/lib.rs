@@ -1,0 +1,488 @@
+//! Factum's event store on PostgreSQL: the same [`EventStore`] as the embedded engine, passing
+//! the same conformance suite, for when several application instances share one store or the
+//! store should live in a managed PostgreSQL with the backups and replicas already run there.
+//!
+//! ```no_run
+//! use factum_core::{EventStore, ExpectedState, NewEvent, StreamName};
+//! use factum_postgres::{PgOptions, PgStore};
+//! # async fn run() -> Result<(), factum_core::StoreError> {
+//! let store = PgStore::connect("postgres://postgres@127.0.0.1/test", PgOptions::default()).await?;
+//! let cart = StreamName::new("cart-1")?;
+//! let event = NewEvent::json("ItemAdded", &serde_json::json!({"sku": "apple"}))?;
+//! store.append(&cart, ExpectedState::NoStream, vec![event]).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The tables live in their own schema (`factum` unless [`PgOptions::schema`] says otherwise),
+//! created and migrated by [`PgStore::connect`]. Appends from every process are committed one
+//! transaction at a time in position order, so no reader or subscriber ever skips a committed
+//! event; concurrent appends of one process share a transaction. New events are announced with
+//! `LISTEN/NOTIFY`, and the head is also polled, so subscriptions follow other processes'
+//! appends and survive a restart of PostgreSQL.
+
+mod conn;
+mod head;
+mod schema;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use factum_core::catalog::{self, StreamSummary, WriteKind, WriteRequest};
+use factum_core::{
+    AppendOptions, AppendResult, ContentType, CurrentRevision, Direction, EventStore,
+    ExpectedState, NewEvent, RecordedEvent, StoreError, StreamInfo, StreamMetadata, StreamName,
+    Subscription, SubscriptionFilter, now_micros, validate_append,
+};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio_postgres::Row;
+
+pub use schema::VERSION as SCHEMA_VERSION;
+
+use conn::{Pool, Target};
+use writer::{Job, Writer, to_i64, to_u64};
+
+/// How a [`PgStore`] connects and behaves.
+#[derive(Clone, Debug)]
+pub struct PgOptions {
+    /// The schema holding the store's tables: lower-case letters, digits and `_`.
+    pub schema: String,
+    /// Connections used for reads.
+    pub readers: usize,
+    /// How often the head is polled besides the notifications.
+    pub poll_interval: Duration,
+    /// For tests: when set, the writer takes a permit from it before every commit, holding its
+    /// transaction (and the lock on the head) open until the test adds one.
+    #[doc(hidden)]
+    pub hold_before_commit: Option<Arc<Semaphore>>,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            schema: "factum".into(),
+            readers: 4,
+            poll_interval: Duration::from_millis(500),
+            hold_before_commit: None,
+        }
+    }
+}
+
+/// An event store in PostgreSQL. Cheap to clone; clones share connections and the writer.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    schema: String,
+    readers: Pool,
+    jobs: mpsc::Sender<Job>,
+    head: Arc<watch::Sender<u64>>,
+    head_rx: watch::Receiver<u64>,
+    _stop_following: oneshot::Sender<()>,
+}
+
+impl PgStore {
+    /// Connects, creates or migrates the schema, and starts the writer and the head follower.
+    /// `connection` is a URL (`postgres://user@host/db`) or key-value pairs
+    /// (`host=… user=… dbname=…`).
+    pub async fn connect(connection: &str, options: PgOptions) -> Result<Self, StoreError> {
+        schema::check_name(&options.schema)?;
+        let target = Target::new(connection, &options.schema)?;
+        let mut client = target.connect().await?;
+        schema::migrate(&mut client, &options.schema).await?;
+        let row = client
+            .query_one("SELECT next_position FROM head", &[])
+            .await
+            .map_err(conn::unavailable)?;
+        drop(client);
+        let (head, head_rx) = watch::channel(to_u64(row.get(0)));
+        let head = Arc::new(head);
+        let (jobs, receiver) = mpsc::channel(4096);
+        let writer = Writer::new(
+            target.clone(),
+            options.schema.clone(),
+            head.clone(),
+            options.hold_before_commit.clone(),
+        );
+        tokio::spawn(writer.run(receiver));
+        let (stop, stopped) = oneshot::channel();
+        tokio::spawn(head::follow(
+            target.clone(),
+            options.schema.clone(),
+            head.clone(),
+            options.poll_interval,
+            stopped,
+        ));
+        Ok(PgStore {
+            inner: Arc::new(Inner {
+                schema: options.schema,
+                readers: Pool::new(target, options.readers),
+                jobs,
+                head,
+                head_rx,
+                _stop_following: stop,
+            }),
+        })
+    }
+
+    /// The schema holding the store's tables.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    async fn send(
+        &self,
+        job: impl FnOnce(writer::Reply) -> Job,
+    ) -> Result<AppendResult, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .jobs
+            .send(job(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn write(&self, request: WriteRequest) -> Result<AppendResult, StoreError> {
+        self.send(|reply| Job::Write(request, reply)).await
+    }
+
+    /// Stores recorded events as they are — ids, revisions, types, data, metadata and recorded
+    /// times — in one transaction. Each event must continue its stream (its revision is the
+    /// stream's next one). Used by `factum import`.
+    pub async fn import(&self, events: Vec<RecordedEvent>) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        for event in &events {
+            event.to_new_event().validate(true)?;
+        }
+        self.send(|reply| Job::Import(events, reply))
+            .await
+            .map(|_| ())
+    }
+
+    /// Where a row that does not decode came from, for [`StoreError::Corrupted`].
+    fn corrupted(&self, table: &str, offset: u64, reason: impl Into<String>) -> StoreError {
+        StoreError::Corrupted {
+            file: PathBuf::from(format!("postgresql:{}.{table}", self.inner.schema)),
+            offset,
+            reason: reason.into(),
+        }
+    }
+
+    fn event(&self, row: &Row) -> Result<RecordedEvent, StoreError> {
+        let position: i64 = row.get(0);
+        let bad = |reason: String| self.corrupted("events", to_u64(position), reason);
+        let unsigned = |value: i64, what: &str| {
+            u64::try_from(value).map_err(|_| bad(format!("negative {what} {value}")))
+        };
+        let content_type = match row.get::<_, i16>(5) {
+            0 => ContentType::Json,
+            1 => ContentType::Binary,
+            other => return Err(bad(format!("unknown content type {other}"))),
+        };
+        Ok(RecordedEvent {
+            position: unsigned(position, "position")?,
+            stream: StreamName::new(row.get::<_, String>(1))
+                .map_err(|e| bad(format!("bad stream name: {e}")))?,
+            revision: unsigned(row.get(2), "revision")?,
+            id: row.get(3),
+            event_type: row.get(4),
+            content_type,
+            data: Bytes::from(row.get::<_, Vec<u8>>(6)),
+            metadata: Bytes::from(row.get::<_, Vec<u8>>(7)),
+            recorded_at_us: unsigned(row.get(8), "recorded time")?,
+        })
+    }
+
+    /// A stream's row: its summary and metadata (`None` when nothing was recorded about it).
+    async fn stream_row(
+        &self,
+        stream: &StreamName,
+    ) -> Result<Option<(StreamSummary, Option<StreamMetadata>)>, StoreError> {
+        let conn = self.inner.readers.get().await?;
+        let Some(row) = conn
+            .query_opt(
+                "SELECT next_revision, deleted_before, tombstoned, last_id, metadata
+                 FROM streams WHERE name = $1",
+                &[&stream.as_str()],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let summary = StreamSummary {
+            next_revision: to_u64(row.get(0)),
+            deleted_before: to_u64(row.get(1)),
+            tombstoned: row.get(2),
+            last_id: row.get(3),
+        };
+        let metadata = match row.get::<_, Option<String>>(4) {
+            None => None,
+            Some(json) => Some(serde_json::from_str(&json).map_err(|e| {
+                self.corrupted(
+                    "streams",
+                    0,
+                    format!("metadata of '{stream}' does not parse: {e}"),
+                )
+            })?),
+        };
+        Ok(Some((summary, metadata)))
+    }
+}
+
+macro_rules! events_query {
+    ($rest:literal) => {
+        concat!(
+            "SELECT position, stream, revision, id, type, content_type, data, metadata, recorded_at_us FROM events ",
+            $rest
+        )
+    };
+}
+
+#[async_trait]
+impl EventStore for PgStore {
+    async fn append_with(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedState,
+        events: Vec<NewEvent>,
+        options: AppendOptions,
+    ) -> Result<AppendResult, StoreError> {
+        validate_append(stream, &events, &options)?;
+        self.write(WriteRequest {
+            stream: stream.clone(),
+            expected,
+            kind: WriteKind::Append(events),
+            checkpoint: options.checkpoint,
+        })
+        .await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from_revision: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let (summary, metadata) = self
+            .stream_row(stream)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(stream.to_string()))?;
+        if summary.tombstoned {
+            return Err(StoreError::StreamDeleted(stream.to_string()));
+        }
+        // The range is fixed by the row read above; events are never changed once written,
+        // so reading it is the same as reading at that moment.
+        let range = catalog::read_range(
+            stream,
+            summary.next_revision,
+            summary.deleted_before,
+            metadata.as_ref(),
+            from_revision,
+            direction,
+        )?;
+        if range.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let conn = self.inner.readers.get().await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+            &stream.as_str(),
+            &to_i64(range.start),
+            &to_i64(range.end),
+            &to_i64(limit as u64),
+        ];
+        let rows = match direction {
+            Direction::Forwards => {
+                conn.query(
+                    events_query!("WHERE stream = $1 AND revision >= $2 AND revision < $3 ORDER BY revision LIMIT $4"),
+                    &params,
+                )
+                .await?
+            }
+            Direction::Backwards => {
+                conn.query(
+                    events_query!("WHERE stream = $1 AND revision >= $2 AND revision < $3 ORDER BY revision DESC LIMIT $4"),
+                    &params,
+                )
+                .await?
+            }
+        };
+        let max_age = metadata.as_ref().and_then(|m| m.max_age_secs);
+        let now = now_micros();
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let event = self.event(row)?;
+            if catalog::visible_by_age(max_age, event.recorded_at_us, now) {
+                events.push(event);
+            }
+        }
+        Ok(events)
+    }
+
+    async fn read_all(
+        &self,
+        from_position: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let conn = self.inner.readers.get().await?;
+        let from = to_i64(from_position);
+        let limit = to_i64(limit as u64);
+        let rows = match direction {
+            Direction::Forwards => {
+                conn.query(
+                    events_query!("WHERE position >= $1 ORDER BY position LIMIT $2"),
+                    &[&from, &limit],
+                )
+                .await?
+            }
+            Direction::Backwards => {
+                conn.query(
+                    events_query!("WHERE position <= $1 ORDER BY position DESC LIMIT $2"),
+                    &[&from, &limit],
+                )
+                .await?
+            }
+        };
+        rows.iter().map(|row| self.event(row)).collect()
+    }
+
+    fn head(&self) -> u64 {
+        *self.inner.head_rx.borrow()
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.inner.head.subscribe()
+    }
+
+    fn subscribe_all(&self, from_position: u64, filter: SubscriptionFilter) -> Subscription {
+        Subscription::all(Arc::new(self.clone()), from_position, filter)
+    }
+
+    fn subscribe_stream(&self, stream: StreamName, from_revision: u64) -> Subscription {
+        Subscription::stream(Arc::new(self.clone()), stream, from_revision)
+    }
+
+    async fn stream_revision(&self, stream: &StreamName) -> Result<CurrentRevision, StoreError> {
+        match self.stream_row(stream).await? {
+            None => Ok(CurrentRevision(None)),
+            Some((summary, _)) if summary.tombstoned => {
+                Err(StoreError::StreamDeleted(stream.to_string()))
+            }
+            Some((summary, _)) => Ok(summary.current()),
+        }
+    }
+
+    async fn get_metadata(
+        &self,
+        stream: &StreamName,
+    ) -> Result<Option<StreamMetadata>, StoreError> {
+        match self.stream_row(stream).await? {
+            None => Ok(None),
+            Some((summary, _)) if summary.tombstoned => {
+                Err(StoreError::StreamDeleted(stream.to_string()))
+            }
+            Some((_, metadata)) => Ok(metadata),
+        }
+    }
+
+    async fn set_metadata(
+        &self,
+        stream: &StreamName,
+        metadata: StreamMetadata,
+    ) -> Result<u64, StoreError> {
+        self.write(WriteRequest::admin(
+            stream,
+            ExpectedState::Any,
+            WriteKind::SetMetadata(metadata),
+        )?)
+        .await
+        .map(|result| result.position)
+    }
+
+    async fn delete_stream(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedState,
+    ) -> Result<u64, StoreError> {
+        self.write(WriteRequest::admin(stream, expected, WriteKind::Delete)?)
+            .await
+            .map(|result| result.position)
+    }
+
+    async fn tombstone_stream(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedState,
+    ) -> Result<u64, StoreError> {
+        self.write(WriteRequest::admin(stream, expected, WriteKind::Tombstone)?)
+            .await
+            .map(|result| result.position)
+    }
+
+    async fn list_streams(
+        &self,
+        prefix: &str,
+        after: Option<&StreamName>,
+        limit: usize,
+    ) -> Result<Vec<StreamInfo>, StoreError> {
+        let conn = self.inner.readers.get().await?;
+        let rows = conn
+            .query(
+                "SELECT name, next_revision, last_position, deleted_before, tombstoned FROM streams
+                 WHERE next_revision > 0 AND name >= $1 AND starts_with(name, $1)
+                   AND ($2::text IS NULL OR name > $2) AND ($3 OR NOT starts_with(name, '$'))
+                 ORDER BY name LIMIT $4",
+                &[
+                    &prefix,
+                    &after.map(StreamName::as_str),
+                    &prefix.starts_with('$'),
+                    &to_i64(limit as u64),
+                ],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let next_revision = to_u64(row.get(1));
+                let deleted_before = to_u64(row.get(3));
+                Ok(StreamInfo {
+                    name: StreamName::new(row.get::<_, String>(0)).map_err(|e| {
+                        self.corrupted("streams", 0, format!("bad stream name: {e}"))
+                    })?,
+                    last_revision: next_revision - 1,
+                    last_position: row.get::<_, Option<i64>>(2).map(to_u64).unwrap_or(0),
+                    deleted: next_revision <= deleted_before,
+                    tombstoned: row.get(4),
+                })
+            })
+            .collect()
+    }
+
+    async fn save_checkpoint(&self, consumer: &str, position: u64) -> Result<u64, StoreError> {
+        self.write(WriteRequest::checkpoint(consumer, position)?)
+            .await
+            .map(|result| result.position)
+    }
+
+    async fn read_checkpoint(&self, consumer: &str) -> Result<Option<u64>, StoreError> {
+        let conn = self.inner.readers.get().await?;
+        Ok(conn
+            .query_opt(
+                "SELECT position FROM checkpoints WHERE consumer = $1",
+                &[&consumer],
+            )
+            .await?
+            .map(|row| to_u64(row.get(0))))
+    }
+}
