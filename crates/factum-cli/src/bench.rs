@@ -29,7 +29,8 @@ pub struct BenchArgs {
         default_value = "bulk,concurrent,single,read-all"
     )]
     scenarios: Vec<String>,
-    /// Stores to compare (factum, postgres, sqlite).
+    /// Stores to compare (factum, postgres, sqlite). `factum` is the embedded store, or
+    /// Factum's PostgreSQL store (`factum-pg`) with `factum --store postgres://… bench`.
     #[arg(long, value_delimiter = ',', default_value = "factum,postgres,sqlite")]
     stores: Vec<String>,
     /// Events appended by the bulk scenario (1000 per append).
@@ -171,6 +172,8 @@ fn payload(n: u64) -> String {
 
 enum Store {
     Factum(Engine),
+    /// Factum's PostgreSQL store (with `factum --store postgres://… bench`).
+    FactumPg(factum_postgres::PgStore),
     Postgres(Vec<Arc<tokio_postgres::Client>>),
     Sqlite(Arc<std::sync::Mutex<rusqlite::Connection>>),
 }
@@ -181,13 +184,37 @@ impl Store {
     fn name(&self) -> &'static str {
         match self {
             Store::Factum(_) => "factum",
+            Store::FactumPg(_) => "factum-pg",
             Store::Postgres(_) => "postgres",
             Store::Sqlite(_) => "sqlite",
         }
     }
 
-    async fn open(name: &str, dir: &Path, args: &BenchArgs) -> Result<Store> {
+    async fn open(
+        name: &str,
+        dir: &Path,
+        args: &BenchArgs,
+        location: &crate::store::Location,
+    ) -> Result<Store> {
+        let postgres = location.postgres.as_deref().unwrap_or(&args.postgres);
         match name {
+            "factum" if location.postgres.is_some() => {
+                // A fresh schema of its own, beside the baseline's table.
+                let (client, connection) = tokio_postgres::connect(postgres, tokio_postgres::NoTls)
+                    .await
+                    .with_context(|| format!("connecting to PostgreSQL at '{postgres}'"))?;
+                tokio::spawn(connection);
+                client
+                    .batch_execute("DROP SCHEMA IF EXISTS factum_bench CASCADE")
+                    .await?;
+                let options = factum_postgres::PgOptions {
+                    schema: "factum_bench".into(),
+                    ..factum_postgres::PgOptions::default()
+                };
+                Ok(Store::FactumPg(
+                    factum_postgres::PgStore::connect(postgres, options).await?,
+                ))
+            }
             "factum" => Ok(Store::Factum(Engine::open(
                 dir.join("factum"),
                 Options::default(),
@@ -196,11 +223,9 @@ impl Store {
                 let mut clients = Vec::new();
                 for _ in 0..args.writers.clamp(1, 64) {
                     let (client, connection) =
-                        tokio_postgres::connect(&args.postgres, tokio_postgres::NoTls)
+                        tokio_postgres::connect(postgres, tokio_postgres::NoTls)
                             .await
-                            .with_context(|| {
-                                format!("connecting to PostgreSQL at '{}'", args.postgres)
-                            })?;
+                            .with_context(|| format!("connecting to PostgreSQL at '{postgres}'"))?;
                     tokio::spawn(connection);
                     clients.push(Arc::new(client));
                 }
@@ -254,7 +279,7 @@ impl Store {
         payloads: Vec<String>,
     ) -> Result<()> {
         match self {
-            Store::Factum(engine) => {
+            Store::Factum(_) | Store::FactumPg(_) => {
                 let expected = match next_revision {
                     0 => ExpectedState::NoStream,
                     n => ExpectedState::Exact(n - 1),
@@ -269,7 +294,7 @@ impl Store {
                         metadata: Bytes::new(),
                     })
                     .collect();
-                engine
+                self.event_store()?
                     .append(&StreamName::user(stream)?, expected, events)
                     .await?;
             }
@@ -324,8 +349,11 @@ impl Store {
     /// Reads one page of the log from a position; returns how many events and the next position.
     async fn read_page(&self, from: u64, limit: usize) -> Result<(usize, u64)> {
         match self {
-            Store::Factum(engine) => {
-                let events = engine.read_all(from, Direction::Forwards, limit).await?;
+            Store::Factum(_) | Store::FactumPg(_) => {
+                let events = self
+                    .event_store()?
+                    .read_all(from, Direction::Forwards, limit)
+                    .await?;
                 Ok((events.len(), events.last().map_or(from, |e| e.position + 1)))
             }
             Store::Postgres(clients) => {
@@ -379,8 +407,17 @@ impl Store {
     fn first_position(&self) -> u64 {
         // PostgreSQL's and SQLite's sequences start at 1.
         match self {
-            Store::Factum(_) => 0,
+            Store::Factum(_) | Store::FactumPg(_) => 0,
             _ => 1,
+        }
+    }
+
+    /// Factum's store of either kind.
+    fn event_store(&self) -> Result<&dyn EventStore> {
+        match self {
+            Store::FactumPg(store) => Ok(store),
+            Store::Factum(engine) => Ok(engine),
+            Store::Postgres(_) | Store::Sqlite(_) => bail!("{} is a baseline", self.name()),
         }
     }
 }
@@ -560,7 +597,8 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {memory_gib} GiB")
 }
 
-pub async fn run(data_dir: &Path, args: BenchArgs) -> Result<()> {
+pub async fn run(location: &crate::store::Location, args: BenchArgs) -> Result<()> {
+    let data_dir = location.data_dir.as_path();
     let base = match &args.work_dir {
         Some(dir) => dir.clone(),
         None => data_dir
@@ -588,9 +626,11 @@ pub async fn run(data_dir: &Path, args: BenchArgs) -> Result<()> {
     for name in &args.stores {
         let dir = work.path().join(name);
         std::fs::create_dir_all(&dir)?;
-        match Store::open(name, &dir, &args).await {
+        match Store::open(name, &dir, &args, location).await {
             Ok(store) => stores.push(Arc::new(store)),
-            Err(e) if name != "factum" => eprintln!("skipping {name}: {e:#}"),
+            Err(e) if name != "factum" && location.postgres.is_none() => {
+                eprintln!("skipping {name}: {e:#}")
+            }
             Err(e) => return Err(e),
         }
     }
@@ -698,19 +738,21 @@ fn print_row(args: &BenchArgs, r: &Row) {
     }
 }
 
+/// Factum's rows against the others of the same scenario.
 fn print_ratios(rows: &[Row], fsync_us: u64) {
-    for r in rows.iter().filter(|r| r.store == "factum") {
+    let ours = |store: &str| store == "factum" || store == "factum-pg";
+    for r in rows.iter().filter(|r| ours(&r.store)) {
         if !rows
             .iter()
-            .any(|o| o.scenario == r.scenario && o.store != "factum")
+            .any(|o| o.scenario == r.scenario && !ours(&o.store))
             && r.scenario != "single"
         {
             continue;
         }
-        let mut line = format!("{:<11} factum", r.scenario);
+        let mut line = format!("{:<11} {}", r.scenario, r.store);
         for other in rows
             .iter()
-            .filter(|o| o.scenario == r.scenario && o.store != "factum")
+            .filter(|o| o.scenario == r.scenario && !ours(&o.store))
         {
             line.push_str(&format!(
                 "  {:.1}× {} in events/s",

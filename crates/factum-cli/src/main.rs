@@ -623,7 +623,7 @@ async fn run(cli: Cli) -> Result<()> {
             bar.finish_and_clear();
         }
         Command::Import { file } => import(dir, file).await?,
-        Command::Bench(args) => bench::run(&dir.data_dir, args).await?,
+        Command::Bench(args) => bench::run(dir, args).await?,
         Command::Serve {
             listen,
             security,

@@ -62,6 +62,16 @@ fn fresh_schema(label: &str) -> Option<String> {
     }
 }
 
+/// A child process that is killed if the test fails before it stops it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn commands_work_on_postgres_and_export_import_moves_a_store_across_backends() {
     let Some(schema) = fresh_schema("move") else {
@@ -144,6 +154,57 @@ fn commands_work_on_postgres_and_export_import_moves_a_store_across_backends() {
         factum(back.path(), None, &["export"], "").stdout,
         from_pg.stdout
     );
+
+    // factum serve on the PostgreSQL store.
+    let mut server = Command::new(env!("CARGO_BIN_EXE_factum"))
+        .args([
+            "--store",
+            URL,
+            "--store-schema",
+            &schema,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("FACTUM_DATA_DIR", dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = std::io::BufReader::new(server.stderr.take().unwrap());
+    let server = KillOnDrop(server);
+    let mut banner = String::new();
+    std::io::BufRead::read_line(&mut log, &mut banner).unwrap();
+    // Keep reading what it says, so that it never writes into a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut log, &mut std::io::sink()));
+    assert!(banner.contains("PostgreSQL"), "{banner}");
+    let address = banner
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let mut connection = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        connection,
+        "GET /streams/cart-1?limit=100 HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut connection, &mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    // Metadata keeps the newest three.
+    assert_eq!(response.matches("\"ItemAdded\"").count(), 3, "{response}");
+    // SIGTERM: it stops cleanly.
+    let mut server = server;
+    assert!(
+        Command::new("kill")
+            .arg(server.0.id().to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(server.0.wait().unwrap().success());
 
     // A store that is not PostgreSQL is refused with a clear message.
     let out = Command::new(env!("CARGO_BIN_EXE_factum"))
