@@ -145,6 +145,12 @@ pub async fn serve(
                 .await
         }
         None => {
+            // Answers go out at once instead of waiting for the client's acknowledgement.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY could not be set");
+                }
+            });
             axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown)
                 .await
