@@ -120,6 +120,14 @@ pub struct WriteRequest {
 }
 
 impl WriteRequest {
+    /// Bytes this request takes, roughly, for the size limit of a group commit.
+    pub fn size_bytes(&self) -> usize {
+        match &self.kind {
+            WriteKind::Append(events) => events.iter().map(NewEvent::size_bytes).sum(),
+            _ => 256,
+        }
+    }
+
     /// A checkpoint stored on its own.
     pub fn checkpoint(consumer: &str, position: u64) -> Result<Self, StoreError> {
         Ok(WriteRequest {

@@ -31,6 +31,7 @@ pub use event::{ContentType, NewEvent, RecordedEvent, now_micros};
 pub use memory::MemoryStore;
 pub use store::{
     AppendOptions, AppendResult, Checkpoint, Direction, EventStore, StreamInfo, validate_append,
+    validate_import,
 };
 pub use stream::{CurrentRevision, ExpectedState, StreamMetadata, StreamName};
 pub use subscription::{Subscription, SubscriptionFilter};

@@ -168,6 +168,15 @@ pub trait EventStore: Send + Sync {
     async fn read_checkpoint(&self, consumer: &str) -> Result<Option<u64>, StoreError>;
 }
 
+/// Checks what every backend checks before an import reaches storage: every event as it would
+/// be appended again, system types allowed (exports hold the store's own records).
+pub fn validate_import(events: &[crate::RecordedEvent]) -> Result<(), StoreError> {
+    for event in events {
+        event.to_new_event().validate(true)?;
+    }
+    Ok(())
+}
+
 /// Checks what every backend checks before an append reaches storage.
 pub fn validate_append(
     stream: &StreamName,

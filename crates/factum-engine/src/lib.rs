@@ -326,9 +326,7 @@ impl Engine {
         if events.is_empty() {
             return Ok(());
         }
-        for event in &events {
-            event.to_new_event().validate(true)?;
-        }
+        factum_core::validate_import(&events)?;
         self.send(|reply| Request::Import(events, reply))
             .await
             .map(|_| ())

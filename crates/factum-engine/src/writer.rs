@@ -32,10 +32,7 @@ pub enum Request {
 impl Request {
     fn size_bytes(&self) -> usize {
         match self {
-            Request::Write(request, _) => match &request.kind {
-                catalog::WriteKind::Append(events) => events.iter().map(|e| e.size_bytes()).sum(),
-                _ => 256,
-            },
+            Request::Write(request, _) => request.size_bytes(),
             Request::Import(events, _) => events.iter().map(|e| e.data.len() + 128).sum(),
         }
     }

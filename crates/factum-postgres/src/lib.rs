@@ -159,9 +159,7 @@ impl PgStore {
         if events.is_empty() {
             return Ok(());
         }
-        for event in &events {
-            event.to_new_event().validate(true)?;
-        }
+        factum_core::validate_import(&events)?;
         self.send(|reply| Job::Import(events, reply))
             .await
             .map(|_| ())
@@ -204,9 +202,9 @@ impl PgStore {
     /// A stream's row: its summary and metadata (`None` when nothing was recorded about it).
     async fn stream_row(
         &self,
+        conn: &conn::Conn,
         stream: &StreamName,
     ) -> Result<Option<(StreamSummary, Option<StreamMetadata>)>, StoreError> {
-        let conn = self.inner.readers.get().await?;
         let Some(row) = conn
             .query_opt(
                 "SELECT next_revision, deleted_before, tombstoned, last_id, metadata
@@ -272,8 +270,9 @@ impl EventStore for PgStore {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let conn = self.inner.readers.get().await?;
         let (summary, metadata) = self
-            .stream_row(stream)
+            .stream_row(&conn, stream)
             .await?
             .ok_or_else(|| StoreError::NotFound(stream.to_string()))?;
         if summary.tombstoned {
@@ -292,7 +291,6 @@ impl EventStore for PgStore {
         if range.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let conn = self.inner.readers.get().await?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
             &stream.as_str(),
             &to_i64(range.start),
@@ -375,7 +373,8 @@ impl EventStore for PgStore {
     }
 
     async fn stream_revision(&self, stream: &StreamName) -> Result<CurrentRevision, StoreError> {
-        match self.stream_row(stream).await? {
+        let conn = self.inner.readers.get().await?;
+        match self.stream_row(&conn, stream).await? {
             None => Ok(CurrentRevision(None)),
             Some((summary, _)) if summary.tombstoned => {
                 Err(StoreError::StreamDeleted(stream.to_string()))
@@ -388,7 +387,8 @@ impl EventStore for PgStore {
         &self,
         stream: &StreamName,
     ) -> Result<Option<StreamMetadata>, StoreError> {
-        match self.stream_row(stream).await? {
+        let conn = self.inner.readers.get().await?;
+        match self.stream_row(&conn, stream).await? {
             None => Ok(None),
             Some((summary, _)) if summary.tombstoned => {
                 Err(StoreError::StreamDeleted(stream.to_string()))

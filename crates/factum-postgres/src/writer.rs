@@ -40,10 +40,7 @@ pub(crate) enum Job {
 impl Job {
     fn bytes(&self) -> usize {
         match self {
-            Job::Write(request, _) => match &request.kind {
-                WriteKind::Append(events) => events.iter().map(|e| e.size_bytes()).sum(),
-                _ => 256,
-            },
+            Job::Write(request, _) => request.size_bytes(),
             Job::Import(events, _) => events
                 .iter()
                 .map(|e| e.event_type.len() + e.data.len() + e.metadata.len() + 32)
@@ -294,9 +291,9 @@ impl Writer {
             outcomes.push(outcome);
         }
 
+        let next_position = first_position + records.len() as u64;
         if !records.is_empty() {
             let now = now_micros();
-            let next_position = first_position + records.len() as u64;
             write_events(conn, &records, &times, first_position, now).await?;
             write_streams(conn, &committed, &records, first_position).await?;
             conn.execute(
@@ -320,7 +317,6 @@ impl Writer {
             .batch_execute("COMMIT")
             .await
             .map_err(crate::conn::unavailable)?;
-        let next_position = first_position + records.len() as u64;
         advance(&self.head, next_position);
 
         Ok(outcomes
