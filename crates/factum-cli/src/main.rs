@@ -7,6 +7,7 @@ mod bench_toolkit;
 mod demo;
 
 mod projections;
+mod relays;
 mod store;
 
 use std::io::{BufRead, BufWriter, Write};
@@ -173,6 +174,16 @@ enum Command {
         /// The PostgreSQL schema of --read-model.
         #[arg(long, default_value = "public")]
         read_model_schema: String,
+        /// A relays file (TOML): relays that publish from the log to NATS JetStream or
+        /// RabbitMQ while the server runs.
+        #[arg(long, env = "FACTUM_RELAYS")]
+        relays: Option<PathBuf>,
+    },
+    /// Run the relays of a relays file (TOML) without the HTTP server: each follows the log
+    /// from its checkpoint and publishes to NATS JetStream or RabbitMQ until SIGTERM or Ctrl-C.
+    Relay {
+        /// The relays file.
+        config: PathBuf,
     },
     /// A walk through the event store on the embedded engine: a shopping cart.
     Demo,
@@ -303,6 +314,7 @@ async fn serve(
     listen: std::net::SocketAddr,
     security: ServeSecurity,
     read_model: Option<std::sync::Arc<dyn factum_projections::ReadModel>>,
+    relays: Option<&std::path::Path>,
 ) -> Result<()> {
     let mut config = factum_server::Config {
         read_model,
@@ -345,22 +357,52 @@ async fn serve(
             "factum serve: warning: tokens travel in clear text without TLS (--tls-cert, --tls-key)"
         );
     }
-    let shutdown = async {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async {
-                match terminate.as_mut() {
-                    Some(signal) => { signal.recv().await; }
-                    None => std::future::pending::<()>().await,
-                }
-            } => {}
-        }
+    let relays = match relays {
+        Some(path) => Some(relays::start(path, store.shared(), "factum serve").await?),
+        None => None,
     };
-    factum_server::serve(listener, store.shared(), config, shutdown).await?;
+    factum_server::serve(listener, store.shared(), config, terminated()).await?;
+    if let Some(relays) = relays {
+        relays.stop().await?;
+    }
     store.close()?;
     eprintln!("factum serve: stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn terminated() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match terminate.as_mut() {
+                Some(signal) => { signal.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+/// `factum relay FILE`: the relays alone, until SIGTERM or Ctrl-C.
+async fn relay(dir: &store::Location, config: &std::path::Path) -> Result<()> {
+    let store = open(dir).await?;
+    let mut running = relays::start(config, store.shared(), "factum relay").await?;
+    if running.len() == 0 {
+        return Err(bad(format!("{} names no relay", config.display())));
+    }
+    eprintln!(
+        "factum relay: {} relays on {}. Stop with Ctrl-C or SIGTERM.",
+        running.len(),
+        dir.describe()
+    );
+    tokio::select! {
+        () = terminated() => running.stop().await?,
+        failed = running.until_failed() => failed?,
+    }
+    store.close()?;
+    eprintln!("factum relay: stopped");
     Ok(())
 }
 
@@ -629,13 +671,15 @@ async fn run(cli: Cli) -> Result<()> {
             security,
             read_model,
             read_model_schema,
+            relays,
         } => {
             let read_model = match read_model {
                 Some(url) => Some(projections::open_url(&url, &read_model_schema).await?),
                 None => None,
             };
-            serve(dir, listen, security, read_model).await?
+            serve(dir, listen, security, read_model, relays.as_deref()).await?
         }
+        Command::Relay { config } => relay(dir, &config).await?,
         Command::Demo => demo::run(&dir.data_dir).await?,
         Command::BenchOpen => bench::open_child(&dir.data_dir).await?,
     }

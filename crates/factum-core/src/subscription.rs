@@ -109,6 +109,12 @@ impl Subscription {
         }
     }
 
+    /// The next event if one is already read and waiting, without reading or waiting: lets a
+    /// consumer take what one read brought in as a batch.
+    pub fn next_buffered(&mut self) -> Option<RecordedEvent> {
+        self.buffer.pop_front()
+    }
+
     /// The next event: stored ones first, then live ones as they become durable.
     /// Fails with [`StoreError::Closed`] when the store is closed. While the database behind
     /// the store is unavailable it keeps trying, and resumes where it was.

@@ -1,0 +1,181 @@
+//! `factum relay`: killed with SIGKILL while publishing to NATS JetStream, it resumes from its
+//! checkpoint, and JetStream ends with each event exactly once, in stream order.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use factum_core::{EventStore, ExpectedState, NewEvent, StreamName};
+use factum_engine::{Engine, Options};
+
+const STREAMS: usize = 100;
+const PER_STREAM: usize = 100;
+
+fn nats_url() -> String {
+    std::env::var("FACTUM_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+fn relay(dir: &Path, config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_factum"))
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("relay")
+        .arg(config)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn stored(context: &jetstream::Context, name: &str) -> u64 {
+    match context.get_stream(name).await {
+        Ok(mut stream) => stream.info().await.unwrap().state.messages,
+        Err(_) => 0,
+    }
+}
+
+async fn wait_for(context: &jetstream::Context, name: &str, at_least: u64) -> u64 {
+    let started = Instant::now();
+    loop {
+        let n = stored(context, name).await;
+        if n >= at_least {
+            return n;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "only {n} of {at_least} published"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_with_sigkill_resumes_from_its_checkpoint() {
+    let url = nats_url();
+    let client = match async_nats::connect(url.as_str()).await {
+        Ok(client) => client,
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("skipping: NATS at {url} is not reachable ({e})");
+            return;
+        }
+        Err(e) => panic!("NATS at {url} is needed under CI=true: {e}"),
+    };
+    let context = jetstream::new(client);
+    let js_stream = format!("KILL{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Engine::open(dir.path(), Options::default()).unwrap();
+        for s in 0..STREAMS {
+            let events = (0..PER_STREAM)
+                .map(|n| NewEvent::json("OrderPlaced", &serde_json::json!({ "n": n })).unwrap())
+                .collect();
+            let stream = StreamName::user(format!("order-{s}")).unwrap();
+            store
+                .append(&stream, ExpectedState::NoStream, events)
+                .await
+                .unwrap();
+        }
+        store.close().unwrap();
+    }
+    let config = dir.path().join("relays.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[relay]]\nname = \"kill-out\"\nbatch = 100\npayload = \"data\"\n\
+             types = {{ OrderPlaced = \"order.placed\" }}\n\
+             nats = {{ url = \"{url}\", subject_prefix = \"k{pid}\", jetstream_stream = \"{js_stream}\" }}\n",
+            pid = std::process::id()
+        ),
+    )
+    .unwrap();
+    let total = (STREAMS * PER_STREAM) as u64;
+
+    let mut first = relay(dir.path(), &config);
+    let at_kill = wait_for(&context, &js_stream, total / 5).await;
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    assert!(
+        at_kill < total,
+        "the relay finished before it could be killed"
+    );
+
+    let checkpoint = {
+        let store = Engine::open(dir.path(), Options::default()).unwrap();
+        let checkpoint = store.read_checkpoint("kill-out").await.unwrap();
+        store.close().unwrap();
+        checkpoint
+    };
+    let checkpoint = checkpoint.expect("a checkpoint was stored before the kill");
+    assert!(
+        checkpoint > 0 && checkpoint < total,
+        "checkpoint {checkpoint}"
+    );
+
+    let mut second = relay(dir.path(), &config);
+    wait_for(&context, &js_stream, total).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        stored(&context, &js_stream).await,
+        total,
+        "JetStream kept no duplicate"
+    );
+    Command::new("kill")
+        .arg(second.id().to_string())
+        .status()
+        .unwrap();
+    let status = second.wait().unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM stops the relay cleanly: {status}"
+    );
+
+    // Every event, once, and each stream in order.
+    let stream = context.get_stream(&js_stream).await.unwrap();
+    let mut next = vec![0u64; STREAMS];
+    for sequence in 1..=total {
+        let message = stream.get_raw_message(sequence).await.unwrap();
+        let header = |name: &str| message.headers.get(name).unwrap().as_str().to_owned();
+        let s: usize = header("Factum-Stream")
+            .trim_start_matches("order-")
+            .parse()
+            .unwrap();
+        let revision: u64 = header("Factum-Revision").parse().unwrap();
+        assert_eq!(
+            revision, next[s],
+            "order-{s} out of order at sequence {sequence}"
+        );
+        next[s] += 1;
+    }
+    context.delete_stream(&js_stream).await.unwrap();
+}
+
+#[test]
+fn a_bad_relays_file_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relays.toml");
+    // Event data may leave only for types named in [relay.types].
+    std::fs::write(
+        &config,
+        "[[relay]]\nname = \"out\"\npayload = \"data\"\nnats = { url = \"nats://127.0.0.1:4222\" }\n",
+    )
+    .unwrap();
+    for args in [
+        vec!["relay"],
+        vec!["serve", "--listen", "127.0.0.1:0", "--relays"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_factum"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(&args)
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("must name the types that leave"),
+            "{stderr}"
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! A publisher to NATS JetStream.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishAckFuture};
+use serde::Deserialize;
+
+use crate::message::{OutboundMessage, headers};
+use crate::publisher::{PublishError, Publisher};
+
+const BROKER: &str = "nats";
+
+/// Where and how a [`NatsPublisher`] publishes.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// The server, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Subjects are `{subject_prefix}.{category}.{type}`.
+    #[serde(default = "default_prefix")]
+    pub subject_prefix: String,
+    /// A JetStream stream taking `{subject_prefix}.>`, created when missing. Without it the
+    /// subjects must already belong to a stream.
+    #[serde(default)]
+    pub jetstream_stream: Option<String>,
+    /// How long the broker remembers message ids to drop duplicates (created streams only).
+    #[serde(default = "default_window", with = "seconds")]
+    pub duplicate_window: Duration,
+    /// How long to wait for the broker to confirm a message.
+    #[serde(default = "default_timeout", with = "seconds")]
+    pub ack_timeout: Duration,
+}
+
+fn default_prefix() -> String {
+    "factum".into()
+}
+fn default_window() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Durations in configuration files are whole seconds.
+mod seconds {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_secs_f64(f64::deserialize(d)?.max(0.0)))
+    }
+}
+
+impl NatsConfig {
+    /// A configuration with the defaults: prefix `factum`, no stream created, a two-minute
+    /// duplicate window and a five-second confirm timeout.
+    pub fn new(url: impl Into<String>) -> Self {
+        NatsConfig {
+            url: url.into(),
+            subject_prefix: default_prefix(),
+            jetstream_stream: None,
+            duplicate_window: default_window(),
+            ack_timeout: default_timeout(),
+        }
+    }
+}
+
+/// Publishes to NATS JetStream: the subject is `{prefix}.{category}.{type}`, the header
+/// `Nats-Msg-Id` is the event id (so JetStream drops a duplicate within its window), and each
+/// publish is confirmed by JetStream's acknowledgement. Messages of different streams are
+/// pipelined; a stream's next message is sent only once its previous one is confirmed, so each
+/// stream's messages are stored in order even when the connection drops mid-batch.
+pub struct NatsPublisher {
+    config: NatsConfig,
+    context: Option<jetstream::Context>,
+}
+
+impl NatsPublisher {
+    /// A publisher; it connects on first use.
+    pub fn new(config: NatsConfig) -> Self {
+        NatsPublisher {
+            config,
+            context: None,
+        }
+    }
+
+    async fn connect(&self) -> Result<jetstream::Context, PublishError> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(self.config.url.as_str())
+            .await
+            .map_err(|e| {
+                PublishError::new(
+                    BROKER,
+                    format!("cannot connect to {}: {e}", self.config.url),
+                )
+            })?;
+        let context = jetstream::ContextBuilder::new()
+            .timeout(self.config.ack_timeout)
+            .max_ack_inflight(4096)
+            .build(client);
+        if let Some(name) = &self.config.jetstream_stream {
+            context
+                .get_or_create_stream(jetstream::stream::Config {
+                    name: name.clone(),
+                    subjects: vec![format!("{}.>", self.config.subject_prefix)],
+                    duplicate_window: self.config.duplicate_window,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| PublishError::new(BROKER, format!("JetStream stream {name}: {e}")))?;
+        }
+        Ok(context)
+    }
+}
+
+#[async_trait::async_trait]
+impl Publisher for NatsPublisher {
+    fn broker(&self) -> &'static str {
+        BROKER
+    }
+
+    async fn publish(&mut self, messages: &[OutboundMessage]) -> Result<(), PublishError> {
+        let context = match &self.context {
+            Some(context) => context.clone(),
+            None => {
+                let context = self.connect().await?;
+                self.context = Some(context.clone());
+                context
+            }
+        };
+        let result = publish_all(&context, &self.config.subject_prefix, messages).await;
+        if result.is_err() {
+            // Connect afresh next time (the client also reconnects by itself).
+            self.context = None;
+        }
+        result
+    }
+}
+
+async fn publish_all(
+    context: &jetstream::Context,
+    prefix: &str,
+    messages: &[OutboundMessage],
+) -> Result<(), PublishError> {
+    // The client resends what it had queued after a reconnection, while what was in the lost
+    // socket is gone: a later message could be stored before an earlier one that is sent again.
+    // So a stream's next message goes out only once its previous one is confirmed: the batch
+    // goes in waves, the n-th message of every stream in the n-th wave.
+    let mut rank: HashMap<&str, usize> = HashMap::new();
+    let mut waves: Vec<Vec<&OutboundMessage>> = Vec::new();
+    for message in messages {
+        let n = rank.entry(message.stream.as_str()).or_default();
+        if waves.len() <= *n {
+            waves.push(Vec::new());
+        }
+        waves[*n].push(message);
+        *n += 1;
+    }
+    for wave in waves {
+        let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(wave.len());
+        for message in &wave {
+            let ack = context
+                .send_publish(
+                    message.subject(prefix),
+                    jetstream::message::PublishMessage::build()
+                        .headers(message_headers(message))
+                        .payload(message.event.payload.clone()),
+                )
+                .await
+                .map_err(|e| PublishError::new(BROKER, format!("publish {}: {e}", message.id)))?;
+            acks.push(ack);
+        }
+        for (ack, message) in acks.into_iter().zip(&wave) {
+            ack.await.map_err(|e| {
+                PublishError::new(BROKER, format!("confirm of {}: {e}", message.id))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn message_headers(message: &OutboundMessage) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    map.insert("Nats-Msg-Id", message.id.to_string().as_str());
+    map.insert(headers::MESSAGE_ID, message.id.to_string().as_str());
+    map.insert(headers::TYPE, message.event.event_type.as_str());
+    map.insert(headers::STREAM, message.stream.as_str());
+    map.insert(headers::REVISION, message.revision.to_string().as_str());
+    map.insert(headers::POSITION, message.position.to_string().as_str());
+    map.insert("Content-Type", message.event.content_type.as_str());
+    if let Some(id) = &message.correlation_id {
+        map.insert(headers::CORRELATION_ID, id.as_str());
+    }
+    if let Some(id) = &message.causation_id {
+        map.insert(headers::CAUSATION_ID, id.as_str());
+    }
+    map
+}

@@ -1,0 +1,217 @@
+//! A publisher to RabbitMQ, with publisher confirms.
+
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use serde::Deserialize;
+
+use crate::message::{OutboundMessage, headers};
+use crate::publisher::{PublishError, Publisher};
+
+const BROKER: &str = "rabbitmq";
+
+/// Where a [`RabbitPublisher`] publishes.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RabbitConfig {
+    /// The server, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub url: String,
+    /// A durable topic exchange, declared when missing.
+    #[serde(default = "default_exchange")]
+    pub exchange: String,
+    /// Routing keys are `{routing_prefix}.{category}.{type}` (without the prefix when empty).
+    #[serde(default)]
+    pub routing_prefix: String,
+}
+
+fn default_exchange() -> String {
+    "factum.events".into()
+}
+
+impl RabbitConfig {
+    /// A configuration for the exchange `factum.events`, routing keys `{category}.{type}`.
+    pub fn new(url: impl Into<String>) -> Self {
+        RabbitConfig {
+            url: url.into(),
+            exchange: default_exchange(),
+            routing_prefix: String::new(),
+        }
+    }
+}
+
+/// Publishes to a RabbitMQ topic exchange with publisher confirms: the routing key is
+/// `{category}.{type}`, the `message_id` property is the event id, messages are persistent, and
+/// a publish counts only once the broker has confirmed it. Messages go out in order on one
+/// channel, so each queue receives them in that order.
+///
+/// A message no queue is bound to receive is confirmed and dropped by RabbitMQ, as for any
+/// topic exchange: bind the consumers' queues before the relay starts.
+pub struct RabbitPublisher {
+    config: RabbitConfig,
+    connection: Option<(Connection, Channel)>,
+}
+
+impl RabbitPublisher {
+    /// A publisher; it connects on first use.
+    pub fn new(config: RabbitConfig) -> Self {
+        RabbitPublisher {
+            config,
+            connection: None,
+        }
+    }
+
+    async fn connect(&self) -> Result<(Connection, Channel), PublishError> {
+        let connect = Connection::connect(
+            &self.config.url,
+            ConnectionProperties::default().with_connection_name("factum-relay".into()),
+        );
+        let connection = tokio::time::timeout(Duration::from_secs(10), connect)
+            .await
+            .map_err(|_| {
+                PublishError::new(
+                    BROKER,
+                    format!("connecting to {} timed out", self.config.url),
+                )
+            })?
+            .map_err(|e| {
+                PublishError::new(
+                    BROKER,
+                    format!("cannot connect to {}: {e}", self.config.url),
+                )
+            })?;
+        let channel = connection.create_channel().await.map_err(error)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(error)?;
+        channel
+            .exchange_declare(
+                short(&self.config.exchange),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(error)?;
+        Ok((connection, channel))
+    }
+}
+
+fn error(e: lapin::Error) -> PublishError {
+    PublishError::new(BROKER, e)
+}
+
+/// `text` cut to the 255 bytes an AMQP short string holds (at a character boundary).
+fn short(text: &str) -> ShortString {
+    let mut end = text.len().min(255);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    ShortString::try_new(&text[..end]).unwrap_or_default()
+}
+
+fn long(text: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(text))
+}
+
+fn properties(message: &OutboundMessage) -> BasicProperties {
+    let mut table = FieldTable::default();
+    table.insert(headers::MESSAGE_ID.into(), long(&message.id.to_string()));
+    table.insert(headers::TYPE.into(), long(&message.event.event_type));
+    table.insert(headers::STREAM.into(), long(&message.stream));
+    table.insert(
+        headers::REVISION.into(),
+        AMQPValue::LongLongInt(message.revision as i64),
+    );
+    table.insert(
+        headers::POSITION.into(),
+        AMQPValue::LongLongInt(message.position as i64),
+    );
+    if let Some(id) = &message.causation_id {
+        table.insert(headers::CAUSATION_ID.into(), long(id));
+    }
+    let mut properties = BasicProperties::default()
+        .with_message_id(short(&message.id.to_string()))
+        .with_type(short(&message.event.event_type))
+        .with_content_type(short(&message.event.content_type))
+        .with_delivery_mode(2)
+        .with_headers(table);
+    if let Some(id) = &message.correlation_id {
+        properties = properties.with_correlation_id(short(id));
+    }
+    properties
+}
+
+#[async_trait::async_trait]
+impl Publisher for RabbitPublisher {
+    fn broker(&self) -> &'static str {
+        BROKER
+    }
+
+    async fn publish(&mut self, messages: &[OutboundMessage]) -> Result<(), PublishError> {
+        let channel = match &self.connection {
+            Some((connection, channel))
+                if connection.status().connected() && channel.status().connected() =>
+            {
+                channel.clone()
+            }
+            _ => {
+                if let Some((connection, _)) = self.connection.take() {
+                    let _ = connection.close(0, "reconnecting".into()).await;
+                }
+                let (connection, channel) = self.connect().await?;
+                self.connection = Some((connection, channel.clone()));
+                channel
+            }
+        };
+        let result = publish_all(&channel, &self.config, messages).await;
+        if result.is_err()
+            && let Some((connection, _)) = self.connection.take()
+        {
+            let _ = connection.close(0, "reconnecting".into()).await;
+        }
+        result
+    }
+}
+
+async fn publish_all(
+    channel: &Channel,
+    config: &RabbitConfig,
+    messages: &[OutboundMessage],
+) -> Result<(), PublishError> {
+    let exchange = short(&config.exchange);
+    let mut confirms = Vec::with_capacity(messages.len());
+    for message in messages {
+        let confirm = channel
+            .basic_publish(
+                exchange.clone(),
+                short(&message.subject(&config.routing_prefix)),
+                BasicPublishOptions::default(),
+                &message.event.payload,
+                properties(message),
+            )
+            .await
+            .map_err(error)?;
+        confirms.push(confirm);
+    }
+    for (confirm, message) in confirms.into_iter().zip(messages) {
+        let confirmation = tokio::time::timeout(Duration::from_secs(10), confirm)
+            .await
+            .map_err(|_| {
+                PublishError::new(BROKER, format!("no confirm for {} in 10 s", message.id))
+            })?
+            .map_err(error)?;
+        if confirmation.is_nack() {
+            return Err(PublishError::new(
+                BROKER,
+                format!("the broker refused {} (nack)", message.id),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,394 @@
+//! The brokers the tests use, and a TCP proxy that can cut every connection through it.
+#![allow(clippy::unwrap_used, dead_code, missing_docs)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use factum_core::{Direction, EventStore, ExpectedState, NewEvent, StreamName};
+use factum_relay::{Publisher, Relay, RelayError, RelayStatus};
+use futures::StreamExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::sync::watch;
+
+pub fn nats_url() -> String {
+    std::env::var("FACTUM_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+pub fn rabbitmq_url() -> String {
+    std::env::var("FACTUM_TEST_RABBITMQ")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split('/').next().unwrap().to_owned()
+}
+
+/// Whether the broker at `url` answers; under `CI=true` it must. Outside CI a missing broker
+/// skips the test with the reason printed.
+pub async fn reachable(name: &str, url: &str) -> bool {
+    match TcpStream::connect(host_port(url)).await {
+        Ok(_) => true,
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("skipping: {name} at {url} is not reachable ({e})");
+            false
+        }
+        Err(e) => panic!("{name} at {url} is needed under CI=true: {e}"),
+    }
+}
+
+/// A name no other test of this run uses.
+pub fn unique(label: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{label}{}x{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Appends `per_stream` events to each of `streams` streams `{category}-{i}`, interleaved,
+/// with types cycling through `types`; returns them in append order as (stream, type).
+pub async fn append_orders(
+    store: &dyn EventStore,
+    category: &str,
+    streams: usize,
+    per_stream: usize,
+    types: &[&str],
+) -> Vec<(String, String)> {
+    let mut appended = Vec::new();
+    for n in 0..per_stream {
+        for s in 0..streams {
+            let stream = format!("{category}-{s}");
+            let event_type = types[(n + s) % types.len()];
+            let event = NewEvent::json(event_type, &serde_json::json!({ "n": n, "s": s })).unwrap();
+            store
+                .append(
+                    &StreamName::user(&stream).unwrap(),
+                    ExpectedState::Any,
+                    vec![event],
+                )
+                .await
+                .unwrap();
+            appended.push((stream, event_type.to_owned()));
+        }
+    }
+    appended
+}
+
+/// A message as a test reads it back from a broker.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub subject: String,
+    pub id: String,
+    pub event_type: String,
+    pub stream: String,
+    pub revision: u64,
+    pub position: u64,
+    pub payload: Vec<u8>,
+}
+
+pub async fn jetstream(url: &str) -> jetstream::Context {
+    jetstream::new(async_nats::connect(url).await.unwrap())
+}
+
+/// Every message in the JetStream stream `name`, in stream order, waiting until there are
+/// at least `expect` or `patience` passes without a new one.
+pub async fn read_jetstream(
+    url: &str,
+    name: &str,
+    expect: usize,
+    patience: Duration,
+) -> Vec<Received> {
+    let context = jetstream(url).await;
+    let stream = context.get_stream(name).await.unwrap();
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut received = Vec::new();
+    while received.len() < expect {
+        let Ok(Some(message)) = tokio::time::timeout(patience, messages.next()).await else {
+            break;
+        };
+        let message = message.unwrap();
+        let headers = message.headers.clone().unwrap_or_default();
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default()
+        };
+        received.push(Received {
+            subject: message.subject.to_string(),
+            id: header("Nats-Msg-Id"),
+            event_type: header("Factum-Type"),
+            stream: header("Factum-Stream"),
+            revision: header("Factum-Revision").parse().unwrap(),
+            position: header("Factum-Position").parse().unwrap(),
+            payload: message.payload.to_vec(),
+        });
+    }
+    // Anything more would be a duplicate JetStream should have dropped.
+    if let Ok(Some(Ok(extra))) =
+        tokio::time::timeout(Duration::from_millis(300), messages.next()).await
+    {
+        panic!("more than {expect} messages: {:?}", extra.headers);
+    }
+    received
+}
+
+pub async fn delete_jetstream(url: &str, name: &str) {
+    let _ = jetstream(url).await.delete_stream(name).await;
+}
+
+/// Per stream, the revisions received (the first delivery of each message id) only rise.
+pub fn assert_stream_order(received: &[Received]) {
+    let mut seen = std::collections::HashSet::new();
+    let mut last: std::collections::HashMap<&str, u64> = Default::default();
+    for message in received {
+        if !seen.insert(message.id.as_str()) {
+            continue;
+        }
+        if let Some(before) = last.insert(message.stream.as_str(), message.revision) {
+            assert!(
+                message.revision > before,
+                "{} revision {} arrived after {before}",
+                message.stream,
+                message.revision
+            );
+        }
+    }
+}
+
+/// A TCP proxy to `target` whose connections can all be cut at once.
+pub struct Proxy {
+    pub address: String,
+    cut: Arc<watch::Sender<u64>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (cut, _) = watch::channel(0u64);
+        let cut = Arc::new(cut);
+        let cuts = cut.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let target = target.clone();
+                let mut cut = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy { address, cut, task }
+    }
+
+    /// Drops every connection open through the proxy (new ones are accepted).
+    pub fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Declares the durable topic exchange `exchange` and a durable queue `queue` bound to it for
+/// `binding`; returns the connection.
+pub async fn rabbit_queue(
+    url: &str,
+    exchange: &str,
+    queue: &str,
+    binding: &str,
+) -> lapin::Connection {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .exchange_declare(
+            exchange.into(),
+            lapin::ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            binding.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    connection
+}
+
+/// Reads the queue until `expect` distinct message ids arrived or `patience` passes without a
+/// message; returns every delivery (duplicates included), in order.
+pub async fn read_rabbit_queue(
+    url: &str,
+    queue: &str,
+    expect: usize,
+    patience: Duration,
+) -> Vec<Received> {
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    while ids.len() < expect {
+        let Ok(Some(delivery)) = tokio::time::timeout(patience, consumer.next()).await else {
+            break;
+        };
+        let delivery = delivery.unwrap();
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        let text = |name: &str| match headers.inner().get(name) {
+            Some(AMQPValue::LongString(s)) => s.to_string(),
+            Some(AMQPValue::LongLongInt(n)) => n.to_string(),
+            _ => String::new(),
+        };
+        let id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        ids.insert(id.clone());
+        received.push(Received {
+            subject: delivery.routing_key.to_string(),
+            id,
+            event_type: text("Factum-Type"),
+            stream: text("Factum-Stream"),
+            revision: text("Factum-Revision").parse().unwrap(),
+            position: text("Factum-Position").parse().unwrap(),
+            payload: delivery.data.clone(),
+        });
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    let _ = connection.close(0, "done".into()).await;
+    received
+}
+
+pub async fn delete_rabbit(url: &str, exchange: &str, queue: &str) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    if let Ok(connection) =
+        lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await
+        && let Ok(channel) = connection.create_channel().await
+    {
+        let _ = channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+        let _ = channel
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await;
+        let _ = connection.close(0, "done".into()).await;
+    }
+}
+
+/// The last event a relay can take: after it come only checkpoints.
+pub async fn appended_last(store: &dyn EventStore) -> u64 {
+    store
+        .read_all(u64::MAX, Direction::Backwards, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| !e.stream.is_system())
+        .unwrap()
+        .position
+}
+
+pub async fn caught_up(status: &mut watch::Receiver<RelayStatus>, store: &dyn EventStore) {
+    let last = appended_last(store).await;
+    let caught = tokio::time::timeout(
+        Duration::from_secs(60),
+        status.wait_for(|s| s.checkpoint >= Some(last)),
+    )
+    .await
+    .is_ok();
+    assert!(
+        caught,
+        "the relay did not catch up in 60 s: {:?} (head {})",
+        *status.borrow(),
+        store.head()
+    );
+}
+
+/// A relay running in a task until `stop`.
+pub struct Running {
+    pub status: watch::Receiver<RelayStatus>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), RelayError>>,
+}
+
+pub fn spawn_relay(relay: Relay, mut publisher: impl Publisher + 'static) -> Running {
+    let status = relay.status();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        relay
+            .run(&mut publisher, async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Running { status, stop, task }
+}
+
+impl Running {
+    pub async fn stop(self) -> RelayStatus {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+        self.status.borrow().clone()
+    }
+}

@@ -1,0 +1,182 @@
+//! The relay against a real NATS JetStream server.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use factum_core::{Direction, EventStore};
+use factum_engine::{Engine, Options};
+use factum_relay::{Backoff, NatsConfig, NatsPublisher, Payload, Relay, TypeMap, ZeroPayload};
+
+fn translator() -> TypeMap {
+    TypeMap::new()
+        .map("OrderPlaced", "order.placed.v1", Payload::Data)
+        .map("OrderPaid", "OrderPaid", Payload::Zero)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapped_events_leave_in_stream_order_with_their_ids_and_the_checkpoint_follows() {
+    let url = nats_url();
+    if !reachable("NATS", &url).await {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> =
+        Arc::new(Engine::open(dir.path(), Options::default()).unwrap());
+    let types = ["OrderPlaced", "OrderPaid", "InternalNote"];
+    let appended = append_orders(store.as_ref(), "order", 10, 30, &types).await;
+    // Another category the relay does not follow.
+    append_orders(store.as_ref(), "cart", 2, 5, &["OrderPlaced"]).await;
+
+    let prefix = unique("t");
+    let js_stream = unique("RELAY");
+    let config = NatsConfig {
+        subject_prefix: prefix.clone(),
+        jetstream_stream: Some(js_stream.clone()),
+        ..NatsConfig::new(&url)
+    };
+    let relay = || {
+        Relay::builder("orders-out", store.clone())
+            .stream_prefixes(["order-"])
+            .translator(translator())
+            .batch(64)
+            .build()
+            .unwrap()
+    };
+    let mut running = spawn_relay(relay(), NatsPublisher::new(config.clone()));
+    caught_up(&mut running.status, store.as_ref()).await;
+
+    let mapped: Vec<_> = appended
+        .iter()
+        .filter(|(_, t)| t != "InternalNote")
+        .collect();
+    let received = read_jetstream(&url, &js_stream, mapped.len(), Duration::from_secs(5)).await;
+    assert_eq!(
+        received.len(),
+        mapped.len(),
+        "every mapped event, and nothing else"
+    );
+    assert_stream_order(&received);
+    let stored = store
+        .read_all(0, Direction::Forwards, 10_000)
+        .await
+        .unwrap();
+    for message in &received {
+        let event = stored
+            .iter()
+            .find(|e| e.id.to_string() == message.id)
+            .unwrap();
+        assert_eq!(event.stream.as_str(), message.stream);
+        assert_eq!(event.position, message.position);
+        match event.event_type.as_str() {
+            "OrderPlaced" => {
+                assert_eq!(message.event_type, "order.placed.v1");
+                assert_eq!(message.subject, format!("{prefix}.order.order_placed_v1"));
+                assert_eq!(
+                    message.payload,
+                    event.data.to_vec(),
+                    "data leaves as stored"
+                );
+            }
+            "OrderPaid" => {
+                assert_eq!(message.subject, format!("{prefix}.order.OrderPaid"));
+                let body: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+                assert_eq!(body["id"], message.id.as_str());
+                assert!(
+                    body.get("n").is_none(),
+                    "a zero payload carries no data: {body}"
+                );
+            }
+            other => panic!("{other} should not have left"),
+        }
+    }
+    running.stop().await;
+    let checkpoint = store.read_checkpoint("orders-out").await.unwrap();
+    assert!(
+        checkpoint >= Some(appended_last(store.as_ref()).await),
+        "the checkpoint is stored"
+    );
+
+    // A restarted relay publishes only what came after its checkpoint.
+    let more = append_orders(store.as_ref(), "order", 3, 2, &["OrderPlaced"]).await;
+    let mut running = spawn_relay(relay(), NatsPublisher::new(config));
+    caught_up(&mut running.status, store.as_ref()).await;
+    let status = running.stop().await;
+    assert_eq!(status.published, more.len() as u64);
+    let received = read_jetstream(
+        &url,
+        &js_stream,
+        mapped.len() + more.len(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(received.len(), mapped.len() + more.len());
+    delete_jetstream(&url, &js_stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_connections_lose_nothing_and_jetstream_drops_the_duplicates() {
+    let url = nats_url();
+    if !reachable("NATS", &url).await {
+        return;
+    }
+    let proxy = Proxy::start(url.trim_start_matches("nats://").to_owned()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> =
+        Arc::new(Engine::open(dir.path(), Options::default()).unwrap());
+    let js_stream = unique("CUT");
+    let relay = Relay::builder("cut-out", store.clone())
+        .translator(ZeroPayload)
+        .batch(100)
+        .backoff(Backoff {
+            first: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+        })
+        .build()
+        .unwrap();
+    let publisher = NatsPublisher::new(NatsConfig {
+        subject_prefix: unique("c"),
+        jetstream_stream: Some(js_stream.clone()),
+        ack_timeout: Duration::from_secs(2),
+        ..NatsConfig::new(format!("nats://{}", proxy.address))
+    });
+    let mut running = spawn_relay(relay, publisher);
+
+    // Appends flow in while the connection is cut again and again.
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut all = Vec::new();
+            for round in 0..20 {
+                let category = format!("o{round}");
+                all.extend(append_orders(store.as_ref(), &category, 5, 20, &["A", "B"]).await);
+            }
+            all
+        })
+    };
+    let mut cuts = 0;
+    while !writer.is_finished() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        proxy.cut();
+        cuts += 1;
+    }
+    let appended = writer.await.unwrap();
+    caught_up(&mut running.status, store.as_ref()).await;
+    let status = running.stop().await;
+    eprintln!("{cuts} cuts, {} failed publishes", status.failures);
+
+    let received = read_jetstream(&url, &js_stream, appended.len(), Duration::from_secs(5)).await;
+    assert_eq!(
+        received.len(),
+        appended.len(),
+        "nothing lost, no duplicate kept"
+    );
+    let ids: HashSet<_> = received.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(ids.len(), appended.len());
+    assert_stream_order(&received);
+    delete_jetstream(&url, &js_stream).await;
+}
