@@ -22,7 +22,7 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Scenarios to run (bulk, concurrent, single, read-all; also open, load, load-snapshot,
-    /// bus, processor, project, project-e2e, http, http-sse).
+    /// bus, processor, project, project-e2e, http, http-sse, relay-nats, relay-rabbitmq).
     #[arg(
         long,
         value_delimiter = ',',
@@ -649,6 +649,9 @@ pub async fn run(location: &crate::store::Location, args: BenchArgs) -> Result<(
                 )
                 .await,
             ),
+            "relay-nats" | "relay-rabbitmq" => {
+                Some(crate::bench_relay::run(scenario, work.path(), &payloads).await)
+            }
             "project" | "project-e2e" => Some(
                 crate::bench_projections::run(scenario, work.path(), &args.postgres, &payloads)
                     .await,
@@ -691,7 +694,8 @@ pub async fn run(location: &crate::store::Location, args: BenchArgs) -> Result<(
                 other => {
                     bail!(
                         "unknown scenario '{other}' (bulk, concurrent, single, read-all, open, \
-                         load, load-snapshot, bus, processor, project, project-e2e, http, http-sse)"
+                         load, load-snapshot, bus, processor, project, project-e2e, http, http-sse, \
+                         relay-nats, relay-rabbitmq)"
                     )
                 }
             };

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_http;
 mod bench_projections;
+mod bench_relay;
 mod bench_toolkit;
 mod demo;
 

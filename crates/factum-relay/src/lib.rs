@@ -13,7 +13,7 @@
 //! - **Nothing leaves unmapped.** A translator returns `None` for what stays inside;
 //!   [`ZeroPayload`] sends only ids, type and place; [`TypeMap`] names each type that leaves.
 //! - **Lag is visible.** The checkpoint is an ordinary consumer checkpoint, so `/processors`,
-//!   `/metrics` and `factum processors` show how far behind the relay is;
+//!   `/metrics` and the web UI show how far behind the relay is;
 //!   [`Relay::status`] follows it in process.
 //!
 //! ```no_run

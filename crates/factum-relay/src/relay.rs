@@ -156,7 +156,7 @@ const IDLE_SAVE_GAP: u64 = 1024;
 
 impl Relay {
     /// A builder for the relay `name`. Its checkpoint is stored under that name, so
-    /// `/processors`, `/metrics` and `factum processors` show its lag beside the processors'.
+    /// `factum serve`'s `/processors`, `/metrics` and web UI show its lag beside the processors'.
     pub fn builder(name: impl Into<String>, store: Arc<dyn EventStore>) -> RelayBuilder {
         RelayBuilder {
             name: name.into(),

@@ -1,0 +1,379 @@
+//! `factum bench --scenarios relay-nats,relay-rabbitmq`: how fast a relay empties a backlog
+//! into the broker (with JetStream acknowledgements / RabbitMQ publisher confirms, the broker
+//! storing every message), and how long an event takes from its append to a consumer of the
+//! broker while appends flow in.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use factum_core::{EventStore, ExpectedState, NewEvent, StreamName, now_micros};
+use factum_engine::{Engine, Options};
+use factum_relay::{
+    NatsConfig, NatsPublisher, Payload, Publisher, RabbitConfig, RabbitPublisher, Relay, TypeMap,
+    ZeroPayload,
+};
+use futures::StreamExt;
+
+use crate::bench::{Payloads, Row, bar, row};
+
+const BACKLOG: u64 = 100_000;
+const WRITERS: u64 = 64;
+const LIVE_EVENTS: u64 = 20_000;
+/// Appends per second offered while latency is measured.
+const LIVE_RATE: u64 = 5_000;
+
+fn nats_url() -> String {
+    std::env::var("FACTUM_BENCH_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+fn rabbitmq_url() -> String {
+    std::env::var("FACTUM_BENCH_RABBITMQ")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// The broker's side of the bench: where to publish, how to follow what arrives, and how to
+/// clean up.
+enum Broker {
+    Nats {
+        context: async_nats::jetstream::Context,
+        stream: String,
+        prefix: String,
+    },
+    Rabbit {
+        connection: lapin::Connection,
+        exchange: String,
+        queue: String,
+    },
+}
+
+impl Broker {
+    async fn connect(scenario: &str) -> Result<Broker> {
+        let id = std::process::id();
+        Ok(match scenario {
+            "relay-nats" => {
+                let url = nats_url();
+                let client = async_nats::connect(url.as_str())
+                    .await
+                    .with_context(|| format!("NATS at {url} (FACTUM_BENCH_NATS)"))?;
+                Broker::Nats {
+                    context: async_nats::jetstream::new(client),
+                    stream: format!("FACTUM_BENCH_{id}"),
+                    prefix: format!("factumbench{id}"),
+                }
+            }
+            _ => {
+                let url = rabbitmq_url();
+                let connection = lapin::Connection::connect(&url, Default::default())
+                    .await
+                    .with_context(|| format!("RabbitMQ at {url} (FACTUM_BENCH_RABBITMQ)"))?;
+                let exchange = format!("factum.bench.{id}");
+                let queue = format!("factum-bench-{id}");
+                let channel = connection.create_channel().await?;
+                channel
+                    .exchange_declare(
+                        exchange.as_str().into(),
+                        lapin::ExchangeKind::Topic,
+                        lapin::options::ExchangeDeclareOptions {
+                            durable: true,
+                            ..Default::default()
+                        },
+                        Default::default(),
+                    )
+                    .await?;
+                // A durable queue bound to everything: the broker stores each message on disk
+                // before it confirms it.
+                channel
+                    .queue_declare(
+                        queue.as_str().into(),
+                        lapin::options::QueueDeclareOptions::durable(),
+                        Default::default(),
+                    )
+                    .await?;
+                channel
+                    .queue_bind(
+                        queue.as_str().into(),
+                        exchange.as_str().into(),
+                        "#".into(),
+                        Default::default(),
+                        Default::default(),
+                    )
+                    .await?;
+                Broker::Rabbit {
+                    connection,
+                    exchange,
+                    queue,
+                }
+            }
+        })
+    }
+
+    fn publisher(&self) -> Box<dyn Publisher> {
+        match self {
+            Broker::Nats { stream, prefix, .. } => Box::new(NatsPublisher::new(NatsConfig {
+                subject_prefix: prefix.clone(),
+                jetstream_stream: Some(stream.clone()),
+                ..NatsConfig::new(nats_url())
+            })),
+            Broker::Rabbit { exchange, .. } => Box::new(RabbitPublisher::new(RabbitConfig {
+                exchange: exchange.clone(),
+                ..RabbitConfig::new(rabbitmq_url())
+            })),
+        }
+    }
+
+    /// Empties the RabbitMQ queue (the backlog's messages) so that the live phase's consumer
+    /// sees only its own.
+    async fn purge(&self) -> Result<()> {
+        if let Broker::Rabbit {
+            connection, queue, ..
+        } = self
+        {
+            let channel = connection.create_channel().await?;
+            channel
+                .queue_purge(queue.as_str().into(), Default::default())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The payloads of the messages that arrive from now on.
+    async fn follow(&self) -> Result<futures::stream::BoxStream<'static, Vec<u8>>> {
+        Ok(match self {
+            Broker::Nats {
+                context, prefix, ..
+            } => {
+                let client = context.client();
+                client
+                    .subscribe(format!("{prefix}.>"))
+                    .await?
+                    .map(|message| message.payload.to_vec())
+                    .boxed()
+            }
+            Broker::Rabbit {
+                connection, queue, ..
+            } => {
+                let channel = connection.create_channel().await?;
+                channel
+                    .basic_consume(
+                        queue.as_str().into(),
+                        "".into(),
+                        lapin::options::BasicConsumeOptions {
+                            no_ack: true,
+                            ..Default::default()
+                        },
+                        Default::default(),
+                    )
+                    .await?
+                    .filter_map(|delivery| async move { delivery.ok().map(|d| d.data) })
+                    .boxed()
+            }
+        })
+    }
+
+    async fn clean_up(&self) {
+        match self {
+            Broker::Nats {
+                context, stream, ..
+            } => {
+                let _ = context.delete_stream(stream).await;
+            }
+            Broker::Rabbit {
+                connection,
+                exchange,
+                queue,
+            } => {
+                if let Ok(channel) = connection.create_channel().await {
+                    let _ = channel
+                        .queue_delete(queue.as_str().into(), Default::default())
+                        .await;
+                    let _ = channel
+                        .exchange_delete(exchange.as_str().into(), Default::default())
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// Runs a relay in a task until the returned sender is dropped or sent to.
+fn spawn(
+    relay: Relay,
+    mut publisher: Box<dyn Publisher>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), factum_relay::RelayError>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        relay
+            .run(publisher.as_mut(), async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    (stop, task)
+}
+
+/// Appends `events` events from `WRITERS` writers, one event per append, over many streams
+/// (as services do: many aggregates, a few events each); at most `rate` appends a second in
+/// all when given.
+async fn append(
+    store: Arc<dyn EventStore>,
+    events: u64,
+    rate: Option<u64>,
+    payloads: &Arc<Payloads>,
+    label: &str,
+) -> Result<()> {
+    let per_writer = events / WRITERS;
+    let progress = bar(per_writer * WRITERS, label.to_owned());
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let store = store.clone();
+        let payloads = payloads.clone();
+        let progress = progress.clone();
+        let pause = rate.map(|r| Duration::from_secs_f64(WRITERS as f64 / r as f64));
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            for i in 0..per_writer {
+                if let Some(pause) = pause {
+                    let due = started + pause * i as u32;
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let stream = StreamName::user(format!("order-{w}x{}", i % 50))?;
+                let event = NewEvent::json(
+                    "OrderPlaced",
+                    &serde_json::from_str::<serde_json::Value>(&payloads.get(w * per_writer + i))?,
+                )?;
+                store
+                    .append(&stream, ExpectedState::Any, vec![event])
+                    .await?;
+                progress.inc(1);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    progress.finish_and_clear();
+    Ok(())
+}
+
+pub async fn run(scenario: &str, work: &Path, payloads: &Arc<Payloads>) -> Result<Vec<Row>> {
+    let store_name = match scenario {
+        "relay-nats" => "nats",
+        "relay-rabbitmq" => "rabbitmq",
+        other => bail!("unknown relay scenario {other}"),
+    };
+    let broker = Broker::connect(scenario).await?;
+    let dir = work.join(scenario);
+    std::fs::create_dir_all(&dir)?;
+    let engine = Engine::open(&dir, Options::default())?;
+    let store: Arc<dyn EventStore> = Arc::new(engine.clone());
+    let result = measure(scenario, store_name, &store, &broker, payloads).await;
+    broker.clean_up().await;
+    engine.close()?;
+    result
+}
+
+async fn measure(
+    scenario: &str,
+    store_name: &str,
+    store: &Arc<dyn EventStore>,
+    broker: &Broker,
+    payloads: &Arc<Payloads>,
+) -> Result<Vec<Row>> {
+    // 1. A backlog, emptied into the broker: throughput.
+    append(
+        store.clone(),
+        BACKLOG,
+        None,
+        payloads,
+        &format!("{scenario}: backlog"),
+    )
+    .await?;
+    let last = store.head() - 1;
+    let relay = Relay::builder("bench-backlog", store.clone())
+        .translator(TypeMap::new().map("OrderPlaced", "order.placed", Payload::Data))
+        .build()?;
+    let mut status = relay.status();
+    let progress = bar(BACKLOG, format!("{scenario}: publishing"));
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let (stop, task) = spawn(relay, broker.publisher());
+    let mut previous = (Instant::now(), 0u64);
+    loop {
+        let state = status.borrow_and_update().clone();
+        progress.set_position(state.published);
+        if state.published >= 10_000 + previous.1 {
+            // Time per 10,000 messages, as the other throughput scenarios sample it.
+            let per =
+                previous.0.elapsed().as_micros() as u64 * 10_000 / (state.published - previous.1);
+            samples.push(per);
+            previous = (Instant::now(), state.published);
+        }
+        if state.checkpoint >= Some(last) {
+            break;
+        }
+        if let Some(error) = &state.last_error
+            && started.elapsed() > Duration::from_secs(60)
+        {
+            bail!("the relay does not get through: {error}");
+        }
+        tokio::time::timeout(Duration::from_secs(1), status.changed())
+            .await
+            .ok();
+    }
+    let elapsed = started.elapsed();
+    progress.finish_and_clear();
+    let _ = stop.send(());
+    task.await??;
+    let published = status.borrow().published;
+    let throughput = row(scenario, store_name, published, elapsed, samples);
+
+    // 2. Appends flowing in at a steady rate, a consumer on the broker: from append to arrival.
+    broker.purge().await?;
+    let relay = Relay::builder("bench-live", store.clone())
+        .translator(ZeroPayload)
+        .build()?;
+    store
+        .save_checkpoint("bench-live", store.head() - 1)
+        .await?;
+    let mut arrivals = broker.follow().await?;
+    let (stop, task) = spawn(relay, broker.publisher());
+    let writer = {
+        let store = store.clone();
+        let payloads = payloads.clone();
+        let label = format!("{scenario}: live at {LIVE_RATE}/s");
+        tokio::spawn(
+            async move { append(store, LIVE_EVENTS, Some(LIVE_RATE), &payloads, &label).await },
+        )
+    };
+    let expected = LIVE_EVENTS / WRITERS * WRITERS;
+    let mut latencies = Vec::with_capacity(expected as usize);
+    let started = Instant::now();
+    while (latencies.len() as u64) < expected {
+        let payload = tokio::time::timeout(Duration::from_secs(30), arrivals.next())
+            .await
+            .context("no message for 30 s")?
+            .context("the broker's consumer ended")?;
+        let body: serde_json::Value = serde_json::from_slice(&payload)?;
+        if let Some(recorded) = body["recorded_at_us"].as_u64() {
+            latencies.push(now_micros().saturating_sub(recorded));
+        }
+    }
+    let elapsed = started.elapsed();
+    writer.await??;
+    let _ = stop.send(());
+    task.await??;
+    let live = row(
+        &format!("{scenario}-latency"),
+        store_name,
+        expected,
+        elapsed,
+        latencies,
+    );
+    Ok(vec![throughput, live])
+}
