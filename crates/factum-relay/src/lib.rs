@@ -48,6 +48,6 @@ pub use message::{
     token, zero_payload,
 };
 pub use nats::{NatsConfig, NatsPublisher};
-pub use publisher::{PublishError, Publisher};
+pub use publisher::{Confirmation, PublishError, Publisher};
 pub use rabbitmq::{RabbitConfig, RabbitPublisher};
 pub use relay::{Backoff, Relay, RelayBuilder, RelayError, RelayStatus};

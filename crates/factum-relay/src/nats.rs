@@ -8,7 +8,7 @@ use async_nats::jetstream::{self, context::PublishAckFuture};
 use serde::Deserialize;
 
 use crate::message::{OutboundMessage, headers};
-use crate::publisher::{PublishError, Publisher};
+use crate::publisher::{Confirmation, PublishError, Publisher};
 
 const BROKER: &str = "nats";
 
@@ -122,7 +122,9 @@ impl Publisher for NatsPublisher {
         BROKER
     }
 
-    async fn publish(&mut self, messages: &[OutboundMessage]) -> Result<(), PublishError> {
+    /// Confirms before it returns: a stream's next message may only go out once its previous
+    /// one is stored (see [`NatsPublisher`]).
+    async fn send(&mut self, messages: &[OutboundMessage]) -> Result<Confirmation, PublishError> {
         let context = match &self.context {
             Some(context) => context.clone(),
             None => {
@@ -136,7 +138,7 @@ impl Publisher for NatsPublisher {
             // Connect afresh next time (the client also reconnects by itself).
             self.context = None;
         }
-        result
+        result.map(|()| -> Confirmation { Box::pin(std::future::ready(Ok(()))) })
     }
 }
 

@@ -24,18 +24,31 @@ impl PublishError {
     }
 }
 
+/// Completes once the broker has confirmed every message of one [`Publisher::send`].
+pub type Confirmation =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), PublishError>> + Send>>;
+
 /// Sends messages to a broker. RabbitMQ ([`crate::RabbitPublisher`]) and NATS JetStream
 /// ([`crate::NatsPublisher`]) are built in; a Kafka publisher fits the same trait.
 ///
 /// A publisher connects on first use and again after a failure: the relay only calls
-/// [`Publisher::publish`] again after a backoff.
+/// [`Publisher::send`] again after a backoff, and starts again from its checkpoint.
 #[async_trait::async_trait]
 pub trait Publisher: Send {
     /// The broker's name, for logs and errors.
     fn broker(&self) -> &'static str;
 
-    /// Publishes `messages` in this order and returns once the broker has confirmed (stored)
-    /// every one. On an error some of them may have been stored: the relay sends them again,
-    /// with the same ids.
-    async fn publish(&mut self, messages: &[OutboundMessage]) -> Result<(), PublishError>;
+    /// Sends `messages` in this order and returns a [`Confirmation`] that completes once the
+    /// broker has confirmed (stored) every one. The relay may send the next messages before an
+    /// earlier confirmation has completed, and awaits confirmations in the order of the sends:
+    /// a publisher must keep that order on the broker, or confirm before it returns.
+    ///
+    /// On an error some messages may have been stored: the relay sends them again, with the
+    /// same ids.
+    async fn send(&mut self, messages: &[OutboundMessage]) -> Result<Confirmation, PublishError>;
+
+    /// Sends `messages` and waits for the broker's confirmation.
+    async fn publish(&mut self, messages: &[OutboundMessage]) -> Result<(), PublishError> {
+        self.send(messages).await?.await
+    }
 }

@@ -8,7 +8,10 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use serde::Deserialize;
 
 use crate::message::{OutboundMessage, headers};
-use crate::publisher::{PublishError, Publisher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::publisher::{Confirmation, PublishError, Publisher};
 
 const BROKER: &str = "rabbitmq";
 
@@ -44,13 +47,17 @@ impl RabbitConfig {
 /// Publishes to a RabbitMQ topic exchange with publisher confirms: the routing key is
 /// `{category}.{type}`, the `message_id` property is the event id, messages are persistent, and
 /// a publish counts only once the broker has confirmed it. Messages go out in order on one
-/// channel, so each queue receives them in that order.
+/// channel, so each queue receives them in that order; several sends may await their confirms
+/// at once (a lost message takes every later one of its connection with it, and the relay
+/// sends them all again in order).
 ///
 /// A message no queue is bound to receive is confirmed and dropped by RabbitMQ, as for any
 /// topic exchange: bind the consumers' queues before the relay starts.
 pub struct RabbitPublisher {
     config: RabbitConfig,
     connection: Option<(Connection, Channel)>,
+    /// Set by a confirmation that failed: connect afresh before the next send.
+    broken: Arc<AtomicBool>,
 }
 
 impl RabbitPublisher {
@@ -59,6 +66,7 @@ impl RabbitPublisher {
         RabbitPublisher {
             config,
             connection: None,
+            broken: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -153,10 +161,11 @@ impl Publisher for RabbitPublisher {
         BROKER
     }
 
-    async fn publish(&mut self, messages: &[OutboundMessage]) -> Result<(), PublishError> {
+    async fn send(&mut self, messages: &[OutboundMessage]) -> Result<Confirmation, PublishError> {
+        let broken = self.broken.swap(false, Ordering::SeqCst);
         let channel = match &self.connection {
             Some((connection, channel))
-                if connection.status().connected() && channel.status().connected() =>
+                if !broken && connection.status().connected() && channel.status().connected() =>
             {
                 channel.clone()
             }
@@ -169,21 +178,32 @@ impl Publisher for RabbitPublisher {
                 channel
             }
         };
-        let result = publish_all(&channel, &self.config, messages).await;
-        if result.is_err()
-            && let Some((connection, _)) = self.connection.take()
-        {
-            let _ = connection.close(0, "reconnecting".into()).await;
+        match send_all(&channel, &self.config, messages).await {
+            Ok(confirms) => {
+                let broken = self.broken.clone();
+                Ok(Box::pin(async move {
+                    let result = await_confirms(confirms).await;
+                    if result.is_err() {
+                        broken.store(true, Ordering::SeqCst);
+                    }
+                    result
+                }))
+            }
+            Err(e) => {
+                if let Some((connection, _)) = self.connection.take() {
+                    let _ = connection.close(0, "reconnecting".into()).await;
+                }
+                Err(e)
+            }
         }
-        result
     }
 }
 
-async fn publish_all(
+async fn send_all(
     channel: &Channel,
     config: &RabbitConfig,
     messages: &[OutboundMessage],
-) -> Result<(), PublishError> {
+) -> Result<Vec<(lapin::PublisherConfirm, uuid::Uuid)>, PublishError> {
     let exchange = short(&config.exchange);
     let mut confirms = Vec::with_capacity(messages.len());
     for message in messages {
@@ -197,19 +217,23 @@ async fn publish_all(
             )
             .await
             .map_err(error)?;
-        confirms.push(confirm);
+        confirms.push((confirm, message.id));
     }
-    for (confirm, message) in confirms.into_iter().zip(messages) {
+    Ok(confirms)
+}
+
+async fn await_confirms(
+    confirms: Vec<(lapin::PublisherConfirm, uuid::Uuid)>,
+) -> Result<(), PublishError> {
+    for (confirm, id) in confirms {
         let confirmation = tokio::time::timeout(Duration::from_secs(10), confirm)
             .await
-            .map_err(|_| {
-                PublishError::new(BROKER, format!("no confirm for {} in 10 s", message.id))
-            })?
+            .map_err(|_| PublishError::new(BROKER, format!("no confirm for {id} in 10 s")))?
             .map_err(error)?;
         if confirmation.is_nack() {
             return Err(PublishError::new(
                 BROKER,
-                format!("the broker refused {} (nack)", message.id),
+                format!("the broker refused {id} (nack)"),
             ));
         }
     }

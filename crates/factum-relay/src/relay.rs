@@ -1,15 +1,16 @@
 //! The relay: follows `$all` from a durable checkpoint and publishes what the translator lets
 //! out, moving the checkpoint only after the broker has confirmed.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use factum_core::{EventStore, RecordedEvent, StoreError, StreamName, SubscriptionFilter};
 use tokio::sync::watch;
 
 use crate::message::{OutboundMessage, Translator};
-use crate::publisher::Publisher;
+use crate::publisher::{Confirmation, Publisher};
 
 /// Why a relay stopped. Broker failures never stop it (it retries them); a store that is
 /// closed, or that refuses its checkpoint, does.
@@ -73,6 +74,7 @@ pub struct RelayBuilder {
     translator: Option<Arc<dyn Translator>>,
     filter: SubscriptionFilter,
     batch: usize,
+    in_flight: usize,
     backoff: Backoff,
 }
 
@@ -104,6 +106,13 @@ impl RelayBuilder {
         self
     }
 
+    /// At most this many sends awaiting the broker's confirmation at once (default 8), for
+    /// publishers that confirm after they return (RabbitMQ).
+    pub fn in_flight(mut self, sends: usize) -> Self {
+        self.in_flight = sends.max(1);
+        self
+    }
+
     /// The wait after a failed publish.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
@@ -131,6 +140,7 @@ impl RelayBuilder {
             translator,
             filter,
             batch: self.batch,
+            in_flight: self.in_flight,
             backoff: self.backoff,
             status: Arc::new(status),
         })
@@ -145,6 +155,7 @@ pub struct Relay {
     translator: Arc<dyn Translator>,
     filter: SubscriptionFilter,
     batch: usize,
+    in_flight: usize,
     backoff: Backoff,
     status: Arc<watch::Sender<RelayStatus>>,
 }
@@ -164,6 +175,7 @@ impl Relay {
             translator: None,
             filter: SubscriptionFilter::default(),
             batch: 1024,
+            in_flight: 8,
             backoff: Backoff::default(),
         }
     }
@@ -225,13 +237,33 @@ impl Relay {
         let mut subscription = self
             .store
             .subscribe_all(checkpoint.map_or(0, |c| c + 1), self.filter.clone());
-        let mut published_any = false;
+        // Sends whose confirmation is awaited, oldest first, with the position each covers.
+        let mut in_flight: VecDeque<(Confirmation, u64, u64)> = VecDeque::new();
+        let mut progressed = false;
         loop {
             let first = tokio::select! {
                 biased;
                 () = shutdown.as_mut() => return Ok(Outcome::Stopped),
-                event = subscription.next() => event?,
-                () = tokio::time::sleep(IDLE) => {
+                confirmed = async { (&mut in_flight.front_mut().expect("guarded").0).await },
+                    if !in_flight.is_empty() =>
+                {
+                    let (_, position, count) = in_flight.pop_front().expect("guarded");
+                    if let Err(e) = confirmed {
+                        return Ok(Outcome::Failed { error: e.to_string(), progressed });
+                    }
+                    self.save(position).await?;
+                    checkpoint = Some(position);
+                    progressed = true;
+                    self.status.send_modify(|s| {
+                        s.checkpoint = checkpoint;
+                        s.head = self.store.head();
+                        s.published += count;
+                        s.last_error = None;
+                    });
+                    continue;
+                }
+                event = subscription.next(), if in_flight.len() < self.in_flight => event?,
+                () = tokio::time::sleep(IDLE), if in_flight.is_empty() => {
                     // Nothing passed the filter for a while: record how far it has read, if
                     // that saves a restart much reading. (Not for less: the checkpoint is
                     // itself an event the next wait would find.)
@@ -260,37 +292,30 @@ impl Relay {
                         .map(|external| OutboundMessage::new(event, external))
                 })
                 .collect();
-            if !messages.is_empty() {
-                let started = Instant::now();
-                let published = tokio::select! {
-                    biased;
-                    () = shutdown.as_mut() => return Ok(Outcome::Stopped),
-                    published = publisher.publish(&messages) => published,
-                };
-                if let Err(e) = published {
-                    return Ok(Outcome::Failed {
-                        error: e.to_string(),
-                        progressed: published_any,
-                    });
-                }
-                tracing::trace!(relay = %self.name, messages = messages.len(),
-                    elapsed = ?started.elapsed(), "published");
-                published_any = true;
-            }
-            // Everything before the subscription's next position is published or filtered out.
+            // Everything before the subscription's next position is sent or filtered out.
             let position = subscription
                 .position()
                 .and_then(|p| p.checked_sub(1))
                 .unwrap_or_else(|| events.last().map_or(0, |e| e.position));
-            self.save(position).await?;
-            checkpoint = Some(position);
-            let count = messages.len() as u64;
-            self.status.send_modify(|s| {
-                s.checkpoint = checkpoint;
-                s.head = self.store.head();
-                s.published += count;
-                s.last_error = None;
-            });
+            let confirmation: Confirmation = if messages.is_empty() {
+                Box::pin(std::future::ready(Ok(())))
+            } else {
+                let sent = tokio::select! {
+                    biased;
+                    () = shutdown.as_mut() => return Ok(Outcome::Stopped),
+                    sent = publisher.send(&messages) => sent,
+                };
+                match sent {
+                    Ok(confirmation) => confirmation,
+                    Err(e) => {
+                        return Ok(Outcome::Failed {
+                            error: e.to_string(),
+                            progressed,
+                        });
+                    }
+                }
+            };
+            in_flight.push_back((confirmation, position, messages.len() as u64));
         }
     }
 
