@@ -97,6 +97,13 @@ impl Subscription {
         }
     }
 
+    /// Reads up to `events` at a time from the store (default [`Self::BATCH_SIZE_DEFAULT`]):
+    /// a consumer that takes batches with [`Self::next_buffered`] gets batches up to this size.
+    pub fn with_batch_size(mut self, events: usize) -> Self {
+        self.batch_size = events.max(1);
+        self
+    }
+
     /// For `$all`: the position the subscription will look at next. Every event before it
     /// was delivered or filtered out, so a consumer may store `position() - 1` as its
     /// checkpoint even when the filter skips many events.

@@ -133,7 +133,13 @@ impl Publisher for NatsPublisher {
                 context
             }
         };
-        let result = publish_all(&context, &self.config.subject_prefix, messages).await;
+        let result = publish_all(
+            &context,
+            &self.config.subject_prefix,
+            self.config.ack_timeout,
+            messages,
+        )
+        .await;
         if result.is_err() {
             // Connect afresh next time (the client also reconnects by itself).
             self.context = None;
@@ -145,6 +151,7 @@ impl Publisher for NatsPublisher {
 async fn publish_all(
     context: &jetstream::Context,
     prefix: &str,
+    ack_timeout: Duration,
     messages: &[OutboundMessage],
 ) -> Result<(), PublishError> {
     // The client resends what it had queued after a reconnection, while what was in the lost
@@ -175,11 +182,23 @@ async fn publish_all(
                 .map_err(|e| PublishError::new(BROKER, format!("publish {}: {e}", message.id)))?;
             acks.push(ack);
         }
-        for (ack, message) in acks.into_iter().zip(&wave) {
-            ack.await.map_err(|e| {
-                PublishError::new(BROKER, format!("confirm of {}: {e}", message.id))
-            })?;
-        }
+        // Each acknowledgement has its own timeout; the wave as a whole gets the same.
+        let count = wave.len();
+        tokio::time::timeout(ack_timeout, async {
+            for (ack, message) in acks.into_iter().zip(&wave) {
+                ack.await.map_err(|e| {
+                    PublishError::new(BROKER, format!("confirm of {}: {e}", message.id))
+                })?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(PublishError::new(
+                BROKER,
+                format!("{count} messages not all confirmed within {ack_timeout:?}"),
+            ))
+        })?;
     }
     Ok(())
 }

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::publisher::{Confirmation, PublishError, Publisher};
 
 const BROKER: &str = "rabbitmq";
+/// The longest wait for the broker: to connect, to take a batch, to confirm it.
+const WAIT: Duration = Duration::from_secs(10);
 
 /// Where a [`RabbitPublisher`] publishes.
 #[derive(Clone, Debug, Deserialize)]
@@ -70,25 +72,30 @@ impl RabbitPublisher {
         }
     }
 
+    /// Connects, opens a confirming channel and declares the exchange, all within [`WAIT`].
     async fn connect(&self) -> Result<(Connection, Channel), PublishError> {
-        let connect = Connection::connect(
-            &self.config.url,
-            ConnectionProperties::default().with_connection_name("factum-relay".into()),
-        );
-        let connection = tokio::time::timeout(Duration::from_secs(10), connect)
+        tokio::time::timeout(WAIT, self.connect_now())
             .await
             .map_err(|_| {
                 PublishError::new(
                     BROKER,
-                    format!("connecting to {} timed out", self.config.url),
+                    format!("connecting to {} took over {WAIT:?}", self.config.url),
                 )
             })?
-            .map_err(|e| {
-                PublishError::new(
-                    BROKER,
-                    format!("cannot connect to {}: {e}", self.config.url),
-                )
-            })?;
+    }
+
+    async fn connect_now(&self) -> Result<(Connection, Channel), PublishError> {
+        let connection = Connection::connect(
+            &self.config.url,
+            ConnectionProperties::default().with_connection_name("factum-relay".into()),
+        )
+        .await
+        .map_err(|e| {
+            PublishError::new(
+                BROKER,
+                format!("cannot connect to {}: {e}", self.config.url),
+            )
+        })?;
         let channel = connection.create_channel().await.map_err(error)?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -108,6 +115,12 @@ impl RabbitPublisher {
             .map_err(error)?;
         Ok((connection, channel))
     }
+}
+
+/// Closes a connection that may be dead already: a second at most.
+async fn close(connection: Connection) {
+    let closing = connection.close(0, "reconnecting".into());
+    let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
 }
 
 fn error(e: lapin::Error) -> PublishError {
@@ -171,14 +184,22 @@ impl Publisher for RabbitPublisher {
             }
             _ => {
                 if let Some((connection, _)) = self.connection.take() {
-                    let _ = connection.close(0, "reconnecting".into()).await;
+                    close(connection).await;
                 }
                 let (connection, channel) = self.connect().await?;
                 self.connection = Some((connection, channel.clone()));
                 channel
             }
         };
-        match send_all(&channel, &self.config, messages).await {
+        let sent = tokio::time::timeout(WAIT, send_all(&channel, &self.config, messages))
+            .await
+            .unwrap_or_else(|_| {
+                Err(PublishError::new(
+                    BROKER,
+                    format!("sending took over {WAIT:?}"),
+                ))
+            });
+        match sent {
             Ok(confirms) => {
                 let broken = self.broken.clone();
                 Ok(Box::pin(async move {
@@ -191,7 +212,7 @@ impl Publisher for RabbitPublisher {
             }
             Err(e) => {
                 if let Some((connection, _)) = self.connection.take() {
-                    let _ = connection.close(0, "reconnecting".into()).await;
+                    close(connection).await;
                 }
                 Err(e)
             }
@@ -222,20 +243,28 @@ async fn send_all(
     Ok(confirms)
 }
 
+/// Waits for every confirm, [`WAIT`] at most in all.
 async fn await_confirms(
     confirms: Vec<(lapin::PublisherConfirm, uuid::Uuid)>,
 ) -> Result<(), PublishError> {
-    for (confirm, id) in confirms {
-        let confirmation = tokio::time::timeout(Duration::from_secs(10), confirm)
-            .await
-            .map_err(|_| PublishError::new(BROKER, format!("no confirm for {id} in 10 s")))?
-            .map_err(error)?;
-        if confirmation.is_nack() {
-            return Err(PublishError::new(
-                BROKER,
-                format!("the broker refused {id} (nack)"),
-            ));
+    let count = confirms.len();
+    tokio::time::timeout(WAIT, async {
+        for (confirm, id) in confirms {
+            let confirmation = confirm.await.map_err(error)?;
+            if confirmation.is_nack() {
+                return Err(PublishError::new(
+                    BROKER,
+                    format!("the broker refused {id} (nack)"),
+                ));
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(PublishError::new(
+            BROKER,
+            format!("{count} messages not all confirmed within {WAIT:?}"),
+        ))
+    })
 }

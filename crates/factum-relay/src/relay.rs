@@ -236,7 +236,8 @@ impl Relay {
         });
         let mut subscription = self
             .store
-            .subscribe_all(checkpoint.map_or(0, |c| c + 1), self.filter.clone());
+            .subscribe_all(checkpoint.map_or(0, |c| c + 1), self.filter.clone())
+            .with_batch_size(self.batch);
         // Sends whose confirmation is awaited, oldest first, with the position each covers.
         let mut in_flight: VecDeque<(Confirmation, u64, u64)> = VecDeque::new();
         let mut progressed = false;
