@@ -155,6 +155,17 @@ impl Payloads {
     }
 }
 
+/// An event of `payload`, JSON already, taken as it is.
+pub(crate) fn json_event(event_type: &str, payload: String) -> NewEvent {
+    NewEvent {
+        id: Uuid::now_v7(),
+        event_type: event_type.into(),
+        content_type: factum_core::ContentType::Json,
+        data: Bytes::from(payload),
+        metadata: Bytes::new(),
+    }
+}
+
 /// About 250 bytes of JSON, like an order line.
 fn payload(n: u64) -> String {
     let text = format!(
@@ -286,13 +297,7 @@ impl Store {
                 };
                 let events = payloads
                     .into_iter()
-                    .map(|p| NewEvent {
-                        id: Uuid::now_v7(),
-                        event_type: "OrderLineAdded".into(),
-                        content_type: factum_core::ContentType::Json,
-                        data: Bytes::from(p),
-                        metadata: Bytes::new(),
-                    })
+                    .map(|p| json_event("OrderLineAdded", p))
                     .collect();
                 self.event_store()?
                     .append(&StreamName::user(stream)?, expected, events)

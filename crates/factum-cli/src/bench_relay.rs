@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use factum_core::{EventStore, ExpectedState, NewEvent, StreamName, now_micros};
+use factum_core::{EventStore, ExpectedState, StreamName, now_micros};
 use factum_engine::{Engine, Options};
 use factum_relay::{
     NatsConfig, NatsPublisher, Payload, Publisher, RabbitConfig, RabbitPublisher, Relay, TypeMap,
@@ -16,7 +16,7 @@ use factum_relay::{
 };
 use futures::StreamExt;
 
-use crate::bench::{Payloads, Row, bar, row};
+use crate::bench::{Payloads, Row, bar, json_event, row};
 
 const BACKLOG: u64 = 100_000;
 const WRITERS: u64 = 64;
@@ -242,10 +242,7 @@ async fn append(
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let stream = StreamName::user(format!("order-{w}x{}", i % 50))?;
-                let event = NewEvent::json(
-                    "OrderPlaced",
-                    &serde_json::from_str::<serde_json::Value>(&payloads.get(w * per_writer + i))?,
-                )?;
+                let event = json_event("OrderPlaced", payloads.get(w * per_writer + i));
                 store
                     .append(&stream, ExpectedState::Any, vec![event])
                     .await?;

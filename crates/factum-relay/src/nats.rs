@@ -205,8 +205,9 @@ async fn publish_all(
 
 fn message_headers(message: &OutboundMessage) -> HeaderMap {
     let mut map = HeaderMap::new();
-    map.insert("Nats-Msg-Id", message.id.to_string().as_str());
-    map.insert(headers::MESSAGE_ID, message.id.to_string().as_str());
+    let id = message.id.to_string();
+    map.insert("Nats-Msg-Id", id.as_str());
+    map.insert(headers::MESSAGE_ID, id.as_str());
     map.insert(headers::TYPE, message.event.event_type.as_str());
     map.insert(headers::STREAM, message.stream.as_str());
     map.insert(headers::REVISION, message.revision.to_string().as_str());

@@ -142,7 +142,8 @@ fn long(text: &str) -> AMQPValue {
 
 fn properties(message: &OutboundMessage) -> BasicProperties {
     let mut table = FieldTable::default();
-    table.insert(headers::MESSAGE_ID.into(), long(&message.id.to_string()));
+    let id = message.id.to_string();
+    table.insert(headers::MESSAGE_ID.into(), long(&id));
     table.insert(headers::TYPE.into(), long(&message.event.event_type));
     table.insert(headers::STREAM.into(), long(&message.stream));
     table.insert(
@@ -157,7 +158,7 @@ fn properties(message: &OutboundMessage) -> BasicProperties {
         table.insert(headers::CAUSATION_ID.into(), long(id));
     }
     let mut properties = BasicProperties::default()
-        .with_message_id(short(&message.id.to_string()))
+        .with_message_id(short(&id))
         .with_type(short(&message.event.event_type))
         .with_content_type(short(&message.event.content_type))
         .with_delivery_mode(2)

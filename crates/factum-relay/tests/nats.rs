@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use factum_core::{Direction, EventStore};
+use factum_core::EventStore;
 use factum_engine::{Engine, Options};
 use factum_relay::{Backoff, NatsConfig, NatsPublisher, Payload, Relay, TypeMap, ZeroPayload};
 
@@ -61,17 +61,7 @@ async fn mapped_events_leave_in_stream_order_with_their_ids_and_the_checkpoint_f
         "every mapped event, and nothing else"
     );
     assert_stream_order(&received);
-    let stored = store
-        .read_all(0, Direction::Forwards, 10_000)
-        .await
-        .unwrap();
-    for message in &received {
-        let event = stored
-            .iter()
-            .find(|e| e.id.to_string() == message.id)
-            .unwrap();
-        assert_eq!(event.stream.as_str(), message.stream);
-        assert_eq!(event.position, message.position);
+    for (message, event) in with_stored_events(store.as_ref(), &received).await {
         match event.event_type.as_str() {
             "OrderPlaced" => {
                 assert_eq!(message.event_type, "order.placed.v1");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use factum_core::{Direction, EventStore};
+use factum_core::EventStore;
 use factum_engine::{Engine, Options};
 use factum_relay::{Payload, RabbitConfig, RabbitPublisher, Relay, TypeMap};
 
@@ -58,16 +58,7 @@ async fn confirmed_messages_reach_the_bound_queue_in_stream_order() {
         "each once: nothing failed, so nothing was sent twice"
     );
     assert_stream_order(&received);
-    let stored = store
-        .read_all(0, Direction::Forwards, 10_000)
-        .await
-        .unwrap();
-    for message in &received {
-        let event = stored
-            .iter()
-            .find(|e| e.id.to_string() == message.id)
-            .unwrap();
-        assert_eq!(message.position, event.position);
+    for (message, event) in with_stored_events(store.as_ref(), &received).await {
         match event.event_type.as_str() {
             "OrderPlaced" => {
                 assert_eq!(message.subject, "order.order_placed_v1");

@@ -169,6 +169,32 @@ pub fn assert_stream_order(received: &[Received]) {
     }
 }
 
+/// Each received message with the stored event it names by id; checks that it carries that
+/// event's stream, revision and position.
+pub async fn with_stored_events<'a>(
+    store: &dyn EventStore,
+    received: &'a [Received],
+) -> Vec<(&'a Received, factum_core::RecordedEvent)> {
+    let stored = store
+        .read_all(0, Direction::Forwards, 100_000)
+        .await
+        .unwrap();
+    received
+        .iter()
+        .map(|message| {
+            let event = stored
+                .iter()
+                .find(|e| e.id.to_string() == message.id)
+                .unwrap_or_else(|| panic!("no stored event has the id of {message:?}"))
+                .clone();
+            assert_eq!(event.stream.as_str(), message.stream);
+            assert_eq!(event.revision, message.revision);
+            assert_eq!(event.position, message.position);
+            (message, event)
+        })
+        .collect()
+}
+
 /// A TCP proxy to `target` whose connections can all be cut at once.
 pub struct Proxy {
     pub address: String,
