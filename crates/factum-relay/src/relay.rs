@@ -354,3 +354,25 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use factum_core::MemoryStore;
+
+    #[test]
+    fn a_relay_needs_a_translator_and_a_name_that_can_name_a_checkpoint() {
+        let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+        let no_translator = Relay::builder("out", store.clone()).build();
+        assert!(
+            matches!(&no_translator, Err(RelayError::Invalid(m)) if m.contains("no translator")),
+            "{:?}",
+            no_translator.err()
+        );
+        let bad_name = Relay::builder("", store.clone())
+            .translator(crate::ZeroPayload)
+            .build();
+        assert!(matches!(bad_name, Err(RelayError::Invalid(_))));
+        assert_eq!(store.head(), 0, "building a relay writes nothing");
+    }
+}
