@@ -64,9 +64,10 @@ impl StreamName {
     }
 
     /// Whether this is a system stream that the toolkit writes with ordinary appends: dead
-    /// letters (`$deadletter-…`), inboxes (`$inbox-…`) and snapshots (`$snapshot-…`).
+    /// letters (`$deadletter-…`), inboxes (`$inbox-…`), saga instances (`$saga-…`) and snapshots
+    /// (`$snapshot-…`).
     pub fn is_toolkit_stream(&self) -> bool {
-        ["$deadletter-", "$inbox-", "$snapshot-"]
+        ["$deadletter-", "$inbox-", "$saga-", "$snapshot-"]
             .iter()
             .any(|prefix| self.0.len() > prefix.len() && self.0.starts_with(prefix))
     }

@@ -1004,7 +1004,12 @@ pub async fn checkpoint_can_be_saved_on_its_own<S: EventStore>(store: S) {
 }
 
 pub async fn toolkit_streams_take_appends_other_system_streams_do_not<S: EventStore>(store: S) {
-    for name in ["$deadletter-billing", "$inbox-mailer", "$snapshot-cart-1"] {
+    for name in [
+        "$deadletter-billing",
+        "$inbox-mailer",
+        "$saga-order-1",
+        "$snapshot-cart-1",
+    ] {
         let s = StreamName::new(name).unwrap();
         assert!(s.is_toolkit_stream());
         store
@@ -1022,5 +1027,5 @@ pub async fn toolkit_streams_take_appends_other_system_streams_do_not<S: EventSt
             "{name}"
         );
     }
-    assert_eq!(store.head(), 3);
+    assert_eq!(store.head(), 4);
 }

@@ -36,6 +36,7 @@
 //! ```
 
 mod config;
+mod consumer;
 mod message;
 mod nats;
 mod publisher;
@@ -43,11 +44,15 @@ mod rabbitmq;
 mod relay;
 
 pub use config::{ConfigError, RelayConfig, RelaysConfig};
+pub use consumer::{
+    Acknowledge, ConsumeError, Consumer, ConsumerBuilder, ConsumerStatus, Delivery,
+    IncomingMessage, MESSAGE_DEAD_LETTERED, MessageDeadLetter, MessageSource, Outcome,
+};
 pub use message::{
     ExternalEvent, OutboundMessage, Payload, Translator, TypeMap, ZeroPayload, category, headers,
     token, zero_payload,
 };
-pub use nats::{NatsConfig, NatsPublisher};
+pub use nats::{NatsConfig, NatsPublisher, NatsSource, NatsSourceConfig};
 pub use publisher::{Confirmation, PublishError, Publisher};
-pub use rabbitmq::{RabbitConfig, RabbitPublisher};
+pub use rabbitmq::{RabbitConfig, RabbitPublisher, RabbitSource, RabbitSourceConfig};
 pub use relay::{Backoff, Relay, RelayBuilder, RelayError, RelayStatus};

@@ -7,6 +7,9 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use serde::Deserialize;
 
+use futures::StreamExt;
+
+use crate::consumer::{Acknowledge, ConsumeError, Delivery, IncomingMessage, MessageSource};
 use crate::message::{OutboundMessage, headers};
 use crate::publisher::{Confirmation, PublishError, Publisher};
 
@@ -67,6 +70,15 @@ impl NatsConfig {
     }
 }
 
+/// Connects to the server at `url`, giving up after five seconds.
+async fn connect(url: &str) -> Result<async_nats::Client, String> {
+    async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {e}"))
+}
+
 /// Publishes to NATS JetStream: the subject is `{prefix}.{category}.{type}`, the header
 /// `Nats-Msg-Id` is the event id (so JetStream drops a duplicate within its window), and each
 /// publish is confirmed by JetStream's acknowledgement. Messages of different streams are
@@ -87,16 +99,9 @@ impl NatsPublisher {
     }
 
     async fn connect(&self) -> Result<jetstream::Context, PublishError> {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(self.config.url.as_str())
+        let client = connect(&self.config.url)
             .await
-            .map_err(|e| {
-                PublishError::new(
-                    BROKER,
-                    format!("cannot connect to {}: {e}", self.config.url),
-                )
-            })?;
+            .map_err(|e| PublishError::new(BROKER, e))?;
         let context = jetstream::ContextBuilder::new()
             .timeout(self.config.ack_timeout)
             .max_ack_inflight(4096)
@@ -220,4 +225,176 @@ fn message_headers(message: &OutboundMessage) -> HeaderMap {
         map.insert(headers::CAUSATION_ID, id.as_str());
     }
     map
+}
+
+/// Where a [`NatsSource`] takes messages from: a durable pull consumer of a JetStream stream.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSourceConfig {
+    /// The server, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// The JetStream stream (for a relay's messages: its `jetstream_stream`).
+    pub stream: String,
+    /// The durable consumer's name: it remembers what was acknowledged across restarts.
+    pub durable: String,
+    /// Only subjects matching these (e.g. `factum.order.>`); all of the stream when empty.
+    #[serde(default)]
+    pub filter_subjects: Vec<String>,
+    /// A message not acknowledged within this long is delivered again.
+    #[serde(default = "default_ack_wait", with = "seconds")]
+    pub ack_wait: Duration,
+    /// Messages delivered and not yet acknowledged, at most. 1 keeps the stream's order even
+    /// across redeliveries, at the cost of a round trip per message.
+    #[serde(default = "default_ack_pending")]
+    pub max_ack_pending: i64,
+}
+
+fn default_ack_wait() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_ack_pending() -> i64 {
+    1000
+}
+
+impl NatsSourceConfig {
+    /// The durable consumer `durable` of the JetStream stream `stream`, with the defaults: all
+    /// subjects, redelivery after 30 s, up to 1000 messages unacknowledged.
+    pub fn new(
+        url: impl Into<String>,
+        stream: impl Into<String>,
+        durable: impl Into<String>,
+    ) -> Self {
+        NatsSourceConfig {
+            url: url.into(),
+            stream: stream.into(),
+            durable: durable.into(),
+            filter_subjects: Vec::new(),
+            ack_wait: default_ack_wait(),
+            max_ack_pending: default_ack_pending(),
+        }
+    }
+}
+
+/// Takes messages from a JetStream durable pull consumer (created when missing), for a
+/// [`Consumer`](crate::Consumer). The message id is the `Nats-Msg-Id` header (or, for a message
+/// published without one, `{stream}:{sequence}`); the type is the `Factum-Type` header (or the
+/// subject's last token).
+pub struct NatsSource {
+    config: NatsSourceConfig,
+    messages: Option<jetstream::consumer::pull::Stream>,
+}
+
+impl NatsSource {
+    /// A source; it connects on first use.
+    pub fn new(config: NatsSourceConfig) -> Self {
+        NatsSource {
+            config,
+            messages: None,
+        }
+    }
+
+    async fn connect(&self) -> Result<jetstream::consumer::pull::Stream, ConsumeError> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            ConsumeError::new(BROKER, format!("{what} {}: {e}", self.config.url))
+        };
+        let client = connect(&self.config.url)
+            .await
+            .map_err(|e| ConsumeError::new(BROKER, e))?;
+        let context = jetstream::new(client);
+        let stream = context
+            .get_stream(&self.config.stream)
+            .await
+            .map_err(|e| fail(&format!("JetStream stream {} on", self.config.stream), &e))?;
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                &self.config.durable,
+                jetstream::consumer::pull::Config {
+                    durable_name: Some(self.config.durable.clone()),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: self.config.ack_wait,
+                    filter_subjects: self.config.filter_subjects.clone(),
+                    max_ack_pending: self.config.max_ack_pending,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| fail(&format!("consumer {} on", self.config.durable), &e))?;
+        consumer
+            .stream()
+            .heartbeat(Duration::from_secs(2))
+            .expires(Duration::from_secs(10))
+            .messages()
+            .await
+            .map_err(|e| fail("cannot pull from", &e))
+    }
+}
+
+fn incoming(message: &jetstream::Message) -> IncomingMessage {
+    let mut fields = std::collections::BTreeMap::new();
+    if let Some(map) = &message.headers {
+        for (name, values) in map.iter() {
+            if let Some(value) = values.first() {
+                fields.insert(name.to_string(), value.as_str().to_owned());
+            }
+        }
+    }
+    let info = message.info().ok();
+    let id = fields
+        .get("Nats-Msg-Id")
+        .cloned()
+        .or_else(|| {
+            info.as_ref()
+                .map(|info| format!("{}:{}", info.stream, info.stream_sequence))
+        })
+        .unwrap_or_default();
+    let subject = message.subject.to_string();
+    let message_type = fields
+        .get(headers::TYPE)
+        .cloned()
+        .unwrap_or_else(|| subject.rsplit('.').next().unwrap_or_default().to_owned());
+    IncomingMessage {
+        id,
+        message_type,
+        subject,
+        data: message.payload.clone(),
+        headers: fields,
+        redelivered: info.is_some_and(|info| info.delivered > 1),
+    }
+}
+
+struct NatsAck(jetstream::Message);
+
+#[async_trait::async_trait]
+impl Acknowledge for NatsAck {
+    async fn ack(self: Box<Self>) -> Result<(), ConsumeError> {
+        self.0.ack().await.map_err(|e| ConsumeError::new(BROKER, e))
+    }
+}
+
+#[async_trait::async_trait]
+impl MessageSource for NatsSource {
+    fn broker(&self) -> &'static str {
+        BROKER
+    }
+
+    async fn next(&mut self) -> Result<Delivery, ConsumeError> {
+        let messages = match &mut self.messages {
+            Some(messages) => messages,
+            None => self.messages.insert(self.connect().await?),
+        };
+        match messages.next().await {
+            Some(Ok(message)) => Ok(Delivery {
+                message: incoming(&message),
+                acker: Box::new(NatsAck(message)),
+            }),
+            Some(Err(e)) => {
+                self.messages = None;
+                Err(ConsumeError::new(BROKER, e))
+            }
+            None => {
+                self.messages = None;
+                Err(ConsumeError::new(BROKER, "the subscription ended"))
+            }
+        }
+    }
 }

@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde::Deserialize;
@@ -11,6 +15,7 @@ use crate::message::{OutboundMessage, headers};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::consumer::{Acknowledge, ConsumeError, Delivery, IncomingMessage, MessageSource};
 use crate::publisher::{Confirmation, PublishError, Publisher};
 
 const BROKER: &str = "rabbitmq";
@@ -85,36 +90,44 @@ impl RabbitPublisher {
     }
 
     async fn connect_now(&self) -> Result<(Connection, Channel), PublishError> {
-        let connection = Connection::connect(
-            &self.config.url,
-            ConnectionProperties::default().with_connection_name("factum-relay".into()),
-        )
-        .await
-        .map_err(|e| {
-            PublishError::new(
-                BROKER,
-                format!("cannot connect to {}: {e}", self.config.url),
-            )
-        })?;
+        let connection = open(&self.config.url, "factum-relay")
+            .await
+            .map_err(|e| PublishError::new(BROKER, e))?;
         let channel = connection.create_channel().await.map_err(error)?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(error)?;
-        channel
-            .exchange_declare(
-                short(&self.config.exchange),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        declare_exchange(&channel, &self.config.exchange)
             .await
             .map_err(error)?;
         Ok((connection, channel))
     }
+}
+
+/// Opens a connection to `url`, named `name` in the broker's connection list.
+async fn open(url: &str, name: &str) -> Result<Connection, String> {
+    Connection::connect(
+        url,
+        ConnectionProperties::default().with_connection_name(name.into()),
+    )
+    .await
+    .map_err(|e| format!("cannot connect to {url}: {e}"))
+}
+
+/// Declares the durable topic exchange `name` (nothing changes when it exists).
+async fn declare_exchange(channel: &Channel, name: &str) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            short(name),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// Closes a connection that may be dead already: a second at most.
@@ -268,4 +281,228 @@ async fn await_confirms(
             format!("{count} messages not all confirmed within {WAIT:?}"),
         ))
     })
+}
+
+/// Where a [`RabbitSource`] takes messages from: a durable queue bound to a topic exchange.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RabbitSourceConfig {
+    /// The server, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub url: String,
+    /// The durable topic exchange the relay publishes to, declared when missing.
+    #[serde(default = "default_exchange")]
+    pub exchange: String,
+    /// The durable queue, declared when missing: it keeps what arrives while the consumer is
+    /// down.
+    pub queue: String,
+    /// The routing-key patterns the queue is bound with (`order.*`, `#`).
+    #[serde(default = "default_bindings")]
+    pub bindings: Vec<String>,
+    /// Messages delivered and not yet acknowledged, at most.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+}
+
+fn default_bindings() -> Vec<String> {
+    vec!["#".into()]
+}
+fn default_prefetch() -> u16 {
+    256
+}
+
+impl RabbitSourceConfig {
+    /// The queue `queue` bound to every message of the exchange `factum.events`.
+    pub fn new(url: impl Into<String>, queue: impl Into<String>) -> Self {
+        RabbitSourceConfig {
+            url: url.into(),
+            exchange: default_exchange(),
+            queue: queue.into(),
+            bindings: default_bindings(),
+            prefetch: default_prefetch(),
+        }
+    }
+}
+
+/// Takes messages from a RabbitMQ queue, for a [`Consumer`](crate::Consumer). The message id is
+/// the `message_id` property; the type is the `type` property (or the `Factum-Type` header).
+/// Messages not acknowledged when the connection drops are delivered again by the broker.
+pub struct RabbitSource {
+    config: RabbitSourceConfig,
+    consumer: Option<(Connection, lapin::Consumer)>,
+}
+
+impl RabbitSource {
+    /// A source; it connects on first use.
+    pub fn new(config: RabbitSourceConfig) -> Self {
+        RabbitSource {
+            config,
+            consumer: None,
+        }
+    }
+
+    /// Connects now, declaring the exchange, the queue and its bindings, so that what is
+    /// published from now on is kept for this consumer (RabbitMQ drops messages no queue is
+    /// bound to receive). The connection is kept for the first [`MessageSource::next`].
+    pub async fn declare(&mut self) -> Result<(), ConsumeError> {
+        if self.consumer.is_none() {
+            self.consumer = Some(self.connect_within().await?);
+        }
+        Ok(())
+    }
+
+    async fn connect_within(&self) -> Result<(Connection, lapin::Consumer), ConsumeError> {
+        tokio::time::timeout(WAIT, self.connect())
+            .await
+            .map_err(|_| {
+                ConsumeError::new(
+                    BROKER,
+                    format!("connecting to {} took over {WAIT:?}", self.config.url),
+                )
+            })?
+    }
+
+    async fn connect(&self) -> Result<(Connection, lapin::Consumer), ConsumeError> {
+        let config = &self.config;
+        let fail = |e: lapin::Error| ConsumeError::new(BROKER, e);
+        let connection = open(&config.url, "factum-consumer")
+            .await
+            .map_err(|e| ConsumeError::new(BROKER, e))?;
+        let channel = connection.create_channel().await.map_err(fail)?;
+        channel
+            .basic_qos(config.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(fail)?;
+        declare_exchange(&channel, &config.exchange)
+            .await
+            .map_err(fail)?;
+        channel
+            .queue_declare(
+                short(&config.queue),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(fail)?;
+        for binding in &config.bindings {
+            channel
+                .queue_bind(
+                    short(&config.queue),
+                    short(&config.exchange),
+                    short(binding),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(fail)?;
+        }
+        let consumer = channel
+            .basic_consume(
+                short(&config.queue),
+                short(&format!("factum-{}", config.queue)),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(fail)?;
+        Ok((connection, consumer))
+    }
+}
+
+/// A header's value as text.
+fn text(value: &AMQPValue) -> String {
+    match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn incoming(delivery: &lapin::message::Delivery) -> IncomingMessage {
+    let properties = &delivery.properties;
+    let fields: std::collections::BTreeMap<String, String> = properties
+        .headers()
+        .as_ref()
+        .map(|table| {
+            table
+                .inner()
+                .iter()
+                .map(|(name, value)| (name.as_str().to_owned(), text(value)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let message_type = properties
+        .kind()
+        .as_ref()
+        .map(|kind| kind.as_str().to_owned())
+        .or_else(|| fields.get(headers::TYPE).cloned())
+        .unwrap_or_default();
+    let mut fields = fields;
+    if let Some(id) = properties.correlation_id() {
+        fields
+            .entry(headers::CORRELATION_ID.to_owned())
+            .or_insert_with(|| id.as_str().to_owned());
+    }
+    IncomingMessage {
+        id: properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_default(),
+        message_type,
+        subject: delivery.routing_key.as_str().to_owned(),
+        data: bytes::Bytes::copy_from_slice(&delivery.data),
+        headers: fields,
+        redelivered: delivery.redelivered,
+    }
+}
+
+struct RabbitAck(lapin::Acker);
+
+#[async_trait::async_trait]
+impl Acknowledge for RabbitAck {
+    async fn ack(self: Box<Self>) -> Result<(), ConsumeError> {
+        tokio::time::timeout(WAIT, self.0.ack(BasicAckOptions::default()))
+            .await
+            .map_err(|_| ConsumeError::new(BROKER, format!("acknowledging took over {WAIT:?}")))?
+            .map(|_| ())
+            .map_err(|e| ConsumeError::new(BROKER, e))
+    }
+}
+
+#[async_trait::async_trait]
+impl MessageSource for RabbitSource {
+    fn broker(&self) -> &'static str {
+        BROKER
+    }
+
+    async fn next(&mut self) -> Result<Delivery, ConsumeError> {
+        let consumer = match &mut self.consumer {
+            Some((_, consumer)) => consumer,
+            None => {
+                let connected = self.connect_within().await?;
+                &mut self.consumer.insert(connected).1
+            }
+        };
+        let failure = match consumer.next().await {
+            Some(Ok(delivery)) => {
+                return Ok(Delivery {
+                    message: incoming(&delivery),
+                    acker: Box::new(RabbitAck(delivery.acker)),
+                });
+            }
+            Some(Err(e)) => ConsumeError::new(BROKER, e),
+            None => ConsumeError::new(BROKER, "the queue's consumer was cancelled"),
+        };
+        if let Some((connection, _)) = self.consumer.take() {
+            close(connection).await;
+        }
+        Err(failure)
+    }
 }

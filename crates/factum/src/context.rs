@@ -12,6 +12,10 @@ pub struct CommandContext {
     pub causation_id: String,
     /// Who sent it, if known.
     pub user: Option<String>,
+    /// The command id names the request, not one attempt at it: a repository executes the
+    /// command at most once per aggregate, and a second delivery with the same id finds the
+    /// first one's events and changes nothing ([`Executed::duplicate`](crate::Executed)).
+    pub idempotent: bool,
 }
 
 impl Default for CommandContext {
@@ -30,7 +34,68 @@ impl CommandContext {
             correlation_id: command_id.to_string(),
             causation_id: command_id.to_string(),
             user: None,
+            idempotent: false,
         }
+    }
+
+    /// A context whose command id is `id`, chosen by the sender so that a retry or a
+    /// redelivery of the same request carries it again: the command is executed at most once
+    /// per aggregate.
+    ///
+    /// ```
+    /// use factum::{CommandContext, Decider, MemoryStore, Repository};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize)]
+    /// # enum Event { Incremented }
+    /// # #[derive(Debug, thiserror::Error)]
+    /// # #[error("never")]
+    /// # struct Never;
+    /// # struct Counter;
+    /// # impl Decider for Counter {
+    /// #     type State = u64; type Command = (); type Event = Event; type Error = Never;
+    /// #     const CATEGORY: &'static str = "counter";
+    /// #     fn initial_state(&self) -> u64 { 0 }
+    /// #     fn decide(&self, _: &u64, _: &()) -> Result<Vec<Event>, Never> { Ok(vec![Event::Incremented]) }
+    /// #     fn evolve(&self, n: u64, _: &Event) -> u64 { n + 1 }
+    /// # }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let counters = Repository::new(MemoryStore::new(), Counter);
+    /// let request = CommandContext::with_id(uuid::Uuid::now_v7());
+    /// let first = counters.execute("c-1", (), &request).await.unwrap();
+    /// let again = counters.execute("c-1", (), &request).await.unwrap();
+    /// assert!(!first.duplicate && again.duplicate);
+    /// assert_eq!(counters.load("c-1").await.unwrap().state, 1);
+    /// # });
+    /// ```
+    pub fn with_id(id: Uuid) -> Self {
+        CommandContext {
+            command_id: id,
+            correlation_id: id.to_string(),
+            causation_id: id.to_string(),
+            user: None,
+            idempotent: true,
+        }
+    }
+
+    /// A context for the command a received message asks for: its id is derived from the
+    /// message id (so every delivery of the message carries the same one, and the command is
+    /// executed at most once per aggregate), it is caused by the message, and it carries the
+    /// message's correlation id (the message id when it has none).
+    pub fn from_message(message_id: &str, correlation_id: Option<&str>) -> Self {
+        CommandContext {
+            command_id: Self::derived_id(message_id, "message"),
+            correlation_id: correlation_id.unwrap_or(message_id).to_owned(),
+            causation_id: message_id.to_owned(),
+            user: None,
+            idempotent: true,
+        }
+    }
+
+    /// A deterministic command id for `purpose` in reaction to `source`: the same pair always
+    /// gives the same id.
+    pub fn derived_id(source: &str, purpose: &str) -> Uuid {
+        let source = Uuid::new_v5(&Uuid::NAMESPACE_OID, source.as_bytes());
+        Uuid::new_v5(&source, purpose.as_bytes())
     }
 
     /// Names the user who sent it.
@@ -73,6 +138,7 @@ impl CommandContext {
                 .get("$user")
                 .and_then(|v| v.as_str())
                 .map(str::to_owned),
+            idempotent: false,
         }
     }
 

@@ -50,6 +50,7 @@ mod inbox;
 pub mod processor;
 mod replay;
 mod repository;
+pub mod saga;
 pub mod snapshot;
 pub mod testing;
 
@@ -59,9 +60,12 @@ pub use context::CommandContext;
 pub use decider::Decider;
 pub use inbox::Inbox;
 pub use processor::{EventHandler, EventProcessor, HandlerError, RetryPolicy, handler_fn};
-pub use repository::{Executed, Loaded, Repository, RepositoryError, ToAggregate};
+pub use replay::replay_stream;
+pub use repository::{
+    DUPLICATE_WINDOW, Executed, Loaded, Repository, RepositoryError, ToAggregate,
+};
 
-/// The toolkit's own stream `${kind}-{name}` (`$deadletter-…`, `$inbox-…`, `$snapshot-…`): an
+/// The toolkit's own stream `${kind}-{name}` (`$deadletter-…`, `$inbox-…`, `$saga-…`, `$snapshot-…`): an
 /// empty name would make a stream that is not one of the toolkit's, so it is refused.
 pub(crate) fn toolkit_stream(kind: &str, name: &str) -> Result<StreamName, StoreError> {
     if name.is_empty() {

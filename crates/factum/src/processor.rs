@@ -231,7 +231,10 @@ pub struct ProcessorStatus {
 }
 
 /// The names after `prefix` of the streams whose names start with it, in name order.
-async fn names_after(store: &dyn EventStore, prefix: &str) -> Result<Vec<String>, StoreError> {
+pub(crate) async fn names_after(
+    store: &dyn EventStore,
+    prefix: &str,
+) -> Result<Vec<String>, StoreError> {
     const PAGE: usize = 1000;
     let mut names = Vec::new();
     let mut after: Option<StreamName> = None;

@@ -1,5 +1,5 @@
-//! Reading a whole stream, page by page, as the repository, the inbox and the dead-letter list
-//! all do.
+//! Reading a whole stream, page by page, as the repository, the inbox, sagas and the dead-letter
+//! lists all do.
 
 use factum_core::{Direction, EventStore, RecordedEvent, StoreError, StreamName};
 
@@ -8,7 +8,7 @@ pub(crate) const PAGE_EVENTS: usize = 4096;
 
 /// Hands every event of `stream` from revision `from` on to `visit`, oldest first, a page at a
 /// time. A stream that does not exist has no events.
-pub(crate) async fn replay_stream<E: From<StoreError>>(
+pub async fn replay_stream<E: From<StoreError>>(
     store: &dyn EventStore,
     stream: &StreamName,
     mut from: u64,

@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use factum_core::{EventStore, ExpectedState, StoreError, StreamName};
+use factum_core::{Direction, EventStore, ExpectedState, StoreError, StreamName};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -85,6 +85,26 @@ pub struct Executed<E> {
     pub position: Option<u64>,
     /// How many times the command was decided (more than one after concurrency conflicts).
     pub attempts: usize,
+    /// The command's id was executed on this aggregate before (an idempotent
+    /// [`CommandContext`] delivered again): nothing was decided or written, and `revision`
+    /// is the aggregate's current one.
+    pub duplicate: bool,
+}
+
+/// How far back before a snapshot an idempotent command looks for its own earlier events.
+pub const DUPLICATE_WINDOW: usize = 1000;
+
+/// Whether `event` was produced by the command whose id is `id` (as text).
+fn produced_by(event: &factum_core::RecordedEvent, id: &str) -> bool {
+    // A cheap look for the id's text first; only a hit is parsed.
+    if !event.metadata.windows(id.len()).any(|w| w == id.as_bytes()) {
+        return false;
+    }
+    event
+        .metadata_json()
+        .get("$commandId")
+        .and_then(|v| v.as_str())
+        == Some(id)
 }
 
 /// Loads aggregates and executes commands against them: load, decide, append with the loaded
@@ -199,13 +219,21 @@ impl<D: Decider> Repository<D> {
     /// Loads an aggregate by replaying its events.
     pub async fn load(&self, id: &str) -> Result<Loaded<D::State>, RepositoryError<D::Error>> {
         let stream = self.stream(id)?;
-        self.load_stream(&stream).await
+        Ok(self.load_stream(&stream, None).await?.0)
     }
 
+    /// Loads the stream; with `command`, also tells whether that command produced any of its
+    /// events (looking up to [`DUPLICATE_WINDOW`] events before a snapshot).
     async fn load_stream(
         &self,
         stream: &StreamName,
-    ) -> Result<Loaded<D::State>, RepositoryError<D::Error>> {
+        command: Option<uuid::Uuid>,
+    ) -> Result<(Loaded<D::State>, bool), RepositoryError<D::Error>> {
+        let command = command.map(|id| id.to_string());
+        let produced = |event: &factum_core::RecordedEvent| {
+            command.as_deref().is_some_and(|id| produced_by(event, id))
+        };
+        let mut seen = false;
         let found = match &self.snapshots {
             Some(snapshots) => snapshots.load(self.store.as_ref(), stream).await?,
             None => None,
@@ -218,7 +246,15 @@ impl<D: Decider> Repository<D> {
         let mut state = Some(start);
         let mut revision = snapshot;
         let mut replayed = 0;
+        if let (Some(_), Some(snapshot)) = (&command, snapshot) {
+            let before = self
+                .store
+                .read_stream(stream, snapshot, Direction::Backwards, DUPLICATE_WINDOW)
+                .await?;
+            seen = before.iter().any(produced);
+        }
         replay_stream(self.store.as_ref(), stream, from, |recorded| {
+            seen = seen || produced(recorded);
             let event = self.codec.decode(&self.decider, recorded)?;
             state = state.take().map(|state| self.decider.evolve(state, &event));
             revision = Some(recorded.revision);
@@ -227,12 +263,13 @@ impl<D: Decider> Repository<D> {
         })
         .await?;
         let state = state.unwrap_or_else(|| self.decider.initial_state());
-        Ok(Loaded {
+        let loaded = Loaded {
             state,
             revision,
             snapshot,
             replayed,
-        })
+        };
+        Ok((loaded, seen))
     }
 
     /// After `events` were stored (the last with `last_id` at `revision`), saves a snapshot if
@@ -264,6 +301,11 @@ impl<D: Decider> Repository<D> {
 
     /// Executes a command against aggregate `id`. Its events carry the context's correlation
     /// and causation ids. A rejection writes nothing.
+    ///
+    /// An idempotent context ([`CommandContext::with_id`], [`CommandContext::from_message`])
+    /// is executed at most once per aggregate: when the stream already holds events of its
+    /// command id, nothing is decided or written and [`Executed::duplicate`] is set. The check
+    /// and the append are one step, since the append expects the revision the check saw.
     pub async fn execute(
         &self,
         id: &str,
@@ -272,7 +314,17 @@ impl<D: Decider> Repository<D> {
     ) -> Result<Executed<D::Event>, RepositoryError<D::Error>> {
         let stream = self.stream(id)?;
         for attempt in 1..=self.attempts_max {
-            let loaded = self.load_stream(&stream).await?;
+            let command_id = context.idempotent.then_some(context.command_id);
+            let (loaded, duplicate) = self.load_stream(&stream, command_id).await?;
+            if duplicate {
+                return Ok(Executed {
+                    events: Vec::new(),
+                    revision: loaded.revision,
+                    position: None,
+                    attempts: attempt,
+                    duplicate: true,
+                });
+            }
             let events = self
                 .decider
                 .decide(&loaded.state, &command)
@@ -283,6 +335,7 @@ impl<D: Decider> Repository<D> {
                     revision: loaded.revision,
                     position: None,
                     attempts: attempt,
+                    duplicate: false,
                 });
             }
             let encoded = events
@@ -303,6 +356,7 @@ impl<D: Decider> Repository<D> {
                         revision: Some(result.last_revision),
                         position: Some(result.position),
                         attempts: attempt,
+                        duplicate: false,
                     });
                 }
                 Err(StoreError::WrongExpectedRevision { .. }) => {

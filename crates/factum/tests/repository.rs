@@ -251,6 +251,8 @@ struct Interfering {
     inner: MemoryStore,
     foreign_writes: AtomicU64,
     every_time: bool,
+    /// The foreign write's metadata (default: version 2 and nothing else).
+    foreign_metadata: Option<serde_json::Value>,
 }
 
 #[async_trait]
@@ -264,7 +266,10 @@ impl EventStore for Interfering {
     ) -> Result<AppendResult, StoreError> {
         if self.every_time || self.foreign_writes.load(Ordering::SeqCst) == 0 {
             self.foreign_writes.fetch_add(1, Ordering::SeqCst);
-            let foreign = raw("Deposited", serde_json::json!({"cents": 1}), Some(2));
+            let mut foreign = raw("Deposited", serde_json::json!({"cents": 1}), Some(2));
+            if let Some(metadata) = &self.foreign_metadata {
+                foreign = foreign.with_metadata(metadata).unwrap();
+            }
             self.inner
                 .append(stream, ExpectedState::Any, vec![foreign])
                 .await?;
@@ -339,6 +344,7 @@ async fn a_conflict_is_decided_again_on_the_new_state() {
         inner: MemoryStore::new(),
         foreign_writes: AtomicU64::new(0),
         every_time: false,
+        foreign_metadata: None,
     });
     let accounts = Repository::with_store(store.clone(), Accounts);
     let done = accounts
@@ -360,6 +366,7 @@ async fn a_command_that_keeps_losing_gives_up_and_writes_nothing_of_its_own() {
         inner: MemoryStore::new(),
         foreign_writes: AtomicU64::new(0),
         every_time: true,
+        foreign_metadata: None,
     });
     let accounts = Repository::with_store(store.clone(), Accounts).with_attempts_max(3);
     match accounts
@@ -376,5 +383,90 @@ async fn a_command_that_keeps_losing_gives_up_and_writes_nothing_of_its_own() {
         accounts.load("d").await.unwrap().state.cents,
         3,
         "only the foreign deposits"
+    );
+}
+
+#[tokio::test]
+async fn an_idempotent_command_is_executed_once_per_aggregate() {
+    let accounts = Repository::new(MemoryStore::new(), Accounts);
+    let delivery = CommandContext::from_message("msg-1", Some("corr-1"));
+    let first = accounts
+        .execute("e", Command::Deposit(7), &delivery)
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    // Other commands in between do not hide the first delivery's events.
+    accounts
+        .execute("e", Command::Deposit(1), &CommandContext::new())
+        .await
+        .unwrap();
+    let again = accounts
+        .execute("e", Command::Deposit(7), &delivery)
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!((again.revision, again.position), (Some(1), None));
+    assert!(again.events.is_empty());
+    assert_eq!(accounts.load("e").await.unwrap().state.cents, 8);
+
+    // The same message on another aggregate is another effect; another message is new.
+    let other = accounts
+        .execute("f", Command::Deposit(7), &delivery)
+        .await
+        .unwrap();
+    assert!(!other.duplicate);
+    let next = CommandContext::from_message("msg-2", Some("corr-1"));
+    assert!(
+        !accounts
+            .execute("e", Command::Deposit(7), &next)
+            .await
+            .unwrap()
+            .duplicate
+    );
+    assert_eq!(accounts.load("e").await.unwrap().state.cents, 15);
+
+    // The events carry the message as their cause, and its correlation.
+    let stored = accounts
+        .store()
+        .read_stream(
+            &StreamName::user("account-e").unwrap(),
+            0,
+            Direction::Forwards,
+            1,
+        )
+        .await
+        .unwrap();
+    let metadata = stored[0].metadata_json();
+    assert_eq!(metadata["$causationId"], "msg-1");
+    assert_eq!(metadata["$correlationId"], "corr-1");
+    assert_eq!(
+        metadata["$commandId"],
+        CommandContext::derived_id("msg-1", "message").to_string()
+    );
+}
+
+#[tokio::test]
+async fn an_idempotent_command_that_loses_a_race_to_its_own_redelivery_is_a_duplicate() {
+    // The other delivery of the same message appends between this one's load and append: the
+    // append conflicts, the command is loaded again, and finds the other delivery's events.
+    let delivery = CommandContext::from_message("msg-race", None);
+    let store = Arc::new(Interfering {
+        inner: MemoryStore::new(),
+        foreign_writes: AtomicU64::new(0),
+        every_time: false,
+        foreign_metadata: Some(delivery.metadata(2)),
+    });
+    let accounts = Repository::with_store(store.clone(), Accounts);
+    let done = accounts
+        .execute("g", Command::Deposit(5), &delivery)
+        .await
+        .unwrap();
+    assert!(done.duplicate, "{done:?}");
+    assert_eq!(done.attempts, 2);
+    assert_eq!(store.foreign_writes.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        accounts.load("g").await.unwrap().state.cents,
+        1,
+        "one deposit"
     );
 }

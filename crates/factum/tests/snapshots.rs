@@ -285,3 +285,37 @@ async fn snapshots_survive_reopening_the_engine() {
     assert_eq!(loaded.replayed, 40);
     assert_eq!(loaded.state.entries, 120);
 }
+
+#[tokio::test]
+async fn an_idempotent_command_is_recognised_behind_a_snapshot_within_the_window() {
+    for (store, _dir) in stores().await {
+        let ledgers = repository(&store, 10, 1);
+        let delivery = CommandContext::from_message("msg-snap", None);
+        ledgers.execute("d", 2, &delivery).await.unwrap();
+        for _ in 0..30 {
+            execute(&ledgers, "d", 1).await;
+        }
+        let loaded = ledgers.load("d").await.unwrap();
+        assert!(
+            loaded.snapshot.unwrap() > 1,
+            "the delivery is behind the snapshot"
+        );
+        let again = ledgers.execute("d", 2, &delivery).await.unwrap();
+        assert!(again.duplicate);
+        assert_eq!(ledgers.load("d").await.unwrap().state.entries, 32);
+
+        // Past the window, only the snapshot's state is left to go by: executed again.
+        let old = CommandContext::from_message("msg-old", None);
+        ledgers.execute("e", 1, &old).await.unwrap();
+        ledgers
+            .execute(
+                "e",
+                factum::DUPLICATE_WINDOW as u64 + 20,
+                &CommandContext::new(),
+            )
+            .await
+            .unwrap();
+        let executed = ledgers.execute("e", 1, &old).await.unwrap();
+        assert!(!executed.duplicate);
+    }
+}

@@ -22,7 +22,7 @@ pub fn rabbitmq_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-fn host_port(url: &str) -> String {
+pub fn host_port(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
     rest.split('/').next().unwrap().to_owned()
@@ -417,4 +417,239 @@ impl Running {
         self.task.await.unwrap().unwrap();
         self.status.borrow().clone()
     }
+}
+
+/// The service the consumer tests send commands to: a tally per order stream, counting each
+/// message it is asked to count. A message whose body says `"refuse": true` is refused.
+pub mod tally {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use factum::bus::CommandBus;
+    use factum::{Decider, Repository, ToAggregate};
+    use factum_core::{Direction, EventStore};
+    use factum_relay::{
+        Acknowledge, ConsumeError, Consumer, ConsumerStatus, Delivery, IncomingMessage,
+        MessageSource, headers,
+    };
+    use serde::{Deserialize, Serialize};
+    use tokio::sync::{oneshot, watch};
+
+    pub struct Tally;
+
+    #[derive(Serialize, Deserialize)]
+    pub enum TallyEvent {
+        Counted { message: String },
+    }
+
+    pub struct Count {
+        pub message: String,
+        pub refuse: bool,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("refused to count {0}")]
+    pub struct Refused(pub String);
+
+    impl Decider for Tally {
+        type State = u64;
+        type Command = Count;
+        type Event = TallyEvent;
+        type Error = Refused;
+        const CATEGORY: &'static str = "tally";
+        fn initial_state(&self) -> u64 {
+            0
+        }
+        fn decide(&self, _: &u64, count: &Count) -> Result<Vec<TallyEvent>, Refused> {
+            if count.refuse {
+                return Err(Refused(count.message.clone()));
+            }
+            Ok(vec![TallyEvent::Counted {
+                message: count.message.clone(),
+            }])
+        }
+        fn evolve(&self, n: u64, _: &TallyEvent) -> u64 {
+            n + 1
+        }
+    }
+
+    /// The tally service's command bus over `store`.
+    pub fn bus(store: Arc<dyn EventStore>) -> CommandBus {
+        let tallies = Arc::new(Repository::with_store(store, Tally));
+        CommandBus::builder()
+            .handle::<ToAggregate<Tally>, _>(tallies.handler())
+            .build()
+            .unwrap()
+    }
+
+    /// Which tally a message counts in (its order stream) and the command.
+    pub fn decode(message: &IncomingMessage) -> Result<(String, Count), String> {
+        let stream = message
+            .headers
+            .get(headers::STREAM)
+            .ok_or("the message names no stream")?;
+        let body: serde_json::Value = message.json()?;
+        Ok((
+            stream.clone(),
+            Count {
+                message: message.id.clone(),
+                refuse: body["refuse"].as_bool().unwrap_or(false),
+            },
+        ))
+    }
+
+    /// The `Counted` events in `store`, per tally stream, and the message ids counted.
+    pub async fn counted(store: &dyn EventStore) -> (HashMap<String, u64>, Vec<String>) {
+        let mut per_stream = HashMap::new();
+        let mut messages = Vec::new();
+        let mut from = 0;
+        loop {
+            let page = store
+                .read_all(from, Direction::Forwards, 1000)
+                .await
+                .unwrap();
+            let Some(last) = page.last() else {
+                return (per_stream, messages);
+            };
+            from = last.position + 1;
+            for event in page.iter().filter(|e| e.event_type == "Counted") {
+                *per_stream.entry(event.stream.to_string()).or_insert(0) += 1;
+                let data: serde_json::Value = serde_json::from_slice(&event.data).unwrap();
+                messages.push(data["message"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+
+    /// A source whose first `lose` acknowledgements never reach the broker, as if the
+    /// connection had dropped just before each: the broker delivers those messages again.
+    pub struct LosingAcks<S> {
+        inner: S,
+        lose: Arc<AtomicUsize>,
+        /// The real acknowledgers of the lost ones, kept unused: the deliveries stay pending.
+        kept: Vec<Box<dyn Acknowledge>>,
+    }
+
+    impl<S> LosingAcks<S> {
+        pub fn new(inner: S, lose: usize) -> Self {
+            LosingAcks {
+                inner,
+                lose: Arc::new(AtomicUsize::new(lose)),
+                kept: Vec::new(),
+            }
+        }
+    }
+
+    struct Lost;
+
+    #[async_trait::async_trait]
+    impl Acknowledge for Lost {
+        async fn ack(self: Box<Self>) -> Result<(), ConsumeError> {
+            Ok(())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl<S: MessageSource> MessageSource for LosingAcks<S> {
+        fn broker(&self) -> &'static str {
+            self.inner.broker()
+        }
+        async fn next(&mut self) -> Result<Delivery, ConsumeError> {
+            let mut delivery = self.inner.next().await?;
+            let lose = self
+                .lose
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if lose {
+                self.kept
+                    .push(std::mem::replace(&mut delivery.acker, Box::new(Lost)));
+            }
+            Ok(delivery)
+        }
+    }
+
+    /// A consumer running in a task until `stop`.
+    pub struct RunningConsumer {
+        pub status: watch::Receiver<ConsumerStatus>,
+        stop: oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<ConsumerStatus>,
+    }
+
+    pub fn spawn(consumer: Consumer, mut source: impl MessageSource + 'static) -> RunningConsumer {
+        let status = consumer.status();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            consumer
+                .run(&mut source, async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        RunningConsumer { status, stop, task }
+    }
+
+    impl RunningConsumer {
+        pub async fn stop(self) -> ConsumerStatus {
+            let _ = self.stop.send(());
+            self.task.await.unwrap()
+        }
+
+        /// Waits (at most `secs`) until `done` holds of the status.
+        pub async fn wait_for(
+            &mut self,
+            secs: u64,
+            what: &str,
+            done: impl Fn(&ConsumerStatus) -> bool,
+        ) {
+            let reached = tokio::time::timeout(
+                std::time::Duration::from_secs(secs),
+                self.status.wait_for(|s| done(s)),
+            )
+            .await
+            .is_ok();
+            assert!(
+                reached,
+                "{what}: not within {secs} s: {:?}",
+                *self.status.borrow()
+            );
+        }
+    }
+}
+
+fn rabbitmqctl(action: &str) {
+    let status = std::process::Command::new("rabbitmqctl")
+        .arg(action)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("rabbitmqctl {action}: {e}"));
+    assert!(status.success(), "rabbitmqctl {action}: {status}");
+}
+
+/// Whether `rabbitmqctl` can restart the broker; under `CI=true` it must.
+pub fn can_restart_rabbitmq() -> bool {
+    if std::process::Command::new("rabbitmqctl")
+        .arg("version")
+        .output()
+        .is_ok()
+    {
+        return true;
+    }
+    assert_ne!(
+        std::env::var("CI").as_deref(),
+        Ok("true"),
+        "CI must be able to restart RabbitMQ"
+    );
+    eprintln!("skipping: rabbitmqctl is not available to restart RabbitMQ");
+    false
+}
+
+/// Stops the RabbitMQ application for a second and starts it again.
+pub async fn restart_rabbitmq() {
+    tokio::task::spawn_blocking(|| {
+        rabbitmqctl("stop_app");
+        std::thread::sleep(Duration::from_secs(1));
+        rabbitmqctl("start_app");
+    })
+    .await
+    .unwrap();
 }

@@ -1,0 +1,838 @@
+//! Sagas (process managers, SPEC R5.4): an event of one aggregate becomes a command to
+//! another, with durable state, compensation when a step is refused, and deadlines.
+//!
+//! A [`Saga`] is written as pure functions, like a [`Decider`](crate::Decider): given an
+//! instance's state and what happened (an event, a refused command, a deadline), it returns a
+//! [`Step`]: the next state, the commands to send, the deadlines to set or cancel. A
+//! [`SagaManager`] runs it:
+//!
+//! - **Exactly once per event.** Each instance lives in its own stream `$saga-{name}-{id}`.
+//!   A step caused by an event is appended there together with the manager's checkpoint, in one
+//!   atomic write: after a crash the event is either fully taken into account or not at all.
+//! - **Commands are an outbox.** A step's commands are stored with it, each with an id derived
+//!   from its cause, and sent afterwards; sending is recorded (`SagaCommandSent`). Commands
+//!   stored but not recorded as sent are sent again after a restart, with the same ids, so a
+//!   [`Repository`](crate::Repository) executes each once (see [`CommandContext::with_id`]).
+//! - **Compensation.** A command the bus refuses (rejected by the domain, invalid, forbidden)
+//!   is handed to [`Saga::on_rejected`], whose step (compensating commands) is stored together
+//!   with the record of the refusal.
+//! - **Deadlines** are stored in the step that sets them, as wall-clock times, and fire after a
+//!   restart too: [`Saga::on_deadline`] decides what a deadline that was not cancelled does.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use factum::saga::{Saga, SagaManager, Step};
+//! use factum::{EventStore, ExpectedState, MemoryStore, NewEvent, RecordedEvent, StreamName};
+//! use serde::{Deserialize, Serialize};
+//!
+//! /// Reminds a customer who has not paid an order within the deadline.
+//! struct PaymentReminder;
+//!
+//! #[derive(Clone, Debug, Serialize, Deserialize)]
+//! enum Reminder { Send { order: String } }
+//!
+//! impl Saga for PaymentReminder {
+//!     const NAME: &'static str = "payment-reminder";
+//!     type State = bool; // paid
+//!     type Command = Reminder;
+//!     fn correlate(&self, event: &RecordedEvent) -> Option<String> {
+//!         event.stream.as_str().strip_prefix("order-").map(str::to_owned)
+//!     }
+//!     fn on_event(&self, _paid: &bool, event: &RecordedEvent) -> Option<Step<bool, Reminder>> {
+//!         match event.event_type.as_str() {
+//!             "OrderPlaced" => Some(Step::to(false).schedule("remind", Duration::from_millis(50))),
+//!             "OrderPaid" => Some(Step::to(true).cancel("remind").done()),
+//!             _ => None,
+//!         }
+//!     }
+//!     fn on_deadline(&self, paid: &bool, _deadline: &str, instance: &str)
+//!         -> Option<Step<bool, Reminder>> {
+//!         Some(Step::to(*paid).send(Reminder::Send { order: instance.to_owned() }).done())
+//!     }
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+//! for (order, events) in [("order-1", vec!["OrderPlaced", "OrderPaid"]), ("order-2", vec!["OrderPlaced"])] {
+//!     let events = events.into_iter()
+//!         .map(|t| NewEvent::json(t, &serde_json::json!({})).unwrap()).collect();
+//!     store.append(&StreamName::user(order).unwrap(), ExpectedState::Any, events).await.unwrap();
+//! }
+//! let sent = Arc::new(parking_lot::Mutex::new(Vec::new()));
+//! let outbox = sent.clone();
+//! let manager = SagaManager::new(PaymentReminder, store.clone(), move |command, _context| {
+//!     outbox.lock().push(command);
+//!     async { Ok(()) }
+//! });
+//! let mut status = manager.status();
+//! let running = tokio::spawn(async move { manager.run(std::future::pending()).await });
+//! status.wait_for(|s| s.deadlines_fired == 1 && s.commands_sent == 1).await.unwrap();
+//! assert!(matches!(&sent.lock()[..], [Reminder::Send { order }] if order == "2"));
+//! running.abort();
+//! # });
+//! ```
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use factum_core::{
+    AppendOptions, Checkpoint, EventStore, ExpectedState, NewEvent, RecordedEvent, StoreError,
+    StreamName, SubscriptionFilter,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::CommandContext;
+use crate::bus::BusError;
+use crate::replay::replay_stream;
+
+/// A process manager, as pure functions of an instance's state. One instance per correlation
+/// id ([`Saga::correlate`]); its state starts at `State::default()`.
+pub trait Saga: Send + Sync + 'static {
+    /// The saga's name: its checkpoint is `saga-{NAME}`, its instances live in
+    /// `$saga-{NAME}-{id}`.
+    const NAME: &'static str;
+    /// What an instance knows. Stored with every step, as JSON.
+    type State: Serialize + DeserializeOwned + Default + Clone + Send + Sync;
+    /// What it asks of others. Stored with the step that sends it, as JSON, until sent.
+    type Command: Serialize + DeserializeOwned + Clone + Send + Sync + std::fmt::Debug;
+
+    /// The instance an event belongs to; `None`: not this saga's business.
+    fn correlate(&self, event: &RecordedEvent) -> Option<String>;
+
+    /// What an instance does about one of its events; `None`: nothing.
+    fn on_event(
+        &self,
+        state: &Self::State,
+        event: &RecordedEvent,
+    ) -> Option<Step<Self::State, Self::Command>>;
+
+    /// One of the instance's commands was refused (`reason`): what it does to compensate.
+    /// By default, nothing.
+    fn on_rejected(
+        &self,
+        state: &Self::State,
+        command: &Self::Command,
+        reason: &str,
+    ) -> Option<Step<Self::State, Self::Command>> {
+        let _ = (state, command, reason);
+        None
+    }
+
+    /// A deadline of instance `instance` came without being cancelled. By default, nothing.
+    fn on_deadline(
+        &self,
+        state: &Self::State,
+        deadline: &str,
+        instance: &str,
+    ) -> Option<Step<Self::State, Self::Command>> {
+        let _ = (state, deadline, instance);
+        None
+    }
+}
+
+/// What a saga instance does next: its new state, the commands it sends, the deadlines it sets
+/// or cancels, and whether it is finished (a finished instance takes no more events, and its
+/// deadlines are dropped).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step<S, C> {
+    state: S,
+    commands: Vec<C>,
+    schedule: Vec<(String, Duration)>,
+    cancel: Vec<String>,
+    done: bool,
+}
+
+impl<S, C> Step<S, C> {
+    /// Moves to `state`.
+    pub fn to(state: S) -> Self {
+        Step {
+            state,
+            commands: Vec::new(),
+            schedule: Vec::new(),
+            cancel: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// Sends `command` (after the step is stored).
+    pub fn send(mut self, command: C) -> Self {
+        self.commands.push(command);
+        self
+    }
+
+    /// Sets the deadline `name`, `after` from now.
+    pub fn schedule(mut self, name: impl Into<String>, after: Duration) -> Self {
+        self.schedule.push((name.into(), after));
+        self
+    }
+
+    /// Cancels every pending deadline called `name`.
+    pub fn cancel(mut self, name: impl Into<String>) -> Self {
+        self.cancel.push(name.into());
+        self
+    }
+
+    /// The instance is finished.
+    pub fn done(mut self) -> Self {
+        self.done = true;
+        self
+    }
+}
+
+const STEPPED: &str = "SagaStepped";
+const SENT: &str = "SagaCommandSent";
+const REJECTED: &str = "SagaCommandRejected";
+
+/// A stored command of a step.
+#[derive(Clone, Serialize, Deserialize)]
+struct StoredCommand {
+    id: Uuid,
+    command: serde_json::Value,
+}
+
+/// A stored deadline.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StoredDeadline {
+    id: Uuid,
+    name: String,
+    /// Milliseconds since the Unix epoch.
+    due_ms: u64,
+}
+
+/// A step as stored in the instance's stream.
+#[derive(Serialize, Deserialize)]
+struct Stepped {
+    /// What caused it: an event id, `rejected:{command id}` or `deadline:{deadline id}`.
+    cause: String,
+    correlation_id: String,
+    state: serde_json::Value,
+    commands: Vec<StoredCommand>,
+    scheduled: Vec<StoredDeadline>,
+    cancelled: Vec<String>,
+    /// The deadline this step is the firing of.
+    #[serde(default)]
+    fired: Option<Uuid>,
+    done: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Outcome {
+    command_id: Uuid,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// A command waiting to be sent.
+#[derive(Clone)]
+struct Pending {
+    instance: String,
+    id: Uuid,
+    command: serde_json::Value,
+    correlation_id: String,
+    cause: String,
+}
+
+/// An instance as replayed from its stream.
+struct Instance<S> {
+    stream: StreamName,
+    revision: Option<u64>,
+    state: S,
+    correlation_id: String,
+    pending: Vec<Pending>,
+    deadlines: Vec<StoredDeadline>,
+    done: bool,
+}
+
+/// What a saga manager has done since it started.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SagaStatus {
+    /// The last position of `$all` taken into account.
+    pub checkpoint: Option<u64>,
+    /// Steps stored.
+    pub steps: u64,
+    /// Commands sent and accepted.
+    pub commands_sent: u64,
+    /// Commands refused (and handed to [`Saga::on_rejected`]).
+    pub commands_rejected: u64,
+    /// Deadlines fired.
+    pub deadlines_fired: u64,
+    /// Deadlines waiting.
+    pub deadlines_pending: usize,
+    /// Failures (a command that could not be sent yet, the store), each retried.
+    pub failures: u64,
+    /// The last failure.
+    pub last_error: Option<String>,
+}
+
+/// What the manager sends a command with: usually the command bus, e.g.
+/// `bus.send(ToAggregate::<Stock>::new(..), context)`. The context carries the command's id,
+/// derived from its cause, and is idempotent.
+pub type Dispatch<C> = Arc<
+    dyn Fn(C, CommandContext) -> Pin<Box<dyn Future<Output = Result<(), BusError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Why a saga manager stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SagaError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored step or command no longer decodes with today's types.
+    #[error("saga {saga}: a stored step does not decode: {reason}")]
+    Decode {
+        /// The saga.
+        saga: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs a [`Saga`] over a store: follows `$all` from its checkpoint, stores each step in the
+/// instance's stream, sends the commands and fires the deadlines. Run one manager per saga.
+pub struct SagaManager<G: Saga> {
+    saga: G,
+    store: Arc<dyn EventStore>,
+    dispatch: Dispatch<G::Command>,
+    retry: Duration,
+    status: watch::Sender<SagaStatus>,
+}
+
+/// Positions passed without a step before the checkpoint is saved on its own.
+const SAVE_EVERY: u64 = 1024;
+
+impl<G: Saga> SagaManager<G> {
+    /// A manager of `saga` over `store`, sending commands with `dispatch`.
+    pub fn new<F, Fut>(saga: G, store: Arc<dyn EventStore>, dispatch: F) -> Self
+    where
+        F: Fn(G::Command, CommandContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BusError>> + Send + 'static,
+    {
+        let (status, _) = watch::channel(SagaStatus::default());
+        SagaManager {
+            saga,
+            store,
+            dispatch: Arc::new(move |command, context| Box::pin(dispatch(command, context))),
+            retry: Duration::from_millis(200),
+            status,
+        }
+    }
+
+    /// The checkpoint's name: `saga-{NAME}`.
+    pub fn checkpoint_name() -> String {
+        format!("saga-{}", G::NAME)
+    }
+
+    /// The stream of instance `id`: `$saga-{NAME}-{id}`.
+    pub fn instance_stream(id: &str) -> Result<StreamName, StoreError> {
+        crate::toolkit_stream("saga", &format!("{}-{id}", G::NAME))
+    }
+
+    /// Follows what the manager does.
+    pub fn status(&self) -> watch::Receiver<SagaStatus> {
+        self.status.subscribe()
+    }
+
+    /// The state of instance `id` as stored (`None`: no such instance).
+    pub async fn state(&self, id: &str) -> Result<Option<G::State>, SagaError> {
+        let instance = self.load(id).await?;
+        Ok(instance.revision.map(|_| instance.state))
+    }
+
+    fn decode_error(reason: impl std::fmt::Display) -> SagaError {
+        SagaError::Decode {
+            saga: G::NAME,
+            reason: reason.to_string(),
+        }
+    }
+
+    async fn load(&self, id: &str) -> Result<Instance<G::State>, SagaError> {
+        let stream = Self::instance_stream(id)?;
+        let mut instance = Instance {
+            stream: stream.clone(),
+            revision: None,
+            state: G::State::default(),
+            correlation_id: String::new(),
+            pending: Vec::new(),
+            deadlines: Vec::new(),
+            done: false,
+        };
+        let mut finished: HashSet<Uuid> = HashSet::new();
+        let mut state = None;
+        replay_stream(self.store.as_ref(), &stream, 0, |record| {
+            instance.revision = Some(record.revision);
+            match record.event_type.as_str() {
+                STEPPED => {
+                    let step: Stepped =
+                        serde_json::from_slice(&record.data).map_err(Self::decode_error)?;
+                    instance.correlation_id = step.correlation_id.clone();
+                    instance.deadlines = deadlines_after(&instance.deadlines, &step);
+                    instance
+                        .pending
+                        .extend(step.commands.into_iter().map(|c| Pending {
+                            instance: id.to_owned(),
+                            id: c.id,
+                            command: c.command,
+                            correlation_id: step.correlation_id.clone(),
+                            cause: step.cause.clone(),
+                        }));
+                    instance.done = step.done;
+                    state = Some(step.state);
+                }
+                SENT | REJECTED => {
+                    let outcome: Outcome =
+                        serde_json::from_slice(&record.data).map_err(Self::decode_error)?;
+                    finished.insert(outcome.command_id);
+                }
+                _ => {}
+            }
+            Ok::<_, SagaError>(())
+        })
+        .await?;
+        instance.pending.retain(|p| !finished.contains(&p.id));
+        if let Some(state) = state {
+            instance.state = serde_json::from_value(state).map_err(Self::decode_error)?;
+        }
+        Ok(instance)
+    }
+
+    /// The stored form of `step`, caused by `cause`.
+    fn stepped(
+        &self,
+        instance: &str,
+        cause: String,
+        correlation_id: String,
+        step: Step<G::State, G::Command>,
+        fired: Option<Uuid>,
+    ) -> Result<(Stepped, Vec<Pending>), SagaError> {
+        let source = format!("{instance}/{cause}");
+        let mut commands = Vec::new();
+        for (n, command) in step.commands.iter().enumerate() {
+            commands.push(StoredCommand {
+                id: CommandContext::derived_id(&source, &format!("command/{n}")),
+                command: serde_json::to_value(command).map_err(Self::decode_error)?,
+            });
+        }
+        let due = now_ms();
+        let scheduled = step
+            .schedule
+            .iter()
+            .map(|(name, after)| StoredDeadline {
+                id: CommandContext::derived_id(&source, &format!("deadline/{name}")),
+                name: name.clone(),
+                due_ms: due + after.as_millis() as u64,
+            })
+            .collect();
+        let pending = commands
+            .iter()
+            .map(|c| Pending {
+                instance: instance.to_owned(),
+                id: c.id,
+                command: c.command.clone(),
+                correlation_id: correlation_id.clone(),
+                cause: cause.clone(),
+            })
+            .collect();
+        let stepped = Stepped {
+            cause,
+            correlation_id,
+            state: serde_json::to_value(&step.state).map_err(Self::decode_error)?,
+            commands,
+            scheduled,
+            cancelled: step.cancel,
+            fired,
+            done: step.done,
+        };
+        Ok((stepped, pending))
+    }
+
+    fn expected(instance: &Instance<G::State>) -> ExpectedState {
+        match instance.revision {
+            None => ExpectedState::NoStream,
+            Some(revision) => ExpectedState::Exact(revision),
+        }
+    }
+
+    fn failed(&self, error: &str) {
+        tracing::warn!(saga = G::NAME, %error, "saga failure; trying again");
+        self.status.send_modify(|s| {
+            s.failures += 1;
+            s.last_error = Some(error.to_owned());
+        });
+    }
+
+    /// Runs until `shutdown` completes: sends what earlier runs stored but did not send, then
+    /// follows `$all` from the checkpoint and fires deadlines as they come due.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), SagaError> {
+        tokio::pin!(shutdown);
+        let mut deadlines = Deadlines::default();
+        let mut outbox: VecDeque<Pending> = VecDeque::new();
+        let prefix = format!("$saga-{}-", G::NAME);
+        for id in crate::processor::names_after(self.store.as_ref(), &prefix).await? {
+            let instance = self.load(&id).await?;
+            outbox.extend(instance.pending);
+            deadlines.set(id, instance.deadlines);
+        }
+        let consumer = Self::checkpoint_name();
+        let mut saved = self.store.read_checkpoint(&consumer).await?;
+        self.status.send_modify(|s| s.checkpoint = saved);
+        let start = saved.map_or(0, |p| p + 1);
+        let mut subscription = self
+            .store
+            .subscribe_all(start, SubscriptionFilter::default());
+        let mut last = saved;
+        loop {
+            while let Some(pending) = outbox.pop_front() {
+                let after = tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    after = self.send(pending) => after?,
+                };
+                Self::queue(after, &mut outbox, &mut deadlines);
+            }
+            let pending = deadlines.pending();
+            self.status.send_modify(|s| s.deadlines_pending = pending);
+            let wait = deadlines
+                .next_due()
+                .map(|due| Duration::from_millis(due.saturating_sub(now_ms())));
+            let sleep = async {
+                match wait {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = sleep => {
+                    if let Some((id, deadline)) = deadlines.pop() {
+                        let after = self.fire(&id, deadline).await?;
+                        Self::queue(after, &mut outbox, &mut deadlines);
+                    }
+                }
+                event = subscription.next() => {
+                    let event = event?;
+                    let position = event.position;
+                    match self.take(&event, &consumer).await? {
+                        Some(after) => {
+                            Self::queue(after, &mut outbox, &mut deadlines);
+                            saved = Some(position);
+                        }
+                        None if saved.is_none_or(|s| position >= s + SAVE_EVERY) => {
+                            match self.store.save_checkpoint(&consumer, position).await {
+                                Ok(_) | Err(StoreError::CheckpointBehind { .. }) => {
+                                    saved = Some(position);
+                                }
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
+                        None => {}
+                    }
+                    last = Some(position);
+                    self.status.send_modify(|s| s.checkpoint = Some(position));
+                }
+            }
+        }
+        // What was passed over since the last save is not taken again.
+        if let Some(position) = last
+            && saved.is_none_or(|s| position > s)
+        {
+            match self.store.save_checkpoint(&consumer, position).await {
+                Ok(_) | Err(StoreError::CheckpointBehind { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn queue(after: After, outbox: &mut VecDeque<Pending>, deadlines: &mut Deadlines) {
+        outbox.extend(after.pending);
+        if let Some((id, list)) = after.deadlines {
+            deadlines.set(id, list);
+        }
+    }
+
+    /// Stores `step` of `instance` (with `options`, and `first` before it); returns what is
+    /// left to do.
+    #[allow(clippy::too_many_arguments)]
+    async fn store_step(
+        &self,
+        id: &str,
+        instance: &Instance<G::State>,
+        cause: String,
+        correlation_id: String,
+        step: Step<G::State, G::Command>,
+        fired: Option<Uuid>,
+        first: Option<NewEvent>,
+        options: AppendOptions,
+    ) -> Result<After, SagaError> {
+        let (stepped, pending) = self.stepped(id, cause, correlation_id, step, fired)?;
+        let deadlines = deadlines_after(&instance.deadlines, &stepped);
+        let mut records: Vec<NewEvent> = first.into_iter().collect();
+        records.push(NewEvent::json(STEPPED, &stepped)?);
+        self.store
+            .append_with(&instance.stream, Self::expected(instance), records, options)
+            .await?;
+        self.status.send_modify(|s| s.steps += 1);
+        Ok(After {
+            pending,
+            deadlines: Some((id.to_owned(), deadlines)),
+        })
+    }
+
+    /// Takes one event of `$all`: the step of its instance, stored with the checkpoint.
+    async fn take(
+        &self,
+        event: &RecordedEvent,
+        consumer: &str,
+    ) -> Result<Option<After>, SagaError> {
+        if event.stream.is_system() {
+            return Ok(None);
+        }
+        let Some(id) = self.saga.correlate(event) else {
+            return Ok(None);
+        };
+        let instance = self.load(&id).await?;
+        if instance.done {
+            return Ok(None);
+        }
+        let Some(step) = self.saga.on_event(&instance.state, event) else {
+            return Ok(None);
+        };
+        let correlation_id = event
+            .metadata_json()
+            .get("$correlationId")
+            .and_then(|v| v.as_str())
+            .map_or_else(|| event.id.to_string(), str::to_owned);
+        let options = AppendOptions {
+            checkpoint: Some(Checkpoint {
+                consumer: consumer.to_owned(),
+                position: event.position,
+            }),
+        };
+        let cause = event.id.to_string();
+        match self
+            .store_step(
+                &id,
+                &instance,
+                cause,
+                correlation_id,
+                step,
+                None,
+                None,
+                options,
+            )
+            .await
+        {
+            Ok(after) => Ok(Some(after)),
+            // Taken before, by a run whose checkpoint was not read back.
+            Err(SagaError::Store(StoreError::CheckpointBehind { .. })) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fires deadline `deadline` of instance `id`, if it is still pending.
+    async fn fire(&self, id: &str, deadline: Uuid) -> Result<After, SagaError> {
+        let instance = self.load(id).await?;
+        let Some(found) = instance.deadlines.iter().find(|d| d.id == deadline) else {
+            return Ok(After::nothing());
+        };
+        let step = self
+            .saga
+            .on_deadline(&instance.state, &found.name, id)
+            .unwrap_or_else(|| Step::to(instance.state.clone()));
+        let cause = format!("deadline:{deadline}");
+        let correlation_id = instance.correlation_id.clone();
+        let after = self
+            .store_step(
+                id,
+                &instance,
+                cause,
+                correlation_id,
+                step,
+                Some(deadline),
+                None,
+                AppendOptions::default(),
+            )
+            .await?;
+        self.status.send_modify(|s| s.deadlines_fired += 1);
+        Ok(after)
+    }
+
+    /// Sends one stored command until the bus accepts or refuses it; records which. A refusal
+    /// is handed to [`Saga::on_rejected`], whose step is stored with the record of it.
+    async fn send(&self, pending: Pending) -> Result<After, SagaError> {
+        let command: G::Command =
+            serde_json::from_value(pending.command.clone()).map_err(Self::decode_error)?;
+        let context = CommandContext {
+            command_id: pending.id,
+            correlation_id: pending.correlation_id.clone(),
+            causation_id: pending.cause.clone(),
+            user: None,
+            idempotent: true,
+        };
+        let mut delay = self.retry;
+        let refused = loop {
+            match (self.dispatch)(command.clone(), context.clone()).await {
+                Ok(()) => break None,
+                Err(BusError::Failed(reason)) => {
+                    self.failed(&format!("sending {command:?}: {reason}"));
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(refused) => break Some(refused.to_string()),
+            }
+        };
+        let instance = self.load(&pending.instance).await?;
+        if !instance.pending.iter().any(|p| p.id == pending.id) {
+            return Ok(After::nothing());
+        }
+        let outcome = Outcome {
+            command_id: pending.id,
+            reason: refused.clone(),
+        };
+        let Some(reason) = refused else {
+            let record = NewEvent::json(SENT, &outcome)?;
+            self.store
+                .append(&instance.stream, Self::expected(&instance), vec![record])
+                .await?;
+            self.status.send_modify(|s| s.commands_sent += 1);
+            return Ok(After::nothing());
+        };
+        tracing::info!(saga = G::NAME, instance = %pending.instance, ?command, %reason, "command refused; compensating");
+        let record = NewEvent::json(REJECTED, &outcome)?;
+        let after = match self.saga.on_rejected(&instance.state, &command, &reason) {
+            Some(step) => {
+                self.store_step(
+                    &pending.instance,
+                    &instance,
+                    format!("rejected:{}", pending.id),
+                    instance.correlation_id.clone(),
+                    step,
+                    None,
+                    Some(record),
+                    AppendOptions::default(),
+                )
+                .await?
+            }
+            None => {
+                self.store
+                    .append(&instance.stream, Self::expected(&instance), vec![record])
+                    .await?;
+                After::nothing()
+            }
+        };
+        // Counted once the refusal is stored, like every other figure here.
+        self.status.send_modify(|s| s.commands_rejected += 1);
+        Ok(after)
+    }
+}
+
+/// The deadlines of an instance that had `before` once `stepped` is stored.
+fn deadlines_after(before: &[StoredDeadline], stepped: &Stepped) -> Vec<StoredDeadline> {
+    if stepped.done {
+        return Vec::new();
+    }
+    before
+        .iter()
+        .filter(|d| Some(d.id) != stepped.fired && !stepped.cancelled.contains(&d.name))
+        .chain(&stepped.scheduled)
+        .cloned()
+        .collect()
+}
+
+/// What storing a step left to do: commands to send, and the instance's deadlines now.
+struct After {
+    pending: Vec<Pending>,
+    deadlines: Option<(String, Vec<StoredDeadline>)>,
+}
+
+impl After {
+    fn nothing() -> Self {
+        After {
+            pending: Vec::new(),
+            deadlines: None,
+        }
+    }
+}
+
+/// The deadlines waiting, by instance, and a queue of them by due time (whose entries are
+/// checked against the first on the way out).
+#[derive(Default)]
+struct Deadlines {
+    live: HashMap<String, Vec<StoredDeadline>>,
+    queue: BinaryHeap<Reverse<(u64, String, Uuid)>>,
+}
+
+impl Deadlines {
+    fn set(&mut self, instance: String, deadlines: Vec<StoredDeadline>) {
+        for d in &deadlines {
+            self.queue.push(Reverse((d.due_ms, instance.clone(), d.id)));
+        }
+        if deadlines.is_empty() {
+            self.live.remove(&instance);
+        } else {
+            self.live.insert(instance, deadlines);
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.live.values().map(Vec::len).sum()
+    }
+
+    /// When the next live deadline is due, dropping queue entries no longer live.
+    fn next_due(&mut self) -> Option<u64> {
+        while let Some(Reverse((due, instance, id))) = self.queue.peek() {
+            let live = self
+                .live
+                .get(instance)
+                .is_some_and(|list| list.iter().any(|d| d.id == *id));
+            if live {
+                return Some(*due);
+            }
+            self.queue.pop();
+        }
+        None
+    }
+
+    fn pop(&mut self) -> Option<(String, Uuid)> {
+        self.queue
+            .pop()
+            .map(|Reverse((_, instance, id))| (instance, id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_collects_what_it_does() {
+        let step: Step<u8, &str> = Step::to(1)
+            .send("a")
+            .send("b")
+            .schedule("pay", Duration::from_secs(1))
+            .cancel("remind")
+            .done();
+        assert_eq!(step.commands, vec!["a", "b"]);
+        assert_eq!(
+            step.schedule,
+            vec![("pay".to_owned(), Duration::from_secs(1))]
+        );
+        assert_eq!(step.cancel, vec!["remind".to_owned()]);
+        assert!(step.done);
+    }
+}

@@ -1,0 +1,593 @@
+//! Sagas: a transfer between accounts, with a refund when the credit is refused or does not
+//! come before the deadline; exactly once across restarts, on the engine.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use factum::bus::{BusError, CommandBus};
+use factum::saga::{Saga, SagaManager, SagaStatus, Step};
+use factum::{
+    CommandContext, Decider, Direction, EventStore, ExpectedState, MemoryStore, NewEvent,
+    RecordedEvent, Repository, StreamName, ToAggregate,
+};
+use factum_engine::{Engine, Options};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum AccountEvent {
+    Opened { cents: u64 },
+    Closed,
+    Debited { transfer: String, cents: u64 },
+    Credited { transfer: String, cents: u64 },
+    Refunded { transfer: String, cents: u64 },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum AccountCommand {
+    Open { cents: u64 },
+    Close,
+    Debit { transfer: String, cents: u64 },
+    Credit { transfer: String, cents: u64 },
+    Refund { transfer: String, cents: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AccountError {
+    #[error("insufficient funds")]
+    InsufficientFunds,
+    #[error("the account is closed")]
+    Closed,
+}
+
+#[derive(Default)]
+struct Balance {
+    cents: u64,
+    closed: bool,
+}
+
+struct Accounts;
+
+impl Decider for Accounts {
+    type State = Balance;
+    type Command = AccountCommand;
+    type Event = AccountEvent;
+    type Error = AccountError;
+    const CATEGORY: &'static str = "account";
+
+    fn initial_state(&self) -> Balance {
+        Balance::default()
+    }
+
+    fn decide(
+        &self,
+        state: &Balance,
+        command: &AccountCommand,
+    ) -> Result<Vec<AccountEvent>, AccountError> {
+        use AccountCommand as C;
+        use AccountEvent as E;
+        Ok(vec![match command.clone() {
+            C::Open { cents } => E::Opened { cents },
+            C::Close => E::Closed,
+            C::Debit { .. } | C::Credit { .. } if state.closed => return Err(AccountError::Closed),
+            C::Debit { cents, .. } if cents > state.cents => {
+                return Err(AccountError::InsufficientFunds);
+            }
+            C::Debit { transfer, cents } => E::Debited { transfer, cents },
+            C::Credit { transfer, cents } => E::Credited { transfer, cents },
+            C::Refund { transfer, cents } => E::Refunded { transfer, cents },
+        }])
+    }
+
+    fn evolve(&self, mut state: Balance, event: &AccountEvent) -> Balance {
+        match event {
+            AccountEvent::Opened { cents } => state.cents = *cents,
+            AccountEvent::Closed => state.closed = true,
+            AccountEvent::Debited { cents, .. } => state.cents -= cents,
+            AccountEvent::Credited { cents, .. } | AccountEvent::Refunded { cents, .. } => {
+                state.cents += cents;
+            }
+        }
+        state
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+enum Stage {
+    #[default]
+    New,
+    Debiting,
+    Crediting,
+    Refunding,
+    Completed,
+    Failed,
+    Refunded,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Transfer {
+    from: String,
+    to: String,
+    cents: u64,
+    stage: Stage,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ToAccount {
+    account: String,
+    command: AccountCommand,
+}
+
+/// Moves money from one account to another: debit, then credit; a refused credit, or one
+/// that has not come when the deadline does, is compensated by refunding the debit.
+struct TransferSaga;
+
+impl Saga for TransferSaga {
+    const NAME: &'static str = "transfer";
+    type State = Transfer;
+    type Command = ToAccount;
+
+    fn correlate(&self, event: &RecordedEvent) -> Option<String> {
+        let data: serde_json::Value = serde_json::from_slice(&event.data).ok()?;
+        match event.stream.as_str().strip_prefix("transfer-") {
+            Some(id) => Some(id.to_owned()),
+            None => data.get("transfer")?.as_str().map(str::to_owned),
+        }
+    }
+
+    fn on_event(&self, t: &Transfer, event: &RecordedEvent) -> Option<Step<Transfer, ToAccount>> {
+        let data: serde_json::Value = serde_json::from_slice(&event.data).ok()?;
+        let id = self.correlate(event)?;
+        let to = |account: &str, command| ToAccount {
+            account: account.to_owned(),
+            command,
+        };
+        match event.event_type.as_str() {
+            "TransferRequested" => {
+                let t = Transfer {
+                    from: data["from"].as_str()?.to_owned(),
+                    to: data["to"].as_str()?.to_owned(),
+                    cents: data["cents"].as_u64()?,
+                    stage: Stage::Debiting,
+                };
+                let debit = AccountCommand::Debit {
+                    transfer: id,
+                    cents: t.cents,
+                };
+                let expire = Duration::from_millis(data["expire_ms"].as_u64()?);
+                Some(
+                    Step::to(t.clone())
+                        .send(to(&t.from, debit))
+                        .schedule("expire", expire),
+                )
+            }
+            "Debited" if t.stage == Stage::Debiting => {
+                let credit = AccountCommand::Credit {
+                    transfer: id,
+                    cents: t.cents,
+                };
+                let next = Transfer {
+                    stage: Stage::Crediting,
+                    ..t.clone()
+                };
+                Some(Step::to(next).send(to(&t.to, credit)))
+            }
+            "Credited" if t.stage == Stage::Crediting => {
+                let next = Transfer {
+                    stage: Stage::Completed,
+                    ..t.clone()
+                };
+                Some(Step::to(next).cancel("expire").done())
+            }
+            "Refunded" => {
+                let next = Transfer {
+                    stage: Stage::Refunded,
+                    ..t.clone()
+                };
+                Some(Step::to(next).done())
+            }
+            _ => None,
+        }
+    }
+
+    fn on_rejected(
+        &self,
+        t: &Transfer,
+        command: &ToAccount,
+        _: &str,
+    ) -> Option<Step<Transfer, ToAccount>> {
+        match &command.command {
+            AccountCommand::Debit { .. } => Some(
+                Step::to(Transfer {
+                    stage: Stage::Failed,
+                    ..t.clone()
+                })
+                .done(),
+            ),
+            AccountCommand::Credit { transfer, cents } => Some(self.refund(t, transfer, *cents)),
+            _ => None,
+        }
+    }
+
+    fn on_deadline(&self, t: &Transfer, _: &str, id: &str) -> Option<Step<Transfer, ToAccount>> {
+        match t.stage {
+            Stage::Crediting => Some(self.refund(t, id, t.cents)),
+            _ => None,
+        }
+    }
+}
+
+impl TransferSaga {
+    fn refund(&self, t: &Transfer, transfer: &str, cents: u64) -> Step<Transfer, ToAccount> {
+        let refund = AccountCommand::Refund {
+            transfer: transfer.to_owned(),
+            cents,
+        };
+        Step::to(Transfer {
+            stage: Stage::Refunding,
+            ..t.clone()
+        })
+        .cancel("expire")
+        .send(ToAccount {
+            account: t.from.clone(),
+            command: refund,
+        })
+    }
+}
+
+fn bus(store: Arc<dyn EventStore>) -> CommandBus {
+    let accounts = Arc::new(Repository::with_store(store, Accounts));
+    CommandBus::builder()
+        .handle::<ToAggregate<Accounts>, _>(accounts.handler())
+        .build()
+        .unwrap()
+}
+
+/// The saga manager over `store`. Credits to accounts called `offline-…` go to a service that
+/// never answers (they are sent and nothing happens); the first `failing` sends fail as if the
+/// bus could not reach the store.
+fn manager(store: Arc<dyn EventStore>, failing: Arc<AtomicU32>) -> SagaManager<TransferSaga> {
+    let bus = bus(store.clone());
+    SagaManager::new(TransferSaga, store, move |command: ToAccount, context| {
+        let bus = bus.clone();
+        let failing = failing.clone();
+        async move {
+            if failing
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(BusError::Failed("the store is away".into()));
+            }
+            if command.account.starts_with("offline-")
+                && matches!(command.command, AccountCommand::Credit { .. })
+            {
+                return Ok(());
+            }
+            bus.send(
+                ToAggregate::<Accounts>::new(command.account, command.command),
+                context,
+            )
+            .await
+            .map(|_| ())
+        }
+    })
+}
+
+struct Running {
+    status: watch::Receiver<SagaStatus>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn spawn(manager: SagaManager<TransferSaga>) -> (Running, Arc<SagaManager<TransferSaga>>) {
+    let manager = Arc::new(manager);
+    let status = manager.status();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = manager.clone();
+    let task = tokio::spawn(async move {
+        running
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (Running { status, stop, task }, manager)
+}
+
+impl Running {
+    async fn wait_for(&mut self, what: &str, done: impl Fn(&SagaStatus) -> bool) {
+        let reached =
+            tokio::time::timeout(Duration::from_secs(20), self.status.wait_for(|s| done(s)))
+                .await
+                .is_ok();
+        assert!(reached, "{what}: {:?}", *self.status.borrow());
+    }
+
+    async fn stop(self) -> SagaStatus {
+        let _ = self.stop.send(());
+        self.task.await.unwrap();
+        self.status.borrow().clone()
+    }
+}
+
+async fn open(store: &Arc<dyn EventStore>, account: &str, cents: u64) {
+    let accounts = Repository::with_store(store.clone(), Accounts);
+    accounts
+        .execute(
+            account,
+            AccountCommand::Open { cents },
+            &CommandContext::new(),
+        )
+        .await
+        .unwrap();
+}
+
+async fn request(
+    store: &Arc<dyn EventStore>,
+    id: &str,
+    from: &str,
+    to: &str,
+    cents: u64,
+    expire_ms: u64,
+) {
+    let event = NewEvent::json(
+        "TransferRequested",
+        &serde_json::json!({ "from": from, "to": to, "cents": cents, "expire_ms": expire_ms }),
+    )
+    .unwrap();
+    let stream = StreamName::user(format!("transfer-{id}")).unwrap();
+    store
+        .append(&stream, ExpectedState::NoStream, vec![event])
+        .await
+        .unwrap();
+}
+
+async fn balance(store: &Arc<dyn EventStore>, account: &str) -> u64 {
+    let accounts = Repository::with_store(store.clone(), Accounts);
+    accounts.load(account).await.unwrap().state.cents
+}
+
+/// The event types of an account's stream.
+async fn history(store: &Arc<dyn EventStore>, account: &str) -> Vec<String> {
+    let stream = StreamName::user(format!("account-{account}")).unwrap();
+    store
+        .read_stream(&stream, 0, Direction::Forwards, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_transfer_debits_then_credits_and_its_deadline_is_cancelled() {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    open(&store, "ann", 100).await;
+    open(&store, "bob", 0).await;
+    let (mut running, manager) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(0))));
+    request(&store, "t1", "ann", "bob", 30, 300).await;
+    running
+        .wait_for("debit and credit sent", |s| {
+            s.commands_sent == 2 && s.steps == 3
+        })
+        .await;
+    // Past the deadline: it was cancelled, so it does not fire.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = running.stop().await;
+    assert_eq!(
+        (status.deadlines_fired, status.deadlines_pending),
+        (0, 0),
+        "{status:?}"
+    );
+    assert_eq!(
+        (balance(&store, "ann").await, balance(&store, "bob").await),
+        (70, 30)
+    );
+    let state = manager.state("t1").await.unwrap().unwrap();
+    assert_eq!(state.stage, Stage::Completed);
+    assert!(manager.state("t9").await.unwrap().is_none());
+
+    // The credit carries the transfer's correlation and is caused by the saga's step.
+    let stream = StreamName::user("account-bob").unwrap();
+    let credit = store
+        .read_stream(&stream, 1, Direction::Forwards, 1)
+        .await
+        .unwrap()
+        .remove(0);
+    let requested = store
+        .read_stream(
+            &StreamName::user("transfer-t1").unwrap(),
+            0,
+            Direction::Forwards,
+            1,
+        )
+        .await
+        .unwrap()
+        .remove(0);
+    let metadata = credit.metadata_json();
+    assert_eq!(metadata["$correlationId"], requested.id.to_string());
+    assert_ne!(metadata["$causationId"], requested.id.to_string());
+}
+
+#[tokio::test]
+async fn a_refused_credit_is_compensated_and_a_refused_debit_ends_the_transfer() {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    open(&store, "ann", 100).await;
+    open(&store, "closed", 0).await;
+    Repository::with_store(store.clone(), Accounts)
+        .execute("closed", AccountCommand::Close, &CommandContext::new())
+        .await
+        .unwrap();
+    let (mut running, manager) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(0))));
+    request(&store, "t2", "ann", "closed", 40, 5_000).await;
+    running
+        .wait_for("credit refused and the debit refunded", |s| {
+            s.commands_rejected == 1 && s.commands_sent == 2 && s.steps == 4
+        })
+        .await;
+    assert_eq!(
+        manager.state("t2").await.unwrap().unwrap().stage,
+        Stage::Refunded
+    );
+    assert_eq!(balance(&store, "ann").await, 100);
+    assert_eq!(
+        history(&store, "ann").await,
+        ["Opened", "Debited", "Refunded"]
+    );
+    assert_eq!(history(&store, "closed").await, ["Opened", "Closed"]);
+
+    // Too little money: the debit is refused; nothing to compensate.
+    request(&store, "t3", "ann", "closed", 1_000, 5_000).await;
+    running
+        .wait_for("debit refused", |s| s.commands_rejected == 2)
+        .await;
+    let status = running.stop().await;
+    assert_eq!(status.deadlines_pending, 0, "{status:?}");
+    assert_eq!(
+        manager.state("t3").await.unwrap().unwrap().stage,
+        Stage::Failed
+    );
+    assert_eq!(balance(&store, "ann").await, 100);
+}
+
+#[tokio::test]
+async fn a_deadline_that_passed_while_the_saga_was_down_fires_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> =
+        Arc::new(Engine::open(dir.path(), Options::default()).unwrap());
+    open(&store, "ann", 100).await;
+    let (mut running, _) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(0))));
+    request(&store, "t4", "ann", "offline-bob", 25, 1_000).await;
+    running
+        .wait_for("debit and credit sent", |s| s.commands_sent == 2)
+        .await;
+    let status = running.stop().await;
+    assert_eq!(status.deadlines_pending, 1, "{status:?}");
+    assert_eq!(balance(&store, "ann").await, 75);
+    drop(store);
+
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let store: Arc<dyn EventStore> =
+        Arc::new(Engine::open(dir.path(), Options::default()).unwrap());
+    let (mut running, manager) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(0))));
+    running
+        .wait_for("the deadline fired and the refund was sent", |s| {
+            s.deadlines_fired == 1 && s.commands_sent == 1
+        })
+        .await;
+    running
+        .wait_for("the refund taken into account", |s| s.steps == 2)
+        .await;
+    let status = running.stop().await;
+    assert_eq!(status.deadlines_pending, 0, "{status:?}");
+    assert_eq!(balance(&store, "ann").await, 100);
+    assert_eq!(
+        manager.state("t4").await.unwrap().unwrap().stage,
+        Stage::Refunded
+    );
+}
+
+#[tokio::test]
+async fn each_event_is_taken_once_and_commands_stored_but_not_sent_are_sent_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> =
+        Arc::new(Engine::open(dir.path(), Options::default()).unwrap());
+    for n in 0..5 {
+        open(&store, &format!("a{n}"), 100).await;
+        open(&store, &format!("b{n}"), 0).await;
+    }
+    // The bus is away: the first debit is stored with its step but cannot be sent, and the
+    // manager stops while it is still trying.
+    let failing = Arc::new(AtomicU32::new(u32::MAX));
+    let (mut running, _) = spawn(manager(store.clone(), failing.clone()));
+    request(&store, "t5", "a0", "b0", 10, 60_000).await;
+    running
+        .wait_for("the send failed", |s| s.failures >= 1)
+        .await;
+    let status = running.stop().await;
+    assert_eq!((status.steps, status.commands_sent), (1, 0), "{status:?}");
+    drop(store);
+
+    let store: Arc<dyn EventStore> =
+        Arc::new(Engine::open(dir.path(), Options::default()).unwrap());
+    for n in 1..5 {
+        request(
+            &store,
+            &format!("t{}", 5 + n),
+            &format!("a{n}"),
+            &format!("b{n}"),
+            10,
+            60_000,
+        )
+        .await;
+    }
+    // This time the first two sends fail and are tried again.
+    let (mut running, _) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(2))));
+    running
+        .wait_for("every transfer done", |s| {
+            s.commands_sent == 10 && s.steps == 14
+        })
+        .await;
+    running.stop().await;
+    // Run it again over the same log: nothing is taken twice.
+    let (running, _) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(0))));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = running.stop().await;
+    assert_eq!((again.steps, again.commands_sent), (0, 0), "{again:?}");
+    for n in 0..5 {
+        assert_eq!(
+            history(&store, &format!("a{n}")).await,
+            ["Opened", "Debited"]
+        );
+        assert_eq!(
+            history(&store, &format!("b{n}")).await,
+            ["Opened", "Credited"]
+        );
+    }
+    // Each instance: three steps, and each command recorded as sent once.
+    for n in 0..5 {
+        let stream = SagaManager::<TransferSaga>::instance_stream(&format!("t{}", 5 + n)).unwrap();
+        let types: Vec<_> = store
+            .read_stream(&stream, 0, Direction::Forwards, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event_type)
+            .collect();
+        let count = |t: &str| types.iter().filter(|x| *x == t).count();
+        assert_eq!(
+            (count("SagaStepped"), count("SagaCommandSent")),
+            (3, 2),
+            "{types:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stored_step_that_no_longer_decodes_stops_the_manager_with_a_typed_error() {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let stream = SagaManager::<TransferSaga>::instance_stream("broken").unwrap();
+    let bad = NewEvent::json("SagaStepped", &serde_json::json!({ "cause": 7 })).unwrap();
+    store
+        .append(&stream, ExpectedState::NoStream, vec![bad])
+        .await
+        .unwrap();
+    let head = store.head();
+    let manager = manager(store.clone(), Arc::new(AtomicU32::new(0)));
+    let error = manager.run(std::future::pending()).await.unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            factum::saga::SagaError::Decode {
+                saga: "transfer",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(manager.state("broken").await.is_err());
+    assert_eq!(store.head(), head, "nothing written");
+}
