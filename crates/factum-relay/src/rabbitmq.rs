@@ -1,5 +1,6 @@
 //! A publisher to RabbitMQ, with publisher confirms.
 
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -234,25 +235,51 @@ impl Publisher for RabbitPublisher {
     }
 }
 
+/// Publishes `messages` in order and returns their confirms, in the same order.
+///
+/// A publish hands its frames to the connection when it is first polled, then waits until they
+/// are written. Each one is polled once, in order, before any is awaited: the frames queue in
+/// the messages' order (which keeps each stream's order), and the connection writes them in
+/// large writes instead of one round trip to its I/O thread per message.
 async fn send_all(
     channel: &Channel,
     config: &RabbitConfig,
     messages: &[OutboundMessage],
 ) -> Result<Vec<(lapin::PublisherConfirm, uuid::Uuid)>, PublishError> {
     let exchange = short(&config.exchange);
-    let mut confirms = Vec::with_capacity(messages.len());
-    for message in messages {
-        let confirm = channel
-            .basic_publish(
+    let mut publishes: Vec<_> = messages
+        .iter()
+        .map(|message| {
+            Box::pin(channel.basic_publish(
                 exchange.clone(),
                 short(&message.subject(&config.routing_prefix)),
                 BasicPublishOptions::default(),
                 &message.event.payload,
                 properties(message),
-            )
-            .await
-            .map_err(error)?;
-        confirms.push((confirm, message.id));
+            ))
+        })
+        .collect();
+    let mut done: Vec<Option<Result<lapin::PublisherConfirm, lapin::Error>>> =
+        Vec::with_capacity(publishes.len());
+    std::future::poll_fn(|cx| {
+        done.extend(
+            publishes
+                .iter_mut()
+                .map(|publish| match publish.as_mut().poll(cx) {
+                    Poll::Ready(result) => Some(result),
+                    Poll::Pending => None,
+                }),
+        );
+        Poll::Ready(())
+    })
+    .await;
+    let mut confirms = Vec::with_capacity(messages.len());
+    for ((publish, done), message) in publishes.into_iter().zip(done).zip(messages) {
+        let confirm = match done {
+            Some(result) => result,
+            None => publish.await,
+        };
+        confirms.push((confirm.map_err(error)?, message.id));
     }
     Ok(confirms)
 }
