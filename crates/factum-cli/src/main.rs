@@ -280,16 +280,17 @@ fn expected_arg(text: &str) -> Result<ExpectedState> {
 
 #[derive(Subcommand)]
 enum DeadLetters {
-    /// Print a processor's unresolved dead letters, one JSON object a line; with no processor,
-    /// print each processor that has any, with their number.
+    /// Print the unresolved dead letters of an event processor (failed events) or a consumer
+    /// (parked broker messages), one JSON object a line; with no name, print each one that has
+    /// any, with their number.
     List {
-        /// The processor's name.
+        /// The processor's or consumer's name.
         processor: Option<String>,
     },
-    /// Ask a processor to replay its dead letters: it does so the next time it starts, and
-    /// those whose handler now succeeds are resolved.
+    /// Ask an event processor or a consumer to replay its dead letters: it does so the next
+    /// time it starts, and those whose handler or command now succeeds are resolved.
     Replay {
-        /// The processor's name.
+        /// The processor's or consumer's name.
         processor: String,
     },
 }
@@ -418,6 +419,7 @@ fn stdout() -> BufWriter<std::io::StdoutLock<'static>> {
 async fn dead_letters(dir: &store::Location, action: DeadLetters) -> Result<()> {
     use factum::processor::{
         dead_letter_stream, processor_statuses, request_replay, unresolved_dead_letters,
+        unresolved_records,
     };
     let processor_arg = |name: &str| -> Result<()> {
         dead_letter_stream(name)
@@ -432,6 +434,11 @@ async fn dead_letters(dir: &store::Location, action: DeadLetters) -> Result<()> 
             let store = open(dir).await?;
             let mut out = stdout();
             for letter in unresolved_dead_letters(&*store, &processor).await? {
+                writeln!(out, "{}", serde_json::to_string(&letter)?)?;
+            }
+            // A consumer's parked broker messages.
+            for letter in factum_relay::unresolved_message_dead_letters(&*store, &processor).await?
+            {
                 writeln!(out, "{}", serde_json::to_string(&letter)?)?;
             }
             out.flush()?;
@@ -458,13 +465,13 @@ async fn dead_letters(dir: &store::Location, action: DeadLetters) -> Result<()> 
         DeadLetters::Replay { processor } => {
             processor_arg(&processor)?;
             let store = open(dir).await?;
-            let unresolved = unresolved_dead_letters(&*store, &processor).await?.len();
+            let unresolved = unresolved_records(&*store, &processor).await?.len();
             if unresolved == 0 {
                 println!(
                     "{}",
                     serde_json::json!({"processor": processor, "unresolved": 0, "replay_requested": false})
                 );
-                eprintln!("processor '{processor}' has no dead letters to replay");
+                eprintln!("'{processor}' has no dead letters to replay");
             } else {
                 let position = request_replay(&*store, &processor).await?;
                 println!(
@@ -477,7 +484,7 @@ async fn dead_letters(dir: &store::Location, action: DeadLetters) -> Result<()> 
                     })
                 );
                 eprintln!(
-                    "processor '{processor}' replays its {unresolved} dead letter(s) when it next starts"
+                    "'{processor}' replays its {unresolved} dead letter(s) when it next starts"
                 );
             }
             store.close()?;

@@ -425,3 +425,83 @@ fn dead_letters_of_an_unknown_processor_are_none_and_a_bad_name_is_refused() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(lines(&out).is_empty());
 }
+
+/// A broker message the consumer `billing` could not turn into a command, parked in `dir`.
+fn park_a_message(dir: &Path) {
+    use factum::bus::CommandBus;
+    use factum::{Decider, EventStore, Repository, ToAggregate};
+
+    struct Ledger;
+    impl Decider for Ledger {
+        type State = ();
+        type Command = ();
+        type Event = serde_json::Value;
+        type Error = std::convert::Infallible;
+        const CATEGORY: &'static str = "ledger";
+        fn initial_state(&self) {}
+        fn decide(&self, (): &(), (): &()) -> Result<Vec<serde_json::Value>, Self::Error> {
+            Ok(vec![serde_json::json!({"Booked": {}})])
+        }
+        fn evolve(&self, (): (), _: &serde_json::Value) {}
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let engine = factum_engine::Engine::open(dir, factum_engine::Options::default()).unwrap();
+        let store: std::sync::Arc<dyn EventStore> = std::sync::Arc::new(engine.clone());
+        let bus = CommandBus::builder()
+            .handle::<ToAggregate<Ledger>, _>(
+                std::sync::Arc::new(Repository::with_store(store.clone(), Ledger)).handler(),
+            )
+            .build()
+            .unwrap();
+        let consumer = factum_relay::Consumer::builder("billing", store)
+            .bus(bus)
+            .on_aggregate::<Ledger, _>("OrderPaid", |m: &factum_relay::IncomingMessage| {
+                Err(format!("{} has no amount", m.id))
+            })
+            .build()
+            .unwrap();
+        let message = factum_relay::IncomingMessage {
+            id: "m-1".into(),
+            message_type: "OrderPaid".into(),
+            subject: "order.OrderPaid".into(),
+            data: "{}".into(),
+            headers: Default::default(),
+            redelivered: false,
+        };
+        let outcome = consumer.handle(&message).await;
+        assert!(
+            matches!(outcome, factum_relay::Outcome::DeadLettered(_)),
+            "{outcome:?}"
+        );
+        engine.close().unwrap();
+    });
+}
+
+#[test]
+fn a_consumers_parked_messages_are_listed_and_a_replay_is_requested() {
+    let dir = tempfile::tempdir().unwrap();
+    park_a_message(dir.path());
+    let out = factum(dir.path(), &["deadletters", "list"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        lines(&out),
+        vec![serde_json::json!({"processor": "billing", "unresolved": 1})]
+    );
+    let out = factum(dir.path(), &["deadletters", "list", "billing"], "");
+    let letters = lines(&out);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["message_id"], "m-1");
+    assert_eq!(letters[0]["message_type"], "OrderPaid");
+    assert_eq!(letters[0]["error"], "m-1 has no amount");
+    assert_eq!(letters[0]["data"], "{}");
+    let out = factum(dir.path(), &["deadletters", "replay", "billing"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(lines(&out)[0]["replay_requested"], true);
+    assert_eq!(lines(&out)[0]["unresolved"], 1);
+    assert!(stderr(&out).contains("'billing' replays its 1 dead letter(s) when it next starts"));
+}

@@ -21,6 +21,7 @@ use factum::{CommandContext, Decider, ToAggregate};
 use factum_core::{EventStore, ExpectedState, NewEvent, StoreError, StreamName};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use uuid::Uuid;
 
 use crate::message::headers;
 use crate::relay::Backoff;
@@ -143,12 +144,14 @@ pub struct ConsumerStatus {
     pub last_error: Option<String>,
 }
 
-/// The event type of a parked message in `$deadletter-{consumer}`.
-pub const MESSAGE_DEAD_LETTERED: &str = "MessageDeadLettered";
+pub use factum::processor::{MESSAGE_DEAD_LETTERED, ReplayReport};
 
 /// A parked message: what it was, and why no command came of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageDeadLetter {
+    /// The id of the dead-letter record itself.
+    #[serde(default)]
+    pub id: Uuid,
     /// The consumer.
     pub consumer: String,
     /// Why.
@@ -161,8 +164,45 @@ pub struct MessageDeadLetter {
     pub subject: String,
     /// The body as text (lossy for a body that is not UTF-8).
     pub data: String,
+    /// The body's bytes, when it is not UTF-8 (`data` then shows it lossily).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_bytes: Option<Vec<u8>>,
     /// The headers.
     pub headers: BTreeMap<String, String>,
+}
+
+impl MessageDeadLetter {
+    /// The message as it was delivered (marked redelivered).
+    pub fn message(&self) -> IncomingMessage {
+        IncomingMessage {
+            id: self.message_id.clone(),
+            message_type: self.message_type.clone(),
+            subject: self.subject.clone(),
+            data: match &self.data_bytes {
+                Some(bytes) => Bytes::from(bytes.clone()),
+                None => Bytes::from(self.data.clone()),
+            },
+            headers: self.headers.clone(),
+            redelivered: true,
+        }
+    }
+}
+
+/// The messages consumer `consumer` parked that no replay has resolved yet, oldest first.
+pub async fn unresolved_message_dead_letters(
+    store: &dyn EventStore,
+    consumer: &str,
+) -> Result<Vec<MessageDeadLetter>, StoreError> {
+    Ok(factum::processor::unresolved_records(store, consumer)
+        .await?
+        .into_iter()
+        .filter(|record| record.event_type == MESSAGE_DEAD_LETTERED)
+        .filter_map(|record| {
+            let mut letter = serde_json::from_slice::<MessageDeadLetter>(&record.data).ok()?;
+            letter.id = record.id;
+            Some(letter)
+        })
+        .collect())
 }
 
 /// Why a route did not lead to an executed command.
@@ -354,6 +394,9 @@ impl Consumer {
         shutdown: impl Future<Output = ()>,
     ) -> ConsumerStatus {
         tokio::pin!(shutdown);
+        if let Err(error) = self.replay_if_requested().await {
+            self.failed(&format!("replaying dead letters: {error}"));
+        }
         let mut delay = self.backoff.first;
         loop {
             let delivery = tokio::select! {
@@ -404,12 +447,8 @@ impl Consumer {
     pub async fn handle(&self, message: &IncomingMessage) -> Outcome {
         let mut delay = self.backoff.first;
         loop {
-            let outcome = match self.routes.get(&message.message_type) {
-                None => return Outcome::Ignored,
-                Some(_) if message.id.is_empty() => {
-                    Err(Failure::Refused("the message has no id".into()))
-                }
-                Some(route) => route(message, &self.bus).await,
+            let Some(outcome) = self.attempt(message).await else {
+                return Outcome::Ignored;
             };
             let failure = match outcome {
                 Ok(false) => return Outcome::Handled,
@@ -426,16 +465,29 @@ impl Consumer {
         }
     }
 
+    /// Sends `message`'s command once: whether it was a duplicate, or why not; `None` when no
+    /// route takes its type.
+    async fn attempt(&self, message: &IncomingMessage) -> Option<Result<bool, Failure>> {
+        let route = self.routes.get(&message.message_type)?;
+        if message.id.is_empty() {
+            return Some(Err(Failure::Refused("the message has no id".into())));
+        }
+        Some(route(message, &self.bus).await)
+    }
+
     /// Parks `message` in the dead-letter stream. The record's id is derived from the message
     /// id, so a redelivery parked right after is recognised as the same append.
     async fn park(&self, message: &IncomingMessage, reason: &str) -> Result<(), StoreError> {
+        let exact = std::str::from_utf8(&message.data).is_ok();
         let letter = MessageDeadLetter {
+            id: Uuid::nil(),
             consumer: self.name.clone(),
             error: reason.to_owned(),
             message_id: message.id.clone(),
             message_type: message.message_type.clone(),
             subject: message.subject.clone(),
             data: String::from_utf8_lossy(&message.data).into_owned(),
+            data_bytes: (!exact).then(|| message.data.to_vec()),
             headers: message.headers.clone(),
         };
         let mut event = NewEvent::json(MESSAGE_DEAD_LETTERED, &letter)?;
@@ -447,18 +499,53 @@ impl Consumer {
             .map(|_| ())
     }
 
-    /// The messages this consumer has parked, oldest first.
+    /// The messages this consumer has parked that no replay has resolved, oldest first.
     pub async fn dead_letters(&self) -> Result<Vec<MessageDeadLetter>, StoreError> {
-        let mut letters = Vec::new();
-        factum::replay_stream(self.store.as_ref(), &self.dead_letters, 0, |event| {
-            if event.event_type == MESSAGE_DEAD_LETTERED
-                && let Ok(letter) = serde_json::from_slice(&event.data)
-            {
-                letters.push(letter);
+        unresolved_message_dead_letters(self.store.as_ref(), &self.name).await
+    }
+
+    /// Sends the command of every parked message again, once each (after the cause was fixed:
+    /// a handler, a decoder, the data the command needed). Those whose command now runs, or
+    /// had run, are marked resolved; the others stay parked. The command id is the one the
+    /// first delivery had, so a message is still executed at most once.
+    pub async fn replay_dead_letters(&self) -> Result<ReplayReport, StoreError> {
+        let mut report = ReplayReport::default();
+        for letter in self.dead_letters().await? {
+            let outcome = self.attempt(&letter.message()).await.unwrap_or_else(|| {
+                Err(Failure::Refused(format!(
+                    "no route takes message type '{}'",
+                    letter.message_type
+                )))
+            });
+            match outcome {
+                Ok(duplicate) => {
+                    factum::processor::resolve(
+                        self.store.as_ref(),
+                        &self.name,
+                        letter.id,
+                        serde_json::json!({"message_id": letter.message_id, "duplicate": duplicate}),
+                    )
+                    .await?;
+                    report.resolved += 1;
+                }
+                Err(Failure::Refused(reason) | Failure::Transient(reason)) => {
+                    tracing::warn!(consumer = %self.name, message = %letter.message_id, %reason, "replayed message still fails; it stays parked");
+                    report.failed += 1;
+                }
             }
-            Ok::<_, StoreError>(())
-        })
-        .await?;
-        Ok(letters)
+        }
+        Ok(report)
+    }
+
+    /// Replays the dead letters if `factum deadletters replay` asked for it and no replay has
+    /// answered yet.
+    async fn replay_if_requested(&self) -> Result<(), StoreError> {
+        let store = self.store.as_ref();
+        if factum::processor::replay_requested(store, &self.name).await? {
+            let report = self.replay_dead_letters().await?;
+            tracing::info!(consumer = %self.name, resolved = report.resolved, failed = report.failed, "dead letters replayed");
+            factum::processor::replay_answered(store, &self.name, &report).await?;
+        }
+        Ok(())
     }
 }

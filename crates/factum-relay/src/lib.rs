@@ -47,6 +47,7 @@ pub use config::{ConfigError, RelayConfig, RelaysConfig};
 pub use consumer::{
     Acknowledge, ConsumeError, Consumer, ConsumerBuilder, ConsumerStatus, Delivery,
     IncomingMessage, MESSAGE_DEAD_LETTERED, MessageDeadLetter, MessageSource, Outcome,
+    ReplayReport, unresolved_message_dead_letters,
 };
 pub use message::{
     ExternalEvent, OutboundMessage, Payload, Translator, TypeMap, ZeroPayload, category, headers,

@@ -183,22 +183,23 @@ pub fn dead_letter_stream(processor: &str) -> Result<StreamName, StoreError> {
     crate::toolkit_stream("deadletter", processor)
 }
 
-/// Dead letters of a processor that no replay has resolved yet, oldest first.
-pub async fn unresolved_dead_letters(
+/// The event type of a broker message that a consumer (`factum-relay`'s `Consumer`) parked in
+/// its dead-letter stream. It is counted, resolved and replayed like a processor's dead letter.
+pub const MESSAGE_DEAD_LETTERED: &str = "MessageDeadLettered";
+
+/// The records parked in `$deadletter-{name}` (a processor's [`DeadLetter`]s and a consumer's
+/// parked messages) that no replay has resolved yet, oldest first; none when the stream does
+/// not exist.
+pub async fn unresolved_records(
     store: &dyn EventStore,
-    processor: &str,
-) -> Result<Vec<DeadLetter>, StoreError> {
-    let stream = dead_letter_stream(processor)?;
-    let mut letters = Vec::new();
+    name: &str,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let stream = dead_letter_stream(name)?;
+    let mut parked = Vec::new();
     let mut resolved: HashSet<Uuid> = HashSet::new();
     replay_stream(store, &stream, 0, |record| {
         match record.event_type.as_str() {
-            DEAD_LETTERED => {
-                if let Ok(mut letter) = serde_json::from_slice::<DeadLetter>(&record.data) {
-                    letter.id = record.id;
-                    letters.push(letter);
-                }
-            }
+            DEAD_LETTERED | MESSAGE_DEAD_LETTERED => parked.push(record.clone()),
             RESOLVED => {
                 if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&record.data)
                     && let Some(id) = value["dead_letter"].as_str().and_then(|s| s.parse().ok())
@@ -211,8 +212,79 @@ pub async fn unresolved_dead_letters(
         Ok::<_, StoreError>(())
     })
     .await?;
-    letters.retain(|letter: &DeadLetter| !resolved.contains(&letter.id));
-    Ok(letters)
+    parked.retain(|record| !resolved.contains(&record.id));
+    Ok(parked)
+}
+
+/// Dead letters of a processor that no replay has resolved yet, oldest first.
+pub async fn unresolved_dead_letters(
+    store: &dyn EventStore,
+    processor: &str,
+) -> Result<Vec<DeadLetter>, StoreError> {
+    Ok(unresolved_records(store, processor)
+        .await?
+        .into_iter()
+        .filter(|record| record.event_type == DEAD_LETTERED)
+        .filter_map(|record| {
+            let mut letter = serde_json::from_slice::<DeadLetter>(&record.data).ok()?;
+            letter.id = record.id;
+            Some(letter)
+        })
+        .collect())
+}
+
+/// Marks the dead letter `dead_letter` of `name` resolved (its replay succeeded); `detail` is
+/// stored with the mark.
+pub async fn resolve(
+    store: &dyn EventStore,
+    name: &str,
+    dead_letter: Uuid,
+    detail: serde_json::Value,
+) -> Result<(), StoreError> {
+    let mut data = serde_json::json!({"dead_letter": dead_letter.to_string()});
+    if let (Some(data), serde_json::Value::Object(detail)) = (data.as_object_mut(), detail) {
+        data.extend(detail);
+    }
+    let resolved = NewEvent::json(RESOLVED, &data)?;
+    store
+        .append(
+            &dead_letter_stream(name)?,
+            ExpectedState::Any,
+            vec![resolved],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Whether `factum deadletters replay` asked `name` to replay and no replay has answered yet.
+pub async fn replay_requested(store: &dyn EventStore, name: &str) -> Result<bool, StoreError> {
+    let stream = dead_letter_stream(name)?;
+    match store
+        .read_stream(&stream, u64::MAX, Direction::Backwards, 1)
+        .await
+    {
+        Ok(last) => Ok(last
+            .first()
+            .is_some_and(|e| e.event_type == REPLAY_REQUESTED)),
+        Err(StoreError::NotFound(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Answers a replay request of `name` with what the replay did.
+pub async fn replay_answered(
+    store: &dyn EventStore,
+    name: &str,
+    report: &ReplayReport,
+) -> Result<(), StoreError> {
+    let done = NewEvent::json(
+        REPLAY_DONE,
+        &serde_json::json!({"resolved": report.resolved, "failed": report.failed}),
+    )?;
+    store
+        .append(&dead_letter_stream(name)?, ExpectedState::Any, vec![done])
+        .await?;
+    Ok(())
 }
 
 /// A processor as the store shows it: its checkpoint, how far behind the head that is, and its
@@ -266,11 +338,7 @@ pub async fn processor_statuses(
     let mut statuses = Vec::with_capacity(all.len());
     for name in all {
         let checkpoint = store.read_checkpoint(&name).await?;
-        let dead_letters = match unresolved_dead_letters(store, &name).await {
-            Ok(letters) => letters.len(),
-            Err(StoreError::NotFound(_)) => 0,
-            Err(e) => return Err(e),
-        };
+        let dead_letters = unresolved_records(store, &name).await?.len();
         statuses.push(ProcessorStatus {
             behind: head.saturating_sub(checkpoint.map_or(0, |c| c + 1)),
             name,
@@ -609,7 +677,6 @@ impl EventProcessor {
     /// that succeed are marked resolved; the others stay parked.
     pub async fn replay_dead_letters(&self) -> Result<ReplayReport, StoreError> {
         let mut report = ReplayReport::default();
-        let stream = dead_letter_stream(&self.inner.name)?;
         for letter in self.dead_letters().await? {
             let Some(event) = self
                 .inner
@@ -635,14 +702,13 @@ impl EventProcessor {
             };
             match self.attempt(handler.as_ref(), &event).await.0 {
                 Ok(()) => {
-                    let resolved = NewEvent::json(
-                        RESOLVED,
-                        &serde_json::json!({"dead_letter": letter.id.to_string(), "position": letter.position, "handler": letter.handler}),
-                    )?;
-                    self.inner
-                        .store
-                        .append(&stream, ExpectedState::Any, vec![resolved])
-                        .await?;
+                    resolve(
+                        self.inner.store.as_ref(),
+                        &self.inner.name,
+                        letter.id,
+                        serde_json::json!({"position": letter.position, "handler": letter.handler}),
+                    )
+                    .await?;
                     report.resolved += 1;
                 }
                 Err(_) => report.failed += 1,
@@ -653,30 +719,10 @@ impl EventProcessor {
 
     /// Replays dead letters if the last replay request has not been answered yet.
     async fn replay_if_requested(&self) -> Result<(), StoreError> {
-        let stream = dead_letter_stream(&self.inner.name)?;
-        let last = match self
-            .inner
-            .store
-            .read_stream(&stream, u64::MAX, Direction::Backwards, 1)
-            .await
-        {
-            Ok(last) => last,
-            Err(StoreError::NotFound(_)) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        if last
-            .first()
-            .is_some_and(|e| e.event_type == REPLAY_REQUESTED)
-        {
+        let store = self.inner.store.as_ref();
+        if replay_requested(store, &self.inner.name).await? {
             let report = self.replay_dead_letters().await?;
-            let done = NewEvent::json(
-                REPLAY_DONE,
-                &serde_json::json!({"resolved": report.resolved, "failed": report.failed}),
-            )?;
-            self.inner
-                .store
-                .append(&stream, ExpectedState::Any, vec![done])
-                .await?;
+            replay_answered(store, &self.inner.name, &report).await?;
         }
         Ok(())
     }
