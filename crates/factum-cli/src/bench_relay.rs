@@ -1,7 +1,8 @@
 //! `factum bench --scenarios relay-nats,relay-rabbitmq`: how fast a relay empties a backlog
 //! into the broker (with JetStream acknowledgements / RabbitMQ publisher confirms, the broker
-//! storing every message), and how long an event takes from its append to a consumer of the
-//! broker while appends flow in.
+//! storing every message), and how long an event takes from its append to the broker's
+//! confirmation (`-published`) and to a consumer of the broker (`-latency`) while appends flow
+//! in.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -335,9 +336,9 @@ async fn measure(
     let relay = Relay::builder("bench-live", store.clone())
         .translator(ZeroPayload)
         .build()?;
-    store
-        .save_checkpoint("bench-live", store.head() - 1)
-        .await?;
+    let start = store.head() - 1;
+    store.save_checkpoint("bench-live", start).await?;
+    let confirms = tokio::spawn(confirmed_latencies(store.clone(), relay.status(), start));
     let mut arrivals = broker.follow().await?;
     let (stop, task) = spawn(relay, broker.publisher());
     let writer = {
@@ -363,8 +364,18 @@ async fn measure(
     }
     let elapsed = started.elapsed();
     writer.await??;
+    let confirmed = tokio::time::timeout(Duration::from_secs(30), confirms)
+        .await
+        .context("the relay's checkpoint did not reach the last event")???;
     let _ = stop.send(());
     task.await??;
+    let published = row(
+        &format!("{scenario}-published"),
+        store_name,
+        confirmed.len() as u64,
+        elapsed,
+        confirmed,
+    );
     let live = row(
         &format!("{scenario}-latency"),
         store_name,
@@ -372,5 +383,43 @@ async fn measure(
         elapsed,
         latencies,
     );
-    Ok(vec![throughput, live])
+    Ok(vec![throughput, published, live])
+}
+
+/// Append → published: each time the relay's checkpoint moves (it moves only once the broker
+/// has confirmed every message up to it), the time since each newly covered event was
+/// recorded. Conservative: the checkpoint moves after the relay has also stored it, and a move
+/// seen late counts as late. Ends once `LIVE_EVENTS` events (the bench's own, not the relay's
+/// checkpoint records) are covered.
+async fn confirmed_latencies(
+    store: Arc<dyn EventStore>,
+    mut status: tokio::sync::watch::Receiver<factum_relay::RelayStatus>,
+    start: u64,
+) -> Result<Vec<u64>> {
+    let expected = LIVE_EVENTS / WRITERS * WRITERS;
+    let mut latencies = Vec::with_capacity(expected as usize);
+    let mut covered = start;
+    while (latencies.len() as u64) < expected {
+        status
+            .changed()
+            .await
+            .context("the relay stopped before it published everything")?;
+        let now = now_micros();
+        let Some(checkpoint) = status.borrow_and_update().checkpoint else {
+            continue;
+        };
+        while covered < checkpoint {
+            let page = store
+                .read_all(covered + 1, factum_core::Direction::Forwards, 1_000)
+                .await?;
+            let Some(last) = page.last() else { break };
+            for event in page.iter().take_while(|e| e.position <= checkpoint) {
+                if !event.stream.as_str().starts_with('$') {
+                    latencies.push(now.saturating_sub(event.recorded_at_us));
+                }
+            }
+            covered = last.position.min(checkpoint);
+        }
+    }
+    Ok(latencies)
 }
