@@ -168,6 +168,8 @@ const IDLE_SAVE_GAP: u64 = 1024;
 impl Relay {
     /// A builder for the relay `name`. Its checkpoint is stored under that name, so
     /// `factum serve`'s `/processors`, `/metrics` and web UI show its lag beside the processors'.
+    /// The name is thus shared with event processors and sagas' checkpoints: give a relay a name
+    /// no processor in the same store has, or the two would move one checkpoint.
     pub fn builder(name: impl Into<String>, store: Arc<dyn EventStore>) -> RelayBuilder {
         RelayBuilder {
             name: name.into(),
