@@ -411,7 +411,7 @@ impl Consumer {
                         () = &mut shutdown => break,
                         () = tokio::time::sleep(delay) => {}
                     }
-                    delay = (delay * 2).min(self.backoff.max);
+                    delay = self.backoff.next(delay);
                     continue;
                 }
             };
@@ -461,7 +461,7 @@ impl Consumer {
             };
             self.failed(&failure);
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(self.backoff.max);
+            delay = self.backoff.next(delay);
         }
     }
 

@@ -70,6 +70,9 @@ impl NatsConfig {
     }
 }
 
+/// The header JetStream de-duplicates by: a message's id.
+const MSG_ID: &str = "Nats-Msg-Id";
+
 /// Connects to the server at `url`, giving up after five seconds.
 async fn connect(url: &str) -> Result<async_nats::Client, String> {
     async_nats::ConnectOptions::new()
@@ -211,7 +214,7 @@ async fn publish_all(
 fn message_headers(message: &OutboundMessage) -> HeaderMap {
     let mut map = HeaderMap::new();
     let id = message.id.to_string();
-    map.insert("Nats-Msg-Id", id.as_str());
+    map.insert(MSG_ID, id.as_str());
     map.insert(headers::MESSAGE_ID, id.as_str());
     map.insert(headers::TYPE, message.event.event_type.as_str());
     map.insert(headers::STREAM, message.stream.as_str());
@@ -340,7 +343,7 @@ fn incoming(message: &jetstream::Message) -> IncomingMessage {
     }
     let info = message.info().ok();
     let id = fields
-        .get("Nats-Msg-Id")
+        .get(MSG_ID)
         .cloned()
         .or_else(|| {
             info.as_ref()

@@ -80,14 +80,10 @@ impl RabbitPublisher {
 
     /// Connects, opens a confirming channel and declares the exchange, all within [`WAIT`].
     async fn connect(&self) -> Result<(Connection, Channel), PublishError> {
-        tokio::time::timeout(WAIT, self.connect_now())
-            .await
-            .map_err(|_| {
-                PublishError::new(
-                    BROKER,
-                    format!("connecting to {} took over {WAIT:?}", self.config.url),
-                )
-            })?
+        within(&self.config.url, self.connect_now(), |e| {
+            PublishError::new(BROKER, e)
+        })
+        .await
     }
 
     async fn connect_now(&self) -> Result<(Connection, Channel), PublishError> {
@@ -104,6 +100,17 @@ impl RabbitPublisher {
             .map_err(error)?;
         Ok((connection, channel))
     }
+}
+
+/// `connecting` to `url`, given [`WAIT`] at most; `error` makes the error that it took longer.
+async fn within<T, E>(
+    url: &str,
+    connecting: impl Future<Output = Result<T, E>>,
+    error: impl FnOnce(String) -> E,
+) -> Result<T, E> {
+    tokio::time::timeout(WAIT, connecting)
+        .await
+        .unwrap_or_else(|_| Err(error(format!("connecting to {url} took over {WAIT:?}"))))
 }
 
 /// Opens a connection to `url`, named `name` in the broker's connection list.
@@ -378,14 +385,10 @@ impl RabbitSource {
     }
 
     async fn connect_within(&self) -> Result<(Connection, lapin::Consumer), ConsumeError> {
-        tokio::time::timeout(WAIT, self.connect())
-            .await
-            .map_err(|_| {
-                ConsumeError::new(
-                    BROKER,
-                    format!("connecting to {} took over {WAIT:?}", self.config.url),
-                )
-            })?
+        within(&self.config.url, self.connect(), |e| {
+            ConsumeError::new(BROKER, e)
+        })
+        .await
     }
 
     async fn connect(&self) -> Result<(Connection, lapin::Consumer), ConsumeError> {
@@ -453,7 +456,7 @@ fn text(value: &AMQPValue) -> String {
 
 fn incoming(delivery: &lapin::message::Delivery) -> IncomingMessage {
     let properties = &delivery.properties;
-    let fields: std::collections::BTreeMap<String, String> = properties
+    let mut fields: std::collections::BTreeMap<String, String> = properties
         .headers()
         .as_ref()
         .map(|table| {
@@ -470,7 +473,6 @@ fn incoming(delivery: &lapin::message::Delivery) -> IncomingMessage {
         .map(|kind| kind.as_str().to_owned())
         .or_else(|| fields.get(headers::TYPE).cloned())
         .unwrap_or_default();
-    let mut fields = fields;
     if let Some(id) = properties.correlation_id() {
         fields
             .entry(headers::CORRELATION_ID.to_owned())

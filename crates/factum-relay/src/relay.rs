@@ -57,6 +57,13 @@ pub struct Backoff {
     pub max: Duration,
 }
 
+impl Backoff {
+    /// The wait after one of `delay`: twice as long, from `first` up to `max`.
+    pub(crate) fn next(self, delay: Duration) -> Duration {
+        (delay * 2).clamp(self.first, self.max)
+    }
+}
+
 impl Default for Backoff {
     /// 100 ms, doubling up to 5 s.
     fn default() -> Self {
@@ -209,7 +216,7 @@ impl Relay {
                     if progressed {
                         delay = Duration::ZERO;
                     }
-                    delay = (delay * 2).clamp(self.backoff.first, self.backoff.max);
+                    delay = self.backoff.next(delay);
                     tracing::warn!(relay = %self.name, broker = publisher.broker(), %error,
                         "publish failed; again from the checkpoint in {delay:?}");
                     self.status.send_modify(|s| {

@@ -28,13 +28,9 @@ impl CommandContext {
     /// A context for a command a user sent: a fresh id that is also its correlation and
     /// causation id.
     pub fn new() -> Self {
-        let command_id = Uuid::now_v7();
         CommandContext {
-            command_id,
-            correlation_id: command_id.to_string(),
-            causation_id: command_id.to_string(),
-            user: None,
             idempotent: false,
+            ..Self::with_id(Uuid::now_v7())
         }
     }
 

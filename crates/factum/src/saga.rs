@@ -223,6 +223,19 @@ struct Stepped {
     done: bool,
 }
 
+impl Stepped {
+    /// The step's commands, as sends to make for instance `instance`.
+    fn pending<'a>(&'a self, instance: &'a str) -> impl Iterator<Item = Pending> + 'a {
+        self.commands.iter().map(move |c| Pending {
+            instance: instance.to_owned(),
+            id: c.id,
+            command: c.command.clone(),
+            correlation_id: self.correlation_id.clone(),
+            cause: self.cause.clone(),
+        })
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Outcome {
     command_id: Uuid,
@@ -382,15 +395,7 @@ impl<G: Saga> SagaManager<G> {
                         serde_json::from_slice(&record.data).map_err(Self::decode_error)?;
                     instance.correlation_id = step.correlation_id.clone();
                     instance.deadlines = deadlines_after(&instance.deadlines, &step);
-                    instance
-                        .pending
-                        .extend(step.commands.into_iter().map(|c| Pending {
-                            instance: id.to_owned(),
-                            id: c.id,
-                            command: c.command,
-                            correlation_id: step.correlation_id.clone(),
-                            cause: step.cause.clone(),
-                        }));
+                    instance.pending.extend(step.pending(id));
                     instance.done = step.done;
                     state = Some(step.state);
                 }
@@ -419,7 +424,7 @@ impl<G: Saga> SagaManager<G> {
         correlation_id: String,
         step: Step<G::State, G::Command>,
         fired: Option<Uuid>,
-    ) -> Result<(Stepped, Vec<Pending>), SagaError> {
+    ) -> Result<Stepped, SagaError> {
         let source = format!("{instance}/{cause}");
         let mut commands = Vec::new();
         for (n, command) in step.commands.iter().enumerate() {
@@ -438,17 +443,7 @@ impl<G: Saga> SagaManager<G> {
                 due_ms: due + after.as_millis() as u64,
             })
             .collect();
-        let pending = commands
-            .iter()
-            .map(|c| Pending {
-                instance: instance.to_owned(),
-                id: c.id,
-                command: c.command.clone(),
-                correlation_id: correlation_id.clone(),
-                cause: cause.clone(),
-            })
-            .collect();
-        let stepped = Stepped {
+        Ok(Stepped {
             cause,
             correlation_id,
             state: serde_json::to_value(&step.state).map_err(Self::decode_error)?,
@@ -457,8 +452,7 @@ impl<G: Saga> SagaManager<G> {
             cancelled: step.cancel,
             fired,
             done: step.done,
-        };
-        Ok((stepped, pending))
+        })
     }
 
     fn expected(instance: &Instance<G::State>) -> ExpectedState {
@@ -532,12 +526,8 @@ impl<G: Saga> SagaManager<G> {
                             saved = Some(position);
                         }
                         None if saved.is_none_or(|s| position >= s + SAVE_EVERY) => {
-                            match self.store.save_checkpoint(&consumer, position).await {
-                                Ok(_) | Err(StoreError::CheckpointBehind { .. }) => {
-                                    saved = Some(position);
-                                }
-                                Err(e) => return Err(e.into()),
-                            }
+                            self.save(&consumer, position).await?;
+                            saved = Some(position);
                         }
                         None => {}
                     }
@@ -550,12 +540,17 @@ impl<G: Saga> SagaManager<G> {
         if let Some(position) = last
             && saved.is_none_or(|s| position > s)
         {
-            match self.store.save_checkpoint(&consumer, position).await {
-                Ok(_) | Err(StoreError::CheckpointBehind { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.save(&consumer, position).await?;
         }
         Ok(())
+    }
+
+    /// Saves the checkpoint on its own; one already further (a step stored with it) stays.
+    async fn save(&self, consumer: &str, position: u64) -> Result<(), SagaError> {
+        match self.store.save_checkpoint(consumer, position).await {
+            Ok(_) | Err(StoreError::CheckpointBehind { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn queue(after: After, outbox: &mut VecDeque<Pending>, deadlines: &mut Deadlines) {
@@ -579,7 +574,7 @@ impl<G: Saga> SagaManager<G> {
         first: Option<NewEvent>,
         options: AppendOptions,
     ) -> Result<After, SagaError> {
-        let (stepped, pending) = self.stepped(id, cause, correlation_id, step, fired)?;
+        let stepped = self.stepped(id, cause, correlation_id, step, fired)?;
         let deadlines = deadlines_after(&instance.deadlines, &stepped);
         let mut records: Vec<NewEvent> = first.into_iter().collect();
         records.push(NewEvent::json(STEPPED, &stepped)?);
@@ -588,7 +583,7 @@ impl<G: Saga> SagaManager<G> {
             .await?;
         self.status.send_modify(|s| s.steps += 1);
         Ok(After {
-            pending,
+            pending: stepped.pending(id).collect(),
             deadlines: Some((id.to_owned(), deadlines)),
         })
     }
@@ -648,7 +643,11 @@ impl<G: Saga> SagaManager<G> {
     async fn fire(&self, id: &str, deadline: Uuid) -> Result<After, SagaError> {
         let instance = self.load(id).await?;
         let Some(found) = instance.deadlines.iter().find(|d| d.id == deadline) else {
-            return Ok(After::nothing());
+            // No longer pending in the store: what the store holds is what waits.
+            return Ok(After {
+                pending: Vec::new(),
+                deadlines: Some((id.to_owned(), instance.deadlines)),
+            });
         };
         let step = self
             .saga
@@ -778,10 +777,16 @@ struct Deadlines {
 }
 
 impl Deadlines {
+    /// The deadlines of `instance` are now `deadlines`; those new to it join the queue (the
+    /// others are queued already).
     fn set(&mut self, instance: String, deadlines: Vec<StoredDeadline>) {
-        for d in &deadlines {
-            self.queue.push(Reverse((d.due_ms, instance.clone(), d.id)));
-        }
+        let known = self.live.get(&instance);
+        let new: Vec<_> = deadlines
+            .iter()
+            .filter(|d| !known.is_some_and(|list| list.iter().any(|k| k.id == d.id)))
+            .map(|d| Reverse((d.due_ms, instance.clone(), d.id)))
+            .collect();
+        self.queue.extend(new);
         if deadlines.is_empty() {
             self.live.remove(&instance);
         } else {
