@@ -211,11 +211,8 @@ impl Store {
         match name {
             "factum" if location.postgres.is_some() => {
                 // A fresh schema of its own, beside the baseline's table.
-                let (client, connection) = tokio_postgres::connect(postgres, tokio_postgres::NoTls)
-                    .await
-                    .with_context(|| format!("connecting to PostgreSQL at '{postgres}'"))?;
-                tokio::spawn(connection);
-                client
+                pg_client(postgres)
+                    .await?
                     .batch_execute("DROP SCHEMA IF EXISTS factum_bench CASCADE")
                     .await?;
                 let options = factum_postgres::PgOptions {
@@ -233,12 +230,7 @@ impl Store {
             "postgres" => {
                 let mut clients = Vec::new();
                 for _ in 0..args.writers.clamp(1, 64) {
-                    let (client, connection) =
-                        tokio_postgres::connect(postgres, tokio_postgres::NoTls)
-                            .await
-                            .with_context(|| format!("connecting to PostgreSQL at '{postgres}'"))?;
-                    tokio::spawn(connection);
-                    clients.push(Arc::new(client));
+                    clients.push(Arc::new(pg_client(postgres).await?));
                 }
                 clients[0]
                     .batch_execute(&format!(
@@ -892,4 +884,14 @@ pub async fn open_child(dir: &Path) -> Result<()> {
     );
     engine.close()?;
     Ok(())
+}
+
+/// A connection to PostgreSQL with the TLS its connection string asks for (`sslmode`, …).
+pub async fn pg_client(connection: &str) -> Result<tokio_postgres::Client> {
+    let (client, driver) = factum_postgres::tls::PgConnect::parse(connection)?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to PostgreSQL at '{connection}'"))?;
+    tokio::spawn(driver);
+    Ok(client)
 }

@@ -190,9 +190,8 @@ async fn project(
 
 /// A PostgreSQL read model in the schema `factum_bench`, emptied first.
 async fn pg(config: &str) -> Result<Arc<dyn ReadModel>> {
-    let (client, connection) = tokio_postgres::connect(config, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    client
+    crate::bench::pg_client(config)
+        .await?
         .batch_execute(
             "DROP SCHEMA IF EXISTS factum_bench CASCADE; \
              DROP SCHEMA IF EXISTS factum_bench__rebuild CASCADE",

@@ -7,39 +7,55 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use factum_core::StoreError;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::{Client, Row, Statement};
+
+use crate::tls::PgConnect;
 
 /// A database error as the store reports it: the database failed or could not be reached.
 pub(crate) fn unavailable(error: tokio_postgres::Error) -> StoreError {
     let message = match error.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => error.to_string(),
+        None => with_causes(&error),
     };
     StoreError::Unavailable(message)
 }
 
-/// Where to connect, with the store's schema first on the search path.
+/// An error and its causes, `outer: inner: …` (a TLS failure says why the handshake failed).
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let text = inner.to_string();
+        if !message.ends_with(&text) {
+            message = format!("{message}: {text}");
+        }
+        cause = inner.source();
+    }
+    message
+}
+
+/// Where to connect (and with what TLS), with the store's schema first on the search path.
 #[derive(Clone, Debug)]
 pub(crate) struct Target {
-    pub config: tokio_postgres::Config,
+    pub connect: PgConnect,
 }
 
 impl Target {
     pub fn new(connection: &str, schema: &str) -> Result<Self, StoreError> {
-        let mut config: tokio_postgres::Config = connection
-            .parse()
-            .map_err(|e| StoreError::invalid(format!("bad PostgreSQL connection string: {e}")))?;
+        let mut connect =
+            PgConnect::parse(connection).map_err(|e| StoreError::invalid(e.to_string()))?;
+        let config = connect.config_mut();
         config.options(format!("-c search_path={schema}"));
         if config.get_application_name().is_none() {
             config.application_name("factum");
         }
         config.connect_timeout(std::time::Duration::from_secs(10));
-        Ok(Target { config })
+        Ok(Target { connect })
     }
 
     /// A new connection; the task that drives it logs when it closes.
     pub async fn connect(&self) -> Result<Client, StoreError> {
-        let (client, connection) = self.config.connect(NoTls).await.map_err(unavailable)?;
+        let (client, connection) = self.connect.connect().await.map_err(unavailable)?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "a PostgreSQL connection closed");

@@ -63,11 +63,7 @@ async fn listen(
     head: &watch::Sender<u64>,
     poll: Duration,
 ) -> Result<(), factum_core::StoreError> {
-    let (client, mut connection) = target
-        .config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(unavailable)?;
+    let (client, mut connection) = target.connect.connect().await.map_err(unavailable)?;
     let (notes, mut received) = mpsc::unbounded_channel::<String>();
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));

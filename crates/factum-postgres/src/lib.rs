@@ -23,6 +23,7 @@
 mod conn;
 mod head;
 mod schema;
+pub mod tls;
 mod writer;
 
 use std::path::PathBuf;

@@ -36,9 +36,7 @@ async fn a_schema_from_a_newer_build_is_refused() {
         return;
     };
     drop(store);
-    let (client, connection) = tokio_postgres::connect(&common::postgres(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let (client, connection) = common::connect().await.unwrap();
     tokio::spawn(connection);
     let newer = SCHEMA_VERSION + 1;
     client

@@ -22,9 +22,7 @@ fn event(n: u64) -> NewEvent {
 /// Waits until the held transaction of `schema` has written its events (it holds the lock on
 /// the head and waits to commit).
 async fn wait_for_open_transaction(schema: &str) {
-    let (client, connection) = tokio_postgres::connect(&common::postgres(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let (client, connection) = common::connect().await.unwrap();
     tokio::spawn(connection);
     for _ in 0..200 {
         let row = client

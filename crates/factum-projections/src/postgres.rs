@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use factum_core::now_micros;
+use factum_postgres::tls::PgConnect;
 use futures::future::try_join_all;
 use tokio::sync::{Mutex, watch};
+use tokio_postgres::Client;
 use tokio_postgres::types::{Kind, ToSql, Type};
-use tokio_postgres::{Client, NoTls};
 
 use crate::read_model::{META_DDL, Registry, check_continues, swap_check};
 use crate::rows::{Step, columns, fold, plan};
@@ -37,7 +38,10 @@ struct Writer {
 }
 
 async fn connect(config: &str, schema: &str) -> Result<Client, ProjectionError> {
-    let (client, connection) = tokio_postgres::connect(config, NoTls).await?;
+    let (client, connection) = PgConnect::parse(config)
+        .map_err(|e| ProjectionError::invalid(e.to_string()))?
+        .connect()
+        .await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "read-model connection to PostgreSQL closed");

@@ -11,6 +11,20 @@ pub fn postgres() -> String {
         .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into())
 }
 
+/// A connection to [`postgres`], with the TLS its connection string asks for.
+pub async fn connect() -> Result<
+    (
+        tokio_postgres::Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, factum_postgres::tls::TlsStream>,
+    ),
+    tokio_postgres::Error,
+> {
+    factum_postgres::tls::PgConnect::parse(&postgres())
+        .unwrap()
+        .connect()
+        .await
+}
+
 /// Drops its schema when dropped.
 pub struct Schema(pub String);
 
@@ -23,9 +37,7 @@ impl Drop for Schema {
                 .build()
                 .unwrap();
             runtime.block_on(async {
-                if let Ok((client, connection)) =
-                    tokio_postgres::connect(&postgres(), tokio_postgres::NoTls).await
-                {
+                if let Ok((client, connection)) = connect().await {
                     tokio::spawn(connection);
                     let _ = client
                         .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
@@ -46,7 +58,7 @@ pub async fn schema(label: &str) -> Option<Schema> {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     );
-    match tokio_postgres::connect(&postgres(), tokio_postgres::NoTls).await {
+    match connect().await {
         Ok((client, connection)) => {
             tokio::spawn(connection);
             client
