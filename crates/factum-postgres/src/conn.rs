@@ -88,6 +88,20 @@ impl Conn {
         Ok(statement)
     }
 
+    /// The statements for `sqls`, prepared on this connection if they are not yet.
+    pub async fn prepared<const N: usize>(
+        &self,
+        sqls: [&'static str; N],
+    ) -> Result<[Statement; N], StoreError> {
+        let mut statements = Vec::with_capacity(N);
+        for sql in sqls {
+            statements.push(self.statement(sql).await?);
+        }
+        statements
+            .try_into()
+            .map_err(|_| StoreError::invalid("a statement went missing"))
+    }
+
     pub async fn query(
         &self,
         sql: &'static str,
@@ -108,18 +122,6 @@ impl Conn {
         let statement = self.statement(sql).await?;
         self.client
             .query_opt(&statement, params)
-            .await
-            .map_err(unavailable)
-    }
-
-    pub async fn execute(
-        &self,
-        sql: &'static str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, StoreError> {
-        let statement = self.statement(sql).await?;
-        self.client
-            .execute(&statement, params)
             .await
             .map_err(unavailable)
     }

@@ -22,7 +22,9 @@ use factum_core::{
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use uuid::Uuid;
 
-use crate::conn::{Conn, Target};
+use tokio_postgres::types::ToSql;
+
+use crate::conn::{Conn, Target, unavailable};
 use crate::head::{advance, channel};
 
 /// Most requests one transaction takes.
@@ -203,16 +205,7 @@ impl Writer {
         let hold = self.hold_before_commit.clone();
         let channel = channel(&self.schema);
         let conn = self.conn().await?;
-        conn.client
-            .batch_execute("BEGIN")
-            .await
-            .map_err(crate::conn::unavailable)?;
-        let row = conn
-            .query_opt("SELECT next_position FROM head FOR UPDATE", &[])
-            .await?
-            .ok_or_else(|| StoreError::invalid("the head row is missing"))?;
-        let first_position = to_u64(row.get::<_, i64>(0));
-        let committed = load(conn, &jobs).await?;
+        let (first_position, committed) = lock_and_load(conn, &jobs).await?;
 
         // Plan every job against what is committed plus what the batch planned before it.
         let mut overlay = Overlay::over(&committed);
@@ -292,31 +285,13 @@ impl Writer {
         }
 
         let next_position = first_position + records.len() as u64;
-        if !records.is_empty() {
-            let now = now_micros();
-            write_events(conn, &records, &times, first_position, now).await?;
-            write_streams(conn, &committed, &records, first_position).await?;
-            conn.execute(
-                "UPDATE head SET next_position = $1",
-                &[&to_i64(next_position)],
-            )
-            .await?;
-            conn.execute(
-                "SELECT pg_notify($1, $2)",
-                &[&channel, &next_position.to_string()],
-            )
-            .await?;
+        if records.is_empty() {
+            commit(conn, hold).await?;
+        } else {
+            let events = EventColumns::new(&records, &times, first_position, now_micros());
+            let streams = StreamColumns::new(&committed, &records, first_position)?;
+            write(conn, &events, &streams, next_position, &channel, hold).await?;
         }
-        if let Some(hold) = hold {
-            hold.acquire()
-                .await
-                .map_err(|_| StoreError::Closed)?
-                .forget();
-        }
-        conn.client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(crate::conn::unavailable)?;
         advance(&self.head, next_position);
 
         Ok(outcomes
@@ -343,8 +318,19 @@ enum JobKind {
     Import(Vec<RecordedEvent>),
 }
 
-/// Loads the committed state the batch's plans need, under the lock.
-async fn load(conn: &Conn, jobs: &[JobKind]) -> Result<Committed, StoreError> {
+const LOCK_HEAD: &str = "SELECT next_position FROM head FOR UPDATE";
+const LOAD_STREAMS: &str =
+    "SELECT name, next_revision, deleted_before, tombstoned, last_id, last_position, metadata
+     FROM streams WHERE name = ANY($1)";
+const LOAD_CHECKPOINTS: &str =
+    "SELECT consumer, position FROM checkpoints WHERE consumer = ANY($1)";
+
+/// Begins the transaction, locks the head and loads the committed state the batch's plans need,
+/// under the lock: the first position the batch takes, and that state.
+///
+/// `BEGIN`, the lock and the loads are sent together, without waiting for each answer
+/// (pipelined). The server runs them in the order sent, so the loads still run under the lock.
+async fn lock_and_load(conn: &Conn, jobs: &[JobKind]) -> Result<(u64, Committed), StoreError> {
     let mut names: HashSet<String> = HashSet::new();
     let mut consumers: Vec<String> = Vec::new();
     let add = |names: &mut HashSet<String>, stream: &StreamName| {
@@ -377,15 +363,31 @@ async fn load(conn: &Conn, jobs: &[JobKind]) -> Result<Committed, StoreError> {
         }
     }
     let names: Vec<String> = names.into_iter().collect();
+    // Prepared first (once per connection), so that nothing waits between the sends below.
+    let [lock, streams, checkpoints] = conn
+        .prepared([LOCK_HEAD, LOAD_STREAMS, LOAD_CHECKPOINTS])
+        .await?;
+    let client = &conn.client;
+    let stream_params: [&(dyn ToSql + Sync); 1] = [&names];
+    let (begun, head, streams, checkpoints) = futures::join!(
+        client.batch_execute("BEGIN"),
+        client.query_opt(&lock, &[]),
+        client.query(&streams, &stream_params),
+        async {
+            if consumers.is_empty() {
+                Ok(Vec::new())
+            } else {
+                client.query(&checkpoints, &[&consumers]).await
+            }
+        },
+    );
+    begun.map_err(unavailable)?;
+    let first_position = head
+        .map_err(unavailable)?
+        .ok_or_else(|| StoreError::invalid("the head row is missing"))?
+        .get::<_, i64>(0);
     let mut committed = Committed::default();
-    for row in conn
-        .query(
-            "SELECT name, next_revision, deleted_before, tombstoned, last_id, last_position, metadata
-             FROM streams WHERE name = ANY($1)",
-            &[&names],
-        )
-        .await?
-    {
+    for row in streams.map_err(unavailable)? {
         let name = stream_name(row.get(0))?;
         committed.streams.insert(
             name,
@@ -399,16 +401,8 @@ async fn load(conn: &Conn, jobs: &[JobKind]) -> Result<Committed, StoreError> {
             },
         );
     }
-    if !consumers.is_empty() {
-        for row in conn
-            .query(
-                "SELECT consumer, position FROM checkpoints WHERE consumer = ANY($1)",
-                &[&consumers],
-            )
-            .await?
-        {
-            committed.checkpoints.insert(row.get(0), to_u64(row.get(1)));
-        }
+    for row in checkpoints.map_err(unavailable)? {
+        committed.checkpoints.insert(row.get(0), to_u64(row.get(1)));
     }
     let (streams, lows, highs) = windows(&committed, jobs);
     if !streams.is_empty() {
@@ -426,7 +420,7 @@ async fn load(conn: &Conn, jobs: &[JobKind]) -> Result<Committed, StoreError> {
                 .insert((stream_name(row.get(0))?, to_u64(row.get(1))), (row.get(2), to_u64(row.get(3))));
         }
     }
-    Ok(committed)
+    Ok((to_u64(first_position), committed))
 }
 
 /// The committed revisions whose ids an idempotent re-append in the batch may compare: for an
@@ -477,139 +471,274 @@ fn windows(committed: &Committed, jobs: &[JobKind]) -> (Vec<String>, Vec<i64>, V
     out
 }
 
-async fn write_events(
+const INSERT_EVENTS: &str = "INSERT INTO events (position, stream, revision, id, type, content_type, data, metadata, recorded_at_us)
+     SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::uuid[], $5::text[], $6::int2[], $7::bytea[], $8::bytea[], $9::int8[])";
+const UPSERT_STREAMS: &str = "INSERT INTO streams (name, next_revision, deleted_before, tombstoned, last_id, last_position, metadata)
+     SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::bool[], $5::uuid[], $6::int8[], $7::text[])
+     ON CONFLICT (name) DO UPDATE SET next_revision = excluded.next_revision,
+         deleted_before = excluded.deleted_before, tombstoned = excluded.tombstoned,
+         last_id = excluded.last_id, last_position = excluded.last_position,
+         metadata = excluded.metadata";
+const UPSERT_CHECKPOINTS: &str =
+    "INSERT INTO checkpoints (consumer, position) SELECT * FROM unnest($1::text[], $2::int8[])
+     ON CONFLICT (consumer) DO UPDATE SET position = excluded.position";
+const MOVE_HEAD: &str = "UPDATE head SET next_position = $1";
+const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+
+/// Writes the batch's events, its streams' rows, its checkpoints and the head, announces the
+/// new head, and commits (after `hold`, a test's hook, when there is one).
+///
+/// The statements and `COMMIT` are sent together, without waiting for each answer
+/// (pipelined); the server runs them in order. If one fails, the transaction is aborted, the
+/// statements after it fail, and `COMMIT` rolls back (PostgreSQL answers it without an error),
+/// so every answer is checked: the batch counts as committed only if all of them succeeded.
+async fn write(
     conn: &Conn,
-    records: &[PlannedRecord],
-    times: &[Option<u64>],
-    first_position: u64,
-    now: u64,
+    events: &EventColumns<'_>,
+    streams: &StreamColumns,
+    next_position: u64,
+    channel: &str,
+    hold: Option<Arc<Semaphore>>,
 ) -> Result<(), StoreError> {
-    let count = records.len();
-    let mut positions = Vec::with_capacity(count);
-    let mut streams = Vec::with_capacity(count);
-    let mut revisions = Vec::with_capacity(count);
-    let mut ids = Vec::with_capacity(count);
-    let mut types = Vec::with_capacity(count);
-    let mut content_types = Vec::with_capacity(count);
-    let mut data = Vec::with_capacity(count);
-    let mut metadata = Vec::with_capacity(count);
-    let mut recorded = Vec::with_capacity(count);
-    for (offset, record) in records.iter().enumerate() {
-        positions.push(to_i64(first_position + offset as u64));
-        streams.push(record.stream.as_str());
-        revisions.push(to_i64(record.revision));
-        ids.push(record.event.id);
-        types.push(record.event.event_type.as_str());
-        content_types.push(content_type_code(record.event.content_type));
-        data.push(record.event.data.as_ref());
-        metadata.push(record.event.metadata.as_ref());
-        recorded.push(to_i64(times[offset].unwrap_or(now)));
+    // Prepared first (once per connection), so that nothing waits between the sends below.
+    let [
+        insert_events,
+        upsert_streams,
+        upsert_checkpoints,
+        move_head,
+        notify,
+    ] = conn
+        .prepared([
+            INSERT_EVENTS,
+            UPSERT_STREAMS,
+            UPSERT_CHECKPOINTS,
+            MOVE_HEAD,
+            NOTIFY,
+        ])
+        .await?;
+    let client = &conn.client;
+    let e = events;
+    let event_params: [&(dyn ToSql + Sync); 9] = [
+        &e.positions,
+        &e.streams,
+        &e.revisions,
+        &e.ids,
+        &e.types,
+        &e.content_types,
+        &e.data,
+        &e.metadata,
+        &e.recorded,
+    ];
+    let s = streams;
+    let stream_params: [&(dyn ToSql + Sync); 7] = [
+        &s.names,
+        &s.next_revisions,
+        &s.deleted,
+        &s.tombstoned,
+        &s.last_ids,
+        &s.last_positions,
+        &s.metadata,
+    ];
+    let checkpoint_params: [&(dyn ToSql + Sync); 2] = [&s.consumers, &s.positions];
+    let next = to_i64(next_position);
+    let next_text = next_position.to_string();
+    let head_params: [&(dyn ToSql + Sync); 1] = [&next];
+    let notify_params: [&(dyn ToSql + Sync); 2] = [&channel, &next_text];
+    let commit_now = hold.is_none();
+    let (inserted, upserted, checkpointed, moved, notified, committed) = futures::join!(
+        client.execute(&insert_events, &event_params),
+        client.execute(&upsert_streams, &stream_params),
+        async {
+            if s.consumers.is_empty() {
+                Ok(0)
+            } else {
+                client
+                    .execute(&upsert_checkpoints, &checkpoint_params)
+                    .await
+            }
+        },
+        client.execute(&move_head, &head_params),
+        client.execute(&notify, &notify_params),
+        async {
+            if commit_now {
+                client.batch_execute("COMMIT").await
+            } else {
+                Ok(())
+            }
+        },
+    );
+    for result in [inserted, upserted, checkpointed, moved, notified] {
+        result.map_err(unavailable)?;
     }
-    conn.execute(
-        "INSERT INTO events (position, stream, revision, id, type, content_type, data, metadata, recorded_at_us)
-         SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::uuid[], $5::text[], $6::int2[], $7::bytea[], $8::bytea[], $9::int8[])",
-        &[&positions, &streams, &revisions, &ids, &types, &content_types, &data, &metadata, &recorded],
-    )
-    .await?;
+    committed.map_err(unavailable)?;
+    if !commit_now {
+        commit(conn, hold).await?;
+    }
     Ok(())
 }
 
-/// Applies the records' changes to the rows of their streams and checkpoints, and stores them.
-async fn write_streams(
-    conn: &Conn,
-    committed: &Committed,
-    records: &[PlannedRecord],
-    first_position: u64,
-) -> Result<(), StoreError> {
-    let mut rows: HashMap<StreamName, StreamRow> = HashMap::new();
-    let mut checkpoints: HashMap<String, u64> = HashMap::new();
-    let mut changes = Vec::new();
-    for (offset, record) in records.iter().enumerate() {
-        changes.clear();
-        catalog::push_changes(
-            &mut changes,
-            &record.stream,
-            record.revision,
-            first_position + offset as u64,
-            record.event.id,
-            &record.event.event_type,
-            &record.event.data,
-        )?;
-        for change in changes.drain(..) {
-            match change {
-                Change::Appended {
-                    stream,
-                    revision,
-                    position,
-                    id,
-                } => {
-                    let row = row_of(&mut rows, committed, &stream);
-                    if revision != row.next_revision {
-                        return Err(StoreError::invalid(format!(
-                            "record of '{stream}' has revision {revision}, expected {}",
-                            row.next_revision
-                        )));
+/// Commits, after `hold` (a test's hook) when there is one.
+async fn commit(conn: &Conn, hold: Option<Arc<Semaphore>>) -> Result<(), StoreError> {
+    if let Some(hold) = hold {
+        hold.acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?
+            .forget();
+    }
+    conn.client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(unavailable)
+}
+
+/// The batch's events as the columns of `INSERT_EVENTS`.
+struct EventColumns<'a> {
+    positions: Vec<i64>,
+    streams: Vec<&'a str>,
+    revisions: Vec<i64>,
+    ids: Vec<Uuid>,
+    types: Vec<&'a str>,
+    content_types: Vec<i16>,
+    data: Vec<&'a [u8]>,
+    metadata: Vec<&'a [u8]>,
+    recorded: Vec<i64>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn new(
+        records: &'a [PlannedRecord],
+        times: &[Option<u64>],
+        first_position: u64,
+        now: u64,
+    ) -> Self {
+        let count = records.len();
+        let mut columns = EventColumns {
+            positions: Vec::with_capacity(count),
+            streams: Vec::with_capacity(count),
+            revisions: Vec::with_capacity(count),
+            ids: Vec::with_capacity(count),
+            types: Vec::with_capacity(count),
+            content_types: Vec::with_capacity(count),
+            data: Vec::with_capacity(count),
+            metadata: Vec::with_capacity(count),
+            recorded: Vec::with_capacity(count),
+        };
+        for (offset, record) in records.iter().enumerate() {
+            columns
+                .positions
+                .push(to_i64(first_position + offset as u64));
+            columns.streams.push(record.stream.as_str());
+            columns.revisions.push(to_i64(record.revision));
+            columns.ids.push(record.event.id);
+            columns.types.push(record.event.event_type.as_str());
+            columns
+                .content_types
+                .push(content_type_code(record.event.content_type));
+            columns.data.push(record.event.data.as_ref());
+            columns.metadata.push(record.event.metadata.as_ref());
+            columns.recorded.push(to_i64(times[offset].unwrap_or(now)));
+        }
+        columns
+    }
+}
+
+/// The rows of the streams and checkpoints the batch changes, as the columns of
+/// `UPSERT_STREAMS` and `UPSERT_CHECKPOINTS`.
+struct StreamColumns {
+    names: Vec<String>,
+    next_revisions: Vec<i64>,
+    deleted: Vec<i64>,
+    tombstoned: Vec<bool>,
+    last_ids: Vec<Option<Uuid>>,
+    last_positions: Vec<Option<i64>>,
+    metadata: Vec<Option<String>>,
+    consumers: Vec<String>,
+    positions: Vec<i64>,
+}
+
+impl StreamColumns {
+    /// Applies the records' changes to the rows of their streams and checkpoints.
+    fn new(
+        committed: &Committed,
+        records: &[PlannedRecord],
+        first_position: u64,
+    ) -> Result<Self, StoreError> {
+        let mut rows: HashMap<StreamName, StreamRow> = HashMap::new();
+        let mut checkpoints: HashMap<String, u64> = HashMap::new();
+        let mut changes = Vec::new();
+        for (offset, record) in records.iter().enumerate() {
+            changes.clear();
+            catalog::push_changes(
+                &mut changes,
+                &record.stream,
+                record.revision,
+                first_position + offset as u64,
+                record.event.id,
+                &record.event.event_type,
+                &record.event.data,
+            )?;
+            for change in changes.drain(..) {
+                match change {
+                    Change::Appended {
+                        stream,
+                        revision,
+                        position,
+                        id,
+                    } => {
+                        let row = row_of(&mut rows, committed, &stream);
+                        if revision != row.next_revision {
+                            return Err(StoreError::invalid(format!(
+                                "record of '{stream}' has revision {revision}, expected {}",
+                                row.next_revision
+                            )));
+                        }
+                        row.next_revision = revision + 1;
+                        row.last_id = Some(id);
+                        row.last_position = Some(position);
                     }
-                    row.next_revision = revision + 1;
-                    row.last_id = Some(id);
-                    row.last_position = Some(position);
-                }
-                Change::Deleted { stream, before } => {
-                    let row = row_of(&mut rows, committed, &stream);
-                    row.deleted_before = row.deleted_before.max(before);
-                }
-                Change::Tombstoned { stream } => {
-                    row_of(&mut rows, committed, &stream).tombstoned = true;
-                }
-                Change::Metadata { stream, metadata } => {
-                    row_of(&mut rows, committed, &stream).metadata =
-                        Some(metadata_json(&metadata)?);
-                }
-                Change::Checkpoint { consumer, position } => {
-                    checkpoints.insert(consumer, position);
+                    Change::Deleted { stream, before } => {
+                        let row = row_of(&mut rows, committed, &stream);
+                        row.deleted_before = row.deleted_before.max(before);
+                    }
+                    Change::Tombstoned { stream } => {
+                        row_of(&mut rows, committed, &stream).tombstoned = true;
+                    }
+                    Change::Metadata { stream, metadata } => {
+                        row_of(&mut rows, committed, &stream).metadata =
+                            Some(metadata_json(&metadata)?);
+                    }
+                    Change::Checkpoint { consumer, position } => {
+                        checkpoints.insert(consumer, position);
+                    }
                 }
             }
         }
+        let mut columns = StreamColumns {
+            names: Vec::with_capacity(rows.len()),
+            next_revisions: Vec::with_capacity(rows.len()),
+            deleted: Vec::with_capacity(rows.len()),
+            tombstoned: Vec::with_capacity(rows.len()),
+            last_ids: Vec::with_capacity(rows.len()),
+            last_positions: Vec::with_capacity(rows.len()),
+            metadata: Vec::with_capacity(rows.len()),
+            consumers: Vec::with_capacity(checkpoints.len()),
+            positions: Vec::with_capacity(checkpoints.len()),
+        };
+        for (name, row) in rows {
+            columns.names.push(name.as_str().to_owned());
+            columns.next_revisions.push(to_i64(row.next_revision));
+            columns.deleted.push(to_i64(row.deleted_before));
+            columns.tombstoned.push(row.tombstoned);
+            columns.last_ids.push(row.last_id);
+            columns.last_positions.push(row.last_position.map(to_i64));
+            columns.metadata.push(row.metadata);
+        }
+        for (consumer, position) in checkpoints {
+            columns.consumers.push(consumer);
+            columns.positions.push(to_i64(position));
+        }
+        Ok(columns)
     }
-    let mut names = Vec::with_capacity(rows.len());
-    let mut next_revisions = Vec::with_capacity(rows.len());
-    let mut deleted = Vec::with_capacity(rows.len());
-    let mut tombstoned = Vec::with_capacity(rows.len());
-    let mut last_ids = Vec::with_capacity(rows.len());
-    let mut last_positions = Vec::with_capacity(rows.len());
-    let mut metadata = Vec::with_capacity(rows.len());
-    for (name, row) in &rows {
-        names.push(name.as_str());
-        next_revisions.push(to_i64(row.next_revision));
-        deleted.push(to_i64(row.deleted_before));
-        tombstoned.push(row.tombstoned);
-        last_ids.push(row.last_id);
-        last_positions.push(row.last_position.map(to_i64));
-        metadata.push(row.metadata.as_deref());
-    }
-    conn.execute(
-        "INSERT INTO streams (name, next_revision, deleted_before, tombstoned, last_id, last_position, metadata)
-         SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::bool[], $5::uuid[], $6::int8[], $7::text[])
-         ON CONFLICT (name) DO UPDATE SET next_revision = excluded.next_revision,
-             deleted_before = excluded.deleted_before, tombstoned = excluded.tombstoned,
-             last_id = excluded.last_id, last_position = excluded.last_position,
-             metadata = excluded.metadata",
-        &[&names, &next_revisions, &deleted, &tombstoned, &last_ids, &last_positions, &metadata],
-    )
-    .await?;
-    if !checkpoints.is_empty() {
-        let (consumers, positions): (Vec<&str>, Vec<i64>) = checkpoints
-            .iter()
-            .map(|(c, p)| (c.as_str(), to_i64(*p)))
-            .unzip();
-        conn.execute(
-            "INSERT INTO checkpoints (consumer, position) SELECT * FROM unnest($1::text[], $2::int8[])
-             ON CONFLICT (consumer) DO UPDATE SET position = excluded.position",
-            &[&consumers, &positions],
-        )
-        .await?;
-    }
-    Ok(())
 }
 
 fn row_of<'a>(

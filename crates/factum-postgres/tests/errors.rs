@@ -1,5 +1,5 @@
-//! Bad options, a schema from a newer build and a bad import are refused with a clear error,
-//! and nothing is written.
+//! Bad options, a schema from a newer build, a bad import and a statement that fails inside the
+//! transaction are refused with a clear error, and nothing is written.
 #![allow(clippy::unwrap_used, missing_docs)]
 mod common;
 
@@ -100,5 +100,81 @@ async fn an_import_that_does_not_continue_its_streams_writes_nothing() {
             .unwrap()
             .0,
         None
+    );
+}
+
+/// The writer sends a batch's statements and its `COMMIT` together; when one of them fails,
+/// PostgreSQL answers the `COMMIT` with a rollback, not an error. The append must still fail,
+/// and nothing of it may be left: no event, no stream row, no position taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_that_fails_inside_the_transaction_commits_nothing() {
+    let Some((store, schema)) = common::fresh("aborted").await else {
+        return;
+    };
+    let event = |kind: &str| NewEvent::json(kind, &serde_json::json!({"n": 1})).unwrap();
+    let first = store
+        .append(
+            &StreamName::new("cart-1").unwrap(),
+            ExpectedState::NoStream,
+            vec![event("ItemAdded")],
+        )
+        .await
+        .unwrap();
+    let (client, connection) = common::connect().await.unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {}.events ADD CONSTRAINT no_poison CHECK (type <> 'Poison')",
+            schema.0
+        ))
+        .await
+        .unwrap();
+
+    let poisoned = StreamName::new("cart-2").unwrap();
+    match store
+        .append(&poisoned, ExpectedState::NoStream, vec![event("Poison")])
+        .await
+    {
+        Err(StoreError::Unavailable(message)) => {
+            assert!(message.contains("no_poison"), "{message}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(store.stream_revision(&poisoned).await.unwrap().0, None);
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT (SELECT count(*) FROM {0}.streams WHERE name = 'cart-2'),
+                        (SELECT count(*) FROM {0}.events),
+                        (SELECT next_position FROM {0}.head)",
+                schema.0
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2)
+        ),
+        (0, 1, 1)
+    );
+
+    // The writer carries on: the next append takes the next position.
+    let next = store
+        .append(&poisoned, ExpectedState::NoStream, vec![event("ItemAdded")])
+        .await
+        .unwrap();
+    assert_eq!(next.position, first.position + 1);
+    assert_eq!(store.head(), 2);
+    assert_eq!(
+        store
+            .read_all(0, Direction::Forwards, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
     );
 }
