@@ -42,7 +42,8 @@ struct Cli {
     )]
     data_dir: PathBuf,
     /// Use the store in PostgreSQL at this URL (postgres://user@host/db) instead of the
-    /// embedded store in --data-dir.
+    /// embedded store in --data-dir. TLS as with libpq: ?sslmode=verify-full&sslrootcert=ca.pem
+    /// (encrypted whenever the server offers it unless sslmode=disable).
     #[arg(long, global = true, env = "FACTUM_STORE")]
     store: Option<String>,
     /// The PostgreSQL schema of the store (with --store).
