@@ -84,6 +84,7 @@ use factum_core::{
     AppendOptions, Checkpoint, EventStore, ExpectedState, NewEvent, RecordedEvent, StoreError,
     StreamName, SubscriptionFilter,
 };
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -328,6 +329,8 @@ pub struct SagaManager<G: Saga> {
 
 /// Positions passed without a step before the checkpoint is saved on its own.
 const SAVE_EVERY: u64 = 1024;
+/// Instance streams a starting manager reads at once.
+const START_READS: usize = 32;
 
 impl<G: Saga> SagaManager<G> {
     /// A manager of `saga` over `store`, sending commands with `dispatch`.
@@ -477,11 +480,21 @@ impl<G: Saga> SagaManager<G> {
         let mut deadlines = Deadlines::default();
         let mut outbox: VecDeque<Pending> = VecDeque::new();
         let prefix = format!("$saga-{}-", G::NAME);
-        for id in crate::processor::names_after(self.store.as_ref(), &prefix).await? {
-            let instance = self.load(&id).await?;
+        // Instances are read many at a time (a store over the network answers each read in a
+        // round trip), in name order.
+        let ids = crate::processor::names_after(self.store.as_ref(), &prefix).await?;
+        let mut loading = futures::stream::iter(ids)
+            .map(|id| async move {
+                let instance = self.load(&id).await;
+                (id, instance)
+            })
+            .buffered(START_READS);
+        while let Some((id, instance)) = loading.next().await {
+            let instance = instance?;
             outbox.extend(instance.pending);
             deadlines.set(id, instance.deadlines);
         }
+        drop(loading);
         let consumer = Self::checkpoint_name();
         let mut saved = self.store.read_checkpoint(&consumer).await?;
         self.status.send_modify(|s| s.checkpoint = saved);
