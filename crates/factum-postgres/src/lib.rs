@@ -216,13 +216,23 @@ impl PgStore {
         else {
             return Ok(None);
         };
+        self.stream_columns(&row, 0, stream).map(Some)
+    }
+
+    /// A stream's summary and metadata from the five columns of its row that start at `first`.
+    fn stream_columns(
+        &self,
+        row: &Row,
+        first: usize,
+        stream: &StreamName,
+    ) -> Result<(StreamSummary, Option<StreamMetadata>), StoreError> {
         let summary = StreamSummary {
-            next_revision: to_u64(row.get(0)),
-            deleted_before: to_u64(row.get(1)),
-            tombstoned: row.get(2),
-            last_id: row.get(3),
+            next_revision: to_u64(row.get(first)),
+            deleted_before: to_u64(row.get(first + 1)),
+            tombstoned: row.get(first + 2),
+            last_id: row.get(first + 3),
         };
-        let metadata = match row.get::<_, Option<String>>(4) {
+        let metadata = match row.get::<_, Option<String>>(first + 4) {
             None => None,
             Some(json) => Some(serde_json::from_str(&json).map_err(|e| {
                 self.corrupted(
@@ -232,7 +242,7 @@ impl PgStore {
                 )
             })?),
         };
-        Ok(Some((summary, metadata)))
+        Ok((summary, metadata))
     }
 }
 
@@ -241,6 +251,23 @@ macro_rules! events_query {
         concat!(
             "SELECT position, stream, revision, id, type, content_type, data, metadata, recorded_at_us FROM events ",
             $rest
+        )
+    };
+}
+
+/// A stream's row (columns 9 to 13) with up to `$3` of its events (columns 0 to 8) that
+/// `$where` picks, in `$order`; the row alone when none is picked. `$1` is the stream.
+macro_rules! stream_and_events {
+    ($where:literal, $order:literal) => {
+        concat!(
+            "SELECT e.position, e.stream, e.revision, e.id, e.type, e.content_type, e.data, e.metadata, e.recorded_at_us,
+                    s.next_revision, s.deleted_before, s.tombstoned, s.last_id, s.metadata
+             FROM streams s LEFT JOIN LATERAL (
+                 SELECT * FROM events WHERE stream = s.name AND ",
+            $where,
+            " LIMIT $3) e ON true
+             WHERE s.name = $1 ORDER BY ",
+            $order
         )
     };
 }
@@ -272,15 +299,30 @@ impl EventStore for PgStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let conn = self.inner.readers.get().await?;
-        let (summary, metadata) = self
-            .stream_row(&conn, stream)
-            .await?
+        // One statement reads the stream's row and, past its soft delete, up to `limit` of its
+        // events: one round trip and one snapshot. When the metadata hides more (truncate
+        // before, max count), the events are read again for exactly the visible range.
+        let from = to_i64(from_revision);
+        let limit_sql = to_i64(limit as u64);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&stream.as_str(), &from, &limit_sql];
+        let rows = match direction {
+            Direction::Forwards => conn.query(stream_and_events!(
+                "revision >= GREATEST($2, s.deleted_before) AND revision < s.next_revision ORDER BY revision",
+                "e.revision"
+            ), &params).await?,
+            Direction::Backwards => conn.query(stream_and_events!(
+                "revision <= LEAST($2, s.next_revision - 1) AND revision >= s.deleted_before ORDER BY revision DESC",
+                "e.revision DESC"
+            ), &params).await?,
+        };
+        let first = rows
+            .first()
             .ok_or_else(|| StoreError::NotFound(stream.to_string()))?;
+        let (summary, metadata) = self.stream_columns(first, 9, stream)?;
         if summary.tombstoned {
             return Err(StoreError::StreamDeleted(stream.to_string()));
         }
-        // The range is fixed by the row read above; events are never changed once written,
-        // so reading it is the same as reading at that moment.
         let range = catalog::read_range(
             stream,
             summary.next_revision,
@@ -292,32 +334,50 @@ impl EventStore for PgStore {
         if range.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
-            &stream.as_str(),
-            &to_i64(range.start),
-            &to_i64(range.end),
-            &to_i64(limit as u64),
-        ];
-        let rows = match direction {
-            Direction::Forwards => {
-                conn.query(
-                    events_query!("WHERE stream = $1 AND revision >= $2 AND revision < $3 ORDER BY revision LIMIT $4"),
-                    &params,
-                )
-                .await?
-            }
-            Direction::Backwards => {
-                conn.query(
-                    events_query!("WHERE stream = $1 AND revision >= $2 AND revision < $3 ORDER BY revision DESC LIMIT $4"),
-                    &params,
-                )
-                .await?
+        let read = catalog::read_range(
+            stream,
+            summary.next_revision,
+            summary.deleted_before,
+            None,
+            from_revision,
+            direction,
+        )?;
+        let rows = if read == range {
+            rows
+        } else {
+            // The range is fixed by the row read above; events are never changed once
+            // written, so reading it now is the same as reading it at that moment.
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+                &stream.as_str(),
+                &to_i64(range.start),
+                &to_i64(range.end),
+                &limit_sql,
+            ];
+            match direction {
+                Direction::Forwards => {
+                    conn.query(
+                        events_query!("WHERE stream = $1 AND revision >= $2 AND revision < $3 ORDER BY revision LIMIT $4"),
+                        &params,
+                    )
+                    .await?
+                }
+                Direction::Backwards => {
+                    conn.query(
+                        events_query!("WHERE stream = $1 AND revision >= $2 AND revision < $3 ORDER BY revision DESC LIMIT $4"),
+                        &params,
+                    )
+                    .await?
+                }
             }
         };
         let max_age = metadata.as_ref().and_then(|m| m.max_age_secs);
         let now = now_micros();
         let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
+        // A stream with no event in the range comes as its row alone, with no event columns.
+        for row in rows
+            .iter()
+            .filter(|row| row.get::<_, Option<i64>>(0).is_some())
+        {
             let event = self.event(row)?;
             if catalog::visible_by_age(max_age, event.recorded_at_us, now) {
                 events.push(event);
