@@ -22,7 +22,7 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Scenarios to run (bulk, concurrent, single, read-all; also open, load, load-snapshot,
-    /// bus, processor, project, project-e2e, http, http-sse, relay-nats, relay-rabbitmq).
+    /// bus, processor, saga, project, project-e2e, http, http-sse, relay-nats, relay-rabbitmq).
     #[arg(
         long,
         value_delimiter = ',',
@@ -78,6 +78,17 @@ pub(crate) async fn timed(
     work: impl std::future::Future<Output = Result<()>>,
     progress: impl Fn() -> u64,
 ) -> Result<(Duration, Vec<u64>)> {
+    timed_every(label, events, 10_000, work, progress).await
+}
+
+/// As [`timed`], with the time per `every` events.
+pub(crate) async fn timed_every(
+    label: &str,
+    events: u64,
+    every: u64,
+    work: impl std::future::Future<Output = Result<()>>,
+    progress: impl Fn() -> u64,
+) -> Result<(Duration, Vec<u64>)> {
     let bar = bar(events, label.to_owned());
     let started = Instant::now();
     tokio::pin!(work);
@@ -89,8 +100,8 @@ pub(crate) async fn timed(
             _ = tokio::time::sleep(Duration::from_millis(5)) => {
                 let now = progress();
                 bar.set_position(now);
-                if now >= last.1 + 10_000 {
-                    latencies.push(last.0.elapsed().as_micros() as u64 * 10_000 / (now - last.1));
+                if now >= last.1 + every {
+                    latencies.push(last.0.elapsed().as_micros() as u64 * every / (now - last.1));
                     last = (Instant::now(), now);
                 }
             }
@@ -649,6 +660,18 @@ pub async fn run(location: &crate::store::Location, args: BenchArgs) -> Result<(
             "relay-nats" | "relay-rabbitmq" => {
                 Some(crate::bench_relay::run(scenario, work.path(), &payloads).await)
             }
+            // On the first store, which is Factum's (embedded or PostgreSQL).
+            "saga" => Some(match stores.first().map(|s| s.as_ref()) {
+                Some(Store::Factum(engine)) => {
+                    crate::bench_toolkit::saga(Arc::new(engine.clone()), "factum").await
+                }
+                Some(Store::FactumPg(store)) => {
+                    crate::bench_toolkit::saga(Arc::new(store.clone()), "factum-pg").await
+                }
+                _ => Err(anyhow::anyhow!(
+                    "the saga scenario runs on Factum's store: put factum first in --stores"
+                )),
+            }),
             "project" | "project-e2e" => Some(
                 crate::bench_projections::run(scenario, work.path(), &args.postgres, &payloads)
                     .await,
@@ -691,7 +714,7 @@ pub async fn run(location: &crate::store::Location, args: BenchArgs) -> Result<(
                 other => {
                     bail!(
                         "unknown scenario '{other}' (bulk, concurrent, single, read-all, open, \
-                         load, load-snapshot, bus, processor, project, project-e2e, http, http-sse, \
+                         load, load-snapshot, bus, processor, saga, project, project-e2e, http, http-sse, \
                          relay-nats, relay-rabbitmq)"
                     )
                 }

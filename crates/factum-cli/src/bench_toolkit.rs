@@ -12,6 +12,7 @@ use factum::{
     StreamName,
 };
 use factum_engine::Engine;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::bench::{Payloads, Row, bar, row, timed};
@@ -267,4 +268,131 @@ pub async fn bus() -> Result<Row> {
         overhead_ns as f64 / 1000.0
     );
     Ok(r)
+}
+
+/// A saga of one step: each `AccountOpened` starts an instance that sends one command and
+/// finishes.
+struct Welcome;
+
+impl factum::saga::Saga for Welcome {
+    const NAME: &'static str = "bench-welcome";
+    type State = u8;
+    type Command = String;
+
+    fn correlate(&self, event: &factum::RecordedEvent) -> Option<String> {
+        (event.event_type == "AccountOpened").then(|| event.stream.as_str().to_owned())
+    }
+
+    fn on_event(
+        &self,
+        _: &u8,
+        _: &factum::RecordedEvent,
+    ) -> Option<factum::saga::Step<u8, String>> {
+        Some(
+            factum::saga::Step::to(1)
+                .send("SendWelcome".to_owned())
+                .done(),
+        )
+    }
+}
+
+/// A saga manager on the store (embedded or PostgreSQL): `INSTANCES` events each start an
+/// instance that stores one step with its checkpoint, sends one command and records it sent.
+/// The first row is instances per second (latency: the time per 1,000 instances); the second
+/// three starts of a new manager over those finished instances (instances read per second;
+/// latency: each start).
+pub async fn saga(store: Arc<dyn EventStore>, label: &str) -> Result<Vec<Row>> {
+    use factum::saga::SagaManager;
+    const INSTANCES: u64 = 20_000;
+    // A fresh saga name per run: its instances are only this run's.
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let first = store.head();
+    let progress = bar(INSTANCES, format!("saga {label}: opening accounts"));
+    let opened = futures::stream::iter(0..INSTANCES)
+        .map(|n| {
+            let (store, run) = (store.clone(), run.clone());
+            async move {
+                let stream = StreamName::user(format!("bench-account-{run}-{n}"))?;
+                let event = NewEvent::json("AccountOpened", &serde_json::json!({ "n": n }))?;
+                store
+                    .append(&stream, ExpectedState::NoStream, vec![event])
+                    .await?;
+                Ok::<_, anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(64);
+    futures::pin_mut!(opened);
+    while let Some(result) = opened.next().await {
+        result?;
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    let last = store.head() - 1;
+
+    // The manager starts where this run's events start (the checkpoint is per saga, and the
+    // saga's name is the same in every run, so it is moved to just before them).
+    let checkpoint = SagaManager::<Welcome>::checkpoint_name();
+    if let Some(before) = first.checked_sub(1) {
+        match store.save_checkpoint(&checkpoint, before).await {
+            Ok(_) | Err(factum::StoreError::CheckpointBehind { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let manager = Arc::new(SagaManager::new(Welcome, store.clone(), |_, _| async {
+        Ok(())
+    }));
+    let mut status = manager.status();
+    let sent_before = status.borrow().commands_sent;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            manager
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    let sent = {
+        let status = status.clone();
+        move || status.borrow().commands_sent - sent_before
+    };
+    let (elapsed, latencies) = crate::bench::timed_every(
+        &format!("saga {label}"),
+        INSTANCES,
+        1_000,
+        async {
+            status
+                .wait_for(|s| {
+                    s.checkpoint.is_some_and(|c| c >= last)
+                        && s.commands_sent - sent_before >= INSTANCES
+                })
+                .await?;
+            Ok(())
+        },
+        sent,
+    )
+    .await?;
+    let _ = stop.send(());
+    running.await??;
+    let mut rows = vec![row("saga", label, INSTANCES, elapsed, latencies)];
+
+    // Events: the instances read by the three starts together.
+    let mut starts = Vec::new();
+    let started = Instant::now();
+    for _ in 0..3 {
+        let manager = SagaManager::new(Welcome, store.clone(), |_, _| async { Ok(()) });
+        let start = Instant::now();
+        manager.run(async {}).await?;
+        starts.push(start.elapsed().as_micros() as u64);
+    }
+    rows.push(row(
+        "saga-start",
+        label,
+        3 * INSTANCES,
+        started.elapsed(),
+        starts,
+    ));
+    Ok(rows)
 }

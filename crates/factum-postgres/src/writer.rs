@@ -135,7 +135,7 @@ impl Writer {
         hold_before_commit: Option<Arc<Semaphore>>,
     ) -> Self {
         Writer {
-            target,
+            target: target.for_writes(&schema),
             schema,
             head,
             hold_before_commit,
