@@ -58,11 +58,12 @@ impl Target {
     /// plan PostgreSQL chose when the tables were small, a sequential scan, until the next
     /// `ANALYZE`, which never comes where autovacuum is off; with 20 000 streams that scan made
     /// each transaction several milliseconds slower.
-    pub fn for_writes(&self, schema: &str) -> Target {
+    pub fn for_writes(&self) -> Target {
         let mut target = self.clone();
-        target.connect.config_mut().options(format!(
-            "-c search_path={schema} -c plan_cache_mode=force_custom_plan"
-        ));
+        let config = target.connect.config_mut();
+        let options = config.get_options().unwrap_or_default();
+        let options = format!("{options} -c plan_cache_mode=force_custom_plan");
+        config.options(options);
         target
     }
 

@@ -135,7 +135,7 @@ impl Writer {
         hold_before_commit: Option<Arc<Semaphore>>,
     ) -> Self {
         Writer {
-            target: target.for_writes(&schema),
+            target: target.for_writes(),
             schema,
             head,
             hold_before_commit,
