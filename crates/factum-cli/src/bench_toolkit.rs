@@ -297,7 +297,7 @@ impl factum::saga::Saga for Welcome {
 }
 
 /// A saga manager on the store (embedded or PostgreSQL): `INSTANCES` events each start an
-/// instance that stores one step with its checkpoint, sends one command and records it sent.
+/// instance that stores one step, sends one command and records it sent.
 /// The first row is instances per second (latency: the time per 1,000 instances); the second
 /// three starts of a new manager over those finished instances (instances read per second;
 /// latency: each start).

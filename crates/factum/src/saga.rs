@@ -7,8 +7,14 @@
 //! [`SagaManager`] runs it:
 //!
 //! - **Exactly once per event.** Each instance lives in its own stream `$saga-{name}-{id}`.
-//!   A step caused by an event is appended there together with the manager's checkpoint, in one
-//!   atomic write: after a crash the event is either fully taken into account or not at all.
+//!   A step caused by an event is appended there in one atomic write that records the event's
+//!   position: after a crash the event is either fully taken into account or not at all, and
+//!   an instance never takes an event at or before the last one it took.
+//! - **Instances at the same time.** The events that arrived together (up to 1,024) are taken
+//!   as a batch: each instance's in order, up to 64 instances at once, so their appends share
+//!   the store's durable writes. The checkpoint is saved once the batch is taken (with the
+//!   step itself when the batch holds only one event to take); a restart reads again from it
+//!   and skips what each instance already took.
 //! - **Commands are an outbox.** A step's commands are stored with it, each with an id derived
 //!   from its cause, and sent afterwards; sending is recorded (`SagaCommandSent`). Commands
 //!   stored but not recorded as sent are sent again after a restart, with the same ids, so a
@@ -221,6 +227,9 @@ struct Stepped {
     /// The deadline this step is the firing of.
     #[serde(default)]
     fired: Option<Uuid>,
+    /// The position in `$all` of the event that caused it (steps caused by events only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    position: Option<u64>,
     done: bool,
 }
 
@@ -263,6 +272,19 @@ struct Instance<S> {
     pending: Vec<Pending>,
     deadlines: Vec<StoredDeadline>,
     done: bool,
+    /// The position of the last event a step of the instance was caused by.
+    taken: Option<u64>,
+}
+
+/// What caused a step.
+struct Cause {
+    /// An event id, `rejected:{command id}` or `deadline:{deadline id}`.
+    text: String,
+    correlation_id: String,
+    /// The deadline the step is the firing of.
+    fired: Option<Uuid>,
+    /// The position of the event that caused it.
+    position: Option<u64>,
 }
 
 /// What a saga manager has done since it started.
@@ -331,6 +353,10 @@ pub struct SagaManager<G: Saga> {
 const SAVE_EVERY: u64 = 1024;
 /// Instance streams a starting manager reads at once.
 const START_READS: usize = 32;
+/// The most events of `$all` taken as one batch.
+const BATCH: usize = 1024;
+/// Instances of a batch taken at the same time.
+const CONCURRENT_INSTANCES: usize = 64;
 
 impl<G: Saga> SagaManager<G> {
     /// A manager of `saga` over `store`, sending commands with `dispatch`.
@@ -387,6 +413,7 @@ impl<G: Saga> SagaManager<G> {
             pending: Vec::new(),
             deadlines: Vec::new(),
             done: false,
+            taken: None,
         };
         let mut finished: HashSet<Uuid> = HashSet::new();
         let mut state = None;
@@ -400,6 +427,7 @@ impl<G: Saga> SagaManager<G> {
                     instance.deadlines = deadlines_after(&instance.deadlines, &step);
                     instance.pending.extend(step.pending(id));
                     instance.done = step.done;
+                    instance.taken = step.position.or(instance.taken);
                     state = Some(step.state);
                 }
                 SENT | REJECTED => {
@@ -423,12 +451,10 @@ impl<G: Saga> SagaManager<G> {
     fn stepped(
         &self,
         instance: &str,
-        cause: String,
-        correlation_id: String,
+        cause: Cause,
         step: Step<G::State, G::Command>,
-        fired: Option<Uuid>,
     ) -> Result<Stepped, SagaError> {
-        let source = format!("{instance}/{cause}");
+        let source = format!("{instance}/{}", cause.text);
         let mut commands = Vec::new();
         for (n, command) in step.commands.iter().enumerate() {
             commands.push(StoredCommand {
@@ -447,13 +473,14 @@ impl<G: Saga> SagaManager<G> {
             })
             .collect();
         Ok(Stepped {
-            cause,
-            correlation_id,
+            cause: cause.text,
+            correlation_id: cause.correlation_id,
             state: serde_json::to_value(&step.state).map_err(Self::decode_error)?,
             commands,
             scheduled,
             cancelled: step.cancel,
-            fired,
+            fired: cause.fired,
+            position: cause.position,
             done: step.done,
         })
     }
@@ -531,18 +558,31 @@ impl<G: Saga> SagaManager<G> {
                     }
                 }
                 event = subscription.next() => {
-                    let event = event?;
-                    let position = event.position;
-                    match self.take(&event, &consumer).await? {
-                        Some(after) => {
-                            Self::queue(after, &mut outbox, &mut deadlines);
-                            saved = Some(position);
+                    let mut batch = vec![event?];
+                    while batch.len() < BATCH {
+                        match subscription.next_buffered() {
+                            Some(event) => batch.push(event),
+                            None => break,
                         }
-                        None if saved.is_none_or(|s| position >= s + SAVE_EVERY) => {
+                    }
+                    let Some(position) = batch.last().map(|e| e.position) else {
+                        continue;
+                    };
+                    let taken = tokio::select! {
+                        () = &mut shutdown => break,
+                        taken = self.take_batch(batch, &consumer) => taken?,
+                    };
+                    for (id, list) in taken.deadlines {
+                        deadlines.set(id, list);
+                    }
+                    if taken.stepped {
+                        if !taken.saved {
                             self.save(&consumer, position).await?;
-                            saved = Some(position);
                         }
-                        None => {}
+                        saved = Some(position);
+                    } else if saved.is_none_or(|s| position >= s + SAVE_EVERY) {
+                        self.save(&consumer, position).await?;
+                        saved = Some(position);
                     }
                     last = Some(position);
                     self.status.send_modify(|s| s.checkpoint = Some(position));
@@ -575,19 +615,16 @@ impl<G: Saga> SagaManager<G> {
 
     /// Stores `step` of `instance` (with `options`, and `first` before it); returns what is
     /// left to do.
-    #[allow(clippy::too_many_arguments)]
     async fn store_step(
         &self,
         id: &str,
         instance: &Instance<G::State>,
-        cause: String,
-        correlation_id: String,
+        cause: Cause,
         step: Step<G::State, G::Command>,
-        fired: Option<Uuid>,
         first: Option<NewEvent>,
         options: AppendOptions,
     ) -> Result<After, SagaError> {
-        let stepped = self.stepped(id, cause, correlation_id, step, fired)?;
+        let stepped = self.stepped(id, cause, step)?;
         let deadlines = deadlines_after(&instance.deadlines, &stepped);
         let mut records: Vec<NewEvent> = first.into_iter().collect();
         records.push(NewEvent::json(STEPPED, &stepped)?);
@@ -601,20 +638,95 @@ impl<G: Saga> SagaManager<G> {
         })
     }
 
-    /// Takes one event of `$all`: the step of its instance, stored with the checkpoint.
+    /// Takes a batch of `$all`'s events: the events of each instance in order, different
+    /// instances at the same time. A batch with one event to take stores it with the
+    /// checkpoint (the batch's last position); otherwise the caller saves the checkpoint once
+    /// the whole batch is taken, and a restart in between skips what was taken by the position
+    /// each step records.
+    async fn take_batch(
+        &self,
+        batch: Vec<RecordedEvent>,
+        consumer: &str,
+    ) -> Result<BatchTaken, SagaError> {
+        let Some(last) = batch.last().map(|e| e.position) else {
+            return Ok(BatchTaken::default());
+        };
+        let mut order: HashMap<String, usize> = HashMap::new();
+        let mut instances: Vec<(String, Vec<RecordedEvent>)> = Vec::new();
+        for event in batch {
+            if event.stream.is_system() {
+                continue;
+            }
+            let Some(id) = self.saga.correlate(&event) else {
+                continue;
+            };
+            match order.get(&id) {
+                Some(&at) => instances[at].1.push(event),
+                None => {
+                    order.insert(id.clone(), instances.len());
+                    instances.push((id, vec![event]));
+                }
+            }
+        }
+        let alone = matches!(&instances[..], [(_, events)] if events.len() == 1);
+        let checkpoint = alone.then(|| Checkpoint {
+            consumer: consumer.to_owned(),
+            position: last,
+        });
+        let mut taking = futures::stream::iter(instances)
+            .map(|(id, events)| self.take_instance(id, events, checkpoint.clone()))
+            .buffer_unordered(CONCURRENT_INSTANCES);
+        let mut result = BatchTaken::default();
+        while let Some(taken) = taking.next().await {
+            let taken = taken?;
+            result.stepped |= taken.stepped;
+            result.deadlines.extend(taken.deadlines);
+        }
+        result.saved = alone && result.stepped;
+        Ok(result)
+    }
+
+    /// Takes the events of one instance `id`, in order, each with its step and then the
+    /// commands of that step (and of any compensation they lead to). `checkpoint`, if given, is
+    /// stored with the step of an event (the batch holds no other). Returns whether a step was
+    /// stored, and the instance's deadlines after the last.
+    async fn take_instance(
+        &self,
+        id: String,
+        events: Vec<RecordedEvent>,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<Taken, SagaError> {
+        let mut taken = Taken {
+            stepped: false,
+            deadlines: None,
+        };
+        for event in &events {
+            let Some(after) = self.take(&id, event, checkpoint.clone()).await? else {
+                continue;
+            };
+            taken.stepped = true;
+            let mut outbox: VecDeque<Pending> = after.pending.into();
+            taken.deadlines = after.deadlines.or(taken.deadlines);
+            while let Some(pending) = outbox.pop_front() {
+                let after = self.send(pending).await?;
+                outbox.extend(after.pending);
+                taken.deadlines = after.deadlines.or(taken.deadlines);
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Takes one event of instance `id`: its step, stored with `checkpoint` if given. An event
+    /// at or before the last one the instance took (stored by an earlier run whose checkpoint
+    /// was not saved yet) is not taken again.
     async fn take(
         &self,
+        id: &str,
         event: &RecordedEvent,
-        consumer: &str,
+        checkpoint: Option<Checkpoint>,
     ) -> Result<Option<After>, SagaError> {
-        if event.stream.is_system() {
-            return Ok(None);
-        }
-        let Some(id) = self.saga.correlate(event) else {
-            return Ok(None);
-        };
-        let instance = self.load(&id).await?;
-        if instance.done {
+        let instance = self.load(id).await?;
+        if instance.done || instance.taken.is_some_and(|t| t >= event.position) {
             return Ok(None);
         }
         let Some(step) = self.saga.on_event(&instance.state, event) else {
@@ -625,24 +737,15 @@ impl<G: Saga> SagaManager<G> {
             .get("$correlationId")
             .and_then(|v| v.as_str())
             .map_or_else(|| event.id.to_string(), str::to_owned);
-        let options = AppendOptions {
-            checkpoint: Some(Checkpoint {
-                consumer: consumer.to_owned(),
-                position: event.position,
-            }),
+        let cause = Cause {
+            text: event.id.to_string(),
+            correlation_id,
+            fired: None,
+            position: Some(event.position),
         };
-        let cause = event.id.to_string();
+        let options = AppendOptions { checkpoint };
         match self
-            .store_step(
-                &id,
-                &instance,
-                cause,
-                correlation_id,
-                step,
-                None,
-                None,
-                options,
-            )
+            .store_step(id, &instance, cause, step, None, options)
             .await
         {
             Ok(after) => Ok(Some(after)),
@@ -666,19 +769,14 @@ impl<G: Saga> SagaManager<G> {
             .saga
             .on_deadline(&instance.state, &found.name, id)
             .unwrap_or_else(|| Step::to(instance.state.clone()));
-        let cause = format!("deadline:{deadline}");
-        let correlation_id = instance.correlation_id.clone();
+        let cause = Cause {
+            text: format!("deadline:{deadline}"),
+            correlation_id: instance.correlation_id.clone(),
+            fired: Some(deadline),
+            position: None,
+        };
         let after = self
-            .store_step(
-                id,
-                &instance,
-                cause,
-                correlation_id,
-                step,
-                Some(deadline),
-                None,
-                AppendOptions::default(),
-            )
+            .store_step(id, &instance, cause, step, None, AppendOptions::default())
             .await?;
         self.status.send_modify(|s| s.deadlines_fired += 1);
         Ok(after)
@@ -728,13 +826,17 @@ impl<G: Saga> SagaManager<G> {
         let record = NewEvent::json(REJECTED, &outcome)?;
         let after = match self.saga.on_rejected(&instance.state, &command, &reason) {
             Some(step) => {
+                let cause = Cause {
+                    text: format!("rejected:{}", pending.id),
+                    correlation_id: instance.correlation_id.clone(),
+                    fired: None,
+                    position: None,
+                };
                 self.store_step(
                     &pending.instance,
                     &instance,
-                    format!("rejected:{}", pending.id),
-                    instance.correlation_id.clone(),
+                    cause,
                     step,
-                    None,
                     Some(record),
                     AppendOptions::default(),
                 )
@@ -764,6 +866,25 @@ fn deadlines_after(before: &[StoredDeadline], stepped: &Stepped) -> Vec<StoredDe
         .chain(&stepped.scheduled)
         .cloned()
         .collect()
+}
+
+/// What taking a batch of events did.
+#[derive(Default)]
+struct BatchTaken {
+    /// A step was stored.
+    stepped: bool,
+    /// The checkpoint was stored with it.
+    saved: bool,
+    /// The deadlines of the instances that stepped.
+    deadlines: Vec<(String, Vec<StoredDeadline>)>,
+}
+
+/// What taking an instance's events in a batch did.
+struct Taken {
+    /// A step was stored.
+    stepped: bool,
+    /// The instance's deadlines after its last step.
+    deadlines: Option<(String, Vec<StoredDeadline>)>,
 }
 
 /// What storing a step left to do: commands to send, and the instance's deadlines now.

@@ -532,24 +532,30 @@ async fn each_event_is_taken_once_and_commands_stored_but_not_sent_are_sent_afte
         })
         .await;
     running.stop().await;
-    // Run it again over the same log: nothing is taken twice.
+    assert_taken_once(&store, (0..5).map(|n| (format!("t{}", 5 + n), n))).await;
+}
+
+/// Runs the manager again over the same log and finds nothing to take; each transfer
+/// (`(id, n)`: from `a{n}` to `b{n}`) debited and credited once, its instance three steps with
+/// each command recorded as sent once.
+async fn assert_taken_once(
+    store: &Arc<dyn EventStore>,
+    transfers: impl IntoIterator<Item = (String, usize)>,
+) {
     let (running, _) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(0))));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let again = running.stop().await;
     assert_eq!((again.steps, again.commands_sent), (0, 0), "{again:?}");
-    for n in 0..5 {
+    for (transfer, n) in transfers {
         assert_eq!(
-            history(&store, &format!("a{n}")).await,
+            history(store, &format!("a{n}")).await,
             ["Opened", "Debited"]
         );
         assert_eq!(
-            history(&store, &format!("b{n}")).await,
+            history(store, &format!("b{n}")).await,
             ["Opened", "Credited"]
         );
-    }
-    // Each instance: three steps, and each command recorded as sent once.
-    for n in 0..5 {
-        let stream = SagaManager::<TransferSaga>::instance_stream(&format!("t{}", 5 + n)).unwrap();
+        let stream = SagaManager::<TransferSaga>::instance_stream(&transfer).unwrap();
         let types: Vec<_> = store
             .read_stream(&stream, 0, Direction::Forwards, 100)
             .await
@@ -557,13 +563,72 @@ async fn each_event_is_taken_once_and_commands_stored_but_not_sent_are_sent_afte
             .into_iter()
             .map(|e| e.event_type)
             .collect();
-        let count = |t: &str| types.iter().filter(|x| *x == t).count();
         assert_eq!(
-            (count("SagaStepped"), count("SagaCommandSent")),
-            (3, 2),
-            "{types:?}"
+            types,
+            [
+                "SagaStepped",
+                "SagaCommandSent",
+                "SagaStepped",
+                "SagaCommandSent",
+                "SagaStepped"
+            ],
+            "transfer {transfer}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_batch_cut_short_by_a_stop_is_not_taken_twice_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> =
+        Arc::new(Engine::open(dir.path(), Options::default()).unwrap());
+    const TRANSFERS: usize = 8;
+    for n in 0..TRANSFERS {
+        open(&store, &format!("a{n}"), 100).await;
+        open(&store, &format!("b{n}"), 0).await;
+    }
+    let first_request = store.head();
+    for n in 0..TRANSFERS {
+        request(
+            &store,
+            &format!("t{n}"),
+            &format!("a{n}"),
+            &format!("b{n}"),
+            10,
+            60_000,
+        )
+        .await;
+    }
+    // The requests arrive together and are taken as one batch, all instances at once. The bus
+    // is away: every first step is stored, no debit can be sent, and the manager stops before
+    // the batch is done, so its checkpoint is not saved.
+    let (mut running, _) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(u32::MAX))));
+    running
+        .wait_for("every first step stored, a send failed", |s| {
+            s.steps == TRANSFERS as u64 && s.failures >= 1
+        })
+        .await;
+    let status = running.stop().await;
+    assert_eq!(status.commands_sent, 0, "{status:?}");
+    let checkpoint = store
+        .read_checkpoint(&SagaManager::<TransferSaga>::checkpoint_name())
+        .await
+        .unwrap();
+    assert!(
+        checkpoint.is_none_or(|c| c < first_request),
+        "the batch's checkpoint was saved: {checkpoint:?}"
+    );
+
+    // The restart reads the requests again: each instance has taken its own already. The
+    // debits stored but not sent go out, and the transfers finish.
+    let (mut running, _) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(0))));
+    running
+        .wait_for("every transfer done", |s| {
+            s.commands_sent == 2 * TRANSFERS as u64 && s.steps == 2 * TRANSFERS as u64
+        })
+        .await;
+    running.stop().await;
+    assert_taken_once(&store, (0..TRANSFERS).map(|n| (format!("t{n}"), n))).await;
 }
 
 #[tokio::test]
