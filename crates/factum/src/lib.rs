@@ -64,6 +64,7 @@ pub use replay::replay_stream;
 pub use repository::{
     DUPLICATE_WINDOW, Executed, Loaded, Repository, RepositoryError, ToAggregate,
 };
+pub use snapshot::SnapshotPolicy;
 
 /// The toolkit's own stream `${kind}-{name}` (`$deadletter-…`, `$inbox-…`, `$saga-…`, `$snapshot-…`): an
 /// empty name would make a stream that is not one of the toolkit's, so it is refused.

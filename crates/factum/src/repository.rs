@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 
 use crate::bus::{BusError, Command, Envelope};
 use crate::replay::replay_stream;
-use crate::snapshot::Snapshots;
+use crate::snapshot::{SnapshotPolicy, Snapshots};
 use crate::{CodecError, CommandContext, Decider, EventCodec};
 
 /// A command for the aggregate with this id: what the bus carries to a repository's handler
@@ -89,6 +89,22 @@ pub struct Executed<E> {
     /// [`CommandContext`] delivered again): nothing was decided or written, and `revision`
     /// is the aggregate's current one.
     pub duplicate: bool,
+}
+
+/// A load as a command sees it.
+struct LoadedStream<S> {
+    loaded: Loaded<S>,
+    /// The command being executed produced some of the events.
+    duplicate: bool,
+    /// When the snapshot the load started from was recorded, or else the first event folded
+    /// (µs since the Unix epoch).
+    since_us: Option<u64>,
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// How far back before a snapshot an idempotent command looks for its own earlier events.
@@ -187,12 +203,53 @@ impl<D: Decider> Repository<D> {
     /// assert_eq!(loaded.replayed, 5);
     /// # });
     /// ```
-    pub fn with_snapshots(mut self, every: u64) -> Self
+    pub fn with_snapshots(self, every: u64) -> Self
+    where
+        D::State: Serialize + DeserializeOwned,
+    {
+        self.with_snapshot_policy(SnapshotPolicy::every_events(every))
+    }
+
+    /// Snapshots as [`Repository::with_snapshots`] describes, saved when `policy` says: every
+    /// N events, once the newest snapshot is old enough, or both.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use factum::snapshot::SnapshotPolicy;
+    /// use factum::{CommandContext, Decider, MemoryStore, Repository};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize)]
+    /// # enum Event { Incremented }
+    /// # #[derive(Debug, thiserror::Error)]
+    /// # #[error("never")]
+    /// # struct Never;
+    /// # struct Counter;
+    /// # impl Decider for Counter {
+    /// #     type State = u64;
+    /// #     type Command = ();
+    /// #     type Event = Event;
+    /// #     type Error = Never;
+    /// #     const CATEGORY: &'static str = "counter";
+    /// #     fn initial_state(&self) -> u64 { 0 }
+    /// #     fn decide(&self, _: &u64, _: &()) -> Result<Vec<Event>, Never> { Ok(vec![Event::Incremented]) }
+    /// #     fn evolve(&self, n: u64, _: &Event) -> u64 { n + 1 }
+    /// # }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let policy = SnapshotPolicy::every_events(1000).or_every(Duration::from_millis(20));
+    /// let counters = Repository::new(MemoryStore::new(), Counter).with_snapshot_policy(policy);
+    /// counters.execute("c-1", (), &CommandContext::new()).await.unwrap();
+    /// tokio::time::sleep(Duration::from_millis(30)).await;
+    /// counters.execute("c-1", (), &CommandContext::new()).await.unwrap();
+    /// // The first event was 20 ms old: the second command saved a snapshot.
+    /// assert_eq!(counters.load("c-1").await.unwrap().snapshot, Some(1));
+    /// # });
+    /// ```
+    pub fn with_snapshot_policy(mut self, policy: SnapshotPolicy) -> Self
     where
         D::State: Serialize + DeserializeOwned,
     {
         self.snapshots = Some(Snapshots {
-            every: every.max(1),
+            policy,
             version: self.decider.state_version(),
             encode: |state| serde_json::to_vec(state),
             decode: |bytes| serde_json::from_slice(bytes),
@@ -219,7 +276,7 @@ impl<D: Decider> Repository<D> {
     /// Loads an aggregate by replaying its events.
     pub async fn load(&self, id: &str) -> Result<Loaded<D::State>, RepositoryError<D::Error>> {
         let stream = self.stream(id)?;
-        Ok(self.load_stream(&stream, None).await?.0)
+        Ok(self.load_stream(&stream, None).await?.loaded)
     }
 
     /// Loads the stream; with `command`, also tells whether that command produced any of its
@@ -228,7 +285,7 @@ impl<D: Decider> Repository<D> {
         &self,
         stream: &StreamName,
         command: Option<uuid::Uuid>,
-    ) -> Result<(Loaded<D::State>, bool), RepositoryError<D::Error>> {
+    ) -> Result<LoadedStream<D::State>, RepositoryError<D::Error>> {
         let command = command.map(|id| id.to_string());
         let produced = |event: &factum_core::RecordedEvent| {
             command.as_deref().is_some_and(|id| produced_by(event, id))
@@ -238,9 +295,14 @@ impl<D: Decider> Repository<D> {
             Some(snapshots) => snapshots.load(self.store.as_ref(), stream).await?,
             None => None,
         };
-        let (start, snapshot, from) = match found {
-            Some(found) => (found.state, Some(found.revision), found.revision + 1),
-            None => (self.decider.initial_state(), None, 0),
+        let (start, snapshot, from, mut since_us) = match found {
+            Some(found) => (
+                found.state,
+                Some(found.revision),
+                found.revision + 1,
+                Some(found.recorded_at_us),
+            ),
+            None => (self.decider.initial_state(), None, 0, None),
         };
         // `evolve` takes the state by value; the closure moves it out and back in.
         let mut state = Some(start);
@@ -255,6 +317,7 @@ impl<D: Decider> Repository<D> {
         }
         replay_stream(self.store.as_ref(), stream, from, |recorded| {
             seen = seen || produced(recorded);
+            since_us = since_us.or(Some(recorded.recorded_at_us));
             let event = self.codec.decode(&self.decider, recorded)?;
             state = state.take().map(|state| self.decider.evolve(state, &event));
             revision = Some(recorded.revision);
@@ -269,7 +332,11 @@ impl<D: Decider> Repository<D> {
             snapshot,
             replayed,
         };
-        Ok((loaded, seen))
+        Ok(LoadedStream {
+            loaded,
+            duplicate: seen,
+            since_us,
+        })
     }
 
     /// After `events` were stored (the last with `last_id` at `revision`), saves a snapshot if
@@ -277,7 +344,7 @@ impl<D: Decider> Repository<D> {
     async fn snapshot_after(
         &self,
         stream: &StreamName,
-        loaded: Loaded<D::State>,
+        loaded: LoadedStream<D::State>,
         events: &[D::Event],
         revision: u64,
         last_id: uuid::Uuid,
@@ -285,9 +352,11 @@ impl<D: Decider> Repository<D> {
         let Some(snapshots) = &self.snapshots else {
             return;
         };
-        if loaded.replayed + (events.len() as u64) < snapshots.every {
+        let folded = loaded.loaded.replayed + events.len() as u64;
+        if !snapshots.policy.due(folded, loaded.since_us, now_us()) {
             return;
         }
+        let loaded = loaded.loaded;
         let state = events.iter().fold(loaded.state, |state, event| {
             self.decider.evolve(state, event)
         });
@@ -315,8 +384,9 @@ impl<D: Decider> Repository<D> {
         let stream = self.stream(id)?;
         for attempt in 1..=self.attempts_max {
             let command_id = context.idempotent.then_some(context.command_id);
-            let (loaded, duplicate) = self.load_stream(&stream, command_id).await?;
-            if duplicate {
+            let load = self.load_stream(&stream, command_id).await?;
+            let loaded = &load.loaded;
+            if load.duplicate {
                 return Ok(Executed {
                     events: Vec::new(),
                     revision: loaded.revision,
@@ -349,7 +419,7 @@ impl<D: Decider> Repository<D> {
             let last_id = encoded.last().map(|event| event.id).unwrap_or_default();
             match self.store.append(&stream, expected, encoded).await {
                 Ok(result) => {
-                    self.snapshot_after(&stream, loaded, &events, result.last_revision, last_id)
+                    self.snapshot_after(&stream, load, &events, result.last_revision, last_id)
                         .await;
                     return Ok(Executed {
                         events,

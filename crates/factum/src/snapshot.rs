@@ -8,6 +8,8 @@
 //! (so a stream deleted and written again is replayed from its events). Anything else — a
 //! changed version, a state that no longer decodes — is ignored and the stream is replayed.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use factum_core::{ContentType, Direction, EventStore, NewEvent, StoreError, StreamName};
 use serde::{Deserialize, Serialize};
@@ -32,11 +34,75 @@ struct SnapshotMeta {
     event_id: Uuid,
 }
 
+/// When a repository saves a snapshot: after a command, once enough events were folded since
+/// the newest snapshot, or once the newest snapshot is old enough — whichever the policy names
+/// comes first.
+///
+/// ```
+/// use std::time::Duration;
+/// use factum::snapshot::SnapshotPolicy;
+/// // Every 500 events, and at least hourly for an aggregate that changed since.
+/// let policy = SnapshotPolicy::every_events(500).or_every(Duration::from_secs(3600));
+/// # let _ = policy;
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    events: Option<u64>,
+    interval: Option<Duration>,
+}
+
+impl SnapshotPolicy {
+    /// Once `events` (at least 1) were folded since the newest snapshot, or since the start of
+    /// the stream when it has none.
+    pub fn every_events(events: u64) -> Self {
+        SnapshotPolicy {
+            events: Some(events.max(1)),
+            interval: None,
+        }
+    }
+
+    /// Once the newest snapshot was recorded `interval` ago or earlier (or, when the stream has
+    /// none, its first event was): a command that changes an aggregate whose snapshot is
+    /// older than that saves a new one, however few events it folded since.
+    pub fn every(interval: Duration) -> Self {
+        SnapshotPolicy {
+            events: None,
+            interval: Some(interval),
+        }
+    }
+
+    /// This policy, and also every `events` events.
+    pub fn or_every_events(mut self, events: u64) -> Self {
+        self.events = Some(events.max(1));
+        self
+    }
+
+    /// This policy, and also every `interval`.
+    pub fn or_every(mut self, interval: Duration) -> Self {
+        self.interval = Some(interval);
+        self
+    }
+
+    /// Whether a snapshot is due after `folded` events since the last one (or the start),
+    /// that one (or the first event) recorded at `since_us` (µs since the Unix epoch), at
+    /// `now_us`.
+    pub(crate) fn due(&self, folded: u64, since_us: Option<u64>, now_us: u64) -> bool {
+        let by_count = self.events.is_some_and(|every| folded >= every);
+        let by_time = match (self.interval, since_us) {
+            (Some(interval), Some(since)) => {
+                folded > 0 && now_us.saturating_sub(since) >= interval.as_micros() as u64
+            }
+            _ => false,
+        };
+        by_count || by_time
+    }
+}
+
 /// How a repository takes and reads snapshots of states of type `S`: the policy, and the state's
 /// JSON encoding (fixed where `S` is known to be serde).
 pub(crate) struct Snapshots<S> {
-    /// Save a snapshot once this many events were folded since the last one.
-    pub every: u64,
+    /// When to save one.
+    pub policy: SnapshotPolicy,
     /// The state's schema version today.
     pub version: u32,
     pub encode: fn(&S) -> serde_json::Result<Vec<u8>>,
@@ -47,6 +113,8 @@ pub(crate) struct Snapshots<S> {
 pub(crate) struct Found<S> {
     pub state: S,
     pub revision: u64,
+    /// When the snapshot was recorded (µs since the Unix epoch).
+    pub recorded_at_us: u64,
 }
 
 impl<S> Snapshots<S> {
@@ -107,6 +175,7 @@ impl<S> Snapshots<S> {
             Ok(state) => Ok(Some(Found {
                 state,
                 revision: meta.revision,
+                recorded_at_us: newest.recorded_at_us,
             })),
             Err(e) => {
                 tracing::warn!(%stream, error = %e, "snapshot state does not decode; replaying");
@@ -146,5 +215,42 @@ impl<S> Snapshots<S> {
             .append(&beside, factum_core::ExpectedState::Any, vec![event])
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR_US: u64 = 3_600_000_000;
+
+    #[test]
+    fn a_policy_is_due_by_count_or_by_age_whichever_it_names() {
+        let count = SnapshotPolicy::every_events(10);
+        assert!(!count.due(9, Some(0), 10 * HOUR_US));
+        assert!(count.due(10, None, 0));
+
+        let age = SnapshotPolicy::every(Duration::from_secs(3600));
+        assert!(
+            !age.due(1_000_000, Some(0), HOUR_US - 1),
+            "count is not its trigger"
+        );
+        assert!(age.due(1, Some(0), HOUR_US));
+        assert!(!age.due(0, Some(0), 2 * HOUR_US), "nothing folded since");
+        assert!(!age.due(5, None, HOUR_US), "nothing to be old yet");
+        assert!(
+            !age.due(1, Some(2 * HOUR_US), HOUR_US),
+            "a clock behind is not old"
+        );
+
+        let both = count.or_every(Duration::from_secs(3600));
+        assert!(both.due(10, Some(HOUR_US), HOUR_US));
+        assert!(both.due(1, Some(0), HOUR_US));
+        assert!(!both.due(9, Some(1), HOUR_US));
+        assert_eq!(both, age.or_every_events(10));
+        assert_eq!(
+            SnapshotPolicy::every_events(0),
+            SnapshotPolicy::every_events(1)
+        );
     }
 }

@@ -3,12 +3,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use factum::snapshot::snapshot_stream;
 use factum::{
     CommandContext, Decider, Direction, EventStore, ExpectedState, MemoryStore, NewEvent,
-    Repository, StreamName,
+    Repository, SnapshotPolicy, StreamName,
 };
 use factum_core::ContentType;
 use factum_engine::{Engine, Options};
@@ -114,6 +115,44 @@ async fn a_snapshot_is_saved_every_n_events_and_loaded_with_the_events_after_it(
         assert_eq!(replayed.state, loaded.state);
         assert_eq!(replayed.snapshot, None);
         assert_eq!(replayed.replayed, 25);
+    }
+}
+
+#[tokio::test]
+async fn a_time_policy_snapshots_an_aggregate_whose_snapshot_is_old_enough() {
+    const AGE: Duration = Duration::from_millis(500);
+    for (store, _dir) in stores().await {
+        let ledgers = Repository::with_store(store.clone(), Ledgers { state_version: 1 })
+            .with_snapshot_policy(SnapshotPolicy::every(AGE));
+        // Young: however many events, no snapshot.
+        for _ in 0..5 {
+            execute(&ledgers, "t", 4).await;
+        }
+        assert_eq!(snapshots_of(&store, "t").await.len(), 0);
+        // Its first event is old enough now: the next command saves one.
+        tokio::time::sleep(AGE).await;
+        execute(&ledgers, "t", 1).await;
+        assert_eq!(ledgers.load("t").await.unwrap().snapshot, Some(20));
+        // That snapshot is young: no other until it is old enough.
+        execute(&ledgers, "t", 2).await;
+        assert_eq!(snapshots_of(&store, "t").await.len(), 1);
+        tokio::time::sleep(AGE).await;
+        execute(&ledgers, "t", 1).await;
+        let loaded = ledgers.load("t").await.unwrap();
+        assert_eq!((loaded.snapshot, loaded.replayed), (Some(23), 0));
+        assert_eq!(loaded.state.entries, 24);
+        assert_eq!(snapshots_of(&store, "t").await.len(), 2);
+
+        // Both triggers: whichever comes first.
+        let both = Repository::with_store(store.clone(), Ledgers { state_version: 1 })
+            .with_snapshot_policy(SnapshotPolicy::every_events(5).or_every(AGE));
+        execute(&both, "b", 4).await;
+        assert_eq!(snapshots_of(&store, "b").await.len(), 0);
+        execute(&both, "b", 1).await;
+        assert_eq!(both.load("b").await.unwrap().snapshot, Some(4), "by count");
+        tokio::time::sleep(AGE).await;
+        execute(&both, "b", 1).await;
+        assert_eq!(both.load("b").await.unwrap().snapshot, Some(5), "by age");
     }
 }
 
