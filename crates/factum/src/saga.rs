@@ -12,7 +12,8 @@
 //!   an instance never takes an event at or before the last one it took.
 //! - **Instances at the same time.** The events that arrived together (up to 1,024) are taken
 //!   as a batch: each instance's in order, up to 64 instances at once, so their appends share
-//!   the store's durable writes. The checkpoint is saved once the batch is taken (with the
+//!   the store's durable writes. Deadlines that come due together, and the commands a restart
+//!   finds unsent, are handled the same way. The checkpoint is saved once the batch is taken (with the
 //!   step itself when the batch holds only one event to take); a restart reads again from it
 //!   and skips what each instance already took.
 //! - **Commands are an outbox.** A step's commands are stored with it, each with an id derived
@@ -505,7 +506,8 @@ impl<G: Saga> SagaManager<G> {
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), SagaError> {
         tokio::pin!(shutdown);
         let mut deadlines = Deadlines::default();
-        let mut outbox: VecDeque<Pending> = VecDeque::new();
+        // The instances with commands stored but not sent, and those commands.
+        let mut unsent: Vec<(String, Vec<Work>)> = Vec::new();
         let prefix = format!("$saga-{}-", G::NAME);
         // Instances are read many at a time (a store over the network answers each read in a
         // round trip), in name order.
@@ -518,7 +520,10 @@ impl<G: Saga> SagaManager<G> {
             .buffered(START_READS);
         while let Some((id, instance)) = loading.next().await {
             let instance = instance?;
-            outbox.extend(instance.pending);
+            if !instance.pending.is_empty() {
+                let sends = instance.pending.into_iter().map(Work::Send).collect();
+                unsent.push((id.clone(), sends));
+            }
             deadlines.set(id, instance.deadlines);
         }
         drop(loading);
@@ -531,12 +536,12 @@ impl<G: Saga> SagaManager<G> {
             .subscribe_all(start, SubscriptionFilter::default());
         let mut last = saved;
         loop {
-            while let Some(pending) = outbox.pop_front() {
-                let after = tokio::select! {
-                    () = &mut shutdown => return Ok(()),
-                    after = self.send(pending) => after?,
+            if !unsent.is_empty() {
+                let worked = tokio::select! {
+                    () = &mut shutdown => break,
+                    worked = self.work(std::mem::take(&mut unsent), None) => worked?,
                 };
-                Self::queue(after, &mut outbox, &mut deadlines);
+                deadlines.apply(worked.deadlines);
             }
             let pending = deadlines.pending();
             self.status.send_modify(|s| s.deadlines_pending = pending);
@@ -552,10 +557,19 @@ impl<G: Saga> SagaManager<G> {
             tokio::select! {
                 () = &mut shutdown => break,
                 () = sleep => {
-                    if let Some((id, deadline)) = deadlines.pop() {
-                        let after = self.fire(&id, deadline).await?;
-                        Self::queue(after, &mut outbox, &mut deadlines);
+                    // Every deadline due now, instances at the same time.
+                    let mut due: Vec<(String, Vec<Work>)> = Vec::new();
+                    for (id, deadline) in deadlines.pop_due(now_ms()) {
+                        match due.iter_mut().find(|(known, _)| *known == id) {
+                            Some((_, work)) => work.push(Work::Deadline(deadline)),
+                            None => due.push((id, vec![Work::Deadline(deadline)])),
+                        }
                     }
+                    let worked = tokio::select! {
+                        () = &mut shutdown => break,
+                        worked = self.work(due, None) => worked?,
+                    };
+                    deadlines.apply(worked.deadlines);
                 }
                 event = subscription.next() => {
                     let mut batch = vec![event?];
@@ -572,10 +586,8 @@ impl<G: Saga> SagaManager<G> {
                         () = &mut shutdown => break,
                         taken = self.take_batch(batch, &consumer) => taken?,
                     };
-                    for (id, list) in taken.deadlines {
-                        deadlines.set(id, list);
-                    }
-                    if taken.stepped {
+                    deadlines.apply(taken.worked.deadlines);
+                    if taken.worked.stepped {
                         if !taken.saved {
                             self.save(&consumer, position).await?;
                         }
@@ -603,13 +615,6 @@ impl<G: Saga> SagaManager<G> {
         match self.store.save_checkpoint(consumer, position).await {
             Ok(_) | Err(StoreError::CheckpointBehind { .. }) => Ok(()),
             Err(e) => Err(e.into()),
-        }
-    }
-
-    fn queue(after: After, outbox: &mut VecDeque<Pending>, deadlines: &mut Deadlines) {
-        outbox.extend(after.pending);
-        if let Some((id, list)) = after.deadlines {
-            deadlines.set(id, list);
         }
     }
 
@@ -652,7 +657,7 @@ impl<G: Saga> SagaManager<G> {
             return Ok(BatchTaken::default());
         };
         let mut order: HashMap<String, usize> = HashMap::new();
-        let mut instances: Vec<(String, Vec<RecordedEvent>)> = Vec::new();
+        let mut instances: Vec<(String, Vec<Work>)> = Vec::new();
         for event in batch {
             if event.stream.is_system() {
                 continue;
@@ -661,59 +666,77 @@ impl<G: Saga> SagaManager<G> {
                 continue;
             };
             match order.get(&id) {
-                Some(&at) => instances[at].1.push(event),
+                Some(&at) => instances[at].1.push(Work::Event(event)),
                 None => {
                     order.insert(id.clone(), instances.len());
-                    instances.push((id, vec![event]));
+                    instances.push((id, vec![Work::Event(event)]));
                 }
             }
         }
-        let alone = matches!(&instances[..], [(_, events)] if events.len() == 1);
+        let alone = matches!(&instances[..], [(_, work)] if work.len() == 1);
         let checkpoint = alone.then(|| Checkpoint {
             consumer: consumer.to_owned(),
             position: last,
         });
-        let mut taking = futures::stream::iter(instances)
-            .map(|(id, events)| self.take_instance(id, events, checkpoint.clone()))
-            .buffer_unordered(CONCURRENT_INSTANCES);
-        let mut result = BatchTaken::default();
-        while let Some(taken) = taking.next().await {
-            let taken = taken?;
-            result.stepped |= taken.stepped;
-            result.deadlines.extend(taken.deadlines);
-        }
-        result.saved = alone && result.stepped;
-        Ok(result)
+        let worked = self.work(instances, checkpoint).await?;
+        Ok(BatchTaken {
+            saved: alone && worked.stepped,
+            worked,
+        })
     }
 
-    /// Takes the events of one instance `id`, in order, each with its step and then the
-    /// commands of that step (and of any compensation they lead to). `checkpoint`, if given, is
-    /// stored with the step of an event (the batch holds no other). Returns whether a step was
-    /// stored, and the instance's deadlines after the last.
-    async fn take_instance(
+    /// Does the work of each instance, in order, up to [`CONCURRENT_INSTANCES`] instances at
+    /// once; `checkpoint`, if given, is stored with an event's step.
+    async fn work(
+        &self,
+        instances: Vec<(String, Vec<Work>)>,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<Worked, SagaError> {
+        let mut working = futures::stream::iter(instances)
+            .map(|(id, work)| self.work_instance(id, work, checkpoint.clone()))
+            .buffer_unordered(CONCURRENT_INSTANCES);
+        let mut worked = Worked::default();
+        while let Some(done) = working.next().await {
+            let done = done?;
+            worked.stepped |= done.stepped;
+            worked.deadlines.extend(done.deadlines);
+        }
+        Ok(worked)
+    }
+
+    /// Does the work of one instance `id`, in order; after each step, sends its commands (and
+    /// those of any compensation they lead to). Returns whether an event caused a step, and
+    /// the instance's deadlines after the last step.
+    async fn work_instance(
         &self,
         id: String,
-        events: Vec<RecordedEvent>,
+        work: Vec<Work>,
         checkpoint: Option<Checkpoint>,
-    ) -> Result<Taken, SagaError> {
-        let mut taken = Taken {
-            stepped: false,
-            deadlines: None,
-        };
-        for event in &events {
-            let Some(after) = self.take(&id, event, checkpoint.clone()).await? else {
-                continue;
+    ) -> Result<Worked, SagaError> {
+        let mut worked = Worked::default();
+        let mut deadlines = None;
+        for item in work {
+            let after = match item {
+                Work::Event(event) => match self.take(&id, &event, checkpoint.clone()).await? {
+                    Some(after) => {
+                        worked.stepped = true;
+                        after
+                    }
+                    None => continue,
+                },
+                Work::Deadline(deadline) => self.fire(&id, deadline).await?,
+                Work::Send(pending) => self.send(pending).await?,
             };
-            taken.stepped = true;
             let mut outbox: VecDeque<Pending> = after.pending.into();
-            taken.deadlines = after.deadlines.or(taken.deadlines);
+            deadlines = after.deadlines.or(deadlines);
             while let Some(pending) = outbox.pop_front() {
                 let after = self.send(pending).await?;
                 outbox.extend(after.pending);
-                taken.deadlines = after.deadlines.or(taken.deadlines);
+                deadlines = after.deadlines.or(deadlines);
             }
         }
-        Ok(taken)
+        worked.deadlines.extend(deadlines);
+        Ok(worked)
     }
 
     /// Takes one event of instance `id`: its step, stored with `checkpoint` if given. An event
@@ -871,20 +894,28 @@ fn deadlines_after(before: &[StoredDeadline], stepped: &Stepped) -> Vec<StoredDe
 /// What taking a batch of events did.
 #[derive(Default)]
 struct BatchTaken {
-    /// A step was stored.
-    stepped: bool,
-    /// The checkpoint was stored with it.
+    worked: Worked,
+    /// The checkpoint was stored with the batch's step.
     saved: bool,
-    /// The deadlines of the instances that stepped.
-    deadlines: Vec<(String, Vec<StoredDeadline>)>,
 }
 
-/// What taking an instance's events in a batch did.
-struct Taken {
-    /// A step was stored.
+/// One thing an instance does, in its order.
+enum Work {
+    /// Take an event of `$all`.
+    Event(RecordedEvent),
+    /// Fire a deadline that came.
+    Deadline(Uuid),
+    /// Send a command stored but not sent.
+    Send(Pending),
+}
+
+/// What the instances of a [`SagaManager::work`] did.
+#[derive(Default)]
+struct Worked {
+    /// An event caused a step.
     stepped: bool,
-    /// The instance's deadlines after its last step.
-    deadlines: Option<(String, Vec<StoredDeadline>)>,
+    /// The deadlines of the instances that stepped, as they are now.
+    deadlines: Vec<(String, Vec<StoredDeadline>)>,
 }
 
 /// What storing a step left to do: commands to send, and the instance's deadlines now.
@@ -947,10 +978,22 @@ impl Deadlines {
         None
     }
 
-    fn pop(&mut self) -> Option<(String, Uuid)> {
-        self.queue
-            .pop()
-            .map(|Reverse((_, instance, id))| (instance, id))
+    /// Takes every live deadline due at `now` off the queue.
+    fn pop_due(&mut self, now: u64) -> Vec<(String, Uuid)> {
+        let mut due = Vec::new();
+        while self.next_due().is_some_and(|at| at <= now) {
+            if let Some(Reverse((_, instance, id))) = self.queue.pop() {
+                due.push((instance, id));
+            }
+        }
+        due
+    }
+
+    /// The deadlines of instances after their steps.
+    fn apply(&mut self, changed: Vec<(String, Vec<StoredDeadline>)>) {
+        for (instance, deadlines) in changed {
+            self.set(instance, deadlines);
+        }
     }
 }
 

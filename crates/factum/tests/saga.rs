@@ -454,40 +454,67 @@ async fn a_refused_credit_is_compensated_and_a_refused_debit_ends_the_transfer()
 }
 
 #[tokio::test]
-async fn a_deadline_that_passed_while_the_saga_was_down_fires_after_the_restart() {
+async fn deadlines_that_passed_while_the_saga_was_down_fire_after_the_restart() {
+    const TRANSFERS: u64 = 6;
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn EventStore> =
         Arc::new(Engine::open(dir.path(), Options::default()).unwrap());
-    open(&store, "ann", 100).await;
+    for n in 0..TRANSFERS {
+        open(&store, &format!("ann{n}"), 100).await;
+    }
     let (mut running, _) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(0))));
-    request(&store, "t4", "ann", "offline-bob", 25, 1_000).await;
+    for n in 0..TRANSFERS {
+        request(
+            &store,
+            &format!("t{n}"),
+            &format!("ann{n}"),
+            "offline-bob",
+            25,
+            1_000,
+        )
+        .await;
+    }
     running
-        .wait_for("debit and credit sent", |s| s.commands_sent == 2)
+        .wait_for("debits and credits sent", |s| {
+            s.commands_sent == 2 * TRANSFERS
+        })
         .await;
     let status = running.stop().await;
-    assert_eq!(status.deadlines_pending, 1, "{status:?}");
-    assert_eq!(balance(&store, "ann").await, 75);
+    assert_eq!(status.deadlines_pending, TRANSFERS as usize, "{status:?}");
+    assert_eq!(balance(&store, "ann0").await, 75);
     drop(store);
 
+    // All of them are due when the manager starts again: they fire together, each once.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let store: Arc<dyn EventStore> =
         Arc::new(Engine::open(dir.path(), Options::default()).unwrap());
     let (mut running, manager) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(0))));
     running
-        .wait_for("the deadline fired and the refund was sent", |s| {
-            s.deadlines_fired == 1 && s.commands_sent == 1
+        .wait_for("the deadlines fired and the refunds were sent", |s| {
+            s.deadlines_fired == TRANSFERS && s.commands_sent == TRANSFERS
         })
         .await;
     running
-        .wait_for("the refund taken into account", |s| s.steps == 2)
+        .wait_for("the refunds taken into account", |s| {
+            s.steps == 2 * TRANSFERS
+        })
         .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let status = running.stop().await;
+    assert_eq!(status.deadlines_fired, TRANSFERS, "{status:?}");
     assert_eq!(status.deadlines_pending, 0, "{status:?}");
-    assert_eq!(balance(&store, "ann").await, 100);
-    assert_eq!(
-        manager.state("t4").await.unwrap().unwrap().stage,
-        Stage::Refunded
-    );
+    for n in 0..TRANSFERS {
+        assert_eq!(balance(&store, &format!("ann{n}")).await, 100);
+        assert_eq!(
+            manager
+                .state(&format!("t{n}"))
+                .await
+                .unwrap()
+                .unwrap()
+                .stage,
+            Stage::Refunded
+        );
+    }
 }
 
 #[tokio::test]
