@@ -64,10 +64,10 @@ impl StreamName {
     }
 
     /// Whether this is a system stream that the toolkit writes with ordinary appends: dead
-    /// letters (`$deadletter-…`), inboxes (`$inbox-…`), saga instances (`$saga-…`) and snapshots
-    /// (`$snapshot-…`).
+    /// letters (`$deadletter-…`), inboxes (`$inbox-…`), saga instances (`$saga-…`) and their
+    /// indexes (`$sagas-…`), and snapshots (`$snapshot-…`).
     pub fn is_toolkit_stream(&self) -> bool {
-        ["$deadletter-", "$inbox-", "$saga-", "$snapshot-"]
+        ["$deadletter-", "$inbox-", "$saga-", "$sagas-", "$snapshot-"]
             .iter()
             .any(|prefix| self.0.len() > prefix.len() && self.0.starts_with(prefix))
     }

@@ -1008,6 +1008,7 @@ pub async fn toolkit_streams_take_appends_other_system_streams_do_not<S: EventSt
         "$deadletter-billing",
         "$inbox-mailer",
         "$saga-order-1",
+        "$sagas-order",
         "$snapshot-cart-1",
     ] {
         let s = StreamName::new(name).unwrap();

@@ -13,7 +13,12 @@
 //! - **Instances at the same time.** The events that arrived together (up to 1,024) are taken
 //!   as a batch: each instance's in order, up to 64 instances at once, so their appends share
 //!   the store's durable writes. Deadlines that come due together, and the commands a restart
-//!   finds unsent, are handled the same way. The checkpoint is saved once the batch is taken (with the
+//!   finds unsent, are handled the same way.
+//! - **A start reads what may have something to do.** Now and then (every 65,536 positions of
+//!   `$all`, at most every 5 s) and when it stops, the manager writes the saga's index in
+//!   `$sagas-{name}`: the instances waiting for a deadline, as of a moment when no command was
+//!   stored and not sent. A start reads those instances and the ones written after the index
+//!   (found in `$all`), not the finished ones; without an index it reads every instance. The checkpoint is saved once the batch is taken (with the
 //!   step itself when the batch holds only one event to take); a restart reads again from it
 //!   and skips what each instance already took.
 //! - **Commands are an outbox.** A step's commands are stored with it, each with an id derived
@@ -81,15 +86,15 @@
 //! ```
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use factum_core::{
-    AppendOptions, Checkpoint, EventStore, ExpectedState, NewEvent, RecordedEvent, StoreError,
-    StreamName, SubscriptionFilter,
+    AppendOptions, Checkpoint, Direction, EventStore, ExpectedState, NewEvent, RecordedEvent,
+    StoreError, StreamName, SubscriptionFilter,
 };
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -196,8 +201,19 @@ impl<S, C> Step<S, C> {
 }
 
 const STEPPED: &str = "SagaStepped";
+const INDEXED: &str = "SagaIndexed";
 const SENT: &str = "SagaCommandSent";
 const REJECTED: &str = "SagaCommandRejected";
+
+/// The saga's index, written now and then by its manager in `$sagas-{NAME}` so that a start
+/// reads only the instances that may have something to do.
+#[derive(Serialize, Deserialize)]
+struct Indexed {
+    /// Every step stored after this index has a position at or after this one.
+    from: u64,
+    /// The instances with deadlines pending. No instance had commands stored and not sent.
+    waiting: Vec<String>,
+}
 
 /// A stored command of a step.
 #[derive(Clone, Serialize, Deserialize)]
@@ -307,6 +323,9 @@ pub struct SagaStatus {
     pub failures: u64,
     /// The last failure.
     pub last_error: Option<String>,
+    /// Instance streams read when the manager started: those its index names as waiting for
+    /// a deadline and those written since the index, or every one when there is no index.
+    pub loaded_at_start: usize,
 }
 
 /// What the manager sends a command with: usually the command bus, e.g.
@@ -358,6 +377,13 @@ const START_READS: usize = 32;
 const BATCH: usize = 1024;
 /// Instances of a batch taken at the same time.
 const CONCURRENT_INSTANCES: usize = 64;
+/// Positions of `$all` passed before the manager writes its index again (what a start reads
+/// of `$all` beyond it is at most this, or what came during [`INDEX_PAUSE`]).
+const INDEX_EVERY: u64 = 65_536;
+/// The least time between two writes of the index.
+const INDEX_PAUSE: Duration = Duration::from_secs(5);
+/// Events of `$all` a start reads at once when it looks for instances written after the index.
+const INDEX_READ_PAGE: usize = 1000;
 
 impl<G: Saga> SagaManager<G> {
     /// A manager of `saga` over `store`, sending commands with `dispatch`.
@@ -384,6 +410,11 @@ impl<G: Saga> SagaManager<G> {
     /// The stream of instance `id`: `$saga-{NAME}-{id}`.
     pub fn instance_stream(id: &str) -> Result<StreamName, StoreError> {
         crate::toolkit_stream("saga", &format!("{}-{id}", G::NAME))
+    }
+
+    /// The stream of the saga's index: `$sagas-{NAME}`.
+    pub fn index_stream() -> Result<StreamName, StoreError> {
+        crate::toolkit_stream("sagas", G::NAME)
     }
 
     /// Follows what the manager does.
@@ -508,10 +539,10 @@ impl<G: Saga> SagaManager<G> {
         let mut deadlines = Deadlines::default();
         // The instances with commands stored but not sent, and those commands.
         let mut unsent: Vec<(String, Vec<Work>)> = Vec::new();
-        let prefix = format!("$saga-{}-", G::NAME);
         // Instances are read many at a time (a store over the network answers each read in a
         // round trip), in name order.
-        let ids = crate::processor::names_after(self.store.as_ref(), &prefix).await?;
+        let ids = self.instances_to_load().await?;
+        self.status.send_modify(|s| s.loaded_at_start = ids.len());
         let mut loading = futures::stream::iter(ids)
             .map(|id| async move {
                 let instance = self.load(&id).await;
@@ -535,6 +566,13 @@ impl<G: Saga> SagaManager<G> {
             .store
             .subscribe_all(start, SubscriptionFilter::default());
         let mut last = saved;
+        let mut index = IndexWrites {
+            from: self.store.head(),
+            at: tokio::time::Instant::now(),
+        };
+        // The head of `$all` the last time no work was under way (no command stored and not
+        // sent): every step stored since has a position at or after it.
+        let mut quiet = None;
         loop {
             if !unsent.is_empty() {
                 let worked = tokio::select! {
@@ -542,6 +580,12 @@ impl<G: Saga> SagaManager<G> {
                     worked = self.work(std::mem::take(&mut unsent), None) => worked?,
                 };
                 deadlines.apply(worked.deadlines);
+            }
+            // No work is under way here.
+            let head = self.store.head();
+            quiet = Some(head);
+            if index.due(head) {
+                self.write_index(&deadlines, head, &mut index).await?;
             }
             let pending = deadlines.pending();
             self.status.send_modify(|s| s.deadlines_pending = pending);
@@ -607,6 +651,89 @@ impl<G: Saga> SagaManager<G> {
         {
             self.save(&consumer, position).await?;
         }
+        // Work cut short by the stop left `deadlines` as they were when it began, and its steps
+        // come after `quiet`, where a start finds them.
+        if let Some(from) = quiet
+            && from > index.from
+        {
+            self.write_index(&deadlines, from, &mut index).await?;
+        }
+        Ok(())
+    }
+
+    /// The instances a start reads: with an index, those it names as waiting for a deadline
+    /// and those with steps after it (found in `$all`); without one (or with one this code
+    /// cannot read), every instance.
+    async fn instances_to_load(&self) -> Result<Vec<String>, SagaError> {
+        let prefix = format!("$saga-{}-", G::NAME);
+        let newest = match self
+            .store
+            .read_stream(&Self::index_stream()?, u64::MAX, Direction::Backwards, 1)
+            .await
+        {
+            Ok(mut page) => page.pop(),
+            Err(StoreError::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let indexed = newest.and_then(|event| {
+            serde_json::from_slice::<Indexed>(&event.data)
+                .inspect_err(|e| {
+                    tracing::warn!(saga = G::NAME, error = %e, "saga index unreadable; reading every instance");
+                })
+                .ok()
+        });
+        let Some(indexed) = indexed else {
+            return Ok(crate::processor::names_after(self.store.as_ref(), &prefix).await?);
+        };
+        let mut ids: BTreeSet<String> = indexed.waiting.into_iter().collect();
+        let mut from = indexed.from;
+        let head = self.store.head();
+        while from < head {
+            let page = self
+                .store
+                .read_all(from, Direction::Forwards, INDEX_READ_PAGE)
+                .await?;
+            let Some(next) = page.last().map(|e| e.position + 1) else {
+                break;
+            };
+            ids.extend(
+                page.iter()
+                    .filter_map(|e| e.stream.as_str().strip_prefix(&prefix))
+                    .map(str::to_owned),
+            );
+            from = next;
+        }
+        Ok(ids.into_iter().collect())
+    }
+
+    /// Writes the index: the instances with deadlines pending, and `from`, the head of `$all`
+    /// when they were (no command was stored and not sent then).
+    async fn write_index(
+        &self,
+        deadlines: &Deadlines,
+        from: u64,
+        index: &mut IndexWrites,
+    ) -> Result<(), SagaError> {
+        let indexed = Indexed {
+            from,
+            waiting: deadlines.live.keys().cloned().collect(),
+        };
+        let event = NewEvent::json(INDEXED, &indexed)?;
+        *index = IndexWrites {
+            from,
+            at: tokio::time::Instant::now(),
+        };
+        if event.data.len() > factum_core::limits::EVENT_PAYLOAD_BYTES_MAX {
+            tracing::warn!(
+                saga = G::NAME,
+                waiting = indexed.waiting.len(),
+                "too many instances waiting to index; a start reads every instance"
+            );
+            return Ok(());
+        }
+        self.store
+            .append(&Self::index_stream()?, ExpectedState::Any, vec![event])
+            .await?;
         Ok(())
     }
 
@@ -889,6 +1016,20 @@ fn deadlines_after(before: &[StoredDeadline], stepped: &Stepped) -> Vec<StoredDe
         .chain(&stepped.scheduled)
         .cloned()
         .collect()
+}
+
+/// When the index was last written.
+struct IndexWrites {
+    /// The `from` it was written with.
+    from: u64,
+    at: tokio::time::Instant,
+}
+
+impl IndexWrites {
+    /// Whether to write it again, the head of `$all` being `head`.
+    fn due(&self, head: u64) -> bool {
+        head >= self.from + INDEX_EVERY && self.at.elapsed() >= INDEX_PAUSE
+    }
 }
 
 /// What taking a batch of events did.

@@ -345,6 +345,22 @@ async fn request(
         .unwrap();
 }
 
+/// Opens accounts `a{n}` with 100 cents and `b{n}` with none, for each `n` below `count`.
+async fn open_pairs(store: &Arc<dyn EventStore>, count: usize) {
+    for n in 0..count {
+        open(store, &format!("a{n}"), 100).await;
+        open(store, &format!("b{n}"), 0).await;
+    }
+}
+
+/// Requests transfers `t{n}` of 10 cents from `a{n}` to `b{n}`, for each `n` below `count`.
+async fn request_pairs(store: &Arc<dyn EventStore>, count: usize) {
+    for n in 0..count {
+        let (t, a, b) = (format!("t{n}"), format!("a{n}"), format!("b{n}"));
+        request(store, &t, &a, &b, 10, 60_000).await;
+    }
+}
+
 async fn balance(store: &Arc<dyn EventStore>, account: &str) -> u64 {
     let accounts = Repository::with_store(store.clone(), Accounts);
     accounts.load(account).await.unwrap().state.cents
@@ -610,22 +626,9 @@ async fn a_batch_cut_short_by_a_stop_is_not_taken_twice_after_the_restart() {
     let store: Arc<dyn EventStore> =
         Arc::new(Engine::open(dir.path(), Options::default()).unwrap());
     const TRANSFERS: usize = 8;
-    for n in 0..TRANSFERS {
-        open(&store, &format!("a{n}"), 100).await;
-        open(&store, &format!("b{n}"), 0).await;
-    }
+    open_pairs(&store, TRANSFERS).await;
     let first_request = store.head();
-    for n in 0..TRANSFERS {
-        request(
-            &store,
-            &format!("t{n}"),
-            &format!("a{n}"),
-            &format!("b{n}"),
-            10,
-            60_000,
-        )
-        .await;
-    }
+    request_pairs(&store, TRANSFERS).await;
     // The requests arrive together and are taken as one batch, all instances at once. The bus
     // is away: every first step is stored, no debit can be sent, and the manager stops before
     // the batch is done, so its checkpoint is not saved.
@@ -656,6 +659,87 @@ async fn a_batch_cut_short_by_a_stop_is_not_taken_twice_after_the_restart() {
         .await;
     running.stop().await;
     assert_taken_once(&store, (0..TRANSFERS).map(|n| (format!("t{n}"), n))).await;
+}
+
+#[tokio::test]
+async fn a_start_reads_the_instances_its_index_names_and_those_written_since() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> =
+        Arc::new(Engine::open(dir.path(), Options::default()).unwrap());
+    open_pairs(&store, 10).await;
+    // Ten transfers finish; three wait for a credit that never comes, until a deadline.
+    let (mut running, _) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(0))));
+    request_pairs(&store, 10).await;
+    for n in 0..3 {
+        request(
+            &store,
+            &format!("w{n}"),
+            &format!("a{n}"),
+            "offline-bob",
+            25,
+            60_000,
+        )
+        .await;
+    }
+    running
+        .wait_for("every transfer done or waiting", |s| {
+            s.steps == 36 && s.commands_sent == 26
+        })
+        .await;
+    // A clean stop writes the index.
+    let status = running.stop().await;
+    assert_eq!(status.deadlines_pending, 3, "{status:?}");
+    let index = SagaManager::<TransferSaga>::index_stream().unwrap();
+    assert_eq!(
+        store
+            .read_stream(&index, 0, Direction::Forwards, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // The next start reads only the three waiting instances.
+    let (mut running, _) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(0))));
+    running
+        .wait_for("the deadlines known", |s| s.deadlines_pending == 3)
+        .await;
+    let status = running.stop().await;
+    assert_eq!(status.loaded_at_start, 3, "{status:?}");
+
+    // A stop in the middle of work: the index it writes is as of before that work, and the
+    // instance written since is found in `$all`; its command stored but not sent goes out.
+    let (mut running, _) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(u32::MAX))));
+    request(&store, "t10", "a3", "b3", 10, 60_000).await;
+    running
+        .wait_for("the first step stored, its send failing", |s| {
+            s.steps == 1 && s.failures >= 1
+        })
+        .await;
+    running.stop().await;
+    let (mut running, _) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(0))));
+    running
+        .wait_for("the transfer done", |s| {
+            s.commands_sent == 2 && s.steps == 2
+        })
+        .await;
+    let status = running.stop().await;
+    assert_eq!(status.loaded_at_start, 4, "{status:?}");
+    assert_eq!(status.deadlines_pending, 3, "{status:?}");
+    assert_eq!(balance(&store, "b3").await, 20);
+
+    // An index this code cannot read: every instance is read.
+    let unknown = NewEvent::json("SagaIndexed", &serde_json::json!({ "version": 99 })).unwrap();
+    store
+        .append(&index, ExpectedState::Any, vec![unknown])
+        .await
+        .unwrap();
+    let (mut running, _) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(0))));
+    running
+        .wait_for("the deadlines known", |s| s.deadlines_pending == 3)
+        .await;
+    let status = running.stop().await;
+    assert_eq!(status.loaded_at_start, 14, "{status:?}");
 }
 
 #[tokio::test]
