@@ -377,8 +377,9 @@ const START_READS: usize = 32;
 const BATCH: usize = 1024;
 /// Instances of a batch taken at the same time.
 const CONCURRENT_INSTANCES: usize = 64;
-/// Positions of `$all` passed before the manager writes its index again (what a start reads
-/// of `$all` beyond it is at most this, or what came during [`INDEX_PAUSE`]).
+/// Positions of `$all` passed before the manager writes its index again: about what a start
+/// reads of `$all` when the manager before it kept up (a manager held up by a command that
+/// cannot be sent writes no index meanwhile).
 const INDEX_EVERY: u64 = 65_536;
 /// The least time between two writes of the index.
 const INDEX_PAUSE: Duration = Duration::from_secs(5);
@@ -727,7 +728,7 @@ impl<G: Saga> SagaManager<G> {
             tracing::warn!(
                 saga = G::NAME,
                 waiting = indexed.waiting.len(),
-                "too many instances waiting to index; a start reads every instance"
+                "too many instances waiting for the saga's index: it stays as it was, and a start reads more of $all"
             );
             return Ok(());
         }

@@ -486,10 +486,11 @@ async fn deadlines_that_passed_while_the_saga_was_down_fire_after_the_restart() 
             &format!("ann{n}"),
             "offline-bob",
             25,
-            1_000,
+            2_000,
         )
         .await;
     }
+    // Well before the deadlines (2 s), however loaded the machine.
     running
         .wait_for("debits and credits sent", |s| {
             s.commands_sent == 2 * TRANSFERS
@@ -501,7 +502,7 @@ async fn deadlines_that_passed_while_the_saga_was_down_fire_after_the_restart() 
     drop(store);
 
     // All of them are due when the manager starts again: they fire together, each once.
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
     let store: Arc<dyn EventStore> =
         Arc::new(Engine::open(dir.path(), Options::default()).unwrap());
     let (mut running, manager) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(0))));

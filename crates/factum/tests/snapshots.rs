@@ -120,37 +120,46 @@ async fn a_snapshot_is_saved_every_n_events_and_loaded_with_the_events_after_it(
 
 #[tokio::test]
 async fn a_time_policy_snapshots_an_aggregate_whose_snapshot_is_old_enough() {
-    const AGE: Duration = Duration::from_millis(500);
+    // Two ages, so that no check depends on how fast the machine is: nothing here gets an
+    // hour old, and everything gets 50 ms old after a sleep of 50 ms.
+    const HOUR: Duration = Duration::from_secs(3600);
+    const SHORT: Duration = Duration::from_millis(50);
+    let policy = |policy| {
+        move |store: &Arc<dyn EventStore>| {
+            Repository::with_store(store.clone(), Ledgers { state_version: 1 })
+                .with_snapshot_policy(policy)
+        }
+    };
     for (store, _dir) in stores().await {
-        let ledgers = Repository::with_store(store.clone(), Ledgers { state_version: 1 })
-            .with_snapshot_policy(SnapshotPolicy::every(AGE));
+        let hourly = policy(SnapshotPolicy::every(HOUR))(&store);
+        let eager = policy(SnapshotPolicy::every(SHORT))(&store);
         // Young: however many events, no snapshot.
         for _ in 0..5 {
-            execute(&ledgers, "t", 4).await;
+            execute(&hourly, "t", 4).await;
         }
         assert_eq!(snapshots_of(&store, "t").await.len(), 0);
         // Its first event is old enough now: the next command saves one.
-        tokio::time::sleep(AGE).await;
-        execute(&ledgers, "t", 1).await;
-        assert_eq!(ledgers.load("t").await.unwrap().snapshot, Some(20));
+        tokio::time::sleep(SHORT).await;
+        execute(&eager, "t", 1).await;
+        assert_eq!(eager.load("t").await.unwrap().snapshot, Some(20));
         // That snapshot is young: no other until it is old enough.
-        execute(&ledgers, "t", 2).await;
+        execute(&hourly, "t", 2).await;
         assert_eq!(snapshots_of(&store, "t").await.len(), 1);
-        tokio::time::sleep(AGE).await;
-        execute(&ledgers, "t", 1).await;
-        let loaded = ledgers.load("t").await.unwrap();
+        tokio::time::sleep(SHORT).await;
+        execute(&eager, "t", 1).await;
+        let loaded = eager.load("t").await.unwrap();
         assert_eq!((loaded.snapshot, loaded.replayed), (Some(23), 0));
         assert_eq!(loaded.state.entries, 24);
         assert_eq!(snapshots_of(&store, "t").await.len(), 2);
 
         // Both triggers: whichever comes first.
-        let both = Repository::with_store(store.clone(), Ledgers { state_version: 1 })
-            .with_snapshot_policy(SnapshotPolicy::every_events(5).or_every(AGE));
+        let both = policy(SnapshotPolicy::every_events(5).or_every(HOUR))(&store);
         execute(&both, "b", 4).await;
         assert_eq!(snapshots_of(&store, "b").await.len(), 0);
         execute(&both, "b", 1).await;
         assert_eq!(both.load("b").await.unwrap().snapshot, Some(4), "by count");
-        tokio::time::sleep(AGE).await;
+        let both = policy(SnapshotPolicy::every_events(1000).or_every(SHORT))(&store);
+        tokio::time::sleep(SHORT).await;
         execute(&both, "b", 1).await;
         assert_eq!(both.load("b").await.unwrap().snapshot, Some(5), "by age");
     }
