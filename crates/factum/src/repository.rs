@@ -1,4 +1,5 @@
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 
 use factum_core::{Direction, EventStore, ExpectedState, StoreError, StreamName};
 use serde::Serialize;
@@ -126,12 +127,46 @@ fn produced_by(event: &factum_core::RecordedEvent, id: &str) -> bool {
 /// Loads aggregates and executes commands against them: load, decide, append with the loaded
 /// revision as the expected one; on a conflict, load again and decide again, a bounded number
 /// of times.
+///
+/// Commands to one aggregate through one repository run one after another (the others wait),
+/// so commands sent at the same time from one process — by sagas, consumers, HTTP handlers —
+/// are not decided on a state another is about to change; only writers elsewhere cause
+/// conflicts. Commands to different aggregates do not wait for each other.
 pub struct Repository<D: Decider> {
     store: Arc<dyn EventStore>,
     decider: D,
     codec: EventCodec<D>,
     attempts_max: usize,
     snapshots: Option<Snapshots<D::State>>,
+    locks: AggregateLocks,
+}
+
+/// A lock for each aggregate with a command under way.
+#[derive(Default)]
+struct AggregateLocks {
+    held: parking_lot::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl AggregateLocks {
+    /// Waits for the commands under way on `stream`, then holds it until the guard drops.
+    async fn lock(&self, stream: &StreamName) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut held = self.held.lock();
+            match held.get(stream.as_str()).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    // Locks nobody holds any more are dropped as the map doubles.
+                    if held.len() >= 1024 && held.len().is_power_of_two() {
+                        held.retain(|_, lock| lock.strong_count() > 0);
+                    }
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    held.insert(stream.as_str().to_owned(), Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
 }
 
 impl<D: Decider> Repository<D> {
@@ -149,6 +184,7 @@ impl<D: Decider> Repository<D> {
             codec,
             attempts_max: 5,
             snapshots: None,
+            locks: AggregateLocks::default(),
         }
     }
 
@@ -382,6 +418,7 @@ impl<D: Decider> Repository<D> {
         context: &CommandContext,
     ) -> Result<Executed<D::Event>, RepositoryError<D::Error>> {
         let stream = self.stream(id)?;
+        let _turn = self.locks.lock(&stream).await;
         for attempt in 1..=self.attempts_max {
             let command_id = context.idempotent.then_some(context.command_id);
             let load = self.load_stream(&stream, command_id).await?;

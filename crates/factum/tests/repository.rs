@@ -470,3 +470,29 @@ async fn an_idempotent_command_that_loses_a_race_to_its_own_redelivery_is_a_dupl
         "one deposit"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_to_one_aggregate_at_the_same_time_wait_for_each_other_instead_of_conflicting() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine =
+        factum_engine::Engine::open(dir.path(), factum_engine::Options::default()).unwrap();
+    // One attempt each: a command decided on a stale state would fail with a conflict.
+    let accounts = Arc::new(Repository::new(engine, Accounts).with_attempts_max(1));
+    let commands: Vec<_> = (1..=32u64)
+        .map(|cents| {
+            let accounts = accounts.clone();
+            tokio::spawn(async move {
+                accounts
+                    .execute("hot", Command::Deposit(cents), &CommandContext::new())
+                    .await
+            })
+        })
+        .collect();
+    for command in commands {
+        let done = command.await.unwrap().unwrap();
+        assert_eq!(done.attempts, 1);
+    }
+    let loaded = accounts.load("hot").await.unwrap();
+    assert_eq!(loaded.revision, Some(31));
+    assert_eq!(loaded.state.cents, (1..=32).sum::<u64>());
+}
