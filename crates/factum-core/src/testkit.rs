@@ -1028,5 +1028,5 @@ pub async fn toolkit_streams_take_appends_other_system_streams_do_not<S: EventSt
             "{name}"
         );
     }
-    assert_eq!(store.head(), 4);
+    assert_eq!(store.head(), 5);
 }
