@@ -360,7 +360,12 @@ fn now_ms() -> u64 {
 }
 
 /// Runs a [`Saga`] over a store: follows `$all` from its checkpoint, stores each step in the
-/// instance's stream, sends the commands and fires the deadlines. Run one manager per saga.
+/// instance's stream, sends the commands and fires the deadlines.
+///
+/// Run one manager per saga: with several application instances on one store, in one of them.
+/// A second manager racing the first loses on an instance's expected revision and stops with
+/// an error (a command both sent carries one id and is executed once), but while both ran the
+/// saga's index may miss a deadline the other one set.
 pub struct SagaManager<G: Saga> {
     saga: G,
     store: Arc<dyn EventStore>,
