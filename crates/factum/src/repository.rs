@@ -276,7 +276,7 @@ impl<D: Decider> Repository<D> {
     /// counters.execute("c-1", (), &CommandContext::new()).await.unwrap();
     /// tokio::time::sleep(Duration::from_millis(30)).await;
     /// counters.execute("c-1", (), &CommandContext::new()).await.unwrap();
-    /// // The first event was 20 ms old: the second command saved a snapshot.
+    /// // The first event was over 20 ms old: the second command saved a snapshot.
     /// assert_eq!(counters.load("c-1").await.unwrap().snapshot, Some(1));
     /// # });
     /// ```
