@@ -372,6 +372,9 @@ pub struct SagaManager<G: Saga> {
     dispatch: Dispatch<G::Command>,
     retry: Duration,
     status: watch::Sender<SagaStatus>,
+    /// Set when the manager stops in the middle of work: the work ends at its next step (a
+    /// command not yet sent stays stored, to be sent by the next start).
+    stopping: watch::Sender<bool>,
 }
 
 /// Positions passed without a step before the checkpoint is saved on its own.
@@ -388,6 +391,9 @@ const CONCURRENT_INSTANCES: usize = 64;
 const INDEX_EVERY: u64 = 65_536;
 /// The least time between two writes of the index.
 const INDEX_PAUSE: Duration = Duration::from_secs(5);
+/// How many times an instance's work is tried again after its append met a revision it did
+/// not expect (see [`retrying`]).
+const CONFLICTS_MAX: u32 = 8;
 /// Events of `$all` a start reads at once when it looks for instances written after the index.
 const INDEX_READ_PAGE: usize = 1000;
 
@@ -405,6 +411,7 @@ impl<G: Saga> SagaManager<G> {
             dispatch: Arc::new(move |command, context| Box::pin(dispatch(command, context))),
             retry: Duration::from_millis(200),
             status,
+            stopping: watch::channel(false).0,
         }
     }
 
@@ -540,8 +547,14 @@ impl<G: Saga> SagaManager<G> {
 
     /// Runs until `shutdown` completes: sends what earlier runs stored but did not send, then
     /// follows `$all` from the checkpoint and fires deadlines as they come due.
+    ///
+    /// Work under way when `shutdown` completes winds down (a command not sent yet stays
+    /// stored, for the next start) and is waited for, so that nothing it started is written
+    /// after `run` returns; the same holds when `run` returns an error. Stop a manager this way
+    /// rather than by dropping or aborting its task when another may start in the same process.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), SagaError> {
         tokio::pin!(shutdown);
+        self.stopping.send_replace(false);
         let mut deadlines = Deadlines::default();
         // The instances with commands stored but not sent, and those commands.
         let mut unsent: Vec<(String, Vec<Work>)> = Vec::new();
@@ -581,11 +594,11 @@ impl<G: Saga> SagaManager<G> {
         let mut quiet = None;
         loop {
             if !unsent.is_empty() {
-                let worked = tokio::select! {
-                    () = &mut shutdown => break,
-                    worked = self.work(std::mem::take(&mut unsent), None) => worked?,
-                };
-                deadlines.apply(worked.deadlines);
+                let round = self.work(std::mem::take(&mut unsent), None);
+                match self.settle(round, shutdown.as_mut()).await? {
+                    Some(worked) => deadlines.apply(worked.deadlines),
+                    None => break,
+                }
             }
             // No work is under way here.
             let head = self.store.head();
@@ -615,11 +628,10 @@ impl<G: Saga> SagaManager<G> {
                             None => due.push((id, vec![Work::Deadline(deadline)])),
                         }
                     }
-                    let worked = tokio::select! {
-                        () = &mut shutdown => break,
-                        worked = self.work(due, None) => worked?,
-                    };
-                    deadlines.apply(worked.deadlines);
+                    match self.settle(self.work(due, None), shutdown.as_mut()).await? {
+                        Some(worked) => deadlines.apply(worked.deadlines),
+                        None => break,
+                    }
                 }
                 event = subscription.next() => {
                     let mut batch = vec![event?];
@@ -632,9 +644,9 @@ impl<G: Saga> SagaManager<G> {
                     let Some(position) = batch.last().map(|e| e.position) else {
                         continue;
                     };
-                    let taken = tokio::select! {
-                        () = &mut shutdown => break,
-                        taken = self.take_batch(batch, &consumer) => taken?,
+                    let round = self.take_batch(batch, &consumer);
+                    let Some(taken) = self.settle(round, shutdown.as_mut()).await? else {
+                        break;
                     };
                     deadlines.apply(taken.worked.deadlines);
                     if taken.worked.stepped {
@@ -657,14 +669,35 @@ impl<G: Saga> SagaManager<G> {
         {
             self.save(&consumer, position).await?;
         }
-        // Work cut short by the stop left `deadlines` as they were when it began, and its steps
-        // come after `quiet`, where a start finds them.
+        // Work cut short by the stop (and waited for) left `deadlines` as they were when it
+        // began, and its steps come after `quiet`, where a start finds them.
         if let Some(from) = quiet
             && from > index.from
         {
             self.write_index(&deadlines, from, &mut index).await?;
         }
         Ok(())
+    }
+
+    /// Runs a round of work to its end. If `shutdown` comes first, the round is told to wind
+    /// down and still waited for, so that nothing it started lands after the manager stopped
+    /// (where the next start might not see it); then `None`.
+    async fn settle<T>(
+        &self,
+        round: impl Future<Output = Result<T, SagaError>>,
+        shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<Option<T>, SagaError> {
+        tokio::pin!(round);
+        tokio::select! {
+            () = shutdown => {
+                self.stopping.send_replace(true);
+                if let Err(e) = round.await {
+                    tracing::warn!(saga = G::NAME, error = %e, "work cut short by the stop failed");
+                }
+                Ok(None)
+            }
+            done = &mut round => done.map(Some),
+        }
     }
 
     /// The instances a start reads: with an index, those it names as waiting for a deadline
@@ -829,12 +862,25 @@ impl<G: Saga> SagaManager<G> {
             .map(|(id, work)| self.work_instance(id, work, checkpoint.clone()))
             .buffer_unordered(CONCURRENT_INSTANCES);
         let mut worked = Worked::default();
+        let mut failed = None;
+        // On a failure the other instances wind down, and are waited for: nothing this round
+        // started lands after the manager has stopped.
         while let Some(done) = working.next().await {
-            let done = done?;
-            worked.stepped |= done.stepped;
-            worked.deadlines.extend(done.deadlines);
+            match done {
+                Ok(done) => {
+                    worked.stepped |= done.stepped;
+                    worked.deadlines.extend(done.deadlines);
+                }
+                Err(e) => {
+                    self.stopping.send_replace(true);
+                    failed.get_or_insert(e);
+                }
+            }
         }
-        Ok(worked)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(worked),
+        }
     }
 
     /// Does the work of one instance `id`, in order; after each step, sends its commands (and
@@ -849,15 +895,21 @@ impl<G: Saga> SagaManager<G> {
         let mut worked = Worked::default();
         let mut deadlines = None;
         for item in work {
+            if *self.stopping.borrow() {
+                break;
+            }
             let after = match item {
-                Work::Event(event) => match self.take(&id, &event, checkpoint.clone()).await? {
-                    Some(after) => {
-                        worked.stepped = true;
-                        after
+                Work::Event(event) => {
+                    let (id, event) = (&id, &event);
+                    match retrying(|| self.take(id, event, checkpoint.clone())).await? {
+                        Some(after) => {
+                            worked.stepped = true;
+                            after
+                        }
+                        None => continue,
                     }
-                    None => continue,
-                },
-                Work::Deadline(deadline) => self.fire(&id, deadline).await?,
+                }
+                Work::Deadline(deadline) => retrying(|| self.fire(&id, deadline)).await?,
                 Work::Send(pending) => self.send(pending).await?,
             };
             let mut outbox: VecDeque<Pending> = after.pending.into();
@@ -950,18 +1002,36 @@ impl<G: Saga> SagaManager<G> {
             user: None,
             idempotent: true,
         };
+        if *self.stopping.borrow() {
+            return Ok(After::nothing());
+        }
+        let mut stopping = self.stopping.subscribe();
         let mut delay = self.retry;
         let refused = loop {
             match (self.dispatch)(command.clone(), context.clone()).await {
                 Ok(()) => break None,
                 Err(BusError::Failed(reason)) => {
                     self.failed(&format!("sending {command:?}: {reason}"));
-                    tokio::time::sleep(delay).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = stopping.wait_for(|stop| *stop) => return Ok(After::nothing()),
+                    }
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
                 Err(refused) => break Some(refused.to_string()),
             }
         };
+        retrying(|| self.record(&pending, &command, refused.clone())).await
+    }
+
+    /// Records what became of a sent command: sent, or refused (with the compensation
+    /// [`Saga::on_rejected`] asks for) — unless the instance no longer waits for it.
+    async fn record(
+        &self,
+        pending: &Pending,
+        command: &G::Command,
+        refused: Option<String>,
+    ) -> Result<After, SagaError> {
         let instance = self.load(&pending.instance).await?;
         if !instance.pending.iter().any(|p| p.id == pending.id) {
             return Ok(After::nothing());
@@ -980,7 +1050,7 @@ impl<G: Saga> SagaManager<G> {
         };
         tracing::info!(saga = G::NAME, instance = %pending.instance, ?command, %reason, "command refused; compensating");
         let record = NewEvent::json(REJECTED, &outcome)?;
-        let after = match self.saga.on_rejected(&instance.state, &command, &reason) {
+        let after = match self.saga.on_rejected(&instance.state, command, &reason) {
             Some(step) => {
                 let cause = Cause {
                     text: format!("rejected:{}", pending.id),
@@ -1008,6 +1078,27 @@ impl<G: Saga> SagaManager<G> {
         // Counted once the refusal is stored, like every other figure here.
         self.status.send_modify(|s| s.commands_rejected += 1);
         Ok(after)
+    }
+}
+
+/// Runs `attempt` again when an instance's append met a revision it did not expect — an append
+/// of an earlier run of the manager, cut short by its stop, that landed later, or one of another
+/// manager — each attempt reading the instance again, at most [`CONFLICTS_MAX`] times more.
+async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, SagaError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SagaError>>,
+{
+    let mut conflicts = 0;
+    loop {
+        match attempt().await {
+            Err(SagaError::Store(StoreError::WrongExpectedRevision { .. }))
+                if conflicts < CONFLICTS_MAX =>
+            {
+                conflicts += 1;
+            }
+            other => return other,
+        }
     }
 }
 

@@ -579,6 +579,20 @@ async fn each_event_is_taken_once_and_commands_stored_but_not_sent_are_sent_afte
     assert_taken_once(&store, (0..5).map(|n| (format!("t{}", 5 + n), n))).await;
 }
 
+/// The types of the records in the stream of transfer `transfer`'s saga instance (none when
+/// it has no stream yet).
+async fn records_of(store: &Arc<dyn EventStore>, transfer: &str) -> Vec<String> {
+    let stream = SagaManager::<TransferSaga>::instance_stream(transfer).unwrap();
+    match store
+        .read_stream(&stream, 0, Direction::Forwards, 100)
+        .await
+    {
+        Ok(events) => events.into_iter().map(|e| e.event_type).collect(),
+        Err(factum::StoreError::NotFound(_)) => Vec::new(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// Runs the manager again over the same log and finds nothing to take; each transfer
 /// (`(id, n)`: from `a{n}` to `b{n}`) debited and credited once, its instance three steps with
 /// each command recorded as sent once.
@@ -599,16 +613,8 @@ async fn assert_taken_once(
             history(store, &format!("b{n}")).await,
             ["Opened", "Credited"]
         );
-        let stream = SagaManager::<TransferSaga>::instance_stream(&transfer).unwrap();
-        let types: Vec<_> = store
-            .read_stream(&stream, 0, Direction::Forwards, 100)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.event_type)
-            .collect();
         assert_eq!(
-            types,
+            records_of(store, &transfer).await,
             [
                 "SagaStepped",
                 "SagaCommandSent",
@@ -741,6 +747,45 @@ async fn a_start_reads_the_instances_its_index_names_and_those_written_since() {
         .await;
     let status = running.stop().await;
     assert_eq!(status.loaded_at_start, 14, "{status:?}");
+}
+
+#[tokio::test]
+async fn stops_at_random_moments_take_each_event_once() {
+    use rand::{Rng, SeedableRng};
+    const TRANSFERS: usize = 12;
+    for seed in 0..6u64 {
+        let mut random = rand::rngs::StdRng::seed_from_u64(seed);
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn EventStore> =
+            Arc::new(Engine::open(dir.path(), Options::default()).unwrap());
+        open_pairs(&store, TRANSFERS).await;
+        request_pairs(&store, TRANSFERS).await;
+        // Managers that the bus sometimes fails, each stopped after a random moment: in the
+        // middle of a batch, of a send, of writing the index, or between them.
+        for _ in 0..8 {
+            let failing = Arc::new(AtomicU32::new(random.random_range(0..3)));
+            let (running, _) = spawn(manager(store.clone(), failing));
+            tokio::time::sleep(Duration::from_millis(random.random_range(0..40))).await;
+            running.stop().await;
+        }
+        // The last one finishes the work: every instance takes its last step.
+        let (running, _) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(0))));
+        let mut done = false;
+        for _ in 0..400 {
+            let mut records = 0;
+            for n in 0..TRANSFERS {
+                records += records_of(&store, &format!("t{n}")).await.len();
+            }
+            if records >= 5 * TRANSFERS {
+                done = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(done, "seed {seed}: not every transfer finished");
+        running.stop().await;
+        assert_taken_once(&store, (0..TRANSFERS).map(|n| (format!("t{n}"), n))).await;
+    }
 }
 
 #[tokio::test]
