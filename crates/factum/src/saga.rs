@@ -363,9 +363,9 @@ fn now_ms() -> u64 {
 /// instance's stream, sends the commands and fires the deadlines.
 ///
 /// Run one manager per saga: with several application instances on one store, in one of them.
-/// A second manager racing the first loses on an instance's expected revision and stops with
-/// an error (a command both sent carries one id and is executed once), but while both ran the
-/// saga's index may miss a deadline the other one set.
+/// A second manager racing the first is kept from doing an instance's work twice by the
+/// instance's expected revisions (a command both sent carries one id and is executed once),
+/// but while both run the saga's index may miss a deadline the other one set.
 pub struct SagaManager<G: Saga> {
     saga: G,
     store: Arc<dyn EventStore>,
