@@ -84,15 +84,7 @@ async fn an_import_that_does_not_continue_its_streams_writes_nothing() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    assert_eq!(store.head(), 1);
-    assert_eq!(
-        store
-            .read_all(0, Direction::Forwards, 10)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_logged(&store, 1).await;
     assert_eq!(
         store
             .stream_revision(&StreamName::new("cart-2").unwrap())
@@ -168,13 +160,12 @@ async fn a_statement_that_fails_inside_the_transaction_commits_nothing() {
         .await
         .unwrap();
     assert_eq!(next.position, first.position + 1);
-    assert_eq!(store.head(), 2);
-    assert_eq!(
-        store
-            .read_all(0, Direction::Forwards, 10)
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_logged(&store, 2).await;
+}
+
+/// The log holds exactly `events` events: the head says so, and a read of `$all` finds them.
+async fn assert_logged(store: &PgStore, events: u64) {
+    assert_eq!(store.head(), events);
+    let logged = store.read_all(0, Direction::Forwards, 10).await.unwrap();
+    assert_eq!(logged.len() as u64, events);
 }

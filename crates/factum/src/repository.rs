@@ -102,12 +102,6 @@ struct LoadedStream<S> {
     since_us: Option<u64>,
 }
 
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 /// How far back before a snapshot an idempotent command looks for its own earlier events.
 pub const DUPLICATE_WINDOW: usize = 1000;
 
@@ -389,7 +383,10 @@ impl<D: Decider> Repository<D> {
             return;
         };
         let folded = loaded.loaded.replayed + events.len() as u64;
-        if !snapshots.policy.due(folded, loaded.since_us, now_us()) {
+        if !snapshots
+            .policy
+            .due(folded, loaded.since_us, factum_core::now_micros())
+        {
             return;
         }
         let loaded = loaded.loaded;

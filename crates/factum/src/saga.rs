@@ -621,13 +621,12 @@ impl<G: Saga> SagaManager<G> {
                 () = &mut shutdown => break,
                 () = sleep => {
                     // Every deadline due now, instances at the same time.
-                    let mut due: Vec<(String, Vec<Work>)> = Vec::new();
-                    for (id, deadline) in deadlines.pop_due(now_ms()) {
-                        match due.iter_mut().find(|(known, _)| *known == id) {
-                            Some((_, work)) => work.push(Work::Deadline(deadline)),
-                            None => due.push((id, vec![Work::Deadline(deadline)])),
-                        }
-                    }
+                    let due = by_instance(
+                        deadlines
+                            .pop_due(now_ms())
+                            .into_iter()
+                            .map(|(id, deadline)| (id, Work::Deadline(deadline))),
+                    );
                     match self.settle(self.work(due, None), shutdown.as_mut()).await? {
                         Some(worked) => deadlines.apply(worked.deadlines),
                         None => break,
@@ -822,23 +821,13 @@ impl<G: Saga> SagaManager<G> {
         let Some(last) = batch.last().map(|e| e.position) else {
             return Ok(BatchTaken::default());
         };
-        let mut order: HashMap<String, usize> = HashMap::new();
-        let mut instances: Vec<(String, Vec<Work>)> = Vec::new();
-        for event in batch {
+        let instances = by_instance(batch.into_iter().filter_map(|event| {
             if event.stream.is_system() {
-                continue;
+                return None;
             }
-            let Some(id) = self.saga.correlate(&event) else {
-                continue;
-            };
-            match order.get(&id) {
-                Some(&at) => instances[at].1.push(Work::Event(event)),
-                None => {
-                    order.insert(id.clone(), instances.len());
-                    instances.push((id, vec![Work::Event(event)]));
-                }
-            }
-        }
+            let id = self.saga.correlate(&event)?;
+            Some((id, Work::Event(event)))
+        }));
         let alone = matches!(&instances[..], [(_, work)] if work.len() == 1);
         let checkpoint = alone.then(|| Checkpoint {
             consumer: consumer.to_owned(),
@@ -1079,6 +1068,23 @@ impl<G: Saga> SagaManager<G> {
         self.status.send_modify(|s| s.commands_rejected += 1);
         Ok(after)
     }
+}
+
+/// `work` grouped by instance: each instance's in the order given, instances in the order they
+/// first appear.
+fn by_instance(work: impl IntoIterator<Item = (String, Work)>) -> Vec<(String, Vec<Work>)> {
+    let mut order: HashMap<String, usize> = HashMap::new();
+    let mut instances: Vec<(String, Vec<Work>)> = Vec::new();
+    for (id, item) in work {
+        match order.get(&id) {
+            Some(&at) => instances[at].1.push(item),
+            None => {
+                order.insert(id.clone(), instances.len());
+                instances.push((id, vec![item]));
+            }
+        }
+    }
+    instances
 }
 
 /// Runs `attempt` again when an instance's append met a revision it did not expect — an append
