@@ -1,8 +1,8 @@
 //! `factum bench --scenarios relay-nats,relay-rabbitmq`: how fast a relay empties a backlog
 //! into the broker (with JetStream acknowledgements / RabbitMQ publisher confirms, the broker
-//! storing every message), and how long an event takes from its append to the broker's
-//! confirmation (`-published`) and to a consumer of the broker (`-latency`) while appends flow
-//! in.
+//! storing every message: a quorum queue, and a classic queue beside it), and how long an event
+//! takes from its append to the broker's confirmation (`-published`) and to a consumer of the
+//! broker (`-latency`) while appends flow in.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,6 +34,13 @@ fn rabbitmq_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// RabbitMQ's replicated queue type, which confirms a message once it is written and flushed
+/// to disk (on a quorum of nodes): the queue RabbitMQ recommends where messages must not be
+/// lost, and the one the `relay-rabbitmq` rows measure.
+const QUORUM: &str = "quorum";
+/// The classic queue (persistent messages, confirmed once on disk), measured beside it.
+const CLASSIC: &str = "classic";
+
 /// The broker's side of the bench: where to publish, how to follow what arrives, and how to
 /// clean up.
 enum Broker {
@@ -50,7 +57,8 @@ enum Broker {
 }
 
 impl Broker {
-    async fn connect(scenario: &str) -> Result<Broker> {
+    /// The broker for `scenario`; for RabbitMQ, a queue of type `kind`.
+    async fn connect(scenario: &str, kind: &'static str) -> Result<Broker> {
         let id = std::process::id();
         Ok(match scenario {
             "relay-nats" => {
@@ -85,11 +93,16 @@ impl Broker {
                     .await?;
                 // A durable queue bound to everything: the broker stores each message on disk
                 // before it confirms it.
+                let mut arguments = lapin::types::FieldTable::default();
+                arguments.insert(
+                    "x-queue-type".into(),
+                    lapin::types::AMQPValue::LongString(kind.into()),
+                );
                 channel
                     .queue_declare(
                         queue.as_str().into(),
                         lapin::options::QueueDeclareOptions::durable(),
-                        Default::default(),
+                        arguments,
                     )
                     .await?;
                 channel
@@ -265,12 +278,30 @@ pub async fn run(scenario: &str, work: &Path, payloads: &Arc<Payloads>) -> Resul
         "relay-rabbitmq" => "rabbitmq",
         other => bail!("unknown relay scenario {other}"),
     };
-    let broker = Broker::connect(scenario).await?;
+    let mut rows = measure_on(scenario, store_name, QUORUM, true, work, payloads).await?;
+    if scenario == "relay-rabbitmq" {
+        // The same backlog into a classic queue, for comparison.
+        let classic = "relay-rabbitmq-classic";
+        rows.extend(measure_on(classic, store_name, CLASSIC, false, work, payloads).await?);
+    }
+    Ok(rows)
+}
+
+/// [`measure`] on a store of its own, with the broker's queue of type `kind`.
+async fn measure_on(
+    scenario: &str,
+    store_name: &str,
+    kind: &'static str,
+    live: bool,
+    work: &Path,
+    payloads: &Arc<Payloads>,
+) -> Result<Vec<Row>> {
+    let broker = Broker::connect(scenario, kind).await?;
     let dir = work.join(scenario);
     std::fs::create_dir_all(&dir)?;
     let engine = Engine::open(&dir, Options::default())?;
     let store: Arc<dyn EventStore> = Arc::new(engine.clone());
-    let result = measure(scenario, store_name, &store, &broker, payloads).await;
+    let result = measure(scenario, store_name, &store, &broker, payloads, live).await;
     broker.clean_up().await;
     engine.close()?;
     result
@@ -282,6 +313,7 @@ async fn measure(
     store: &Arc<dyn EventStore>,
     broker: &Broker,
     payloads: &Arc<Payloads>,
+    live: bool,
 ) -> Result<Vec<Row>> {
     // 1. A backlog, emptied into the broker: throughput.
     append(
@@ -330,6 +362,9 @@ async fn measure(
     task.await??;
     let published = status.borrow().published;
     let throughput = row(scenario, store_name, published, elapsed, samples);
+    if !live {
+        return Ok(vec![throughput]);
+    }
 
     // 2. Appends flowing in at a steady rate, a consumer on the broker: from append to arrival.
     broker.purge().await?;

@@ -234,7 +234,7 @@ fn store_exit_code(error: &StoreError) -> u8 {
         StoreError::NotFound(_) => exit::NOT_FOUND,
         StoreError::StreamDeleted(_) => exit::DELETED,
         StoreError::Corrupted { .. } => exit::CORRUPTED,
-        StoreError::Locked(_) => exit::LOCKED,
+        StoreError::Locked(_) | StoreError::Claimed(_) => exit::LOCKED,
         _ => exit::FAILURE,
     }
 }

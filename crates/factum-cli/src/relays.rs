@@ -45,6 +45,25 @@ pub async fn start(path: &Path, store: Arc<dyn EventStore>, prefix: &str) -> Res
                 None => "from the start of the log".to_owned(),
             }
         );
+        // Say so when another runner holds the relay's name (another `factum relay` or
+        // `factum serve --relays` on this store), and when this one takes over.
+        let mut status = relay.status();
+        let (label, watched) = (prefix.to_owned(), relay.name().to_owned());
+        tokio::spawn(async move {
+            let mut waiting = false;
+            while status.changed().await.is_ok() {
+                let standby = status.borrow_and_update().standby;
+                if standby && !waiting {
+                    eprintln!(
+                        "{label}: relay {watched} waits: another runner holds its name \
+                         (another `factum relay` or `factum serve --relays` on this store)"
+                    );
+                } else if !standby && waiting {
+                    eprintln!("{label}: relay {watched} took over");
+                }
+                waiting = standby;
+            }
+        });
         let mut stopped = stopped.clone();
         let name = relay.name().to_owned();
         let task = tokio::spawn(async move {

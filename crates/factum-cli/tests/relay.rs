@@ -1,5 +1,6 @@
 //! `factum relay`: killed with SIGKILL while publishing to NATS JetStream, it resumes from its
-//! checkpoint, and JetStream ends with each event exactly once, in stream order.
+//! checkpoint, and JetStream ends with each event exactly once, in stream order. Two of them on
+//! one PostgreSQL store take turns.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::Path;
@@ -28,6 +29,19 @@ fn relay(dir: &Path, config: &Path) -> Child {
         .unwrap()
 }
 
+/// A client of NATS at `url`, or `None` (with the reason printed) where it is not reachable
+/// outside CI; under `CI=true` it must be.
+async fn nats(url: &str) -> Option<async_nats::Client> {
+    match async_nats::connect(url).await {
+        Ok(client) => Some(client),
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("skipping: NATS at {url} is not reachable ({e})");
+            None
+        }
+        Err(e) => panic!("NATS at {url} is needed under CI=true: {e}"),
+    }
+}
+
 async fn stored(context: &jetstream::Context, name: &str) -> u64 {
     match context.get_stream(name).await {
         Ok(mut stream) => stream.info().await.unwrap().state.messages,
@@ -53,13 +67,8 @@ async fn wait_for(context: &jetstream::Context, name: &str, at_least: u64) -> u6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_killed_with_sigkill_resumes_from_its_checkpoint() {
     let url = nats_url();
-    let client = match async_nats::connect(url.as_str()).await {
-        Ok(client) => client,
-        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
-            eprintln!("skipping: NATS at {url} is not reachable ({e})");
-            return;
-        }
-        Err(e) => panic!("NATS at {url} is needed under CI=true: {e}"),
+    let Some(client) = nats(&url).await else {
+        return;
     };
     let context = jetstream::new(client);
     let js_stream = format!("KILL{}", std::process::id());
@@ -178,4 +187,124 @@ fn a_bad_relays_file_is_refused_before_anything_runs() {
             "{stderr}"
         );
     }
+}
+
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Appends `count` events over 20 streams of the store in `schema`.
+async fn append_to_postgres(schema: &str, count: usize) {
+    let options = factum_postgres::PgOptions {
+        schema: schema.to_owned(),
+        readers: 1,
+        ..Default::default()
+    };
+    let store = factum_postgres::PgStore::connect(POSTGRES, options)
+        .await
+        .unwrap();
+    for n in 0..count {
+        let stream = StreamName::user(format!("order-{}", n % 20)).unwrap();
+        let event = NewEvent::json("OrderPlaced", &serde_json::json!({ "n": n })).unwrap();
+        store
+            .append(&stream, ExpectedState::Any, vec![event])
+            .await
+            .unwrap();
+    }
+}
+
+/// Waits for a line of a child's stderr that contains `needle`.
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return,
+            Ok(_) => {}
+            Err(e) => panic!("no line with {needle:?}: {e}"),
+        }
+    }
+}
+
+/// Two `factum relay` processes with one relays file on one PostgreSQL store, as two replicas
+/// of a service would run them: the second waits while the first publishes, and takes over
+/// when the first is killed with SIGKILL; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_relay_process_on_postgres_waits_and_takes_over_after_a_sigkill() {
+    let url = nats_url();
+    let Some(client) = nats(&url).await else {
+        return;
+    };
+    let pid = std::process::id();
+    let schema = format!("fcli_relays_{pid}");
+    let admin = match tokio_postgres::connect(POSTGRES, tokio_postgres::NoTls).await {
+        Ok((admin, connection)) => {
+            tokio::spawn(connection);
+            admin
+        }
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("skipping: PostgreSQL at {POSTGRES} is not reachable ({e})");
+            return;
+        }
+        Err(e) => panic!("PostgreSQL at {POSTGRES} is needed under CI=true: {e}"),
+    };
+    let drop_schema = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+    admin.batch_execute(&drop_schema).await.unwrap();
+    let context = jetstream::new(client);
+    let js_stream = format!("TURNS{pid}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relays.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[relay]]\nname = \"orders-out\"\npayload = \"data\"\n\
+             types = {{ OrderPlaced = \"order.placed\" }}\n\
+             nats = {{ url = \"{url}\", subject_prefix = \"t{pid}\", jetstream_stream = \"{js_stream}\" }}\n"
+        ),
+    )
+    .unwrap();
+    let start = |stderr: Stdio| {
+        Command::new(env!("CARGO_BIN_EXE_factum"))
+            .args(["--store", POSTGRES, "--store-schema", &schema, "relay"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap()
+    };
+
+    append_to_postgres(&schema, 400).await;
+    let mut first = start(Stdio::null());
+    wait_for(&context, &js_stream, 400).await;
+
+    let mut second = start(Stdio::piped());
+    let (sender, lines) = std::sync::mpsc::channel();
+    let errors = second.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(errors).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    wait_for_line(&lines, "relay orders-out waits");
+    // The first still publishes; the second waits.
+    append_to_postgres(&schema, 100).await;
+    wait_for(&context, &js_stream, 500).await;
+
+    first.kill().unwrap(); // SIGKILL: its connections close, and with them its claim.
+    first.wait().unwrap();
+    wait_for_line(&lines, "relay orders-out took over");
+    append_to_postgres(&schema, 100).await;
+    wait_for(&context, &js_stream, 600).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stored(&context, &js_stream).await, 600, "each event once");
+
+    Command::new("kill")
+        .arg(second.id().to_string())
+        .status()
+        .unwrap();
+    assert!(second.wait().unwrap().success(), "SIGTERM stops it cleanly");
+    context.delete_stream(&js_stream).await.unwrap();
+    admin.batch_execute(&drop_schema).await.unwrap();
 }

@@ -44,6 +44,12 @@ pub enum StoreError {
         /// The checkpoint given with the append.
         given: u64,
     },
+    /// Another runner holds the name (see [`crate::EventStore::claim`]): a second copy of a
+    /// processor, relay or saga manager, or one of another kind with the same name.
+    #[error(
+        "'{0}' is claimed by another runner (a second copy of it, or a processor, relay or saga manager of the same name)"
+    )]
+    Claimed(String),
     /// Another process holds the data directory.
     #[error("the data directory {} is in use by another process", .0.display())]
     Locked(PathBuf),

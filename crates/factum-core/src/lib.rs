@@ -16,6 +16,7 @@
 //! ```
 
 pub mod catalog;
+pub mod claim;
 mod error;
 mod event;
 pub mod json;
@@ -26,6 +27,7 @@ mod subscription;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use claim::Claim;
 pub use error::StoreError;
 pub use event::{ContentType, NewEvent, RecordedEvent, now_micros};
 pub use memory::MemoryStore;

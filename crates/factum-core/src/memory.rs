@@ -5,10 +5,11 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::catalog::{self, Catalog, Overlay, Plan, WriteKind, WriteRequest};
+use crate::claim::LocalClaims;
 use crate::validate_append;
 use crate::{
-    AppendOptions, AppendResult, CurrentRevision, Direction, EventStore, ExpectedState, NewEvent,
-    RecordedEvent, StoreError, StreamInfo, StreamMetadata, StreamName, Subscription,
+    AppendOptions, AppendResult, Claim, CurrentRevision, Direction, EventStore, ExpectedState,
+    NewEvent, RecordedEvent, StoreError, StreamInfo, StreamMetadata, StreamName, Subscription,
     SubscriptionFilter, now_micros,
 };
 
@@ -22,6 +23,7 @@ pub struct MemoryStore {
 struct Inner {
     state: Mutex<State>,
     head: watch::Sender<u64>,
+    claims: LocalClaims,
 }
 
 #[derive(Default)]
@@ -43,6 +45,7 @@ impl MemoryStore {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
                 head: watch::channel(0).0,
+                claims: LocalClaims::default(),
             }),
         }
     }
@@ -255,5 +258,9 @@ impl EventStore for MemoryStore {
 
     async fn read_checkpoint(&self, consumer: &str) -> Result<Option<u64>, StoreError> {
         Ok(self.inner.state.lock().catalog.checkpoint(consumer))
+    }
+
+    async fn claim(&self, name: &str) -> Result<Option<Claim>, StoreError> {
+        self.inner.claims.try_claim(name)
     }
 }

@@ -2,7 +2,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::{
-    CurrentRevision, ExpectedState, NewEvent, RecordedEvent, StoreError, StreamMetadata,
+    Claim, CurrentRevision, ExpectedState, NewEvent, RecordedEvent, StoreError, StreamMetadata,
     StreamName, Subscription, SubscriptionFilter,
 };
 
@@ -166,6 +166,13 @@ pub trait EventStore: Send + Sync {
 
     /// The last checkpoint stored for a consumer.
     async fn read_checkpoint(&self, consumer: &str) -> Result<Option<u64>, StoreError>;
+
+    /// Claims `name` for as long as the returned [`Claim`] is kept, or returns `None` when
+    /// another runner holds it: across every process that shares the store (PostgreSQL), or
+    /// within this process (the embedded store, which one process opens at a time, and the
+    /// in-memory store). Processors, relays and saga managers claim their checkpoint's name
+    /// before they work, so that a second copy waits instead of doing the work twice.
+    async fn claim(&self, name: &str) -> Result<Option<Claim>, StoreError>;
 }
 
 /// Checks what every backend checks before an import reaches storage: every event as it would

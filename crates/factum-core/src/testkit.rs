@@ -52,7 +52,8 @@ macro_rules! conformance_tests {
             checkpoint_is_stored_with_append_and_only_moves_forward,
             checkpoint_can_be_saved_on_its_own,
             toolkit_streams_take_appends_other_system_streams_do_not,
-            data_and_metadata_round_trip_byte_for_byte
+            data_and_metadata_round_trip_byte_for_byte,
+            a_name_is_claimed_by_one_holder_at_a_time
         );
     };
     (@each $make:path, required; $($name:ident),*) => {
@@ -1001,6 +1002,34 @@ pub async fn checkpoint_can_be_saved_on_its_own<S: EventStore>(store: S) {
     store.save_checkpoint("projector", 3).await.unwrap();
     assert_eq!(store.read_checkpoint("projector").await.unwrap(), Some(3));
     assert_eq!(store.head(), 5);
+}
+
+pub async fn a_name_is_claimed_by_one_holder_at_a_time<S: EventStore>(store: S) {
+    let first = store.claim("relay-orders").await.unwrap().unwrap();
+    assert_eq!(first.name(), "relay-orders");
+    assert!(!first.is_lost());
+    assert!(store.claim("relay-orders").await.unwrap().is_none());
+    let other = store.claim("saga-orders").await.unwrap();
+    assert!(other.is_some());
+    assert!(matches!(
+        store.claim("").await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    drop(first);
+    // A backend may release asynchronously (a database connection closing).
+    let again = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if let Some(claim) = store.claim("relay-orders").await.unwrap() {
+                return claim;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a dropped claim is released");
+    assert!(!again.is_lost());
+    // Claims write nothing to the log.
+    assert_eq!(store.head(), 0);
 }
 
 pub async fn toolkit_streams_take_appends_other_system_streams_do_not<S: EventStore>(store: S) {

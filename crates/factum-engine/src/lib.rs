@@ -37,7 +37,9 @@ use std::sync::mpsc::{self, Sender};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
+use factum_core::Claim;
 use factum_core::catalog::{self, WriteKind, WriteRequest};
+use factum_core::claim::LocalClaims;
 use factum_core::validate_append;
 use factum_core::{
     AppendOptions, AppendResult, CurrentRevision, Direction, EventStore, ExpectedState, NewEvent,
@@ -91,6 +93,8 @@ struct Inner {
     writer: Mutex<Option<WriterHandle>>,
     // The exclusive lock on the data directory, held until the store is closed.
     lock: Mutex<Option<File>>,
+    // Claims: the directory lock makes this process the only one that can hold any.
+    claims: LocalClaims,
 }
 
 impl Drop for Inner {
@@ -269,6 +273,7 @@ impl Engine {
                 shared,
                 writer: Mutex::new(Some(WriterHandle { requests, thread })),
                 lock: Mutex::new(Some(lock)),
+                claims: LocalClaims::default(),
             }),
             report,
         })
@@ -560,5 +565,9 @@ impl EventStore for Engine {
 
     async fn read_checkpoint(&self, consumer: &str) -> Result<Option<u64>, StoreError> {
         Ok(self.inner.shared.index.read().catalog.checkpoint(consumer))
+    }
+
+    async fn claim(&self, name: &str) -> Result<Option<Claim>, StoreError> {
+        self.inner.claims.try_claim(name)
     }
 }

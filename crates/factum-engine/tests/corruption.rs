@@ -108,6 +108,15 @@ async fn nothing_wrong_is_served(store: &Engine, original: &[RecordedEvent]) {
     }
 }
 
+/// The log holds the original's first events, every one intact.
+async fn assert_a_prefix_is_kept(store: &Engine, original: &[RecordedEvent]) {
+    let kept = store
+        .read_all(0, Direction::Forwards, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(kept[..], original[..kept.len()]);
+}
+
 enum Damage {
     FlipBit,
     Truncate,
@@ -160,17 +169,20 @@ async fn damage_rounds(damage: Damage, keep_index: bool, rounds: usize) {
                 !keep_index && is_last,
                 "a tail may be cut only where nothing vouches for it"
             );
-            let kept = store
-                .read_all(0, Direction::Forwards, usize::MAX)
-                .await
-                .unwrap();
-            assert_eq!(kept[..], original[..kept.len()]);
+            assert_a_prefix_is_kept(&store, &original).await;
             cut += 1;
             continue;
         }
         match store.verify(|_, _| {}) {
             Err(StoreError::Corrupted { .. }) => detected_by_verify += 1,
             Err(other) => panic!("unexpected verify error {other}"),
+            // The last segment cut exactly between two frames, with no saved index: nothing
+            // records that more was written, so the log reads as a shorter one — the original's
+            // first events, every one intact.
+            Ok(_) if !keep_index && is_last && store.head() < original.len() as u64 => {
+                assert_a_prefix_is_kept(&store, &original).await;
+                cut += 1;
+            }
             // Every byte of the template belongs to an acknowledged event: damage must be found.
             Ok(_) => panic!("damage at {}:{offset} went undetected", file.display()),
         }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use factum_core::StoreError;
+use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 
@@ -69,13 +70,20 @@ impl Target {
 
     /// A new connection; the task that drives it logs when it closes.
     pub async fn connect(&self) -> Result<Client, StoreError> {
+        Ok(self.connect_watched().await?.0)
+    }
+
+    /// A new connection, and a receiver that completes when it closes.
+    pub async fn connect_watched(&self) -> Result<(Client, oneshot::Receiver<()>), StoreError> {
         let (client, connection) = self.connect.connect().await.map_err(unavailable)?;
+        let (closed, on_close) = oneshot::channel();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "a PostgreSQL connection closed");
             }
+            let _ = closed.send(());
         });
-        Ok(client)
+        Ok((client, on_close))
     }
 }
 

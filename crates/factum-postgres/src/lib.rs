@@ -20,6 +20,7 @@
 //! `LISTEN/NOTIFY`, and the head is also polled, so subscriptions follow other processes'
 //! appends and survive a restart of PostgreSQL.
 
+mod claim;
 mod conn;
 mod head;
 mod schema;
@@ -41,6 +42,7 @@ use factum_core::{
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_postgres::Row;
 
+pub use claim::CLAIM_HOLDER_SQL;
 pub use schema::VERSION as SCHEMA_VERSION;
 
 use conn::{Pool, Target};
@@ -80,6 +82,7 @@ pub struct PgStore {
 
 struct Inner {
     schema: String,
+    claims: claim::Claims,
     readers: Pool,
     jobs: mpsc::Sender<Job>,
     head: Arc<watch::Sender<u64>>,
@@ -121,8 +124,9 @@ impl PgStore {
         ));
         Ok(PgStore {
             inner: Arc::new(Inner {
+                readers: Pool::new(target.clone(), options.readers),
+                claims: claim::Claims::new(target, options.schema.clone()),
                 schema: options.schema,
-                readers: Pool::new(target, options.readers),
                 jobs,
                 head,
                 head_rx,
@@ -545,5 +549,9 @@ impl EventStore for PgStore {
             )
             .await?
             .map(|row| to_u64(row.get(0))))
+    }
+
+    async fn claim(&self, name: &str) -> Result<Option<factum_core::Claim>, StoreError> {
+        self.inner.claims.claim(name).await
     }
 }

@@ -55,5 +55,5 @@ pub use message::{
 };
 pub use nats::{NatsConfig, NatsPublisher, NatsSource, NatsSourceConfig};
 pub use publisher::{Confirmation, PublishError, Publisher};
-pub use rabbitmq::{RabbitConfig, RabbitPublisher, RabbitSource, RabbitSourceConfig};
+pub use rabbitmq::{QueueType, RabbitConfig, RabbitPublisher, RabbitSource, RabbitSourceConfig};
 pub use relay::{Backoff, Relay, RelayBuilder, RelayError, RelayStatus};

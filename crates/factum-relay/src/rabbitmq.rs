@@ -335,6 +335,39 @@ pub struct RabbitSourceConfig {
     /// Messages delivered and not yet acknowledged, at most.
     #[serde(default = "default_prefetch")]
     pub prefetch: u16,
+    /// The type of the queue, when it is declared (`"queue_type": "quorum"` when the
+    /// configuration is read with serde). A queue that exists already keeps its type; declaring
+    /// it with another one fails.
+    #[serde(default)]
+    pub queue_type: QueueType,
+}
+
+/// The type of queue a [`RabbitSource`] declares.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// A classic queue (RabbitMQ's own default): persistent messages are stored on disk.
+    #[default]
+    Classic,
+    /// A quorum queue: replicated over the cluster's nodes, a message confirmed only once it is
+    /// written and flushed to disk on a quorum of them. What RabbitMQ recommends where messages
+    /// must not be lost; on one node it also took the relay's messages about twice as fast as a
+    /// classic queue (docs/benchmarks.md).
+    Quorum,
+}
+
+impl QueueType {
+    /// The queue's declaration arguments.
+    fn arguments(self) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        if self == QueueType::Quorum {
+            arguments.insert(
+                "x-queue-type".into(),
+                lapin::types::AMQPValue::LongString("quorum".into()),
+            );
+        }
+        arguments
+    }
 }
 
 fn default_bindings() -> Vec<String> {
@@ -353,6 +386,7 @@ impl RabbitSourceConfig {
             queue: queue.into(),
             bindings: default_bindings(),
             prefetch: default_prefetch(),
+            queue_type: QueueType::default(),
         }
     }
 }
@@ -412,7 +446,7 @@ impl RabbitSource {
                     durable: true,
                     ..QueueDeclareOptions::default()
                 },
-                FieldTable::default(),
+                config.queue_type.arguments(),
             )
             .await
             .map_err(fail)?;
@@ -533,5 +567,32 @@ impl MessageSource for RabbitSource {
             close(connection).await;
         }
         Err(failure)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_source_declares_a_classic_queue_unless_told_quorum() {
+        let read = |json: &str| serde_json::from_str::<RabbitSourceConfig>(json).unwrap();
+        let classic = read(r#"{"url": "amqp://x", "queue": "q"}"#);
+        assert_eq!(classic.queue_type, QueueType::Classic);
+        assert!(classic.queue_type.arguments().inner().is_empty());
+        let quorum = read(r#"{"url": "amqp://x", "queue": "q", "queue_type": "quorum"}"#);
+        assert_eq!(quorum.queue_type, QueueType::Quorum);
+        let arguments = quorum.queue_type.arguments();
+        assert_eq!(
+            arguments.inner().get("x-queue-type"),
+            Some(&lapin::types::AMQPValue::LongString("quorum".into()))
+        );
+        assert!(
+            serde_json::from_str::<RabbitSourceConfig>(
+                r#"{"url": "amqp://x", "queue": "q", "queue_type": "lazy"}"#
+            )
+            .is_err()
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use factum_core::claim::{claim_unless_stopped, until_stopped_or_lost};
 use factum_core::{EventStore, RecordedEvent, StoreError, StreamName, SubscriptionFilter};
 use tokio::sync::watch;
 
@@ -38,6 +39,10 @@ pub struct RelayStatus {
     pub last_error: Option<String>,
     /// Failed publishes since the relay started.
     pub failures: u64,
+    /// Waiting while another runner holds the relay's name (see [`Relay::run`]).
+    pub standby: bool,
+    /// Times the relay lost its claim while it worked (its PostgreSQL connection failed).
+    pub claims_lost: u64,
 }
 
 impl RelayStatus {
@@ -176,7 +181,8 @@ impl Relay {
     /// A builder for the relay `name`. Its checkpoint is stored under that name, so
     /// `factum serve`'s `/processors`, `/metrics` and web UI show its lag beside the processors'.
     /// The name is thus shared with event processors and sagas' checkpoints: give a relay a name
-    /// no processor in the same store has, or the two would move one checkpoint.
+    /// no processor in the same store has (while one of them runs, the other waits for the
+    /// name, see [`Relay::run`]).
     pub fn builder(name: impl Into<String>, store: Arc<dyn EventStore>) -> RelayBuilder {
         RelayBuilder {
             name: name.into(),
@@ -202,7 +208,46 @@ impl Relay {
     /// Publishes from the checkpoint, then new events as they are committed, until `shutdown`
     /// completes. A failed publish is retried, from the checkpoint, after a backoff that
     /// doubles; the relay returns an error only when the store fails for good.
+    ///
+    /// The relay first claims its name ([`EventStore::claim`]): where several replicas of a
+    /// service run it, one publishes while the others wait ([`RelayStatus::standby`]), and one
+    /// of them takes over, from the checkpoint, when it stops, crashes or loses its claim (its
+    /// PostgreSQL connection failed). Per-stream order holds across the change: the next
+    /// holder starts after the last confirmed checkpoint.
     pub async fn run(
+        &self,
+        publisher: &mut dyn Publisher,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), RelayError> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let waiting = || {
+                tracing::info!(relay = %self.name,
+                    "another runner holds this relay's name; waiting to take over");
+                self.status.send_modify(|s| s.standby = true);
+            };
+            let store = self.store.as_ref();
+            let Some(claim) =
+                claim_unless_stopped(store, &self.name, shutdown.as_mut(), waiting).await?
+            else {
+                return Ok(());
+            };
+            self.status.send_modify(|s| s.standby = false);
+            let mut stopped = false;
+            let stop = until_stopped_or_lost(shutdown.as_mut(), &claim, &mut stopped);
+            self.run_claimed(publisher, stop).await?;
+            if stopped || !claim.is_lost() {
+                return Ok(());
+            }
+            tracing::warn!(relay = %self.name, "the relay's claim was lost; waiting to take it again");
+            self.status.send_modify(|s| {
+                s.standby = true;
+                s.claims_lost += 1;
+            });
+        }
+    }
+
+    async fn run_claimed(
         &self,
         publisher: &mut dyn Publisher,
         shutdown: impl Future<Output = ()> + Send,

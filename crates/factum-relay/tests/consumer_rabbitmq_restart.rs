@@ -1,4 +1,5 @@
-//! A consumer and a relay against a real RabbitMQ broker that is restarted while events flow.
+//! A consumer (on a quorum queue) and a relay against a real RabbitMQ broker that is restarted
+//! while events flow.
 //! (A binary of its own: the restart would disturb other tests running beside it.)
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -13,8 +14,8 @@ use common::*;
 use factum_core::{EventStore, MemoryStore};
 use factum_engine::{Engine, Options};
 use factum_relay::{
-    Backoff, Consumer, RabbitConfig, RabbitPublisher, RabbitSource, RabbitSourceConfig, Relay,
-    ZeroPayload,
+    Backoff, Consumer, QueueType, RabbitConfig, RabbitPublisher, RabbitSource, RabbitSourceConfig,
+    Relay, ZeroPayload,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,7 +26,13 @@ async fn a_broker_restart_loses_nothing_and_what_comes_again_is_recognised() {
     }
     let exchange = unique("factum.crestart.");
     let queue = unique("factum-crestart-");
-    drop(rabbit_queue(&url, &exchange, &queue, "#").await);
+    // A quorum queue, declared before anything is published.
+    let mut source = RabbitSource::new(RabbitSourceConfig {
+        exchange: exchange.clone(),
+        queue_type: QueueType::Quorum,
+        ..RabbitSourceConfig::new(&url, &queue)
+    });
+    source.declare().await.unwrap();
     let quick = Backoff {
         first: Duration::from_millis(50),
         max: Duration::from_millis(500),
@@ -57,10 +64,6 @@ async fn a_broker_restart_loses_nothing_and_what_comes_again_is_recognised() {
         .backoff(quick)
         .build()
         .unwrap();
-    let source = RabbitSource::new(RabbitSourceConfig {
-        exchange: exchange.clone(),
-        ..RabbitSourceConfig::new(&url, &queue)
-    });
     let mut consuming = tally::spawn(consumer, LosingAcks::new(source, 20));
 
     let writer = {

@@ -4,12 +4,9 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use factum_core::EventStore;
-use factum_engine::{Engine, Options};
 use factum_relay::{Backoff, NatsConfig, NatsPublisher, Payload, Relay, TypeMap, ZeroPayload};
 
 fn translator() -> TypeMap {
@@ -24,9 +21,7 @@ async fn mapped_events_leave_in_stream_order_with_their_ids_and_the_checkpoint_f
     if !reachable("NATS", &url).await {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn EventStore> =
-        Arc::new(Engine::open(dir.path(), Options::default()).unwrap());
+    let (_dir, store) = engine_store();
     let types = ["OrderPlaced", "OrderPaid", "InternalNote"];
     let appended = append_orders(store.as_ref(), "order", 10, 30, &types).await;
     // Another category the relay does not follow.
@@ -115,9 +110,7 @@ async fn cut_connections_lose_nothing_and_jetstream_drops_the_duplicates() {
         return;
     }
     let proxy = Proxy::start(url.trim_start_matches("nats://").to_owned()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn EventStore> =
-        Arc::new(Engine::open(dir.path(), Options::default()).unwrap());
+    let (_dir, store) = engine_store();
     let js_stream = unique("CUT");
     let relay = Relay::builder("cut-out", store.clone())
         .translator(ZeroPayload)
@@ -167,6 +160,75 @@ async fn cut_connections_lose_nothing_and_jetstream_drops_the_duplicates() {
     );
     let ids: HashSet<_> = received.iter().map(|m| m.id.clone()).collect();
     assert_eq!(ids.len(), appended.len());
+    assert_stream_order(&received);
+    delete_jetstream(&url, &js_stream).await;
+}
+
+/// Two replicas of a service each run the relay: one publishes, the other waits and takes
+/// over from the checkpoint when the first stops; every event leaves, in stream order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_copy_of_a_relay_waits_and_takes_over_when_the_first_stops() {
+    let url = nats_url();
+    if !reachable("NATS", &url).await {
+        return;
+    }
+    let (_dir, store) = engine_store();
+    let js_stream = unique("REPLICAS");
+    let config = NatsConfig {
+        subject_prefix: unique("r"),
+        jetstream_stream: Some(js_stream.clone()),
+        ..NatsConfig::new(&url)
+    };
+    let relay = || {
+        Relay::builder("orders-replicated", store.clone())
+            .translator(TypeMap::new().map("OrderPlaced", "OrderPlaced", Payload::Data))
+            .batch(16)
+            .build()
+            .unwrap()
+    };
+    let mut appended = append_orders(store.as_ref(), "order", 4, 10, &["OrderPlaced"]).await;
+    let mut first = spawn_relay(relay(), NatsPublisher::new(config.clone()));
+    caught_up(&mut first.status, store.as_ref()).await;
+    let mut second = spawn_relay(relay(), NatsPublisher::new(config.clone()));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        second.status.wait_for(|s| s.standby),
+    )
+    .await
+    .expect("the second copy waits")
+    .map(drop)
+    .unwrap();
+
+    appended.extend(append_orders(store.as_ref(), "order", 4, 10, &["OrderPlaced"]).await);
+    caught_up(&mut first.status, store.as_ref()).await;
+    assert_eq!(
+        second.status.borrow().published,
+        0,
+        "the waiting copy published"
+    );
+    let first = first.stop().await;
+    assert_eq!(first.published, 80);
+
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        second.status.wait_for(|s| !s.standby),
+    )
+    .await
+    .expect("the second copy takes over")
+    .map(drop)
+    .unwrap();
+    appended.extend(append_orders(store.as_ref(), "order", 4, 10, &["OrderPlaced"]).await);
+    caught_up(&mut second.status, store.as_ref()).await;
+    let second = second.stop().await;
+    assert_eq!(
+        second.published, 40,
+        "it starts after the first one's checkpoint"
+    );
+
+    let received = read_jetstream(&url, &js_stream, appended.len(), Duration::from_secs(5)).await;
+    assert_eq!(received.len(), appended.len());
+    let ids: HashSet<_> = received.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(ids.len(), appended.len(), "each event once");
     assert_stream_order(&received);
     delete_jetstream(&url, &js_stream).await;
 }

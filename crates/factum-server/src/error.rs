@@ -89,7 +89,7 @@ impl From<StoreError> for ApiError {
                     },
                 };
             }
-            StoreError::CheckpointBehind { .. } => StatusCode::CONFLICT,
+            StoreError::CheckpointBehind { .. } | StoreError::Claimed(_) => StatusCode::CONFLICT,
             StoreError::StreamDeleted(_) => StatusCode::GONE,
             StoreError::NotFound(_) => StatusCode::NOT_FOUND,
             StoreError::InvalidInput(_) => StatusCode::BAD_REQUEST,

@@ -49,11 +49,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use factum_core::claim::{claim_unless_stopped, until_stopped_or_lost};
 use factum_core::{
-    Direction, EventStore, ExpectedState, NewEvent, RecordedEvent, StoreError, StreamName,
+    Claim, Direction, EventStore, ExpectedState, NewEvent, RecordedEvent, StoreError, StreamName,
     SubscriptionFilter,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::replay::replay_stream;
 use uuid::Uuid;
@@ -444,6 +446,7 @@ impl EventProcessorBuilder {
                 retry: self.retry,
                 checkpoint_every_events: self.checkpoint_every_events,
                 checkpoint_interval: self.checkpoint_interval,
+                standby: watch::channel(false).0,
             }),
         })
     }
@@ -457,6 +460,8 @@ struct Inner {
     retry: RetryPolicy,
     checkpoint_every_events: u64,
     checkpoint_interval: Duration,
+    /// Whether `run` waits while another runner holds the processor's name.
+    standby: watch::Sender<bool>,
 }
 
 /// Follows `$all` and hands events to its handlers (see the module documentation).
@@ -487,27 +492,71 @@ impl EventProcessor {
         &self.inner.name
     }
 
+    /// Whether [`EventProcessor::run`] waits while another runner (another replica of the
+    /// service) holds the processor's name: `false` while this copy works, or is not running.
+    pub fn standby(&self) -> watch::Receiver<bool> {
+        self.inner.standby.subscribe()
+    }
+
     /// Processes the log from the checkpoint, then new events as they are committed, until
     /// `shutdown` completes; saves the checkpoint before returning. Replays the dead letters
     /// first when `factum deadletters replay` asked for it.
+    ///
+    /// The processor first claims its name ([`EventStore::claim`]): where several replicas of
+    /// a service run it, one processes while the others wait, and one of them takes over when
+    /// it stops, crashes or loses its claim (its PostgreSQL connection failed). A processor
+    /// that loses its claim stops handling events, leaves the checkpoint to the next holder
+    /// and waits to claim the name again.
     pub async fn run(
         &self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<ProcessorStats, StoreError> {
-        self.replay_if_requested().await?;
-        self.process(None, Some(Box::pin(shutdown))).await
+        let mut shutdown: Shutdown<'_> = Box::pin(shutdown);
+        let mut stats = ProcessorStats::default();
+        loop {
+            let name = &self.inner.name;
+            let waiting = || {
+                tracing::info!(processor = %name,
+                    "another runner holds this processor's name; waiting to take over");
+                self.inner.standby.send_replace(true);
+            };
+            let store = self.inner.store.as_ref();
+            let claimed = claim_unless_stopped(store, name, shutdown.as_mut(), waiting).await;
+            self.inner.standby.send_replace(false);
+            let Some(claim) = claimed? else {
+                return Ok(stats);
+            };
+            let mut stopped = false;
+            let stop = until_stopped_or_lost(shutdown.as_mut(), &claim, &mut stopped);
+            self.replay_if_requested().await?;
+            let run = self.process(None, Some(Box::pin(stop)), &claim).await?;
+            stats.events += run.events;
+            stats.failures += run.failures;
+            stats.dead_lettered += run.dead_lettered;
+            stats.position = run.position.or(stats.position);
+            if stopped || !claim.is_lost() {
+                return Ok(stats);
+            }
+            tracing::warn!(processor = %self.inner.name,
+                "the processor's claim was lost; waiting to take it again");
+        }
     }
 
     /// Processes every event below `end` (for instance the head when called), saves the
-    /// checkpoint, and returns.
+    /// checkpoint, and returns. Fails with [`StoreError::Claimed`] while another runner holds
+    /// the processor's name (see [`EventProcessor::run`]).
     pub async fn run_until(&self, end: u64) -> Result<ProcessorStats, StoreError> {
-        self.process(Some(end), None).await
+        let Some(claim) = self.inner.store.claim(&self.inner.name).await? else {
+            return Err(StoreError::Claimed(self.inner.name.clone()));
+        };
+        self.process(Some(end), None, &claim).await
     }
 
     async fn process(
         &self,
         end: Option<u64>,
         mut shutdown: Option<Shutdown<'_>>,
+        claim: &Claim,
     ) -> Result<ProcessorStats, StoreError> {
         let inner = &self.inner;
         let mut saved = inner.store.read_checkpoint(&inner.name).await?;
@@ -548,6 +597,10 @@ impl EventProcessor {
                 since_checkpoint = 0;
                 last_checkpoint = Instant::now();
             }
+        }
+        // Another runner may hold the claim now: the checkpoint is its to move.
+        if claim.is_lost() {
+            return Ok(stats);
         }
         // Everything looked at is done, handled or filtered out.
         let looked_at = subscription

@@ -12,15 +12,15 @@
 //!   an instance never takes an event at or before the last one it took.
 //! - **Instances at the same time.** The events that arrived together (up to 1,024) are taken
 //!   as a batch: each instance's in order, up to 64 instances at once, so their appends share
-//!   the store's durable writes. Deadlines that come due together, and the commands a restart
-//!   finds unsent, are handled the same way.
+//!   the store's durable writes. The checkpoint is saved once the batch is taken (with the
+//!   step itself when the batch holds only one event to take); a restart reads again from it
+//!   and skips what each instance already took. Deadlines that come due together, and the
+//!   commands a restart finds unsent, are handled the same way.
 //! - **A start reads what may have something to do.** Now and then (every 65,536 positions of
 //!   `$all`, at most every 5 s) and when it stops, the manager writes the saga's index in
 //!   `$sagas-{name}`: the instances waiting for a deadline, as of a moment when no command was
 //!   stored and not sent. A start reads those instances and the ones written after the index
-//!   (found in `$all`), not the finished ones; without an index it reads every instance. The checkpoint is saved once the batch is taken (with the
-//!   step itself when the batch holds only one event to take); a restart reads again from it
-//!   and skips what each instance already took.
+//!   (found in `$all`), not the finished ones; without an index it reads every instance.
 //! - **Commands are an outbox.** A step's commands are stored with it, each with an id derived
 //!   from its cause, and sent afterwards; sending is recorded (`SagaCommandSent`). Commands
 //!   stored but not recorded as sent are sent again after a restart, with the same ids, so a
@@ -92,9 +92,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use factum_core::claim::{claim_unless_stopped, until_stopped_or_lost};
 use factum_core::{
-    AppendOptions, Checkpoint, Direction, EventStore, ExpectedState, NewEvent, RecordedEvent,
-    StoreError, StreamName, SubscriptionFilter,
+    AppendOptions, Checkpoint, Claim, Direction, EventStore, ExpectedState, NewEvent,
+    RecordedEvent, StoreError, StreamName, SubscriptionFilter,
 };
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -326,6 +327,10 @@ pub struct SagaStatus {
     /// Instance streams read when the manager started: those its index names as waiting for
     /// a deadline and those written since the index, or every one when there is no index.
     pub loaded_at_start: usize,
+    /// Waiting while another manager of the saga holds its claim (see [`SagaManager::run`]).
+    pub standby: bool,
+    /// Times the manager lost its claim while it worked (its PostgreSQL connection failed).
+    pub claims_lost: u64,
 }
 
 /// What the manager sends a command with: usually the command bus, e.g.
@@ -362,10 +367,15 @@ fn now_ms() -> u64 {
 /// Runs a [`Saga`] over a store: follows `$all` from its checkpoint, stores each step in the
 /// instance's stream, sends the commands and fires the deadlines.
 ///
-/// Run one manager per saga: with several application instances on one store, in one of them.
-/// A second manager racing the first is kept from doing an instance's work twice by the
-/// instance's expected revisions (a command both sent carries one id and is executed once),
-/// but while both run the saga's index may miss a deadline the other one set.
+/// Every replica of a service may run the saga's manager: a manager claims the saga's name
+/// ([`EventStore::claim`]) before it works, so one works while the others wait
+/// ([`SagaStatus::standby`]) and one of them takes over when it stops, crashes, or loses its
+/// claim (its PostgreSQL connection failed). Should two ever work at once (a claim lost while
+/// its holder was still writing), the instance's expected revisions keep them from doing an
+/// instance's work twice (a command both sent carries one id and is executed once), and a
+/// manager that finds an instance's work done by the other sends what that left unsent and
+/// keeps its deadlines; an index written meanwhile may still miss a deadline the other set in a
+/// step this one has not come to yet.
 pub struct SagaManager<G: Saga> {
     saga: G,
     store: Arc<dyn EventStore>,
@@ -375,6 +385,8 @@ pub struct SagaManager<G: Saga> {
     /// Set when the manager stops in the middle of work: the work ends at its next step (a
     /// command not yet sent stays stored, to be sent by the next start).
     stopping: watch::Sender<bool>,
+    /// An index larger than this is not written (the one before stays in force).
+    index_bytes_max: usize,
 }
 
 /// Positions passed without a step before the checkpoint is saved on its own.
@@ -412,7 +424,15 @@ impl<G: Saga> SagaManager<G> {
             retry: Duration::from_millis(200),
             status,
             stopping: watch::channel(false).0,
+            index_bytes_max: factum_core::limits::EVENT_PAYLOAD_BYTES_MAX,
         }
+    }
+
+    /// For tests: the largest index written (by default the largest event, 16 MiB).
+    #[doc(hidden)]
+    pub fn with_index_bytes_max(mut self, bytes: usize) -> Self {
+        self.index_bytes_max = bytes;
+        self
     }
 
     /// The checkpoint's name: `saga-{NAME}`.
@@ -552,7 +572,50 @@ impl<G: Saga> SagaManager<G> {
     /// stored, for the next start) and is waited for, so that nothing it started is written
     /// after `run` returns; the same holds when `run` returns an error. Stop a manager this way
     /// rather than by dropping or aborting its task when another may start in the same process.
+    ///
+    /// Before it works, the manager claims the saga's name; while another manager holds it,
+    /// this one waits ([`SagaStatus::standby`]). If the claim is lost, the work under way winds
+    /// down as at a stop, and the manager waits to claim the name again.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), SagaError> {
+        tokio::pin!(shutdown);
+        let name = Self::checkpoint_name();
+        loop {
+            let waiting = || {
+                tracing::info!(
+                    saga = G::NAME,
+                    "another manager of this saga runs; waiting to take over"
+                );
+                self.status.send_modify(|s| s.standby = true);
+            };
+            let store = self.store.as_ref();
+            let Some(claim) =
+                claim_unless_stopped(store, &name, shutdown.as_mut(), waiting).await?
+            else {
+                return Ok(());
+            };
+            self.status.send_modify(|s| s.standby = false);
+            let mut stopped = false;
+            let stop = until_stopped_or_lost(shutdown.as_mut(), &claim, &mut stopped);
+            self.run_claimed(stop, &claim).await?;
+            if stopped || !claim.is_lost() {
+                return Ok(());
+            }
+            tracing::warn!(
+                saga = G::NAME,
+                "the saga's claim was lost; waiting to take it again"
+            );
+            self.status.send_modify(|s| {
+                s.standby = true;
+                s.claims_lost += 1;
+            });
+        }
+    }
+
+    async fn run_claimed(
+        &self,
+        shutdown: impl Future<Output = ()>,
+        claim: &Claim,
+    ) -> Result<(), SagaError> {
         tokio::pin!(shutdown);
         self.stopping.send_replace(false);
         let mut deadlines = Deadlines::default();
@@ -560,7 +623,7 @@ impl<G: Saga> SagaManager<G> {
         let mut unsent: Vec<(String, Vec<Work>)> = Vec::new();
         // Instances are read many at a time (a store over the network answers each read in a
         // round trip), in name order.
-        let ids = self.instances_to_load().await?;
+        let (ids, index_as_of) = self.instances_to_load().await?;
         self.status.send_modify(|s| s.loaded_at_start = ids.len());
         let mut loading = futures::stream::iter(ids)
             .map(|id| async move {
@@ -585,8 +648,11 @@ impl<G: Saga> SagaManager<G> {
             .store
             .subscribe_all(start, SubscriptionFilter::default());
         let mut last = saved;
+        // When this start had to read instances written after the index, the first quiet point
+        // after it writes a newer one (at the latest the stop), so that the next start need not
+        // read them again.
         let mut index = IndexWrites {
-            from: self.store.head(),
+            from: index_as_of,
             at: tokio::time::Instant::now(),
         };
         // The head of `$all` the last time no work was under way (no command stored and not
@@ -662,6 +728,10 @@ impl<G: Saga> SagaManager<G> {
                 }
             }
         }
+        // Another manager may hold the claim now: what follows is its to write.
+        if claim.is_lost() {
+            return Ok(());
+        }
         // What was passed over since the last save is not taken again.
         if let Some(position) = last
             && saved.is_none_or(|s| position > s)
@@ -701,8 +771,10 @@ impl<G: Saga> SagaManager<G> {
 
     /// The instances a start reads: with an index, those it names as waiting for a deadline
     /// and those with steps after it (found in `$all`); without one (or with one this code
-    /// cannot read), every instance.
-    async fn instances_to_load(&self) -> Result<Vec<String>, SagaError> {
+    /// cannot read), every instance. Also where the index this start read is as of: the index's
+    /// `from` when instances were written after it (or 0 without an index), else the head.
+    async fn instances_to_load(&self) -> Result<(Vec<String>, u64), SagaError> {
+        let head = self.store.head();
         let prefix = format!("$saga-{}-", G::NAME);
         let newest = match self
             .store
@@ -721,11 +793,12 @@ impl<G: Saga> SagaManager<G> {
                 .ok()
         });
         let Some(indexed) = indexed else {
-            return Ok(crate::processor::names_after(self.store.as_ref(), &prefix).await?);
+            let every = crate::processor::names_after(self.store.as_ref(), &prefix).await?;
+            return Ok((every, 0));
         };
+        let mut as_of = head;
         let mut ids: BTreeSet<String> = indexed.waiting.into_iter().collect();
         let mut from = indexed.from;
-        let head = self.store.head();
         while from < head {
             let page = self
                 .store
@@ -734,14 +807,18 @@ impl<G: Saga> SagaManager<G> {
             let Some(next) = page.last().map(|e| e.position + 1) else {
                 break;
             };
-            ids.extend(
-                page.iter()
-                    .filter_map(|e| e.stream.as_str().strip_prefix(&prefix))
-                    .map(str::to_owned),
-            );
+            let written = page
+                .iter()
+                .filter_map(|e| e.stream.as_str().strip_prefix(&prefix))
+                .map(str::to_owned)
+                .collect::<Vec<_>>();
+            if !written.is_empty() {
+                as_of = indexed.from;
+            }
+            ids.extend(written);
             from = next;
         }
-        Ok(ids.into_iter().collect())
+        Ok((ids.into_iter().collect(), as_of))
     }
 
     /// Writes the index: the instances with deadlines pending, and `from`, the head of `$all`
@@ -761,7 +838,7 @@ impl<G: Saga> SagaManager<G> {
             from,
             at: tokio::time::Instant::now(),
         };
-        if event.data.len() > factum_core::limits::EVENT_PAYLOAD_BYTES_MAX {
+        if event.data.len() > self.index_bytes_max {
             tracing::warn!(
                 saga = G::NAME,
                 waiting = indexed.waiting.len(),
@@ -890,13 +967,9 @@ impl<G: Saga> SagaManager<G> {
             let after = match item {
                 Work::Event(event) => {
                     let (id, event) = (&id, &event);
-                    match retrying(|| self.take(id, event, checkpoint.clone())).await? {
-                        Some(after) => {
-                            worked.stepped = true;
-                            after
-                        }
-                        None => continue,
-                    }
+                    let taken = retrying(|| self.take(id, event, checkpoint.clone())).await?;
+                    worked.stepped |= taken.stepped;
+                    taken.after
                 }
                 Work::Deadline(deadline) => retrying(|| self.fire(&id, deadline)).await?,
                 Work::Send(pending) => self.send(pending).await?,
@@ -915,19 +988,20 @@ impl<G: Saga> SagaManager<G> {
 
     /// Takes one event of instance `id`: its step, stored with `checkpoint` if given. An event
     /// at or before the last one the instance took (stored by an earlier run whose checkpoint
-    /// was not saved yet) is not taken again.
+    /// was not saved yet, or by another manager) is not taken again; what that left to do is
+    /// (see [`adopted`]).
     async fn take(
         &self,
         id: &str,
         event: &RecordedEvent,
         checkpoint: Option<Checkpoint>,
-    ) -> Result<Option<After>, SagaError> {
+    ) -> Result<Taken, SagaError> {
         let instance = self.load(id).await?;
         if instance.done || instance.taken.is_some_and(|t| t >= event.position) {
-            return Ok(None);
+            return Ok(Taken::not(adopted(id, instance)));
         }
         let Some(step) = self.saga.on_event(&instance.state, event) else {
-            return Ok(None);
+            return Ok(Taken::not(After::nothing()));
         };
         let correlation_id = event
             .metadata_json()
@@ -945,22 +1019,24 @@ impl<G: Saga> SagaManager<G> {
             .store_step(id, &instance, cause, step, None, options)
             .await
         {
-            Ok(after) => Ok(Some(after)),
+            Ok(after) => Ok(Taken {
+                after,
+                stepped: true,
+            }),
             // Taken before, by a run whose checkpoint was not read back.
-            Err(SagaError::Store(StoreError::CheckpointBehind { .. })) => Ok(None),
+            Err(SagaError::Store(StoreError::CheckpointBehind { .. })) => {
+                Ok(Taken::not(After::nothing()))
+            }
             Err(e) => Err(e),
         }
     }
 
-    /// Fires deadline `deadline` of instance `id`, if it is still pending.
+    /// Fires deadline `deadline` of instance `id`, if it is still pending (if not, what the
+    /// store holds is what waits, see [`adopted`]).
     async fn fire(&self, id: &str, deadline: Uuid) -> Result<After, SagaError> {
         let instance = self.load(id).await?;
         let Some(found) = instance.deadlines.iter().find(|d| d.id == deadline) else {
-            // No longer pending in the store: what the store holds is what waits.
-            return Ok(After {
-                pending: Vec::new(),
-                deadlines: Some((id.to_owned(), instance.deadlines)),
-            });
+            return Ok(adopted(id, instance));
         };
         let step = self
             .saga
@@ -1023,7 +1099,7 @@ impl<G: Saga> SagaManager<G> {
     ) -> Result<After, SagaError> {
         let instance = self.load(&pending.instance).await?;
         if !instance.pending.iter().any(|p| p.id == pending.id) {
-            return Ok(After::nothing());
+            return Ok(adopted(&pending.instance, instance));
         }
         let outcome = Outcome {
             command_id: pending.id,
@@ -1108,6 +1184,19 @@ where
     }
 }
 
+/// What is left to do on an instance whose work was done already — by another manager (found
+/// after a conflict, or ahead of this one), or by an earlier run of this one: the commands
+/// stored and not recorded as sent, which this manager sends too (their ids make a command sent
+/// twice execute once, and only one record of it is stored), and the deadlines the instance
+/// has now. So nothing another writer stored is missed by this manager, or by the index it
+/// writes, should that writer stop before sending.
+fn adopted<S>(id: &str, instance: Instance<S>) -> After {
+    After {
+        pending: instance.pending,
+        deadlines: Some((id.to_owned(), instance.deadlines)),
+    }
+}
+
 /// The deadlines of an instance that had `before` once `stepped` is stored.
 fn deadlines_after(before: &[StoredDeadline], stepped: &Stepped) -> Vec<StoredDeadline> {
     if stepped.done {
@@ -1158,8 +1247,25 @@ enum Work {
 struct Worked {
     /// An event caused a step.
     stepped: bool,
-    /// The deadlines of the instances that stepped, as they are now.
+    /// The deadlines of the instances worked on, as they are now.
     deadlines: Vec<(String, Vec<StoredDeadline>)>,
+}
+
+/// What taking an event did: whether it stored a step (with the checkpoint, when one was
+/// given), and what is left to do.
+struct Taken {
+    after: After,
+    stepped: bool,
+}
+
+impl Taken {
+    /// No step stored; `after` is what is left to do anyway.
+    fn not(after: After) -> Self {
+        Taken {
+            after,
+            stepped: false,
+        }
+    }
 }
 
 /// What storing a step left to do: commands to send, and the instance's deadlines now.

@@ -386,3 +386,91 @@ async fn an_empty_processor_or_inbox_name_is_refused_and_writes_nothing() {
     assert!(EventProcessor::builder("", store.clone()).build().is_err());
     assert_eq!(store.head(), head, "nothing was written");
 }
+
+/// Waits until `seen` holds `count` events (or 5 s pass).
+async fn seen_reaches(seen: &Mutex<Vec<(String, u64)>>, count: usize) {
+    for _ in 0..1000 {
+        if seen.lock().len() >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Two replicas of a service each run the same processor: one handles the events, the other
+/// waits and takes over, from the checkpoint, when the first stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_copy_of_a_processor_waits_and_takes_over_when_the_first_stops() {
+    let store = MemoryStore::new();
+    let first_seen = Arc::new(Mutex::new(Vec::new()));
+    let second_seen = Arc::new(Mutex::new(Vec::new()));
+    let copy = |seen: &Arc<Mutex<Vec<(String, u64)>>>| {
+        EventProcessor::builder("mailer", Arc::new(store.clone()))
+            .on_any(recorder("mail", seen.clone()))
+            .build()
+            .unwrap()
+    };
+    let (first, second) = (copy(&first_seen), copy(&second_seen));
+    let (stop_first, first_stopped) = tokio::sync::oneshot::channel::<()>();
+    let first =
+        tokio::spawn(async move { first.run(async { first_stopped.await.unwrap_or(()) }).await });
+    for n in 0..10 {
+        append(&store, "order-1", "Placed", n).await;
+    }
+    seen_reaches(&first_seen, 10).await;
+    let (stop_second, second_stopped) = tokio::sync::oneshot::channel::<()>();
+    let second_copy = second.clone();
+    let second = tokio::spawn(async move {
+        second
+            .run(async { second_stopped.await.unwrap_or(()) })
+            .await
+    });
+    let mut standby = second_copy.standby();
+    tokio::time::timeout(Duration::from_secs(5), standby.wait_for(|s| *s))
+        .await
+        .expect("the second copy waits")
+        .map(drop)
+        .unwrap();
+    // A one-shot run is refused while the name is held.
+    assert!(matches!(
+        second_copy.run_until(store.head()).await,
+        Err(factum::StoreError::Claimed(name)) if name == "mailer"
+    ));
+    for n in 10..20 {
+        append(&store, "order-1", "Placed", n).await;
+    }
+    seen_reaches(&first_seen, 20).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(first_seen.lock().len(), 20);
+    assert!(
+        second_seen.lock().is_empty(),
+        "the waiting copy handled events"
+    );
+
+    stop_first.send(()).unwrap();
+    assert_eq!(first.await.unwrap().unwrap().events, 20);
+    tokio::time::timeout(Duration::from_secs(5), standby.wait_for(|s| !*s))
+        .await
+        .expect("the second copy takes over")
+        .map(drop)
+        .unwrap();
+    for n in 20..30 {
+        append(&store, "order-1", "Placed", n).await;
+    }
+    seen_reaches(&second_seen, 10).await;
+    stop_second.send(()).unwrap();
+    assert_eq!(second.await.unwrap().unwrap().events, 10);
+    let revisions: Vec<u64> = second_seen.lock().iter().map(|(_, r)| *r).collect();
+    assert_eq!(revisions, (20..30).collect::<Vec<_>>());
+    let last = store
+        .read_stream(
+            &StreamName::user("order-1").unwrap(),
+            u64::MAX,
+            factum::Direction::Backwards,
+            1,
+        )
+        .await
+        .unwrap();
+    let checkpoint = store.read_checkpoint("mailer").await.unwrap().unwrap();
+    assert!(checkpoint >= last[0].position, "{checkpoint}");
+}

@@ -1,18 +1,17 @@
 //! The repository and the codec: conflicts, retries, schema evolution.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+mod common;
 
-use async_trait::async_trait;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use common::Interfering;
 use factum::{
     CodecError, CommandContext, Decider, EventStore, ExpectedState, MemoryStore, NewEvent,
-    Repository, RepositoryError, StoreError, StreamName, Upcasters,
+    Repository, RepositoryError, StreamName, Upcasters,
 };
-use factum_core::{
-    AppendOptions, AppendResult, CurrentRevision, Direction, RecordedEvent, StreamInfo,
-    StreamMetadata, Subscription, SubscriptionFilter,
-};
+use factum_core::Direction;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -246,106 +245,23 @@ async fn an_invalid_id_is_refused() {
     ));
 }
 
-/// A store that lets another writer append to the stream just before each of our appends.
-struct Interfering {
-    inner: MemoryStore,
-    foreign_writes: AtomicU64,
-    every_time: bool,
-    /// The foreign write's metadata (default: version 2 and nothing else).
-    foreign_metadata: Option<serde_json::Value>,
-}
-
-#[async_trait]
-impl EventStore for Interfering {
-    async fn append_with(
-        &self,
-        stream: &StreamName,
-        expected: ExpectedState,
-        events: Vec<NewEvent>,
-        options: AppendOptions,
-    ) -> Result<AppendResult, StoreError> {
-        if self.every_time || self.foreign_writes.load(Ordering::SeqCst) == 0 {
-            self.foreign_writes.fetch_add(1, Ordering::SeqCst);
+/// A store where another writer deposits a cent just before our first append (or before every
+/// one), with `metadata` (default: version 2 and nothing else).
+fn interfering(every_time: bool, metadata: Option<serde_json::Value>) -> Interfering {
+    Interfering::new(move |_, _, made| {
+        (every_time || made == 0).then(|| {
             let mut foreign = raw("Deposited", serde_json::json!({"cents": 1}), Some(2));
-            if let Some(metadata) = &self.foreign_metadata {
+            if let Some(metadata) = &metadata {
                 foreign = foreign.with_metadata(metadata).unwrap();
             }
-            self.inner
-                .append(stream, ExpectedState::Any, vec![foreign])
-                .await?;
-        }
-        self.inner
-            .append_with(stream, expected, events, options)
-            .await
-    }
-    async fn read_stream(
-        &self,
-        s: &StreamName,
-        f: u64,
-        d: Direction,
-        l: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.inner.read_stream(s, f, d, l).await
-    }
-    async fn read_all(
-        &self,
-        f: u64,
-        d: Direction,
-        l: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.inner.read_all(f, d, l).await
-    }
-    fn head(&self) -> u64 {
-        self.inner.head()
-    }
-    fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.inner.watch_head()
-    }
-    fn subscribe_all(&self, f: u64, filter: SubscriptionFilter) -> Subscription {
-        self.inner.subscribe_all(f, filter)
-    }
-    fn subscribe_stream(&self, s: StreamName, f: u64) -> Subscription {
-        self.inner.subscribe_stream(s, f)
-    }
-    async fn stream_revision(&self, s: &StreamName) -> Result<CurrentRevision, StoreError> {
-        self.inner.stream_revision(s).await
-    }
-    async fn get_metadata(&self, s: &StreamName) -> Result<Option<StreamMetadata>, StoreError> {
-        self.inner.get_metadata(s).await
-    }
-    async fn set_metadata(&self, s: &StreamName, m: StreamMetadata) -> Result<u64, StoreError> {
-        self.inner.set_metadata(s, m).await
-    }
-    async fn delete_stream(&self, s: &StreamName, e: ExpectedState) -> Result<u64, StoreError> {
-        self.inner.delete_stream(s, e).await
-    }
-    async fn tombstone_stream(&self, s: &StreamName, e: ExpectedState) -> Result<u64, StoreError> {
-        self.inner.tombstone_stream(s, e).await
-    }
-    async fn list_streams(
-        &self,
-        p: &str,
-        a: Option<&StreamName>,
-        l: usize,
-    ) -> Result<Vec<StreamInfo>, StoreError> {
-        self.inner.list_streams(p, a, l).await
-    }
-    async fn save_checkpoint(&self, c: &str, p: u64) -> Result<u64, StoreError> {
-        self.inner.save_checkpoint(c, p).await
-    }
-    async fn read_checkpoint(&self, c: &str) -> Result<Option<u64>, StoreError> {
-        self.inner.read_checkpoint(c).await
-    }
+            vec![foreign]
+        })
+    })
 }
 
 #[tokio::test]
 async fn a_conflict_is_decided_again_on_the_new_state() {
-    let store = Arc::new(Interfering {
-        inner: MemoryStore::new(),
-        foreign_writes: AtomicU64::new(0),
-        every_time: false,
-        foreign_metadata: None,
-    });
+    let store = Arc::new(interfering(false, None));
     let accounts = Repository::with_store(store.clone(), Accounts);
     let done = accounts
         .execute("c", Command::Deposit(10), &CommandContext::new())
@@ -362,12 +278,7 @@ async fn a_conflict_is_decided_again_on_the_new_state() {
 
 #[tokio::test]
 async fn a_command_that_keeps_losing_gives_up_and_writes_nothing_of_its_own() {
-    let store = Arc::new(Interfering {
-        inner: MemoryStore::new(),
-        foreign_writes: AtomicU64::new(0),
-        every_time: true,
-        foreign_metadata: None,
-    });
+    let store = Arc::new(interfering(true, None));
     let accounts = Repository::with_store(store.clone(), Accounts).with_attempts_max(3);
     match accounts
         .execute("d", Command::Deposit(500), &CommandContext::new())
@@ -450,12 +361,7 @@ async fn an_idempotent_command_that_loses_a_race_to_its_own_redelivery_is_a_dupl
     // The other delivery of the same message appends between this one's load and append: the
     // append conflicts, the command is loaded again, and finds the other delivery's events.
     let delivery = CommandContext::from_message("msg-race", None);
-    let store = Arc::new(Interfering {
-        inner: MemoryStore::new(),
-        foreign_writes: AtomicU64::new(0),
-        every_time: false,
-        foreign_metadata: Some(delivery.metadata(2)),
-    });
+    let store = Arc::new(interfering(false, Some(delivery.metadata(2))));
     let accounts = Repository::with_store(store.clone(), Accounts);
     let done = accounts
         .execute("g", Command::Deposit(5), &delivery)

@@ -2,6 +2,8 @@
 //! come before the deadline; exactly once across restarts, on the engine.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -812,4 +814,293 @@ async fn a_stored_step_that_no_longer_decodes_stops_the_manager_with_a_typed_err
     );
     assert!(manager.state("broken").await.is_err());
     assert_eq!(store.head(), head, "nothing written");
+}
+
+/// Requests transfers `t{n}` of 10 cents from `a{n}` to `b{n}`, for each `n` in `range`.
+async fn request_range(store: &Arc<dyn EventStore>, range: std::ops::Range<usize>) {
+    for n in range {
+        let (t, a, b) = (format!("t{n}"), format!("a{n}"), format!("b{n}"));
+        request(store, &t, &a, &b, 10, 60_000).await;
+    }
+}
+
+/// Two replicas of a service each run the saga's manager: one works, the other waits, and
+/// takes over when the first stops.
+#[tokio::test]
+async fn a_second_manager_waits_while_the_first_works_and_takes_over_when_it_stops() {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    open_pairs(&store, 12).await;
+    let quiet = || Arc::new(AtomicU32::new(0));
+    let (mut first, _) = spawn(manager(store.clone(), quiet()));
+    request_range(&store, 0..4).await;
+    first.wait_for("the first works", |s| s.steps == 12).await;
+
+    let (mut second, _) = spawn(manager(store.clone(), quiet()));
+    second.wait_for("the second waits", |s| s.standby).await;
+    request_range(&store, 4..8).await;
+    first
+        .wait_for("the first takes them", |s| s.steps == 24)
+        .await;
+    let waiting = second.status.borrow().clone();
+    assert_eq!(
+        (waiting.steps, waiting.commands_sent),
+        (0, 0),
+        "{waiting:?}"
+    );
+    assert!(!first.status.borrow().standby);
+
+    first.stop().await;
+    second
+        .wait_for("the second takes over", |s| !s.standby)
+        .await;
+    request_range(&store, 8..12).await;
+    second
+        .wait_for("the second takes them", |s| s.steps == 12)
+        .await;
+    second.stop().await;
+    assert_taken_once(&store, (0..12).map(|n| (format!("t{n}"), n))).await;
+}
+
+/// PostgreSQL for the test below, or `None` (with the reason printed) where it is not
+/// reachable outside CI; under `CI=true` it must be.
+async fn postgres_admin() -> Option<tokio_postgres::Client> {
+    let url = std::env::var("FACTUM_TEST_POSTGRES")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into());
+    match factum_postgres::tls::PgConnect::parse(&url)
+        .unwrap()
+        .connect()
+        .await
+    {
+        Ok((client, connection)) => {
+            tokio::spawn(connection);
+            Some(client)
+        }
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("skipping: PostgreSQL at {url} is not reachable ({e})");
+            None
+        }
+        Err(e) => panic!("PostgreSQL at {url} is needed under CI=true: {e}"),
+    }
+}
+
+/// Two replicas of a service share a PostgreSQL store, each with the saga's manager. One
+/// works; when the database ends its claim's connection, it stops working and one of the two
+/// takes the saga's name again; every transfer is taken once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_a_lost_claim_passes_the_saga_on_and_nothing_is_taken_twice() {
+    let Some(admin) = postgres_admin().await else {
+        return;
+    };
+    let url = std::env::var("FACTUM_TEST_POSTGRES")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into());
+    let schema = format!("saga_claims_{}", std::process::id());
+    admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
+    let connect = || {
+        let options = factum_postgres::PgOptions {
+            schema: schema.clone(),
+            readers: 2,
+            ..Default::default()
+        };
+        factum_postgres::PgStore::connect(&url, options)
+    };
+    // Two processes, as far as the database can tell: each store has its own connections.
+    let one: Arc<dyn EventStore> = Arc::new(connect().await.unwrap());
+    let two: Arc<dyn EventStore> = Arc::new(connect().await.unwrap());
+    open_pairs(&one, 8).await;
+    let quiet = || Arc::new(AtomicU32::new(0));
+    let (mut first, _) = spawn(manager(one.clone(), quiet()));
+    request_range(&one, 0..4).await;
+    first.wait_for("the first works", |s| s.steps == 12).await;
+    let (mut second, _) = spawn(manager(two.clone(), quiet()));
+    second.wait_for("the second waits", |s| s.standby).await;
+
+    let terminated = admin
+        .query(
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM ({}) holder",
+                factum_postgres::CLAIM_HOLDER_SQL
+            ),
+            &[&format!("{schema}.saga-transfer")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(terminated.len(), 1, "one connection holds the saga's claim");
+    first
+        .wait_for("the first learns that its claim is lost", |s| {
+            s.claims_lost == 1
+        })
+        .await;
+    // One of the two holds the name again; the other waits.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let standby = (
+            first.status.borrow().standby,
+            second.status.borrow().standby,
+        );
+        if standby.0 != standby.1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{standby:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    request_range(&two, 4..8).await;
+    let steps = |running: &Running| running.status.borrow().steps;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while steps(&first) + steps(&second) < 24 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.stop().await;
+    second.stop().await;
+    assert_taken_once(&one, (0..8).map(|n| (format!("t{n}"), n))).await;
+    drop((one, two));
+    admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
+/// A store where another manager seems to race this one: the first time this one appends a
+/// record of type `kind` to an instance stream, the same record (with an id of its own, as the
+/// other manager would write it) lands just before it.
+fn raced_once(kind: &'static str) -> common::Interfering {
+    common::Interfering::new(move |stream, events, made| {
+        let ours = stream.as_str().starts_with("$saga-transfer-")
+            && events.iter().any(|e| e.event_type == kind);
+        (made == 0 && ours).then(|| {
+            let copy = |e: &NewEvent| NewEvent {
+                id: uuid::Uuid::now_v7(),
+                ..e.clone()
+            };
+            events.iter().map(copy).collect()
+        })
+    })
+}
+
+/// Runs one transfer through a store raced once on `kind` (see [`raced_once`]) until this
+/// manager has stored `steps` steps; checks that it sent `sent` commands, failed never, and
+/// that the transfer was taken once.
+async fn race_once(kind: &'static str, steps: u64, sent: u64) {
+    let raced = Arc::new(raced_once(kind));
+    let store: Arc<dyn EventStore> = raced.clone();
+    open_pairs(&store, 1).await;
+    let (mut running, _) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(0))));
+    request_range(&store, 0..1).await;
+    running
+        .wait_for("the transfer completes", |s| s.steps == steps)
+        .await;
+    let status = running.stop().await;
+    assert_eq!(raced.foreign_writes.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        (status.commands_sent, status.failures),
+        (sent, 0),
+        "{status:?}"
+    );
+    assert_taken_once(&store, [("t0".to_owned(), 0)]).await;
+}
+
+/// An instance append that meets a revision it did not expect (another manager wrote the same
+/// step, or the same record of a sent command) reads the instance again and finds the work
+/// done: nothing is stored twice, and the manager goes on.
+#[tokio::test]
+async fn an_instance_written_by_another_manager_in_between_is_read_again_and_not_written_twice() {
+    // The other manager stores the first step; this one's step conflicts, is read again and
+    // found taken. The debit that step holds is sent by this manager too (should the other
+    // stop before it sends it, nothing would); its id makes it execute once.
+    race_once("SagaStepped", 2, 2).await;
+    // The other manager records the sent debit first; this one's record conflicts, is read
+    // again and found done.
+    race_once("SagaCommandSent", 3, 1).await;
+}
+
+/// An index too large to write is not written: the one before stays in force, and a start
+/// finds the instances written since in `$all`.
+#[tokio::test]
+async fn an_index_too_large_to_write_leaves_the_one_before_in_force() {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    open_pairs(&store, 4).await;
+    let index = SagaManager::<TransferSaga>::index_stream().unwrap();
+    let indexes = || async {
+        store
+            .read_stream(&index, 0, Direction::Forwards, 10)
+            .await
+            .unwrap()
+            .len()
+    };
+    let waiting = |n: usize| {
+        let store = store.clone();
+        async move {
+            let (t, a) = (format!("w{n}"), format!("a{n}"));
+            request(&store, &t, &a, "offline-bob", 25, 60_000).await;
+        }
+    };
+    // Three transfers wait for a credit that never comes; a clean stop writes the index.
+    let (mut running, _) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(0))));
+    for n in 0..3 {
+        waiting(n).await;
+    }
+    running
+        .wait_for("three waiting", |s| s.deadlines_pending == 3)
+        .await;
+    running.stop().await;
+    assert_eq!(indexes().await, 1);
+
+    // A manager whose index would be too large writes none.
+    let small = manager(store.clone(), Arc::new(AtomicU32::new(0))).with_index_bytes_max(20);
+    let (mut running, _) = spawn(small);
+    waiting(3).await;
+    running
+        .wait_for("four waiting", |s| s.deadlines_pending == 4)
+        .await;
+    let status = running.stop().await;
+    assert_eq!(status.loaded_at_start, 3, "{status:?}");
+    assert_eq!(indexes().await, 1, "no index written");
+
+    // The next start reads the three the old index names and the one written since.
+    let (mut running, _) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(0))));
+    running
+        .wait_for("four waiting", |s| s.deadlines_pending == 4)
+        .await;
+    let status = running.stop().await;
+    assert_eq!(status.loaded_at_start, 4, "{status:?}");
+    assert_eq!(indexes().await, 2, "a new index");
+}
+
+/// An event of an instance that has finished takes no step, and the checkpoint still moves past
+/// it in the store (a start does not read it again).
+#[tokio::test]
+async fn an_event_of_a_finished_instance_moves_the_stored_checkpoint() {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    open_pairs(&store, 1).await;
+    let (mut running, _) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(0))));
+    request_range(&store, 0..1).await;
+    running
+        .wait_for("the transfer completes", |s| s.steps == 3)
+        .await;
+    let late = NewEvent::json("TransferNoted", &serde_json::json!({})).unwrap();
+    let noted = store
+        .append(
+            &StreamName::user("transfer-t0").unwrap(),
+            ExpectedState::Any,
+            vec![late],
+        )
+        .await
+        .unwrap()
+        .position;
+    running
+        .wait_for("the late event passed", |s| s.checkpoint >= Some(noted))
+        .await;
+    let status = running.stop().await;
+    assert_eq!(status.steps, 3, "{status:?}");
+    let stored = store
+        .read_checkpoint(&SagaManager::<TransferSaga>::checkpoint_name())
+        .await
+        .unwrap();
+    assert!(
+        stored >= Some(noted),
+        "stored {stored:?}, late event at {noted}"
+    );
 }

@@ -363,6 +363,13 @@ pub async fn delete_rabbit(url: &str, exchange: &str, queue: &str) {
     }
 }
 
+/// An embedded store in a temporary directory (kept as long as the directory).
+pub fn engine_store() -> (tempfile::TempDir, Arc<dyn EventStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = factum_engine::Engine::open(dir.path(), factum_engine::Options::default());
+    (dir, Arc::new(engine.unwrap()))
+}
+
 /// The last event a relay can take: after it come only checkpoints.
 pub async fn appended_last(store: &dyn EventStore) -> u64 {
     store
