@@ -9,7 +9,7 @@ use std::time::Duration;
 use factum_core::claim::check_name;
 use factum_core::{Claim, StoreError};
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 
 use crate::conn::{Target, unavailable};
@@ -47,6 +47,9 @@ pub(crate) struct Claims {
 struct Session {
     client: Mutex<Option<Arc<Client>>>,
     lost: watch::Sender<bool>,
+    /// Keys of dropped claims, unlocked by the session's own task (a claim may be dropped
+    /// where no runtime runs; sending needs none).
+    unlock: mpsc::UnboundedSender<String>,
 }
 
 impl Session {
@@ -132,25 +135,37 @@ impl Claims {
             .batch_execute(SERVER_KEEPALIVES)
             .await
             .map_err(unavailable)?;
+        let (unlock, mut unlocks) = mpsc::unbounded_channel::<String>();
         let session = Arc::new(Session {
             client: Mutex::new(Some(Arc::new(client))),
             lost: watch::channel(false).0,
+            unlock,
         });
         let watched: Weak<Session> = Arc::downgrade(&session);
         let schema = self.schema.clone();
         tokio::spawn(async move {
+            let mut next_ping = tokio::time::Instant::now() + PING_EVERY;
             loop {
-                tokio::select! {
+                let unlocking = tokio::select! {
                     _ = &mut closed => {
                         tracing::warn!(%schema, "the claims connection closed");
                         break;
                     }
-                    () = tokio::time::sleep(PING_EVERY) => {}
-                }
+                    key = unlocks.recv() => key,
+                    () = tokio::time::sleep_until(next_ping) => None,
+                };
                 // Gone with the store and its claims: nothing to watch.
                 let Some(client) = watched.upgrade().and_then(|s| s.client()) else {
                     return;
                 };
+                if let Some(key) = unlocking {
+                    // A failure here is the connection's: the next ping finds it.
+                    if let Err(e) = client.query_one(UNLOCK, &[&key]).await {
+                        tracing::debug!(%schema, error = %e, "releasing a claim failed");
+                    }
+                    continue;
+                }
+                next_ping = tokio::time::Instant::now() + PING_EVERY;
                 match tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
@@ -182,19 +197,13 @@ struct Release {
 
 impl Drop for Release {
     fn drop(&mut self) {
+        // The name is free here at once; a claim of it again before the unlock below runs
+        // takes the session's lock a second time, which the unlock then leaves held once.
         self.held.lock().remove(&self.name);
-        let Some(client) = self.session.client() else {
-            return;
-        };
-        // Outside a runtime the lock stays with the session until it closes: this process can
-        // claim the name again (the session takes its own lock again), others cannot.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let key = std::mem::take(&mut self.key);
-            runtime.spawn(async move {
-                if let Err(e) = client.query_one(UNLOCK, &[&key]).await {
-                    tracing::debug!(error = %e, "releasing a claim failed");
-                }
-            });
+        if self.session.client().is_some() {
+            // Fails only when the session's task has ended: then so has its connection, and
+            // PostgreSQL released the lock with it.
+            let _ = self.session.unlock.send(std::mem::take(&mut self.key));
         }
     }
 }

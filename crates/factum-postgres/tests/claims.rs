@@ -9,6 +9,13 @@ use std::time::Duration;
 use factum_core::EventStore;
 use factum_postgres::{CLAIM_HOLDER_SQL, PgStore};
 
+/// A store on `schema`: one process of a service.
+async fn store(schema: &common::Schema) -> PgStore {
+    PgStore::connect(&common::postgres(), common::options(schema))
+        .await
+        .unwrap()
+}
+
 async fn claim_within(store: &PgStore, name: &str, within: Duration) -> factum_core::Claim {
     tokio::time::timeout(within, async {
         loop {
@@ -29,12 +36,7 @@ async fn one_process_holds_a_claim_and_another_takes_it_when_its_connection_ends
     };
     let (admin, connection) = common::connect().await.unwrap();
     tokio::spawn(connection);
-    let first = PgStore::connect(&common::postgres(), common::options(&schema))
-        .await
-        .unwrap();
-    let second = PgStore::connect(&common::postgres(), common::options(&schema))
-        .await
-        .unwrap();
+    let (first, second) = (store(&schema).await, store(&schema).await);
     let name = "relay-orders";
 
     let held = first.claim(name).await.unwrap().unwrap();
@@ -100,4 +102,41 @@ async fn one_process_holds_a_claim_and_another_takes_it_when_its_connection_ends
     drop((held, taken));
     let again = claim_within(&second, name, Duration::from_secs(10)).await;
     assert!(!again.is_lost());
+}
+
+/// A claim dropped where no runtime runs (a plain thread) is still released in the database,
+/// and a claim taken again by its own store right after a drop stays held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_dropped_outside_a_runtime_is_released() {
+    let Some(schema) = common::schema("claims_drop").await else {
+        return;
+    };
+    let (first, second) = (store(&schema).await, store(&schema).await);
+    let name = "saga-transfers";
+
+    let held = first.claim(name).await.unwrap().unwrap();
+    assert!(second.claim(name).await.unwrap().is_none());
+    std::thread::spawn(move || {
+        assert!(tokio::runtime::Handle::try_current().is_err());
+        drop(held);
+    })
+    .join()
+    .unwrap();
+    let held = claim_within(&second, name, Duration::from_secs(10)).await;
+
+    // Dropped and taken again at once by the same store: the release that follows the drop
+    // must not free the new claim.
+    drop(held);
+    let again = second
+        .claim(name)
+        .await
+        .unwrap()
+        .expect("free in this store");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        first.claim(name).await.unwrap().is_none(),
+        "the release of the old claim freed the new one"
+    );
+    drop(again);
+    claim_within(&first, name, Duration::from_secs(10)).await;
 }

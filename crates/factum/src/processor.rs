@@ -728,7 +728,20 @@ impl EventProcessor {
 
     /// Hands every unresolved dead letter to its handler again (with the retry policy). Those
     /// that succeed are marked resolved; the others stay parked.
+    ///
+    /// Claims the processor's name for the replay, as [`EventProcessor::run_until`] does: fails
+    /// with [`StoreError::Claimed`] while a runner (here or in another replica) holds it, so a
+    /// letter is never handed to its handler by two at once. A running processor replays when
+    /// asked through [`request_replay`] (`factum deadletters replay`).
     pub async fn replay_dead_letters(&self) -> Result<ReplayReport, StoreError> {
+        let Some(_claim) = self.inner.store.claim(&self.inner.name).await? else {
+            return Err(StoreError::Claimed(self.inner.name.clone()));
+        };
+        self.replay().await
+    }
+
+    /// [`EventProcessor::replay_dead_letters`] by the holder of the processor's claim.
+    async fn replay(&self) -> Result<ReplayReport, StoreError> {
         let mut report = ReplayReport::default();
         for letter in self.dead_letters().await? {
             let Some(event) = self
@@ -774,7 +787,7 @@ impl EventProcessor {
     async fn replay_if_requested(&self) -> Result<(), StoreError> {
         let store = self.inner.store.as_ref();
         if replay_requested(store, &self.inner.name).await? {
-            let report = self.replay_dead_letters().await?;
+            let report = self.replay().await?;
             replay_answered(store, &self.inner.name, &report).await?;
         }
         Ok(())

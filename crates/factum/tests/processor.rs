@@ -436,6 +436,11 @@ async fn a_second_copy_of_a_processor_waits_and_takes_over_when_the_first_stops(
         second_copy.run_until(store.head()).await,
         Err(factum::StoreError::Claimed(name)) if name == "mailer"
     ));
+    // So is a direct replay of the dead letters: the running copy owns them.
+    assert!(matches!(
+        second_copy.replay_dead_letters().await,
+        Err(factum::StoreError::Claimed(name)) if name == "mailer"
+    ));
     for n in 10..20 {
         append(&store, "order-1", "Placed", n).await;
     }
