@@ -9,6 +9,7 @@ mod demo;
 
 mod projections;
 mod relays;
+mod remote;
 mod store;
 
 use std::io::{BufRead, BufWriter, Write};
@@ -54,6 +55,17 @@ struct Cli {
         default_value = "factum"
     )]
     store_schema: String,
+    /// Send append, read, read-all, tail, streams, delete and metadata to a running
+    /// `factum serve` at this URL (http://127.0.0.1:2113) instead of opening the store: the
+    /// server holds the embedded store's directory while it runs.
+    #[arg(long, global = true, env = "FACTUM_SERVER", conflicts_with = "store")]
+    server: Option<String>,
+    /// A bearer token for --server (a token of the server's auth configuration).
+    #[arg(long, global = true, env = "FACTUM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A PEM certificate to trust for an https --server, besides the system's.
+    #[arg(long, global = true, env = "FACTUM_SERVER_CA")]
+    server_ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -214,6 +226,9 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     if error.downcast_ref::<BadInput>().is_some() {
         return exit::INVALID_INPUT;
     }
+    if let Some(answer) = error.downcast_ref::<remote::ServerError>() {
+        return answer.exit_code();
+    }
     match error.downcast_ref::<factum_projections::ProjectionError>() {
         Some(factum_projections::ProjectionError::Invalid(_)) => return exit::INVALID_INPUT,
         Some(factum_projections::ProjectionError::UnknownProjection(_)) => return exit::NOT_FOUND,
@@ -262,6 +277,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
+            if let Some(StoreError::Locked(_)) = error.downcast_ref::<StoreError>() {
+                eprintln!(
+                    "hint: while `factum serve` runs on this directory, send the command to it: \
+                     factum --server http://127.0.0.1:2113 …"
+                );
+            }
             ExitCode::from(exit_code(&error))
         }
     }
@@ -494,7 +515,121 @@ async fn dead_letters(dir: &store::Location, action: DeadLetters) -> Result<()> 
     Ok(())
 }
 
+/// Reads the events of `factum append` from stdin, checking every line before anything is
+/// sent: each as parsed, and as given (what goes to a server).
+fn stdin_events() -> Result<Vec<(factum_core::NewEvent, String)>> {
+    let mut events = Vec::new();
+    for (number, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.context("reading stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event = json::parse_event_line(&line)
+            .map_err(|e| bad(format!("line {}: {e:#}", number + 1)))?;
+        events.push((event, line));
+    }
+    if events.is_empty() {
+        return Err(bad("no events on stdin (one JSON object a line)"));
+    }
+    Ok(events)
+}
+
+/// The new metadata of `factum metadata --set`.
+fn metadata_arg(set: Option<String>) -> Result<Option<StreamMetadata>> {
+    set.map(|text| {
+        serde_json::from_str(&text).map_err(|e| {
+            bad(format!(
+                "--set: {e} (keys: max_count, max_age_secs, truncate_before, custom)"
+            ))
+        })
+    })
+    .transpose()
+}
+
+/// A command sent to a running `factum serve` (`--server`).
+async fn run_remote(remote: &remote::Remote, command: Command) -> Result<()> {
+    match command {
+        Command::Append { stream, expected } => {
+            let stream = stream_arg(&stream)?;
+            expected_arg(&expected)?;
+            let mut lines = Vec::new();
+            for (_, line) in stdin_events()? {
+                lines.push(
+                    serde_json::value::RawValue::from_string(line)
+                        .map_err(|e| bad(e.to_string()))?,
+                );
+            }
+            let written = remote.append(stream.as_str(), &expected, lines).await?;
+            println!("{written}");
+        }
+        Command::Read {
+            stream,
+            from,
+            backwards,
+            limit,
+        } => {
+            let stream = StreamName::new(stream).map_err(|e| bad(e.to_string()))?;
+            let mut out = stdout();
+            remote
+                .read(stream.as_str(), from, backwards, limit, &mut out)
+                .await?;
+        }
+        Command::ReadAll {
+            from,
+            backwards,
+            limit,
+        } => {
+            if backwards {
+                return Err(bad(
+                    "--backwards: the server pages $all forwards only; leave out --server to read the store itself",
+                ));
+            }
+            let mut out = stdout();
+            remote.read_all(from.unwrap_or(0), limit, &mut out).await?;
+        }
+        Command::Tail {
+            from,
+            stream_prefixes,
+            event_types,
+        } => remote.tail(from, &stream_prefixes, &event_types).await?,
+        Command::Streams { prefix, limit } => {
+            let mut out = stdout();
+            remote.streams(&prefix, limit, &mut out).await?;
+        }
+        Command::Delete {
+            stream,
+            tombstone,
+            expected,
+        } => {
+            let stream = stream_arg(&stream)?;
+            expected_arg(&expected)?;
+            let position = remote.delete(stream.as_str(), tombstone, &expected).await?;
+            println!(
+                "{}",
+                serde_json::json!({"stream": stream.as_str(), "tombstoned": tombstone, "position": position})
+            );
+        }
+        Command::Metadata { stream, set } => {
+            let stream = stream_arg(&stream)?;
+            let new = metadata_arg(set)?;
+            let metadata = remote.metadata(stream.as_str(), new.as_ref()).await?;
+            println!("{}", serde_json::to_string(&metadata)?);
+        }
+        _ => {
+            return Err(bad(
+                "--server: only append, read, read-all, tail, streams, delete and metadata go \
+                 to a server; run this command where the store is (with --data-dir or --store)",
+            ));
+        }
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<()> {
+    if let Some(server) = &cli.server {
+        let remote = remote::Remote::new(server, cli.token.as_deref(), cli.server_ca.as_deref())?;
+        return run_remote(&remote, cli.command).await;
+    }
     let location = store::Location::new(cli.data_dir.clone(), cli.store, cli.store_schema)?;
     let dir = &location;
     match cli.command {
@@ -502,19 +637,10 @@ async fn run(cli: Cli) -> Result<()> {
             let stream = stream_arg(&stream)?;
             let expected = expected_arg(&expected)?;
             // Parse and check every line before anything is written.
-            let mut events = Vec::new();
-            for (number, line) in std::io::stdin().lock().lines().enumerate() {
-                let line = line.context("reading stdin")?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let event = json::parse_event_line(&line)
-                    .map_err(|e| bad(format!("line {}: {e:#}", number + 1)))?;
-                events.push(event);
-            }
-            if events.is_empty() {
-                return Err(bad("no events on stdin (one JSON object a line)"));
-            }
+            let events = stdin_events()?
+                .into_iter()
+                .map(|(event, _)| event)
+                .collect();
             let store = open(dir).await?;
             let result = store.append(&stream, expected, events).await?;
             println!(
@@ -625,14 +751,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Metadata { stream, set } => {
             let stream = stream_arg(&stream)?;
-            let new: Option<StreamMetadata> = match set {
-                Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
-                    bad(format!(
-                        "--set: {e} (keys: max_count, max_age_secs, truncate_before, custom)"
-                    ))
-                })?),
-                None => None,
-            };
+            let new = metadata_arg(set)?;
             let store = open(dir).await?;
             if let Some(metadata) = new {
                 store.set_metadata(&stream, metadata).await?;

@@ -1,27 +1,18 @@
 //! The `factum` binary as a user runs it: JSON lines in and out, exit codes, nothing written on
 //! bad input.
 #![allow(clippy::unwrap_used)]
+mod common;
 
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 fn factum(dir: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_factum"))
-        .args(args)
-        .env("FACTUM_DATA_DIR", dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    common::run(
+        common::factum_command()
+            .args(args)
+            .env("FACTUM_DATA_DIR", dir),
+        stdin,
+    )
 }
 
 fn lines(output: &Output) -> Vec<serde_json::Value> {

@@ -1,6 +1,7 @@
 //! `factum --store postgres://…`: every command on the PostgreSQL store, and `export | import`
 //! moving a store from the embedded engine to PostgreSQL and back, byte for byte.
 #![allow(clippy::unwrap_used)]
+mod common;
 
 use std::io::Write;
 use std::path::Path;
@@ -9,25 +10,12 @@ use std::process::{Command, Output, Stdio};
 const URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 fn factum(dir: &Path, store: Option<&str>, args: &[&str], stdin: &str) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_factum"));
+    let mut command = common::factum_command();
     command.env("FACTUM_DATA_DIR", dir);
     if let Some(schema) = store {
         command.args(["--store", URL, "--store-schema", schema]);
     }
-    let mut child = command
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    common::run(command.args(args), stdin)
 }
 
 fn stderr(output: &Output) -> String {

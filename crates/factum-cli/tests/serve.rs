@@ -2,10 +2,11 @@
 //! on SIGTERM leaving the store closed and its events readable, and refuses to listen beyond
 //! loopback without auth.
 #![allow(clippy::unwrap_used, missing_docs)]
+mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 /// One HTTP/1.1 request; returns the status code and the body.
@@ -36,42 +37,11 @@ fn http_as(address: &str, method: &str, path: &str, body: &str, headers: &str) -
     (status, body)
 }
 
-/// Starts `factum serve` with `args` on `data`; returns the process, its stderr, the first line
-/// it printed and the port it listens on.
-fn spawn_serve(
-    args: &[&str],
-    data: &std::path::Path,
-) -> (
-    std::process::Child,
-    BufReader<std::process::ChildStderr>,
-    String,
-    u16,
-) {
-    let mut server = Command::new(env!("CARGO_BIN_EXE_factum"))
-        .arg("serve")
-        .args(args)
-        .env("FACTUM_DATA_DIR", data)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(server.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let port = line
-        .split("://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|address| address.rsplit(':').next())
-        .and_then(|port| port.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    (server, stderr, line, port)
-}
-
 #[test]
 fn serves_http_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let (mut server, mut stderr, line, port) =
-        spawn_serve(&["--listen", "127.0.0.1:0"], dir.path());
+        common::spawn_serve(&["--listen", "127.0.0.1:0"], dir.path());
     assert!(line.contains("loopback only"), "{line}");
     let address = format!("127.0.0.1:{port}");
 
@@ -132,13 +102,8 @@ fn refuses_bad_settings_before_listening() {
 #[test]
 fn with_auth_it_listens_beyond_loopback_and_asks_for_tokens() {
     let dir = tempfile::tempdir().unwrap();
-    let auth = dir.path().join("auth.toml");
-    std::fs::write(
-        &auth,
-        "[[token]]\nname = \"app\"\nsecret = \"app-secret-0123456789\"\nwrite = [\"cart-\"]\n",
-    )
-    .unwrap();
-    let (mut server, _stderr, line, port) = spawn_serve(
+    let auth = common::write_auth(dir.path());
+    let (mut server, _stderr, line, port) = common::spawn_serve(
         &["--listen", "0.0.0.0:0", "--auth", auth.to_str().unwrap()],
         &dir.path().join("data"),
     );

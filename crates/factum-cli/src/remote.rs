@@ -1,0 +1,369 @@
+//! `--server URL`: the commands that have an HTTP counterpart, sent to a running `factum serve`
+//! instead of opening the store. The server holds the embedded store's directory, so this is
+//! how a second terminal, a script or another machine reads and writes while it runs. Output
+//! and exit codes are those of the same command on the store itself.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use reqwest::header::{AUTHORIZATION, HeaderValue};
+use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Events or streams asked for in one request: the server's default largest page.
+const PAGE: u64 = 1000;
+
+/// An error answer of the server: its status and the message it gave.
+#[derive(Debug, thiserror::Error)]
+#[error("{message} (HTTP {status})")]
+pub struct ServerError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The server's `error` message.
+    pub message: String,
+}
+
+impl ServerError {
+    /// The command line's exit code for this answer (as for the same error on the store).
+    pub fn exit_code(&self) -> u8 {
+        match self.status {
+            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => crate::exit::INVALID_INPUT,
+            StatusCode::CONFLICT => crate::exit::WRONG_EXPECTED_REVISION,
+            StatusCode::NOT_FOUND => crate::exit::NOT_FOUND,
+            StatusCode::GONE => crate::exit::DELETED,
+            _ => crate::exit::FAILURE,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+/// A page of events; each kept as the server wrote it.
+#[derive(Deserialize)]
+struct Page {
+    events: Vec<Box<RawValue>>,
+    next: Option<u64>,
+    head: Option<u64>,
+}
+
+/// A page of streams.
+#[derive(Deserialize)]
+struct StreamList {
+    streams: Vec<Box<RawValue>>,
+    next: Option<String>,
+}
+
+/// The fields of an event that `tail` filters on.
+#[derive(Deserialize)]
+struct Filtered {
+    stream: String,
+    #[serde(rename = "type")]
+    event_type: String,
+}
+
+/// A running `factum serve`.
+pub struct Remote {
+    base: Url,
+    token: Option<HeaderValue>,
+    client: reqwest::Client,
+}
+
+impl Remote {
+    /// The server at `url` (`http://…` or `https://…`); `token` a bearer token of its auth
+    /// configuration; `ca` a PEM certificate to trust besides the system's (a server with a
+    /// certificate of its own).
+    pub fn new(url: &str, token: Option<&str>, ca: Option<&Path>) -> Result<Self> {
+        let base = Url::parse(url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+            .ok_or_else(|| {
+                crate::bad(format!(
+                    "--server '{url}': give the server's URL, e.g. http://127.0.0.1:2113"
+                ))
+            })?;
+        let token = token
+            .map(|t| {
+                HeaderValue::from_str(&format!("Bearer {t}"))
+                    .map_err(|_| crate::bad("--token: not a valid header value"))
+            })
+            .transpose()?;
+        let mut builder = reqwest::Client::builder();
+        if base.scheme() == "https" {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                if let Ok(cert) = reqwest::Certificate::from_der(&cert) {
+                    builder = builder.add_root_certificate(cert);
+                }
+            }
+        }
+        if let Some(path) = ca {
+            let pem = std::fs::read(path)
+                .map_err(|e| crate::bad(format!("--server-ca {}: {e}", path.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| crate::bad(format!("--server-ca {}: {e}", path.display())))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder.build().context("setting up the HTTP client")?;
+        Ok(Remote {
+            base,
+            token,
+            client,
+        })
+    }
+
+    /// A request to the path made of `segments` (each percent-encoded as needed).
+    fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        let request = self.client.request(method, url);
+        match &self.token {
+            Some(token) => request.header(AUTHORIZATION, token.clone()),
+            None => request,
+        }
+    }
+
+    /// Sends a request; an error answer becomes a [`ServerError`].
+    async fn send(&self, request: RequestBuilder) -> Result<Response> {
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", self.base))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| text.trim().to_owned());
+        Err(ServerError { status, message }.into())
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(&self, request: RequestBuilder) -> Result<T> {
+        let response = self.send(request).await?;
+        let text = response
+            .text()
+            .await
+            .context("reading the server's answer")?;
+        serde_json::from_str(&text).with_context(|| format!("the server's answer: {text}"))
+    }
+
+    /// `factum append`: `events` as read from stdin (already checked).
+    pub async fn append(
+        &self,
+        stream: &str,
+        expected: &str,
+        events: Vec<Box<RawValue>>,
+    ) -> Result<serde_json::Value> {
+        let request = self
+            .request(Method::POST, &["streams", stream])
+            .header("expected-revision", expected)
+            .json(&events);
+        let mut written: serde_json::Map<String, serde_json::Value> = self.json(request).await?;
+        written.insert("stream".into(), stream.into());
+        Ok(written.into())
+    }
+
+    /// `factum read`: prints up to `limit` events of `stream`.
+    pub async fn read(
+        &self,
+        stream: &str,
+        from: Option<u64>,
+        backwards: bool,
+        limit: u64,
+        out: &mut impl Write,
+    ) -> Result<()> {
+        let mut from = from;
+        let mut left = limit;
+        while left > 0 {
+            let mut query = vec![
+                (
+                    "direction",
+                    if backwards { "backwards" } else { "forwards" }.to_owned(),
+                ),
+                ("limit", left.min(PAGE).to_string()),
+            ];
+            if let Some(from) = from {
+                query.push(("from", from.to_string()));
+            }
+            let request = self
+                .request(Method::GET, &["streams", stream])
+                .query(&query);
+            let page: Page = self.json(request).await?;
+            let full = page.events.len() as u64 == left.min(PAGE);
+            left -= print(&page.events, out)?;
+            match page.next {
+                Some(next) if full => from = Some(next),
+                _ => break,
+            }
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    /// `factum read-all` (forwards): prints up to `limit` events of `$all` from `from`.
+    pub async fn read_all(&self, from: u64, limit: u64, out: &mut impl Write) -> Result<()> {
+        let mut from = from;
+        let mut left = limit;
+        while left > 0 {
+            let asked = left.min(PAGE);
+            let page = self.all_page(from, asked).await?;
+            left -= print(&page.events, out)?;
+            match page.next {
+                // A short page ends at the head.
+                Some(next) if page.events.len() as u64 == asked => from = next,
+                _ => break,
+            }
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    async fn all_page(&self, from: u64, limit: u64) -> Result<Page> {
+        let request = self
+            .request(Method::GET, &["all"])
+            .query(&[("from", from), ("limit", limit)]);
+        self.json(request).await
+    }
+
+    /// The position after the last event of `$all`.
+    pub async fn head(&self) -> Result<u64> {
+        let page = self.all_page(u64::MAX >> 1, 1).await?;
+        page.head
+            .context("the server's answer to GET /all has no head")
+    }
+
+    /// `factum tail`: prints events of `$all` from `from` as they come, until interrupted.
+    /// The filters are applied here (the server sends every event).
+    pub async fn tail(
+        &self,
+        from: Option<u64>,
+        stream_prefixes: &[String],
+        event_types: &[String],
+    ) -> Result<()> {
+        let from = match from {
+            Some(from) => from,
+            None => self.head().await?,
+        };
+        let request = self
+            .request(Method::GET, &["all", "subscribe"])
+            .query(&[("from", from)]);
+        let response = self.send(request).await?;
+        let mut body = response.bytes_stream();
+        let mut buffer = Vec::new();
+        let mut last = from.checked_sub(1);
+        loop {
+            let chunk = tokio::select! {
+                chunk = body.next() => chunk,
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            };
+            let Some(chunk) = chunk else {
+                let resume = last.map_or(0, |p| p + 1);
+                bail!("the server closed the subscription; resume with --from {resume}");
+            };
+            buffer.extend_from_slice(&chunk.context("reading the subscription")?);
+            // Frames end with an empty line.
+            while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
+                let frame: Vec<u8> = buffer.drain(..end + 2).collect();
+                let frame = String::from_utf8_lossy(&frame);
+                let mut data = None;
+                let mut error = false;
+                for line in frame.lines() {
+                    if let Some(rest) = line.strip_prefix("data: ") {
+                        data = Some(rest.to_owned());
+                    } else if line == "event: error" {
+                        error = true;
+                    } else if let Some(id) = line.strip_prefix("id: ") {
+                        last = id.trim().parse().ok().or(last);
+                    }
+                }
+                let Some(data) = data else { continue };
+                if error {
+                    let message =
+                        serde_json::from_str::<ErrorBody>(&data).map_or(data.clone(), |b| b.error);
+                    bail!("the subscription failed: {message}");
+                }
+                let event: Filtered = serde_json::from_str(&data)
+                    .with_context(|| format!("an event of the subscription: {data}"))?;
+                let wanted = (stream_prefixes.is_empty()
+                    || stream_prefixes.iter().any(|p| event.stream.starts_with(p)))
+                    && (event_types.is_empty() || event_types.contains(&event.event_type));
+                if wanted {
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{data}")?;
+                    out.flush()?;
+                }
+            }
+        }
+    }
+
+    /// `factum streams`: prints up to `limit` streams whose names start with `prefix`.
+    pub async fn streams(&self, prefix: &str, limit: u64, out: &mut impl Write) -> Result<()> {
+        let mut after: Option<String> = None;
+        let mut left = limit;
+        while left > 0 {
+            let mut query = vec![
+                ("prefix", prefix.to_owned()),
+                ("limit", left.min(PAGE).to_string()),
+            ];
+            if let Some(after) = &after {
+                query.push(("after", after.clone()));
+            }
+            let request = self.request(Method::GET, &["streams"]).query(&query);
+            let list: StreamList = self.json(request).await?;
+            left = left.saturating_sub(print(&list.streams, out)?);
+            match list.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    /// `factum delete`: the position of the delete (or tombstone).
+    pub async fn delete(&self, stream: &str, tombstone: bool, expected: &str) -> Result<u64> {
+        let request = self
+            .request(Method::DELETE, &["streams", stream])
+            .query(&[("tombstone", tombstone)])
+            .header("expected-revision", expected);
+        let written: Written = self.json(request).await?;
+        Ok(written.position)
+    }
+
+    /// `factum metadata`: sets `new` when given, then returns the stream's metadata.
+    pub async fn metadata(
+        &self,
+        stream: &str,
+        new: Option<&factum_core::StreamMetadata>,
+    ) -> Result<factum_core::StreamMetadata> {
+        if let Some(metadata) = new {
+            let request = self
+                .request(Method::PUT, &["streams", stream, "metadata"])
+                .json(metadata);
+            let _: Written = self.json(request).await?;
+        }
+        self.json(self.request(Method::GET, &["streams", stream, "metadata"]))
+            .await
+    }
+}
+
+#[derive(Deserialize)]
+struct Written {
+    position: u64,
+}
+
+/// Prints each item on a line as the server wrote it; returns how many.
+fn print(items: &[Box<RawValue>], out: &mut impl Write) -> Result<u64> {
+    for item in items {
+        writeln!(out, "{}", item.get())?;
+    }
+    Ok(items.len() as u64)
+}

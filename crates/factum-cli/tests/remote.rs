@@ -1,0 +1,283 @@
+//! `factum --server URL …`: while `factum serve` holds the data directory, a second terminal
+//! sends the same commands to it over HTTP and gets what the store itself would have printed,
+//! with the same exit codes.
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+/// `factum serve` on `data` with `args`; the process and the URL it serves.
+fn serve(data: &Path, args: &[&str], scheme: &str) -> (Child, String) {
+    let mut all = vec!["--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let (server, mut stderr, _, port) = common::spawn_serve(&all, data);
+    // Keep draining stderr so the server never blocks on it.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (server, format!("{scheme}://localhost:{port}"))
+}
+
+fn stop(mut server: Child) {
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(server.wait().unwrap().success());
+}
+
+/// Runs `factum` with `args`, `stdin` on its standard input, the data directory `data`.
+fn factum(data: &Path, args: &[&str], stdin: &str) -> Output {
+    common::run(
+        common::factum_command()
+            .args(args)
+            .env("FACTUM_DATA_DIR", data),
+        stdin,
+    )
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Checks the exit code, showing stderr when it differs; returns stdout.
+fn expect(output: &Output, code: i32) -> String {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    text(&output.stdout)
+}
+
+fn events(count: usize, prefix: &str) -> String {
+    (0..count)
+        .map(|n| format!("{{\"type\": \"ItemAdded\", \"data\": {{\"sku\": \"{prefix}-{n}\"}}}}\n"))
+        .collect()
+}
+
+/// The reads compared between the server and the store itself.
+const READS: &[&[&str]] = &[
+    &["read", "cart-1"],
+    &["read", "big-1"],
+    &["read", "big-1", "--backwards", "--limit", "1200"],
+    &["read", "big-1", "--from", "998", "--limit", "5"],
+    &["read-all"],
+    &["read-all", "--from", "1", "--limit", "1100"],
+    &["streams"],
+    &["streams", "--prefix", "big"],
+    &["streams", "--limit", "1"],
+    &["metadata", "cart-1"],
+];
+
+#[test]
+fn commands_sent_to_a_running_server_print_what_the_store_itself_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (server, url) = serve(&data, &[], "http");
+    let remote = |args: &[&str], stdin: &str| {
+        let mut all = vec!["--server", url.as_str()];
+        all.extend_from_slice(args);
+        factum(&data, &all, stdin)
+    };
+
+    // The server holds the directory: the store itself is refused, with a pointer to --server.
+    let refused = factum(&data, &["streams"], "");
+    expect(&refused, 7);
+    assert!(text(&refused.stderr).contains("--server"), "{refused:?}");
+
+    let written = expect(&remote(&["append", "cart-1"], &events(2, "fruit")), 0);
+    let written: serde_json::Value = serde_json::from_str(&written).unwrap();
+    assert_eq!(
+        written,
+        serde_json::json!({"stream": "cart-1", "first_revision": 0, "last_revision": 1, "position": 1})
+    );
+    // More than one page of the server's.
+    expect(&remote(&["append", "big-1"], &events(1500, "bulk")), 0);
+    expect(
+        &remote(
+            &[
+                "metadata",
+                "cart-1",
+                "--set",
+                r#"{"max_count": 10, "custom": {"owner": "shop"}}"#,
+            ],
+            "",
+        ),
+        0,
+    );
+
+    // Errors keep their exit codes and write nothing.
+    let conflict = remote(
+        &["append", "cart-1", "--expected", "no-stream"],
+        &events(1, "x"),
+    );
+    expect(&conflict, 3);
+    assert!(text(&conflict.stderr).contains("HTTP 409"), "{conflict:?}");
+    expect(&remote(&["append", "cart-1"], "{\"type\": \"\"}\n"), 2);
+    expect(&remote(&["append", "$system"], &events(1, "x")), 2);
+    expect(&remote(&["read", "nobody"], ""), 4);
+    expect(
+        &remote(&["delete", "nobody", "--expected", "no-stream"], ""),
+        4,
+    );
+    expect(&remote(&["read-all", "--backwards"], ""), 2);
+    let verify = remote(&["verify"], "");
+    expect(&verify, 2);
+    assert!(
+        text(&verify.stderr).contains("where the store is"),
+        "{verify:?}"
+    );
+
+    let through_server: Vec<String> = READS
+        .iter()
+        .map(|args| expect(&remote(args, ""), 0))
+        .collect();
+    assert_eq!(through_server[1].lines().count(), 1500);
+    assert_eq!(through_server[2].lines().count(), 1200);
+    assert_eq!(through_server[3].lines().count(), 5);
+    assert_eq!(through_server[5].lines().count(), 1100);
+    assert_eq!(through_server[8].lines().count(), 1);
+    stop(server);
+
+    // The store itself, read directly, prints the same bytes.
+    for (args, remote) in READS.iter().zip(&through_server) {
+        assert_eq!(&expect(&factum(&data, args, ""), 0), remote, "{args:?}");
+    }
+
+    // A tail through the server, filtered here; a delete.
+    let (server, url) = serve(&data, &[], "http");
+    let remote = |args: &[&str], stdin: &str| {
+        let mut all = vec!["--server", url.as_str()];
+        all.extend_from_slice(args);
+        factum(&data, &all, stdin)
+    };
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_factum"))
+        .args([
+            "--server",
+            &url,
+            "tail",
+            "--from",
+            "0",
+            "--stream-prefix",
+            "cart-",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut tailed = BufReader::new(tail.stdout.take().unwrap()).lines();
+    let first = tailed.next().unwrap().unwrap();
+    assert!(first.contains("fruit-0"), "{first}");
+    assert!(tailed.next().unwrap().unwrap().contains("fruit-1"));
+    expect(&remote(&["append", "other-1"], &events(1, "filtered")), 0);
+    expect(&remote(&["append", "cart-1"], &events(1, "live")), 0);
+    let live = tailed.next().unwrap().unwrap();
+    assert!(live.contains("live-0"), "{live}");
+    tail.kill().unwrap();
+    tail.wait().unwrap();
+
+    let deleted = expect(&remote(&["delete", "cart-1", "--expected", "2"], ""), 0);
+    assert!(deleted.contains("\"tombstoned\":false"), "{deleted}");
+    expect(&remote(&["read", "cart-1"], ""), 4);
+    stop(server);
+}
+
+#[test]
+fn tokens_and_https_reach_a_server_that_asks_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = common::write_auth(dir.path());
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key_pair.serialize_pem()).unwrap();
+    let data = dir.path().join("data");
+    let (server, url) = serve(
+        &data,
+        &[
+            "--auth",
+            auth.to_str().unwrap(),
+            "--tls-cert",
+            cert_file.to_str().unwrap(),
+            "--tls-key",
+            key_file.to_str().unwrap(),
+        ],
+        "https",
+    );
+    let ca = cert_file.to_str().unwrap();
+    let one = events(1, "apple");
+
+    // Without the certificate the server is not trusted; without a token it says 401.
+    let untrusted = factum(&data, &["--server", &url, "append", "cart-1"], &one);
+    expect(&untrusted, 1);
+    assert!(
+        text(&untrusted.stderr).contains("cannot reach"),
+        "{untrusted:?}"
+    );
+    let anonymous = factum(
+        &data,
+        &["--server", &url, "--server-ca", ca, "append", "cart-1"],
+        &one,
+    );
+    expect(&anonymous, 1);
+    assert!(
+        text(&anonymous.stderr).contains("HTTP 401"),
+        "{anonymous:?}"
+    );
+
+    let as_app = |args: &[&str], stdin: &str| {
+        common::run(
+            common::factum_command()
+                .args(["--server", url.as_str(), "--server-ca", ca])
+                .args(args)
+                .env("FACTUM_DATA_DIR", &data)
+                .env("FACTUM_TOKEN", common::APP_TOKEN),
+            stdin,
+        )
+    };
+    expect(&as_app(&["append", "cart-1"], &one), 0);
+    let forbidden = as_app(&["append", "order-1"], &one);
+    expect(&forbidden, 1);
+    assert!(
+        text(&forbidden.stderr).contains("HTTP 403"),
+        "{forbidden:?}"
+    );
+    let read = expect(&as_app(&["read", "cart-1"], ""), 0);
+    assert!(read.contains("apple-0"), "{read}");
+    stop(server);
+}
+
+#[test]
+fn a_bad_server_url_is_refused_before_anything_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in ["localhost:2113", "ftp://localhost", "http://"] {
+        let output = factum(dir.path(), &["--server", url, "streams"], "");
+        expect(&output, 2);
+        assert!(text(&output.stderr).contains("--server"), "{output:?}");
+    }
+    let both = factum(
+        dir.path(),
+        &[
+            "--server",
+            "http://localhost:1",
+            "--store",
+            "postgres://x@y/z",
+            "streams",
+        ],
+        "",
+    );
+    expect(&both, 2);
+    // Nobody listens: a clear failure, not a hang.
+    let down = factum(
+        dir.path(),
+        &["--server", "http://127.0.0.1:1", "streams"],
+        "",
+    );
+    expect(&down, 1);
+    assert!(
+        text(&down.stderr).contains("cannot reach the server"),
+        "{down:?}"
+    );
+}
