@@ -579,13 +579,8 @@ async fn run_remote(remote: &remote::Remote, command: Command) -> Result<()> {
             backwards,
             limit,
         } => {
-            if backwards {
-                return Err(bad(
-                    "--backwards: the server pages $all forwards only; leave out --server to read the store itself",
-                ));
-            }
             let mut out = stdout();
-            remote.read_all(from.unwrap_or(0), limit, &mut out).await?;
+            remote.read_all(from, backwards, limit, &mut out).await?;
         }
         Command::Tail {
             from,

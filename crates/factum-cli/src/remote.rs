@@ -208,17 +208,23 @@ impl Remote {
         Ok(())
     }
 
-    /// `factum read-all` (forwards): prints up to `limit` events of `$all` from `from`.
-    pub async fn read_all(&self, from: u64, limit: u64, out: &mut impl Write) -> Result<()> {
+    /// `factum read-all`: prints up to `limit` events of `$all` from `from`.
+    pub async fn read_all(
+        &self,
+        from: Option<u64>,
+        backwards: bool,
+        limit: u64,
+        out: &mut impl Write,
+    ) -> Result<()> {
         let mut from = from;
         let mut left = limit;
         while left > 0 {
             let asked = left.min(PAGE);
-            let page = self.all_page(from, asked).await?;
+            let page = self.all_page(from, backwards, asked).await?;
             left -= print(&page.events, out)?;
             match page.next {
-                // A short page ends at the head.
-                Some(next) if page.events.len() as u64 == asked => from = next,
+                // A short page ends at the head (or, backwards, at the first event).
+                Some(next) if page.events.len() as u64 == asked => from = Some(next),
                 _ => break,
             }
         }
@@ -226,16 +232,24 @@ impl Remote {
         Ok(())
     }
 
-    async fn all_page(&self, from: u64, limit: u64) -> Result<Page> {
-        let request = self
-            .request(Method::GET, &["all"])
-            .query(&[("from", from), ("limit", limit)]);
-        self.json(request).await
+    async fn all_page(&self, from: Option<u64>, backwards: bool, limit: u64) -> Result<Page> {
+        let mut query = vec![
+            (
+                "direction",
+                if backwards { "backwards" } else { "forwards" }.to_owned(),
+            ),
+            ("limit", limit.to_string()),
+        ];
+        if let Some(from) = from {
+            query.push(("from", from.to_string()));
+        }
+        self.json(self.request(Method::GET, &["all"]).query(&query))
+            .await
     }
 
     /// The position after the last event of `$all`.
     pub async fn head(&self) -> Result<u64> {
-        let page = self.all_page(u64::MAX >> 1, 1).await?;
+        let page = self.all_page(Some(u64::MAX >> 1), false, 1).await?;
         page.head
             .context("the server's answer to GET /all has no head")
     }

@@ -414,9 +414,13 @@ pub(crate) async fn read_stream(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AllParams {
-    /// The position to start at, included (default 0): the `next` of the previous page.
+    /// The position to start at, included: the `next` of the previous page; default the
+    /// first (forwards) or the last (backwards).
     #[serde(default, deserialize_with = "int64")]
     from: Option<u64>,
+    /// `forwards` (default) or `backwards` (newest first).
+    #[param(inline)]
+    direction: Option<Way>,
     /// How many events at most (default 100).
     #[param(minimum = 1)]
     limit: Option<usize>,
@@ -426,7 +430,7 @@ pub(crate) struct AllParams {
     summary = "A page of $all, the log of every event in commit order (read right on every stream)",
     params(AllParams),
     responses(
-        (status = 200, description = "The page, with the position to ask for next", body = Page),
+        (status = 200, description = "The page, with the position to ask for next (backwards: none after the first event)", body = Page),
         (status = 403, description = "The token may not read every stream", body = ErrorBody)))]
 pub(crate) async fn read_all(
     State(state): State<AppState>,
@@ -436,16 +440,22 @@ pub(crate) async fn read_all(
     let params = query(params)?;
     caller.require_all()?;
     let limit = limit(params.limit, &state)?;
-    let from = params.from.unwrap_or(0);
     let head = state.store.head();
-    let events = state
-        .store
-        .read_all(from, Direction::Forwards, limit)
-        .await?;
-    let next = events.last().map_or(from, |e| e.position + 1);
+    let (direction, from) = match params.direction.unwrap_or(Way::Forwards) {
+        Way::Forwards => (Direction::Forwards, params.from.unwrap_or(0)),
+        Way::Backwards => (Direction::Backwards, params.from.unwrap_or(u64::MAX)),
+    };
+    let events = state.store.read_all(from, direction, limit).await?;
+    let next = match (direction, events.last()) {
+        (Direction::Forwards, last) => Some(last.map_or(from, |e| e.position + 1)),
+        (Direction::Backwards, Some(last)) if events.len() == limit && last.position > 0 => {
+            Some(last.position - 1)
+        }
+        (Direction::Backwards, _) => None,
+    };
     Ok(Json(Page {
         events: lines(&events)?,
-        next: Some(next),
+        next,
         head: Some(head),
     }))
 }

@@ -458,6 +458,38 @@ async fn all_is_paged_in_log_order() {
         from = page["next"].as_u64().unwrap();
     }
     assert_eq!(positions, (0..15).collect::<Vec<_>>());
+
+    // Newest first, from the end or from a position, until `next` runs out.
+    let mut from = String::new();
+    let mut positions = Vec::new();
+    loop {
+        let (status, page) = server
+            .get(&format!("/all?direction=backwards&limit=4{from}"))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        positions.extend(
+            page["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["position"].as_u64().unwrap()),
+        );
+        match page["next"].as_u64() {
+            Some(next) => from = format!("&from={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(positions, (0..15).rev().collect::<Vec<_>>());
+    let (_, page) = server.get("/all?direction=backwards&from=6&limit=3").await;
+    let positions: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!((positions, page["next"].as_u64()), (vec![6, 5, 4], Some(3)));
+    let (status, page) = server.get("/all?direction=sideways").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
     server.stop().await;
 }
 
