@@ -55,7 +55,7 @@ struct Cli {
         default_value = "factum"
     )]
     store_schema: String,
-    /// Send append, read, read-all, tail, streams, delete and metadata to a running
+    /// Send append, read, read-all, tail, streams, delete, metadata and export to a running
     /// `factum serve` at this URL (http://127.0.0.1:2113) instead of opening the store: the
     /// server holds the embedded store's directory while it runs.
     #[arg(long, global = true, env = "FACTUM_SERVER", conflicts_with = "store")]
@@ -610,10 +610,21 @@ async fn run_remote(remote: &remote::Remote, command: Command) -> Result<()> {
             let metadata = remote.metadata(stream.as_str(), new.as_ref()).await?;
             println!("{}", serde_json::to_string(&metadata)?);
         }
+        Command::Export { from } => {
+            let bar = count_bar(0, "exporting");
+            let mut out = stdout();
+            remote
+                .export(from, &mut out, |done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                })
+                .await?;
+            bar.finish_and_clear();
+        }
         _ => {
             return Err(bad(
-                "--server: only append, read, read-all, tail, streams, delete and metadata go \
-                 to a server; run this command where the store is (with --data-dir or --store)",
+                "--server: only append, read, read-all, tail, streams, delete, metadata and \
+                 export go to a server; run this command where the store is (with --data-dir or --store)",
             ));
         }
     }

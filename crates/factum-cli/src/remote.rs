@@ -67,6 +67,12 @@ struct Filtered {
     event_type: String,
 }
 
+/// The position of an event.
+#[derive(Deserialize)]
+struct Positioned {
+    position: u64,
+}
+
 /// A running `factum serve`.
 pub struct Remote {
     base: Url,
@@ -227,6 +233,38 @@ impl Remote {
                 Some(next) if page.events.len() as u64 == asked => from = Some(next),
                 _ => break,
             }
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    /// `factum export`: prints every event of `$all` from `from` below the head at the start,
+    /// as the server wrote it (the input of `factum import`); `progress` gets (done, total).
+    pub async fn export(
+        &self,
+        from: u64,
+        out: &mut impl Write,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<()> {
+        let head = self.head().await?;
+        let total = head.saturating_sub(from);
+        let mut next = from;
+        while next < head {
+            let page = self.all_page(Some(next), false, PAGE).await?;
+            let mut last = None;
+            for event in &page.events {
+                let position = serde_json::from_str::<Positioned>(event.get())
+                    .with_context(|| format!("an event from the server: {}", event.get()))?
+                    .position;
+                if position >= head {
+                    break;
+                }
+                writeln!(out, "{}", event.get())?;
+                last = Some(position);
+            }
+            let Some(last) = last else { break };
+            next = last + 1;
+            progress(next - from, total);
         }
         out.flush()?;
         Ok(())

@@ -72,6 +72,8 @@ const READS: &[&[&str]] = &[
     &["streams", "--prefix", "big"],
     &["streams", "--limit", "1"],
     &["metadata", "cart-1"],
+    &["export"],
+    &["export", "--from", "1000"],
 ];
 
 #[test]
@@ -143,7 +145,15 @@ fn commands_sent_to_a_running_server_print_what_the_store_itself_prints() {
     assert_eq!(through_server[6].lines().count(), 1200);
     assert_eq!(through_server[7].lines().count(), 3);
     assert_eq!(through_server[10].lines().count(), 1);
+    // Two carts, 1500 bulk events and cart-1's metadata.
+    assert_eq!(through_server[12].lines().count(), 1503);
+    assert_eq!(through_server[13].lines().count(), 503);
     stop(server);
+
+    // An export taken from the running server restores a store that exports the same bytes.
+    let restored = dir.path().join("restored");
+    expect(&factum(&restored, &["import"], &through_server[12]), 0);
+    assert_eq!(expect(&factum(&restored, &["export"], ""), 0), through_server[12]);
 
     // The store itself, read directly, prints the same bytes.
     for (args, remote) in READS.iter().zip(&through_server) {
