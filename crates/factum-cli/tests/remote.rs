@@ -153,7 +153,10 @@ fn commands_sent_to_a_running_server_print_what_the_store_itself_prints() {
     // An export taken from the running server restores a store that exports the same bytes.
     let restored = dir.path().join("restored");
     expect(&factum(&restored, &["import"], &through_server[12]), 0);
-    assert_eq!(expect(&factum(&restored, &["export"], ""), 0), through_server[12]);
+    assert_eq!(
+        expect(&factum(&restored, &["export"], ""), 0),
+        through_server[12]
+    );
 
     // The store itself, read directly, prints the same bytes.
     for (args, remote) in READS.iter().zip(&through_server) {

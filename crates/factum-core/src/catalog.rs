@@ -781,6 +781,25 @@ pub fn import_plan(
     Ok((records, times))
 }
 
+/// Where a forwards read of a stream with a maximum age goes on, or `None` when it is done.
+/// The age hides a stream's oldest events, so a page of `planned` events (of `asked`) can come
+/// back with fewer visible ones while later events are visible: the read goes on after `last`
+/// (the last revision read) until `limit` events are visible or the stream ends. Backwards,
+/// a hidden event means every older one is hidden too.
+pub fn read_on_after_age(
+    direction: Direction,
+    planned: usize,
+    asked: usize,
+    visible: usize,
+    limit: usize,
+    last: Option<u64>,
+) -> Option<u64> {
+    if direction == Direction::Backwards || visible >= limit || planned < asked {
+        return None;
+    }
+    last.map(|revision| revision + 1)
+}
+
 /// Whether an event recorded at `recorded_at_us` is young enough for a stream's max age.
 pub fn visible_by_age(max_age_secs: Option<u64>, recorded_at_us: u64, now_us: u64) -> bool {
     match max_age_secs {

@@ -145,17 +145,34 @@ impl EventStore for MemoryStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let state = self.inner.state.lock();
-        let positions = state
-            .catalog
-            .read_plan(stream, from_revision, direction, limit)?;
         let max_age = state.catalog.max_age_secs(stream);
         let now = now_micros();
-        Ok(positions
-            .into_iter()
-            .filter_map(|p| state.log.get(p as usize))
-            .filter(|e| catalog::visible_by_age(max_age, e.recorded_at_us, now))
-            .cloned()
-            .collect())
+        let mut from = from_revision;
+        let mut visible = Vec::new();
+        loop {
+            let asked = limit - visible.len();
+            let positions = state.catalog.read_plan(stream, from, direction, asked)?;
+            let planned = positions.len();
+            let events: Vec<&RecordedEvent> = positions
+                .into_iter()
+                .filter_map(|p| state.log.get(p as usize))
+                .collect();
+            let last = events.last().map(|e| e.revision);
+            visible.extend(
+                events
+                    .into_iter()
+                    .filter(|e| catalog::visible_by_age(max_age, e.recorded_at_us, now))
+                    .cloned(),
+            );
+            if max_age.is_none() {
+                return Ok(visible);
+            }
+            match catalog::read_on_after_age(direction, planned, asked, visible.len(), limit, last)
+            {
+                Some(next) => from = next,
+                None => return Ok(visible),
+            }
+        }
     }
 
     async fn read_all(

@@ -848,10 +848,28 @@ pub async fn metadata_limits_what_reads_return<S: EventStore>(store: S) {
         ),
         vec![10]
     );
+    // A page no longer than the hidden events still finds the visible ones after them.
+    store
+        .append(&s, ExpectedState::Exact(10), events(2))
+        .await
+        .unwrap();
+    let read = |from, direction, limit| {
+        let store = &store;
+        let s = &s;
+        async move { revisions(store.read_stream(s, from, direction, limit).await.unwrap()) }
+    };
+    assert_eq!(read(0, Direction::Forwards, 1).await, vec![10]);
+    assert_eq!(read(0, Direction::Forwards, 2).await, vec![10, 11]);
+    assert_eq!(read(3, Direction::Forwards, 5).await, vec![10, 11, 12]);
+    assert_eq!(
+        read(u64::MAX, Direction::Backwards, 5).await,
+        vec![12, 11, 10]
+    );
+    assert_eq!(read(9, Direction::Backwards, 5).await, Vec::<u64>::new());
     // Metadata hides, it does not change revisions or the log.
     assert_eq!(
         store.stream_revision(&s).await.unwrap(),
-        CurrentRevision(Some(10))
+        CurrentRevision(Some(12))
     );
     assert_eq!(
         store
@@ -859,7 +877,7 @@ pub async fn metadata_limits_what_reads_return<S: EventStore>(store: S) {
             .await
             .unwrap()
             .len(),
-        14
+        16
     );
 }
 

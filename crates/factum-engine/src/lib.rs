@@ -425,24 +425,35 @@ impl EventStore for Engine {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let (locations, max_age) = {
-            let index = self.inner.shared.index.read();
-            let positions = index
-                .catalog
-                .read_plan(stream, from_revision, direction, limit)?;
-            let locations: Vec<(u64, u64)> = positions
-                .into_iter()
-                .filter_map(|p| index.locations.get(p as usize).map(|l| (p, *l)))
-                .collect();
-            (locations, index.catalog.max_age_secs(stream))
-        };
-        let sequential = locations.windows(2).all(|w| w[1].0 == w[0].0 + 1);
-        let mut events = self.read_located(locations, sequential).await?;
-        if max_age.is_some() {
+        let mut from = from_revision;
+        let mut visible = Vec::new();
+        loop {
+            let asked = limit - visible.len();
+            let (locations, max_age) = {
+                let index = self.inner.shared.index.read();
+                let positions = index.catalog.read_plan(stream, from, direction, asked)?;
+                let locations: Vec<(u64, u64)> = positions
+                    .into_iter()
+                    .filter_map(|p| index.locations.get(p as usize).map(|l| (p, *l)))
+                    .collect();
+                (locations, index.catalog.max_age_secs(stream))
+            };
+            let planned = locations.len();
+            let sequential = locations.windows(2).all(|w| w[1].0 == w[0].0 + 1);
+            let mut events = self.read_located(locations, sequential).await?;
+            let last = events.last().map(|e| e.revision);
+            if max_age.is_none() {
+                return Ok(events);
+            }
             let now = now_micros();
             events.retain(|e| catalog::visible_by_age(max_age, e.recorded_at_us, now));
+            visible.append(&mut events);
+            match catalog::read_on_after_age(direction, planned, asked, visible.len(), limit, last)
+            {
+                Some(next) => from = next,
+                None => return Ok(visible),
+            }
         }
-        Ok(events)
     }
 
     async fn read_all(

@@ -377,15 +377,43 @@ impl EventStore for PgStore {
         let max_age = metadata.as_ref().and_then(|m| m.max_age_secs);
         let now = now_micros();
         let mut events = Vec::with_capacity(rows.len());
+        let mut taken = 0;
         // A stream with no event in the range comes as its row alone, with no event columns.
         for row in rows
             .iter()
             .filter(|row| row.get::<_, Option<i64>>(0).is_some())
         {
             let event = self.event(row)?;
+            taken += 1;
             if catalog::visible_by_age(max_age, event.recorded_at_us, now) {
                 events.push(event);
             }
+        }
+        // The age hid the oldest events of a full page: later ones may be visible. Read the
+        // first `limit` of the range recorded since the age's cut.
+        if let Some(max_age) = max_age
+            && direction == Direction::Forwards
+            && taken == limit
+            && events.len() < limit
+        {
+            let cut = now.saturating_sub(max_age.saturating_mul(1_000_000));
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+                &stream.as_str(),
+                &to_i64(range.start),
+                &to_i64(range.end),
+                &to_i64(cut),
+                &limit_sql,
+            ];
+            let rows = conn
+                .query(
+                    events_query!("WHERE stream = $1 AND revision >= $2 AND revision < $3 AND recorded_at_us >= $4 ORDER BY revision LIMIT $5"),
+                    &params,
+                )
+                .await?;
+            events = rows
+                .iter()
+                .map(|row| self.event(row))
+                .collect::<Result<_, _>>()?;
         }
         Ok(events)
     }
