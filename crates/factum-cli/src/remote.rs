@@ -186,32 +186,8 @@ impl Remote {
         limit: u64,
         out: &mut impl Write,
     ) -> Result<()> {
-        let mut from = from;
-        let mut left = limit;
-        while left > 0 {
-            let mut query = vec![
-                (
-                    "direction",
-                    if backwards { "backwards" } else { "forwards" }.to_owned(),
-                ),
-                ("limit", left.min(PAGE).to_string()),
-            ];
-            if let Some(from) = from {
-                query.push(("from", from.to_string()));
-            }
-            let request = self
-                .request(Method::GET, &["streams", stream])
-                .query(&query);
-            let page: Page = self.json(request).await?;
-            let full = page.events.len() as u64 == left.min(PAGE);
-            left -= print(&page.events, out)?;
-            match page.next {
-                Some(next) if full => from = Some(next),
-                _ => break,
-            }
-        }
-        out.flush()?;
-        Ok(())
+        self.print_pages(&["streams", stream], from, backwards, limit, out)
+            .await
     }
 
     /// `factum read-all`: prints up to `limit` events of `$all` from `from`.
@@ -222,14 +198,28 @@ impl Remote {
         limit: u64,
         out: &mut impl Write,
     ) -> Result<()> {
+        self.print_pages(&["all"], from, backwards, limit, out)
+            .await
+    }
+
+    /// Prints up to `limit` events of the pages at `segments` (a stream's or `$all`), asking
+    /// for each next page until one comes back short.
+    async fn print_pages(
+        &self,
+        segments: &[&str],
+        from: Option<u64>,
+        backwards: bool,
+        limit: u64,
+        out: &mut impl Write,
+    ) -> Result<()> {
         let mut from = from;
         let mut left = limit;
         while left > 0 {
             let asked = left.min(PAGE);
-            let page = self.all_page(from, backwards, asked).await?;
+            let page = self.page(segments, from, backwards, asked).await?;
             left -= print(&page.events, out)?;
             match page.next {
-                // A short page ends at the head (or, backwards, at the first event).
+                // A short page ends at the end (or, backwards, at the first event).
                 Some(next) if page.events.len() as u64 == asked => from = Some(next),
                 _ => break,
             }
@@ -250,7 +240,7 @@ impl Remote {
         let total = head.saturating_sub(from);
         let mut next = from;
         while next < head {
-            let page = self.all_page(Some(next), false, PAGE).await?;
+            let page = self.page(&["all"], Some(next), false, PAGE).await?;
             let mut last = None;
             for event in &page.events {
                 let position = serde_json::from_str::<Positioned>(event.get())
@@ -270,24 +260,29 @@ impl Remote {
         Ok(())
     }
 
-    async fn all_page(&self, from: Option<u64>, backwards: bool, limit: u64) -> Result<Page> {
+    /// One page of events at `segments` (a stream's or `$all`).
+    async fn page(
+        &self,
+        segments: &[&str],
+        from: Option<u64>,
+        backwards: bool,
+        limit: u64,
+    ) -> Result<Page> {
+        let direction = if backwards { "backwards" } else { "forwards" };
         let mut query = vec![
-            (
-                "direction",
-                if backwards { "backwards" } else { "forwards" }.to_owned(),
-            ),
+            ("direction", direction.to_owned()),
             ("limit", limit.to_string()),
         ];
         if let Some(from) = from {
             query.push(("from", from.to_string()));
         }
-        self.json(self.request(Method::GET, &["all"]).query(&query))
+        self.json(self.request(Method::GET, segments).query(&query))
             .await
     }
 
     /// The position after the last event of `$all`.
     pub async fn head(&self) -> Result<u64> {
-        let page = self.all_page(Some(u64::MAX >> 1), false, 1).await?;
+        let page = self.page(&["all"], Some(u64::MAX >> 1), false, 1).await?;
         page.head
             .context("the server's answer to GET /all has no head")
     }
