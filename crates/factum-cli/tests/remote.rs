@@ -183,13 +183,27 @@ fn commands_sent_to_a_running_server_print_what_the_store_itself_prints() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut tailed = BufReader::new(tail.stdout.take().unwrap()).lines();
-    let first = tailed.next().unwrap().unwrap();
+    // Lines come through a channel, so a tail that prints nothing fails the test, not hangs it.
+    let (lines, tailed) = std::sync::mpsc::channel();
+    let stdout = tail.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        tailed
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the tail printed the next event")
+    };
+    let first = next();
     assert!(first.contains("fruit-0"), "{first}");
-    assert!(tailed.next().unwrap().unwrap().contains("fruit-1"));
+    assert!(next().contains("fruit-1"));
     expect(&remote(&["append", "other-1"], &events(1, "filtered")), 0);
     expect(&remote(&["append", "cart-1"], &events(1, "live")), 0);
-    let live = tailed.next().unwrap().unwrap();
+    let live = next();
     assert!(live.contains("live-0"), "{live}");
     tail.kill().unwrap();
     tail.wait().unwrap();
