@@ -59,14 +59,6 @@ struct StreamList {
     next: Option<String>,
 }
 
-/// The fields of an event that `tail` filters on.
-#[derive(Deserialize)]
-struct Filtered {
-    stream: String,
-    #[serde(rename = "type")]
-    event_type: String,
-}
-
 /// The position of an event.
 #[derive(Deserialize)]
 struct Positioned {
@@ -287,8 +279,8 @@ impl Remote {
             .context("the server's answer to GET /all has no head")
     }
 
-    /// `factum tail`: prints events of `$all` from `from` as they come, until interrupted.
-    /// The filters are applied here (the server sends every event).
+    /// `factum tail`: prints events of `$all` from `from` as they come, until interrupted;
+    /// the server sends only those that pass the filters.
     pub async fn tail(
         &self,
         from: Option<u64>,
@@ -299,9 +291,12 @@ impl Remote {
             Some(from) => from,
             None => self.head().await?,
         };
+        let mut query = vec![("from", from.to_string())];
+        query.extend(stream_prefixes.iter().map(|p| ("stream_prefix", p.clone())));
+        query.extend(event_types.iter().map(|t| ("type", t.clone())));
         let request = self
             .request(Method::GET, &["all", "subscribe"])
-            .query(&[("from", from)]);
+            .query(&query);
         let response = self.send(request).await?;
         let mut body = response.bytes_stream();
         let mut buffer = Vec::new();
@@ -337,16 +332,9 @@ impl Remote {
                         serde_json::from_str::<ErrorBody>(&data).map_or(data.clone(), |b| b.error);
                     bail!("the subscription failed: {message}");
                 }
-                let event: Filtered = serde_json::from_str(&data)
-                    .with_context(|| format!("an event of the subscription: {data}"))?;
-                let wanted = (stream_prefixes.is_empty()
-                    || stream_prefixes.iter().any(|p| event.stream.starts_with(p)))
-                    && (event_types.is_empty() || event_types.contains(&event.event_type));
-                if wanted {
-                    let mut out = std::io::stdout().lock();
-                    writeln!(out, "{data}")?;
-                    out.flush()?;
-                }
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{data}")?;
+                out.flush()?;
             }
         }
     }

@@ -12,6 +12,7 @@ use factum::processor::processor_statuses;
 use factum_core::{AppendResult, StreamInfo};
 use factum_core::{
     Direction, ExpectedState, RecordedEvent, StoreError, StreamMetadata, StreamName, Subscription,
+    SubscriptionFilter,
 };
 use factum_projections::ProjectionStatus;
 use serde::{Deserialize, Serialize};
@@ -593,9 +594,56 @@ pub(crate) async fn list_streams(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SubscribeParams {
-    /// Where to start, included: a position (`$all`) or a revision (a stream); default 0.
+    /// Where to start, included: a revision; default 0.
     #[serde(default, deserialize_with = "int64")]
     from: Option<u64>,
+}
+
+/// The query of `/all/subscribe`, as the OpenAPI document describes it. It is read as a list of
+/// pairs ([`follow_all_query`]), since the filters may repeat.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct SubscribeAllParams {
+    /// Where to start, included: a position; default 0.
+    #[serde(default, deserialize_with = "int64")]
+    from: Option<u64>,
+    /// Only events of streams whose names start with this; repeat it for several (an event
+    /// of any of them is sent).
+    stream_prefix: Option<Vec<String>>,
+    /// Only events of this type; repeat it for several.
+    #[serde(rename = "type")]
+    event_type: Option<Vec<String>>,
+}
+
+/// Where to start and what to send, from the query of `/all/subscribe`.
+fn follow_all_query(pairs: Vec<(String, String)>) -> Result<(Option<u64>, SubscriptionFilter)> {
+    let mut from = None;
+    let mut filter = SubscriptionFilter::default();
+    for (key, value) in pairs {
+        match key.as_str() {
+            "from" if from.is_some() => {
+                return Err(ApiError::bad_request("query: from is given twice"));
+            }
+            "from" => {
+                let position = value.parse::<u64>().ok().filter(|&p| p <= i64::MAX as u64);
+                from = Some(position.ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "query: from '{value}' is not a position (0 to {})",
+                        i64::MAX
+                    ))
+                })?);
+            }
+            "stream_prefix" => filter.stream_prefixes.push(value),
+            "type" => filter.event_types.push(value),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "query: unknown parameter '{other}' (from, stream_prefix, type)"
+                )));
+            }
+        }
+    }
+    Ok((from, filter))
 }
 
 /// The position in a `Last-Event-ID` header: the last event the client received.
@@ -613,7 +661,7 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>> {
 
 #[utoipa::path(get, path = "/all/subscribe", tag = "all",
     summary = "Follow $all live, as server-sent events (read right on every stream)",
-    params(SubscribeParams, ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = r"^[0-9]{1,18}$", description = "The position of the last event the client received (the `id:` of its SSE frame): the subscription resumes after it; it overrides `from`.")),
+    params(SubscribeAllParams, ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = r"^[0-9]{1,18}$", description = "The position of the last event the client received (the `id:` of its SSE frame): the subscription resumes after it; it overrides `from`.")),
     responses(
         (status = 200, description = "Server-sent events: `id:` is the position, `data:` the event as in a page; a keep-alive comment every 15 s; an `error` event before the stream ends on a failure",
             body = String, content_type = "text/event-stream"),
@@ -621,16 +669,22 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>> {
 pub(crate) async fn subscribe_all(
     State(state): State<AppState>,
     caller: Caller,
-    params: std::result::Result<Query<SubscribeParams>, QueryRejection>,
+    params: std::result::Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let params = query(params)?;
+    let (from, filter) = follow_all_query(query(params)?)?;
     caller.require_all()?;
     let from = match last_event_id(&headers)? {
         Some(last) => last + 1,
-        None => params.from.unwrap_or(0),
+        None => from.unwrap_or(0),
     };
-    Ok(sse::respond(&state, Follow::All { from }))
+    // Every follower of all of `$all` shares one reader; a filtered one reads for itself.
+    if filter.stream_prefixes.is_empty() && filter.event_types.is_empty() {
+        Ok(sse::respond(&state, Follow::All { from }))
+    } else {
+        let subscription = state.store.subscribe_all(from, filter);
+        Ok(sse::respond(&state, Follow::Own(subscription)))
+    }
 }
 
 #[utoipa::path(get, path = "/streams/{stream}/subscribe", tag = "streams",
@@ -680,7 +734,7 @@ pub(crate) async fn subscribe_stream(
         None => params.from.unwrap_or(0),
     };
     let subscription = Subscription::stream(state.store.clone(), stream, from);
-    Ok(sse::respond(&state, Follow::Stream(subscription)))
+    Ok(sse::respond(&state, Follow::Own(subscription)))
 }
 
 #[utoipa::path(get, path = "/processors", tag = "consumers",

@@ -249,8 +249,8 @@ async fn follow_all(state: &AppState, from: u64, out: &Out) -> Result<(), Stop> 
     }
 }
 
-/// Follows one stream with a subscription of its own.
-async fn follow_stream(
+/// Follows a subscription of its own: one stream, or `$all` filtered.
+async fn follow_own(
     state: &AppState,
     mut subscription: Subscription,
     out: &Out,
@@ -267,10 +267,11 @@ async fn follow_stream(
     }
 }
 
-/// What a subscription endpoint answers: `$all` from a position, or one stream.
+/// What a subscription endpoint answers: all of `$all` from a position (through the shared
+/// fan-out), or a subscription of its own (one stream, or `$all` filtered).
 pub(crate) enum Follow {
     All { from: u64 },
-    Stream(Subscription),
+    Own(Subscription),
 }
 
 /// Starts a follower and answers with its events as `text/event-stream`.
@@ -283,7 +284,7 @@ pub(crate) fn respond(state: &AppState, follow: Follow) -> Response {
         let _counted = subscribed;
         let stopped = match follow {
             Follow::All { from } => follow_all(&state, from, &out).await,
-            Follow::Stream(subscription) => follow_stream(&state, subscription, &out).await,
+            Follow::Own(subscription) => follow_own(&state, subscription, &out).await,
         };
         // A failure is sent as an `error` event, and the stream ends.
         if let Err(Some(error)) = stopped {

@@ -303,6 +303,9 @@ async fn bad_input_is_named_and_writes_nothing() {
         ("/streams?after=", "stream name"),
         ("/health?x=1", "unknown field"),
         ("/all/subscribe?from=x", "from"),
+        ("/all/subscribe?from=1&from=2", "from is given twice"),
+        ("/all/subscribe?from=9223372036854775808", "from"),
+        ("/all/subscribe?stream=a-", "unknown parameter 'stream'"),
         (
             "/all?from=9223372036854775808",
             "beyond the largest position",
@@ -594,6 +597,16 @@ async fn deletes_tombstones_metadata_and_listing() {
     server.stop().await;
 }
 
+/// The next `count` events of a subscription: their ids and streams.
+async fn ids_and_streams(sse: &mut Sse, count: usize) -> Vec<(u64, String)> {
+    let mut seen = Vec::new();
+    for _ in 0..count {
+        let (id, event) = sse.next().await.unwrap();
+        seen.push((id, event["stream"].as_str().unwrap().to_owned()));
+    }
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_follow_live_and_resume_without_gap_or_duplicate() {
     let server = start().await;
@@ -618,6 +631,43 @@ async fn subscriptions_follow_live_and_resume_without_gap_or_duplicate() {
     // Live: an event appended now arrives.
     server.append("b-1", None, events(1, "Live")).await;
     assert_eq!(all.next().await.unwrap().0, 13);
+
+    // $all filtered on the server: by stream prefix, by type, or both (each repeatable);
+    // resuming goes on after the last id sent, past the events the filter skipped.
+    let mut b_only = Sse::open(&server, "/all/subscribe?stream_prefix=b-", None).await;
+    let seen = ids_and_streams(&mut b_only, 6).await;
+    assert!(seen.iter().all(|(_, stream)| stream == "b-1"), "{seen:?}");
+    assert_eq!(
+        seen.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![5, 6, 7, 8, 9, 13]
+    );
+    let mut later = Sse::open(&server, "/all/subscribe?type=Later&type=Live", Some(10)).await;
+    let seen = ids_and_streams(&mut later, 3).await;
+    assert_eq!(
+        seen.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![11, 12, 13]
+    );
+    let mut both = Sse::open(
+        &server,
+        "/all/subscribe?stream_prefix=a-&stream_prefix=c-&type=Later&from=0",
+        None,
+    )
+    .await;
+    server.append("c-1", None, events(1, "Later")).await;
+    server.append("c-1", None, events(1, "Other")).await;
+    server.append("a-1", None, events(1, "Later")).await;
+    let seen = ids_and_streams(&mut both, 5).await;
+    assert_eq!(
+        seen,
+        vec![
+            (10, "a-1".to_owned()),
+            (11, "a-1".to_owned()),
+            (12, "a-1".to_owned()),
+            (14, "c-1".to_owned()),
+            (16, "a-1".to_owned()),
+        ]
+    );
+    drop((b_only, later, both));
 
     // One stream: ids are positions; resuming from one goes on at the next revision.
     let mut stream = Sse::open(&server, "/streams/a-1/subscribe?from=1", None).await;
