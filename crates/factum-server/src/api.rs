@@ -660,12 +660,12 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>> {
 }
 
 #[utoipa::path(get, path = "/all/subscribe", tag = "all",
-    summary = "Follow $all live, as server-sent events (read right on every stream)",
+    summary = "Follow $all live, as server-sent events (read right on every stream, or on each stream_prefix given)",
     params(SubscribeAllParams, ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = r"^[0-9]{1,18}$", description = "The position of the last event the client received (the `id:` of its SSE frame): the subscription resumes after it; it overrides `from`.")),
     responses(
         (status = 200, description = "Server-sent events: `id:` is the position, `data:` the event as in a page; a keep-alive comment every 15 s; an `error` event before the stream ends on a failure",
             body = String, content_type = "text/event-stream"),
-        (status = 403, description = "The token may not read every stream", body = ErrorBody)))]
+        (status = 403, description = "The token may not read every stream (or, with stream_prefix, every stream of one of them)", body = ErrorBody)))]
 pub(crate) async fn subscribe_all(
     State(state): State<AppState>,
     caller: Caller,
@@ -673,7 +673,13 @@ pub(crate) async fn subscribe_all(
     headers: HeaderMap,
 ) -> Result<Response> {
     let (from, filter) = follow_all_query(query(params)?)?;
-    caller.require_all()?;
+    // Filtered to stream prefixes, it asks for read rights on those; otherwise on every stream.
+    if filter.stream_prefixes.is_empty() {
+        caller.require_all()?;
+    }
+    for prefix in &filter.stream_prefixes {
+        caller.require(Right::Read, prefix)?;
+    }
     let from = match last_event_id(&headers)? {
         Some(last) => last + 1,
         None => from.unwrap_or(0),

@@ -194,6 +194,32 @@ async fn tokens_grant_rights_on_stream_prefixes() {
     drop(all);
     server.client = plain;
 
+    // A reader of carts follows $all filtered to carts (or narrower), and no wider.
+    for (path, status) in [
+        ("/all/subscribe", StatusCode::FORBIDDEN),
+        ("/all/subscribe?stream_prefix=car", StatusCode::FORBIDDEN),
+        (
+            "/all/subscribe?stream_prefix=cart-&stream_prefix=order-",
+            StatusCode::FORBIDDEN,
+        ),
+        ("/all/subscribe?type=Added", StatusCode::FORBIDDEN),
+    ] {
+        let (got, body) = call(&server, Method::GET, path, CARTS, None).await;
+        assert_eq!(got, status, "{path}: {body}");
+    }
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", "Bearer carts-0123456789".parse().unwrap());
+    let carts = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
+    let plain = std::mem::replace(&mut server.client, carts);
+    let mut cart_events = Sse::open(&server, "/all/subscribe?stream_prefix=cart-", None).await;
+    let (id, event) = cart_events.next().await.unwrap();
+    assert_eq!((id, event["stream"].as_str()), (2, Some("cart-1")));
+    drop(cart_events);
+    server.client = plain;
+
     // A reader of carts sees only cart streams in a listing.
     let (status, body) = call(&server, Method::GET, "/streams", CARTS, None).await;
     assert_eq!(status, StatusCode::OK);
