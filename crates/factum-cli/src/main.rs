@@ -376,6 +376,13 @@ async fn serve(
         "factum serve: {scheme}://{address} ({}); {access}. Stop with Ctrl-C or SIGTERM.",
         dir.describe()
     );
+    if dir.postgres.is_none() {
+        eprintln!(
+            "factum serve: the server holds {} while it runs; from another terminal: \
+             factum --server {scheme}://{address} read|append|tail|export …",
+            dir.data_dir.display()
+        );
+    }
     if config.auth.is_some() && config.tls.is_none() && !listen.ip().is_loopback() {
         eprintln!(
             "factum serve: warning: tokens travel in clear text without TLS (--tls-cert, --tls-key)"

@@ -66,6 +66,10 @@ fn serves_http_and_stops_cleanly_on_sigterm() {
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
     assert!(rest.contains("stopped"), "{rest}");
+    assert!(
+        rest.contains(&format!("factum --server http://127.0.0.1:{port} read")),
+        "{rest}"
+    );
 
     // The store was closed: another process opens it and reads the event.
     let read = Command::new(env!("CARGO_BIN_EXE_factum"))
