@@ -346,7 +346,35 @@ pub(crate) async fn append(
     Ok((StatusCode::CREATED, Json(result)))
 }
 
-/// Which way to read a stream.
+/// The direction and first revision or position of a page: by default the first (forwards)
+/// or the last (backwards).
+fn start(way: Option<Way>, from: Option<u64>) -> (Direction, u64) {
+    match way.unwrap_or(Way::Forwards) {
+        Way::Forwards => (Direction::Forwards, from.unwrap_or(0)),
+        Way::Backwards => (Direction::Backwards, from.unwrap_or(u64::MAX)),
+    }
+}
+
+/// Where the page after `events` starts, by the revision or position `key` gives: forwards
+/// always (the same `from` when nothing came, for a client that waits for more); backwards
+/// while a full page did not reach the first.
+fn next_from(
+    direction: Direction,
+    from: u64,
+    limit: usize,
+    events: &[RecordedEvent],
+    key: impl Fn(&RecordedEvent) -> u64,
+) -> Option<u64> {
+    let last = events.last().map(key);
+    match direction {
+        Direction::Forwards => Some(last.map_or(from, |last| last + 1)),
+        Direction::Backwards => last
+            .filter(|&l| events.len() == limit && l > 0)
+            .map(|l| l - 1),
+    }
+}
+
+/// Which way to read a stream or `$all`.
 #[derive(Clone, Copy, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Way {
@@ -388,22 +416,12 @@ pub(crate) async fn read_stream(
     caller.require(Right::Read, stream.as_str())?;
     let params = query(params)?;
     let limit = limit(params.limit, &state)?;
-    let (direction, from) = match params.direction.unwrap_or(Way::Forwards) {
-        Way::Forwards => (Direction::Forwards, params.from.unwrap_or(0)),
-        Way::Backwards => (Direction::Backwards, params.from.unwrap_or(u64::MAX)),
-    };
+    let (direction, from) = start(params.direction, params.from);
     let events = state
         .store
         .read_stream(&stream, from, direction, limit)
         .await?;
-    let next = match (direction, events.last()) {
-        (Direction::Forwards, Some(last)) => Some(last.revision + 1),
-        (Direction::Forwards, None) => Some(from),
-        (Direction::Backwards, Some(last)) if events.len() == limit && last.revision > 0 => {
-            Some(last.revision - 1)
-        }
-        (Direction::Backwards, _) => None,
-    };
+    let next = next_from(direction, from, limit, &events, |e| e.revision);
     Ok(Json(Page {
         events: lines(&events)?,
         next,
@@ -442,18 +460,9 @@ pub(crate) async fn read_all(
     caller.require_all()?;
     let limit = limit(params.limit, &state)?;
     let head = state.store.head();
-    let (direction, from) = match params.direction.unwrap_or(Way::Forwards) {
-        Way::Forwards => (Direction::Forwards, params.from.unwrap_or(0)),
-        Way::Backwards => (Direction::Backwards, params.from.unwrap_or(u64::MAX)),
-    };
+    let (direction, from) = start(params.direction, params.from);
     let events = state.store.read_all(from, direction, limit).await?;
-    let next = match (direction, events.last()) {
-        (Direction::Forwards, last) => Some(last.map_or(from, |e| e.position + 1)),
-        (Direction::Backwards, Some(last)) if events.len() == limit && last.position > 0 => {
-            Some(last.position - 1)
-        }
-        (Direction::Backwards, _) => None,
-    };
+    let next = next_from(direction, from, limit, &events, |e| e.position);
     Ok(Json(Page {
         events: lines(&events)?,
         next,

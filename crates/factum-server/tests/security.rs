@@ -34,6 +34,18 @@ secret = "operator-0123456789"
 admin = [""]
 "#;
 
+/// A client that sends `token` with every request (for the SSE reader, which takes none).
+fn bearer_client(token: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 async fn call(
     server: &common::Server,
     method: Method,
@@ -183,12 +195,8 @@ async fn tokens_grant_rights_on_stream_prefixes() {
         .0,
         StatusCode::FORBIDDEN
     );
-    let mut client = reqwest::Client::builder();
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("authorization", "Bearer reader-0123456789".parse().unwrap());
-    client = client.default_headers(headers);
     let mut server = server;
-    let plain = std::mem::replace(&mut server.client, client.build().unwrap());
+    let plain = std::mem::replace(&mut server.client, bearer_client(READER));
     let mut all = Sse::open(&server, "/all/subscribe", None).await;
     assert_eq!(all.next().await.unwrap().0, 0);
     drop(all);
@@ -207,13 +215,7 @@ async fn tokens_grant_rights_on_stream_prefixes() {
         let (got, body) = call(&server, Method::GET, path, CARTS, None).await;
         assert_eq!(got, status, "{path}: {body}");
     }
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("authorization", "Bearer carts-0123456789".parse().unwrap());
-    let carts = reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap();
-    let plain = std::mem::replace(&mut server.client, carts);
+    let plain = std::mem::replace(&mut server.client, bearer_client(CARTS));
     let mut cart_events = Sse::open(&server, "/all/subscribe?stream_prefix=cart-", None).await;
     let (id, event) = cart_events.next().await.unwrap();
     assert_eq!((id, event["stream"].as_str()), (2, Some("cart-1")));
