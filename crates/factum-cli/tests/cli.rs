@@ -2,18 +2,10 @@
 //! bad input.
 #![allow(clippy::unwrap_used)]
 mod common;
+use common::factum_in as factum;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-
-fn factum(dir: &Path, args: &[&str], stdin: &str) -> Output {
-    common::run(
-        common::factum_command()
-            .args(args)
-            .env("FACTUM_DATA_DIR", dir),
-        stdin,
-    )
-}
 
 fn lines(output: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&output.stdout)

@@ -2,6 +2,7 @@
 //! checkpoint, and JetStream ends with each event exactly once, in stream order. Two of them on
 //! one PostgreSQL store take turns.
 #![allow(clippy::unwrap_used, missing_docs)]
+mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -276,17 +277,7 @@ async fn a_second_relay_process_on_postgres_waits_and_takes_over_after_a_sigkill
     wait_for(&context, &js_stream, 400).await;
 
     let mut second = start(Stdio::piped());
-    let (sender, lines) = std::sync::mpsc::channel();
-    let errors = second.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(errors).lines() {
-            let Ok(line) = line else { break };
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let lines = common::lines_of(second.stderr.take().unwrap());
     wait_for_line(&lines, "relay orders-out waits");
     // The first still publishes; the second waits.
     append_to_postgres(&schema, 100).await;

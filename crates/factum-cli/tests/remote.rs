@@ -3,8 +3,8 @@
 //! with the same exit codes.
 #![allow(clippy::unwrap_used)]
 mod common;
+use common::factum_in as factum;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
@@ -24,16 +24,6 @@ fn stop(mut server: Child) {
         .status()
         .unwrap();
     assert!(server.wait().unwrap().success());
-}
-
-/// Runs `factum` with `args`, `stdin` on its standard input, the data directory `data`.
-fn factum(data: &Path, args: &[&str], stdin: &str) -> Output {
-    common::run(
-        common::factum_command()
-            .args(args)
-            .env("FACTUM_DATA_DIR", data),
-        stdin,
-    )
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -184,15 +174,7 @@ fn commands_sent_to_a_running_server_print_what_the_store_itself_prints() {
         .spawn()
         .unwrap();
     // Lines come through a channel, so a tail that prints nothing fails the test, not hangs it.
-    let (lines, tailed) = std::sync::mpsc::channel();
-    let stdout = tail.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if lines.send(line.unwrap()).is_err() {
-                break;
-            }
-        }
-    });
+    let tailed = common::lines_of(tail.stdout.take().unwrap());
     let next = || {
         tailed
             .recv_timeout(std::time::Duration::from_secs(20))

@@ -2,8 +2,10 @@
 //! `factum serve`.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
 use std::process::{Child, ChildStderr, Command, Output, Stdio};
+use std::sync::mpsc::Receiver;
 
 /// `factum`, not started yet.
 pub fn factum_command() -> Command {
@@ -25,6 +27,29 @@ pub fn run(command: &mut Command, stdin: &str) -> Output {
         .write_all(stdin.as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// Runs `factum` with `args` on the embedded store in `data`, `stdin` on its standard input.
+pub fn factum_in(data: &Path, args: &[&str], stdin: &str) -> Output {
+    run(
+        factum_command().args(args).env("FACTUM_DATA_DIR", data),
+        stdin,
+    )
+}
+
+/// The lines a child prints on `output`, as they come (read on a thread of their own, so a
+/// test can wait for one with a timeout instead of blocking on the pipe).
+pub fn lines_of(output: impl Read + Send + 'static) -> Receiver<String> {
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
 }
 
 /// Starts `factum serve` with `args` on the data directory `data`; returns the process, its
