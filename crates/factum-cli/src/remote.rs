@@ -300,14 +300,14 @@ impl Remote {
         let response = self.send(request).await?;
         let mut body = response.bytes_stream();
         let mut buffer = Vec::new();
-        let mut last = from.checked_sub(1);
+        // Where a new subscription would go on: after the last event received.
+        let mut resume = from;
         loop {
             let chunk = tokio::select! {
                 chunk = body.next() => chunk,
                 _ = tokio::signal::ctrl_c() => return Ok(()),
             };
             let Some(chunk) = chunk else {
-                let resume = last.map_or(0, |p| p + 1);
                 bail!("the server closed the subscription; resume with --from {resume}");
             };
             buffer.extend_from_slice(&chunk.context("reading the subscription")?);
@@ -322,8 +322,10 @@ impl Remote {
                         data = Some(rest.to_owned());
                     } else if line == "event: error" {
                         error = true;
-                    } else if let Some(id) = line.strip_prefix("id: ") {
-                        last = id.trim().parse().ok().or(last);
+                    } else if let Some(id) = line.strip_prefix("id: ")
+                        && let Ok(position) = id.trim().parse::<u64>()
+                    {
+                        resume = position + 1;
                     }
                 }
                 let Some(data) = data else { continue };
