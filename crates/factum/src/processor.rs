@@ -546,10 +546,17 @@ impl EventProcessor {
     /// checkpoint, and returns. Fails with [`StoreError::Claimed`] while another runner holds
     /// the processor's name (see [`EventProcessor::run`]).
     pub async fn run_until(&self, end: u64) -> Result<ProcessorStats, StoreError> {
-        let Some(claim) = self.inner.store.claim(&self.inner.name).await? else {
-            return Err(StoreError::Claimed(self.inner.name.clone()));
-        };
+        let claim = self.claim_now().await?;
         self.process(Some(end), None, &claim).await
+    }
+
+    /// The processor's claim, or [`StoreError::Claimed`] while another runner holds it.
+    async fn claim_now(&self) -> Result<Claim, StoreError> {
+        self.inner
+            .store
+            .claim(&self.inner.name)
+            .await?
+            .ok_or_else(|| StoreError::Claimed(self.inner.name.clone()))
     }
 
     async fn process(
@@ -734,9 +741,7 @@ impl EventProcessor {
     /// letter is never handed to its handler by two at once. A running processor replays when
     /// asked through [`request_replay`] (`factum deadletters replay`).
     pub async fn replay_dead_letters(&self) -> Result<ReplayReport, StoreError> {
-        let Some(_claim) = self.inner.store.claim(&self.inner.name).await? else {
-            return Err(StoreError::Claimed(self.inner.name.clone()));
-        };
+        let _claim = self.claim_now().await?;
         self.replay().await
     }
 
