@@ -100,11 +100,17 @@ impl Remote {
             }
         }
         if let Some(path) = ca {
-            let pem = std::fs::read(path)
-                .map_err(|e| crate::bad(format!("--server-ca {}: {e}", path.display())))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| crate::bad(format!("--server-ca {}: {e}", path.display())))?;
-            builder = builder.add_root_certificate(cert);
+            let bad_ca = |e: &dyn std::fmt::Display| {
+                crate::bad(format!("--server-ca {}: {e}", path.display()))
+            };
+            let pem = std::fs::read(path).map_err(|e| bad_ca(&e))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad_ca(&e))?;
+            if certs.is_empty() {
+                return Err(bad_ca(&"no PEM certificate in it"));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
         }
         let client = builder.build().context("setting up the HTTP client")?;
         Ok(Remote {

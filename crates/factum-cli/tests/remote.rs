@@ -281,6 +281,28 @@ fn a_bad_server_url_is_refused_before_anything_is_sent() {
         "",
     );
     expect(&both, 2);
+    // A token that cannot be a header, a certificate file that is missing or not PEM.
+    let garbage = dir.path().join("not-a-certificate.pem");
+    std::fs::write(&garbage, "hello").unwrap();
+    let missing = dir.path().join("missing.pem");
+    for (args, named) in [
+        (vec!["--token", "a\nb"], "--token"),
+        (
+            vec!["--server-ca", missing.to_str().unwrap()],
+            "--server-ca",
+        ),
+        (
+            vec!["--server-ca", garbage.to_str().unwrap()],
+            "--server-ca",
+        ),
+    ] {
+        let mut all = vec!["--server", "https://localhost:1"];
+        all.extend(args);
+        all.push("streams");
+        let output = factum(dir.path(), &all, "");
+        expect(&output, 2);
+        assert!(text(&output.stderr).contains(named), "{output:?}");
+    }
     // Nobody listens: a clear failure, not a hang.
     let down = factum(
         dir.path(),
