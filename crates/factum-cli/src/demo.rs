@@ -6,11 +6,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use factum_core::{
-    Direction, EventStore, ExpectedState, NewEvent, RecordedEvent, StoreError, StreamName,
-    SubscriptionFilter,
+use factum::{
+    Direction, Engine, EngineOptions, EventStore, ExpectedState, NewEvent, RecordedEvent,
+    StoreError, StreamName, SubscriptionFilter,
 };
-use factum_engine::{Engine, Options};
 use serde_json::json;
 
 fn event(event_type: &str, data: serde_json::Value) -> Result<NewEvent> {
@@ -36,7 +35,7 @@ fn evolve(mut cart: BTreeMap<String, u64>, event: &RecordedEvent) -> Result<BTre
 }
 
 pub async fn run(dir: &Path) -> Result<()> {
-    let store = Engine::open(dir, Options::default())
+    let store = Engine::open(dir, EngineOptions::default())
         .with_context(|| format!("opening the store in {}", dir.display()))?;
     let report = store.open_report();
     println!(

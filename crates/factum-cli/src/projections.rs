@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
-use factum_core::StoreError;
-use factum_projections::{ProjectionState, ReadModel, open_read_model, sqlite_path};
+use factum::{ProjectionState, ReadModel, StoreError, open_read_model, sqlite_path};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::bad;
@@ -90,7 +89,7 @@ async fn head(dir: &crate::store::Location) -> Result<Option<(u64, u64)>> {
         Err(e) if matches!(e.downcast_ref(), Some(StoreError::Locked(_))) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let head = factum_projections::head_of(&*store).await;
+    let head = factum::head_of(&*store).await;
     store.close()?;
     Ok(Some(head?))
 }

@@ -4,8 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
-use factum_core::EventStore;
-use factum_relay::{RelayError, RelaysConfig};
+use factum::{EventStore, RelayError, RelaysConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 

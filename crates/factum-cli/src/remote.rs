@@ -13,6 +13,12 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use factum::StreamName;
+
+use crate::args::{Command, expected_arg, metadata_arg, stdin_events, stream_arg};
+use crate::progress::count_bar;
+use crate::{bad, stdout};
+
 /// Events or streams asked for in one request: the server's default largest page.
 const PAGE: u64 = 1000;
 
@@ -385,8 +391,8 @@ impl Remote {
     pub async fn metadata(
         &self,
         stream: &str,
-        new: Option<&factum_core::StreamMetadata>,
-    ) -> Result<factum_core::StreamMetadata> {
+        new: Option<&factum::StreamMetadata>,
+    ) -> Result<factum::StreamMetadata> {
         if let Some(metadata) = new {
             let request = self
                 .request(Method::PUT, &["streams", stream, "metadata"])
@@ -409,4 +415,89 @@ fn print(items: &[Box<RawValue>], out: &mut impl Write) -> Result<u64> {
         writeln!(out, "{}", item.get())?;
     }
     Ok(items.len() as u64)
+}
+
+/// A command sent to a running `factum serve` (`--server`).
+pub async fn run(remote: &Remote, command: Command) -> Result<()> {
+    match command {
+        Command::Append { stream, expected } => {
+            let stream = stream_arg(&stream)?;
+            expected_arg(&expected)?;
+            let mut lines = Vec::new();
+            for (_, line) in stdin_events()? {
+                lines.push(
+                    serde_json::value::RawValue::from_string(line)
+                        .map_err(|e| bad(e.to_string()))?,
+                );
+            }
+            let written = remote.append(stream.as_str(), &expected, lines).await?;
+            println!("{written}");
+        }
+        Command::Read {
+            stream,
+            from,
+            backwards,
+            limit,
+        } => {
+            let stream = StreamName::new(stream).map_err(|e| bad(e.to_string()))?;
+            let mut out = stdout();
+            remote
+                .read(stream.as_str(), from, backwards, limit, &mut out)
+                .await?;
+        }
+        Command::ReadAll {
+            from,
+            backwards,
+            limit,
+        } => {
+            let mut out = stdout();
+            remote.read_all(from, backwards, limit, &mut out).await?;
+        }
+        Command::Tail {
+            from,
+            stream_prefixes,
+            event_types,
+        } => remote.tail(from, &stream_prefixes, &event_types).await?,
+        Command::Streams { prefix, limit } => {
+            let mut out = stdout();
+            remote.streams(&prefix, limit, &mut out).await?;
+        }
+        Command::Delete {
+            stream,
+            tombstone,
+            expected,
+        } => {
+            let stream = stream_arg(&stream)?;
+            expected_arg(&expected)?;
+            let position = remote.delete(stream.as_str(), tombstone, &expected).await?;
+            println!(
+                "{}",
+                serde_json::json!({"stream": stream.as_str(), "tombstoned": tombstone, "position": position})
+            );
+        }
+        Command::Metadata { stream, set } => {
+            let stream = stream_arg(&stream)?;
+            let new = metadata_arg(set)?;
+            let metadata = remote.metadata(stream.as_str(), new.as_ref()).await?;
+            println!("{}", serde_json::to_string(&metadata)?);
+        }
+        Command::Export { from } => {
+            let bar = count_bar(0, "exporting");
+            let mut out = stdout();
+            remote
+                .export(from, &mut out, |done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                })
+                .await?;
+            bar.finish_and_clear();
+        }
+        _ => {
+            return Err(bad(
+                "--server: only append, read, read-all, tail, streams, delete, metadata and \
+                 export go to a server; run this command where the store is (with --data-dir or --store)",
+            ));
+        }
+    }
+    Ok(())
 }

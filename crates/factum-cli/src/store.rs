@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use factum_core::{Direction, EventStore, RecordedEvent, StoreError};
-use factum_engine::{Engine, Options};
-use factum_postgres::{PgOptions, PgStore};
+use factum::{
+    Direction, Engine, EngineOptions, EventStore, PgOptions, PgStore, RecordedEvent, StoreError,
+};
 
 /// Where the store is, from the command line.
 #[derive(Clone, Debug)]
@@ -75,7 +75,7 @@ impl Store {
     /// Opens the store a command names.
     pub async fn open(location: &Location) -> Result<Self> {
         Ok(match &location.postgres {
-            None => Store::Embedded(Engine::open(&location.data_dir, Options::default())?),
+            None => Store::Embedded(Engine::open(&location.data_dir, EngineOptions::default())?),
             Some(url) => Store::Postgres(
                 PgStore::connect(
                     url,

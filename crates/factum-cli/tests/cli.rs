@@ -301,13 +301,14 @@ fn a_second_process_on_the_same_directory_is_refused() {
 /// Runs a processor `notifier` with one handler over the store in `dir`: `notify` fails on
 /// `Failing` events while `failing` holds.
 fn run_notifier(dir: &Path, failing: bool, append: bool) {
-    use factum::{EventProcessor, EventStore, ExpectedState, NewEvent, RetryPolicy, StreamName};
+    use factum::{EventProcessor, RetryPolicy};
+    use factum::{EventStore, ExpectedState, NewEvent, StreamName};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let engine = factum_engine::Engine::open(dir, factum_engine::Options::default()).unwrap();
+        let engine = factum::Engine::open(dir, factum::EngineOptions::default()).unwrap();
         if append {
             let events = vec![
                 NewEvent::json("Fine", &serde_json::json!({})).unwrap(),
@@ -411,8 +412,9 @@ fn dead_letters_of_an_unknown_processor_are_none_and_a_bad_name_is_refused() {
 
 /// A broker message the consumer `billing` could not turn into a command, parked in `dir`.
 fn park_a_message(dir: &Path) {
-    use factum::bus::CommandBus;
-    use factum::{Decider, EventStore, Repository, ToAggregate};
+    use factum::CommandBus;
+    use factum::EventStore;
+    use factum::{Decider, Repository, ToAggregate};
 
     struct Ledger;
     impl Decider for Ledger {
@@ -433,22 +435,22 @@ fn park_a_message(dir: &Path) {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let engine = factum_engine::Engine::open(dir, factum_engine::Options::default()).unwrap();
+        let engine = factum::Engine::open(dir, factum::EngineOptions::default()).unwrap();
         let store: std::sync::Arc<dyn EventStore> = std::sync::Arc::new(engine.clone());
         let bus = CommandBus::builder()
             .handle::<ToAggregate<Ledger>, _>(
-                std::sync::Arc::new(Repository::with_store(store.clone(), Ledger)).handler(),
+                std::sync::Arc::new(Repository::new(store.clone(), Ledger)).handler(),
             )
             .build()
             .unwrap();
-        let consumer = factum_relay::Consumer::builder("billing", store)
+        let consumer = factum::Consumer::builder("billing", store)
             .bus(bus)
-            .on_aggregate::<Ledger, _>("OrderPaid", |m: &factum_relay::IncomingMessage| {
+            .on_aggregate::<Ledger, _>("OrderPaid", |m: &factum::IncomingMessage| {
                 Err(format!("{} has no amount", m.id))
             })
             .build()
             .unwrap();
-        let message = factum_relay::IncomingMessage {
+        let message = factum::IncomingMessage {
             id: "m-1".into(),
             message_type: "OrderPaid".into(),
             subject: "order.OrderPaid".into(),
@@ -458,7 +460,7 @@ fn park_a_message(dir: &Path) {
         };
         let outcome = consumer.handle(&message).await;
         assert!(
-            matches!(outcome, factum_relay::Outcome::DeadLettered(_)),
+            matches!(outcome, factum::Outcome::DeadLettered(_)),
             "{outcome:?}"
         );
         engine.close().unwrap();

@@ -5,10 +5,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use factum_core::{EventStore, ExpectedState, NewEvent, RecordedEvent, StreamName};
-use factum_engine::{Engine, Options};
-use factum_projections::{
-    ApplyError, Projection, Projector, ReadModel, SqliteReadModel, Table, Tx,
+use factum::{
+    ApplyError, Engine, EngineOptions, EventStore, ExpectedState, NewEvent, Projection, Projector,
+    ReadModel, RecordedEvent, SqliteReadModel, StreamName, Table, Tx,
 };
 
 /// Counts events per stream.
@@ -53,7 +52,7 @@ fn lines(output: &Output) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_lag_and_rebuild_is_carried_out_by_the_running_projector() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path().join("data"), Options::default()).unwrap();
+    let engine = Engine::open(dir.path().join("data"), EngineOptions::default()).unwrap();
     let store: Arc<dyn EventStore> = Arc::new(engine.clone());
     for i in 0..10 {
         let stream = StreamName::user(format!("s-{}", i % 3)).unwrap();
@@ -91,7 +90,7 @@ async fn status_shows_lag_and_rebuild_is_carried_out_by_the_running_projector() 
 
     // The application runs the projection and holds the store; the CLI asks for a rebuild and
     // follows it to the end.
-    let engine = Engine::open(dir.path().join("data"), Options::default()).unwrap();
+    let engine = Engine::open(dir.path().join("data"), EngineOptions::default()).unwrap();
     let store: Arc<dyn EventStore> = Arc::new(engine.clone());
     let projector = Projector::new(store.clone(), read_model.clone(), Counts);
     let running = projector.spawn();
@@ -119,10 +118,7 @@ async fn status_shows_lag_and_rebuild_is_carried_out_by_the_running_projector() 
         .query("SELECT SUM(n) AS total FROM counts", &[])
         .await
         .unwrap();
-    assert_eq!(
-        rows[0].get("total"),
-        Some(&factum_projections::Value::Int(10))
-    );
+    assert_eq!(rows[0].get("total"), Some(&factum::Value::Int(10)));
 
     // With the store held open, status uses the head the projector last saw, and says so.
     let out = factum(dir.path(), &["projections", "status"]).await;

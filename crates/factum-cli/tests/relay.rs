@@ -9,8 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use factum_core::{EventStore, ExpectedState, NewEvent, StreamName};
-use factum_engine::{Engine, Options};
+use factum::{Engine, EngineOptions, EventStore, ExpectedState, NewEvent, StreamName};
 
 const STREAMS: usize = 100;
 const PER_STREAM: usize = 100;
@@ -75,7 +74,7 @@ async fn a_relay_killed_with_sigkill_resumes_from_its_checkpoint() {
     let js_stream = format!("KILL{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = Engine::open(dir.path(), Options::default()).unwrap();
+        let store = Engine::open(dir.path(), EngineOptions::default()).unwrap();
         for s in 0..STREAMS {
             let events = (0..PER_STREAM)
                 .map(|n| NewEvent::json("OrderPlaced", &serde_json::json!({ "n": n })).unwrap())
@@ -111,7 +110,7 @@ async fn a_relay_killed_with_sigkill_resumes_from_its_checkpoint() {
     );
 
     let checkpoint = {
-        let store = Engine::open(dir.path(), Options::default()).unwrap();
+        let store = Engine::open(dir.path(), EngineOptions::default()).unwrap();
         let checkpoint = store.read_checkpoint("kill-out").await.unwrap();
         store.close().unwrap();
         checkpoint
@@ -194,14 +193,12 @@ const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// Appends `count` events over 20 streams of the store in `schema`.
 async fn append_to_postgres(schema: &str, count: usize) {
-    let options = factum_postgres::PgOptions {
+    let options = factum::PgOptions {
         schema: schema.to_owned(),
         readers: 1,
         ..Default::default()
     };
-    let store = factum_postgres::PgStore::connect(POSTGRES, options)
-        .await
-        .unwrap();
+    let store = factum::PgStore::connect(POSTGRES, options).await.unwrap();
     for n in 0..count {
         let stream = StreamName::user(format!("order-{}", n % 20)).unwrap();
         let event = NewEvent::json("OrderPlaced", &serde_json::json!({ "n": n })).unwrap();

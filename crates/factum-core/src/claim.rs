@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::{EventStore, StoreError};
 
 /// How often a runner that waits for a claim asks again.
-pub const CLAIM_RETRY: Duration = Duration::from_millis(500);
+pub const CLAIM_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A name held by one runner at a time; see [`EventStore::claim`]. Dropping it releases the
 /// name.
@@ -90,7 +90,7 @@ impl Drop for LocalRelease {
 impl LocalClaims {
     /// Claims `name` when no one in this process holds it.
     pub fn try_claim(&self, name: &str) -> Result<Option<Claim>, StoreError> {
-        check_name(name)?;
+        check_claim_name(name)?;
         if !self.held.lock().insert(name.to_owned()) {
             return Ok(None);
         }
@@ -105,7 +105,7 @@ impl LocalClaims {
 }
 
 /// Checks a claim's name: not empty, at most 1,024 bytes.
-pub fn check_name(name: &str) -> Result<(), StoreError> {
+pub fn check_claim_name(name: &str) -> Result<(), StoreError> {
     if name.is_empty() || name.len() > 1024 {
         return Err(StoreError::invalid(
             "a claim's name must be 1 to 1024 bytes long",
@@ -132,7 +132,7 @@ async fn attempt(store: &dyn EventStore, name: &str) -> Result<Attempt, StoreErr
     }
 }
 
-/// Asks again every [`CLAIM_RETRY`] after `first` until the name is claimed; `waiting` is
+/// Asks again every [`CLAIM_RETRY_INTERVAL`] after `first` until the name is claimed; `waiting` is
 /// called once, when an attempt (`first` included) first finds the name held.
 async fn keep_claiming(
     store: &dyn EventStore,
@@ -152,12 +152,12 @@ async fn keep_claiming(
             }
             Attempt::Away => {}
         }
-        tokio::time::sleep(CLAIM_RETRY).await;
+        tokio::time::sleep(CLAIM_RETRY_INTERVAL).await;
         found = attempt(store, name).await?;
     }
 }
 
-/// Claims `name`, asking again every [`CLAIM_RETRY`] while another runner holds it (or the
+/// Claims `name`, asking again every [`CLAIM_RETRY_INTERVAL`] while another runner holds it (or the
 /// database is unavailable); `waiting` is called once, when an attempt first finds the name
 /// held. Cancel the future (drop it) to stop waiting.
 pub async fn claim_when_free(

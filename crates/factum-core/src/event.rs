@@ -110,7 +110,7 @@ impl NewEvent {
                 )));
             }
         }
-        if self.content_type == ContentType::Json && !crate::json::is_valid(&self.data) {
+        if self.content_type == ContentType::Json && !crate::backend::json::is_valid(&self.data) {
             return Err(StoreError::invalid(format!(
                 "event '{}' says its data is JSON but it does not parse",
                 self.event_type
@@ -118,7 +118,7 @@ impl NewEvent {
         }
         let is_object = |bytes: &[u8]| {
             bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
-                && crate::json::is_valid(bytes)
+                && crate::backend::json::is_valid(bytes)
         };
         if !self.metadata.is_empty() && !is_object(&self.metadata) {
             return Err(StoreError::invalid(format!(
@@ -162,6 +162,16 @@ impl RecordedEvent {
     /// The metadata parsed as a JSON object (empty when there is none).
     pub fn metadata_json(&self) -> serde_json::Map<String, serde_json::Value> {
         serde_json::from_slice(&self.metadata).unwrap_or_default()
+    }
+
+    /// About how many bytes the event takes (its stream's name, type, data and metadata, and
+    /// a fixed part), to bound batches.
+    pub fn size_bytes(&self) -> usize {
+        self.stream.as_str().len()
+            + self.event_type.len()
+            + self.data.len()
+            + self.metadata.len()
+            + 64
     }
 
     /// The event as it would be appended again (same id, type, data and metadata).

@@ -1,39 +1,37 @@
 //! The heart of Factum: the event model, the [`EventStore`] trait that every backend implements,
-//! the stream [`catalog`] logic the backends share, an in-memory store for tests, and — behind the
-//! `testkit` feature — the conformance suite every backend must pass.
+//! an in-memory store for tests, and — under [`backend`], for those who write a backend — the
+//! rules every backend shares and (feature `testkit`) the conformance suite every backend must
+//! pass. Applications use it through the `factum` crate.
 //!
 //! ```
-//! use factum_core::{EventStore, ExpectedState, MemoryStore, NewEvent, StreamName};
+//! # mod factum { pub use factum_core::*; }
+//! use factum::{EventStore, ExpectedState, MemoryStore, NewEvent, StreamName};
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! let store = MemoryStore::new();
 //! let cart = StreamName::new("cart-1").unwrap();
 //! let event = NewEvent::json("ItemAdded", &serde_json::json!({"sku": "apple", "qty": 2})).unwrap();
 //! let result = store.append(&cart, ExpectedState::NoStream, vec![event]).await.unwrap();
 //! assert_eq!(result.last_revision, 0);
-//! let events = store.read_stream(&cart, 0, factum_core::Direction::Forwards, 10).await.unwrap();
+//! let events = store.read_stream(&cart, 0, factum::Direction::Forwards, 10).await.unwrap();
 //! assert_eq!(events[0].event_type, "ItemAdded");
 //! # });
 //! ```
 
-pub mod catalog;
-pub mod claim;
+pub mod backend;
+mod claim;
 mod error;
 mod event;
-pub mod json;
 mod memory;
 mod store;
 mod stream;
 mod subscription;
-#[cfg(feature = "testkit")]
-pub mod testkit;
 
 pub use claim::Claim;
 pub use error::StoreError;
 pub use event::{ContentType, NewEvent, RecordedEvent, now_micros};
 pub use memory::MemoryStore;
 pub use store::{
-    AppendOptions, AppendResult, Checkpoint, Direction, EventStore, StreamInfo, validate_append,
-    validate_import,
+    AppendOptions, AppendResult, Checkpoint, Direction, EventStore, IntoStore, Shared, StreamInfo,
 };
 pub use stream::{CurrentRevision, ExpectedState, StreamMetadata, StreamName};
 pub use subscription::{Subscription, SubscriptionFilter};

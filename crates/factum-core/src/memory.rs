@@ -4,13 +4,12 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::catalog::{self, Catalog, Overlay, Plan, WriteKind, WriteRequest};
-use crate::claim::LocalClaims;
-use crate::validate_append;
+use crate::backend::LocalClaims;
+use crate::backend::catalog::{self, Catalog, Overlay, Plan, WriteRequest};
+use crate::backend::read_visible;
 use crate::{
-    AppendOptions, AppendResult, Claim, CurrentRevision, Direction, EventStore, ExpectedState,
-    NewEvent, RecordedEvent, StoreError, StreamInfo, StreamMetadata, StreamName, Subscription,
-    SubscriptionFilter, now_micros,
+    AppendResult, Claim, CurrentRevision, Direction, EventStore, RecordedEvent, StoreError,
+    StreamInfo, StreamMetadata, StreamName, now_micros,
 };
 
 /// An event store in memory, with the same behaviour as the durable backends (it passes the same
@@ -50,7 +49,7 @@ impl MemoryStore {
         }
     }
 
-    fn write(&self, mut request: WriteRequest) -> Result<(AppendResult, u64), StoreError> {
+    fn write_now(&self, mut request: WriteRequest) -> Result<AppendResult, StoreError> {
         let mut state = self.inner.state.lock();
         let State { catalog, log } = &mut *state;
         let plan = {
@@ -71,12 +70,11 @@ impl MemoryStore {
                     .and_then(|s| s.positions.get(last_revision as usize))
                     .copied()
                     .unwrap_or_default();
-                let result = AppendResult {
+                return Ok(AppendResult {
                     first_revision,
                     last_revision,
                     position,
-                };
-                return Ok((result, position));
+                });
             }
             Plan::Write { records, primary } => (records, primary),
         };
@@ -113,28 +111,14 @@ impl MemoryStore {
         let head = log.len() as u64;
         drop(state);
         self.inner.head.send_replace(head);
-        let result = catalog::append_result(&records, primary, first_position);
-        Ok((result, result.position))
+        Ok(catalog::append_result(&records, primary, first_position))
     }
 }
 
 #[async_trait]
 impl EventStore for MemoryStore {
-    async fn append_with(
-        &self,
-        stream: &StreamName,
-        expected: ExpectedState,
-        events: Vec<NewEvent>,
-        options: AppendOptions,
-    ) -> Result<AppendResult, StoreError> {
-        validate_append(stream, &events, &options)?;
-        self.write(WriteRequest {
-            stream: stream.clone(),
-            expected,
-            kind: WriteKind::Append(events),
-            checkpoint: options.checkpoint,
-        })
-        .map(|(result, _)| result)
+    async fn write(&self, request: WriteRequest) -> Result<AppendResult, StoreError> {
+        self.write_now(request)
     }
 
     async fn read_stream(
@@ -144,35 +128,23 @@ impl EventStore for MemoryStore {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let state = self.inner.state.lock();
-        let max_age = state.catalog.max_age_secs(stream);
-        let now = now_micros();
-        let mut from = from_revision;
-        let mut visible = Vec::new();
-        loop {
-            let asked = limit - visible.len();
-            let positions = state.catalog.read_plan(stream, from, direction, asked)?;
-            let planned = positions.len();
-            let events: Vec<&RecordedEvent> = positions
-                .into_iter()
-                .filter_map(|p| state.log.get(p as usize))
-                .collect();
-            let last = events.last().map(|e| e.revision);
-            visible.extend(
-                events
-                    .into_iter()
-                    .filter(|e| catalog::visible_by_age(max_age, e.recorded_at_us, now))
-                    .cloned(),
-            );
-            if max_age.is_none() {
-                return Ok(visible);
-            }
-            match catalog::read_on_after_age(direction, planned, asked, visible.len(), limit, last)
-            {
-                Some(next) => from = next,
-                None => return Ok(visible),
-            }
-        }
+        read_visible(from_revision, direction, limit, |from, asked| {
+            let planned = {
+                let state = self.inner.state.lock();
+                state
+                    .catalog
+                    .read_plan(stream, from, direction, asked)
+                    .map(|positions| {
+                        let events: Vec<RecordedEvent> = positions
+                            .into_iter()
+                            .filter_map(|p| state.log.get(p as usize).cloned())
+                            .collect();
+                        (events, state.catalog.max_age_secs(stream))
+                    })
+            };
+            std::future::ready(planned)
+        })
+        .await
     }
 
     async fn read_all(
@@ -209,14 +181,6 @@ impl EventStore for MemoryStore {
         self.inner.head.subscribe()
     }
 
-    fn subscribe_all(&self, from_position: u64, filter: SubscriptionFilter) -> Subscription {
-        Subscription::all(Arc::new(self.clone()), from_position, filter)
-    }
-
-    fn subscribe_stream(&self, stream: StreamName, from_revision: u64) -> Subscription {
-        Subscription::stream(Arc::new(self.clone()), stream, from_revision)
-    }
-
     async fn stream_revision(&self, stream: &StreamName) -> Result<CurrentRevision, StoreError> {
         self.inner.state.lock().catalog.current(stream)
     }
@@ -228,37 +192,6 @@ impl EventStore for MemoryStore {
         self.inner.state.lock().catalog.metadata(stream)
     }
 
-    async fn set_metadata(
-        &self,
-        stream: &StreamName,
-        metadata: StreamMetadata,
-    ) -> Result<u64, StoreError> {
-        self.write(WriteRequest::admin(
-            stream,
-            ExpectedState::Any,
-            WriteKind::SetMetadata(metadata),
-        )?)
-        .map(|(_, position)| position)
-    }
-
-    async fn delete_stream(
-        &self,
-        stream: &StreamName,
-        expected: ExpectedState,
-    ) -> Result<u64, StoreError> {
-        self.write(WriteRequest::admin(stream, expected, WriteKind::Delete)?)
-            .map(|(_, position)| position)
-    }
-
-    async fn tombstone_stream(
-        &self,
-        stream: &StreamName,
-        expected: ExpectedState,
-    ) -> Result<u64, StoreError> {
-        self.write(WriteRequest::admin(stream, expected, WriteKind::Tombstone)?)
-            .map(|(_, position)| position)
-    }
-
     async fn list_streams(
         &self,
         prefix: &str,
@@ -266,11 +199,6 @@ impl EventStore for MemoryStore {
         limit: usize,
     ) -> Result<Vec<StreamInfo>, StoreError> {
         Ok(self.inner.state.lock().catalog.list(prefix, after, limit))
-    }
-
-    async fn save_checkpoint(&self, consumer: &str, position: u64) -> Result<u64, StoreError> {
-        self.write(WriteRequest::checkpoint(consumer, position)?)
-            .map(|(_, position)| position)
     }
 
     async fn read_checkpoint(&self, consumer: &str) -> Result<Option<u64>, StoreError> {

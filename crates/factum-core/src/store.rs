@@ -1,5 +1,9 @@
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use tokio::sync::watch;
+
+use crate::backend::catalog::{WriteKind, WriteRequest};
 
 use crate::{
     Claim, CurrentRevision, ExpectedState, NewEvent, RecordedEvent, StoreError, StreamMetadata,
@@ -63,12 +67,22 @@ pub struct StreamInfo {
 }
 
 /// An event store. Every backend (embedded engine, in-memory, PostgreSQL) implements it and
-/// passes the same conformance suite (`factum_core::testkit`).
+/// passes the same conformance suite (`factum::backend::testkit`).
 ///
 /// Reads of `$all` and of streams take a start that is *inclusive*; `u64::MAX` read backwards
 /// means "from the end". Positions are dense: 0, 1, 2, …
+///
+/// A backend implements the reads, [`EventStore::write`] (through which every append,
+/// metadata, delete, tombstone and checkpoint reaches it, planned by the rules of
+/// [`catalog`](crate::backend::catalog)), and [`EventStore::claim`]; the other methods are
+/// the same for every backend.
 #[async_trait]
-pub trait EventStore: Send + Sync {
+pub trait EventStore: Send + Sync + Shared {
+    /// Carries out one write: plans it against the stream's state by the catalog's rules
+    /// (`catalog::plan`) and makes it durable, or answers an idempotent retry with the first
+    /// result. Every write method below comes here; applications call those.
+    async fn write(&self, request: WriteRequest) -> Result<AppendResult, StoreError>;
+
     /// Appends events to a stream, atomically, if the stream is in the expected state, and
     /// returns only once they are durable. An empty list is rejected as invalid input.
     async fn append_with(
@@ -77,7 +91,16 @@ pub trait EventStore: Send + Sync {
         expected: ExpectedState,
         events: Vec<NewEvent>,
         options: AppendOptions,
-    ) -> Result<AppendResult, StoreError>;
+    ) -> Result<AppendResult, StoreError> {
+        validate_append(stream, &events, &options)?;
+        self.write(WriteRequest {
+            stream: stream.clone(),
+            expected,
+            kind: WriteKind::Append(events),
+            checkpoint: options.checkpoint,
+        })
+        .await
+    }
 
     /// [`EventStore::append_with`] without options.
     async fn append(
@@ -117,10 +140,14 @@ pub trait EventStore: Send + Sync {
     fn watch_head(&self) -> watch::Receiver<u64>;
 
     /// Catch-up then live subscription to `$all` from a position (inclusive).
-    fn subscribe_all(&self, from_position: u64, filter: SubscriptionFilter) -> Subscription;
+    fn subscribe_all(&self, from_position: u64, filter: SubscriptionFilter) -> Subscription {
+        Subscription::all(self.shared(), from_position, filter)
+    }
 
     /// Catch-up then live subscription to one stream from a revision (inclusive).
-    fn subscribe_stream(&self, stream: StreamName, from_revision: u64) -> Subscription;
+    fn subscribe_stream(&self, stream: StreamName, from_revision: u64) -> Subscription {
+        Subscription::stream(self.shared(), stream, from_revision)
+    }
 
     /// The stream's current revision (`None` when it does not exist).
     async fn stream_revision(&self, stream: &StreamName) -> Result<CurrentRevision, StoreError>;
@@ -134,7 +161,11 @@ pub trait EventStore: Send + Sync {
         &self,
         stream: &StreamName,
         metadata: StreamMetadata,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<u64, StoreError> {
+        let request =
+            WriteRequest::admin(stream, ExpectedState::Any, WriteKind::SetMetadata(metadata))?;
+        Ok(self.write(request).await?.position)
+    }
 
     /// Soft-deletes a stream: it reads as not found until written again, and its revisions
     /// then continue. Returns the position of the deletion record.
@@ -142,14 +173,20 @@ pub trait EventStore: Send + Sync {
         &self,
         stream: &StreamName,
         expected: ExpectedState,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<u64, StoreError> {
+        let request = WriteRequest::admin(stream, expected, WriteKind::Delete)?;
+        Ok(self.write(request).await?.position)
+    }
 
     /// Tombstones a stream: it can never be written again. Returns the position of the record.
     async fn tombstone_stream(
         &self,
         stream: &StreamName,
         expected: ExpectedState,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<u64, StoreError> {
+        let request = WriteRequest::admin(stream, expected, WriteKind::Tombstone)?;
+        Ok(self.write(request).await?.position)
+    }
 
     /// Streams whose names start with `prefix`, in name order, after `after`, at most `limit`.
     /// System streams (`$…`) are listed only when the prefix starts with `$`.
@@ -162,7 +199,10 @@ pub trait EventStore: Send + Sync {
 
     /// Stores a consumer's checkpoint on its own (without events); it may only move forward.
     /// Returns the position of the record.
-    async fn save_checkpoint(&self, consumer: &str, position: u64) -> Result<u64, StoreError>;
+    async fn save_checkpoint(&self, consumer: &str, position: u64) -> Result<u64, StoreError> {
+        let request = WriteRequest::checkpoint(consumer, position)?;
+        Ok(self.write(request).await?.position)
+    }
 
     /// The last checkpoint stored for a consumer.
     async fn read_checkpoint(&self, consumer: &str) -> Result<Option<u64>, StoreError>;
@@ -173,6 +213,46 @@ pub trait EventStore: Send + Sync {
     /// in-memory store). Processors, relays and saga managers claim their checkpoint's name
     /// before they work, so that a second copy waits instead of doing the work twice.
     async fn claim(&self, name: &str) -> Result<Option<Claim>, StoreError>;
+}
+
+/// A shared handle to the store: what a subscription keeps, and what the toolkit's runners
+/// hold. Every [`EventStore`] that is `Clone` has it (every backend is: clones share one
+/// store).
+pub trait Shared {
+    /// Another handle to the same store.
+    fn shared(&self) -> Arc<dyn EventStore>;
+}
+
+impl<S: EventStore + Clone + 'static> Shared for S {
+    fn shared(&self) -> Arc<dyn EventStore> {
+        Arc::new(self.clone())
+    }
+}
+
+/// What every constructor of the toolkit, the projections, the relays and the server takes as
+/// its store: a backend itself (`Engine`, `PgStore`, `MemoryStore`), an `Arc` of one, or an
+/// `Arc<dyn EventStore>`.
+pub trait IntoStore {
+    /// The store as a shared handle.
+    fn into_store(self) -> Arc<dyn EventStore>;
+}
+
+impl<S: EventStore + 'static> IntoStore for S {
+    fn into_store(self) -> Arc<dyn EventStore> {
+        Arc::new(self)
+    }
+}
+
+impl<S: EventStore + 'static> IntoStore for Arc<S> {
+    fn into_store(self) -> Arc<dyn EventStore> {
+        self
+    }
+}
+
+impl IntoStore for Arc<dyn EventStore> {
+    fn into_store(self) -> Arc<dyn EventStore> {
+        self
+    }
 }
 
 /// Checks what every backend checks before an import reaches storage: every event as it would

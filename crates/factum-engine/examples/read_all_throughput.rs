@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use factum_core::{ContentType, EventStore, RecordedEvent, StreamName, now_micros};
-use factum_engine::{Engine, Options};
+use factum_engine::{Engine, EngineOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -17,7 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let engine = Engine::open(&dir, Options::default())?;
+        let engine = Engine::open(&dir, EngineOptions::default())?;
         let data = Bytes::from(format!("{{\"pad\":\"{}\"}}", "x".repeat(240)));
         while engine.head() < events {
             let from = engine.head();

@@ -7,7 +7,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use factum_core::StreamName;
-use factum_core::catalog::{Catalog, StreamState};
+use factum_core::backend::catalog::{Catalog, StreamState};
 use uuid::Uuid;
 
 const INDEX_MAGIC: &[u8; 8] = b"FACTUMIX";

@@ -9,17 +9,18 @@
 //! is cut off on open; a bad checksum anywhere else is an error naming the file and offset.
 //!
 //! ```
-//! use factum_core::{Direction, EventStore, ExpectedState, NewEvent, StreamName};
-//! use factum_engine::{Engine, Options};
+//! # mod factum { pub use factum_core::*; pub use factum_engine::*; }
+//! use factum::{Direction, EventStore, ExpectedState, NewEvent, StreamName};
+//! use factum::{Engine, EngineOptions};
 //! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
 //! let dir = tempfile::tempdir().unwrap();
-//! let store = Engine::open(dir.path(), Options::default()).unwrap();
+//! let store = Engine::open(dir.path(), EngineOptions::default()).unwrap();
 //! let cart = StreamName::user("cart-42").unwrap();
 //! let added = NewEvent::json("ItemAdded", &serde_json::json!({"sku": "pear"})).unwrap();
 //! store.append(&cart, ExpectedState::NoStream, vec![added]).await.unwrap();
 //! store.close().unwrap();
 //!
-//! let store = Engine::open(dir.path(), Options::default()).unwrap();
+//! let store = Engine::open(dir.path(), EngineOptions::default()).unwrap();
 //! let events = store.read_stream(&cart, 0, Direction::Forwards, 10).await.unwrap();
 //! assert_eq!(events[0].event_type, "ItemAdded");
 //! # });
@@ -37,14 +38,11 @@ use std::sync::mpsc::{self, Sender};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
-use factum_core::Claim;
-use factum_core::catalog::{self, WriteKind, WriteRequest};
-use factum_core::claim::LocalClaims;
-use factum_core::validate_append;
+use factum_core::backend::catalog::{self, WriteRequest};
+use factum_core::backend::{Job, LocalClaims, Reply, read_visible, validate_import};
 use factum_core::{
-    AppendOptions, AppendResult, CurrentRevision, Direction, EventStore, ExpectedState, NewEvent,
-    RecordedEvent, StoreError, StreamInfo, StreamMetadata, StreamName, Subscription,
-    SubscriptionFilter, now_micros,
+    AppendResult, Claim, CurrentRevision, Direction, EventStore, RecordedEvent, StoreError,
+    StreamInfo, StreamMetadata, StreamName,
 };
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{oneshot, watch};
@@ -53,11 +51,11 @@ use index::{Index, IndexedUpTo};
 use log::recovery::{self, Start};
 use log::{SegmentWriter, Segments, format::SEGMENT_HEADER_BYTES, pack};
 pub use verify::VerifyReport;
-use writer::{Request, Writer};
+use writer::Writer;
 
 /// How the engine is set up.
 #[derive(Clone, Debug)]
-pub struct Options {
+pub struct EngineOptions {
     /// A segment is closed and a new one started past this size.
     pub segment_bytes_limit: u64,
     /// The index is saved after this many new events (and on close), which bounds the log
@@ -65,9 +63,9 @@ pub struct Options {
     pub index_save_interval_events: u64,
 }
 
-impl Default for Options {
+impl Default for EngineOptions {
     fn default() -> Self {
-        Options {
+        EngineOptions {
             segment_bytes_limit: 256 * 1024 * 1024,
             index_save_interval_events: 4 * 1024 * 1024,
         }
@@ -84,7 +82,7 @@ pub(crate) struct Shared {
 }
 
 struct WriterHandle {
-    requests: Sender<Request>,
+    requests: Sender<Job>,
     thread: JoinHandle<Result<(), StoreError>>,
 }
 
@@ -133,7 +131,7 @@ pub struct Engine {
 
 impl Engine {
     /// Opens (or creates) a store in `dir`. Only one process may have a directory open.
-    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Self, StoreError> {
+    pub fn open(dir: impl AsRef<Path>, options: EngineOptions) -> Result<Self, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         let log_dir = dir.join("log");
         std::fs::create_dir_all(&log_dir)?;
@@ -304,10 +302,7 @@ impl Engine {
         result
     }
 
-    async fn send(
-        &self,
-        request: impl FnOnce(writer::Reply) -> Request,
-    ) -> Result<AppendResult, StoreError> {
+    async fn send(&self, request: impl FnOnce(Reply) -> Job) -> Result<AppendResult, StoreError> {
         let (reply, answer) = oneshot::channel();
         {
             let writer = self.inner.writer.lock();
@@ -320,10 +315,6 @@ impl Engine {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn write(&self, request: WriteRequest) -> Result<AppendResult, StoreError> {
-        self.send(|reply| Request::Write(request, reply)).await
-    }
-
     /// Stores recorded events as they are — ids, revisions, types, data, metadata and recorded
     /// times — in one atomic write. Each event must continue its stream (its revision is the
     /// stream's next one). Used by `factum import`.
@@ -331,8 +322,8 @@ impl Engine {
         if events.is_empty() {
             return Ok(());
         }
-        factum_core::validate_import(&events)?;
-        self.send(|reply| Request::Import(events, reply))
+        validate_import(&events)?;
+        self.send(|reply| Job::Import(events, reply))
             .await
             .map(|_| ())
     }
@@ -400,22 +391,9 @@ impl Engine {
 
 #[async_trait]
 impl EventStore for Engine {
-    async fn append_with(
-        &self,
-        stream: &StreamName,
-        expected: ExpectedState,
-        events: Vec<NewEvent>,
-        options: AppendOptions,
-    ) -> Result<AppendResult, StoreError> {
-        validate_append(stream, &events, &options)?;
+    async fn write(&self, request: WriteRequest) -> Result<AppendResult, StoreError> {
         self.stop_if_poisoned()?;
-        self.write(WriteRequest {
-            stream: stream.clone(),
-            expected,
-            kind: WriteKind::Append(events),
-            checkpoint: options.checkpoint,
-        })
-        .await
+        self.send(|reply| Job::Write(request, reply)).await
     }
 
     async fn read_stream(
@@ -425,10 +403,7 @@ impl EventStore for Engine {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let mut from = from_revision;
-        let mut visible = Vec::new();
-        loop {
-            let asked = limit - visible.len();
+        read_visible(from_revision, direction, limit, |from, asked| async move {
             let (locations, max_age) = {
                 let index = self.inner.shared.index.read();
                 let positions = index.catalog.read_plan(stream, from, direction, asked)?;
@@ -438,22 +413,10 @@ impl EventStore for Engine {
                     .collect();
                 (locations, index.catalog.max_age_secs(stream))
             };
-            let planned = locations.len();
             let sequential = locations.windows(2).all(|w| w[1].0 == w[0].0 + 1);
-            let mut events = self.read_located(locations, sequential).await?;
-            let last = events.last().map(|e| e.revision);
-            if max_age.is_none() {
-                return Ok(events);
-            }
-            let now = now_micros();
-            events.retain(|e| catalog::visible_by_age(max_age, e.recorded_at_us, now));
-            visible.append(&mut events);
-            match catalog::read_on_after_age(direction, planned, asked, visible.len(), limit, last)
-            {
-                Some(next) => from = next,
-                None => return Ok(visible),
-            }
-        }
+            Ok((self.read_located(locations, sequential).await?, max_age))
+        })
+        .await
     }
 
     async fn read_all(
@@ -500,14 +463,6 @@ impl EventStore for Engine {
         self.inner.shared.head.subscribe()
     }
 
-    fn subscribe_all(&self, from_position: u64, filter: SubscriptionFilter) -> Subscription {
-        Subscription::all(Arc::new(self.clone()), from_position, filter)
-    }
-
-    fn subscribe_stream(&self, stream: StreamName, from_revision: u64) -> Subscription {
-        Subscription::stream(Arc::new(self.clone()), stream, from_revision)
-    }
-
     async fn stream_revision(&self, stream: &StreamName) -> Result<CurrentRevision, StoreError> {
         self.inner.shared.index.read().catalog.current(stream)
     }
@@ -517,40 +472,6 @@ impl EventStore for Engine {
         stream: &StreamName,
     ) -> Result<Option<StreamMetadata>, StoreError> {
         self.inner.shared.index.read().catalog.metadata(stream)
-    }
-
-    async fn set_metadata(
-        &self,
-        stream: &StreamName,
-        metadata: StreamMetadata,
-    ) -> Result<u64, StoreError> {
-        self.write(WriteRequest::admin(
-            stream,
-            ExpectedState::Any,
-            WriteKind::SetMetadata(metadata),
-        )?)
-        .await
-        .map(|r| r.position)
-    }
-
-    async fn delete_stream(
-        &self,
-        stream: &StreamName,
-        expected: ExpectedState,
-    ) -> Result<u64, StoreError> {
-        self.write(WriteRequest::admin(stream, expected, WriteKind::Delete)?)
-            .await
-            .map(|r| r.position)
-    }
-
-    async fn tombstone_stream(
-        &self,
-        stream: &StreamName,
-        expected: ExpectedState,
-    ) -> Result<u64, StoreError> {
-        self.write(WriteRequest::admin(stream, expected, WriteKind::Tombstone)?)
-            .await
-            .map(|r| r.position)
     }
 
     async fn list_streams(
@@ -566,12 +487,6 @@ impl EventStore for Engine {
             .read()
             .catalog
             .list(prefix, after, limit))
-    }
-
-    async fn save_checkpoint(&self, consumer: &str, position: u64) -> Result<u64, StoreError> {
-        self.write(WriteRequest::checkpoint(consumer, position)?)
-            .await
-            .map(|r| r.position)
     }
 
     async fn read_checkpoint(&self, consumer: &str) -> Result<Option<u64>, StoreError> {

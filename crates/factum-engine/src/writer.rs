@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 
-use factum_core::catalog::{self, Change, Overlay, Plan, PlannedRecord, WriteRequest};
-use factum_core::{AppendResult, RecordedEvent, StoreError, now_micros};
-use tokio::sync::oneshot;
+use factum_core::backend::catalog::{self, Change, Overlay, Plan, PlannedRecord};
+use factum_core::backend::{Job, Reply};
+use factum_core::{AppendResult, StoreError, now_micros};
 use tracing::error;
 
 use crate::Shared;
@@ -20,23 +20,6 @@ use crate::log::{SegmentWriter, pack};
 pub const GROUP_REQUESTS_MAX: usize = 4096;
 /// Most bytes committed in one group (a single larger append still goes alone).
 pub const GROUP_BYTES_MAX: usize = 64 * 1024 * 1024;
-
-pub type Reply = oneshot::Sender<Result<AppendResult, StoreError>>;
-
-pub enum Request {
-    Write(WriteRequest, Reply),
-    /// Recorded events to store as they are (ids, revisions, times), from an export.
-    Import(Vec<RecordedEvent>, Reply),
-}
-
-impl Request {
-    fn size_bytes(&self) -> usize {
-        match self {
-            Request::Write(request, _) => request.size_bytes(),
-            Request::Import(events, _) => events.iter().map(|e| e.data.len() + 128).sum(),
-        }
-    }
-}
 
 /// What a request in a group comes to.
 enum Outcome {
@@ -68,7 +51,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn run(mut self, requests: Receiver<Request>) -> Result<(), StoreError> {
+    pub fn run(mut self, requests: Receiver<Job>) -> Result<(), StoreError> {
         while let Ok(first) = requests.recv() {
             let mut bytes = first.size_bytes();
             let mut group = vec![first];
@@ -107,11 +90,11 @@ impl Writer {
         Ok(())
     }
 
-    fn commit(&mut self, group: Vec<Request>) {
+    fn commit(&mut self, group: Vec<Job>) {
         if let Some(reason) = self.shared.poisoned.lock().clone() {
             for request in group {
                 let reply = match request {
-                    Request::Write(_, reply) | Request::Import(_, reply) => reply,
+                    Job::Write(_, reply) | Job::Import(_, reply) => reply,
                 };
                 let _ = reply.send(Err(StoreError::Poisoned(reason.clone())));
             }
@@ -133,7 +116,7 @@ impl Writer {
             let mut planned_positions = self.next_position;
             for request in group {
                 match request {
-                    Request::Write(mut request, reply) => {
+                    Job::Write(mut request, reply) => {
                         match catalog::plan(&overlay, &mut request) {
                             Err(e) => replies.push((reply, Outcome::Failed(e))),
                             Ok(Plan::AlreadyAppended {
@@ -181,25 +164,23 @@ impl Writer {
                             }
                         }
                     }
-                    Request::Import(events, reply) => {
-                        match catalog::import_plan(&overlay, events) {
-                            Ok((records, times)) => {
-                                if let Err(e) = overlay.record(&records) {
-                                    replies.push((reply, Outcome::Failed(e)));
-                                    continue;
-                                }
-                                let primary = records.len();
-                                planned_positions += records.len() as u64;
-                                frames.push(FramePlan {
-                                    records,
-                                    imported_times: Some(times),
-                                    primary,
-                                });
-                                replies.push((reply, Outcome::Frame(frames.len() - 1)));
+                    Job::Import(events, reply) => match catalog::import_plan(&overlay, events) {
+                        Ok((records, times)) => {
+                            if let Err(e) = overlay.record(&records) {
+                                replies.push((reply, Outcome::Failed(e)));
+                                continue;
                             }
-                            Err(e) => replies.push((reply, Outcome::Failed(e))),
+                            let primary = records.len();
+                            planned_positions += records.len() as u64;
+                            frames.push(FramePlan {
+                                records,
+                                imported_times: Some(times),
+                                primary,
+                            });
+                            replies.push((reply, Outcome::Frame(frames.len() - 1)));
                         }
-                    }
+                        Err(e) => replies.push((reply, Outcome::Failed(e))),
+                    },
                 }
             }
             debug_assert!(planned_positions >= self.next_position);

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use factum_core::{
     Direction, EventStore, ExpectedState, NewEvent, RecordedEvent, StoreError, StreamName,
 };
-use factum_engine::{Engine, Options};
+use factum_engine::{Engine, EngineOptions};
 use rand::Rng;
 
-fn options() -> Options {
-    Options {
+fn options() -> EngineOptions {
+    EngineOptions {
         segment_bytes_limit: 8 * 1024,
         index_save_interval_events: 1_000_000,
     }

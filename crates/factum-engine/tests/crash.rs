@@ -11,15 +11,15 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use factum_core::{Direction, EventStore, ExpectedState, NewEvent, StreamName};
-use factum_engine::{Engine, Options};
+use factum_engine::{Engine, EngineOptions};
 use rand::Rng;
 
 const CHILD_DIR: &str = "FACTUM_CRASH_CHILD_DIR";
 const CHILD_ROUND: &str = "FACTUM_CRASH_CHILD_ROUND";
 const ROUNDS: u64 = 60;
 
-fn options() -> Options {
-    Options {
+fn options() -> EngineOptions {
+    EngineOptions {
         segment_bytes_limit: 256 * 1024,
         index_save_interval_events: 500,
     }

@@ -6,7 +6,7 @@ use factum_core::{
     Direction, EventStore, ExpectedState, MemoryStore, NewEvent, RecordedEvent, StoreError,
     StreamMetadata, StreamName,
 };
-use factum_engine::{Engine, Options};
+use factum_engine::{Engine, EngineOptions};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -121,7 +121,7 @@ fn kind<T: std::fmt::Debug + PartialEq>(r: Result<T, StoreError>) -> Result<T, S
 
 async fn run(ops: Vec<Op>) {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
+    let options = EngineOptions {
         segment_bytes_limit: 2048,
         index_save_interval_events: 7,
     };

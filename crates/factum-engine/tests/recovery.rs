@@ -1,10 +1,10 @@
 //! Reopening, locking, segment rolls and index rebuilds.
 #![allow(clippy::unwrap_used)]
 use factum_core::{Direction, EventStore, ExpectedState, NewEvent, StoreError, StreamName};
-use factum_engine::{Engine, Options};
+use factum_engine::{Engine, EngineOptions};
 
-fn small_segments() -> Options {
-    Options {
+fn small_segments() -> EngineOptions {
+    EngineOptions {
         segment_bytes_limit: 16 * 1024,
         index_save_interval_events: 1_000_000,
     }
@@ -44,13 +44,13 @@ async fn all(store: &Engine) -> Vec<factum_core::RecordedEvent> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_open_of_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Engine::open(dir.path(), Options::default()).unwrap();
+    let store = Engine::open(dir.path(), EngineOptions::default()).unwrap();
     assert!(matches!(
-        Engine::open(dir.path(), Options::default()),
+        Engine::open(dir.path(), EngineOptions::default()),
         Err(StoreError::Locked(_))
     ));
     store.close().unwrap();
-    Engine::open(dir.path(), Options::default()).unwrap();
+    Engine::open(dir.path(), EngineOptions::default()).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -151,7 +151,7 @@ async fn a_missing_or_damaged_index_is_rebuilt_from_the_log() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_index_is_saved_as_the_log_grows() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
+    let options = EngineOptions {
         segment_bytes_limit: 1 << 20,
         index_save_interval_events: 50,
     };

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use factum_core::claim::check_name;
+use factum_core::backend::check_claim_name;
 use factum_core::{Claim, StoreError};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
@@ -26,7 +26,7 @@ const SERVER_KEEPALIVES: &str =
 /// SQL that finds the server process (`pid`, as in `pg_stat_activity`) of the connection
 /// holding a claim, given `$1` = `'{schema}.{name}'`: no row when nobody holds it. For operators
 /// (who holds this relay?) and tests (end that connection).
-pub const CLAIM_HOLDER_SQL: &str = "SELECT l.pid FROM pg_locks l \
+pub const PG_CLAIM_HOLDER_SQL: &str = "SELECT l.pid FROM pg_locks l \
     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
     AND (l.classid::bigint << 32 | l.objid::bigint) = hashtextextended($1, 0)";
@@ -85,7 +85,7 @@ impl Claims {
 
     /// Takes the lock for `name` if no one holds it, in this process or another.
     pub async fn claim(&self, name: &str) -> Result<Option<Claim>, StoreError> {
-        check_name(name)?;
+        check_claim_name(name)?;
         if !self.held.lock().insert(name.to_owned()) {
             return Ok(None);
         }

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 
-use crate::tls::PgConnect;
+use factum_pgconnect::PgConnect;
 
 /// A database error as the store reports it: the database failed or could not be reached.
 pub(crate) fn unavailable(error: tokio_postgres::Error) -> StoreError {

@@ -3,9 +3,10 @@
 //! store should live in a managed PostgreSQL with the backups and replicas already run there.
 //!
 //! ```no_run
-//! use factum_core::{EventStore, ExpectedState, NewEvent, StreamName};
-//! use factum_postgres::{PgOptions, PgStore};
-//! # async fn run() -> Result<(), factum_core::StoreError> {
+//! # mod factum { pub use factum_core::*; pub use factum_postgres::*; }
+//! use factum::{EventStore, ExpectedState, NewEvent, StreamName};
+//! use factum::{PgOptions, PgStore};
+//! # async fn run() -> Result<(), factum::StoreError> {
 //! let store = PgStore::connect("postgres://postgres@127.0.0.1/test", PgOptions::default()).await?;
 //! let cart = StreamName::new("cart-1")?;
 //! let event = NewEvent::json("ItemAdded", &serde_json::json!({"sku": "apple"}))?;
@@ -24,7 +25,6 @@ mod claim;
 mod conn;
 mod head;
 mod schema;
-pub mod tls;
 mod writer;
 
 use std::path::PathBuf;
@@ -33,20 +33,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use factum_core::catalog::{self, StreamSummary, WriteKind, WriteRequest};
+use factum_core::backend::catalog::{self, StreamSummary, WriteRequest};
 use factum_core::{
-    AppendOptions, AppendResult, ContentType, CurrentRevision, Direction, EventStore,
-    ExpectedState, NewEvent, RecordedEvent, StoreError, StreamInfo, StreamMetadata, StreamName,
-    Subscription, SubscriptionFilter, now_micros, validate_append,
+    AppendResult, ContentType, CurrentRevision, Direction, EventStore, RecordedEvent, StoreError,
+    StreamInfo, StreamMetadata, StreamName, now_micros,
 };
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_postgres::Row;
 
-pub use claim::CLAIM_HOLDER_SQL;
-pub use schema::VERSION as SCHEMA_VERSION;
+pub use claim::PG_CLAIM_HOLDER_SQL;
+pub use schema::VERSION as PG_SCHEMA_VERSION;
 
 use conn::{Pool, Target};
-use writer::{Job, Writer, to_i64, to_u64};
+use factum_core::backend::{Job, Reply};
+use writer::{Writer, to_i64, to_u64};
 
 /// How a [`PgStore`] connects and behaves.
 #[derive(Clone, Debug)]
@@ -140,10 +140,7 @@ impl PgStore {
         &self.inner.schema
     }
 
-    async fn send(
-        &self,
-        job: impl FnOnce(writer::Reply) -> Job,
-    ) -> Result<AppendResult, StoreError> {
+    async fn send(&self, job: impl FnOnce(Reply) -> Job) -> Result<AppendResult, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.inner
             .jobs
@@ -153,10 +150,6 @@ impl PgStore {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn write(&self, request: WriteRequest) -> Result<AppendResult, StoreError> {
-        self.send(|reply| Job::Write(request, reply)).await
-    }
-
     /// Stores recorded events as they are — ids, revisions, types, data, metadata and recorded
     /// times — in one transaction. Each event must continue its stream (its revision is the
     /// stream's next one). Used by `factum import`.
@@ -164,7 +157,7 @@ impl PgStore {
         if events.is_empty() {
             return Ok(());
         }
-        factum_core::validate_import(&events)?;
+        factum_core::backend::validate_import(&events)?;
         self.send(|reply| Job::Import(events, reply))
             .await
             .map(|_| ())
@@ -278,21 +271,8 @@ macro_rules! stream_and_events {
 
 #[async_trait]
 impl EventStore for PgStore {
-    async fn append_with(
-        &self,
-        stream: &StreamName,
-        expected: ExpectedState,
-        events: Vec<NewEvent>,
-        options: AppendOptions,
-    ) -> Result<AppendResult, StoreError> {
-        validate_append(stream, &events, &options)?;
-        self.write(WriteRequest {
-            stream: stream.clone(),
-            expected,
-            kind: WriteKind::Append(events),
-            checkpoint: options.checkpoint,
-        })
-        .await
+    async fn write(&self, request: WriteRequest) -> Result<AppendResult, StoreError> {
+        self.send(|reply| Job::Write(request, reply)).await
     }
 
     async fn read_stream(
@@ -457,14 +437,6 @@ impl EventStore for PgStore {
         self.inner.head.subscribe()
     }
 
-    fn subscribe_all(&self, from_position: u64, filter: SubscriptionFilter) -> Subscription {
-        Subscription::all(Arc::new(self.clone()), from_position, filter)
-    }
-
-    fn subscribe_stream(&self, stream: StreamName, from_revision: u64) -> Subscription {
-        Subscription::stream(Arc::new(self.clone()), stream, from_revision)
-    }
-
     async fn stream_revision(&self, stream: &StreamName) -> Result<CurrentRevision, StoreError> {
         let conn = self.inner.readers.get().await?;
         match self.stream_row(&conn, stream).await? {
@@ -488,40 +460,6 @@ impl EventStore for PgStore {
             }
             Some((_, metadata)) => Ok(metadata),
         }
-    }
-
-    async fn set_metadata(
-        &self,
-        stream: &StreamName,
-        metadata: StreamMetadata,
-    ) -> Result<u64, StoreError> {
-        self.write(WriteRequest::admin(
-            stream,
-            ExpectedState::Any,
-            WriteKind::SetMetadata(metadata),
-        )?)
-        .await
-        .map(|result| result.position)
-    }
-
-    async fn delete_stream(
-        &self,
-        stream: &StreamName,
-        expected: ExpectedState,
-    ) -> Result<u64, StoreError> {
-        self.write(WriteRequest::admin(stream, expected, WriteKind::Delete)?)
-            .await
-            .map(|result| result.position)
-    }
-
-    async fn tombstone_stream(
-        &self,
-        stream: &StreamName,
-        expected: ExpectedState,
-    ) -> Result<u64, StoreError> {
-        self.write(WriteRequest::admin(stream, expected, WriteKind::Tombstone)?)
-            .await
-            .map(|result| result.position)
     }
 
     async fn list_streams(
@@ -560,12 +498,6 @@ impl EventStore for PgStore {
                 })
             })
             .collect()
-    }
-
-    async fn save_checkpoint(&self, consumer: &str, position: u64) -> Result<u64, StoreError> {
-        self.write(WriteRequest::checkpoint(consumer, position)?)
-            .await
-            .map(|result| result.position)
     }
 
     async fn read_checkpoint(&self, consumer: &str) -> Result<Option<u64>, StoreError> {

@@ -1,5 +1,5 @@
 //! The writer: one task per store that takes the appends waiting at the moment, plans them
-//! together with the rules every backend shares ([`factum_core::catalog`]) and commits them in
+//! together with the rules every backend shares ([`factum_core::backend::catalog`]) and commits them in
 //! one transaction.
 //!
 //! The transaction first locks the single row of `head`, which holds the next position. So
@@ -12,14 +12,15 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use factum_core::catalog::{
+use factum_core::backend::Job;
+use factum_core::backend::catalog::{
     self, Change, Overlay, Plan, PlannedRecord, StreamSummary, View, WriteKind, WriteRequest,
 };
 use factum_core::{
     AppendResult, ContentType, ExpectedState, RecordedEvent, StoreError, StreamMetadata,
     StreamName, now_micros,
 };
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use uuid::Uuid;
 
 use tokio_postgres::types::ToSql;
@@ -31,25 +32,6 @@ use crate::head::{advance, channel};
 const BATCH_REQUESTS_MAX: usize = 1024;
 /// Most bytes of events one transaction takes (one request may be larger on its own).
 const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
-
-pub(crate) type Reply = oneshot::Sender<Result<AppendResult, StoreError>>;
-
-pub(crate) enum Job {
-    Write(WriteRequest, Reply),
-    Import(Vec<RecordedEvent>, Reply),
-}
-
-impl Job {
-    fn bytes(&self) -> usize {
-        match self {
-            Job::Write(request, _) => request.size_bytes(),
-            Job::Import(events, _) => events
-                .iter()
-                .map(|e| e.event_type.len() + e.data.len() + e.metadata.len() + 32)
-                .sum(),
-        }
-    }
-}
 
 /// One stream's row in `streams`.
 #[derive(Clone, Debug, Default)]
@@ -145,12 +127,12 @@ impl Writer {
 
     pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         while let Some(first) = jobs.recv().await {
-            let mut bytes = first.bytes();
+            let mut bytes = first.size_bytes();
             let mut batch = vec![first];
             while batch.len() < BATCH_REQUESTS_MAX && bytes < BATCH_BYTES_MAX {
                 match jobs.try_recv() {
                     Ok(job) => {
-                        bytes += job.bytes();
+                        bytes += job.size_bytes();
                         batch.push(job);
                     }
                     Err(_) => break,
@@ -448,20 +430,19 @@ fn windows(committed: &Committed, jobs: &[JobKind]) -> (Vec<String>, Vec<i64>, V
         else {
             continue;
         };
-        let count = events.len() as u64;
-        let len = row.next_revision;
-        let low = match request.expected {
-            ExpectedState::Exact(revision) => revision.saturating_add(1),
-            ExpectedState::NoStream => row.deleted_before,
-            ExpectedState::Any | ExpectedState::StreamExists => {
-                let shared = appended_in_batch.get(&request.stream).copied().unwrap_or(0) > 1;
-                if row.last_id != Some(last.id) && !shared {
-                    continue;
-                }
-                len.saturating_sub(count)
+        if matches!(
+            request.expected,
+            ExpectedState::Any | ExpectedState::StreamExists
+        ) {
+            let shared = appended_in_batch.get(&request.stream).copied().unwrap_or(0) > 1;
+            if row.last_id != Some(last.id) && !shared {
+                continue;
             }
-        };
-        let high = low.saturating_add(count).min(len);
+        }
+        // Of the window, what is committed; the overlay holds what the batch planned before.
+        let window =
+            catalog::idempotency_window(&row.summary(), request.expected, events.len() as u64);
+        let (low, high) = (window.start, window.end.min(row.next_revision));
         if low < high {
             out.0.push(request.stream.as_str().to_owned());
             out.1.push(to_i64(low));

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use factum_core::EventStore;
-use factum_postgres::{CLAIM_HOLDER_SQL, PgStore};
+use factum_postgres::{PG_CLAIM_HOLDER_SQL, PgStore};
 
 /// A store on `schema`: one process of a service.
 async fn store(schema: &common::Schema) -> PgStore {
@@ -84,7 +84,7 @@ async fn one_process_holds_a_claim_and_another_takes_it_when_its_connection_ends
     // the holder learns that its claim is lost, and the other process can take the name.
     let terminated = admin
         .query(
-            &format!("SELECT pg_terminate_backend(pid) FROM ({CLAIM_HOLDER_SQL}) holder"),
+            &format!("SELECT pg_terminate_backend(pid) FROM ({PG_CLAIM_HOLDER_SQL}) holder"),
             &[&format!("{}.{name}", schema.0)],
         )
         .await

@@ -4,7 +4,7 @@
 mod common;
 
 use factum_core::{Direction, EventStore, ExpectedState, NewEvent, StoreError, StreamName};
-use factum_postgres::{PgOptions, PgStore, SCHEMA_VERSION};
+use factum_postgres::{PG_SCHEMA_VERSION, PgOptions, PgStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_schema_names_and_connection_strings_are_refused() {
@@ -38,7 +38,7 @@ async fn a_schema_from_a_newer_build_is_refused() {
     drop(store);
     let (client, connection) = common::connect().await.unwrap();
     tokio::spawn(connection);
-    let newer = SCHEMA_VERSION + 1;
+    let newer = PG_SCHEMA_VERSION + 1;
     client
         .execute(
             &format!("INSERT INTO {}.schema_version VALUES ($1)", schema.0),

@@ -10,8 +10,8 @@
 mod common;
 
 use factum_core::{Direction, EventStore, ExpectedState, NewEvent, StoreError, StreamName};
+use factum_pgconnect::{PgConnect, SslMode};
 use factum_postgres::PgStore;
-use factum_postgres::tls::{PgConnect, SslMode};
 use tokio_postgres::config::Host;
 
 /// The test server as key-value pairs without TLS options, its port, and the path of its

@@ -10,9 +10,11 @@ pub enum ProjectionError {
     #[error("event store: {0}")]
     Store(#[from] StoreError),
     /// The SQLite read model failed.
+    #[cfg(feature = "sqlite")]
     #[error("read model (SQLite): {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// The PostgreSQL read model failed.
+    #[cfg(feature = "postgres")]
     #[error("read model (PostgreSQL): {0}")]
     Postgres(#[from] tokio_postgres::Error),
     /// Bad input: an unknown table in a statement, a bad name, an unsupported column type.

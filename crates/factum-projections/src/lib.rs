@@ -15,8 +15,9 @@
 //! `$2`, … on both databases.
 //!
 //! ```
-//! use factum_projections::{Projection, Table, Tx, ApplyError};
-//! use factum_core::RecordedEvent;
+//! # mod factum { pub use factum_core::*; pub use factum_projections::*; }
+//! use factum::{Projection, Table, Tx, ApplyError};
+//! use factum::RecordedEvent;
 //!
 //! struct Balances;
 //!
@@ -45,16 +46,22 @@
 //! }
 //! ```
 
+// The SQL both read models share is partly unused in a build with only one of them.
+#![cfg_attr(not(all(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+
 mod error;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod projector;
 mod read_model;
 mod rows;
 mod sql;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 mod value;
 
 pub use error::{ApplyError, ProjectionError};
+#[cfg(feature = "postgres")]
 pub use postgres::PgReadModel;
 pub use projector::{Projector, RebuildProgress, RunStats, RunningProjector, head_of, status};
 pub use read_model::{
@@ -62,6 +69,7 @@ pub use read_model::{
     sqlite_path,
 };
 pub use rows::{Change, Column, RowChange, RowKind};
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteReadModel;
 pub use value::{Row, Value};
 

@@ -4,12 +4,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::BytesMut;
 use factum_core::now_micros;
-use factum_postgres::tls::PgConnect;
+use factum_pgconnect::PgConnect;
 use futures::future::try_join_all;
 use tokio::sync::{Mutex, watch};
 use tokio_postgres::Client;
-use tokio_postgres::types::{Kind, ToSql, Type};
+use tokio_postgres::types::{IsNull, Kind, ToSql, Type, to_sql_checked};
 
 use crate::read_model::{META_DDL, Registry, check_continues, swap_check};
 use crate::rows::{Step, columns, fold, plan};
@@ -454,4 +455,64 @@ impl ReadModel for PgReadModel {
     fn committed(&self) -> watch::Receiver<u64> {
         self.committed.subscribe()
     }
+}
+
+type PgResult = Result<IsNull, Box<dyn std::error::Error + Sync + Send>>;
+
+impl ToSql for Value {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> PgResult {
+        match self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Bool(b) => b.to_sql(ty, out),
+            Value::Int(i) => match *ty {
+                Type::INT2 => i16::try_from(*i)?.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*i)?.to_sql(ty, out),
+                Type::FLOAT8 => (*i as f64).to_sql(ty, out),
+                Type::FLOAT4 => (*i as f32).to_sql(ty, out),
+                Type::TEXT | Type::VARCHAR => i.to_string().to_sql(ty, out),
+                _ => i.to_sql(ty, out),
+            },
+            Value::Float(f) => match *ty {
+                Type::FLOAT4 => (*f as f32).to_sql(ty, out),
+                _ => f.to_sql(ty, out),
+            },
+            Value::Text(s) => match *ty {
+                Type::JSONB => {
+                    out.extend_from_slice(&[1]);
+                    out.extend_from_slice(s.as_bytes());
+                    Ok(IsNull::No)
+                }
+                Type::JSON => {
+                    out.extend_from_slice(s.as_bytes());
+                    Ok(IsNull::No)
+                }
+                Type::UUID => {
+                    let uuid: [u8; 16] = parse_uuid(s)?;
+                    out.extend_from_slice(&uuid);
+                    Ok(IsNull::No)
+                }
+                _ => s.as_str().to_sql(ty, out),
+            },
+            Value::Bytes(b) => b.as_slice().to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+fn parse_uuid(s: &str) -> Result<[u8; 16], Box<dyn std::error::Error + Sync + Send>> {
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 {
+        return Err(format!("'{s}' is not a UUID").into());
+    }
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+            .map_err(|_| format!("'{s}' is not a UUID"))?;
+    }
+    Ok(out)
 }

@@ -1,5 +1,6 @@
 //! Runs a projection: catch-up, then live; rebuilds.
 
+use factum_core::IntoStore;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,12 +59,12 @@ impl Projector {
 
     /// A projector of `projection` from `store` into `read_model`.
     pub fn new(
-        store: Arc<dyn EventStore>,
+        store: impl IntoStore,
         read_model: Arc<dyn ReadModel>,
         projection: impl Projection,
     ) -> Self {
         Projector {
-            store,
+            store: store.into_store(),
             read_model,
             projection: Arc::new(projection),
             batch_size: Self::BATCH_SIZE_DEFAULT,

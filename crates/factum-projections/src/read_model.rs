@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::sql::check_identifier;
-use crate::{Change, PgReadModel, ProjectionError, Row, SqliteReadModel, Table, Value};
+use crate::{Change, ProjectionError, Row, Table, Value};
 
 /// Which copy of a projection's tables a batch writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -239,13 +239,35 @@ pub async fn open_read_model(
     url: &str,
     pg_schema: &str,
 ) -> Result<Arc<dyn ReadModel>, ProjectionError> {
-    let Some(path) = sqlite_path(url) else {
-        return Ok(Arc::new(PgReadModel::connect(url, pg_schema).await?));
-    };
-    if path.is_empty() {
-        return Err(ProjectionError::invalid("the read-model URL names no file"));
+    match sqlite_path(url) {
+        None => open_postgres(url, pg_schema).await,
+        Some("") => Err(ProjectionError::invalid("the read-model URL names no file")),
+        Some(path) => open_sqlite(path).await,
     }
-    Ok(Arc::new(SqliteReadModel::open(path).await?))
+}
+
+#[cfg(feature = "postgres")]
+async fn open_postgres(url: &str, schema: &str) -> Result<Arc<dyn ReadModel>, ProjectionError> {
+    Ok(Arc::new(crate::PgReadModel::connect(url, schema).await?))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn open_postgres(_: &str, _: &str) -> Result<Arc<dyn ReadModel>, ProjectionError> {
+    Err(ProjectionError::invalid(
+        "a PostgreSQL read model needs Factum's `postgres` feature",
+    ))
+}
+
+#[cfg(feature = "sqlite")]
+async fn open_sqlite(path: &str) -> Result<Arc<dyn ReadModel>, ProjectionError> {
+    Ok(Arc::new(crate::SqliteReadModel::open(path).await?))
+}
+
+#[cfg(not(feature = "sqlite"))]
+async fn open_sqlite(_: &str) -> Result<Arc<dyn ReadModel>, ProjectionError> {
+    Err(ProjectionError::invalid(
+        "a SQLite read model needs Factum's `sqlite` feature",
+    ))
 }
 
 /// The checkpoint table, the same in both databases.

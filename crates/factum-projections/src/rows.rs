@@ -35,7 +35,8 @@ pub enum RowKind {
 /// [`Tx::delete`](crate::Tx::delete).
 ///
 /// ```
-/// # use factum_projections::Tx;
+/// # mod factum { pub use factum_core::*; pub use factum_projections::*; }
+/// # use factum::Tx;
 /// let mut tx = Tx::new();
 /// tx.upsert("sales").key("sku", "sku-1").add("quantity", 3).set("last_order", "order-9");
 /// tx.update("accounts").key("id", "a-1").add("balance", -50);

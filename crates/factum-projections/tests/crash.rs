@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{Accounts, account_life, actual, expected};
 use factum_core::EventStore;
-use factum_engine::{Engine, Options};
+use factum_engine::{Engine, EngineOptions};
 use factum_projections::{PgReadModel, Projector, ReadModel, SqliteReadModel};
 use rand::Rng;
 
@@ -35,7 +35,7 @@ async fn worker() {
         .unwrap()
         .parse()
         .unwrap();
-    let engine = Engine::open(&data, Options::default()).unwrap();
+    let engine = Engine::open(&data, EngineOptions::default()).unwrap();
     let store: Arc<dyn EventStore> = Arc::new(engine);
     let read_model = open_read_model(&spec).await;
     let batch = rand::rng().random_range(1..300);
@@ -96,7 +96,7 @@ async fn kill_rounds(spec: &str, rounds: u32) {
 
         // After each kill: finish projecting in this process and compare with the model
         // computed from every event.
-        let engine = Engine::open(&data, Options::default()).unwrap();
+        let engine = Engine::open(&data, EngineOptions::default()).unwrap();
         let store: Arc<dyn EventStore> = Arc::new(engine.clone());
         let read_model = open_read_model(spec).await;
         let projector = Projector::new(store.clone(), read_model.clone(), Accounts { version: 1 });

@@ -27,10 +27,20 @@ use factum_core::EventStore;
 use serde::Deserialize;
 
 use crate::message::{Payload, TypeMap, ZeroPayload};
-use crate::nats::{NatsConfig, NatsPublisher};
 use crate::publisher::Publisher;
-use crate::rabbitmq::{RabbitConfig, RabbitPublisher};
 use crate::relay::{Relay, RelayError};
+
+/// A `[relay.nats]` section: read as NATS's configuration when the `nats` feature is built,
+/// and refused when the relay is built otherwise.
+#[cfg(feature = "nats")]
+type NatsSection = crate::NatsConfig;
+#[cfg(not(feature = "nats"))]
+type NatsSection = serde::de::IgnoredAny;
+/// A `[relay.rabbitmq]` section, as [`NatsSection`] for the `rabbitmq` feature.
+#[cfg(feature = "rabbitmq")]
+type RabbitSection = crate::RabbitConfig;
+#[cfg(not(feature = "rabbitmq"))]
+type RabbitSection = serde::de::IgnoredAny;
 
 /// A relays file.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -62,10 +72,10 @@ pub struct RelayConfig {
     pub batch: Option<usize>,
     /// Publish to NATS JetStream.
     #[serde(default)]
-    pub nats: Option<NatsConfig>,
+    pub nats: Option<NatsSection>,
     /// Publish to RabbitMQ.
     #[serde(default)]
-    pub rabbitmq: Option<RabbitConfig>,
+    pub rabbitmq: Option<RabbitSection>,
 }
 
 fn zero() -> Payload {
@@ -151,12 +161,29 @@ impl RelayConfig {
             ),
             None => builder.translator(ZeroPayload),
         };
-        let publisher: Box<dyn Publisher> = match (&self.nats, &self.rabbitmq) {
-            (Some(nats), _) => Box::new(NatsPublisher::new(nats.clone())),
-            (_, Some(rabbitmq)) => Box::new(RabbitPublisher::new(rabbitmq.clone())),
-            (None, None) => unreachable!("checked above"),
-        };
-        Ok((builder.build()?, publisher))
+        Ok((builder.build()?, self.publisher()?))
+    }
+
+    /// The publisher of the one broker the relay names ([`RelayConfig::check`]).
+    fn publisher(&self) -> Result<Box<dyn Publisher>, RelayError> {
+        let name = &self.name;
+        match (&self.nats, &self.rabbitmq) {
+            #[cfg(feature = "nats")]
+            (Some(nats), _) => Ok(Box::new(crate::NatsPublisher::new(nats.clone()))),
+            #[cfg(not(feature = "nats"))]
+            (Some(_), _) => Err(RelayError::Invalid(format!(
+                "relay {name:?} publishes to NATS, which needs Factum's `nats` feature"
+            ))),
+            #[cfg(feature = "rabbitmq")]
+            (_, Some(rabbitmq)) => Ok(Box::new(crate::RabbitPublisher::new(rabbitmq.clone()))),
+            #[cfg(not(feature = "rabbitmq"))]
+            (_, Some(_)) => Err(RelayError::Invalid(format!(
+                "relay {name:?} publishes to RabbitMQ, which needs Factum's `rabbitmq` feature"
+            ))),
+            (None, None) => Err(RelayError::Invalid(format!(
+                "relay {name:?} names no broker"
+            ))),
+        }
     }
 }
 

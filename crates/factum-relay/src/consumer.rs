@@ -5,10 +5,11 @@
 //!
 //! Brokers deliver at least once: a message whose acknowledgement was lost comes again. The
 //! command carries a [`CommandContext::from_message`]: its id is derived from the message id,
-//! and a [`Repository`](factum::Repository) executes a command id at most once per aggregate.
+//! and a [`Repository`](factum_toolkit::Repository) executes a command id at most once per aggregate.
 //! The record that the message was handled is thus the command's own events, written in the
 //! same append: the inbox is committed with the effect, and a redelivery changes nothing.
 
+use factum_core::IntoStore;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,9 +17,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use factum::bus::{BusError, Command, CommandBus};
-use factum::{CommandContext, Decider, ToAggregate};
-use factum_core::{EventStore, ExpectedState, NewEvent, StoreError, StreamName};
+use factum_core::{EventStore, NewEvent, StoreError};
+use factum_toolkit::{
+    BusError, Command, CommandBus, CommandContext, DeadLetters, Decider, MESSAGE_DEAD_LETTERED,
+    ReplayReport, ToAggregate, dead_letter_stream,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -144,8 +147,6 @@ pub struct ConsumerStatus {
     pub last_error: Option<String>,
 }
 
-pub use factum::processor::{MESSAGE_DEAD_LETTERED, ReplayReport};
-
 /// A parked message: what it was, and why no command came of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageDeadLetter {
@@ -193,16 +194,12 @@ pub async fn unresolved_message_dead_letters(
     store: &dyn EventStore,
     consumer: &str,
 ) -> Result<Vec<MessageDeadLetter>, StoreError> {
-    Ok(factum::processor::unresolved_records(store, consumer)
-        .await?
-        .into_iter()
-        .filter(|record| record.event_type == MESSAGE_DEAD_LETTERED)
-        .filter_map(|record| {
-            let mut letter = serde_json::from_slice::<MessageDeadLetter>(&record.data).ok()?;
-            letter.id = record.id;
-            Some(letter)
-        })
-        .collect())
+    DeadLetters::of(store, consumer)?
+        .unresolved_of(
+            MESSAGE_DEAD_LETTERED,
+            |letter: &mut MessageDeadLetter, id| letter.id = id,
+        )
+        .await
 }
 
 /// Why a route did not lead to an executed command.
@@ -271,7 +268,7 @@ impl ConsumerBuilder {
     /// needs a handler of [`ToAggregate<D>`], such as [`Repository::handler`]). A redelivered
     /// message's command is found among the aggregate's events and not executed again.
     ///
-    /// [`Repository::handler`]: factum::Repository::handler
+    /// [`Repository::handler`]: factum_toolkit::Repository::handler
     pub fn on_aggregate<D, F>(self, message_type: impl Into<String>, decode: F) -> Self
     where
         D: Decider,
@@ -314,7 +311,7 @@ impl ConsumerBuilder {
                 "more than one route for message type '{duplicate}'"
             )));
         }
-        let dead_letters = factum::processor::dead_letter_stream(&self.name)?;
+        dead_letter_stream(&self.name)?;
         let (status, _) = watch::channel(ConsumerStatus::default());
         Ok(Consumer {
             name: self.name,
@@ -322,7 +319,6 @@ impl ConsumerBuilder {
             bus,
             routes: self.routes,
             backoff: self.backoff,
-            dead_letters,
             status,
         })
     }
@@ -333,7 +329,7 @@ impl ConsumerBuilder {
 ///
 /// Brokers deliver at least once: a message whose acknowledgement was lost comes again. The
 /// command carries a [`CommandContext::from_message`], whose id is derived from the message id,
-/// and a [`Repository`](factum::Repository) executes a command id at most once per aggregate:
+/// and a [`Repository`](factum_toolkit::Repository) executes a command id at most once per aggregate:
 /// the record that the message was handled is the command's own events, written in the same
 /// append, so a redelivery changes nothing.
 ///
@@ -348,7 +344,6 @@ pub struct Consumer {
     bus: CommandBus,
     routes: HashMap<String, Route>,
     backoff: Backoff,
-    dead_letters: StreamName,
     status: watch::Sender<ConsumerStatus>,
 }
 
@@ -365,7 +360,8 @@ impl std::fmt::Debug for Consumer {
 
 impl Consumer {
     /// A consumer named `name` (its dead letters go to `$deadletter-{name}` in `store`).
-    pub fn builder(name: impl Into<String>, store: Arc<dyn EventStore>) -> ConsumerBuilder {
+    pub fn builder(name: impl Into<String>, store: impl IntoStore) -> ConsumerBuilder {
+        let store = store.into_store();
         ConsumerBuilder {
             name: name.into(),
             store,
@@ -493,10 +489,11 @@ impl Consumer {
         let mut event = NewEvent::json(MESSAGE_DEAD_LETTERED, &letter)?;
         event.id = CommandContext::derived_id(&message.id, "dead-letter");
         tracing::warn!(consumer = %self.name, message = %message.id, %reason, "message parked");
-        self.store
-            .append(&self.dead_letters, ExpectedState::Any, vec![event])
-            .await
-            .map(|_| ())
+        self.letters()?.park(event).await
+    }
+
+    fn letters(&self) -> Result<DeadLetters<'_>, StoreError> {
+        DeadLetters::of(self.store.as_ref(), &self.name)
     }
 
     /// The messages this consumer has parked that no replay has resolved, oldest first.
@@ -519,13 +516,12 @@ impl Consumer {
             });
             match outcome {
                 Ok(duplicate) => {
-                    factum::processor::resolve(
-                        self.store.as_ref(),
-                        &self.name,
-                        letter.id,
-                        serde_json::json!({"message_id": letter.message_id, "duplicate": duplicate}),
-                    )
-                    .await?;
+                    self.letters()?
+                        .resolve(
+                            letter.id,
+                            serde_json::json!({"message_id": letter.message_id, "duplicate": duplicate}),
+                        )
+                        .await?;
                     report.resolved += 1;
                 }
                 Err(Failure::Refused(reason) | Failure::Transient(reason)) => {
@@ -540,11 +536,11 @@ impl Consumer {
     /// Replays the dead letters if `factum deadletters replay` asked for it and no replay has
     /// answered yet.
     async fn replay_if_requested(&self) -> Result<(), StoreError> {
-        let store = self.store.as_ref();
-        if factum::processor::replay_requested(store, &self.name).await? {
+        let letters = self.letters()?;
+        if letters.replay_requested().await? {
             let report = self.replay_dead_letters().await?;
             tracing::info!(consumer = %self.name, resolved = report.resolved, failed = report.failed, "dead letters replayed");
-            factum::processor::replay_answered(store, &self.name, &report).await?;
+            letters.answer_replay(&report).await?;
         }
         Ok(())
     }

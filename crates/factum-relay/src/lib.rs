@@ -17,9 +17,10 @@
 //!   [`Relay::status`] follows it in process.
 //!
 //! ```no_run
+//! # mod factum { pub use factum_core::*; pub use factum_toolkit::*; pub use factum_relay::*; }
 //! use std::sync::Arc;
-//! use factum_core::{EventStore, MemoryStore};
-//! use factum_relay::{NatsConfig, NatsPublisher, Payload, Relay, TypeMap};
+//! use factum::{EventStore, MemoryStore};
+//! use factum::{NatsConfig, NatsPublisher, Payload, Relay, TypeMap};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
@@ -38,22 +39,25 @@
 mod config;
 mod consumer;
 mod message;
+#[cfg(feature = "nats")]
 mod nats;
 mod publisher;
+#[cfg(feature = "rabbitmq")]
 mod rabbitmq;
 mod relay;
 
 pub use config::{ConfigError, RelayConfig, RelaysConfig};
 pub use consumer::{
     Acknowledge, ConsumeError, Consumer, ConsumerBuilder, ConsumerStatus, Delivery,
-    IncomingMessage, MESSAGE_DEAD_LETTERED, MessageDeadLetter, MessageSource, Outcome,
-    ReplayReport, unresolved_message_dead_letters,
+    IncomingMessage, MessageDeadLetter, MessageSource, Outcome, unresolved_message_dead_letters,
 };
 pub use message::{
-    ExternalEvent, OutboundMessage, Payload, Translator, TypeMap, ZeroPayload, category, headers,
-    token, zero_payload,
+    ExternalEvent, OutboundMessage, Payload, Translator, TypeMap, ZeroPayload, headers,
+    zero_payload,
 };
+#[cfg(feature = "nats")]
 pub use nats::{NatsConfig, NatsPublisher, NatsSource, NatsSourceConfig};
 pub use publisher::{Confirmation, PublishError, Publisher};
+#[cfg(feature = "rabbitmq")]
 pub use rabbitmq::{QueueType, RabbitConfig, RabbitPublisher, RabbitSource, RabbitSourceConfig};
 pub use relay::{Backoff, Relay, RelayBuilder, RelayError, RelayStatus};

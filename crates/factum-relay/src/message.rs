@@ -83,7 +83,8 @@ pub enum Payload {
 /// An explicit map from domain event types to external ones: only the types named leave.
 ///
 /// ```
-/// use factum_relay::{Payload, TypeMap};
+/// # mod factum { pub use factum_core::*; pub use factum_toolkit::*; pub use factum_relay::*; }
+/// use factum::{Payload, TypeMap};
 /// let translator = TypeMap::new()
 ///     .map("OrderPlaced", "order.placed.v1", Payload::Data)
 ///     .map("OrderCancelled", "order.cancelled.v1", Payload::Zero);
@@ -200,13 +201,13 @@ impl OutboundMessage {
 }
 
 /// A stream's category: its name up to the first `-`, or all of it.
-pub fn category(stream: &str) -> &str {
+pub(crate) fn category(stream: &str) -> &str {
     stream.split_once('-').map_or(stream, |(c, _)| c)
 }
 
 /// `text` as one subject or routing-key token: `.`, `*`, `>`, `#` and whitespace become `_`, and
 /// an empty text becomes `_`.
-pub fn token(text: &str) -> String {
+pub(crate) fn token(text: &str) -> String {
     if text.is_empty() {
         return "_".into();
     }

@@ -1,12 +1,13 @@
 //! The relay: follows `$all` from a durable checkpoint and publishes what the translator lets
 //! out, moving the checkpoint only after the broker has confirmed.
 
+use factum_core::IntoStore;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use factum_core::claim::{claim_unless_stopped, until_stopped_or_lost};
+use factum_core::backend::{claim_unless_stopped, until_stopped_or_lost};
 use factum_core::{EventStore, RecordedEvent, StoreError, StreamName, SubscriptionFilter};
 use tokio::sync::watch;
 
@@ -183,7 +184,8 @@ impl Relay {
     /// The name is thus shared with event processors and sagas' checkpoints: give a relay a name
     /// no processor in the same store has (while one of them runs, the other waits for the
     /// name, see [`Relay::run`]).
-    pub fn builder(name: impl Into<String>, store: Arc<dyn EventStore>) -> RelayBuilder {
+    pub fn builder(name: impl Into<String>, store: impl IntoStore) -> RelayBuilder {
+        let store = store.into_store();
         RelayBuilder {
             name: name.into(),
             store,

@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::tally::{self, Count, Tally};
-use factum::processor::{ReplayReport, processor_statuses, replay_requested, request_replay};
 use factum_core::{EventStore, MemoryStore};
 use factum_relay::{
     ConsumeError, Consumer, Delivery, IncomingMessage, MessageSource, Outcome, headers,
 };
+use factum_toolkit::{DeadLetters, ReplayReport, processor_statuses};
 
 const NAME: &str = "tally-replay";
 
@@ -149,11 +149,12 @@ async fn parked_messages_are_counted_and_replayed_once_their_cause_is_fixed() {
     assert_eq!(unresolved(store.as_ref()).await, 1);
 
     // `factum deadletters replay` asks; the consumer replays when it next starts.
-    request_replay(store.as_ref(), NAME).await.unwrap();
-    assert!(replay_requested(store.as_ref(), NAME).await.unwrap());
+    let letters = DeadLetters::of(store.as_ref(), NAME).unwrap();
+    letters.request_replay().await.unwrap();
+    assert!(letters.replay_requested().await.unwrap());
     let running = tally::spawn(fixed(store.clone(), true), Idle);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while replay_requested(store.as_ref(), NAME).await.unwrap() {
+    while letters.replay_requested().await.unwrap() {
         assert!(tokio::time::Instant::now() < deadline, "no replay answered");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

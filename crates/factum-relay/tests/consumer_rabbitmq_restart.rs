@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::tally::{self, LosingAcks, Tally};
 use common::*;
 use factum_core::{EventStore, MemoryStore};
-use factum_engine::{Engine, Options};
+use factum_engine::{Engine, EngineOptions};
 use factum_relay::{
     Backoff, Consumer, QueueType, RabbitConfig, RabbitPublisher, RabbitSource, RabbitSourceConfig,
     Relay, ZeroPayload,
@@ -41,7 +41,7 @@ async fn a_broker_restart_loses_nothing_and_what_comes_again_is_recognised() {
     // The order service, relaying to RabbitMQ.
     let dir = tempfile::tempdir().unwrap();
     let orders: Arc<dyn EventStore> =
-        Arc::new(Engine::open(dir.path(), Options::default()).unwrap());
+        Arc::new(Engine::open(dir.path(), EngineOptions::default()).unwrap());
     let relay = Relay::builder("orders-out", orders.clone())
         .translator(ZeroPayload)
         .batch(50)

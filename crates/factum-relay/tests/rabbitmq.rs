@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use factum_core::EventStore;
-use factum_engine::{Engine, Options};
+use factum_engine::{Engine, EngineOptions};
 use factum_relay::{Payload, RabbitConfig, RabbitPublisher, Relay, TypeMap};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,7 +23,7 @@ async fn confirmed_messages_reach_the_bound_queue_in_stream_order() {
 
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn EventStore> =
-        Arc::new(Engine::open(dir.path(), Options::default()).unwrap());
+        Arc::new(Engine::open(dir.path(), EngineOptions::default()).unwrap());
     let appended = append_orders(
         store.as_ref(),
         "order",

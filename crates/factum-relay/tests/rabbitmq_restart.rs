@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use factum_core::EventStore;
-use factum_engine::{Engine, Options};
+use factum_engine::{Engine, EngineOptions};
 use factum_relay::{Backoff, RabbitConfig, RabbitPublisher, Relay, ZeroPayload};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,7 +28,7 @@ async fn a_broker_restart_loses_nothing() {
 
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn EventStore> =
-        Arc::new(Engine::open(dir.path(), Options::default()).unwrap());
+        Arc::new(Engine::open(dir.path(), EngineOptions::default()).unwrap());
     let relay = Relay::builder("restart-out", store.clone())
         .translator(ZeroPayload)
         .batch(50)

@@ -7,14 +7,14 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use factum::processor::ProcessorStatus;
-use factum::processor::processor_statuses;
 use factum_core::{AppendResult, StreamInfo};
 use factum_core::{
     Direction, ExpectedState, RecordedEvent, StoreError, StreamMetadata, StreamName, Subscription,
     SubscriptionFilter,
 };
 use factum_projections::ProjectionStatus;
+use factum_toolkit::ProcessorStatus;
+use factum_toolkit::processor_statuses;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 

@@ -1,6 +1,6 @@
 //! How far behind the log its projections are, when the server is given the read model. (Event
 //! processors keep their checkpoints and dead letters in the store itself:
-//! [`factum::processor::processor_statuses`].)
+//! [`factum_toolkit::processor_statuses`].)
 
 use factum_projections::{ProjectionStatus, head_of};
 

@@ -6,9 +6,10 @@
 //! `/health` and Prometheus `/metrics`.
 //!
 //! ```no_run
-//! # async fn run(store: std::sync::Arc<dyn factum_core::EventStore>) -> std::io::Result<()> {
+//! # mod factum { pub use factum_core::*; pub mod server { pub use factum_server::*; } }
+//! # async fn run(store: std::sync::Arc<dyn factum::EventStore>) -> std::io::Result<()> {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:2113").await?;
-//! factum_server::serve(listener, store, factum_server::Config::default(), async {
+//! factum::server::serve(listener, store, factum::server::Config::default(), async {
 //!     let _ = tokio::signal::ctrl_c().await;
 //! })
 //! .await
@@ -30,6 +31,7 @@ mod openapi;
 mod sse;
 pub mod tls;
 
+use factum_core::IntoStore;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -95,7 +97,8 @@ pub fn openapi(config: &Config) -> utoipa::openapi::OpenApi {
 }
 
 /// The API as a router, and the switch that ends its subscriptions (send `true`).
-pub fn router(store: Arc<dyn EventStore>, config: Config) -> (Router, watch::Sender<bool>) {
+pub fn router(store: impl IntoStore, config: Config) -> (Router, watch::Sender<bool>) {
+    let store = store.into_store();
     let (close, closing) = watch::channel(false);
     let (routes, mut doc) = openapi::routes().split_for_parts();
     openapi::complete(&mut doc, &config);
@@ -127,7 +130,7 @@ pub fn router(store: Arc<dyn EventStore>, config: Config) -> (Router, watch::Sen
 /// included) finish, and returns.
 pub async fn serve(
     listener: TcpListener,
-    store: Arc<dyn EventStore>,
+    store: impl IntoStore,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {

@@ -15,8 +15,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use factum::processor::ProcessorStatus;
 use factum_projections::ProjectionStatus;
+use factum_toolkit::ProcessorStatus;
 
 use crate::AppState;
 

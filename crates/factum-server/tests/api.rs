@@ -877,8 +877,8 @@ impl factum_projections::Projection for Counting {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processors_and_projections_report_their_lag_and_dead_letters() {
-    use factum::processor::{EventProcessor, RetryPolicy, handler_fn};
     use factum_projections::{Projector, ReadModel, SqliteReadModel};
+    use factum_toolkit::{EventProcessor, RetryPolicy, handler_fn};
 
     let dir = tempfile::tempdir().unwrap();
     let read_model: Arc<dyn ReadModel> = Arc::new(

@@ -184,7 +184,7 @@ fn add(sku: &str, quantity: u32, unit_price_cents: u64) -> CartCommand {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = std::env::var("FACTUM_DATA_DIR").unwrap_or_else(|_| "./factum-data".into());
-    let store = factum_engine::Engine::open(&dir, factum_engine::Options::default())?;
+    let store = factum::Engine::open(&dir, factum::EngineOptions::default())?;
     let carts = Repository::new(store.clone(), Carts { max_items: 3 });
     let cart = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
     let shopper = CommandContext::new().by("shopper-17");
@@ -356,7 +356,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn the_cart_runs_on_the_embedded_store_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let store = factum_engine::Engine::open(dir.path(), Default::default()).unwrap();
+        let store = factum::Engine::open(dir.path(), Default::default()).unwrap();
         let carts = Repository::new(store.clone(), Carts { max_items: 3 });
         let context = CommandContext::new().by("ann");
         carts
@@ -382,7 +382,7 @@ mod tests {
         drop(carts);
         drop(store);
 
-        let store = factum_engine::Engine::open(dir.path(), Default::default()).unwrap();
+        let store = factum::Engine::open(dir.path(), Default::default()).unwrap();
         let carts = Repository::new(store.clone(), Carts { max_items: 3 });
         let loaded = carts.load("c1").await.unwrap();
         assert_eq!(loaded.revision, Some(1));

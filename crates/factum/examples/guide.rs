@@ -1,19 +1,12 @@
-//! The service `docs/guide.md` builds step by step: bank accounts that can be opened, paid
+//! The service `docs/guide.md` builds, step by step: bank accounts that can be opened, paid
 //! into and drawn from (never below zero), behind a command bus, with an event processor that
-//! warns the owner once when a balance drops under a threshold.
+//! warns the owner once when a balance drops under a threshold. The guide's Rust blocks, in
+//! order, are this file.
 //!
 //! `cargo run --example guide` runs it on the embedded store (`FACTUM_DATA_DIR`, default
 //! `./factum-data`); `cargo test --example guide` runs its tests.
 
-use std::sync::Arc;
-
-use factum::{
-    CommandBus, CommandContext, Decider, EventProcessor, EventStore, Inbox, RecordedEvent,
-    Repository, ToAggregate, Upcasters, handler_fn,
-};
 use serde::{Deserialize, Serialize};
-
-// --- Step 1: events, commands, errors --------------------------------------------------------
 
 /// What happens to an account. The variant name is the stored event type.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -52,7 +45,7 @@ enum AccountError {
     InsufficientFunds { balance: u64 },
 }
 
-// --- Step 2: the decider ---------------------------------------------------------------------
+use factum::{Decider, Upcasters};
 
 /// An account's state. Serde, so that it can be snapshotted.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -68,7 +61,7 @@ impl Decider for Accounts {
     type Command = AccountCommand;
     type Event = AccountEvent;
     type Error = AccountError;
-    const CATEGORY: &'static str = "account";
+    const CATEGORY: &'static str = "account"; // account `a-1` lives in stream `account-a-1`
 
     fn initial_state(&self) -> Account {
         Account::default()
@@ -114,7 +107,7 @@ impl Decider for Accounts {
         account
     }
 
-    // Step 7: `Deposited` was once `{"euros": n}`; today it is version 2, in cents.
+    // Step 5 explains these two: `Deposited` was once `{"euros": n}`.
     fn event_version(&self, event_type: &str) -> u32 {
         if event_type == "Deposited" { 2 } else { 1 }
     }
@@ -129,11 +122,83 @@ impl Decider for Accounts {
     }
 }
 
-// --- Step 4: the command bus -----------------------------------------------------------------
+#[cfg(test)]
+fn opened() -> AccountEvent {
+    AccountEvent::AccountOpened {
+        owner: "ann".into(),
+    }
+}
+
+#[test]
+fn a_withdrawal_needs_the_funds() {
+    use factum::testing::given;
+
+    given(Accounts, [opened(), AccountEvent::Deposited { cents: 500 }])
+        .when(AccountCommand::Withdraw { cents: 200 })
+        .then([AccountEvent::Withdrawn {
+            cents: 200,
+            balance: 300,
+        }]);
+    given(Accounts, [opened(), AccountEvent::Deposited { cents: 500 }])
+        .when(AccountCommand::Withdraw { cents: 501 })
+        .then_rejected(AccountError::InsufficientFunds { balance: 500 });
+    given(Accounts, [])
+        .when(AccountCommand::Deposit { cents: 1 })
+        .then_rejected(AccountError::NotOpen);
+    given(Accounts, [opened()])
+        .when(AccountCommand::Open {
+            owner: "bob".into(),
+        })
+        .then_rejected(AccountError::AlreadyOpen);
+}
+
+use factum::{CommandContext, IntoStore, Repository};
+
+/// Opens account `id` for `owner` and pays in `cents`; returns the account as it is then.
+async fn open_account(
+    store: impl IntoStore,
+    id: &str,
+    owner: &str,
+    cents: u64,
+) -> anyhow::Result<Account> {
+    let accounts = Repository::new(store, Accounts);
+    let context = CommandContext::new().by(owner);
+    let open = AccountCommand::Open {
+        owner: owner.into(),
+    };
+    accounts.execute(id, open, &context).await?;
+    let done = accounts
+        .execute(id, AccountCommand::Deposit { cents }, &context)
+        .await?;
+    // done.revision: the stream's revision now; done.position: where the event is in the log.
+    println!("  opened {id}: revision {:?}", done.revision);
+    Ok(accounts.load(id).await?.state)
+}
+
+#[tokio::test]
+async fn old_deposits_in_euros_are_read_as_cents() -> anyhow::Result<()> {
+    use factum::{EventStore, ExpectedState, MemoryStore, NewEvent, StreamName};
+
+    let store = MemoryStore::new();
+    let stream = StreamName::user("account-old")?;
+    let opened = NewEvent::json("AccountOpened", &serde_json::json!({"owner": "ann"}))?;
+    let v1 = NewEvent::json("Deposited", &serde_json::json!({"euros": 7}))?
+        .with_metadata(&serde_json::json!({"$schemaVersion": 1}))?;
+    store
+        .append(&stream, ExpectedState::NoStream, vec![opened, v1])
+        .await?;
+    let accounts = Repository::new(store, Accounts);
+    assert_eq!(accounts.load("old").await?.state.balance, 700);
+    Ok(())
+}
+
+use std::sync::Arc;
+
+use factum::{CommandBus, ToAggregate};
 
 /// The service's front door: every command goes through tracing, validation and authorisation.
-fn bus(store: Arc<dyn EventStore>) -> anyhow::Result<CommandBus> {
-    let accounts = Arc::new(Repository::with_store(store, Accounts).with_snapshots(1000));
+fn bus(store: impl IntoStore) -> anyhow::Result<CommandBus> {
+    let accounts = Arc::new(Repository::new(store, Accounts).with_snapshots(1000));
     Ok(CommandBus::builder()
         .with_tracing()
         .with_validation()
@@ -142,7 +207,21 @@ fn bus(store: Arc<dyn EventStore>) -> anyhow::Result<CommandBus> {
         .build()?)
 }
 
-// --- Step 5: reacting to events --------------------------------------------------------------
+/// Withdraws `cents` from account `id` through the bus, and says how it went.
+async fn withdraw(bus: &CommandBus, id: &str, cents: u64) -> anyhow::Result<()> {
+    let ann = CommandContext::new().by("ann");
+    let command = ToAggregate::<Accounts>::new(id, AccountCommand::Withdraw { cents });
+    match bus.send(command, ann).await {
+        Ok(done) => println!("  withdrew {cents} cents: position {:?}", done.position),
+        Err(e) => match e.rejection::<AccountError>() {
+            Some(why) => println!("  withdrawing {cents} cents refused: {why}"), // typed
+            None => return Err(e.into()), // something else went wrong
+        },
+    }
+    Ok(())
+}
+
+use factum::{EventProcessor, HandlerError, Inbox, RecordedEvent, handler_fn};
 
 /// Below this, the owner is warned.
 const LOW_BALANCE_CENTS: u64 = 1000;
@@ -156,10 +235,11 @@ trait Notifier: Send + Sync + 'static {
 /// event, even when the event is handled again.
 async fn low_balance_processor(
     name: &str,
-    store: Arc<dyn EventStore>,
+    store: impl IntoStore,
     notifier: Arc<dyn Notifier>,
 ) -> anyhow::Result<EventProcessor> {
-    let accounts = Arc::new(Repository::with_store(store.clone(), Accounts));
+    let store = store.into_store();
+    let accounts = Arc::new(Repository::new(store.clone(), Accounts));
     let inbox = Arc::new(Inbox::open(store.clone(), "low-balance").await?);
     let warn = handler_fn("warn_low_balance", move |event: RecordedEvent| {
         let (accounts, inbox, notifier) = (accounts.clone(), inbox.clone(), notifier.clone());
@@ -180,9 +260,7 @@ async fn low_balance_processor(
             let text = format!("your balance is {} cents", withdrawn.balance);
             inbox
                 .once(&event, || async {
-                    notifier
-                        .notify(&owner, &text)
-                        .map_err(factum::HandlerError::from)
+                    notifier.notify(&owner, &text).map_err(HandlerError::from)
                 })
                 .await?;
             Ok(())
@@ -194,6 +272,9 @@ async fn low_balance_processor(
         .build()?)
 }
 
+use factum::{Engine, EngineOptions};
+
+/// Prints warnings: the notifier of `cargo run --example guide`.
 struct Printed;
 
 impl Notifier for Printed {
@@ -203,17 +284,18 @@ impl Notifier for Printed {
     }
 }
 
-// --- Step 6: the service ---------------------------------------------------------------------
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = std::env::var("FACTUM_DATA_DIR").unwrap_or_else(|_| "./factum-data".into());
-    let engine = factum_engine::Engine::open(&dir, factum_engine::Options::default())?;
-    let store: Arc<dyn EventStore> = Arc::new(engine.clone());
-    let bus = bus(store.clone())?;
+    let engine = Engine::open(&dir, EngineOptions::default())?;
+    // A new account every run: a second run finds the first one's in the store.
+    let id = format!("a-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    println!("account {id} on the embedded store in {dir}");
+    let account = open_account(engine.clone(), &id, "ann", 5000).await?;
+    println!("  balance {} cents", account.balance);
 
-    // The processor runs beside the service until it stops.
-    let processor = low_balance_processor("low-balance", store.clone(), Arc::new(Printed)).await?;
+    // The processor runs beside the service until it is told to stop.
+    let processor = low_balance_processor("low-balance", engine.clone(), Arc::new(Printed)).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(async move {
         processor
@@ -223,52 +305,12 @@ async fn main() -> anyhow::Result<()> {
             .await
     });
 
-    let id = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
-    let ann = CommandContext::new().by("ann");
-    let account = |command| ToAggregate::<Accounts>::new(id.clone(), command);
-    println!("account {id} on the embedded store in {dir}");
-    bus.send(
-        account(AccountCommand::Open {
-            owner: "ann".into(),
-        }),
-        ann.clone(),
-    )
-    .await?;
-    bus.send(
-        account(AccountCommand::Deposit { cents: 5000 }),
-        ann.clone(),
-    )
-    .await?;
-    let done = bus
-        .send(
-            account(AccountCommand::Withdraw { cents: 4500 }),
-            ann.clone(),
-        )
-        .await?;
-    println!(
-        "  withdrew 45.00: revision {:?}, position {:?}",
-        done.revision, done.position
-    );
-    match bus
-        .send(
-            account(AccountCommand::Withdraw { cents: 10000 }),
-            ann.clone(),
-        )
-        .await
-    {
-        Err(e) => match e.rejection::<AccountError>() {
-            Some(why) => println!("  withdrawing 100.00 refused: {why}"),
-            None => return Err(e.into()),
-        },
-        Ok(_) => anyhow::bail!("an overdraft was accepted"),
-    }
-    if let Err(e) = bus
-        .send(
-            account(AccountCommand::Deposit { cents: 1 }),
-            CommandContext::new(),
-        )
-        .await
-    {
+    let bus = bus(engine.clone())?;
+    withdraw(&bus, &id, 4500).await?; // 5.00 left: the owner is warned
+    withdraw(&bus, &id, 10000).await?; // refused: insufficient funds
+    let nobody = CommandContext::new(); // no user: the authorisation layer refuses
+    let deposit = ToAggregate::<Accounts>::new(&id, AccountCommand::Deposit { cents: 1 });
+    if let Err(e) = bus.send(deposit, nobody).await {
         println!("  a deposit without a user: {e}");
     }
 
@@ -282,141 +324,61 @@ async fn main() -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use factum::testing::given;
-    use factum::{ExpectedState, MemoryStore, NewEvent, StreamName};
-    use parking_lot::Mutex;
+#[derive(Default)]
+struct Recorded(parking_lot::Mutex<Vec<String>>);
 
-    fn opened() -> AccountEvent {
-        AccountEvent::AccountOpened {
-            owner: "ann".into(),
-        }
+#[cfg(test)]
+impl Notifier for Recorded {
+    fn notify(&self, owner: &str, text: &str) -> Result<(), String> {
+        self.0.lock().push(format!("{owner}: {text}"));
+        Ok(())
     }
+}
 
-    // Step 3: test the decider without any I/O.
-    #[test]
-    fn a_withdrawal_needs_the_funds() {
-        given(Accounts, [opened(), AccountEvent::Deposited { cents: 500 }])
-            .when(AccountCommand::Withdraw { cents: 200 })
-            .then([AccountEvent::Withdrawn {
-                cents: 200,
-                balance: 300,
-            }]);
-        given(Accounts, [opened(), AccountEvent::Deposited { cents: 500 }])
-            .when(AccountCommand::Withdraw { cents: 501 })
-            .then_rejected(AccountError::InsufficientFunds { balance: 500 });
-        given(Accounts, [])
-            .when(AccountCommand::Deposit { cents: 1 })
-            .then_rejected(AccountError::NotOpen);
-        given(Accounts, [opened()])
-            .when(AccountCommand::Open {
-                owner: "bob".into(),
-            })
-            .then_rejected(AccountError::AlreadyOpen);
-    }
+#[tokio::test]
+async fn the_service_refuses_overdrafts_and_warns_once_about_a_low_balance() -> anyhow::Result<()> {
+    use factum::EventStore;
 
-    #[derive(Default)]
-    struct Recorded(Mutex<Vec<String>>);
-
-    impl Notifier for Recorded {
-        fn notify(&self, owner: &str, text: &str) -> Result<(), String> {
-            self.0.lock().push(format!("{owner}: {text}"));
-            Ok(())
-        }
-    }
-
-    #[tokio::test]
-    async fn the_service_refuses_overdrafts_and_warns_once_about_a_low_balance() {
-        let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
-        let bus = bus(store.clone()).unwrap();
-        let ann = CommandContext::new().by("ann");
-        let send = |command| bus.send(ToAggregate::<Accounts>::new("a-1", command), ann.clone());
-        send(AccountCommand::Open {
-            owner: "ann".into(),
-        })
+    let store = factum::MemoryStore::new();
+    open_account(store.clone(), "a-1", "ann", 5000).await?;
+    let bus = bus(store.clone())?;
+    let ann = CommandContext::new().by("ann");
+    let send = |command| bus.send(ToAggregate::<Accounts>::new("a-1", command), ann.clone());
+    send(AccountCommand::Withdraw { cents: 3000 }).await?; // 20.00 left
+    send(AccountCommand::Withdraw { cents: 1500 }).await?; // 5.00 left: warn
+    let refused = send(AccountCommand::Withdraw { cents: 600 })
         .await
-        .unwrap();
-        send(AccountCommand::Deposit { cents: 5000 }).await.unwrap();
-        send(AccountCommand::Withdraw { cents: 3000 })
-            .await
-            .unwrap(); // 20.00 left
-        send(AccountCommand::Withdraw { cents: 1500 })
-            .await
-            .unwrap(); // 5.00 left: warn
-        let refused = send(AccountCommand::Withdraw { cents: 600 })
-            .await
-            .unwrap_err();
-        assert_eq!(
-            refused.rejection::<AccountError>(),
-            Some(&AccountError::InsufficientFunds { balance: 500 })
-        );
-        // Without a user, the authorisation layer refuses.
-        assert!(
-            bus.send(
-                ToAggregate::<Accounts>::new("a-1", AccountCommand::Deposit { cents: 1 }),
-                CommandContext::new()
-            )
-            .await
-            .is_err()
-        );
+        .expect_err("an overdraft");
+    assert_eq!(
+        refused.rejection::<AccountError>(),
+        Some(&AccountError::InsufficientFunds { balance: 500 })
+    );
+    // Without a user, the authorisation layer refuses.
+    let deposit = ToAggregate::<Accounts>::new("a-1", AccountCommand::Deposit { cents: 1 });
+    assert!(bus.send(deposit, CommandContext::new()).await.is_err());
 
-        let notifier = Arc::new(Recorded::default());
-        let processor = low_balance_processor("low-balance", store.clone(), notifier.clone())
-            .await
-            .unwrap();
-        processor.run_until(store.head()).await.unwrap();
-        assert_eq!(*notifier.0.lock(), vec!["ann: your balance is 500 cents"]);
+    let notifier = Arc::new(Recorded::default());
+    let processor = low_balance_processor("low-balance", store.clone(), notifier.clone()).await?;
+    processor.run_until(store.head()).await?;
+    assert_eq!(*notifier.0.lock(), vec!["ann: your balance is 500 cents"]);
 
-        // Handled again from the start (as after a lost checkpoint): no second warning.
-        let again = low_balance_processor("low-balance-again", store.clone(), notifier.clone())
-            .await
-            .unwrap();
-        again.run_until(store.head()).await.unwrap();
-        assert_eq!(notifier.0.lock().len(), 1);
-    }
+    // Handled again from the start (as after a lost checkpoint): no second warning.
+    let again = low_balance_processor("low-balance-again", store.clone(), notifier.clone()).await?;
+    again.run_until(store.head()).await?;
+    assert_eq!(notifier.0.lock().len(), 1);
+    Ok(())
+}
 
-    #[tokio::test]
-    async fn old_deposits_in_euros_are_read_as_cents() {
-        let store = MemoryStore::new();
-        let stream = StreamName::user("account-old").unwrap();
-        let v1 = NewEvent::json("Deposited", &serde_json::json!({"euros": 7}))
-            .unwrap()
-            .with_metadata(&serde_json::json!({"$schemaVersion": 1}))
-            .unwrap();
-        let opened = NewEvent::json("AccountOpened", &serde_json::json!({"owner": "ann"})).unwrap();
-        store
-            .append(&stream, ExpectedState::NoStream, vec![opened, v1])
-            .await
-            .unwrap();
-        let accounts = Repository::new(store, Accounts);
-        assert_eq!(accounts.load("old").await.unwrap().state.balance, 700);
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn the_service_runs_on_the_embedded_store() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine =
-            factum_engine::Engine::open(dir.path(), factum_engine::Options::default()).unwrap();
-        let store: Arc<dyn EventStore> = Arc::new(engine.clone());
-        let bus = bus(store).unwrap();
-        let ann = CommandContext::new().by("ann");
-        for command in [
-            AccountCommand::Open {
-                owner: "ann".into(),
-            },
-            AccountCommand::Deposit { cents: 10 },
-        ] {
-            bus.send(ToAggregate::<Accounts>::new("a-2", command), ann.clone())
-                .await
-                .unwrap();
-        }
-        engine.close().unwrap();
-        let engine =
-            factum_engine::Engine::open(dir.path(), factum_engine::Options::default()).unwrap();
-        let accounts = Repository::new(engine.clone(), Accounts);
-        assert_eq!(accounts.load("a-2").await.unwrap().state.balance, 10);
-        engine.close().unwrap();
-    }
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_runs_on_the_embedded_store() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::open(dir.path(), EngineOptions::default())?;
+    let account = open_account(engine.clone(), "a-2", "ann", 10).await?;
+    assert_eq!(account.balance, 10);
+    engine.close()?;
+    let engine = Engine::open(dir.path(), EngineOptions::default())?;
+    let accounts = Repository::new(engine.clone(), Accounts);
+    assert_eq!(accounts.load("a-2").await?.state.balance, 10);
+    engine.close()?;
+    Ok(())
 }

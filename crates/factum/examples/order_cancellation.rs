@@ -13,10 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use factum::processor::HandlerError;
 use factum::{
-    CommandContext, Decider, EventProcessor, EventStore, RecordedEvent, Repository, RetryPolicy,
-    handler_fn,
+    CommandContext, Decider, EventProcessor, EventStore, HandlerError, RecordedEvent, Repository,
+    RetryPolicy, handler_fn,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -282,9 +281,9 @@ fn retry_policy(initial: Duration) -> RetryPolicy {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = std::env::var("FACTUM_DATA_DIR").unwrap_or_else(|_| "./factum-data".into());
-    let engine = factum_engine::Engine::open(&dir, factum_engine::Options::default())?;
+    let engine = factum::Engine::open(&dir, factum::EngineOptions::default())?;
     let store: Arc<dyn EventStore> = Arc::new(engine.clone());
-    let orders = Arc::new(Repository::with_store(store.clone(), Orders));
+    let orders = Arc::new(Repository::new(store.clone(), Orders));
     let order = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
     println!("order {order} on the embedded store in {dir}");
 
@@ -428,7 +427,7 @@ mod tests {
     }
 
     fn world(store: Arc<dyn EventStore>, gateway_failures: u32, mail_down: bool) -> World {
-        let orders = Arc::new(Repository::with_store(store.clone(), Orders));
+        let orders = Arc::new(Repository::new(store.clone(), Orders));
         let gateway = Arc::new(PaymentGateway::failing(gateway_failures));
         let mailer = Arc::new(Mailer::default());
         mailer.down.store(mail_down, Ordering::SeqCst);
@@ -555,15 +554,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let engine =
-                factum_engine::Engine::open(dir.path(), factum_engine::Options::default()).unwrap();
+                factum::Engine::open(dir.path(), factum::EngineOptions::default()).unwrap();
             let w = world(Arc::new(engine.clone()), 1, false);
             place_and_cancel(&w, "o-3").await;
             w.processor.run_until(engine.head()).await.unwrap();
             assert_eq!(w.mailer.sent.lock().len(), 1);
             engine.close().unwrap();
         }
-        let engine =
-            factum_engine::Engine::open(dir.path(), factum_engine::Options::default()).unwrap();
+        let engine = factum::Engine::open(dir.path(), factum::EngineOptions::default()).unwrap();
         let w = world(Arc::new(engine.clone()), 0, false);
         let stats = w.processor.run_until(engine.head()).await.unwrap();
         // The refund appended after the checkpoint is looked at, but nobody handles it.

@@ -158,7 +158,7 @@ fn vip_processor(
     customers: Arc<Customers>,
     mailer: Arc<Mailer>,
 ) -> anyhow::Result<EventProcessor> {
-    let histories = Arc::new(Repository::with_store(store.clone(), Histories));
+    let histories = Arc::new(Repository::new(store.clone(), Histories));
     let update_history = handler_fn("update_customer_history", move |event: RecordedEvent| {
         let histories = histories.clone();
         async move {
@@ -233,7 +233,7 @@ fn customers() -> Arc<Customers> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = std::env::var("FACTUM_DATA_DIR").unwrap_or_else(|_| "./factum-data".into());
-    let engine = factum_engine::Engine::open(&dir, factum_engine::Options::default())?;
+    let engine = factum::Engine::open(&dir, factum::EngineOptions::default())?;
     let store: Arc<dyn EventStore> = Arc::new(engine.clone());
     let run = &uuid::Uuid::now_v7().simple().to_string()[20..];
     println!("orders of run {run} on the embedded store in {dir}");
@@ -241,7 +241,7 @@ async fn main() -> anyhow::Result<()> {
     // Customers new to this data directory, so that every run shows a first VIP.
     let suffix = format!(".{run}");
     let first = engine.head();
-    let orders = Repository::with_store(store.clone(), Orders);
+    let orders = Repository::new(store.clone(), Orders);
     for (i, name) in ["ann", "bob", "ann", "ann", "ann"].into_iter().enumerate() {
         let customer_id = format!("{name}{suffix}");
         let order_id = format!("{run}.{i}");
@@ -353,7 +353,7 @@ mod tests {
     }
 
     async fn place(store: &Arc<dyn EventStore>, order_id: &str, customer_id: &str) {
-        Repository::with_store(store.clone(), Orders)
+        Repository::new(store.clone(), Orders)
             .execute(
                 order_id,
                 CreateOrder {
@@ -453,8 +453,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn two_deliveries_at_once_and_a_restart_still_send_one_mail() {
         let dir = tempfile::tempdir().unwrap();
-        let engine =
-            factum_engine::Engine::open(dir.path(), factum_engine::Options::default()).unwrap();
+        let engine = factum::Engine::open(dir.path(), factum::EngineOptions::default()).unwrap();
         let store: Arc<dyn EventStore> = Arc::new(engine.clone());
         for order in ["o-1", "o-2", "o-3"] {
             place(&store, order, "bob").await;
@@ -484,8 +483,7 @@ mod tests {
         drop((a, b, inbox, store));
 
         // After a restart the inbox remembers, read back from its stream.
-        let engine =
-            factum_engine::Engine::open(dir.path(), factum_engine::Options::default()).unwrap();
+        let engine = factum::Engine::open(dir.path(), factum::EngineOptions::default()).unwrap();
         let store: Arc<dyn EventStore> = Arc::new(engine.clone());
         let inbox = Arc::new(Inbox::open(store.clone(), "congrats").await.unwrap());
         let fresh =

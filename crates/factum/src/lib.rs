@@ -1,83 +1,160 @@
-//! The Factum toolkit: write the domain as plain Rust — a [`Decider`] of commands and events —
-//! and get optimistic concurrency, retries, correlation and causation, and schema evolution from
-//! the [`Repository`], over any [`EventStore`] (the embedded engine, PostgreSQL, or the in-memory
-//! store in tests).
+//! Factum: an event store and an event-sourcing / CQRS toolkit.
+//!
+//! Services record facts — orders, carts, accounts, stock — as events in streams, read them
+//! back in order, follow the whole log live, keep read models for queries, and hand events
+//! reliably to other services. This is the one crate an application adds; its features choose
+//! the parts, and every item has one path, at the root (modules only where names would clash:
+//! [`testing`], [`headers`], [`server`], [`backend`], [`limits`]).
+//!
+//! ```toml
+//! [dependencies]
+//! factum = { version = "0.1", features = ["postgres", "sqlite", "nats"] }
+//! ```
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `engine` (default) | [`Engine`]: the embedded store, one directory, no server |
+//! | `postgres` | [`PgStore`]: the same store on PostgreSQL; with `projections`, [`PgReadModel`] |
+//! | `projections` | [`Projection`], [`Projector`], [`ReadModel`]: read models kept up to date from the log |
+//! | `sqlite` | [`SqliteReadModel`] (and `projections`) |
+//! | `relay` | [`Relay`], [`Consumer`]: the store as outbox, and messages back in as commands |
+//! | `nats`, `rabbitmq` | [`NatsPublisher`] / [`NatsSource`], [`RabbitPublisher`] / [`RabbitSource`] (and `relay`) |
+//! | `server` | [`server`]: the HTTP API, server-sent events, metrics and web UI of `factum serve` |
+//! | `testkit` | [`backend::testkit`]: the conformance suite every backend passes |
+//! | `full` | all of them |
+//!
+//! Always there: the event model and the [`EventStore`] trait, the in-memory [`MemoryStore`]
+//! for tests, and the toolkit — [`Decider`], [`Repository`], snapshots, the [`CommandBus`],
+//! [`EventProcessor`]s with [`DeadLetters`], the [`Inbox`] and [`SagaManager`]s. Every
+//! constructor takes its store the same way ([`IntoStore`]): a backend, an `Arc` of one, or an
+//! `Arc<dyn EventStore>`.
+//!
+//! # The store
+//!
+//! An append names a stream and the state it expects the stream in; the events are durable
+//! when it returns, each with a revision in its stream and a position in `$all`, the one log.
 //!
 //! ```
-//! use factum::{CommandContext, Decider, MemoryStore, Repository};
-//! use serde::{Deserialize, Serialize};
+//! use factum::{Direction, Engine, EngineOptions, EventStore, ExpectedState, NewEvent, StreamName};
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+//! let cart = StreamName::user("cart-42").unwrap();
+//! let added = NewEvent::json("ItemAdded", &serde_json::json!({"sku": "pear"})).unwrap();
+//! let written = store.append(&cart, ExpectedState::NoStream, vec![added]).await.unwrap();
+//! assert_eq!(written.last_revision, 0);
 //!
-//! #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-//! enum CounterEvent { Incremented { by: u64 } }
+//! // Another writer that expected the stream not to exist loses, and writes nothing.
+//! let late = NewEvent::json("ItemAdded", &serde_json::json!({"sku": "fig"})).unwrap();
+//! assert!(store.append(&cart, ExpectedState::NoStream, vec![late]).await.is_err());
 //!
-//! #[derive(Debug, thiserror::Error, PartialEq)]
-//! #[error("the counter would pass {0}")]
-//! struct TooHigh(u64);
-//!
-//! struct Counter { max: u64 }
-//!
-//! impl Decider for Counter {
-//!     type State = u64;
-//!     type Command = u64;
-//!     type Event = CounterEvent;
-//!     type Error = TooHigh;
-//!     const CATEGORY: &'static str = "counter";
-//!     fn initial_state(&self) -> u64 { 0 }
-//!     fn decide(&self, state: &u64, by: &u64) -> Result<Vec<CounterEvent>, TooHigh> {
-//!         if state + by > self.max { return Err(TooHigh(self.max)); }
-//!         Ok(vec![CounterEvent::Incremented { by: *by }])
-//!     }
-//!     fn evolve(&self, state: u64, event: &CounterEvent) -> u64 {
-//!         match event { CounterEvent::Incremented { by } => state + by }
-//!     }
-//! }
-//!
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! let repository = Repository::new(MemoryStore::new(), Counter { max: 10 });
-//! let context = CommandContext::new();
-//! repository.execute("c-1", 4, &context).await.unwrap();
-//! repository.execute("c-1", 5, &context).await.unwrap();
-//! assert!(repository.execute("c-1", 2, &context).await.is_err());
-//! assert_eq!(repository.load("c-1").await.unwrap().state, 9);
+//! let events = store.read_stream(&cart, 0, Direction::Forwards, 10).await.unwrap();
+//! assert_eq!(events[0].event_type, "ItemAdded");
+//! let mut live = store.subscribe_all(0, Default::default()); // catch-up, then live
+//! assert_eq!(live.next().await.unwrap().position, 0);
+//! store.close().unwrap();
 //! # });
 //! ```
+//!
+//! The same code runs on PostgreSQL (`PgStore::connect("postgres://…", PgOptions::default())`),
+//! and on [`MemoryStore`] in tests; every backend passes the same conformance suite.
+//!
+//! # Aggregates
+//!
+//! A [`Decider`] is the domain as pure functions; a [`Repository`] loads an aggregate,
+//! decides, and appends with the revision it loaded, deciding again on a conflict (see the
+//! [`Decider`] example). A [`CommandBus`] puts tracing, validation, authorisation and audit
+//! around every command; [`EventProcessor`]s react to committed events with retries and dead
+//! letters; a [`SagaManager`] drives a process across aggregates.
+//!
+//! # Read models
+//!
+//! ```
+//! use factum::{ApplyError, Projection, RecordedEvent, Table, Tx};
+//!
+//! struct Balances;
+//!
+//! impl Projection for Balances {
+//!     fn name(&self) -> &str { "balances" }
+//!     fn tables(&self) -> Vec<Table> {
+//!         vec![Table::new("balances", "id TEXT PRIMARY KEY, balance BIGINT NOT NULL")
+//!             .index("balances_by_balance", "balance")]
+//!     }
+//!     fn apply(&self, tx: &mut Tx, event: &RecordedEvent) -> Result<(), ApplyError> {
+//!         let data: serde_json::Value = serde_json::from_slice(&event.data)?;
+//!         let id = event.stream.as_str().to_owned();
+//!         match event.event_type.as_str() {
+//!             "Opened" => {
+//!                 tx.insert("balances").set("id", id).set("balance", 0);
+//!             }
+//!             "Deposited" => {
+//!                 let amount = data["amount"].as_i64().unwrap_or(0);
+//!                 tx.update("balances").key("id", id).add("balance", amount);
+//!             }
+//!             "Closed" => tx.execute("DELETE FROM {balances} WHERE id = $1", [id.into()]),
+//!             _ => {}
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//! ```
+//!
+//! A [`Projector`] runs it against a [`ReadModel`] (SQLite or PostgreSQL): batches of events
+//! commit together with the projection's checkpoint, so every event takes effect once.
+//!
+//! # Other services
+//!
+//! ```no_run
+//! use factum::{MemoryStore, NatsConfig, NatsPublisher, Payload, Relay, TypeMap};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = MemoryStore::new();
+//! let relay = Relay::builder("orders-out", store)
+//!     .stream_prefixes(["order-"])
+//!     .translator(TypeMap::new().map("OrderPlaced", "order.placed.v1", Payload::Data))
+//!     .build()?;
+//! let mut nats = NatsPublisher::new(NatsConfig {
+//!     jetstream_stream: Some("ORDERS".into()),
+//!     ..NatsConfig::new("nats://127.0.0.1:4222")
+//! });
+//! relay.run(&mut nats, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! A [`Consumer`] takes the other side's messages in as commands, each executed once however
+//! often the broker delivers it.
 
-pub mod bus;
-mod codec;
-mod context;
-mod decider;
-mod inbox;
-pub mod processor;
-mod replay;
-mod repository;
-pub mod saga;
-pub mod snapshot;
-pub mod testing;
+#[doc(inline)]
+pub use factum_core::*;
+#[cfg(feature = "engine")]
+#[doc(inline)]
+pub use factum_engine::*;
+#[cfg(feature = "postgres")]
+#[doc(inline)]
+pub use factum_postgres::*;
+#[cfg(feature = "projections")]
+#[doc(inline)]
+pub use factum_projections::*;
+#[cfg(feature = "relay")]
+#[doc(inline)]
+pub use factum_relay::*;
+#[doc(inline)]
+pub use factum_toolkit::*;
 
-pub use bus::{BusError, Command, CommandBus, Envelope};
-pub use codec::{CodecError, EventCodec, Upcasters};
-pub use context::CommandContext;
-pub use decider::Decider;
-pub use inbox::Inbox;
-pub use processor::{EventHandler, EventProcessor, HandlerError, RetryPolicy, handler_fn};
-pub use replay::replay_stream;
-pub use repository::{
-    DUPLICATE_WINDOW, Executed, Loaded, Repository, RepositoryError, ToAggregate,
-};
-pub use snapshot::SnapshotPolicy;
-
-/// The toolkit's own stream `${kind}-{name}` (`$deadletter-…`, `$inbox-…`, `$saga-…`, `$snapshot-…`): an
-/// empty name would make a stream that is not one of the toolkit's, so it is refused.
-pub(crate) fn toolkit_stream(kind: &str, name: &str) -> Result<StreamName, StoreError> {
-    if name.is_empty() {
-        return Err(StoreError::invalid(format!(
-            "a '${kind}-' stream needs a name after the prefix"
-        )));
-    }
-    StreamName::new(format!("${kind}-{name}"))
+/// `factum serve` as a library: the HTTP/JSON API of an event store, server-sent events,
+/// metrics, tokens and TLS, and the web UI.
+///
+/// ```no_run
+/// # async fn run(store: factum::MemoryStore) -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:2113").await?;
+/// factum::server::serve(listener, store, factum::server::Config::default(), async {
+///     let _ = tokio::signal::ctrl_c().await;
+/// })
+/// .await
+/// # }
+/// ```
+#[cfg(feature = "server")]
+pub mod server {
+    #[doc(inline)]
+    pub use factum_server::*;
 }
-
-pub use factum_core::{
-    AppendResult, Direction, EventStore, ExpectedState, MemoryStore, NewEvent, RecordedEvent,
-    StoreError, StreamName, Subscription, SubscriptionFilter,
-};

@@ -15,11 +15,11 @@ pub fn postgres() -> String {
 pub async fn connect() -> Result<
     (
         tokio_postgres::Client,
-        tokio_postgres::Connection<tokio_postgres::Socket, factum_postgres::tls::TlsStream>,
+        tokio_postgres::Connection<tokio_postgres::Socket, factum_pgconnect::TlsStream>,
     ),
     tokio_postgres::Error,
 > {
-    factum_postgres::tls::PgConnect::parse(&postgres())
+    factum_pgconnect::PgConnect::parse(&postgres())
         .unwrap()
         .connect()
         .await

@@ -366,7 +366,7 @@ pub async fn delete_rabbit(url: &str, exchange: &str, queue: &str) {
 /// An embedded store in a temporary directory (kept as long as the directory).
 pub fn engine_store() -> (tempfile::TempDir, Arc<dyn EventStore>) {
     let dir = tempfile::tempdir().unwrap();
-    let engine = factum_engine::Engine::open(dir.path(), factum_engine::Options::default());
+    let engine = factum_engine::Engine::open(dir.path(), factum_engine::EngineOptions::default());
     (dir, Arc::new(engine.unwrap()))
 }
 
@@ -433,13 +433,13 @@ pub mod tally {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use factum::bus::CommandBus;
-    use factum::{Decider, Repository, ToAggregate};
     use factum_core::{Direction, EventStore};
     use factum_relay::{
         Acknowledge, ConsumeError, Consumer, ConsumerStatus, Delivery, IncomingMessage,
         MessageSource, headers,
     };
+    use factum_toolkit::CommandBus;
+    use factum_toolkit::{Decider, Repository, ToAggregate};
     use serde::{Deserialize, Serialize};
     use tokio::sync::{oneshot, watch};
 
@@ -483,7 +483,7 @@ pub mod tally {
 
     /// The tally service's command bus over `store`.
     pub fn bus(store: Arc<dyn EventStore>) -> CommandBus {
-        let tallies = Arc::new(Repository::with_store(store, Tally));
+        let tallies = Arc::new(Repository::new(store, Tally));
         CommandBus::builder()
             .handle::<ToAggregate<Tally>, _>(tallies.handler())
             .build()

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use factum_engine::{Engine, Options};
+use factum_engine::{Engine, EngineOptions};
 use futures::StreamExt;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -34,7 +34,7 @@ pub async fn start_with_client(
     client: Client,
 ) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let store = Engine::open(dir.path().join("data"), Options::default()).unwrap();
+    let store = Engine::open(dir.path().join("data"), EngineOptions::default()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
         "{scheme}://localhost:{}",

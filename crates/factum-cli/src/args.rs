@@ -1,0 +1,258 @@
+//! What the command line takes in: the arguments of every subcommand, and the events of
+//! `factum append` on stdin.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use factum::{ExpectedState, NewEvent, StoreError, StreamMetadata, StreamName, server::json};
+
+use crate::bad;
+
+/// Factum: an event store. Events in and out as JSON lines.
+#[derive(Parser)]
+#[command(name = "factum", version, about)]
+pub struct Cli {
+    /// The data directory of the embedded store.
+    #[arg(
+        long,
+        global = true,
+        env = "FACTUM_DATA_DIR",
+        default_value = "./factum-data"
+    )]
+    pub data_dir: PathBuf,
+    /// Use the store in PostgreSQL at this URL (postgres://user@host/db) instead of the
+    /// embedded store in --data-dir. TLS as with libpq: ?sslmode=verify-full&sslrootcert=ca.pem
+    /// (encrypted whenever the server offers it unless sslmode=disable).
+    #[arg(long, global = true, env = "FACTUM_STORE")]
+    pub store: Option<String>,
+    /// The PostgreSQL schema of the store (with --store).
+    #[arg(
+        long,
+        global = true,
+        env = "FACTUM_STORE_SCHEMA",
+        default_value = "factum"
+    )]
+    pub store_schema: String,
+    /// Send append, read, read-all, tail, streams, delete, metadata and export to a running
+    /// `factum serve` at this URL (http://127.0.0.1:2113) instead of opening the store: the
+    /// server holds the embedded store's directory while it runs.
+    #[arg(long, global = true, env = "FACTUM_SERVER", conflicts_with = "store")]
+    pub server: Option<String>,
+    /// A bearer token for --server (a token of the server's auth configuration).
+    #[arg(long, global = true, env = "FACTUM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A PEM certificate to trust for an https --server, besides the system's.
+    #[arg(long, global = true, env = "FACTUM_SERVER_CA")]
+    pub server_ca: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Append events, read from stdin one JSON object a line:
+    /// `{"type": "...", "data": ..., "metadata": {...}, "id": "UUID"}`.
+    Append {
+        /// The stream to append to.
+        stream: String,
+        /// any, no-stream, exists, or the revision the stream must be at.
+        #[arg(long, default_value = "any")]
+        expected: String,
+    },
+    /// Print a stream's events.
+    Read {
+        /// The stream to read.
+        stream: String,
+        /// First revision to read (default: the start, or the end with --backwards).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Newest first.
+        #[arg(long)]
+        backwards: bool,
+        /// At most this many events.
+        #[arg(long, default_value_t = u64::MAX)]
+        limit: u64,
+    },
+    /// Print events of the whole log ($all).
+    ReadAll {
+        /// First position to read (default: the start, or the end with --backwards).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Newest first.
+        #[arg(long)]
+        backwards: bool,
+        /// At most this many events.
+        #[arg(long, default_value_t = u64::MAX)]
+        limit: u64,
+    },
+    /// Print the log from a position, then new events as they are appended, until interrupted.
+    Tail {
+        /// First position (default: the current end, showing only new events).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Only streams starting with this (repeatable).
+        #[arg(long = "stream-prefix")]
+        stream_prefixes: Vec<String>,
+        /// Only events of this type (repeatable).
+        #[arg(long = "type")]
+        event_types: Vec<String>,
+    },
+    /// List streams, one JSON object a line.
+    Streams {
+        /// Only names starting with this; a prefix starting with '$' lists system streams.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// At most this many.
+        #[arg(long, default_value_t = u64::MAX)]
+        limit: u64,
+    },
+    /// Delete a stream (soft: it can be written again), or tombstone it for good.
+    Delete {
+        /// The stream.
+        stream: String,
+        /// Never allow the stream to be written again.
+        #[arg(long)]
+        tombstone: bool,
+        /// any, no-stream, exists, or the revision the stream must be at.
+        #[arg(long, default_value = "any")]
+        expected: String,
+    },
+    /// Show a stream's metadata, or set it with --set '{"max_count": 100}'.
+    Metadata {
+        /// The stream.
+        stream: String,
+        /// New metadata: max_count, max_age_secs, truncate_before, custom.
+        #[arg(long)]
+        set: Option<String>,
+    },
+    /// Read every record and check every checksum; exits non-zero naming the first corruption.
+    Verify,
+    /// Print every recorded event as a JSON line (the input of `import`).
+    Export {
+        /// First position.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+    /// Store exported events as they were: ids, order, revisions and times.
+    Import {
+        /// The file to read (default: stdin).
+        file: Option<PathBuf>,
+    },
+    /// Events that an event processor's handlers gave up on: list them, or have them replayed.
+    Deadletters {
+        #[command(subcommand)]
+        action: DeadLetters,
+    },
+    /// Projections' read models: their lag, and rebuilds.
+    Projections {
+        #[command(subcommand)]
+        action: crate::projections::Projections,
+    },
+    /// Measure appends and reads against PostgreSQL and SQLite on the same machine.
+    Bench(factum_bench::BenchArgs),
+    /// Serve the event store over HTTP: the JSON API, server-sent events, health and metrics.
+    /// Stops on SIGTERM or Ctrl-C after finishing the requests in flight.
+    Serve {
+        /// The address to listen on. Without an auth configuration only loopback addresses
+        /// are allowed.
+        #[arg(long, env = "FACTUM_LISTEN", default_value = "127.0.0.1:2113")]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        security: ServeSecurity,
+        /// A read model (a SQLite file or a PostgreSQL URL) whose projections' lag the server
+        /// reports at `/projections` and in `/metrics`.
+        #[arg(long)]
+        read_model: Option<String>,
+        /// The PostgreSQL schema of --read-model.
+        #[arg(long, default_value = "public")]
+        read_model_schema: String,
+        /// A relays file (TOML): relays that publish from the log to NATS JetStream or
+        /// RabbitMQ while the server runs.
+        #[arg(long, env = "FACTUM_RELAYS")]
+        relays: Option<PathBuf>,
+    },
+    /// Run the relays of a relays file (TOML) without the HTTP server: each follows the log
+    /// from its checkpoint and publishes to NATS JetStream or RabbitMQ until SIGTERM or Ctrl-C.
+    Relay {
+        /// The relays file.
+        config: PathBuf,
+    },
+    /// A walk through the event store on the embedded engine: a shopping cart.
+    Demo,
+    /// (Used by `bench --scenarios open`.) Open the store, serve reads, report time and memory.
+    #[command(hide = true)]
+    BenchOpen,
+}
+
+#[derive(Subcommand)]
+pub enum DeadLetters {
+    /// Print the unresolved dead letters of an event processor (failed events) or a consumer
+    /// (parked broker messages), one JSON object a line; with no name, print each one that has
+    /// any, with their number.
+    List {
+        /// The processor's or consumer's name.
+        processor: Option<String>,
+    },
+    /// Ask an event processor or a consumer to replay its dead letters: it does so the next
+    /// time it starts, and those whose handler or command now succeeds are resolved.
+    Replay {
+        /// The processor's or consumer's name.
+        processor: String,
+    },
+}
+
+/// Who may use the server, and over what.
+#[derive(clap::Args)]
+pub struct ServeSecurity {
+    /// A TOML file of bearer tokens with read, write and admin rights on stream prefixes.
+    /// Without one, every request is allowed and the server listens on loopback only.
+    #[arg(long, env = "FACTUM_AUTH")]
+    pub auth: Option<PathBuf>,
+    /// A PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, env = "FACTUM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "FACTUM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+pub fn stream_arg(name: &str) -> Result<StreamName> {
+    StreamName::user(name).map_err(|e| bad(e.to_string()))
+}
+
+pub fn expected_arg(text: &str) -> Result<ExpectedState> {
+    text.parse().map_err(|e: StoreError| bad(e.to_string()))
+}
+
+/// Reads the events of `factum append` from stdin, checking every line before anything is
+/// sent: each as parsed, and as given (what goes to a server).
+pub fn stdin_events() -> Result<Vec<(NewEvent, String)>> {
+    let mut events = Vec::new();
+    for (number, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.context("reading stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event = json::parse_event_line(&line)
+            .map_err(|e| bad(format!("line {}: {e:#}", number + 1)))?;
+        events.push((event, line));
+    }
+    if events.is_empty() {
+        return Err(bad("no events on stdin (one JSON object a line)"));
+    }
+    Ok(events)
+}
+
+/// The new metadata of `factum metadata --set`.
+pub fn metadata_arg(set: Option<String>) -> Result<Option<StreamMetadata>> {
+    set.map(|text| {
+        serde_json::from_str(&text).map_err(|e| {
+            bad(format!(
+                "--set: {e} (keys: max_count, max_age_secs, truncate_before, custom)"
+            ))
+        })
+    })
+    .transpose()
+}

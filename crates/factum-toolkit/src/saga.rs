@@ -1,0 +1,1374 @@
+//! Sagas: process managers with durable state, compensation and deadlines.
+
+use factum_core::IntoStore;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use factum_core::backend::{claim_unless_stopped, until_stopped_or_lost};
+use factum_core::{
+    AppendOptions, Checkpoint, Claim, Direction, EventStore, ExpectedState, NewEvent,
+    RecordedEvent, StoreError, StreamName, SubscriptionFilter,
+};
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::CommandContext;
+use crate::bus::BusError;
+use crate::replay::replay_stream;
+
+/// A process manager, as pure functions of an instance's state. One instance per correlation
+/// id ([`Saga::correlate`]); its state starts at `State::default()`.
+pub trait Saga: Send + Sync + 'static {
+    /// The saga's name: its checkpoint is `saga-{NAME}`, its instances live in
+    /// `$saga-{NAME}-{id}`.
+    const NAME: &'static str;
+    /// What an instance knows. Stored with every step, as JSON.
+    type State: Serialize + DeserializeOwned + Default + Clone + Send + Sync;
+    /// What it asks of others. Stored with the step that sends it, as JSON, until sent.
+    type Command: Serialize + DeserializeOwned + Clone + Send + Sync + std::fmt::Debug;
+
+    /// The instance an event belongs to; `None`: not this saga's business.
+    fn correlate(&self, event: &RecordedEvent) -> Option<String>;
+
+    /// What an instance does about one of its events; `None`: nothing.
+    fn on_event(
+        &self,
+        state: &Self::State,
+        event: &RecordedEvent,
+    ) -> Option<Step<Self::State, Self::Command>>;
+
+    /// One of the instance's commands was refused (`reason`): what it does to compensate.
+    /// By default, nothing.
+    fn on_rejected(
+        &self,
+        state: &Self::State,
+        command: &Self::Command,
+        reason: &str,
+    ) -> Option<Step<Self::State, Self::Command>> {
+        let _ = (state, command, reason);
+        None
+    }
+
+    /// A deadline of instance `instance` came without being cancelled. By default, nothing.
+    fn on_deadline(
+        &self,
+        state: &Self::State,
+        deadline: &str,
+        instance: &str,
+    ) -> Option<Step<Self::State, Self::Command>> {
+        let _ = (state, deadline, instance);
+        None
+    }
+}
+
+/// What a saga instance does next: its new state, the commands it sends, the deadlines it sets
+/// or cancels, and whether it is finished (a finished instance takes no more events, and its
+/// deadlines are dropped).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step<S, C> {
+    state: S,
+    commands: Vec<C>,
+    schedule: Vec<(String, Duration)>,
+    cancel: Vec<String>,
+    done: bool,
+}
+
+impl<S, C> Step<S, C> {
+    /// Moves to `state`.
+    pub fn to(state: S) -> Self {
+        Step {
+            state,
+            commands: Vec::new(),
+            schedule: Vec::new(),
+            cancel: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// Sends `command` (after the step is stored).
+    pub fn send(mut self, command: C) -> Self {
+        self.commands.push(command);
+        self
+    }
+
+    /// Sets the deadline `name`, `after` from now.
+    pub fn schedule(mut self, name: impl Into<String>, after: Duration) -> Self {
+        self.schedule.push((name.into(), after));
+        self
+    }
+
+    /// Cancels every pending deadline called `name`.
+    pub fn cancel(mut self, name: impl Into<String>) -> Self {
+        self.cancel.push(name.into());
+        self
+    }
+
+    /// The instance is finished.
+    pub fn done(mut self) -> Self {
+        self.done = true;
+        self
+    }
+}
+
+const STEPPED: &str = "SagaStepped";
+const INDEXED: &str = "SagaIndexed";
+const SENT: &str = "SagaCommandSent";
+const REJECTED: &str = "SagaCommandRejected";
+
+/// The saga's index, written now and then by its manager in `$sagas-{NAME}` so that a start
+/// reads only the instances that may have something to do.
+#[derive(Serialize, Deserialize)]
+struct Indexed {
+    /// Every step stored after this index has a position at or after this one.
+    from: u64,
+    /// The instances with deadlines pending. No instance had commands stored and not sent.
+    waiting: Vec<String>,
+}
+
+/// A stored command of a step.
+#[derive(Clone, Serialize, Deserialize)]
+struct StoredCommand {
+    id: Uuid,
+    command: serde_json::Value,
+}
+
+/// A stored deadline.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StoredDeadline {
+    id: Uuid,
+    name: String,
+    /// Milliseconds since the Unix epoch.
+    due_ms: u64,
+}
+
+/// A step as stored in the instance's stream.
+#[derive(Serialize, Deserialize)]
+struct Stepped {
+    /// What caused it: an event id, `rejected:{command id}` or `deadline:{deadline id}`.
+    cause: String,
+    correlation_id: String,
+    state: serde_json::Value,
+    commands: Vec<StoredCommand>,
+    scheduled: Vec<StoredDeadline>,
+    cancelled: Vec<String>,
+    /// The deadline this step is the firing of.
+    #[serde(default)]
+    fired: Option<Uuid>,
+    /// The position in `$all` of the event that caused it (steps caused by events only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    position: Option<u64>,
+    done: bool,
+}
+
+impl Stepped {
+    /// The step's commands, as sends to make for instance `instance`.
+    fn pending<'a>(&'a self, instance: &'a str) -> impl Iterator<Item = Pending> + 'a {
+        self.commands.iter().map(move |c| Pending {
+            instance: instance.to_owned(),
+            id: c.id,
+            command: c.command.clone(),
+            correlation_id: self.correlation_id.clone(),
+            cause: self.cause.clone(),
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Outcome {
+    command_id: Uuid,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// A command waiting to be sent.
+#[derive(Clone)]
+struct Pending {
+    instance: String,
+    id: Uuid,
+    command: serde_json::Value,
+    correlation_id: String,
+    cause: String,
+}
+
+/// An instance as replayed from its stream.
+struct Instance<S> {
+    stream: StreamName,
+    revision: Option<u64>,
+    state: S,
+    correlation_id: String,
+    pending: Vec<Pending>,
+    deadlines: Vec<StoredDeadline>,
+    done: bool,
+    /// The position of the last event a step of the instance was caused by.
+    taken: Option<u64>,
+}
+
+/// What caused a step.
+struct Cause {
+    /// An event id, `rejected:{command id}` or `deadline:{deadline id}`.
+    text: String,
+    correlation_id: String,
+    /// The deadline the step is the firing of.
+    fired: Option<Uuid>,
+    /// The position of the event that caused it.
+    position: Option<u64>,
+}
+
+/// What a saga manager has done since it started.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SagaStatus {
+    /// The last position of `$all` taken into account.
+    pub checkpoint: Option<u64>,
+    /// Steps stored.
+    pub steps: u64,
+    /// Commands sent and accepted.
+    pub commands_sent: u64,
+    /// Commands refused (and handed to [`Saga::on_rejected`]).
+    pub commands_rejected: u64,
+    /// Deadlines fired.
+    pub deadlines_fired: u64,
+    /// Deadlines waiting.
+    pub deadlines_pending: usize,
+    /// Failures (a command that could not be sent yet, the store), each retried.
+    pub failures: u64,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// Instance streams read when the manager started: those its index names as waiting for
+    /// a deadline and those written since the index, or every one when there is no index.
+    pub loaded_at_start: usize,
+    /// Waiting while another manager of the saga holds its claim (see [`SagaManager::run`]).
+    pub standby: bool,
+    /// Times the manager lost its claim while it worked (its PostgreSQL connection failed).
+    pub claims_lost: u64,
+}
+
+/// What the manager sends a command with: usually the command bus, e.g.
+/// `bus.send(ToAggregate::<Stock>::new(..), context)`. The context carries the command's id,
+/// derived from its cause, and is idempotent.
+pub type SagaDispatch<C> = Arc<
+    dyn Fn(C, CommandContext) -> Pin<Box<dyn Future<Output = Result<(), BusError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Why a saga manager stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SagaError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored step or command no longer decodes with today's types.
+    #[error("saga {saga}: a stored step does not decode: {reason}")]
+    Decode {
+        /// The saga.
+        saga: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs a [`Saga`] over a store: follows `$all` from its checkpoint, stores each step in the
+/// instance's stream, sends the commands and fires the deadlines.
+///
+/// Every replica of a service may run the saga's manager: a manager claims the saga's name
+/// ([`EventStore::claim`]) before it works, so one works while the others wait
+/// ([`SagaStatus::standby`]) and one of them takes over when it stops, crashes, or loses its
+/// claim (its PostgreSQL connection failed). Should two ever work at once (a claim lost while
+/// its holder was still writing), the instance's expected revisions keep them from doing an
+/// instance's work twice (a command both sent carries one id and is executed once), and a
+/// manager that finds an instance's work done by the other sends what that left unsent and
+/// keeps its deadlines; an index written meanwhile may still miss a deadline the other set in a
+/// step this one has not come to yet.
+///
+/// Sagas (process managers, SPEC R5.4): an event of one aggregate becomes a command to
+/// another, with durable state, compensation when a step is refused, and deadlines.
+///
+/// A [`Saga`] is written as pure functions, like a [`Decider`](crate::Decider): given an
+/// instance's state and what happened (an event, a refused command, a deadline), it returns a
+/// [`Step`]: the next state, the commands to send, the deadlines to set or cancel. A
+/// [`SagaManager`] runs it:
+///
+/// - **Exactly once per event.** Each instance lives in its own stream `$saga-{name}-{id}`.
+///   A step caused by an event is appended there in one atomic write that records the event's
+///   position: after a crash the event is either fully taken into account or not at all, and
+///   an instance never takes an event at or before the last one it took.
+/// - **Instances at the same time.** The events that arrived together (up to 1,024) are taken
+///   as a batch: each instance's in order, up to 64 instances at once, so their appends share
+///   the store's durable writes. The checkpoint is saved once the batch is taken (with the
+///   step itself when the batch holds only one event to take); a restart reads again from it
+///   and skips what each instance already took. Deadlines that come due together, and the
+///   commands a restart finds unsent, are handled the same way.
+/// - **A start reads what may have something to do.** Now and then (every 65,536 positions of
+///   `$all`, at most every 5 s) and when it stops, the manager writes the saga's index in
+///   `$sagas-{name}`: the instances waiting for a deadline, as of a moment when no command was
+///   stored and not sent. A start reads those instances and the ones written after the index
+///   (found in `$all`), not the finished ones; without an index it reads every instance.
+/// - **Commands are an outbox.** A step's commands are stored with it, each with an id derived
+///   from its cause, and sent afterwards; sending is recorded (`SagaCommandSent`). Commands
+///   stored but not recorded as sent are sent again after a restart, with the same ids, so a
+///   [`Repository`](crate::Repository) executes each once (see [`CommandContext::with_id`]).
+/// - **Compensation.** A command the bus refuses (rejected by the domain, invalid, forbidden)
+///   is handed to [`Saga::on_rejected`], whose step (compensating commands) is stored together
+///   with the record of the refusal.
+/// - **Deadlines** are stored in the step that sets them, as wall-clock times, and fire after a
+///   restart too: [`Saga::on_deadline`] decides what a deadline that was not cancelled does.
+///
+/// ```
+/// # mod factum { pub use factum_core::*; pub use factum_toolkit::*; }
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use factum::{Saga, SagaManager, Step};
+/// use factum::{EventStore, ExpectedState, MemoryStore, NewEvent, RecordedEvent, StreamName};
+/// use serde::{Deserialize, Serialize};
+///
+/// /// Reminds a customer who has not paid an order within the deadline.
+/// struct PaymentReminder;
+///
+/// #[derive(Clone, Debug, Serialize, Deserialize)]
+/// enum Reminder { Send { order: String } }
+///
+/// impl Saga for PaymentReminder {
+///     const NAME: &'static str = "payment-reminder";
+///     type State = bool; // paid
+///     type Command = Reminder;
+///     fn correlate(&self, event: &RecordedEvent) -> Option<String> {
+///         event.stream.as_str().strip_prefix("order-").map(str::to_owned)
+///     }
+///     fn on_event(&self, _paid: &bool, event: &RecordedEvent) -> Option<Step<bool, Reminder>> {
+///         match event.event_type.as_str() {
+///             "OrderPlaced" => Some(Step::to(false).schedule("remind", Duration::from_millis(50))),
+///             "OrderPaid" => Some(Step::to(true).cancel("remind").done()),
+///             _ => None,
+///         }
+///     }
+///     fn on_deadline(&self, paid: &bool, _deadline: &str, instance: &str)
+///         -> Option<Step<bool, Reminder>> {
+///         Some(Step::to(*paid).send(Reminder::Send { order: instance.to_owned() }).done())
+///     }
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+/// for (order, events) in [("order-1", vec!["OrderPlaced", "OrderPaid"]), ("order-2", vec!["OrderPlaced"])] {
+///     let events = events.into_iter()
+///         .map(|t| NewEvent::json(t, &serde_json::json!({})).unwrap()).collect();
+///     store.append(&StreamName::user(order).unwrap(), ExpectedState::Any, events).await.unwrap();
+/// }
+/// let sent = Arc::new(parking_lot::Mutex::new(Vec::new()));
+/// let outbox = sent.clone();
+/// let manager = SagaManager::new(PaymentReminder, store.clone(), move |command, _context| {
+///     outbox.lock().push(command);
+///     async { Ok(()) }
+/// });
+/// let mut status = manager.status();
+/// let running = tokio::spawn(async move { manager.run(std::future::pending()).await });
+/// status.wait_for(|s| s.deadlines_fired == 1 && s.commands_sent == 1).await.unwrap();
+/// assert!(matches!(&sent.lock()[..], [Reminder::Send { order }] if order == "2"));
+/// running.abort();
+/// # });
+/// ```
+pub struct SagaManager<G: Saga> {
+    saga: G,
+    store: Arc<dyn EventStore>,
+    dispatch: SagaDispatch<G::Command>,
+    retry: Duration,
+    status: watch::Sender<SagaStatus>,
+    /// Set when the manager stops in the middle of work: the work ends at its next step (a
+    /// command not yet sent stays stored, to be sent by the next start).
+    stopping: watch::Sender<bool>,
+    /// An index larger than this is not written (the one before stays in force).
+    index_bytes_max: usize,
+}
+
+/// Positions passed without a step before the checkpoint is saved on its own.
+const SAVE_EVERY: u64 = 1024;
+/// Instance streams a starting manager reads at once.
+const START_READS: usize = 32;
+/// The most events of `$all` taken as one batch.
+const BATCH: usize = 1024;
+/// Instances of a batch taken at the same time.
+const CONCURRENT_INSTANCES: usize = 64;
+/// Positions of `$all` passed before the manager writes its index again: about what a start
+/// reads of `$all` when the manager before it kept up (a manager held up by a command that
+/// cannot be sent writes no index meanwhile).
+const INDEX_EVERY: u64 = 65_536;
+/// The least time between two writes of the index.
+const INDEX_PAUSE: Duration = Duration::from_secs(5);
+/// How many times an instance's work is tried again after its append met a revision it did
+/// not expect (see [`retrying`]).
+const CONFLICTS_MAX: u32 = 8;
+/// Events of `$all` a start reads at once when it looks for instances written after the index.
+const INDEX_READ_PAGE: usize = 1000;
+
+impl<G: Saga> SagaManager<G> {
+    /// A manager of `saga` over `store`, sending commands with `dispatch`.
+    pub fn new<F, Fut>(saga: G, store: impl IntoStore, dispatch: F) -> Self
+    where
+        F: Fn(G::Command, CommandContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BusError>> + Send + 'static,
+    {
+        let (status, _) = watch::channel(SagaStatus::default());
+        SagaManager {
+            saga,
+            store: store.into_store(),
+            dispatch: Arc::new(move |command, context| Box::pin(dispatch(command, context))),
+            retry: Duration::from_millis(200),
+            status,
+            stopping: watch::channel(false).0,
+            index_bytes_max: factum_core::limits::EVENT_PAYLOAD_BYTES_MAX,
+        }
+    }
+
+    /// For tests: the largest index written (by default the largest event, 16 MiB).
+    #[doc(hidden)]
+    pub fn with_index_bytes_max(mut self, bytes: usize) -> Self {
+        self.index_bytes_max = bytes;
+        self
+    }
+
+    /// The checkpoint's name: `saga-{NAME}`.
+    pub fn checkpoint_name() -> String {
+        format!("saga-{}", G::NAME)
+    }
+
+    /// The stream of instance `id`: `$saga-{NAME}-{id}`.
+    pub fn instance_stream(id: &str) -> Result<StreamName, StoreError> {
+        crate::toolkit_stream("saga", &format!("{}-{id}", G::NAME))
+    }
+
+    /// The stream of the saga's index: `$sagas-{NAME}`.
+    pub fn index_stream() -> Result<StreamName, StoreError> {
+        crate::toolkit_stream("sagas", G::NAME)
+    }
+
+    /// Follows what the manager does.
+    pub fn status(&self) -> watch::Receiver<SagaStatus> {
+        self.status.subscribe()
+    }
+
+    /// The state of instance `id` as stored (`None`: no such instance).
+    pub async fn state(&self, id: &str) -> Result<Option<G::State>, SagaError> {
+        let instance = self.load(id).await?;
+        Ok(instance.revision.map(|_| instance.state))
+    }
+
+    fn decode_error(reason: impl std::fmt::Display) -> SagaError {
+        SagaError::Decode {
+            saga: G::NAME,
+            reason: reason.to_string(),
+        }
+    }
+
+    async fn load(&self, id: &str) -> Result<Instance<G::State>, SagaError> {
+        let stream = Self::instance_stream(id)?;
+        let mut instance = Instance {
+            stream: stream.clone(),
+            revision: None,
+            state: G::State::default(),
+            correlation_id: String::new(),
+            pending: Vec::new(),
+            deadlines: Vec::new(),
+            done: false,
+            taken: None,
+        };
+        let mut finished: HashSet<Uuid> = HashSet::new();
+        let mut state = None;
+        replay_stream(self.store.as_ref(), &stream, 0, |record| {
+            instance.revision = Some(record.revision);
+            match record.event_type.as_str() {
+                STEPPED => {
+                    let step: Stepped =
+                        serde_json::from_slice(&record.data).map_err(Self::decode_error)?;
+                    instance.correlation_id = step.correlation_id.clone();
+                    instance.deadlines = deadlines_after(&instance.deadlines, &step);
+                    instance.pending.extend(step.pending(id));
+                    instance.done = step.done;
+                    instance.taken = step.position.or(instance.taken);
+                    state = Some(step.state);
+                }
+                SENT | REJECTED => {
+                    let outcome: Outcome =
+                        serde_json::from_slice(&record.data).map_err(Self::decode_error)?;
+                    finished.insert(outcome.command_id);
+                }
+                _ => {}
+            }
+            Ok::<_, SagaError>(())
+        })
+        .await?;
+        instance.pending.retain(|p| !finished.contains(&p.id));
+        if let Some(state) = state {
+            instance.state = serde_json::from_value(state).map_err(Self::decode_error)?;
+        }
+        Ok(instance)
+    }
+
+    /// The stored form of `step`, caused by `cause`.
+    fn stepped(
+        &self,
+        instance: &str,
+        cause: Cause,
+        step: Step<G::State, G::Command>,
+    ) -> Result<Stepped, SagaError> {
+        let source = format!("{instance}/{}", cause.text);
+        let mut commands = Vec::new();
+        for (n, command) in step.commands.iter().enumerate() {
+            commands.push(StoredCommand {
+                id: CommandContext::derived_id(&source, &format!("command/{n}")),
+                command: serde_json::to_value(command).map_err(Self::decode_error)?,
+            });
+        }
+        let due = now_ms();
+        let scheduled = step
+            .schedule
+            .iter()
+            .map(|(name, after)| StoredDeadline {
+                id: CommandContext::derived_id(&source, &format!("deadline/{name}")),
+                name: name.clone(),
+                due_ms: due + after.as_millis() as u64,
+            })
+            .collect();
+        Ok(Stepped {
+            cause: cause.text,
+            correlation_id: cause.correlation_id,
+            state: serde_json::to_value(&step.state).map_err(Self::decode_error)?,
+            commands,
+            scheduled,
+            cancelled: step.cancel,
+            fired: cause.fired,
+            position: cause.position,
+            done: step.done,
+        })
+    }
+
+    fn expected(instance: &Instance<G::State>) -> ExpectedState {
+        match instance.revision {
+            None => ExpectedState::NoStream,
+            Some(revision) => ExpectedState::Exact(revision),
+        }
+    }
+
+    fn failed(&self, error: &str) {
+        tracing::warn!(saga = G::NAME, %error, "saga failure; trying again");
+        self.status.send_modify(|s| {
+            s.failures += 1;
+            s.last_error = Some(error.to_owned());
+        });
+    }
+
+    /// Runs until `shutdown` completes: sends what earlier runs stored but did not send, then
+    /// follows `$all` from the checkpoint and fires deadlines as they come due.
+    ///
+    /// Work under way when `shutdown` completes winds down (a command not sent yet stays
+    /// stored, for the next start) and is waited for, so that nothing it started is written
+    /// after `run` returns; the same holds when `run` returns an error. Stop a manager this way
+    /// rather than by dropping or aborting its task when another may start in the same process.
+    ///
+    /// Before it works, the manager claims the saga's name; while another manager holds it,
+    /// this one waits ([`SagaStatus::standby`]). If the claim is lost, the work under way winds
+    /// down as at a stop, and the manager waits to claim the name again.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), SagaError> {
+        tokio::pin!(shutdown);
+        let name = Self::checkpoint_name();
+        loop {
+            let waiting = || {
+                tracing::info!(
+                    saga = G::NAME,
+                    "another manager of this saga runs; waiting to take over"
+                );
+                self.status.send_modify(|s| s.standby = true);
+            };
+            let store = self.store.as_ref();
+            let Some(claim) =
+                claim_unless_stopped(store, &name, shutdown.as_mut(), waiting).await?
+            else {
+                return Ok(());
+            };
+            self.status.send_modify(|s| s.standby = false);
+            let mut stopped = false;
+            let stop = until_stopped_or_lost(shutdown.as_mut(), &claim, &mut stopped);
+            self.run_claimed(stop, &claim).await?;
+            if stopped || !claim.is_lost() {
+                return Ok(());
+            }
+            tracing::warn!(
+                saga = G::NAME,
+                "the saga's claim was lost; waiting to take it again"
+            );
+            self.status.send_modify(|s| {
+                s.standby = true;
+                s.claims_lost += 1;
+            });
+        }
+    }
+
+    async fn run_claimed(
+        &self,
+        shutdown: impl Future<Output = ()>,
+        claim: &Claim,
+    ) -> Result<(), SagaError> {
+        tokio::pin!(shutdown);
+        self.stopping.send_replace(false);
+        let mut deadlines = Deadlines::default();
+        // The instances with commands stored but not sent, and those commands.
+        let mut unsent: Vec<(String, Vec<Work>)> = Vec::new();
+        // Instances are read many at a time (a store over the network answers each read in a
+        // round trip), in name order.
+        let (ids, index_as_of) = self.instances_to_load().await?;
+        self.status.send_modify(|s| s.loaded_at_start = ids.len());
+        let mut loading = futures::stream::iter(ids)
+            .map(|id| async move {
+                let instance = self.load(&id).await;
+                (id, instance)
+            })
+            .buffered(START_READS);
+        while let Some((id, instance)) = loading.next().await {
+            let instance = instance?;
+            if !instance.pending.is_empty() {
+                let sends = instance.pending.into_iter().map(Work::Send).collect();
+                unsent.push((id.clone(), sends));
+            }
+            deadlines.set(id, instance.deadlines);
+        }
+        drop(loading);
+        let consumer = Self::checkpoint_name();
+        let mut saved = self.store.read_checkpoint(&consumer).await?;
+        self.status.send_modify(|s| s.checkpoint = saved);
+        let start = saved.map_or(0, |p| p + 1);
+        let mut subscription = self
+            .store
+            .subscribe_all(start, SubscriptionFilter::default());
+        let mut last = saved;
+        // When this start had to read instances written after the index, the first quiet point
+        // after it writes a newer one (at the latest the stop), so that the next start need not
+        // read them again.
+        let mut index = IndexWrites {
+            from: index_as_of,
+            at: tokio::time::Instant::now(),
+        };
+        // The head of `$all` the last time no work was under way (no command stored and not
+        // sent): every step stored since has a position at or after it.
+        let mut quiet = None;
+        loop {
+            if !unsent.is_empty() {
+                let round = self.work(std::mem::take(&mut unsent), None);
+                match self.settle(round, shutdown.as_mut()).await? {
+                    Some(worked) => deadlines.apply(worked.deadlines),
+                    None => break,
+                }
+            }
+            // No work is under way here.
+            let head = self.store.head();
+            quiet = Some(head);
+            if index.due(head) {
+                self.write_index(&deadlines, head, &mut index).await?;
+            }
+            let pending = deadlines.pending();
+            self.status.send_modify(|s| s.deadlines_pending = pending);
+            let wait = deadlines
+                .next_due()
+                .map(|due| Duration::from_millis(due.saturating_sub(now_ms())));
+            let sleep = async {
+                match wait {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = sleep => {
+                    // Every deadline due now, instances at the same time.
+                    let due = by_instance(
+                        deadlines
+                            .pop_due(now_ms())
+                            .into_iter()
+                            .map(|(id, deadline)| (id, Work::Deadline(deadline))),
+                    );
+                    match self.settle(self.work(due, None), shutdown.as_mut()).await? {
+                        Some(worked) => deadlines.apply(worked.deadlines),
+                        None => break,
+                    }
+                }
+                event = subscription.next() => {
+                    let mut batch = vec![event?];
+                    while batch.len() < BATCH {
+                        match subscription.next_buffered() {
+                            Some(event) => batch.push(event),
+                            None => break,
+                        }
+                    }
+                    let Some(position) = batch.last().map(|e| e.position) else {
+                        continue;
+                    };
+                    let round = self.take_batch(batch, &consumer);
+                    let Some(taken) = self.settle(round, shutdown.as_mut()).await? else {
+                        break;
+                    };
+                    deadlines.apply(taken.worked.deadlines);
+                    if taken.worked.stepped {
+                        if !taken.saved {
+                            self.save(&consumer, position).await?;
+                        }
+                        saved = Some(position);
+                    } else if saved.is_none_or(|s| position >= s + SAVE_EVERY) {
+                        self.save(&consumer, position).await?;
+                        saved = Some(position);
+                    }
+                    last = Some(position);
+                    self.status.send_modify(|s| s.checkpoint = Some(position));
+                }
+            }
+        }
+        // Another manager may hold the claim now: what follows is its to write.
+        if claim.is_lost() {
+            return Ok(());
+        }
+        // What was passed over since the last save is not taken again.
+        if let Some(position) = last
+            && saved.is_none_or(|s| position > s)
+        {
+            self.save(&consumer, position).await?;
+        }
+        // Work cut short by the stop (and waited for) left `deadlines` as they were when it
+        // began, and its steps come after `quiet`, where a start finds them.
+        if let Some(from) = quiet
+            && from > index.from
+        {
+            self.write_index(&deadlines, from, &mut index).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a round of work to its end. If `shutdown` comes first, the round is told to wind
+    /// down and still waited for, so that nothing it started lands after the manager stopped
+    /// (where the next start might not see it); then `None`.
+    async fn settle<T>(
+        &self,
+        round: impl Future<Output = Result<T, SagaError>>,
+        shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<Option<T>, SagaError> {
+        tokio::pin!(round);
+        tokio::select! {
+            () = shutdown => {
+                self.stopping.send_replace(true);
+                if let Err(e) = round.await {
+                    tracing::warn!(saga = G::NAME, error = %e, "work cut short by the stop failed");
+                }
+                Ok(None)
+            }
+            done = &mut round => done.map(Some),
+        }
+    }
+
+    /// The instances a start reads: with an index, those it names as waiting for a deadline
+    /// and those with steps after it (found in `$all`); without one (or with one this code
+    /// cannot read), every instance. Also where the index this start read is as of: the index's
+    /// `from` when instances were written after it (or 0 without an index), else the head.
+    async fn instances_to_load(&self) -> Result<(Vec<String>, u64), SagaError> {
+        let head = self.store.head();
+        let prefix = format!("$saga-{}-", G::NAME);
+        let newest = match self
+            .store
+            .read_stream(&Self::index_stream()?, u64::MAX, Direction::Backwards, 1)
+            .await
+        {
+            Ok(mut page) => page.pop(),
+            Err(StoreError::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let indexed = newest.and_then(|event| {
+            serde_json::from_slice::<Indexed>(&event.data)
+                .inspect_err(|e| {
+                    tracing::warn!(saga = G::NAME, error = %e, "saga index unreadable; reading every instance");
+                })
+                .ok()
+        });
+        let Some(indexed) = indexed else {
+            let every = crate::status::names_after(self.store.as_ref(), &prefix).await?;
+            return Ok((every, 0));
+        };
+        let mut as_of = head;
+        let mut ids: BTreeSet<String> = indexed.waiting.into_iter().collect();
+        let mut from = indexed.from;
+        while from < head {
+            let page = self
+                .store
+                .read_all(from, Direction::Forwards, INDEX_READ_PAGE)
+                .await?;
+            let Some(next) = page.last().map(|e| e.position + 1) else {
+                break;
+            };
+            let written = page
+                .iter()
+                .filter_map(|e| e.stream.as_str().strip_prefix(&prefix))
+                .map(str::to_owned)
+                .collect::<Vec<_>>();
+            if !written.is_empty() {
+                as_of = indexed.from;
+            }
+            ids.extend(written);
+            from = next;
+        }
+        Ok((ids.into_iter().collect(), as_of))
+    }
+
+    /// Writes the index: the instances with deadlines pending, and `from`, the head of `$all`
+    /// when they were (no command was stored and not sent then).
+    async fn write_index(
+        &self,
+        deadlines: &Deadlines,
+        from: u64,
+        index: &mut IndexWrites,
+    ) -> Result<(), SagaError> {
+        let indexed = Indexed {
+            from,
+            waiting: deadlines.live.keys().cloned().collect(),
+        };
+        let event = NewEvent::json(INDEXED, &indexed)?;
+        *index = IndexWrites {
+            from,
+            at: tokio::time::Instant::now(),
+        };
+        if event.data.len() > self.index_bytes_max {
+            tracing::warn!(
+                saga = G::NAME,
+                waiting = indexed.waiting.len(),
+                "too many instances waiting for the saga's index: it stays as it was, and a start reads more of $all"
+            );
+            return Ok(());
+        }
+        self.store
+            .append(&Self::index_stream()?, ExpectedState::Any, vec![event])
+            .await?;
+        Ok(())
+    }
+
+    /// Saves the checkpoint on its own; one already further (a step stored with it) stays.
+    async fn save(&self, consumer: &str, position: u64) -> Result<(), SagaError> {
+        match self.store.save_checkpoint(consumer, position).await {
+            Ok(_) | Err(StoreError::CheckpointBehind { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stores `step` of `instance` (with `options`, and `first` before it); returns what is
+    /// left to do.
+    async fn store_step(
+        &self,
+        id: &str,
+        instance: &Instance<G::State>,
+        cause: Cause,
+        step: Step<G::State, G::Command>,
+        first: Option<NewEvent>,
+        options: AppendOptions,
+    ) -> Result<After, SagaError> {
+        let stepped = self.stepped(id, cause, step)?;
+        let deadlines = deadlines_after(&instance.deadlines, &stepped);
+        let mut records: Vec<NewEvent> = first.into_iter().collect();
+        records.push(NewEvent::json(STEPPED, &stepped)?);
+        self.store
+            .append_with(&instance.stream, Self::expected(instance), records, options)
+            .await?;
+        self.status.send_modify(|s| s.steps += 1);
+        Ok(After {
+            pending: stepped.pending(id).collect(),
+            deadlines: Some((id.to_owned(), deadlines)),
+        })
+    }
+
+    /// Takes a batch of `$all`'s events: the events of each instance in order, different
+    /// instances at the same time. A batch with one event to take stores it with the
+    /// checkpoint (the batch's last position); otherwise the caller saves the checkpoint once
+    /// the whole batch is taken, and a restart in between skips what was taken by the position
+    /// each step records.
+    async fn take_batch(
+        &self,
+        batch: Vec<RecordedEvent>,
+        consumer: &str,
+    ) -> Result<BatchTaken, SagaError> {
+        let Some(last) = batch.last().map(|e| e.position) else {
+            return Ok(BatchTaken::default());
+        };
+        let instances = by_instance(batch.into_iter().filter_map(|event| {
+            if event.stream.is_system() {
+                return None;
+            }
+            let id = self.saga.correlate(&event)?;
+            Some((id, Work::Event(event)))
+        }));
+        let alone = matches!(&instances[..], [(_, work)] if work.len() == 1);
+        let checkpoint = alone.then(|| Checkpoint {
+            consumer: consumer.to_owned(),
+            position: last,
+        });
+        let worked = self.work(instances, checkpoint).await?;
+        Ok(BatchTaken {
+            saved: alone && worked.stepped,
+            worked,
+        })
+    }
+
+    /// Does the work of each instance, in order, up to [`CONCURRENT_INSTANCES`] instances at
+    /// once; `checkpoint`, if given, is stored with an event's step.
+    async fn work(
+        &self,
+        instances: Vec<(String, Vec<Work>)>,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<Worked, SagaError> {
+        let mut working = futures::stream::iter(instances)
+            .map(|(id, work)| self.work_instance(id, work, checkpoint.clone()))
+            .buffer_unordered(CONCURRENT_INSTANCES);
+        let mut worked = Worked::default();
+        let mut failed = None;
+        // On a failure the other instances wind down, and are waited for: nothing this round
+        // started lands after the manager has stopped.
+        while let Some(done) = working.next().await {
+            match done {
+                Ok(done) => {
+                    worked.stepped |= done.stepped;
+                    worked.deadlines.extend(done.deadlines);
+                }
+                Err(e) => {
+                    self.stopping.send_replace(true);
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(worked),
+        }
+    }
+
+    /// Does the work of one instance `id`, in order; after each step, sends its commands (and
+    /// those of any compensation they lead to). Returns whether an event caused a step, and
+    /// the instance's deadlines after the last step.
+    async fn work_instance(
+        &self,
+        id: String,
+        work: Vec<Work>,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<Worked, SagaError> {
+        let mut worked = Worked::default();
+        let mut deadlines = None;
+        for item in work {
+            if *self.stopping.borrow() {
+                break;
+            }
+            let after = match item {
+                Work::Event(event) => {
+                    let (id, event) = (&id, &event);
+                    let taken = retrying(|| self.take(id, event, checkpoint.clone())).await?;
+                    worked.stepped |= taken.stepped;
+                    taken.after
+                }
+                Work::Deadline(deadline) => retrying(|| self.fire(&id, deadline)).await?,
+                Work::Send(pending) => self.send(pending).await?,
+            };
+            let mut outbox: VecDeque<Pending> = after.pending.into();
+            deadlines = after.deadlines.or(deadlines);
+            while let Some(pending) = outbox.pop_front() {
+                let after = self.send(pending).await?;
+                outbox.extend(after.pending);
+                deadlines = after.deadlines.or(deadlines);
+            }
+        }
+        worked.deadlines.extend(deadlines);
+        Ok(worked)
+    }
+
+    /// Takes one event of instance `id`: its step, stored with `checkpoint` if given. An event
+    /// at or before the last one the instance took (stored by an earlier run whose checkpoint
+    /// was not saved yet, or by another manager) is not taken again; what that left to do is
+    /// (see [`adopted`]).
+    async fn take(
+        &self,
+        id: &str,
+        event: &RecordedEvent,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<Taken, SagaError> {
+        let instance = self.load(id).await?;
+        if instance.done || instance.taken.is_some_and(|t| t >= event.position) {
+            return Ok(Taken::not(adopted(id, instance)));
+        }
+        let Some(step) = self.saga.on_event(&instance.state, event) else {
+            return Ok(Taken::not(After::nothing()));
+        };
+        let correlation_id = event
+            .metadata_json()
+            .get("$correlationId")
+            .and_then(|v| v.as_str())
+            .map_or_else(|| event.id.to_string(), str::to_owned);
+        let cause = Cause {
+            text: event.id.to_string(),
+            correlation_id,
+            fired: None,
+            position: Some(event.position),
+        };
+        let options = AppendOptions { checkpoint };
+        match self
+            .store_step(id, &instance, cause, step, None, options)
+            .await
+        {
+            Ok(after) => Ok(Taken {
+                after,
+                stepped: true,
+            }),
+            // Taken before, by a run whose checkpoint was not read back.
+            Err(SagaError::Store(StoreError::CheckpointBehind { .. })) => {
+                Ok(Taken::not(After::nothing()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fires deadline `deadline` of instance `id`, if it is still pending (if not, what the
+    /// store holds is what waits, see [`adopted`]).
+    async fn fire(&self, id: &str, deadline: Uuid) -> Result<After, SagaError> {
+        let instance = self.load(id).await?;
+        let Some(found) = instance.deadlines.iter().find(|d| d.id == deadline) else {
+            return Ok(adopted(id, instance));
+        };
+        let step = self
+            .saga
+            .on_deadline(&instance.state, &found.name, id)
+            .unwrap_or_else(|| Step::to(instance.state.clone()));
+        let cause = Cause {
+            text: format!("deadline:{deadline}"),
+            correlation_id: instance.correlation_id.clone(),
+            fired: Some(deadline),
+            position: None,
+        };
+        let after = self
+            .store_step(id, &instance, cause, step, None, AppendOptions::default())
+            .await?;
+        self.status.send_modify(|s| s.deadlines_fired += 1);
+        Ok(after)
+    }
+
+    /// Sends one stored command until the bus accepts or refuses it; records which. A refusal
+    /// is handed to [`Saga::on_rejected`], whose step is stored with the record of it.
+    async fn send(&self, pending: Pending) -> Result<After, SagaError> {
+        let command: G::Command =
+            serde_json::from_value(pending.command.clone()).map_err(Self::decode_error)?;
+        let context = CommandContext {
+            command_id: pending.id,
+            correlation_id: pending.correlation_id.clone(),
+            causation_id: pending.cause.clone(),
+            user: None,
+            idempotent: true,
+        };
+        if *self.stopping.borrow() {
+            return Ok(After::nothing());
+        }
+        let mut stopping = self.stopping.subscribe();
+        let mut delay = self.retry;
+        let refused = loop {
+            match (self.dispatch)(command.clone(), context.clone()).await {
+                Ok(()) => break None,
+                Err(BusError::Failed(reason)) => {
+                    self.failed(&format!("sending {command:?}: {reason}"));
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = stopping.wait_for(|stop| *stop) => return Ok(After::nothing()),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(refused) => break Some(refused.to_string()),
+            }
+        };
+        retrying(|| self.record(&pending, &command, refused.clone())).await
+    }
+
+    /// Records what became of a sent command: sent, or refused (with the compensation
+    /// [`Saga::on_rejected`] asks for) — unless the instance no longer waits for it.
+    async fn record(
+        &self,
+        pending: &Pending,
+        command: &G::Command,
+        refused: Option<String>,
+    ) -> Result<After, SagaError> {
+        let instance = self.load(&pending.instance).await?;
+        if !instance.pending.iter().any(|p| p.id == pending.id) {
+            return Ok(adopted(&pending.instance, instance));
+        }
+        let outcome = Outcome {
+            command_id: pending.id,
+            reason: refused.clone(),
+        };
+        let Some(reason) = refused else {
+            let record = NewEvent::json(SENT, &outcome)?;
+            self.store
+                .append(&instance.stream, Self::expected(&instance), vec![record])
+                .await?;
+            self.status.send_modify(|s| s.commands_sent += 1);
+            return Ok(After::nothing());
+        };
+        tracing::info!(saga = G::NAME, instance = %pending.instance, ?command, %reason, "command refused; compensating");
+        let record = NewEvent::json(REJECTED, &outcome)?;
+        let after = match self.saga.on_rejected(&instance.state, command, &reason) {
+            Some(step) => {
+                let cause = Cause {
+                    text: format!("rejected:{}", pending.id),
+                    correlation_id: instance.correlation_id.clone(),
+                    fired: None,
+                    position: None,
+                };
+                self.store_step(
+                    &pending.instance,
+                    &instance,
+                    cause,
+                    step,
+                    Some(record),
+                    AppendOptions::default(),
+                )
+                .await?
+            }
+            None => {
+                self.store
+                    .append(&instance.stream, Self::expected(&instance), vec![record])
+                    .await?;
+                After::nothing()
+            }
+        };
+        // Counted once the refusal is stored, like every other figure here.
+        self.status.send_modify(|s| s.commands_rejected += 1);
+        Ok(after)
+    }
+}
+
+/// `work` grouped by instance: each instance's in the order given, instances in the order they
+/// first appear.
+fn by_instance(work: impl IntoIterator<Item = (String, Work)>) -> Vec<(String, Vec<Work>)> {
+    let mut order: HashMap<String, usize> = HashMap::new();
+    let mut instances: Vec<(String, Vec<Work>)> = Vec::new();
+    for (id, item) in work {
+        match order.get(&id) {
+            Some(&at) => instances[at].1.push(item),
+            None => {
+                order.insert(id.clone(), instances.len());
+                instances.push((id, vec![item]));
+            }
+        }
+    }
+    instances
+}
+
+/// Runs `attempt` again when an instance's append met a revision it did not expect — an append
+/// of an earlier run of the manager, cut short by its stop, that landed later, or one of another
+/// manager — each attempt reading the instance again, at most [`CONFLICTS_MAX`] times more.
+async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, SagaError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SagaError>>,
+{
+    let mut conflicts = 0;
+    loop {
+        match attempt().await {
+            Err(SagaError::Store(StoreError::WrongExpectedRevision { .. }))
+                if conflicts < CONFLICTS_MAX =>
+            {
+                conflicts += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// What is left to do on an instance whose work was done already — by another manager (found
+/// after a conflict, or ahead of this one), or by an earlier run of this one: the commands
+/// stored and not recorded as sent, which this manager sends too (their ids make a command sent
+/// twice execute once, and only one record of it is stored), and the deadlines the instance
+/// has now. So nothing another writer stored is missed by this manager, or by the index it
+/// writes, should that writer stop before sending.
+fn adopted<S>(id: &str, instance: Instance<S>) -> After {
+    After {
+        pending: instance.pending,
+        deadlines: Some((id.to_owned(), instance.deadlines)),
+    }
+}
+
+/// The deadlines of an instance that had `before` once `stepped` is stored.
+fn deadlines_after(before: &[StoredDeadline], stepped: &Stepped) -> Vec<StoredDeadline> {
+    if stepped.done {
+        return Vec::new();
+    }
+    before
+        .iter()
+        .filter(|d| Some(d.id) != stepped.fired && !stepped.cancelled.contains(&d.name))
+        .chain(&stepped.scheduled)
+        .cloned()
+        .collect()
+}
+
+/// When the index was last written.
+struct IndexWrites {
+    /// The `from` it was written with.
+    from: u64,
+    at: tokio::time::Instant,
+}
+
+impl IndexWrites {
+    /// Whether to write it again, the head of `$all` being `head`.
+    fn due(&self, head: u64) -> bool {
+        head >= self.from + INDEX_EVERY && self.at.elapsed() >= INDEX_PAUSE
+    }
+}
+
+/// What taking a batch of events did.
+#[derive(Default)]
+struct BatchTaken {
+    worked: Worked,
+    /// The checkpoint was stored with the batch's step.
+    saved: bool,
+}
+
+/// One thing an instance does, in its order.
+enum Work {
+    /// Take an event of `$all`.
+    Event(RecordedEvent),
+    /// Fire a deadline that came.
+    Deadline(Uuid),
+    /// Send a command stored but not sent.
+    Send(Pending),
+}
+
+/// What the instances of a [`SagaManager::work`] did.
+#[derive(Default)]
+struct Worked {
+    /// An event caused a step.
+    stepped: bool,
+    /// The deadlines of the instances worked on, as they are now.
+    deadlines: Vec<(String, Vec<StoredDeadline>)>,
+}
+
+/// What taking an event did: whether it stored a step (with the checkpoint, when one was
+/// given), and what is left to do.
+struct Taken {
+    after: After,
+    stepped: bool,
+}
+
+impl Taken {
+    /// No step stored; `after` is what is left to do anyway.
+    fn not(after: After) -> Self {
+        Taken {
+            after,
+            stepped: false,
+        }
+    }
+}
+
+/// What storing a step left to do: commands to send, and the instance's deadlines now.
+struct After {
+    pending: Vec<Pending>,
+    deadlines: Option<(String, Vec<StoredDeadline>)>,
+}
+
+impl After {
+    fn nothing() -> Self {
+        After {
+            pending: Vec::new(),
+            deadlines: None,
+        }
+    }
+}
+
+/// The deadlines waiting, by instance, and a queue of them by due time (whose entries are
+/// checked against the first on the way out).
+#[derive(Default)]
+struct Deadlines {
+    live: HashMap<String, Vec<StoredDeadline>>,
+    queue: BinaryHeap<Reverse<(u64, String, Uuid)>>,
+}
+
+impl Deadlines {
+    /// The deadlines of `instance` are now `deadlines`; those new to it join the queue (the
+    /// others are queued already).
+    fn set(&mut self, instance: String, deadlines: Vec<StoredDeadline>) {
+        let known = self.live.get(&instance);
+        let new: Vec<_> = deadlines
+            .iter()
+            .filter(|d| !known.is_some_and(|list| list.iter().any(|k| k.id == d.id)))
+            .map(|d| Reverse((d.due_ms, instance.clone(), d.id)))
+            .collect();
+        self.queue.extend(new);
+        if deadlines.is_empty() {
+            self.live.remove(&instance);
+        } else {
+            self.live.insert(instance, deadlines);
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.live.values().map(Vec::len).sum()
+    }
+
+    /// When the next live deadline is due, dropping queue entries no longer live.
+    fn next_due(&mut self) -> Option<u64> {
+        while let Some(Reverse((due, instance, id))) = self.queue.peek() {
+            let live = self
+                .live
+                .get(instance)
+                .is_some_and(|list| list.iter().any(|d| d.id == *id));
+            if live {
+                return Some(*due);
+            }
+            self.queue.pop();
+        }
+        None
+    }
+
+    /// Takes every live deadline due at `now` off the queue.
+    fn pop_due(&mut self, now: u64) -> Vec<(String, Uuid)> {
+        let mut due = Vec::new();
+        while self.next_due().is_some_and(|at| at <= now) {
+            if let Some(Reverse((_, instance, id))) = self.queue.pop() {
+                due.push((instance, id));
+            }
+        }
+        due
+    }
+
+    /// The deadlines of instances after their steps.
+    fn apply(&mut self, changed: Vec<(String, Vec<StoredDeadline>)>) {
+        for (instance, deadlines) in changed {
+            self.set(instance, deadlines);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_collects_what_it_does() {
+        let step: Step<u8, &str> = Step::to(1)
+            .send("a")
+            .send("b")
+            .schedule("pay", Duration::from_secs(1))
+            .cancel("remind")
+            .done();
+        assert_eq!(step.commands, vec!["a", "b"]);
+        assert_eq!(
+            step.schedule,
+            vec![("pay".to_owned(), Duration::from_secs(1))]
+        );
+        assert_eq!(step.cancel, vec!["remind".to_owned()]);
+        assert!(step.done);
+    }
+}

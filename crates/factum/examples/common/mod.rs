@@ -1,0 +1,229 @@
+//! What the broker examples share: which broker connects the services, and the names of one
+//! run's broker objects (so that runs do not meet).
+#![allow(dead_code)]
+
+use factum::{
+    Consumer, IncomingMessage, MessageSource, NatsConfig, NatsPublisher, NatsSource,
+    NatsSourceConfig, Publisher, RabbitConfig, RabbitPublisher, RabbitSource, RabbitSourceConfig,
+    Relay,
+};
+use tokio::sync::watch;
+
+/// Which broker connects the services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Broker {
+    Nats,
+    RabbitMq,
+}
+
+pub fn nats_url() -> String {
+    std::env::var("FACTUM_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+pub fn rabbitmq_url() -> String {
+    std::env::var("FACTUM_TEST_RABBITMQ")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Names of this run's broker objects, so that runs do not meet.
+pub struct Wiring {
+    broker: Broker,
+    /// What the example is called in the broker's names.
+    label: &'static str,
+    run: String,
+}
+
+impl Wiring {
+    /// Fresh names for a run of example `label` over `broker`.
+    pub fn new(broker: Broker, label: &'static str) -> Self {
+        Wiring {
+            broker,
+            label,
+            run: format!("{}x{}", std::process::id(), uuid::Uuid::now_v7().simple()),
+        }
+    }
+
+    pub fn stream(&self) -> String {
+        format!("{}{}", self.label.to_uppercase(), self.run)
+    }
+    pub fn prefix(&self) -> String {
+        format!("{}{}", self.label, self.run)
+    }
+    pub fn exchange(&self) -> String {
+        format!("factum.{}.{}", self.label, self.run)
+    }
+
+    pub fn publisher(&self) -> Box<dyn Publisher> {
+        match self.broker {
+            Broker::Nats => Box::new(NatsPublisher::new(NatsConfig {
+                subject_prefix: self.prefix(),
+                jetstream_stream: Some(self.stream()),
+                ..NatsConfig::new(nats_url())
+            })),
+            Broker::RabbitMq => Box::new(RabbitPublisher::new(RabbitConfig {
+                exchange: self.exchange(),
+                ..RabbitConfig::new(rabbitmq_url())
+            })),
+        }
+    }
+
+    /// A durable subscription of `service` to the messages of the `categories` of others.
+    pub fn source(&self, service: &str, categories: &[&str]) -> Box<dyn MessageSource> {
+        match self.broker {
+            Broker::Nats => Box::new(NatsSource::new(NatsSourceConfig {
+                filter_subjects: categories
+                    .iter()
+                    .map(|c| format!("{}.{c}.>", self.prefix()))
+                    .collect(),
+                ..NatsSourceConfig::new(nats_url(), self.stream(), service)
+            })),
+            Broker::RabbitMq => {
+                Box::new(RabbitSource::new(self.rabbit_source(service, categories)))
+            }
+        }
+    }
+
+    pub fn rabbit_source(&self, service: &str, categories: &[&str]) -> RabbitSourceConfig {
+        RabbitSourceConfig {
+            exchange: self.exchange(),
+            bindings: categories.iter().map(|c| format!("{c}.#")).collect(),
+            ..RabbitSourceConfig::new(rabbitmq_url(), format!("{}.{service}", self.exchange()))
+        }
+    }
+
+    /// Declares the queues before anything is published (RabbitMQ drops what no queue is bound
+    /// to receive; JetStream keeps it in the stream).
+    pub async fn prepare(&self, subscriptions: &[(&str, &[&str])]) -> Result<(), String> {
+        match self.broker {
+            Broker::Nats => {
+                // Create the stream by publishing nothing: the relay's publisher creates it on
+                // connection, the consumers need it to exist first.
+                let client = async_nats::connect(nats_url())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                async_nats::jetstream::new(client)
+                    .get_or_create_stream(async_nats::jetstream::stream::Config {
+                        name: self.stream(),
+                        subjects: vec![format!("{}.>", self.prefix())],
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Broker::RabbitMq => {
+                for (service, categories) in subscriptions {
+                    let mut source = RabbitSource::new(self.rabbit_source(service, categories));
+                    source.declare().await.map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn clean_up(&self, services: &[&str]) {
+        match self.broker {
+            Broker::Nats => {
+                if let Ok(client) = async_nats::connect(nats_url()).await {
+                    let _ = async_nats::jetstream::new(client)
+                        .delete_stream(self.stream())
+                        .await;
+                }
+            }
+            Broker::RabbitMq => {
+                use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+                if let Ok(connection) = lapin::Connection::connect(
+                    &rabbitmq_url(),
+                    lapin::ConnectionProperties::default(),
+                )
+                .await
+                    && let Ok(channel) = connection.create_channel().await
+                {
+                    for service in services {
+                        let queue = format!("{}.{service}", self.exchange());
+                        let _ = channel
+                            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                            .await;
+                    }
+                    let _ = channel
+                        .exchange_delete(
+                            self.exchange().as_str().into(),
+                            ExchangeDeleteOptions::default(),
+                        )
+                        .await;
+                    let _ = connection.close(0, "done".into()).await;
+                }
+            }
+        }
+    }
+}
+
+/// Runs `task` until `stop` turns true.
+pub fn spawn_until<F>(
+    stop: &watch::Receiver<bool>,
+    task: impl FnOnce(Shutdown) -> F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut stop = stop.clone();
+    tokio::spawn(task(Box::pin(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    })))
+}
+
+pub type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+pub fn spawn_relay(
+    relay: Relay,
+    mut publisher: Box<dyn Publisher>,
+    stop: &watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    spawn_until(stop, |shutdown| async move {
+        if let Err(e) = relay.run(&mut *publisher, shutdown).await {
+            eprintln!("relay stopped: {e}");
+        }
+    })
+}
+
+pub fn spawn_consumer(
+    consumer: Consumer,
+    mut source: Box<dyn MessageSource>,
+    stop: &watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    spawn_until(stop, |shutdown| async move {
+        consumer.run(&mut *source, shutdown).await;
+    })
+}
+
+pub fn header(message: &IncomingMessage, name: &str) -> Result<String, String> {
+    message
+        .headers
+        .get(name)
+        .cloned()
+        .ok_or_else(|| format!("{} has no {name} header", message.id))
+}
+
+/// Whether the broker at `url` answers; under `CI=true` it must. Outside CI a missing broker
+/// skips the test with the reason printed.
+pub async fn reachable(name: &str, url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let address = rest.split('/').next().unwrap_or(rest);
+    match tokio::net::TcpStream::connect(address).await {
+        Ok(_) => true,
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("skipping: {name} at {url} is not reachable ({e})");
+            false
+        }
+        Err(e) => panic!("{name} at {url} is needed under CI=true: {e}"),
+    }
+}
+
+/// The broker named on the command line: `nats` (the default) or `rabbitmq`.
+pub fn broker_from_args() -> Result<Broker, String> {
+    match std::env::args().nth(1).as_deref() {
+        None | Some("nats") => Ok(Broker::Nats),
+        Some("rabbitmq") => Ok(Broker::RabbitMq),
+        Some(other) => Err(format!("unknown broker '{other}': nats or rabbitmq")),
+    }
+}
