@@ -2,7 +2,7 @@
 //! and SQLite (WAL, synchronous=FULL), in one run, durable everywhere. Prints events/s and
 //! latency percentiles per scenario, the ratios, and the cost of one `fdatasync` on the same disk.
 //!
-//! The `factum` binary's `bench` subcommand calls [`run`]. The scenarios share [`kit`]; each
+//! The `factum` binary's `bench` subcommand calls [`run`]. The scenarios share the `kit` module; each
 //! family of scenarios is a module of its own.
 
 mod http;

@@ -281,8 +281,12 @@ impl factum::Saga for Welcome {
         (event.event_type == "AccountOpened").then(|| event.stream.as_str().to_owned())
     }
 
-    fn on_event(&self, _: &u8, _: &factum::RecordedEvent) -> Option<factum::Step<u8, String>> {
-        Some(factum::Step::to(1).send("SendWelcome".to_owned()).done())
+    fn on_event(&self, _: &u8, _: &factum::RecordedEvent) -> Option<factum::SagaStep<u8, String>> {
+        Some(
+            factum::SagaStep::to(1)
+                .send("SendWelcome".to_owned())
+                .done(),
+        )
     }
 }
 

@@ -89,7 +89,7 @@ async fn head(dir: &crate::store::Location) -> Result<Option<(u64, u64)>> {
         Err(e) if matches!(e.downcast_ref(), Some(StoreError::Locked(_))) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let head = factum::head_of(&*store).await;
+    let head = factum::log_head(&*store).await;
     store.close()?;
     Ok(Some(head?))
 }

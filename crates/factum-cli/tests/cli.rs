@@ -460,7 +460,7 @@ fn park_a_message(dir: &Path) {
         };
         let outcome = consumer.handle(&message).await;
         assert!(
-            matches!(outcome, factum::Outcome::DeadLettered(_)),
+            matches!(outcome, factum::DeliveryOutcome::DeadLettered(_)),
             "{outcome:?}"
         );
         engine.close().unwrap();

@@ -63,12 +63,14 @@ mod value;
 pub use error::{ApplyError, ProjectionError};
 #[cfg(feature = "postgres")]
 pub use postgres::PgReadModel;
-pub use projector::{Projector, RebuildProgress, RunStats, RunningProjector, head_of, status};
-pub use read_model::{
-    Commit, ProjectionState, ProjectionStatus, ReadModel, SwapOutcome, Target, open_read_model,
-    sqlite_path,
+pub use projector::{
+    Projector, RebuildProgress, RunStats, RunningProjector, log_head, projection_statuses,
 };
-pub use rows::{Change, Column, RowChange, RowKind};
+pub use read_model::{
+    Commit, ProjectionState, ProjectionStatus, ProjectionTarget, ReadModel, SwapOutcome,
+    open_read_model, sqlite_path,
+};
+pub use rows::{Column, RowChange, RowKind, TxChange};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteReadModel;
 pub use value::{Row, Value};
@@ -121,12 +123,12 @@ pub struct Table {
     /// (SQLite stores it as a blob).
     pub columns: String,
     /// Secondary indexes.
-    pub indexes: Vec<Index>,
+    pub indexes: Vec<TableIndex>,
 }
 
 /// A secondary index of a [`Table`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Index {
+pub struct TableIndex {
     /// Its name, unique in the database.
     pub name: String,
     /// The indexed columns, as in `CREATE INDEX name ON table (...)`.
@@ -147,7 +149,7 @@ impl Table {
 
     /// Adds a secondary index.
     pub fn index(mut self, name: impl Into<String>, columns: impl Into<String>) -> Self {
-        self.indexes.push(Index {
+        self.indexes.push(TableIndex {
             name: name.into(),
             columns: columns.into(),
             unique: false,
@@ -157,7 +159,7 @@ impl Table {
 
     /// Adds a unique index.
     pub fn unique_index(mut self, name: impl Into<String>, columns: impl Into<String>) -> Self {
-        self.indexes.push(Index {
+        self.indexes.push(TableIndex {
             name: name.into(),
             columns: columns.into(),
             unique: true,
@@ -205,7 +207,7 @@ pub struct Statement {
 /// in either order, so do not rely on foreign keys or triggers between a projection's tables.
 #[derive(Debug, Default)]
 pub struct Tx {
-    changes: Vec<Change>,
+    changes: Vec<TxChange>,
 }
 
 impl Tx {
@@ -220,7 +222,7 @@ impl Tx {
         sql: impl Into<Cow<'static, str>>,
         params: impl IntoIterator<Item = Value>,
     ) {
-        self.changes.push(Change::Sql(Statement {
+        self.changes.push(TxChange::Sql(Statement {
             sql: sql.into(),
             params: params.into_iter().collect(),
         }));
@@ -248,20 +250,21 @@ impl Tx {
     }
 
     fn row(&mut self, kind: RowKind, table: Cow<'static, str>) -> &mut RowChange {
-        self.changes.push(Change::Row(RowChange::new(kind, table)));
+        self.changes
+            .push(TxChange::Row(RowChange::new(kind, table)));
         match self.changes.last_mut() {
-            Some(Change::Row(row)) => row,
+            Some(TxChange::Row(row)) => row,
             _ => unreachable!("a row change was just pushed"),
         }
     }
 
     /// The changes queued so far.
-    pub fn changes(&self) -> &[Change] {
+    pub fn changes(&self) -> &[TxChange] {
         &self.changes
     }
 
     /// Takes the changes out.
-    pub fn into_changes(self) -> Vec<Change> {
+    pub fn into_changes(self) -> Vec<TxChange> {
         self.changes
     }
 }

@@ -16,7 +16,8 @@ use crate::read_model::{META_DDL, Registry, check_continues, swap_check};
 use crate::rows::{Step, columns, fold, plan};
 use crate::sql::check_identifier;
 use crate::{
-    Commit, ProjectionError, ProjectionState, ReadModel, Row, SwapOutcome, Table, Target, Value,
+    Commit, ProjectionError, ProjectionState, ProjectionTarget, ReadModel, Row, SwapOutcome, Table,
+    Value,
 };
 
 /// A read model in a PostgreSQL schema. The statements of a batch are pipelined on one
@@ -114,7 +115,7 @@ async fn create(client: &Client, ddl: &str) -> Result<(), ProjectionError> {
 async fn checkpoint(
     tx: &tokio_postgres::Transaction<'_>,
     name: &str,
-    target: Target,
+    target: ProjectionTarget,
 ) -> Result<(Option<u64>, bool), ProjectionError> {
     let column = target.checkpoint_column();
     let row = tx
@@ -240,12 +241,12 @@ impl ReadModel for PgReadModel {
         let registered = self.registry.get(&commit.projection)?;
         let shadow_schema = self.shadow_schema();
         let physical = |table: &str| match commit.target {
-            Target::Live => table.to_owned(),
-            Target::Shadow => format!("{shadow_schema}.{table}"),
+            ProjectionTarget::Live => table.to_owned(),
+            ProjectionTarget::Shadow => format!("{shadow_schema}.{table}"),
         };
         let mut guard = self.writer.lock().await;
         let Writer { client, prepared } = &mut *guard;
-        let prepared = &mut prepared[usize::from(commit.target == Target::Shadow)];
+        let prepared = &mut prepared[usize::from(commit.target == ProjectionTarget::Shadow)];
         let tx = client.transaction().await?;
         // The checkpoint first: a batch that does not continue from it fails the same way
         // whatever its statements name.
@@ -312,7 +313,7 @@ impl ReadModel for PgReadModel {
         let position = commit.position as i64;
         let head = commit.head as i64;
         match commit.target {
-            Target::Live => {
+            ProjectionTarget::Live => {
                 tx.execute(
                     "UPDATE factum_projections SET position = $2, recorded_at_us = $3, \
                      updated_at_us = $4, head = $5 WHERE name = $1",
@@ -326,7 +327,7 @@ impl ReadModel for PgReadModel {
                 )
                 .await?
             }
-            Target::Shadow => {
+            ProjectionTarget::Shadow => {
                 tx.execute(
                     "UPDATE factum_projections SET rebuild_position = $2, rebuild_target = $3 \
                      WHERE name = $1",
@@ -385,8 +386,8 @@ impl ReadModel for PgReadModel {
         let shadow_schema = self.shadow_schema();
         let mut writer = self.writer.lock().await;
         let tx = writer.client.transaction().await?;
-        let (live, _) = checkpoint(&tx, name, Target::Live).await?;
-        let (shadow, rebuilding) = checkpoint(&tx, name, Target::Shadow).await?;
+        let (live, _) = checkpoint(&tx, name, ProjectionTarget::Live).await?;
+        let (shadow, rebuilding) = checkpoint(&tx, name, ProjectionTarget::Shadow).await?;
         if let Some(wait) = swap_check(name, live, shadow, rebuilding)? {
             return Ok(wait);
         }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use factum_core::{Direction, EventStore, RecordedEvent};
 
 use crate::{
-    Commit, Projection, ProjectionError, ProjectionState, ProjectionStatus, ReadModel, SwapOutcome,
-    Target, Tx,
+    Commit, Projection, ProjectionError, ProjectionState, ProjectionStatus, ProjectionTarget,
+    ReadModel, SwapOutcome, Tx,
 };
 
 /// What a run did.
@@ -104,7 +104,10 @@ impl Projector {
         let state = self.prepare().await?;
         let mut checkpoint = state.position;
         loop {
-            match self.project(Target::Live, checkpoint, until, |_| {}).await {
+            match self
+                .project(ProjectionTarget::Live, checkpoint, until, |_| {})
+                .await
+            {
                 Ok(stats) => return Ok(stats),
                 Err(ProjectionError::CheckpointMoved { found, .. }) => checkpoint = found,
                 Err(e) => return Err(e),
@@ -131,7 +134,10 @@ impl Projector {
         tokio::pin!(shutdown);
         loop {
             let until = *head.borrow_and_update();
-            match self.project(Target::Live, checkpoint, until, |_| {}).await {
+            match self
+                .project(ProjectionTarget::Live, checkpoint, until, |_| {})
+                .await
+            {
                 Ok(stats) => {
                     total.events += stats.events;
                     total.applied += stats.applied;
@@ -218,7 +224,7 @@ impl Projector {
             let target = self.store.head();
             let done = total.events;
             let stats = self
-                .project(Target::Shadow, total.position, target, |stats| {
+                .project(ProjectionTarget::Shadow, total.position, target, |stats| {
                     progress(&RebuildProgress {
                         events: done + stats.events,
                         position: stats.position,
@@ -280,7 +286,7 @@ impl Projector {
     /// next batch is read while the previous one commits.
     async fn project(
         &self,
-        target: Target,
+        target: ProjectionTarget,
         mut checkpoint: Option<u64>,
         until: u64,
         mut on_batch: impl FnMut(&RunStats),
@@ -335,7 +341,7 @@ impl Projector {
 
 /// The store's head and when the newest event was recorded (µs since the epoch; 0 when the
 /// store is empty): what lag is measured against.
-pub async fn head_of(store: &dyn EventStore) -> Result<(u64, u64), ProjectionError> {
+pub async fn log_head(store: &dyn EventStore) -> Result<(u64, u64), ProjectionError> {
     let head = store.head();
     let recorded_at_us = match head.checked_sub(1) {
         Some(last) => store
@@ -366,11 +372,11 @@ impl RunningProjector {
 }
 
 /// Every projection of a read model with its lag behind the store's head.
-pub async fn status(
+pub async fn projection_statuses(
     store: &dyn EventStore,
     read_model: &dyn ReadModel,
 ) -> Result<Vec<ProjectionStatus>, ProjectionError> {
-    let (head, head_recorded_at_us) = head_of(store).await?;
+    let (head, head_recorded_at_us) = log_head(store).await?;
     Ok(read_model
         .states()
         .await?

@@ -8,23 +8,23 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::sql::check_identifier;
-use crate::{Change, ProjectionError, Row, Table, Value};
+use crate::{ProjectionError, Row, Table, TxChange, Value};
 
 /// Which copy of a projection's tables a batch writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Target {
+pub enum ProjectionTarget {
     /// The tables queries read.
     Live,
     /// The copy a rebuild fills, swapped in when it has caught up.
     Shadow,
 }
 
-impl Target {
+impl ProjectionTarget {
     /// The column of `factum_projections` that holds this target's checkpoint.
     pub(crate) fn checkpoint_column(self) -> &'static str {
         match self {
-            Target::Live => "position",
-            Target::Shadow => "rebuild_position",
+            ProjectionTarget::Live => "position",
+            ProjectionTarget::Shadow => "rebuild_position",
         }
     }
 }
@@ -35,7 +35,7 @@ pub struct Commit {
     /// The projection.
     pub projection: String,
     /// Live tables or the rebuild's shadow tables.
-    pub target: Target,
+    pub target: ProjectionTarget,
     /// The checkpoint the batch continues from; the commit is refused, writing nothing, when
     /// the stored one differs.
     pub expected: Option<u64>,
@@ -46,7 +46,7 @@ pub struct Commit {
     /// The store's head when the batch was read.
     pub head: u64,
     /// The changes, in order.
-    pub changes: Vec<Change>,
+    pub changes: Vec<TxChange>,
 }
 
 /// What a swap did.
@@ -341,7 +341,7 @@ pub(crate) fn check_continues(
     found: Option<u64>,
     rebuilding: bool,
 ) -> Result<(), ProjectionError> {
-    if found != commit.expected || (commit.target == Target::Shadow && !rebuilding) {
+    if found != commit.expected || (commit.target == ProjectionTarget::Shadow && !rebuilding) {
         return Err(ProjectionError::CheckpointMoved {
             projection: commit.projection.clone(),
             expected: commit.expected,
@@ -429,12 +429,12 @@ impl Registered {
     /// The statement's SQL for one target, rewritten once and then cached.
     pub(crate) fn sql(
         &self,
-        target: Target,
+        target: ProjectionTarget,
         sql: &str,
         physical: impl Fn(&str) -> String,
         question_params: bool,
     ) -> Result<Arc<str>, ProjectionError> {
-        let slot = usize::from(target == Target::Shadow);
+        let slot = usize::from(target == ProjectionTarget::Shadow);
         if let Some(done) = self.rewrites.lock()[slot].get(sql) {
             return Ok(done.clone());
         }

@@ -337,7 +337,7 @@ impl RowChange {
 
 /// A change a projection queued: SQL of its own, or a row change.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Change {
+pub enum TxChange {
     /// A statement with `{table}` names and `$n` parameters.
     Sql(Statement),
     /// A row to insert, upsert, update or delete.
@@ -355,18 +355,18 @@ pub(crate) enum Step<'a> {
 /// Groups a batch's changes into steps. Between two SQL statements of the projection's own,
 /// row changes to one table keep their order, split where the shape changes; changes to
 /// different tables are independent, so each table's runs are gathered.
-pub(crate) fn plan(changes: &[Change]) -> Vec<Step<'_>> {
+pub(crate) fn plan(changes: &[TxChange]) -> Vec<Step<'_>> {
     let mut steps = Vec::new();
     let mut runs: Vec<Vec<&RowChange>> = Vec::new();
     let mut last_run: HashMap<&str, usize> = HashMap::new();
     for change in changes {
         match change {
-            Change::Sql(statement) => {
+            TxChange::Sql(statement) => {
                 last_run.clear();
                 steps.extend(runs.drain(..).map(Step::Rows));
                 steps.push(Step::Sql(statement));
             }
-            Change::Row(row) => {
+            TxChange::Row(row) => {
                 let run = last_run
                     .get(row.table())
                     .copied()
@@ -501,8 +501,8 @@ mod tests {
             .changes()
             .iter()
             .map(|c| match c {
-                Change::Row(row) => row.single_sql(),
-                Change::Sql(_) => unreachable!(),
+                TxChange::Row(row) => row.single_sql(),
+                TxChange::Sql(_) => unreachable!(),
             })
             .collect();
         assert_eq!(
@@ -516,7 +516,7 @@ mod tests {
                 "INSERT INTO {log} AS t0 (id, note) VALUES ($1, $2)",
             ]
         );
-        let Change::Row(update) = &tx.changes()[2] else {
+        let TxChange::Row(update) = &tx.changes()[2] else {
             unreachable!()
         };
         assert_eq!(
@@ -572,8 +572,8 @@ mod tests {
             .changes()
             .iter()
             .filter_map(|c| match c {
-                Change::Row(row) => Some(row),
-                Change::Sql(_) => None,
+                TxChange::Row(row) => Some(row),
+                TxChange::Sql(_) => None,
             })
             .collect();
         assert_eq!(
@@ -591,8 +591,8 @@ mod tests {
             .changes()
             .iter()
             .filter_map(|c| match c {
-                Change::Row(row) => Some(row),
-                Change::Sql(_) => None,
+                TxChange::Row(row) => Some(row),
+                TxChange::Sql(_) => None,
             })
             .collect();
         assert!(matches!(fold(&rows), Err(ProjectionError::Invalid(m)) if m.contains("overflows")));

@@ -12,7 +12,8 @@ use tokio::sync::watch;
 use crate::read_model::{META_DDL, Registry, check_continues, swap_check};
 use crate::rows::{Step, fold, plan};
 use crate::{
-    Commit, ProjectionError, ProjectionState, ReadModel, Row, SwapOutcome, Table, Target, Value,
+    Commit, ProjectionError, ProjectionState, ProjectionTarget, ReadModel, Row, SwapOutcome, Table,
+    Value,
 };
 
 /// A read model in a SQLite file, in WAL mode: queries read while a projector writes, and
@@ -144,7 +145,7 @@ fn create_table(
 fn checkpoint(
     tx: &rusqlite::Transaction<'_>,
     name: &str,
-    target: Target,
+    target: ProjectionTarget,
 ) -> Result<(Option<u64>, bool), ProjectionError> {
     let column = target.checkpoint_column();
     tx.query_row(
@@ -213,8 +214,8 @@ impl ReadModel for SqliteReadModel {
             let (found, rebuilding) = checkpoint(&tx, &commit.projection, commit.target)?;
             check_continues(&commit, found, rebuilding)?;
             let physical = |table: &str| match commit.target {
-                Target::Live => table.to_owned(),
-                Target::Shadow => shadow_name(table),
+                ProjectionTarget::Live => table.to_owned(),
+                ProjectionTarget::Shadow => shadow_name(table),
             };
             for step in plan(&commit.changes) {
                 match step {
@@ -240,7 +241,7 @@ impl ReadModel for SqliteReadModel {
             let position = commit.position as i64;
             let head = commit.head as i64;
             match commit.target {
-                Target::Live => tx.execute(
+                ProjectionTarget::Live => tx.execute(
                     "UPDATE factum_projections SET position = ?2, recorded_at_us = ?3, \
                      updated_at_us = ?4, head = ?5 WHERE name = ?1",
                     params![
@@ -251,7 +252,7 @@ impl ReadModel for SqliteReadModel {
                         head
                     ],
                 )?,
-                Target::Shadow => tx.execute(
+                ProjectionTarget::Shadow => tx.execute(
                     "UPDATE factum_projections SET rebuild_position = ?2, rebuild_target = ?3 \
                      WHERE name = ?1",
                     params![commit.projection, position, head],
@@ -300,8 +301,8 @@ impl ReadModel for SqliteReadModel {
         self.blocking(move |inner| {
             let mut conn = inner.writer.lock();
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let (live, _) = checkpoint(&tx, &name, Target::Live)?;
-            let (shadow, rebuilding) = checkpoint(&tx, &name, Target::Shadow)?;
+            let (live, _) = checkpoint(&tx, &name, ProjectionTarget::Live)?;
+            let (shadow, rebuilding) = checkpoint(&tx, &name, ProjectionTarget::Shadow)?;
             if let Some(wait) = swap_check(&name, live, shadow, rebuilding)? {
                 return Ok(wait);
             }

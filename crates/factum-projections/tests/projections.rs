@@ -10,7 +10,8 @@ use std::time::Duration;
 use common::{Accounts, account_life, actual, expected};
 use factum_core::{EventStore, ExpectedState, MemoryStore, NewEvent, RecordedEvent, StreamName};
 use factum_projections::{
-    ApplyError, Commit, ProjectionError, Projector, ReadModel, Table, Target, Tx, Value, status,
+    ApplyError, Commit, ProjectionError, ProjectionTarget, Projector, ReadModel, Table, Tx, Value,
+    projection_statuses,
 };
 use serde_json::json;
 
@@ -183,17 +184,17 @@ async fn lag_is_reported_in_positions_and_seconds(read_model: Arc<dyn ReadModel>
     account_life(&*store, "a", 1).await; // positions 0..=2
     let projector = Projector::new(store.clone(), read_model.clone(), Accounts { version: 1 });
     projector.install().await.unwrap();
-    let before = status(&*store, &*read_model).await.unwrap();
+    let before = projection_statuses(&*store, &*read_model).await.unwrap();
     assert_eq!((before[0].behind, before[0].behind_seconds), (3, None));
     projector.run_until(store.head()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     account_life(&*store, "b", 3).await; // positions 3..=7
-    let after = status(&*store, &*read_model).await.unwrap();
+    let after = projection_statuses(&*store, &*read_model).await.unwrap();
     assert_eq!(after[0].behind, 5);
     let seconds = after[0].behind_seconds.unwrap();
     assert!((0.25..5.0).contains(&seconds), "{seconds}");
     projector.run_until(store.head()).await.unwrap();
-    let done = status(&*store, &*read_model).await.unwrap();
+    let done = projection_statuses(&*store, &*read_model).await.unwrap();
     assert_eq!((done[0].behind, done[0].behind_seconds), (0, Some(0.0)));
     assert_eq!(done[0].state.head, store.head());
 }
@@ -373,12 +374,12 @@ async fn shadow_writes_and_swaps_without_a_rebuild_are_refused(read_model: Arc<d
     ));
     let stray = Commit {
         projection: "accounts".into(),
-        target: Target::Shadow,
+        target: ProjectionTarget::Shadow,
         expected: None,
         position: 0,
         recorded_at_us: 0,
         head: store.head(),
-        changes: vec![factum_projections::Change::Sql(
+        changes: vec![factum_projections::TxChange::Sql(
             factum_projections::Statement {
                 sql: "DELETE FROM {accounts}".into(),
                 params: vec![],
@@ -391,7 +392,7 @@ async fn shadow_writes_and_swaps_without_a_rebuild_are_refused(read_model: Arc<d
     ));
     // A live batch that does not continue from the stored checkpoint is refused too.
     let stale = Commit {
-        target: Target::Live,
+        target: ProjectionTarget::Live,
         expected: None,
         ..stray
     };

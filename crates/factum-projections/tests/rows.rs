@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use factum_core::{EventStore, ExpectedState, MemoryStore, NewEvent, RecordedEvent, StreamName};
 use factum_projections::{
-    ApplyError, Change, Commit, Projection, ProjectionError, Projector, ReadModel, RowChange,
-    Table, Target, Tx, Value,
+    ApplyError, Commit, Projection, ProjectionError, ProjectionTarget, Projector, ReadModel,
+    RowChange, Table, Tx, TxChange, Value,
 };
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -289,7 +289,7 @@ async fn row_changes_equal_the_model_at_any_batch_size(read_model: Arc<dyn ReadM
     assert_eq!(actual(&*read_model).await, model);
 }
 
-fn row(kind: &str, build: impl FnOnce(&mut RowChange)) -> Change {
+fn row(kind: &str, build: impl FnOnce(&mut RowChange)) -> TxChange {
     let mut tx = Tx::new();
     let change = match kind {
         "insert" => tx.insert("balances"),
@@ -318,7 +318,7 @@ async fn bad_row_changes_write_nothing(read_model: Arc<dyn ReadModel>) {
         .upsert("elsewhere")
         .key("id", "a")
         .add("total", 1);
-    let cases: Vec<(Vec<Change>, &str)> = vec![
+    let cases: Vec<(Vec<TxChange>, &str)> = vec![
         (
             vec![row("upsert", |r| {
                 r.key("id", Value::Null).add("total", 1);
@@ -393,7 +393,7 @@ async fn bad_row_changes_write_nothing(read_model: Arc<dyn ReadModel>) {
         let error = read_model
             .commit(Commit {
                 projection: "ledger".into(),
-                target: Target::Live,
+                target: ProjectionTarget::Live,
                 expected: None,
                 position: 0,
                 recorded_at_us: 0,

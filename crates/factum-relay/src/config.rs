@@ -85,7 +85,7 @@ fn zero() -> Payload {
 /// A relays file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("relays file {path}: {message}")]
-pub struct ConfigError {
+pub struct RelaysFileError {
     /// The file.
     pub path: String,
     /// What is wrong.
@@ -94,8 +94,8 @@ pub struct ConfigError {
 
 impl RelaysConfig {
     /// Reads and checks a relays file.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let error = |message: String| ConfigError {
+    pub fn from_file(path: &Path) -> Result<Self, RelaysFileError> {
+        let error = |message: String| RelaysFileError {
             path: path.display().to_string(),
             message,
         };

@@ -116,7 +116,7 @@ pub trait MessageSource: Send {
 
 /// What became of one message.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum DeliveryOutcome {
     /// Its command was executed.
     Handled,
     /// Its command had been executed before (a redelivery): nothing was written again.
@@ -418,10 +418,10 @@ impl Consumer {
                 outcome = self.handle(&delivery.message) => outcome,
             };
             self.status.send_modify(|s| match &outcome {
-                Outcome::Handled => s.handled += 1,
-                Outcome::Duplicate => s.duplicates += 1,
-                Outcome::Ignored => s.ignored += 1,
-                Outcome::DeadLettered(_) => s.dead_lettered += 1,
+                DeliveryOutcome::Handled => s.handled += 1,
+                DeliveryOutcome::Duplicate => s.duplicates += 1,
+                DeliveryOutcome::Ignored => s.ignored += 1,
+                DeliveryOutcome::DeadLettered(_) => s.dead_lettered += 1,
             });
             // A lost acknowledgement only means the message comes again, and is recognised.
             if let Err(error) = delivery.acker.ack().await {
@@ -440,17 +440,17 @@ impl Consumer {
     }
 
     /// Handles one message until its outcome is durable, trying passing failures again.
-    pub async fn handle(&self, message: &IncomingMessage) -> Outcome {
+    pub async fn handle(&self, message: &IncomingMessage) -> DeliveryOutcome {
         let mut delay = self.backoff.first;
         loop {
             let Some(outcome) = self.attempt(message).await else {
-                return Outcome::Ignored;
+                return DeliveryOutcome::Ignored;
             };
             let failure = match outcome {
-                Ok(false) => return Outcome::Handled,
-                Ok(true) => return Outcome::Duplicate,
+                Ok(false) => return DeliveryOutcome::Handled,
+                Ok(true) => return DeliveryOutcome::Duplicate,
                 Err(Failure::Refused(reason)) => match self.park(message, &reason).await {
-                    Ok(()) => return Outcome::DeadLettered(reason),
+                    Ok(()) => return DeliveryOutcome::DeadLettered(reason),
                     Err(error) => format!("parking {}: {error}", message.id),
                 },
                 Err(Failure::Transient(reason)) => reason,

@@ -46,10 +46,11 @@ mod publisher;
 mod rabbitmq;
 mod relay;
 
-pub use config::{ConfigError, RelayConfig, RelaysConfig};
+pub use config::{RelayConfig, RelaysConfig, RelaysFileError};
 pub use consumer::{
     Acknowledge, ConsumeError, Consumer, ConsumerBuilder, ConsumerStatus, Delivery,
-    IncomingMessage, MessageDeadLetter, MessageSource, Outcome, unresolved_message_dead_letters,
+    DeliveryOutcome, IncomingMessage, MessageDeadLetter, MessageSource,
+    unresolved_message_dead_letters,
 };
 pub use message::{
     ExternalEvent, OutboundMessage, Payload, Translator, TypeMap, ZeroPayload, headers,

@@ -184,7 +184,8 @@ impl OutboundMessage {
     }
 
     /// The subject (NATS) or routing key (RabbitMQ): `{prefix}.{category}.{type}`, each part
-    /// made a single token (see [`token`]). An empty prefix is left out.
+    /// made a single token (`.`, `*`, `>`, `#` and white space become `_`). An empty prefix is
+    /// left out.
     pub fn subject(&self, prefix: &str) -> String {
         let mut subject = String::with_capacity(
             prefix.len() + self.category.len() + self.event.event_type.len() + 2,

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use common::tally::{self, Count, Tally};
 use factum_core::{EventStore, MemoryStore};
 use factum_relay::{
-    ConsumeError, Consumer, Delivery, IncomingMessage, MessageSource, Outcome, headers,
+    ConsumeError, Consumer, Delivery, DeliveryOutcome, IncomingMessage, MessageSource, headers,
 };
 use factum_toolkit::{DeadLetters, ReplayReport, processor_statuses};
 
@@ -99,14 +99,14 @@ async fn parked_messages_are_counted_and_replayed_once_their_cause_is_fixed() {
     ];
     for m in &parked {
         assert!(
-            matches!(strict.handle(m).await, Outcome::DeadLettered(_)),
+            matches!(strict.handle(m).await, DeliveryOutcome::DeadLettered(_)),
             "{}",
             m.id
         );
     }
     assert!(matches!(
         strict.handle(&message("m-0", br#"{"v": 1}"#)).await,
-        Outcome::Handled
+        DeliveryOutcome::Handled
     ));
     // The parked messages count as the consumer's dead letters, in `factum deadletters list`
     // and the server's `/processors`.
@@ -180,12 +180,12 @@ async fn a_replay_cut_off_after_the_command_ran_is_resolved_without_running_it_a
     let m = message("m-9", br#"{"v": 2}"#);
     assert!(matches!(
         strict(store.clone()).handle(&m).await,
-        Outcome::DeadLettered(_)
+        DeliveryOutcome::DeadLettered(_)
     ));
     // A replay ran the command, and the process died before it marked the letter resolved.
     assert!(matches!(
         fixed(store.clone(), false).handle(&m).await,
-        Outcome::Handled
+        DeliveryOutcome::Handled
     ));
     assert_eq!(unresolved(store.as_ref()).await, 1);
     // The next replay finds the command's events: resolved, nothing written twice.

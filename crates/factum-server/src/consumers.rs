@@ -2,7 +2,7 @@
 //! processors keep their checkpoints and dead letters in the store itself:
 //! [`factum_toolkit::processor_statuses`].)
 
-use factum_projections::{ProjectionStatus, head_of};
+use factum_projections::{ProjectionStatus, log_head};
 
 use crate::{ApiError, AppState};
 
@@ -19,7 +19,7 @@ pub(crate) async fn projections(
             format!("read model: {e}"),
         )
     })?;
-    let (head, recorded_at_us) = head_of(&*state.store)
+    let (head, recorded_at_us) = log_head(&*state.store)
         .await
         .map_err(|e| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, e))?;
     Ok(Some(

@@ -41,7 +41,7 @@ pub use replay::replay_stream;
 pub use repository::{
     DUPLICATE_WINDOW_EVENTS, Executed, Loaded, Repository, RepositoryError, ToAggregate,
 };
-pub use saga::{Saga, SagaDispatch, SagaError, SagaManager, SagaStatus, Step};
+pub use saga::{Saga, SagaDispatch, SagaError, SagaManager, SagaStatus, SagaStep};
 pub use snapshot::{SNAPSHOT_EVENT_TYPE, SnapshotPolicy, snapshot_stream};
 pub use status::{ProcessorStatus, processor_statuses};
 

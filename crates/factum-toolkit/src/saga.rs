@@ -42,7 +42,7 @@ pub trait Saga: Send + Sync + 'static {
         &self,
         state: &Self::State,
         event: &RecordedEvent,
-    ) -> Option<Step<Self::State, Self::Command>>;
+    ) -> Option<SagaStep<Self::State, Self::Command>>;
 
     /// One of the instance's commands was refused (`reason`): what it does to compensate.
     /// By default, nothing.
@@ -51,7 +51,7 @@ pub trait Saga: Send + Sync + 'static {
         state: &Self::State,
         command: &Self::Command,
         reason: &str,
-    ) -> Option<Step<Self::State, Self::Command>> {
+    ) -> Option<SagaStep<Self::State, Self::Command>> {
         let _ = (state, command, reason);
         None
     }
@@ -62,7 +62,7 @@ pub trait Saga: Send + Sync + 'static {
         state: &Self::State,
         deadline: &str,
         instance: &str,
-    ) -> Option<Step<Self::State, Self::Command>> {
+    ) -> Option<SagaStep<Self::State, Self::Command>> {
         let _ = (state, deadline, instance);
         None
     }
@@ -72,7 +72,7 @@ pub trait Saga: Send + Sync + 'static {
 /// or cancels, and whether it is finished (a finished instance takes no more events, and its
 /// deadlines are dropped).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Step<S, C> {
+pub struct SagaStep<S, C> {
     state: S,
     commands: Vec<C>,
     schedule: Vec<(String, Duration)>,
@@ -80,10 +80,10 @@ pub struct Step<S, C> {
     done: bool,
 }
 
-impl<S, C> Step<S, C> {
+impl<S, C> SagaStep<S, C> {
     /// Moves to `state`.
     pub fn to(state: S) -> Self {
-        Step {
+        SagaStep {
             state,
             commands: Vec::new(),
             schedule: Vec::new(),
@@ -298,7 +298,7 @@ fn now_ms() -> u64 {
 ///
 /// A [`Saga`] is written as pure functions, like a [`Decider`](crate::Decider): given an
 /// instance's state and what happened (an event, a refused command, a deadline), it returns a
-/// [`Step`]: the next state, the commands to send, the deadlines to set or cancel. A
+/// [`SagaStep`]: the next state, the commands to send, the deadlines to set or cancel. A
 /// [`SagaManager`] runs it:
 ///
 /// - **Exactly once per event.** Each instance lives in its own stream `$saga-{name}-{id}`.
@@ -330,7 +330,7 @@ fn now_ms() -> u64 {
 /// # mod factum { pub use factum_core::*; pub use factum_toolkit::*; }
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use factum::{Saga, SagaManager, Step};
+/// use factum::{Saga, SagaManager, SagaStep};
 /// use factum::{EventStore, ExpectedState, MemoryStore, NewEvent, RecordedEvent, StreamName};
 /// use serde::{Deserialize, Serialize};
 ///
@@ -347,16 +347,16 @@ fn now_ms() -> u64 {
 ///     fn correlate(&self, event: &RecordedEvent) -> Option<String> {
 ///         event.stream.as_str().strip_prefix("order-").map(str::to_owned)
 ///     }
-///     fn on_event(&self, _paid: &bool, event: &RecordedEvent) -> Option<Step<bool, Reminder>> {
+///     fn on_event(&self, _paid: &bool, event: &RecordedEvent) -> Option<SagaStep<bool, Reminder>> {
 ///         match event.event_type.as_str() {
-///             "OrderPlaced" => Some(Step::to(false).schedule("remind", Duration::from_millis(50))),
-///             "OrderPaid" => Some(Step::to(true).cancel("remind").done()),
+///             "OrderPlaced" => Some(SagaStep::to(false).schedule("remind", Duration::from_millis(50))),
+///             "OrderPaid" => Some(SagaStep::to(true).cancel("remind").done()),
 ///             _ => None,
 ///         }
 ///     }
 ///     fn on_deadline(&self, paid: &bool, _deadline: &str, instance: &str)
-///         -> Option<Step<bool, Reminder>> {
-///         Some(Step::to(*paid).send(Reminder::Send { order: instance.to_owned() }).done())
+///         -> Option<SagaStep<bool, Reminder>> {
+///         Some(SagaStep::to(*paid).send(Reminder::Send { order: instance.to_owned() }).done())
 ///     }
 /// }
 ///
@@ -521,7 +521,7 @@ impl<G: Saga> SagaManager<G> {
         &self,
         instance: &str,
         cause: Cause,
-        step: Step<G::State, G::Command>,
+        step: SagaStep<G::State, G::Command>,
     ) -> Result<Stepped, SagaError> {
         let source = format!("{instance}/{}", cause.text);
         let mut commands = Vec::new();
@@ -871,7 +871,7 @@ impl<G: Saga> SagaManager<G> {
         id: &str,
         instance: &Instance<G::State>,
         cause: Cause,
-        step: Step<G::State, G::Command>,
+        step: SagaStep<G::State, G::Command>,
         first: Option<NewEvent>,
         options: AppendOptions,
     ) -> Result<After, SagaError> {
@@ -1045,7 +1045,7 @@ impl<G: Saga> SagaManager<G> {
         let step = self
             .saga
             .on_deadline(&instance.state, &found.name, id)
-            .unwrap_or_else(|| Step::to(instance.state.clone()));
+            .unwrap_or_else(|| SagaStep::to(instance.state.clone()));
         let cause = Cause {
             text: format!("deadline:{deadline}"),
             correlation_id: instance.correlation_id.clone(),
@@ -1357,7 +1357,7 @@ mod tests {
 
     #[test]
     fn a_step_collects_what_it_does() {
-        let step: Step<u8, &str> = Step::to(1)
+        let step: SagaStep<u8, &str> = SagaStep::to(1)
             .send("a")
             .send("b")
             .schedule("pay", Duration::from_secs(1))

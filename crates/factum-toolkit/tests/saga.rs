@@ -14,7 +14,7 @@ use factum_core::{
 use factum_engine::{Engine, EngineOptions};
 use factum_toolkit::{BusError, CommandBus};
 use factum_toolkit::{CommandContext, Decider, Repository, ToAggregate};
-use factum_toolkit::{Saga, SagaManager, SagaStatus, Step};
+use factum_toolkit::{Saga, SagaManager, SagaStatus, SagaStep};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
@@ -139,7 +139,11 @@ impl Saga for TransferSaga {
         }
     }
 
-    fn on_event(&self, t: &Transfer, event: &RecordedEvent) -> Option<Step<Transfer, ToAccount>> {
+    fn on_event(
+        &self,
+        t: &Transfer,
+        event: &RecordedEvent,
+    ) -> Option<SagaStep<Transfer, ToAccount>> {
         let data: serde_json::Value = serde_json::from_slice(&event.data).ok()?;
         let id = self.correlate(event)?;
         let to = |account: &str, command| ToAccount {
@@ -160,7 +164,7 @@ impl Saga for TransferSaga {
                 };
                 let expire = Duration::from_millis(data["expire_ms"].as_u64()?);
                 Some(
-                    Step::to(t.clone())
+                    SagaStep::to(t.clone())
                         .send(to(&t.from, debit))
                         .schedule("expire", expire),
                 )
@@ -174,21 +178,21 @@ impl Saga for TransferSaga {
                     stage: Stage::Crediting,
                     ..t.clone()
                 };
-                Some(Step::to(next).send(to(&t.to, credit)))
+                Some(SagaStep::to(next).send(to(&t.to, credit)))
             }
             "Credited" if t.stage == Stage::Crediting => {
                 let next = Transfer {
                     stage: Stage::Completed,
                     ..t.clone()
                 };
-                Some(Step::to(next).cancel("expire").done())
+                Some(SagaStep::to(next).cancel("expire").done())
             }
             "Refunded" => {
                 let next = Transfer {
                     stage: Stage::Refunded,
                     ..t.clone()
                 };
-                Some(Step::to(next).done())
+                Some(SagaStep::to(next).done())
             }
             _ => None,
         }
@@ -199,10 +203,10 @@ impl Saga for TransferSaga {
         t: &Transfer,
         command: &ToAccount,
         _: &str,
-    ) -> Option<Step<Transfer, ToAccount>> {
+    ) -> Option<SagaStep<Transfer, ToAccount>> {
         match &command.command {
             AccountCommand::Debit { .. } => Some(
-                Step::to(Transfer {
+                SagaStep::to(Transfer {
                     stage: Stage::Failed,
                     ..t.clone()
                 })
@@ -213,7 +217,12 @@ impl Saga for TransferSaga {
         }
     }
 
-    fn on_deadline(&self, t: &Transfer, _: &str, id: &str) -> Option<Step<Transfer, ToAccount>> {
+    fn on_deadline(
+        &self,
+        t: &Transfer,
+        _: &str,
+        id: &str,
+    ) -> Option<SagaStep<Transfer, ToAccount>> {
         match t.stage {
             Stage::Crediting => Some(self.refund(t, id, t.cents)),
             _ => None,
@@ -222,12 +231,12 @@ impl Saga for TransferSaga {
 }
 
 impl TransferSaga {
-    fn refund(&self, t: &Transfer, transfer: &str, cents: u64) -> Step<Transfer, ToAccount> {
+    fn refund(&self, t: &Transfer, transfer: &str, cents: u64) -> SagaStep<Transfer, ToAccount> {
         let refund = AccountCommand::Refund {
             transfer: transfer.to_owned(),
             cents,
         };
-        Step::to(Transfer {
+        SagaStep::to(Transfer {
             stage: Stage::Refunding,
             ..t.clone()
         })

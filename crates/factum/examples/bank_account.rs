@@ -333,7 +333,7 @@ async fn main() -> anyhow::Result<()> {
             if row.suspended { " (suspended)" } else { "" }
         );
     }
-    for status in factum::status(&*store, &*read_model).await? {
+    for status in factum::projection_statuses(&*store, &*read_model).await? {
         println!(
             "  projection {}: at {:?}, {} event(s) behind",
             status.state.name, status.state.position, status.behind

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use factum::{
     BusError, CommandBus, CommandContext, Consumer, Decider, Engine, EngineOptions, EventStore,
-    IncomingMessage, Payload, RecordedEvent, Relay, Repository, Saga, SagaManager, Step,
+    IncomingMessage, Payload, RecordedEvent, Relay, Repository, Saga, SagaManager, SagaStep,
     ToAggregate, TypeMap, headers,
 };
 use serde::{Deserialize, Serialize};
@@ -245,7 +245,7 @@ impl Saga for OrderFulfilment {
             .map(str::to_owned)
     }
 
-    fn on_event(&self, stage: &Stage, event: &RecordedEvent) -> Option<Step<Stage, ToOrder>> {
+    fn on_event(&self, stage: &Stage, event: &RecordedEvent) -> Option<SagaStep<Stage, ToOrder>> {
         let order = self.correlate(event)?;
         let to = |command| ToOrder {
             order: order.clone(),
@@ -253,23 +253,23 @@ impl Saga for OrderFulfilment {
         };
         use OrderCommand as C;
         Some(match event.event_type.as_str() {
-            "OrderPlaced" => Step::to(Stage::Reserving).send(to(C::RequestStock)),
-            "StockReserved" => Step::to(Stage::Paying)
+            "OrderPlaced" => SagaStep::to(Stage::Reserving).send(to(C::RequestStock)),
+            "StockReserved" => SagaStep::to(Stage::Paying)
                 .send(to(C::RequestPayment))
                 .schedule("payment", self.payment_deadline),
-            "StockUnavailable" => Step::to(Stage::Finished)
+            "StockUnavailable" => SagaStep::to(Stage::Finished)
                 .send(to(C::Reject {
                     reason: "out of stock".into(),
                 }))
                 .done(),
-            "PaymentTaken" if *stage == Stage::Paying => Step::to(Stage::Finished)
+            "PaymentTaken" if *stage == Stage::Paying => SagaStep::to(Stage::Finished)
                 .cancel("payment")
                 .send(to(C::Confirm))
                 .done(),
             "PaymentRejected" if *stage == Stage::Paying => {
                 let data: serde_json::Value = serde_json::from_slice(&event.data).ok()?;
                 let reason = format!("payment rejected: {}", data["reason"].as_str()?);
-                Step::to(Stage::Finished)
+                SagaStep::to(Stage::Finished)
                     .cancel("payment")
                     .send(to(C::RequestRelease))
                     .send(to(C::Reject { reason }))
@@ -279,13 +279,13 @@ impl Saga for OrderFulfilment {
         })
     }
 
-    fn on_deadline(&self, stage: &Stage, _: &str, order: &str) -> Option<Step<Stage, ToOrder>> {
+    fn on_deadline(&self, stage: &Stage, _: &str, order: &str) -> Option<SagaStep<Stage, ToOrder>> {
         (*stage == Stage::Paying).then(|| {
             let to = |command| ToOrder {
                 order: order.to_owned(),
                 command,
             };
-            Step::to(Stage::Finished)
+            SagaStep::to(Stage::Finished)
                 .send(to(OrderCommand::RequestRelease))
                 .send(to(OrderCommand::Cancel {
                     reason: "no payment answer in time".into(),

@@ -20,7 +20,7 @@
 //! | `relay` | [`Relay`], [`Consumer`]: the store as outbox, and messages back in as commands |
 //! | `nats`, `rabbitmq` | [`NatsPublisher`] / [`NatsSource`], [`RabbitPublisher`] / [`RabbitSource`] (and `relay`) |
 //! | `server` | [`server`]: the HTTP API, server-sent events, metrics and web UI of `factum serve` |
-//! | `testkit` | [`backend::testkit`]: the conformance suite every backend passes |
+//! | `testkit` | `backend::testkit`: the conformance suite every backend passes |
 //! | `full` | all of them |
 //!
 //! Always there: the event model and the [`EventStore`] trait, the in-memory [`MemoryStore`]
@@ -158,3 +158,9 @@ pub mod server {
     #[doc(inline)]
     pub use factum_server::*;
 }
+
+/// The README's Rust blocks, compiled (and, but for those marked `no_run`, run) with the doc
+/// tests, so that they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

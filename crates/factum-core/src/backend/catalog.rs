@@ -447,7 +447,7 @@ fn system_record(
 /// in a stream in the state `summary`: for an exact revision the ones right after it, for "no
 /// stream" the first ones after the latest soft delete (or ever), for "any" and "exists" the
 /// stream's last ones. The window may reach past the stream's end (then the events cannot be
-/// there yet); a backend that loads ids for [`idempotent`] loads those of this window.
+/// there yet); a backend that loads ids for the comparison ([`plan`]) loads those of this window.
 pub fn idempotency_window(
     summary: &StreamSummary,
     expected: ExpectedState,

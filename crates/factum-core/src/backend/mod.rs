@@ -3,7 +3,7 @@
 //! backend does the same way, claims for a backend that one process opens at a time and the
 //! wait every processor, relay and saga manager goes through before it works, the JSON
 //! validator, and — behind the `testkit` feature — the conformance suite every backend passes
-//! ([`conformance_tests!`](crate::conformance_tests)).
+//! (`conformance_tests!`).
 
 pub mod catalog;
 pub mod json;
