@@ -1,284 +1,30 @@
-//! Sagas: process managers with durable state, compensation and deadlines.
+//! The saga manager: claims the saga's name, reads what a start must (the index), sends what
+//! was stored and not sent, then follows `$all` in batches and fires deadlines.
 
-use factum_core::IntoStore;
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use factum_core::IntoStore;
 use factum_core::backend::{claim_unless_stopped, until_stopped_or_lost};
 use factum_core::{
-    AppendOptions, Checkpoint, Claim, Direction, EventStore, ExpectedState, NewEvent,
-    RecordedEvent, StoreError, StreamName, SubscriptionFilter,
+    AppendOptions, Checkpoint, Claim, EventStore, ExpectedState, NewEvent, RecordedEvent,
+    StoreError, StreamName, SubscriptionFilter,
 };
 use futures::StreamExt;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::deadlines::Deadlines;
+use super::index::IndexWrites;
+use super::records::{
+    Cause, Instance, Outcome, Pending, REJECTED, SENT, STEPPED, StoredDeadline, deadlines_after,
+};
+use super::{Saga, SagaDispatch, SagaError, SagaStatus, SagaStep, now_ms};
 use crate::CommandContext;
 use crate::bus::BusError;
-use crate::replay::replay_stream;
-
-/// A process manager, as pure functions of an instance's state. One instance per correlation
-/// id ([`Saga::correlate`]); its state starts at `State::default()`.
-pub trait Saga: Send + Sync + 'static {
-    /// The saga's name: its checkpoint is `saga-{NAME}`, its instances live in
-    /// `$saga-{NAME}-{id}`.
-    const NAME: &'static str;
-    /// What an instance knows. Stored with every step, as JSON.
-    type State: Serialize + DeserializeOwned + Default + Clone + Send + Sync;
-    /// What it asks of others. Stored with the step that sends it, as JSON, until sent.
-    type Command: Serialize + DeserializeOwned + Clone + Send + Sync + std::fmt::Debug;
-
-    /// The instance an event belongs to; `None`: not this saga's business.
-    fn correlate(&self, event: &RecordedEvent) -> Option<String>;
-
-    /// What an instance does about one of its events; `None`: nothing.
-    fn on_event(
-        &self,
-        state: &Self::State,
-        event: &RecordedEvent,
-    ) -> Option<SagaStep<Self::State, Self::Command>>;
-
-    /// One of the instance's commands was refused (`reason`): what it does to compensate.
-    /// By default, nothing.
-    fn on_rejected(
-        &self,
-        state: &Self::State,
-        command: &Self::Command,
-        reason: &str,
-    ) -> Option<SagaStep<Self::State, Self::Command>> {
-        let _ = (state, command, reason);
-        None
-    }
-
-    /// A deadline of instance `instance` came without being cancelled. By default, nothing.
-    fn on_deadline(
-        &self,
-        state: &Self::State,
-        deadline: &str,
-        instance: &str,
-    ) -> Option<SagaStep<Self::State, Self::Command>> {
-        let _ = (state, deadline, instance);
-        None
-    }
-}
-
-/// What a saga instance does next: its new state, the commands it sends, the deadlines it sets
-/// or cancels, and whether it is finished (a finished instance takes no more events, and its
-/// deadlines are dropped).
-#[derive(Clone, Debug, PartialEq)]
-pub struct SagaStep<S, C> {
-    state: S,
-    commands: Vec<C>,
-    schedule: Vec<(String, Duration)>,
-    cancel: Vec<String>,
-    done: bool,
-}
-
-impl<S, C> SagaStep<S, C> {
-    /// Moves to `state`.
-    pub fn to(state: S) -> Self {
-        SagaStep {
-            state,
-            commands: Vec::new(),
-            schedule: Vec::new(),
-            cancel: Vec::new(),
-            done: false,
-        }
-    }
-
-    /// Sends `command` (after the step is stored).
-    pub fn send(mut self, command: C) -> Self {
-        self.commands.push(command);
-        self
-    }
-
-    /// Sets the deadline `name`, `after` from now.
-    pub fn schedule(mut self, name: impl Into<String>, after: Duration) -> Self {
-        self.schedule.push((name.into(), after));
-        self
-    }
-
-    /// Cancels every pending deadline called `name`.
-    pub fn cancel(mut self, name: impl Into<String>) -> Self {
-        self.cancel.push(name.into());
-        self
-    }
-
-    /// The instance is finished.
-    pub fn done(mut self) -> Self {
-        self.done = true;
-        self
-    }
-}
-
-const STEPPED: &str = "SagaStepped";
-const INDEXED: &str = "SagaIndexed";
-const SENT: &str = "SagaCommandSent";
-const REJECTED: &str = "SagaCommandRejected";
-
-/// The saga's index, written now and then by its manager in `$sagas-{NAME}` so that a start
-/// reads only the instances that may have something to do.
-#[derive(Serialize, Deserialize)]
-struct Indexed {
-    /// Every step stored after this index has a position at or after this one.
-    from: u64,
-    /// The instances with deadlines pending. No instance had commands stored and not sent.
-    waiting: Vec<String>,
-}
-
-/// A stored command of a step.
-#[derive(Clone, Serialize, Deserialize)]
-struct StoredCommand {
-    id: Uuid,
-    command: serde_json::Value,
-}
-
-/// A stored deadline.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct StoredDeadline {
-    id: Uuid,
-    name: String,
-    /// Milliseconds since the Unix epoch.
-    due_ms: u64,
-}
-
-/// A step as stored in the instance's stream.
-#[derive(Serialize, Deserialize)]
-struct Stepped {
-    /// What caused it: an event id, `rejected:{command id}` or `deadline:{deadline id}`.
-    cause: String,
-    correlation_id: String,
-    state: serde_json::Value,
-    commands: Vec<StoredCommand>,
-    scheduled: Vec<StoredDeadline>,
-    cancelled: Vec<String>,
-    /// The deadline this step is the firing of.
-    #[serde(default)]
-    fired: Option<Uuid>,
-    /// The position in `$all` of the event that caused it (steps caused by events only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    position: Option<u64>,
-    done: bool,
-}
-
-impl Stepped {
-    /// The step's commands, as sends to make for instance `instance`.
-    fn pending<'a>(&'a self, instance: &'a str) -> impl Iterator<Item = Pending> + 'a {
-        self.commands.iter().map(move |c| Pending {
-            instance: instance.to_owned(),
-            id: c.id,
-            command: c.command.clone(),
-            correlation_id: self.correlation_id.clone(),
-            cause: self.cause.clone(),
-        })
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-struct Outcome {
-    command_id: Uuid,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-/// A command waiting to be sent.
-#[derive(Clone)]
-struct Pending {
-    instance: String,
-    id: Uuid,
-    command: serde_json::Value,
-    correlation_id: String,
-    cause: String,
-}
-
-/// An instance as replayed from its stream.
-struct Instance<S> {
-    stream: StreamName,
-    revision: Option<u64>,
-    state: S,
-    correlation_id: String,
-    pending: Vec<Pending>,
-    deadlines: Vec<StoredDeadline>,
-    done: bool,
-    /// The position of the last event a step of the instance was caused by.
-    taken: Option<u64>,
-}
-
-/// What caused a step.
-struct Cause {
-    /// An event id, `rejected:{command id}` or `deadline:{deadline id}`.
-    text: String,
-    correlation_id: String,
-    /// The deadline the step is the firing of.
-    fired: Option<Uuid>,
-    /// The position of the event that caused it.
-    position: Option<u64>,
-}
-
-/// What a saga manager has done since it started.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SagaStatus {
-    /// The last position of `$all` taken into account.
-    pub checkpoint: Option<u64>,
-    /// Steps stored.
-    pub steps: u64,
-    /// Commands sent and accepted.
-    pub commands_sent: u64,
-    /// Commands refused (and handed to [`Saga::on_rejected`]).
-    pub commands_rejected: u64,
-    /// Deadlines fired.
-    pub deadlines_fired: u64,
-    /// Deadlines waiting.
-    pub deadlines_pending: usize,
-    /// Failures (a command that could not be sent yet, the store), each retried.
-    pub failures: u64,
-    /// The last failure.
-    pub last_error: Option<String>,
-    /// Instance streams read when the manager started: those its index names as waiting for
-    /// a deadline and those written since the index, or every one when there is no index.
-    pub loaded_at_start: usize,
-    /// Waiting while another manager of the saga holds its claim (see [`SagaManager::run`]).
-    pub standby: bool,
-    /// Times the manager lost its claim while it worked (its PostgreSQL connection failed).
-    pub claims_lost: u64,
-}
-
-/// What the manager sends a command with: usually the command bus, e.g.
-/// `bus.send(ToAggregate::<Stock>::new(..), context)`. The context carries the command's id,
-/// derived from its cause, and is idempotent.
-pub type SagaDispatch<C> = Arc<
-    dyn Fn(C, CommandContext) -> Pin<Box<dyn Future<Output = Result<(), BusError>> + Send>>
-        + Send
-        + Sync,
->;
-
-/// Why a saga manager stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum SagaError {
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A stored step or command no longer decodes with today's types.
-    #[error("saga {saga}: a stored step does not decode: {reason}")]
-    Decode {
-        /// The saga.
-        saga: &'static str,
-        /// Why.
-        reason: String,
-    },
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Runs a [`Saga`] over a store: follows `$all` from its checkpoint, stores each step in the
 /// instance's stream, sends the commands and fires the deadlines.
@@ -293,104 +39,19 @@ fn now_ms() -> u64 {
 /// keeps its deadlines; an index written meanwhile may still miss a deadline the other set in a
 /// step this one has not come to yet.
 ///
-/// Sagas (process managers, SPEC R5.4): an event of one aggregate becomes a command to
-/// another, with durable state, compensation when a step is refused, and deadlines.
 ///
-/// A [`Saga`] is written as pure functions, like a [`Decider`](crate::Decider): given an
-/// instance's state and what happened (an event, a refused command, a deadline), it returns a
-/// [`SagaStep`]: the next state, the commands to send, the deadlines to set or cancel. A
-/// [`SagaManager`] runs it:
-///
-/// - **Exactly once per event.** Each instance lives in its own stream `$saga-{name}-{id}`.
-///   A step caused by an event is appended there in one atomic write that records the event's
-///   position: after a crash the event is either fully taken into account or not at all, and
-///   an instance never takes an event at or before the last one it took.
-/// - **Instances at the same time.** The events that arrived together (up to 1,024) are taken
-///   as a batch: each instance's in order, up to 64 instances at once, so their appends share
-///   the store's durable writes. The checkpoint is saved once the batch is taken (with the
-///   step itself when the batch holds only one event to take); a restart reads again from it
-///   and skips what each instance already took. Deadlines that come due together, and the
-///   commands a restart finds unsent, are handled the same way.
-/// - **A start reads what may have something to do.** Now and then (every 65,536 positions of
-///   `$all`, at most every 5 s) and when it stops, the manager writes the saga's index in
-///   `$sagas-{name}`: the instances waiting for a deadline, as of a moment when no command was
-///   stored and not sent. A start reads those instances and the ones written after the index
-///   (found in `$all`), not the finished ones; without an index it reads every instance.
-/// - **Commands are an outbox.** A step's commands are stored with it, each with an id derived
-///   from its cause, and sent afterwards; sending is recorded (`SagaCommandSent`). Commands
-///   stored but not recorded as sent are sent again after a restart, with the same ids, so a
-///   [`Repository`](crate::Repository) executes each once (see [`CommandContext::with_id`]).
-/// - **Compensation.** A command the bus refuses (rejected by the domain, invalid, forbidden)
-///   is handed to [`Saga::on_rejected`], whose step (compensating commands) is stored together
-///   with the record of the refusal.
-/// - **Deadlines** are stored in the step that sets them, as wall-clock times, and fire after a
-///   restart too: [`Saga::on_deadline`] decides what a deadline that was not cancelled does.
-///
-/// ```
-/// # mod factum { pub use factum_core::*; pub use factum_toolkit::*; }
-/// use std::sync::Arc;
-/// use std::time::Duration;
-/// use factum::{Saga, SagaManager, SagaStep};
-/// use factum::{EventStore, ExpectedState, MemoryStore, NewEvent, RecordedEvent, StreamName};
-/// use serde::{Deserialize, Serialize};
-///
-/// /// Reminds a customer who has not paid an order within the deadline.
-/// struct PaymentReminder;
-///
-/// #[derive(Clone, Debug, Serialize, Deserialize)]
-/// enum Reminder { Send { order: String } }
-///
-/// impl Saga for PaymentReminder {
-///     const NAME: &'static str = "payment-reminder";
-///     type State = bool; // paid
-///     type Command = Reminder;
-///     fn correlate(&self, event: &RecordedEvent) -> Option<String> {
-///         event.stream.as_str().strip_prefix("order-").map(str::to_owned)
-///     }
-///     fn on_event(&self, _paid: &bool, event: &RecordedEvent) -> Option<SagaStep<bool, Reminder>> {
-///         match event.event_type.as_str() {
-///             "OrderPlaced" => Some(SagaStep::to(false).schedule("remind", Duration::from_millis(50))),
-///             "OrderPaid" => Some(SagaStep::to(true).cancel("remind").done()),
-///             _ => None,
-///         }
-///     }
-///     fn on_deadline(&self, paid: &bool, _deadline: &str, instance: &str)
-///         -> Option<SagaStep<bool, Reminder>> {
-///         Some(SagaStep::to(*paid).send(Reminder::Send { order: instance.to_owned() }).done())
-///     }
-/// }
-///
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-/// let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
-/// for (order, events) in [("order-1", vec!["OrderPlaced", "OrderPaid"]), ("order-2", vec!["OrderPlaced"])] {
-///     let events = events.into_iter()
-///         .map(|t| NewEvent::json(t, &serde_json::json!({})).unwrap()).collect();
-///     store.append(&StreamName::user(order).unwrap(), ExpectedState::Any, events).await.unwrap();
-/// }
-/// let sent = Arc::new(parking_lot::Mutex::new(Vec::new()));
-/// let outbox = sent.clone();
-/// let manager = SagaManager::new(PaymentReminder, store.clone(), move |command, _context| {
-///     outbox.lock().push(command);
-///     async { Ok(()) }
-/// });
-/// let mut status = manager.status();
-/// let running = tokio::spawn(async move { manager.run(std::future::pending()).await });
-/// status.wait_for(|s| s.deadlines_fired == 1 && s.commands_sent == 1).await.unwrap();
-/// assert!(matches!(&sent.lock()[..], [Reminder::Send { order }] if order == "2"));
-/// running.abort();
-/// # });
-/// ```
+/// The whole story, with an example, is on [`Saga`].
 pub struct SagaManager<G: Saga> {
-    saga: G,
-    store: Arc<dyn EventStore>,
-    dispatch: SagaDispatch<G::Command>,
-    retry: Duration,
-    status: watch::Sender<SagaStatus>,
+    pub(super) saga: G,
+    pub(super) store: Arc<dyn EventStore>,
+    pub(super) dispatch: SagaDispatch<G::Command>,
+    pub(super) retry: Duration,
+    pub(super) status: watch::Sender<SagaStatus>,
     /// Set when the manager stops in the middle of work: the work ends at its next step (a
     /// command not yet sent stays stored, to be sent by the next start).
-    stopping: watch::Sender<bool>,
+    pub(super) stopping: watch::Sender<bool>,
     /// An index larger than this is not written (the one before stays in force).
-    index_bytes_max: usize,
+    pub(super) index_bytes_max: usize,
 }
 
 /// Positions passed without a step before the checkpoint is saved on its own.
@@ -401,17 +62,9 @@ const START_READS: usize = 32;
 const BATCH: usize = 1024;
 /// Instances of a batch taken at the same time.
 const CONCURRENT_INSTANCES: usize = 64;
-/// Positions of `$all` passed before the manager writes its index again: about what a start
-/// reads of `$all` when the manager before it kept up (a manager held up by a command that
-/// cannot be sent writes no index meanwhile).
-const INDEX_EVERY: u64 = 65_536;
-/// The least time between two writes of the index.
-const INDEX_PAUSE: Duration = Duration::from_secs(5);
 /// How many times an instance's work is tried again after its append met a revision it did
 /// not expect (see [`retrying`]).
 const CONFLICTS_MAX: u32 = 8;
-/// Events of `$all` a start reads at once when it looks for instances written after the index.
-const INDEX_READ_PAGE: usize = 1000;
 
 impl<G: Saga> SagaManager<G> {
     /// A manager of `saga` over `store`, sending commands with `dispatch`.
@@ -463,95 +116,6 @@ impl<G: Saga> SagaManager<G> {
     pub async fn state(&self, id: &str) -> Result<Option<G::State>, SagaError> {
         let instance = self.load(id).await?;
         Ok(instance.revision.map(|_| instance.state))
-    }
-
-    fn decode_error(reason: impl std::fmt::Display) -> SagaError {
-        SagaError::Decode {
-            saga: G::NAME,
-            reason: reason.to_string(),
-        }
-    }
-
-    async fn load(&self, id: &str) -> Result<Instance<G::State>, SagaError> {
-        let stream = Self::instance_stream(id)?;
-        let mut instance = Instance {
-            stream: stream.clone(),
-            revision: None,
-            state: G::State::default(),
-            correlation_id: String::new(),
-            pending: Vec::new(),
-            deadlines: Vec::new(),
-            done: false,
-            taken: None,
-        };
-        let mut finished: HashSet<Uuid> = HashSet::new();
-        let mut state = None;
-        replay_stream(self.store.as_ref(), &stream, 0, |record| {
-            instance.revision = Some(record.revision);
-            match record.event_type.as_str() {
-                STEPPED => {
-                    let step: Stepped =
-                        serde_json::from_slice(&record.data).map_err(Self::decode_error)?;
-                    instance.correlation_id = step.correlation_id.clone();
-                    instance.deadlines = deadlines_after(&instance.deadlines, &step);
-                    instance.pending.extend(step.pending(id));
-                    instance.done = step.done;
-                    instance.taken = step.position.or(instance.taken);
-                    state = Some(step.state);
-                }
-                SENT | REJECTED => {
-                    let outcome: Outcome =
-                        serde_json::from_slice(&record.data).map_err(Self::decode_error)?;
-                    finished.insert(outcome.command_id);
-                }
-                _ => {}
-            }
-            Ok::<_, SagaError>(())
-        })
-        .await?;
-        instance.pending.retain(|p| !finished.contains(&p.id));
-        if let Some(state) = state {
-            instance.state = serde_json::from_value(state).map_err(Self::decode_error)?;
-        }
-        Ok(instance)
-    }
-
-    /// The stored form of `step`, caused by `cause`.
-    fn stepped(
-        &self,
-        instance: &str,
-        cause: Cause,
-        step: SagaStep<G::State, G::Command>,
-    ) -> Result<Stepped, SagaError> {
-        let source = format!("{instance}/{}", cause.text);
-        let mut commands = Vec::new();
-        for (n, command) in step.commands.iter().enumerate() {
-            commands.push(StoredCommand {
-                id: CommandContext::derived_id(&source, &format!("command/{n}")),
-                command: serde_json::to_value(command).map_err(Self::decode_error)?,
-            });
-        }
-        let due = now_ms();
-        let scheduled = step
-            .schedule
-            .iter()
-            .map(|(name, after)| StoredDeadline {
-                id: CommandContext::derived_id(&source, &format!("deadline/{name}")),
-                name: name.clone(),
-                due_ms: due + after.as_millis() as u64,
-            })
-            .collect();
-        Ok(Stepped {
-            cause: cause.text,
-            correlation_id: cause.correlation_id,
-            state: serde_json::to_value(&step.state).map_err(Self::decode_error)?,
-            commands,
-            scheduled,
-            cancelled: step.cancel,
-            fired: cause.fired,
-            position: cause.position,
-            done: step.done,
-        })
     }
 
     fn expected(instance: &Instance<G::State>) -> ExpectedState {
@@ -771,89 +335,6 @@ impl<G: Saga> SagaManager<G> {
             }
             done = &mut round => done.map(Some),
         }
-    }
-
-    /// The instances a start reads: with an index, those it names as waiting for a deadline
-    /// and those with steps after it (found in `$all`); without one (or with one this code
-    /// cannot read), every instance. Also where the index this start read is as of: the index's
-    /// `from` when instances were written after it (or 0 without an index), else the head.
-    async fn instances_to_load(&self) -> Result<(Vec<String>, u64), SagaError> {
-        let head = self.store.head();
-        let prefix = format!("$saga-{}-", G::NAME);
-        let newest = match self
-            .store
-            .read_stream(&Self::index_stream()?, u64::MAX, Direction::Backwards, 1)
-            .await
-        {
-            Ok(mut page) => page.pop(),
-            Err(StoreError::NotFound(_)) => None,
-            Err(e) => return Err(e.into()),
-        };
-        let indexed = newest.and_then(|event| {
-            serde_json::from_slice::<Indexed>(&event.data)
-                .inspect_err(|e| {
-                    tracing::warn!(saga = G::NAME, error = %e, "saga index unreadable; reading every instance");
-                })
-                .ok()
-        });
-        let Some(indexed) = indexed else {
-            let every = crate::status::names_after(self.store.as_ref(), &prefix).await?;
-            return Ok((every, 0));
-        };
-        let mut as_of = head;
-        let mut ids: BTreeSet<String> = indexed.waiting.into_iter().collect();
-        let mut from = indexed.from;
-        while from < head {
-            let page = self
-                .store
-                .read_all(from, Direction::Forwards, INDEX_READ_PAGE)
-                .await?;
-            let Some(next) = page.last().map(|e| e.position + 1) else {
-                break;
-            };
-            let written = page
-                .iter()
-                .filter_map(|e| e.stream.as_str().strip_prefix(&prefix))
-                .map(str::to_owned)
-                .collect::<Vec<_>>();
-            if !written.is_empty() {
-                as_of = indexed.from;
-            }
-            ids.extend(written);
-            from = next;
-        }
-        Ok((ids.into_iter().collect(), as_of))
-    }
-
-    /// Writes the index: the instances with deadlines pending, and `from`, the head of `$all`
-    /// when they were (no command was stored and not sent then).
-    async fn write_index(
-        &self,
-        deadlines: &Deadlines,
-        from: u64,
-        index: &mut IndexWrites,
-    ) -> Result<(), SagaError> {
-        let indexed = Indexed {
-            from,
-            waiting: deadlines.live.keys().cloned().collect(),
-        };
-        let event = NewEvent::json(INDEXED, &indexed)?;
-        *index = IndexWrites {
-            from,
-            at: tokio::time::Instant::now(),
-        };
-        if event.data.len() > self.index_bytes_max {
-            tracing::warn!(
-                saga = G::NAME,
-                waiting = indexed.waiting.len(),
-                "too many instances waiting for the saga's index: it stays as it was, and a start reads more of $all"
-            );
-            return Ok(());
-        }
-        self.store
-            .append(&Self::index_stream()?, ExpectedState::Any, vec![event])
-            .await?;
-        Ok(())
     }
 
     /// Saves the checkpoint on its own; one already further (a step stored with it) stays.
@@ -1201,33 +682,6 @@ fn adopted<S>(id: &str, instance: Instance<S>) -> After {
     }
 }
 
-/// The deadlines of an instance that had `before` once `stepped` is stored.
-fn deadlines_after(before: &[StoredDeadline], stepped: &Stepped) -> Vec<StoredDeadline> {
-    if stepped.done {
-        return Vec::new();
-    }
-    before
-        .iter()
-        .filter(|d| Some(d.id) != stepped.fired && !stepped.cancelled.contains(&d.name))
-        .chain(&stepped.scheduled)
-        .cloned()
-        .collect()
-}
-
-/// When the index was last written.
-struct IndexWrites {
-    /// The `from` it was written with.
-    from: u64,
-    at: tokio::time::Instant,
-}
-
-impl IndexWrites {
-    /// Whether to write it again, the head of `$all` being `head`.
-    fn due(&self, head: u64) -> bool {
-        head >= self.from + INDEX_EVERY && self.at.elapsed() >= INDEX_PAUSE
-    }
-}
-
 /// What taking a batch of events did.
 #[derive(Default)]
 struct BatchTaken {
@@ -1284,91 +738,5 @@ impl After {
             pending: Vec::new(),
             deadlines: None,
         }
-    }
-}
-
-/// The deadlines waiting, by instance, and a queue of them by due time (whose entries are
-/// checked against the first on the way out).
-#[derive(Default)]
-struct Deadlines {
-    live: HashMap<String, Vec<StoredDeadline>>,
-    queue: BinaryHeap<Reverse<(u64, String, Uuid)>>,
-}
-
-impl Deadlines {
-    /// The deadlines of `instance` are now `deadlines`; those new to it join the queue (the
-    /// others are queued already).
-    fn set(&mut self, instance: String, deadlines: Vec<StoredDeadline>) {
-        let known = self.live.get(&instance);
-        let new: Vec<_> = deadlines
-            .iter()
-            .filter(|d| !known.is_some_and(|list| list.iter().any(|k| k.id == d.id)))
-            .map(|d| Reverse((d.due_ms, instance.clone(), d.id)))
-            .collect();
-        self.queue.extend(new);
-        if deadlines.is_empty() {
-            self.live.remove(&instance);
-        } else {
-            self.live.insert(instance, deadlines);
-        }
-    }
-
-    fn pending(&self) -> usize {
-        self.live.values().map(Vec::len).sum()
-    }
-
-    /// When the next live deadline is due, dropping queue entries no longer live.
-    fn next_due(&mut self) -> Option<u64> {
-        while let Some(Reverse((due, instance, id))) = self.queue.peek() {
-            let live = self
-                .live
-                .get(instance)
-                .is_some_and(|list| list.iter().any(|d| d.id == *id));
-            if live {
-                return Some(*due);
-            }
-            self.queue.pop();
-        }
-        None
-    }
-
-    /// Takes every live deadline due at `now` off the queue.
-    fn pop_due(&mut self, now: u64) -> Vec<(String, Uuid)> {
-        let mut due = Vec::new();
-        while self.next_due().is_some_and(|at| at <= now) {
-            if let Some(Reverse((_, instance, id))) = self.queue.pop() {
-                due.push((instance, id));
-            }
-        }
-        due
-    }
-
-    /// The deadlines of instances after their steps.
-    fn apply(&mut self, changed: Vec<(String, Vec<StoredDeadline>)>) {
-        for (instance, deadlines) in changed {
-            self.set(instance, deadlines);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_step_collects_what_it_does() {
-        let step: SagaStep<u8, &str> = SagaStep::to(1)
-            .send("a")
-            .send("b")
-            .schedule("pay", Duration::from_secs(1))
-            .cancel("remind")
-            .done();
-        assert_eq!(step.commands, vec!["a", "b"]);
-        assert_eq!(
-            step.schedule,
-            vec![("pay".to_owned(), Duration::from_secs(1))]
-        );
-        assert_eq!(step.cancel, vec!["remind".to_owned()]);
-        assert!(step.done);
     }
 }
