@@ -142,7 +142,7 @@ impl Catalog {
     }
 
     /// The positions a stream read should return, in order, before the max-age filter (which
-    /// needs each event's time and is applied by [`visible_by_age`]).
+    /// needs each event's time and is applied by [`visible_by_age`](super::visible_by_age)).
     pub fn read_plan(
         &self,
         stream: &StreamName,
@@ -223,7 +223,7 @@ impl Catalog {
             .collect()
     }
 
-    /// The max age of a stream, for [`visible_by_age`].
+    /// The max age of a stream, for [`visible_by_age`](super::visible_by_age).
     pub fn max_age_secs(&self, stream: &StreamName) -> Option<u64> {
         self.stream(stream)
             .and_then(|state| state.metadata.as_ref())
