@@ -122,12 +122,12 @@ fn now_us() -> u64 {
 
 async fn subscribers(client: &reqwest::Client, url: &str) -> Result<Row> {
     const SUBSCRIBERS: usize = 100;
-    const RATE: u64 = 10_000;
+    const APPENDS_PER_SEC: u64 = 10_000;
     const SECONDS: u64 = 5;
     // Enough appenders that 10,000 events/s are offered even when a durable append takes a
     // few milliseconds (each waits for its answer before the next).
     const APPENDERS: u64 = 64;
-    let events = RATE * SECONDS;
+    let events = APPENDS_PER_SEC * SECONDS;
     let progress = bar(
         events * SUBSCRIBERS as u64,
         format!("http-sse ({SUBSCRIBERS} subscribers)"),
@@ -186,7 +186,7 @@ async fn subscribers(client: &reqwest::Client, url: &str) -> Result<Row> {
             tokio::spawn(async move {
                 // Appender `a` sends events a, a + APPENDERS, a + 2 × APPENDERS, … below
                 // `events`, so together they send every one once.
-                let every = Duration::from_micros(1_000_000 * APPENDERS / RATE);
+                let every = Duration::from_micros(1_000_000 * APPENDERS / APPENDS_PER_SEC);
                 let mut tick = tokio::time::interval(every);
                 for n in (a..events).step_by(APPENDERS as usize) {
                     tick.tick().await;

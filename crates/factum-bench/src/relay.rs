@@ -17,11 +17,11 @@ use futures::StreamExt;
 
 use crate::kit::{Payloads, Row, bar, json_event, row};
 
-const BACKLOG: u64 = 100_000;
+const BACKLOG_EVENTS: u64 = 100_000;
 const WRITERS: u64 = 64;
 const LIVE_EVENTS: u64 = 20_000;
 /// Appends per second offered while latency is measured.
-const LIVE_RATE: u64 = 5_000;
+const LIVE_EVENTS_PER_SEC: u64 = 5_000;
 
 fn nats_url() -> String {
     std::env::var("FACTUM_BENCH_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
@@ -316,7 +316,7 @@ async fn measure(
     // 1. A backlog, emptied into the broker: throughput.
     append(
         store.clone(),
-        BACKLOG,
+        BACKLOG_EVENTS,
         None,
         payloads,
         &format!("{scenario}: backlog"),
@@ -327,7 +327,7 @@ async fn measure(
         .translator(TypeMap::new().map("OrderPlaced", "order.placed", Payload::Data))
         .build()?;
     let mut status = relay.status();
-    let progress = bar(BACKLOG, format!("{scenario}: publishing"));
+    let progress = bar(BACKLOG_EVENTS, format!("{scenario}: publishing"));
     let started = Instant::now();
     let mut samples = Vec::new();
     let (stop, task) = spawn(relay, broker.publisher());
@@ -377,10 +377,17 @@ async fn measure(
     let writer = {
         let store = store.clone();
         let payloads = payloads.clone();
-        let label = format!("{scenario}: live at {LIVE_RATE}/s");
-        tokio::spawn(
-            async move { append(store, LIVE_EVENTS, Some(LIVE_RATE), &payloads, &label).await },
-        )
+        let label = format!("{scenario}: live at {LIVE_EVENTS_PER_SEC}/s");
+        tokio::spawn(async move {
+            append(
+                store,
+                LIVE_EVENTS,
+                Some(LIVE_EVENTS_PER_SEC),
+                &payloads,
+                &label,
+            )
+            .await
+        })
     };
     let expected = LIVE_EVENTS / WRITERS * WRITERS;
     let mut latencies = Vec::with_capacity(expected as usize);

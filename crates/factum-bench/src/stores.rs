@@ -264,32 +264,35 @@ pub fn store_engine(store: &Store) -> Result<Engine> {
 
 /// `bulk`: one writer, 1,000 events an append over 10,000 streams.
 pub async fn bulk(store: &Store, events: u64, payloads: &Payloads) -> Result<Row> {
-    const PER_APPEND: u64 = 1000;
+    const EVENTS_PER_APPEND: u64 = 1000;
     const STREAMS: u64 = 10_000;
-    let appends = events.div_ceil(PER_APPEND);
-    let progress = bar(appends * PER_APPEND, format!("bulk {}", store.name()));
+    let appends = events.div_ceil(EVENTS_PER_APPEND);
+    let progress = bar(
+        appends * EVENTS_PER_APPEND,
+        format!("bulk {}", store.name()),
+    );
     let mut next_revision = vec![0u64; STREAMS as usize];
     let mut latencies = Vec::with_capacity(appends as usize);
     let started = Instant::now();
     for a in 0..appends {
         let stream = (a % STREAMS) as usize;
-        let batch: Vec<String> = (0..PER_APPEND)
-            .map(|i| payloads.get(a * PER_APPEND + i))
+        let batch: Vec<String> = (0..EVENTS_PER_APPEND)
+            .map(|i| payloads.get(a * EVENTS_PER_APPEND + i))
             .collect();
         let t = Instant::now();
         store
             .append(0, &format!("bulk-{stream}"), next_revision[stream], batch)
             .await?;
         latencies.push(t.elapsed().as_micros() as u64);
-        next_revision[stream] += PER_APPEND;
-        progress.inc(PER_APPEND);
+        next_revision[stream] += EVENTS_PER_APPEND;
+        progress.inc(EVENTS_PER_APPEND);
     }
     let elapsed = started.elapsed();
     progress.finish_and_clear();
     Ok(row(
         "bulk",
         store.name(),
-        appends * PER_APPEND,
+        appends * EVENTS_PER_APPEND,
         elapsed,
         latencies,
     ))
@@ -363,7 +366,7 @@ pub async fn single(store: &Store, events: u64, payloads: &Payloads) -> Result<R
 
 /// `read-all`: the whole log read back, a page at a time.
 pub async fn read_all(store: &Store, expected_events: u64) -> Result<Row> {
-    const PAGE: usize = 4096;
+    const PAGE_EVENTS: usize = 4096;
     let progress = bar(expected_events, format!("read-all {}", store.name()));
     let mut latencies = Vec::new();
     let mut next = store.first_position();
@@ -371,7 +374,7 @@ pub async fn read_all(store: &Store, expected_events: u64) -> Result<Row> {
     let started = Instant::now();
     loop {
         let t = Instant::now();
-        let (count, after) = store.read_page(next, PAGE).await?;
+        let (count, after) = store.read_page(next, PAGE_EVENTS).await?;
         latencies.push(t.elapsed().as_micros() as u64);
         if count == 0 {
             break;

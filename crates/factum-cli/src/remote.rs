@@ -20,7 +20,7 @@ use crate::progress::count_bar;
 use crate::{bad, stdout};
 
 /// Events or streams asked for in one request: the server's default largest page.
-const PAGE: u64 = 1000;
+const PAGE_EVENTS: u64 = 1000;
 
 /// An error answer of the server: its status and the message it gave.
 #[derive(Debug, thiserror::Error)]
@@ -219,7 +219,7 @@ impl Remote {
         let mut from = from;
         let mut left = limit;
         while left > 0 {
-            let asked = left.min(PAGE);
+            let asked = left.min(PAGE_EVENTS);
             let page = self.page(segments, from, backwards, asked).await?;
             left -= print(&page.events, out)?;
             match page.next {
@@ -244,7 +244,7 @@ impl Remote {
         let total = head.saturating_sub(from);
         let mut next = from;
         while next < head {
-            let page = self.page(&["all"], Some(next), false, PAGE).await?;
+            let page = self.page(&["all"], Some(next), false, PAGE_EVENTS).await?;
             let mut last = None;
             for event in &page.events {
                 let position = serde_json::from_str::<Positioned>(event.get())
@@ -360,7 +360,7 @@ impl Remote {
         while left > 0 {
             let mut query = vec![
                 ("prefix", prefix.to_owned()),
-                ("limit", left.min(PAGE).to_string()),
+                ("limit", left.min(PAGE_EVENTS).to_string()),
             ];
             if let Some(after) = &after {
                 query.push(("after", after.clone()));

@@ -17,6 +17,13 @@
 //! # });
 //! ```
 
+// A storage engine does not panic on what it reads or is given: errors are typed, slices are
+// taken with `get`. Tests may.
+#![cfg_attr(
+    not(test),
+    warn(clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+)]
+
 pub mod backend;
 mod claim;
 mod error;

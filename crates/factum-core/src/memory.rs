@@ -164,7 +164,10 @@ impl EventStore for MemoryStore {
                 .cloned()
                 .collect(),
             Direction::Backwards if len == 0 => Vec::new(),
-            Direction::Backwards => state.log[..=from_position.min(len - 1) as usize]
+            Direction::Backwards => state
+                .log
+                .get(..=from_position.min(len - 1) as usize)
+                .unwrap_or_default()
                 .iter()
                 .rev()
                 .take(limit)

@@ -62,7 +62,7 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 
 impl Subscription {
     /// How many events one catch-up read takes.
-    pub const BATCH_SIZE_DEFAULT: usize = 512;
+    pub const BATCH_EVENTS_DEFAULT: usize = 512;
 
     /// A subscription to `$all` from a position (inclusive).
     pub fn all(store: Arc<dyn EventStore>, from_position: u64, filter: SubscriptionFilter) -> Self {
@@ -75,7 +75,7 @@ impl Subscription {
                 filter,
             },
             buffer: VecDeque::new(),
-            batch_size: Self::BATCH_SIZE_DEFAULT,
+            batch_size: Self::BATCH_EVENTS_DEFAULT,
             retry_delay: Duration::ZERO,
         }
     }
@@ -92,12 +92,12 @@ impl Subscription {
                 next_revision: from_revision,
             },
             buffer: VecDeque::new(),
-            batch_size: Self::BATCH_SIZE_DEFAULT,
+            batch_size: Self::BATCH_EVENTS_DEFAULT,
             retry_delay: Duration::ZERO,
         }
     }
 
-    /// Reads up to `events` at a time from the store (default [`Self::BATCH_SIZE_DEFAULT`]):
+    /// Reads up to `events` at a time from the store (default [`Self::BATCH_EVENTS_DEFAULT`]):
     /// a consumer that takes batches with [`Self::next_buffered`] gets batches up to this size.
     pub fn with_batch_size(mut self, events: usize) -> Self {
         self.batch_size = events.max(1);

@@ -15,6 +15,45 @@ const INDEX_VERSION: u32 = 1;
 /// The index file's name inside the data directory.
 pub const INDEX_FILE: &str = "index.fidx";
 
+/// Why a saved index cannot be used. It is never needed: the caller rebuilds the index from
+/// the log, and the reason is logged.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// Reading or writing the file failed.
+    #[error("index file: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file is not an index (another file, or its first bytes are damaged).
+    #[error("not a Factum index (bad magic)")]
+    Magic,
+    /// An index of a format version this build does not read.
+    #[error("index format version {0} is not supported")]
+    Version(u32),
+    /// The file ends before what it says it holds.
+    #[error("the index file is cut short")]
+    CutShort,
+    /// A count larger than the rest of the file could hold.
+    #[error("a count in the index is larger than the file")]
+    CountOverFile,
+    /// A stream name or consumer that does not decode.
+    #[error("a name in the index does not decode")]
+    BadName,
+    /// Stream metadata that does not decode.
+    #[error("stream metadata in the index does not decode: {0}")]
+    BadMetadata(String),
+    /// The checksum does not match the file's bytes, or bytes follow the checksum.
+    #[error("index checksum mismatch")]
+    Checksum,
+}
+
+impl From<IndexError> for factum_core::StoreError {
+    fn from(error: IndexError) -> Self {
+        match error {
+            IndexError::Io(e) => factum_core::StoreError::Io(e),
+            other => factum_core::StoreError::Io(std::io::Error::other(other.to_string())),
+        }
+    }
+}
+
 /// Everything derived from the log.
 #[derive(Default)]
 pub struct Index {
@@ -39,7 +78,7 @@ struct CrcWriter<W> {
 impl<W: Write> Write for CrcWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        self.crc = crc32c::crc32c_append(self.crc, buf.get(..n).unwrap_or_default());
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -49,7 +88,7 @@ impl<W: Write> Write for CrcWriter<W> {
 
 impl Index {
     /// Saves the index durably: written to a temporary file, synced, renamed over the old one.
-    pub fn save(&self, dir: &Path, up_to: IndexedUpTo) -> std::io::Result<()> {
+    pub fn save(&self, dir: &Path, up_to: IndexedUpTo) -> Result<(), IndexError> {
         debug_assert_eq!(up_to.next_position, self.locations.len() as u64);
         let tmp = dir.join(format!("{INDEX_FILE}.tmp"));
         let file = std::fs::File::create(&tmp)?;
@@ -96,7 +135,7 @@ impl Index {
         let file = inner.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         std::fs::rename(&tmp, dir.join(INDEX_FILE))?;
-        crate::log::sync_dir(dir)
+        Ok(crate::log::sync_dir(dir)?)
     }
 
     /// Loads a saved index. `Ok(None)` when there is none or it is unusable (damaged, another
@@ -115,34 +154,40 @@ impl Index {
             crc: 0,
             left: len.saturating_sub(4),
         };
-        let parsed = Self::parse(&mut r);
-        let mut trailer = [0u8; 4];
-        let intact = parsed.is_some()
-            && r.left == 0
-            && std::io::Read::read_exact(&mut r.inner, &mut trailer).is_ok()
-            && u32::from_le_bytes(trailer) == r.crc;
+        let parsed = Self::parse(&mut r).and_then(|loaded| {
+            let mut trailer = [0u8; 4];
+            let intact = r.left == 0
+                && std::io::Read::read_exact(&mut r.inner, &mut trailer).is_ok()
+                && u32::from_le_bytes(trailer) == r.crc;
+            if intact {
+                Ok(loaded)
+            } else {
+                Err(IndexError::Checksum)
+            }
+        });
         match parsed {
-            Some(loaded) if intact => Ok(Some(loaded)),
-            _ => {
-                tracing::warn!(file = %path.display(), "the saved index is damaged; rebuilding it from the log");
+            Ok(loaded) => Ok(Some(loaded)),
+            Err(reason) => {
+                tracing::warn!(file = %path.display(), %reason, "the saved index is unusable; rebuilding it from the log");
                 Ok(None)
             }
         }
     }
 
-    fn parse(r: &mut Reader) -> Option<(Index, IndexedUpTo)> {
-        if r.take(8)? != INDEX_MAGIC || r.u32()? != INDEX_VERSION {
-            return None;
+    fn parse(r: &mut Reader) -> Result<(Index, IndexedUpTo), IndexError> {
+        if r.take(8)? != INDEX_MAGIC {
+            return Err(IndexError::Magic);
+        }
+        let version = r.u32()?;
+        if version != INDEX_VERSION {
+            return Err(IndexError::Version(version));
         }
         let segment = r.u32()?;
         let offset = r.u64()?;
         let next_position = r.u64()?;
         // Every count is checked against the bytes left, so a damaged count cannot make the
         // loader allocate more than the file could hold.
-        let count = usize::try_from(next_position).ok()?;
-        if count.checked_mul(8)? as u64 > r.left {
-            return None;
-        }
+        let count = r.count(next_position, 8)?;
         let mut locations = Vec::with_capacity(count);
         r.u64s(count, &mut locations)?;
         let streams = r.u64()?;
@@ -150,36 +195,38 @@ impl Index {
         let mut catalog = Catalog::with_capacity(streams.min(r.left / 47) as usize);
         for _ in 0..streams {
             let name_len = r.u16()? as usize;
-            let name = StreamName::new(String::from_utf8(r.take(name_len)?).ok()?).ok()?;
+            let name = String::from_utf8(r.take(name_len)?).map_err(|_| IndexError::BadName)?;
+            let name = StreamName::new(name).map_err(|_| IndexError::BadName)?;
             let deleted_before = r.u64()?;
-            let tombstoned = r.take(1)?[0] != 0;
-            let id = Uuid::from_slice(&r.take(16)?).ok()?;
+            let [tombstoned] = r.fill::<1>()?;
+            let id = Uuid::from_bytes(r.fill::<16>()?);
             let metadata_len = r.u32()? as usize;
             let metadata = match metadata_len {
                 0 => None,
-                n => Some(Box::new(serde_json::from_slice(&r.take(n)?).ok()?)),
+                n => Some(Box::new(
+                    serde_json::from_slice(&r.take(n)?)
+                        .map_err(|e| IndexError::BadMetadata(e.to_string()))?,
+                )),
             };
-            let count = usize::try_from(r.u64()?).ok()?;
-            if count.checked_mul(8)? as u64 > r.left {
-                return None;
-            }
+            let count = r.u64()?;
+            let count = r.count(count, 8)?;
             let mut positions = Vec::with_capacity(count);
             r.u64s(count, &mut positions)?;
             let state = StreamState {
                 last_id: (!positions.is_empty()).then_some(id),
                 positions,
                 deleted_before,
-                tombstoned,
+                tombstoned: tombstoned != 0,
                 metadata,
             };
             catalog.restore_stream(name, state);
         }
         for _ in 0..r.u64()? {
             let len = r.u16()? as usize;
-            let consumer = String::from_utf8(r.take(len)?).ok()?;
+            let consumer = String::from_utf8(r.take(len)?).map_err(|_| IndexError::BadName)?;
             catalog.restore_checkpoint(consumer, r.u64()?);
         }
-        Some((
+        Ok((
             Index { catalog, locations },
             IndexedUpTo {
                 next_position,
@@ -198,35 +245,44 @@ struct Reader {
 }
 
 impl Reader {
-    fn fill<const N: usize>(&mut self) -> Option<[u8; N]> {
+    fn fill<const N: usize>(&mut self) -> Result<[u8; N], IndexError> {
         let mut buf = [0u8; N];
         self.read(&mut buf)?;
-        Some(buf)
+        Ok(buf)
     }
-    fn read(&mut self, buf: &mut [u8]) -> Option<()> {
+    fn read(&mut self, buf: &mut [u8]) -> Result<(), IndexError> {
         if (buf.len() as u64) > self.left {
-            return None;
+            return Err(IndexError::CutShort);
         }
-        std::io::Read::read_exact(&mut self.inner, buf).ok()?;
+        std::io::Read::read_exact(&mut self.inner, buf).map_err(|_| IndexError::CutShort)?;
         self.left -= buf.len() as u64;
         self.crc = crc32c::crc32c_append(self.crc, buf);
-        Some(())
+        Ok(())
     }
-    fn take(&mut self, n: usize) -> Option<Vec<u8>> {
+    fn take(&mut self, n: usize) -> Result<Vec<u8>, IndexError> {
         if n as u64 > self.left {
-            return None;
+            return Err(IndexError::CutShort);
         }
         let mut buf = vec![0u8; n];
         self.read(&mut buf)?;
-        Some(buf)
+        Ok(buf)
+    }
+    /// A count of items of `item_bytes` each, if the rest of the file can hold them.
+    fn count(&self, count: u64, item_bytes: u64) -> Result<usize, IndexError> {
+        match count.checked_mul(item_bytes) {
+            Some(bytes) if bytes <= self.left => {
+                usize::try_from(count).map_err(|_| IndexError::CountOverFile)
+            }
+            _ => Err(IndexError::CountOverFile),
+        }
     }
     /// Reads `count` integers in large chunks.
-    fn u64s(&mut self, count: usize, out: &mut Vec<u64>) -> Option<()> {
+    fn u64s(&mut self, count: usize, out: &mut Vec<u64>) -> Result<(), IndexError> {
         let mut chunk = [0u8; 8 * 1024];
         let mut left = count;
         while left > 0 {
             let n = left.min(1024);
-            let bytes = chunk.get_mut(..n * 8)?;
+            let bytes = chunk.get_mut(..n * 8).ok_or(IndexError::CutShort)?;
             self.read(bytes)?;
             out.extend(bytes.chunks_exact(8).map(|b| {
                 let mut word = [0u8; 8];
@@ -235,15 +291,15 @@ impl Reader {
             }));
             left -= n;
         }
-        Some(())
+        Ok(())
     }
-    fn u16(&mut self) -> Option<u16> {
+    fn u16(&mut self) -> Result<u16, IndexError> {
         self.fill::<2>().map(u16::from_le_bytes)
     }
-    fn u32(&mut self) -> Option<u32> {
+    fn u32(&mut self) -> Result<u32, IndexError> {
         self.fill::<4>().map(u32::from_le_bytes)
     }
-    fn u64(&mut self) -> Option<u64> {
+    fn u64(&mut self) -> Result<u64, IndexError> {
         self.fill::<8>().map(u64::from_le_bytes)
     }
 }

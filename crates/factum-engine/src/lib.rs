@@ -26,6 +26,13 @@
 //! # });
 //! ```
 
+// A storage engine does not panic on what it reads or is given: errors are typed, slices are
+// taken with `get`. Tests may.
+#![cfg_attr(
+    not(test),
+    warn(clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+)]
+
 mod index;
 mod log;
 mod verify;
@@ -413,7 +420,9 @@ impl EventStore for Engine {
                     .collect();
                 (locations, index.catalog.max_age_secs(stream))
             };
-            let sequential = locations.windows(2).all(|w| w[1].0 == w[0].0 + 1);
+            let sequential = locations
+                .windows(2)
+                .all(|w| matches!(w, [a, b] if b.0 == a.0 + 1));
             Ok((self.read_located(locations, sequential).await?, max_age))
         })
         .await

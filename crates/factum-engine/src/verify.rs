@@ -5,7 +5,7 @@ use factum_core::StoreError;
 
 use crate::Shared;
 use crate::log::format::SEGMENT_HEADER_BYTES;
-use crate::log::{FrameFault, FrameReader, pack};
+use crate::log::{FrameReader, pack};
 
 /// What a verification read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,9 +44,7 @@ pub(crate) fn verify(
             let frame = match reader.next()? {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
-                Err(FrameFault::Torn(reason) | FrameFault::Bad(reason)) => {
-                    return Err(segment.corrupted(at, reason));
-                }
+                Err(reason) => return Err(segment.corrupted(at, reason)),
             };
             frame.expect_first_position(segment, next_position)?;
             let records = frame.records(segment)?;

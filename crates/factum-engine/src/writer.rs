@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 
 use factum_core::backend::catalog::{self, Change, Overlay, Plan, PlannedRecord};
-use factum_core::backend::{Job, Reply};
+use factum_core::backend::{Job, Reply, group};
 use factum_core::{AppendResult, StoreError, now_micros};
 use tracing::error;
 
 use crate::Shared;
-use crate::index::IndexedUpTo;
+use crate::index::{IndexError, IndexedUpTo};
 use crate::log::format::{FRAME_HEADER_BYTES, FrameBuilder, RECORD_FIXED_BYTES, RecordRef};
 use crate::log::{SegmentWriter, pack};
 
@@ -20,6 +20,40 @@ use crate::log::{SegmentWriter, pack};
 pub const GROUP_REQUESTS_MAX: usize = 4096;
 /// Most bytes committed in one group (a single larger append still goes alone).
 pub const GROUP_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Why a group was not written, and where. After one the store refuses writes until it is
+/// reopened: a failed `fdatasync` may have dropped pages the kernel still shows, so nothing
+/// in memory is trusted, and the next open reads the log back from disk.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Writing the group's frames to the segment failed.
+    #[error("writing to segment {segment}: {source}")]
+    Write {
+        /// The segment written to.
+        segment: u32,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// `fdatasync` of the segment failed.
+    #[error("fdatasync of segment {segment}: {source}")]
+    Sync {
+        /// The segment synced.
+        segment: u32,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// Starting the next segment failed.
+    #[error("starting segment {segment}: {source}")]
+    Roll {
+        /// The segment started.
+        segment: u32,
+        /// What went wrong.
+        source: StoreError,
+    },
+    /// The group's records did not apply to the catalog.
+    #[error(transparent)]
+    Catalog(#[from] StoreError),
+}
 
 /// What a request in a group comes to.
 enum Outcome {
@@ -53,17 +87,8 @@ pub struct Writer {
 impl Writer {
     pub fn run(mut self, requests: Receiver<Job>) -> Result<(), StoreError> {
         while let Ok(first) = requests.recv() {
-            let mut bytes = first.size_bytes();
-            let mut group = vec![first];
-            while group.len() < GROUP_REQUESTS_MAX && bytes < GROUP_BYTES_MAX {
-                match requests.try_recv() {
-                    Ok(request) => {
-                        bytes += request.size_bytes();
-                        group.push(request);
-                    }
-                    Err(_) => break,
-                }
-            }
+            let more = || requests.try_recv().ok();
+            let group = group(first, more, GROUP_REQUESTS_MAX, GROUP_BYTES_MAX);
             self.commit(group);
             if self.shared.poisoned.lock().is_none()
                 && self.next_position - self.saved_at_position >= self.index_save_interval_events
@@ -76,10 +101,10 @@ impl Writer {
             // What is on disk is recovered on the next open; the in-memory index may be ahead.
             return Ok(());
         }
-        self.save_index().map_err(StoreError::Io)
+        Ok(self.save_index()?)
     }
 
-    fn save_index(&mut self) -> std::io::Result<()> {
+    fn save_index(&mut self) -> Result<(), IndexError> {
         let up_to = IndexedUpTo {
             next_position: self.next_position,
             segment: self.segment.number,
@@ -228,7 +253,7 @@ impl Writer {
         &mut self,
         frames: &[FramePlan],
         now: u64,
-    ) -> Result<Vec<AppendResult>, StoreError> {
+    ) -> Result<Vec<AppendResult>, WriteError> {
         let records_total: usize = frames.iter().map(|f| f.records.len()).sum();
         let mut buf: Vec<u8> = Vec::with_capacity(self.group_bytes_hint);
         let mut locations: Vec<(u32, u64)> = Vec::with_capacity(records_total);
@@ -252,8 +277,7 @@ impl Writer {
             if used + size > self.segment_bytes_limit
                 && used > crate::log::format::SEGMENT_HEADER_BYTES as u64
             {
-                self.segment.write(&buf)?;
-                self.segment.sync()?;
+                self.write_and_sync(&buf)?;
                 buf.clear();
                 self.roll(position)?;
             }
@@ -301,8 +325,11 @@ impl Writer {
         self.group_bytes_hint = self
             .group_bytes_hint
             .max(buf.len().min(crate::writer::GROUP_BYTES_MAX));
-        self.segment.write(&buf)?;
-        self.segment.sync()?;
+        debug_assert!(
+            locations.windows(2).all(|w| matches!(w, [a, b] if a < b)),
+            "records are laid out in position order"
+        );
+        self.write_and_sync(&buf)?;
         // Durable: now make it visible.
         {
             let mut index = self.shared.index.write();
@@ -314,16 +341,36 @@ impl Writer {
             }
             debug_assert_eq!(index.locations.len() as u64, position);
         }
+        debug_assert!(
+            position >= self.next_position,
+            "positions strictly increase"
+        );
         self.next_position = position;
         self.shared.head.send_replace(position);
         Ok(results)
     }
 
-    fn roll(&mut self, first_position: u64) -> Result<(), StoreError> {
+    /// Writes `buf` at the end of the segment and makes it durable.
+    fn write_and_sync(&mut self, buf: &[u8]) -> Result<(), WriteError> {
+        let segment = self.segment.number;
+        self.segment
+            .write(buf)
+            .map_err(|source| WriteError::Write { segment, source })?;
+        self.segment
+            .sync()
+            .map_err(|source| WriteError::Sync { segment, source })
+    }
+
+    fn roll(&mut self, first_position: u64) -> Result<(), WriteError> {
         let number = self.segment.number + 1;
         let log_dir = self.shared.segments.log_dir.clone();
-        self.segment = SegmentWriter::create(&log_dir, number, first_position)?;
-        let (segment, _) = crate::log::Segment::open(crate::log::segment_path(&log_dir, number))?;
+        let roll = |source| WriteError::Roll {
+            segment: number,
+            source,
+        };
+        self.segment = SegmentWriter::create(&log_dir, number, first_position).map_err(roll)?;
+        let (segment, _) =
+            crate::log::Segment::open(crate::log::segment_path(&log_dir, number)).map_err(roll)?;
         self.shared.segments.push(segment);
         Ok(())
     }

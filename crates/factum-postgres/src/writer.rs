@@ -12,10 +12,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use factum_core::backend::Job;
 use factum_core::backend::catalog::{
     self, Change, Overlay, Plan, PlannedRecord, StreamSummary, View, WriteKind, WriteRequest,
 };
+use factum_core::backend::{Job, group};
 use factum_core::{
     AppendResult, ContentType, ExpectedState, RecordedEvent, StoreError, StreamMetadata,
     StreamName, now_micros,
@@ -127,17 +127,12 @@ impl Writer {
 
     pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         while let Some(first) = jobs.recv().await {
-            let mut bytes = first.size_bytes();
-            let mut batch = vec![first];
-            while batch.len() < BATCH_REQUESTS_MAX && bytes < BATCH_BYTES_MAX {
-                match jobs.try_recv() {
-                    Ok(job) => {
-                        bytes += job.size_bytes();
-                        batch.push(job);
-                    }
-                    Err(_) => break,
-                }
-            }
+            let batch = group(
+                first,
+                || jobs.try_recv().ok(),
+                BATCH_REQUESTS_MAX,
+                BATCH_BYTES_MAX,
+            );
             self.commit(batch).await;
         }
     }

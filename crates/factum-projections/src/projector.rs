@@ -55,7 +55,7 @@ pub struct Projector {
 
 impl Projector {
     /// Events per transaction unless [`Projector::batch_size`] says otherwise.
-    pub const BATCH_SIZE_DEFAULT: usize = 2048;
+    pub const BATCH_EVENTS_DEFAULT: usize = 2048;
 
     /// A projector of `projection` from `store` into `read_model`.
     pub fn new(
@@ -67,7 +67,7 @@ impl Projector {
             store: store.into_store(),
             read_model,
             projection: Arc::new(projection),
-            batch_size: Self::BATCH_SIZE_DEFAULT,
+            batch_size: Self::BATCH_EVENTS_DEFAULT,
         }
     }
 

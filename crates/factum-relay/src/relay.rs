@@ -176,7 +176,7 @@ pub struct Relay {
 /// How long the relay waits for an event before it records how far its filter has read.
 const IDLE: Duration = Duration::from_secs(1);
 /// ...and how many filtered-out events make that worth a write.
-const IDLE_SAVE_GAP: u64 = 1024;
+const IDLE_SAVE_GAP_POSITIONS: u64 = 1024;
 
 impl Relay {
     /// A builder for the relay `name`. Its checkpoint is stored under that name, so
@@ -326,7 +326,7 @@ impl Relay {
                     // itself an event the next wait would find.)
                     let read_to = subscription.position().and_then(|p| p.checked_sub(1));
                     if let Some(position) = read_to
-                        && position > checkpoint.map_or(0, |c| c + IDLE_SAVE_GAP)
+                        && position > checkpoint.map_or(0, |c| c + IDLE_SAVE_GAP_POSITIONS)
                     {
                         self.save(position).await?;
                         checkpoint = Some(position);

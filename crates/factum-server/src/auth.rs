@@ -115,7 +115,7 @@ pub struct Auth {
 }
 
 /// The shortest secret accepted.
-const MIN_SECRET: usize = 16;
+const SECRET_CHARS_MIN: usize = 16;
 
 impl Auth {
     /// Reads a TOML auth configuration file.
@@ -147,9 +147,9 @@ impl Auth {
                     i + 1
                 )));
             }
-            if token.secret.chars().count() < MIN_SECRET {
+            if token.secret.chars().count() < SECRET_CHARS_MIN {
                 return Err(AuthConfigError::Invalid(format!(
-                    "the secret of token '{}' is shorter than {MIN_SECRET} characters",
+                    "the secret of token '{}' is shorter than {SECRET_CHARS_MIN} characters",
                     token.name
                 )));
             }

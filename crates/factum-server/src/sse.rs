@@ -25,7 +25,7 @@ use crate::metrics::Subscribed;
 use crate::{ApiError, AppState};
 
 /// How many events one read of the store takes.
-const PAGE: usize = 512;
+const PAGE_EVENTS: usize = 512;
 /// How often an idle connection gets a comment line.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -92,7 +92,10 @@ async fn fan_out(
             cursor = target;
         }
         while cursor < target {
-            let events = match store.read_all(cursor, Direction::Forwards, PAGE).await {
+            let events = match store
+                .read_all(cursor, Direction::Forwards, PAGE_EVENTS)
+                .await
+            {
                 Ok(events) => events,
                 Err(e) => {
                     tracing::warn!(error = %e, "SSE fan-out stopped: reading $all failed");
@@ -178,7 +181,7 @@ async fn read_gap(
 ) -> Result<(), Stop> {
     while *next < until {
         let events = store
-            .read_all(*next, Direction::Forwards, PAGE)
+            .read_all(*next, Direction::Forwards, PAGE_EVENTS)
             .await
             .map_err(|e| Some(ApiError::from(e)))?;
         let Some(last) = events.last().map(|e| e.position) else {

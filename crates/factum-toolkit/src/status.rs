@@ -26,18 +26,20 @@ pub(crate) async fn names_after(
     store: &dyn EventStore,
     prefix: &str,
 ) -> Result<Vec<String>, StoreError> {
-    const PAGE: usize = 1000;
+    const PAGE_STREAMS: usize = 1000;
     let mut names = Vec::new();
     let mut after: Option<StreamName> = None;
     loop {
-        let page = store.list_streams(prefix, after.as_ref(), PAGE).await?;
+        let page = store
+            .list_streams(prefix, after.as_ref(), PAGE_STREAMS)
+            .await?;
         names.extend(
             page.iter()
                 .filter_map(|s| s.name.as_str().strip_prefix(prefix))
                 .map(str::to_owned),
         );
         match page.last() {
-            Some(last) if page.len() == PAGE => after = Some(last.name.clone()),
+            Some(last) if page.len() == PAGE_STREAMS => after = Some(last.name.clone()),
             _ => return Ok(names),
         }
     }

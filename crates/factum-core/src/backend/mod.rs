@@ -18,4 +18,4 @@ pub use crate::claim::{
 };
 pub use crate::store::{validate_append, validate_import};
 pub use read::read_visible;
-pub use write::{Job, Reply};
+pub use write::{Job, Reply, group};

@@ -32,3 +32,21 @@ impl Job {
         let _ = reply.send(result);
     }
 }
+
+/// The jobs one commit takes: `first`, then what `more` has ready, up to `requests_max` jobs
+/// and about `bytes_max` bytes (a larger job still goes, alone).
+pub fn group(
+    first: Job,
+    mut more: impl FnMut() -> Option<Job>,
+    requests_max: usize,
+    bytes_max: usize,
+) -> Vec<Job> {
+    let mut bytes = first.size_bytes();
+    let mut group = vec![first];
+    while group.len() < requests_max && bytes < bytes_max {
+        let Some(job) = more() else { break };
+        bytes += job.size_bytes();
+        group.push(job);
+    }
+    group
+}

@@ -31,6 +31,60 @@ pub const RECORD_FIXED_BYTES: usize = 56;
 /// Largest frame body accepted when reading (a bigger length is corruption).
 pub const FRAME_BODY_BYTES_MAX: usize = 256 * 1024 * 1024;
 
+/// Why bytes of a segment do not decode. The log turns each into `StoreError::Corrupted`
+/// with the file and offset (or, at the end of the last segment, into a torn tail).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// A segment header shorter than [`SEGMENT_HEADER_BYTES`].
+    #[error("segment header is {0} bytes, needs 32")]
+    HeaderCutShort(usize),
+    /// The file does not start with [`SEGMENT_MAGIC`].
+    #[error("not a Factum segment (bad magic)")]
+    NotASegment,
+    /// The segment header's checksum does not match.
+    #[error("segment header checksum mismatch")]
+    HeaderChecksum,
+    /// A format version this build does not read.
+    #[error("segment format version {0} is not supported")]
+    Version(u32),
+    /// Fewer than [`FRAME_HEADER_BYTES`] bytes where a frame header should be.
+    #[error("frame header is cut short")]
+    FrameHeaderCutShort,
+    /// No [`FRAME_MAGIC`] where a frame should start.
+    #[error("bad frame magic")]
+    FrameMagic,
+    /// A frame body longer than [`FRAME_BODY_BYTES_MAX`].
+    #[error("frame length {0} is over the limit")]
+    FrameTooLong(u32),
+    /// The frame's checksum does not match its bytes.
+    #[error("frame checksum mismatch")]
+    FrameChecksum,
+    /// A record offset past the end of what was read.
+    #[error("record starts past the end")]
+    RecordPastEnd,
+    /// Fewer than four bytes where a record's length should be.
+    #[error("record length is cut short")]
+    RecordLengthCutShort,
+    /// A record length shorter than a record's fixed part, or longer than what holds it.
+    #[error("record length {0} does not fit")]
+    RecordLength(usize),
+    /// The lengths of a record's fields do not add up to its length.
+    #[error("record field lengths do not add up")]
+    FieldLengths,
+    /// The record's checksum does not match its bytes.
+    #[error("record checksum mismatch")]
+    RecordChecksum,
+    /// A content type code this build does not know.
+    #[error("unknown content type {0}")]
+    ContentType(u8),
+    /// A stream name or event type that is not UTF-8.
+    #[error("{0} is not UTF-8")]
+    NotUtf8(&'static str),
+    /// A stream name the store would not accept.
+    #[error("{0}")]
+    StreamName(String),
+}
+
 /// A segment header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentHeader {
@@ -50,23 +104,24 @@ impl SegmentHeader {
         out
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        if bytes.len() < SEGMENT_HEADER_BYTES {
-            return Err(format!("segment header is {} bytes, needs 32", bytes.len()));
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let Some(header) = bytes.get(..SEGMENT_HEADER_BYTES) else {
+            return Err(DecodeError::HeaderCutShort(bytes.len()));
+        };
+        if header.get(0..8) != Some(SEGMENT_MAGIC.as_slice()) {
+            return Err(DecodeError::NotASegment);
         }
-        if &bytes[0..8] != SEGMENT_MAGIC {
-            return Err("not a Factum segment (bad magic)".into());
+        let checked = header.get(0..24).unwrap_or_default();
+        if crc32c::crc32c(checked) != u32_at(header, 24)? || u32_at(header, 28)? != 0 {
+            return Err(DecodeError::HeaderChecksum);
         }
-        if crc32c::crc32c(&bytes[0..24]) != u32_at(bytes, 24) || u32_at(bytes, 28) != 0 {
-            return Err("segment header checksum mismatch".into());
-        }
-        let version = u32_at(bytes, 8);
+        let version = u32_at(header, 8)?;
         if version != FORMAT_VERSION {
-            return Err(format!("segment format version {version} is not supported"));
+            return Err(DecodeError::Version(version));
         }
         Ok(SegmentHeader {
-            segment: u32_at(bytes, 12),
-            first_position: u64_at(bytes, 16),
+            segment: u32_at(header, 12)?,
+            first_position: u64_at(header, 16)?,
         })
     }
 }
@@ -82,26 +137,34 @@ pub struct FrameHeader {
 
 impl FrameHeader {
     /// Parses the 24 header bytes; checks only the magic and the length bound.
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        if bytes.len() < FRAME_HEADER_BYTES {
-            return Err("frame header is cut short".into());
-        }
-        if u32_at(bytes, 0) != FRAME_MAGIC {
-            return Err("bad frame magic".into());
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let Some(bytes) = bytes.get(..FRAME_HEADER_BYTES) else {
+            return Err(DecodeError::FrameHeaderCutShort);
+        };
+        if u32_at(bytes, 0)? != FRAME_MAGIC {
+            return Err(DecodeError::FrameMagic);
         }
         let header = FrameHeader {
-            body_len: u32_at(bytes, 4),
-            first_position: u64_at(bytes, 8),
-            count: u32_at(bytes, 16),
-            crc: u32_at(bytes, 20),
+            body_len: u32_at(bytes, 4)?,
+            first_position: u64_at(bytes, 8)?,
+            count: u32_at(bytes, 16)?,
+            crc: u32_at(bytes, 20)?,
         };
         if header.body_len as usize > FRAME_BODY_BYTES_MAX {
-            return Err(format!(
-                "frame length {} is over the limit",
-                header.body_len
-            ));
+            return Err(DecodeError::FrameTooLong(header.body_len));
         }
         Ok(header)
+    }
+
+    /// Checks the frame's checksum over `frame` (its header and body, as read).
+    pub fn check(&self, frame: &[u8]) -> Result<(), DecodeError> {
+        let body = frame.get(FRAME_HEADER_BYTES..self.total_len());
+        let crc =
+            body.map(|body| Self::checksum(self.body_len, self.first_position, self.count, body));
+        if crc != Some(self.crc) {
+            return Err(DecodeError::FrameChecksum);
+        }
+        Ok(())
     }
 
     /// The checksum a frame with this header and body must carry.
@@ -174,8 +237,11 @@ impl FrameBuilder {
         buf.extend_from_slice(record.event_type.as_bytes());
         buf.extend_from_slice(record.data);
         buf.extend_from_slice(record.metadata);
-        let crc = crc32c::crc32c(&buf[at + 8..]);
-        buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+        let crc = crc32c::crc32c(buf.get(at + 8..).unwrap_or_default());
+        if let Some(slot) = buf.get_mut(at + 4..at + 8) {
+            slot.copy_from_slice(&crc.to_le_bytes());
+        }
+        debug_assert!(record_id(buf.get(at..).unwrap_or_default()).is_ok());
         self.count += 1;
         at
     }
@@ -183,18 +249,24 @@ impl FrameBuilder {
     /// Writes the frame header; the frame is complete.
     pub fn finish(self, buf: &mut [u8]) {
         let body_len = (buf.len() - self.start - FRAME_HEADER_BYTES) as u32;
-        let crc = FrameHeader::checksum(
-            body_len,
-            self.first_position,
-            self.count,
-            &buf[self.start + FRAME_HEADER_BYTES..],
-        );
-        let header = &mut buf[self.start..self.start + FRAME_HEADER_BYTES];
+        let body = buf
+            .get(self.start + FRAME_HEADER_BYTES..)
+            .unwrap_or_default();
+        let crc = FrameHeader::checksum(body_len, self.first_position, self.count, body);
+        let mut header = [0u8; FRAME_HEADER_BYTES];
         header[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
         header[4..8].copy_from_slice(&body_len.to_le_bytes());
         header[8..16].copy_from_slice(&self.first_position.to_le_bytes());
         header[16..20].copy_from_slice(&self.count.to_le_bytes());
         header[20..24].copy_from_slice(&crc.to_le_bytes());
+        if let Some(slot) = buf.get_mut(self.start..self.start + FRAME_HEADER_BYTES) {
+            slot.copy_from_slice(&header);
+        }
+        debug_assert!(
+            FrameHeader::decode(&header)
+                .is_ok_and(|h| h.check(buf.get(self.start..).unwrap_or_default()).is_ok()),
+            "a frame just built must check"
+        );
     }
 }
 
@@ -207,24 +279,23 @@ fn content_code(content_type: ContentType) -> u8 {
 
 /// The length a record says it has (its first four bytes), if they are there.
 pub fn record_len(bytes: &[u8]) -> Option<usize> {
-    (bytes.len() >= 4).then(|| u32_at(bytes, 0) as usize)
+    u32_at(bytes, 0).ok().map(|len| len as usize)
 }
 
 /// Decodes one record that starts at `chunk[at]` and checks its checksum. Data and metadata are
 /// copied out, so the chunk can be reused.
-pub fn decode_record(chunk: &[u8], at: usize, position: u64) -> Result<RecordedEvent, String> {
-    let bytes = chunk.get(at..).ok_or("record starts past the end")?;
+pub fn decode_record(chunk: &[u8], at: usize, position: u64) -> Result<RecordedEvent, DecodeError> {
+    let bytes = chunk.get(at..).ok_or(DecodeError::RecordPastEnd)?;
     let record = view_record(bytes)?;
-    if crc32c::crc32c(&bytes[8..record.len]) != u32_at(bytes, 4) {
-        return Err("record checksum mismatch".into());
-    }
-    let content_type = match bytes[40] {
+    check_record(bytes, record.len)?;
+    let content_type = match record.content {
         0 => ContentType::Json,
         1 => ContentType::Binary,
-        other => return Err(format!("unknown content type {other}")),
+        other => return Err(DecodeError::ContentType(other)),
     };
     Ok(RecordedEvent {
-        stream: StreamName::new(record.stream).map_err(|e| e.to_string())?,
+        stream: StreamName::new(record.stream)
+            .map_err(|e| DecodeError::StreamName(e.to_string()))?,
         revision: record.revision,
         position,
         id: record.id,
@@ -232,46 +303,55 @@ pub fn decode_record(chunk: &[u8], at: usize, position: u64) -> Result<RecordedE
         content_type,
         data: Bytes::copy_from_slice(record.data),
         metadata: Bytes::copy_from_slice(record.metadata),
-        recorded_at_us: u64_at(bytes, 16),
+        recorded_at_us: record.recorded_at_us,
     })
 }
 
+/// Checks the checksum of the record of `len` bytes at the start of `bytes`.
+fn check_record(bytes: &[u8], len: usize) -> Result<(), DecodeError> {
+    let covered = bytes.get(8..len).ok_or(DecodeError::RecordLength(len))?;
+    if crc32c::crc32c(covered) != u32_at(bytes, 4)? {
+        return Err(DecodeError::RecordChecksum);
+    }
+    Ok(())
+}
+
 /// The id of a record, after checking its checksum.
-pub fn record_id(bytes: &[u8]) -> Result<Uuid, String> {
-    let len = record_len(bytes).ok_or("record length is cut short")?;
+pub fn record_id(bytes: &[u8]) -> Result<Uuid, DecodeError> {
+    let len = record_len(bytes).ok_or(DecodeError::RecordLengthCutShort)?;
     if len < RECORD_FIXED_BYTES || len > bytes.len() {
-        return Err(format!("record length {len} does not fit"));
+        return Err(DecodeError::RecordLength(len));
     }
-    if crc32c::crc32c(&bytes[8..len]) != u32_at(bytes, 4) {
-        return Err("record checksum mismatch".into());
-    }
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&bytes[24..40]);
-    Ok(Uuid::from_bytes(id))
+    check_record(bytes, len)?;
+    Ok(Uuid::from_bytes(array(bytes, 24)?))
 }
 
-pub fn u16_at(bytes: &[u8], at: usize) -> u16 {
-    let mut b = [0u8; 2];
-    b.copy_from_slice(&bytes[at..at + 2]);
-    u16::from_le_bytes(b)
+/// `N` bytes of `bytes` at `at`; a record or header that is too short for them is damaged.
+fn array<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], DecodeError> {
+    bytes
+        .get(at..at.saturating_add(N))
+        .and_then(|b| b.try_into().ok())
+        .ok_or(DecodeError::RecordLength(bytes.len()))
 }
 
-pub fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    let mut b = [0u8; 4];
-    b.copy_from_slice(&bytes[at..at + 4]);
-    u32::from_le_bytes(b)
+fn u16_at(bytes: &[u8], at: usize) -> Result<u16, DecodeError> {
+    array(bytes, at).map(u16::from_le_bytes)
 }
 
-pub fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(b)
+fn u32_at(bytes: &[u8], at: usize) -> Result<u32, DecodeError> {
+    array(bytes, at).map(u32::from_le_bytes)
 }
 
-/// The fields of a record that the index needs, borrowed from the frame.
+fn u64_at(bytes: &[u8], at: usize) -> Result<u64, DecodeError> {
+    array(bytes, at).map(u64::from_le_bytes)
+}
+
+/// The fields of a record, borrowed from the frame.
 pub struct RecordView<'a> {
     pub revision: u64,
+    pub recorded_at_us: u64,
     pub id: Uuid,
+    pub content: u8,
     pub stream: &'a str,
     pub event_type: &'a str,
     pub data: &'a [u8],
@@ -281,34 +361,36 @@ pub struct RecordView<'a> {
 
 /// Reads a record's fields without checking its own checksum: for frames whose checksum,
 /// which covers every record byte, was already checked.
-pub fn view_record(bytes: &[u8]) -> Result<RecordView<'_>, String> {
-    let len = record_len(bytes).ok_or("record length is cut short")?;
+pub fn view_record(bytes: &[u8]) -> Result<RecordView<'_>, DecodeError> {
+    let len = record_len(bytes).ok_or(DecodeError::RecordLengthCutShort)?;
     if len < RECORD_FIXED_BYTES || len > bytes.len() {
-        return Err(format!("record length {len} does not fit"));
+        return Err(DecodeError::RecordLength(len));
     }
-    let record = &bytes[..len];
-    let stream_len = u16_at(record, 42) as usize;
-    let type_len = u16_at(record, 44) as usize;
-    let data_len = u32_at(record, 48) as usize;
-    let metadata_len = u32_at(record, 52) as usize;
+    let record = bytes.get(..len).ok_or(DecodeError::RecordLength(len))?;
+    let stream_len = u16_at(record, 42)? as usize;
+    let type_len = u16_at(record, 44)? as usize;
+    let data_len = u32_at(record, 48)? as usize;
+    let metadata_len = u32_at(record, 52)? as usize;
     if RECORD_FIXED_BYTES + stream_len + type_len + data_len + metadata_len != len {
-        return Err("record field lengths do not add up".into());
+        return Err(DecodeError::FieldLengths);
     }
     let type_start = RECORD_FIXED_BYTES + stream_len;
     let data_start = type_start + type_len;
-    let stream = std::str::from_utf8(&record[RECORD_FIXED_BYTES..type_start])
-        .map_err(|_| "stream name is not UTF-8")?;
-    let event_type = std::str::from_utf8(&record[type_start..data_start])
-        .map_err(|_| "event type is not UTF-8")?;
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&record[24..40]);
+    let metadata_start = data_start + data_len;
+    let field = |range: std::ops::Range<usize>| record.get(range).ok_or(DecodeError::FieldLengths);
+    let stream = std::str::from_utf8(field(RECORD_FIXED_BYTES..type_start)?)
+        .map_err(|_| DecodeError::NotUtf8("stream name"))?;
+    let event_type = std::str::from_utf8(field(type_start..data_start)?)
+        .map_err(|_| DecodeError::NotUtf8("event type"))?;
     Ok(RecordView {
-        revision: u64_at(record, 8),
-        id: Uuid::from_bytes(id),
+        revision: u64_at(record, 8)?,
+        recorded_at_us: u64_at(record, 16)?,
+        id: Uuid::from_bytes(array(record, 24)?),
+        content: array::<1>(record, 40)?[0],
         stream,
         event_type,
-        data: &record[data_start..data_start + data_len],
-        metadata: &record[data_start + data_len..],
+        data: field(data_start..metadata_start)?,
+        metadata: field(metadata_start..len)?,
         len,
     })
 }

@@ -14,8 +14,8 @@ use factum_core::{RecordedEvent, StoreError};
 use parking_lot::RwLock;
 
 use format::{
-    FRAME_HEADER_BYTES, FrameHeader, SEGMENT_HEADER_BYTES, SegmentHeader, decode_record, record_id,
-    record_len,
+    DecodeError, FRAME_HEADER_BYTES, FrameHeader, SEGMENT_HEADER_BYTES, SegmentHeader,
+    decode_record, record_id, record_len,
 };
 
 /// Where an event's record starts: segment number in the top 24 bits, byte offset in the low 40.
@@ -49,10 +49,12 @@ impl Segment {
         let mut header = [0u8; SEGMENT_HEADER_BYTES];
         let read = read_up_to(&file, &mut header, 0)?;
         let header =
-            SegmentHeader::decode(&header[..read]).map_err(|reason| StoreError::Corrupted {
-                file: path.clone(),
-                offset: 0,
-                reason,
+            SegmentHeader::decode(header.get(..read).unwrap_or_default()).map_err(|reason| {
+                StoreError::Corrupted {
+                    file: path.clone(),
+                    offset: 0,
+                    reason: reason.to_string(),
+                }
             })?;
         Ok((
             Segment {
@@ -73,10 +75,9 @@ impl Segment {
         len: usize,
         buf: &mut Vec<u8>,
     ) -> Result<usize, StoreError> {
-        if buf.len() < len {
-            buf.resize(len, 0);
-        }
-        Ok(read_up_to(&self.file, &mut buf[..len], offset)?)
+        buf.resize(buf.len().max(len), 0);
+        let into = buf.get_mut(..len).unwrap_or_default();
+        Ok(read_up_to(&self.file, into, offset)?)
     }
 
     /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
@@ -87,11 +88,11 @@ impl Segment {
         Ok(Bytes::from(buf))
     }
 
-    pub fn corrupted(&self, offset: u64, reason: impl Into<String>) -> StoreError {
+    pub fn corrupted(&self, offset: u64, reason: impl std::fmt::Display) -> StoreError {
         StoreError::Corrupted {
             file: self.path.clone(),
             offset,
-            reason: reason.into(),
+            reason: reason.to_string(),
         }
     }
 
@@ -113,8 +114,8 @@ impl Segment {
 /// Reads until `buf` is full or the file ends; returns how much was read.
 pub fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
+    while let Some(rest) = buf.get_mut(done..).filter(|rest| !rest.is_empty()) {
+        match file.read_at(rest, offset + done as u64) {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -208,7 +209,8 @@ impl Segments {
                 let Some((segment, start, len)) = &held else {
                     continue;
                 };
-                let event = decode_record(&chunk[..*len], (offset - start) as usize, position)
+                let held = chunk.get(..*len).unwrap_or_default();
+                let event = decode_record(held, (offset - start) as usize, position)
                     .map_err(|reason| segment.corrupted(offset, reason))?;
                 events.push(event);
             }
@@ -330,6 +332,10 @@ impl Frame {
                 .get(at..)
                 .ok_or_else(|| segment.corrupted(offset, "frame ends before its records"))
                 .and_then(|rest| {
+                    debug_assert!(
+                        record_id(rest).is_ok(),
+                        "a record of a checked frame passes its own checksum"
+                    );
                     format::view_record(rest).map_err(|reason| segment.corrupted(offset, reason))
                 })?;
             at += record.len;
@@ -349,7 +355,7 @@ impl Frame {
             let position = self.header.first_position + u64::from(i);
             let event = decode_record(&self.bytes, at, position)
                 .map_err(|reason| segment.corrupted(self.offset + at as u64, reason))?;
-            let len = record_len(&self.bytes[at..]).unwrap_or(0);
+            let len = self.bytes.get(at..).and_then(record_len).unwrap_or(0);
             records.push((self.offset + at as u64, event));
             at += len;
         }
@@ -360,12 +366,19 @@ impl Frame {
     }
 }
 
-/// Why a frame could not be read.
+/// Why a frame could not be read: at the end of the last segment, a torn tail to cut off;
+/// anywhere else, corruption.
+#[derive(Debug, thiserror::Error)]
 pub enum FrameFault {
+    /// The file ends with too few bytes for a frame header.
+    #[error("{0} bytes at the end are too few for a frame")]
+    TooShort(u64),
     /// The file ends inside the frame.
-    Torn(String),
+    #[error("frame of {0} bytes runs past the end of the file")]
+    RunsPastEnd(usize),
     /// The frame is there but wrong.
-    Bad(String),
+    #[error(transparent)]
+    Bad(#[from] DecodeError),
 }
 
 /// Reads frames one after another from a segment, in large chunks.
@@ -410,9 +423,7 @@ impl<'a> FrameReader<'a> {
         }
         let remaining = self.file_len - offset;
         if remaining < FRAME_HEADER_BYTES as u64 {
-            return Ok(Err(FrameFault::Torn(format!(
-                "{remaining} bytes at the end are too few for a frame"
-            ))));
+            return Ok(Err(FrameFault::TooShort(remaining)));
         }
         let head = self.bytes(offset, FRAME_HEADER_BYTES)?;
         let header = match FrameHeader::decode(&head) {
@@ -420,20 +431,11 @@ impl<'a> FrameReader<'a> {
             Err(reason) => return Ok(Err(FrameFault::Bad(reason))),
         };
         if header.total_len() as u64 > remaining {
-            return Ok(Err(FrameFault::Torn(format!(
-                "frame of {} bytes runs past the end of the file",
-                header.total_len()
-            ))));
+            return Ok(Err(FrameFault::RunsPastEnd(header.total_len())));
         }
         let bytes = self.bytes(offset, header.total_len())?;
-        let crc = FrameHeader::checksum(
-            header.body_len,
-            header.first_position,
-            header.count,
-            &bytes[FRAME_HEADER_BYTES..],
-        );
-        if crc != header.crc {
-            return Ok(Err(FrameFault::Bad("frame checksum mismatch".into())));
+        if let Err(bad) = header.check(&bytes) {
+            return Ok(Err(FrameFault::Bad(bad)));
         }
         self.offset += header.total_len() as u64;
         Ok(Ok(Some(Frame {

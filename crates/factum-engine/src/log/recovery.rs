@@ -11,7 +11,7 @@ use factum_core::StoreError;
 use tracing::warn;
 
 use super::format::{FRAME_HEADER_BYTES, FRAME_MAGIC, FrameHeader, SEGMENT_HEADER_BYTES};
-use super::{FrameFault, FrameReader, Segment, segment_path};
+use super::{FrameReader, Segment, segment_path};
 
 /// Where a replay starts.
 #[derive(Clone, Copy, Debug)]
@@ -149,10 +149,7 @@ pub fn replay(
                     next_position += u64::from(frame.header.count);
                     progress(frame.bytes.len() as u64);
                 }
-                Err(fault) => {
-                    let reason = match fault {
-                        FrameFault::Torn(reason) | FrameFault::Bad(reason) => reason,
-                    };
+                Err(reason) => {
                     if !is_last {
                         return Err(segment.corrupted(at, reason));
                     }
@@ -190,35 +187,29 @@ pub fn valid_frame_after(
     len: u64,
     from: u64,
 ) -> Result<Option<u64>, StoreError> {
-    const WINDOW: usize = 4 * 1024 * 1024;
+    const WINDOW_BYTES: usize = 4 * 1024 * 1024;
     let magic = FRAME_MAGIC.to_le_bytes();
     let mut window_start = from;
     while window_start + FRAME_HEADER_BYTES as u64 <= len {
-        let window = segment.read(window_start, WINDOW + FRAME_HEADER_BYTES)?;
+        let window = segment.read(window_start, WINDOW_BYTES + FRAME_HEADER_BYTES)?;
         let scan_to = window.len().saturating_sub(FRAME_HEADER_BYTES) + 1;
-        for i in 0..scan_to.min(WINDOW) {
-            if window[i..i + 4] != magic {
+        for i in 0..scan_to.min(WINDOW_BYTES) {
+            if window.get(i..i + 4) != Some(magic.as_slice()) {
                 continue;
             }
             let candidate = window_start + i as u64;
-            let Ok(header) = FrameHeader::decode(&window[i..i + FRAME_HEADER_BYTES]) else {
+            let Ok(header) = FrameHeader::decode(window.get(i..).unwrap_or_default()) else {
                 continue;
             };
             if candidate + header.total_len() as u64 > len {
                 continue;
             }
             let bytes = segment.read(candidate, header.total_len())?;
-            let crc = FrameHeader::checksum(
-                header.body_len,
-                header.first_position,
-                header.count,
-                &bytes[FRAME_HEADER_BYTES..],
-            );
-            if crc == header.crc {
+            if header.check(&bytes).is_ok() {
                 return Ok(Some(candidate));
             }
         }
-        window_start += WINDOW as u64;
+        window_start += WINDOW_BYTES as u64;
     }
     Ok(None)
 }

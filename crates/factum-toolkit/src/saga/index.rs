@@ -13,11 +13,11 @@ use super::{Saga, SagaError, SagaManager};
 /// Positions of `$all` passed before the manager writes its index again: about what a start
 /// reads of `$all` when the manager before it kept up (a manager held up by a command that
 /// cannot be sent writes no index meanwhile).
-pub(super) const INDEX_EVERY: u64 = 65_536;
+pub(super) const INDEX_EVERY_POSITIONS: u64 = 65_536;
 /// The least time between two writes of the index.
-pub(super) const INDEX_PAUSE: Duration = Duration::from_secs(5);
+pub(super) const INDEX_PAUSE_MIN: Duration = Duration::from_secs(5);
 /// Events of `$all` a start reads at once when it looks for instances written after the index.
-pub(super) const INDEX_READ_PAGE: usize = 1000;
+pub(super) const INDEX_READ_PAGE_EVENTS: usize = 1000;
 
 /// When the index was last written.
 pub(super) struct IndexWrites {
@@ -29,7 +29,7 @@ pub(super) struct IndexWrites {
 impl IndexWrites {
     /// Whether to write it again, the head of `$all` being `head`.
     pub(super) fn due(&self, head: u64) -> bool {
-        head >= self.from + INDEX_EVERY && self.at.elapsed() >= INDEX_PAUSE
+        head >= self.from + INDEX_EVERY_POSITIONS && self.at.elapsed() >= INDEX_PAUSE_MIN
     }
 }
 
@@ -67,7 +67,7 @@ impl<G: Saga> SagaManager<G> {
         while from < head {
             let page = self
                 .store
-                .read_all(from, Direction::Forwards, INDEX_READ_PAGE)
+                .read_all(from, Direction::Forwards, INDEX_READ_PAGE_EVENTS)
                 .await?;
             let Some(next) = page.last().map(|e| e.position + 1) else {
                 break;

@@ -55,13 +55,13 @@ pub struct SagaManager<G: Saga> {
 }
 
 /// Positions passed without a step before the checkpoint is saved on its own.
-const SAVE_EVERY: u64 = 1024;
+const SAVE_EVERY_POSITIONS: u64 = 1024;
 /// Instance streams a starting manager reads at once.
-const START_READS: usize = 32;
+const START_READS_STREAMS_MAX: usize = 32;
 /// The most events of `$all` taken as one batch.
-const BATCH: usize = 1024;
+const BATCH_EVENTS_MAX: usize = 1024;
 /// Instances of a batch taken at the same time.
-const CONCURRENT_INSTANCES: usize = 64;
+const CONCURRENT_INSTANCES_MAX: usize = 64;
 /// How many times an instance's work is tried again after its append met a revision it did
 /// not expect (see [`retrying`]).
 const CONFLICTS_MAX: u32 = 8;
@@ -198,7 +198,7 @@ impl<G: Saga> SagaManager<G> {
                 let instance = self.load(&id).await;
                 (id, instance)
             })
-            .buffered(START_READS);
+            .buffered(START_READS_STREAMS_MAX);
         while let Some((id, instance)) = loading.next().await {
             let instance = instance?;
             if !instance.pending.is_empty() {
@@ -268,7 +268,7 @@ impl<G: Saga> SagaManager<G> {
                 }
                 event = subscription.next() => {
                     let mut batch = vec![event?];
-                    while batch.len() < BATCH {
+                    while batch.len() < BATCH_EVENTS_MAX {
                         match subscription.next_buffered() {
                             Some(event) => batch.push(event),
                             None => break,
@@ -287,7 +287,7 @@ impl<G: Saga> SagaManager<G> {
                             self.save(&consumer, position).await?;
                         }
                         saved = Some(position);
-                    } else if saved.is_none_or(|s| position >= s + SAVE_EVERY) {
+                    } else if saved.is_none_or(|s| position >= s + SAVE_EVERY_POSITIONS) {
                         self.save(&consumer, position).await?;
                         saved = Some(position);
                     }
@@ -402,7 +402,7 @@ impl<G: Saga> SagaManager<G> {
         })
     }
 
-    /// Does the work of each instance, in order, up to [`CONCURRENT_INSTANCES`] instances at
+    /// Does the work of each instance, in order, up to [`CONCURRENT_INSTANCES_MAX`] instances at
     /// once; `checkpoint`, if given, is stored with an event's step.
     async fn work(
         &self,
@@ -411,7 +411,7 @@ impl<G: Saga> SagaManager<G> {
     ) -> Result<Worked, SagaError> {
         let mut working = futures::stream::iter(instances)
             .map(|(id, work)| self.work_instance(id, work, checkpoint.clone()))
-            .buffer_unordered(CONCURRENT_INSTANCES);
+            .buffer_unordered(CONCURRENT_INSTANCES_MAX);
         let mut worked = Worked::default();
         let mut failed = None;
         // On a failure the other instances wind down, and are waited for: nothing this round

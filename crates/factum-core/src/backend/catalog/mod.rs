@@ -86,6 +86,11 @@ impl StreamState {
                 self.positions.len()
             )));
         }
+        debug_assert!(
+            self.positions.last().is_none_or(|last| *last < position),
+            "a stream's positions strictly increase: {position} after {:?}",
+            self.positions.last()
+        );
         self.positions.push(position);
         self.last_id = Some(id);
         Ok(())

@@ -73,8 +73,9 @@ pub fn push_changes(
             DELETED_TYPE => {
                 let value: serde_json::Value =
                     serde_json::from_slice(data).map_err(|e| bad(&e.to_string()))?;
-                let before = value["deleted_before"]
-                    .as_u64()
+                let before = value
+                    .get("deleted_before")
+                    .and_then(serde_json::Value::as_u64)
                     .ok_or_else(|| bad("no deleted_before"))?;
                 changes.push(Change::Deleted {
                     stream: target,
@@ -87,8 +88,9 @@ pub fn push_changes(
     } else if let (Some(consumer), CHECKPOINT_TYPE) = (stream.checkpoint_consumer(), event_type) {
         let value: serde_json::Value =
             serde_json::from_slice(data).map_err(|e| bad(&e.to_string()))?;
-        let position = value["position"]
-            .as_u64()
+        let position = value
+            .get("position")
+            .and_then(serde_json::Value::as_u64)
             .ok_or_else(|| bad("no position"))?;
         changes.push(Change::Checkpoint {
             consumer: consumer.to_owned(),
@@ -191,6 +193,12 @@ pub fn plan(view: &impl View, request: &mut WriteRequest) -> Result<Plan, StoreE
             ));
         }
     }
+    debug_assert!(
+        records
+            .windows(2)
+            .all(|w| matches!(w, [a, b] if a.stream != b.stream || b.revision == a.revision + 1)),
+        "a write's planned revisions of a stream are consecutive"
+    );
     let primary = records.len();
     if let Some(checkpoint) = &request.checkpoint {
         records.push(system_record(

@@ -44,6 +44,10 @@ impl Catalog {
                 slot
             }
         };
+        #[allow(
+            clippy::indexing_slicing,
+            reason = "every slot indexes `streams`: both grow together"
+        )]
         &mut self.streams[slot].1
     }
 
@@ -171,7 +175,7 @@ impl Catalog {
         };
         Ok(revisions
             .take(limit)
-            .map(|revision| state.positions[revision as usize])
+            .filter_map(|revision| state.positions.get(revision as usize).copied())
             .collect())
     }
 

@@ -77,6 +77,10 @@ impl<B: View> Overlay<B> {
         for record in records {
             if !record.stream.is_system() {
                 let entry = self.entry(&record.stream);
+                debug_assert_eq!(
+                    record.revision, entry.0.next_revision,
+                    "a planned record continues its stream"
+                );
                 entry.0.next_revision += 1;
                 entry.0.last_id = Some(record.event.id);
                 entry.1.push(record.event.id);

@@ -7,7 +7,14 @@
 //! ```
 //!
 //! The panics, `expect`s and indexing here are the suite's assertions.
-#![allow(clippy::unwrap_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs,
+    reason = "a test suite: its panics, expects and indexing are its assertions"
+)]
 
 mod appends;
 mod checkpoints;
