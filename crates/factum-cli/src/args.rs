@@ -235,14 +235,38 @@ pub fn stdin_events() -> Result<Vec<(NewEvent, String)>> {
         if line.trim().is_empty() {
             continue;
         }
-        let event = json::parse_event_line(&line)
-            .map_err(|e| bad(format!("line {}: {e:#}", number + 1)))?;
+        let event = event_line(&line).map_err(|why| {
+            bad(format!(
+                "line {}: {why}; each line is one event, a JSON object such as \
+                 {{\"type\": \"ItemAdded\", \"data\": {{\"sku\": \"pear\"}}}}",
+                number + 1
+            ))
+        })?;
         events.push((event, line));
     }
     if events.is_empty() {
         return Err(bad("no events on stdin (one JSON object a line)"));
     }
     Ok(events)
+}
+
+/// One line of `factum append`'s input as an event, or what is wrong with it.
+fn event_line(line: &str) -> std::result::Result<NewEvent, String> {
+    // serde_json ends its messages with "at line 1 column N": the line is ours to name.
+    let without_place = |message: &str| {
+        message
+            .rsplit_once(" at line ")
+            .map_or(message, |(message, _)| message)
+            .to_owned()
+    };
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(line) {
+        let message = without_place(&e.to_string());
+        return Err(format!("not JSON ({message} at column {})", e.column()));
+    }
+    json::parse_event_line(line).map_err(|e| match e {
+        StoreError::InvalidInput(why) => without_place(&why),
+        other => other.to_string(),
+    })
 }
 
 /// The new metadata of `factum metadata --set`.

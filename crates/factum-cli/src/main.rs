@@ -66,7 +66,7 @@ fn store_exit_code(error: &StoreError) -> u8 {
         StoreError::NotFound(_) => exit::NOT_FOUND,
         StoreError::StreamDeleted(_) => exit::DELETED,
         StoreError::Corrupted { .. } => exit::CORRUPTED,
-        StoreError::Locked(_) | StoreError::Claimed(_) => exit::LOCKED,
+        StoreError::Locked { .. } | StoreError::Claimed(_) => exit::LOCKED,
         _ => exit::FAILURE,
     }
 }
@@ -94,7 +94,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            if let Some(StoreError::Locked(_)) = error.downcast_ref::<StoreError>() {
+            if let Some(StoreError::Locked { .. }) = error.downcast_ref::<StoreError>() {
                 eprintln!(
                     "hint: while `factum serve` runs on this directory, send the command to it: \
                      factum --server http://127.0.0.1:2113 …"

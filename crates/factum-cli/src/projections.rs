@@ -86,7 +86,7 @@ async fn head(dir: &crate::store::Location) -> Result<Option<(u64, u64)>> {
     }
     let store = match crate::store::Store::open(dir).await {
         Ok(store) => store,
-        Err(e) if matches!(e.downcast_ref(), Some(StoreError::Locked(_))) => return Ok(None),
+        Err(e) if matches!(e.downcast_ref(), Some(StoreError::Locked { .. })) => return Ok(None),
         Err(e) => return Err(e),
     };
     let head = factum::log_head(&*store).await;

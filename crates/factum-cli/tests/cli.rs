@@ -112,6 +112,16 @@ fn bad_input_exits_2_naming_the_line_and_writes_nothing() {
             "{\"type\":\"A\",\"data\":1,\"id\":\"x\"}\n",
             "line 1",
         ),
+        (
+            &["append", "s"],
+            "{\"type\":\"A\",\"data\":1}\nnope\n",
+            "line 2: not JSON (expected ident at column 2); each line is one event, a JSON object",
+        ),
+        (
+            &["append", "s"],
+            "[1, 2]\n",
+            "line 1: invalid type: sequence, expected a JSON object; each line is one event",
+        ),
         (&["append", "s"], "", "no events"),
         (
             &["append", "$system"],
@@ -397,6 +407,19 @@ fn dead_letters_of_an_unknown_processor_are_none_and_a_bad_name_is_refused() {
     let out = factum(dir.path(), &["deadletters", "list", "nobody"], "");
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(lines(&out).is_empty());
+    assert!(
+        stderr(&out).contains("'nobody' has no unresolved dead letters"),
+        "{}",
+        stderr(&out)
+    );
+    let out = factum(dir.path(), &["deadletters", "list"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(lines(&out).is_empty());
+    assert!(
+        stderr(&out).contains("no processor or consumer has unresolved dead letters"),
+        "{}",
+        stderr(&out)
+    );
     let long = "p".repeat(600);
     let out = factum(dir.path(), &["deadletters", "replay", &long], "");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));

@@ -50,9 +50,23 @@ pub enum StoreError {
         "'{0}' is claimed by another runner (a second copy of it, or a processor, relay or saga manager of the same name)"
     )]
     Claimed(String),
-    /// Another process holds the data directory.
-    #[error("the data directory {} is in use by another process", .0.display())]
-    Locked(PathBuf),
+    /// The data directory is open already: by another process, or by this one (which should
+    /// share the store it opened: its clones share one store).
+    #[error(
+        "the data directory {} is in use by {}",
+        dir.display(),
+        if *by_this_process {
+            "this process already (open it once and share the store: its clones share one store)"
+        } else {
+            "another process"
+        }
+    )]
+    Locked {
+        /// The directory.
+        dir: PathBuf,
+        /// Whether this process holds it (an earlier open not closed yet).
+        by_this_process: bool,
+    },
     /// A write failed to become durable; the store refuses writes until it is reopened,
     /// which recovers from what is on disk.
     #[error("the store stopped accepting writes after a failed write: {0}")]

@@ -39,31 +39,40 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    /// An event with a fresh UUIDv7 id and JSON data serialised from `data`.
+    /// An event with a fresh UUIDv7 id and JSON data serialised from `data`. The type is
+    /// checked here (1 to 256 characters), so a bad one is refused before any append.
     pub fn json<T: Serialize + ?Sized>(
         event_type: impl Into<String>,
         data: &T,
     ) -> Result<Self, StoreError> {
+        let event_type = event_type.into();
+        check_event_type(&event_type)?;
         let data = serde_json::to_vec(data)
             .map_err(|e| StoreError::invalid(format!("event data does not serialise: {e}")))?;
         Ok(NewEvent {
             id: Uuid::now_v7(),
-            event_type: event_type.into(),
+            event_type,
             content_type: ContentType::Json,
             data: Bytes::from(data),
             metadata: Bytes::new(),
         })
     }
 
-    /// An event with a fresh UUIDv7 id and the given bytes as data.
-    pub fn binary(event_type: impl Into<String>, data: impl Into<Bytes>) -> Self {
-        NewEvent {
+    /// An event with a fresh UUIDv7 id and the given bytes as data; the type is checked as by
+    /// [`NewEvent::json`].
+    pub fn binary(
+        event_type: impl Into<String>,
+        data: impl Into<Bytes>,
+    ) -> Result<Self, StoreError> {
+        let event_type = event_type.into();
+        check_event_type(&event_type)?;
+        Ok(NewEvent {
             id: Uuid::now_v7(),
-            event_type: event_type.into(),
+            event_type,
             content_type: ContentType::Binary,
             data: data.into(),
             metadata: Bytes::new(),
-        }
+        })
     }
 
     /// Replaces the id.
@@ -85,16 +94,7 @@ impl NewEvent {
 
     /// Checks the limits and, for JSON events, that data and metadata parse.
     pub fn validate(&self, allow_system_type: bool) -> Result<(), StoreError> {
-        if self.event_type.is_empty() {
-            return Err(StoreError::invalid("event type is empty"));
-        }
-        let chars = self.event_type.chars().count();
-        if chars > limits::EVENT_TYPE_CHARS_MAX {
-            return Err(StoreError::invalid(format!(
-                "event type is {chars} characters, the limit is {}",
-                limits::EVENT_TYPE_CHARS_MAX
-            )));
-        }
+        check_event_type(&self.event_type)?;
         if !allow_system_type && self.event_type.starts_with('$') {
             return Err(StoreError::invalid(format!(
                 "event type '{}' starts with '$', which is reserved for the system",
@@ -133,6 +133,21 @@ impl NewEvent {
     pub fn size_bytes(&self) -> usize {
         self.event_type.len() + self.data.len() + self.metadata.len() + 32
     }
+}
+
+/// Checks an event type's length: 1 to [`limits::EVENT_TYPE_CHARS_MAX`] characters.
+fn check_event_type(event_type: &str) -> Result<(), StoreError> {
+    if event_type.is_empty() {
+        return Err(StoreError::invalid("event type is empty"));
+    }
+    let chars = event_type.chars().count();
+    if chars > limits::EVENT_TYPE_CHARS_MAX {
+        return Err(StoreError::invalid(format!(
+            "event type is {chars} characters, the limit is {}",
+            limits::EVENT_TYPE_CHARS_MAX
+        )));
+    }
+    Ok(())
 }
 
 /// An event as stored.
@@ -192,4 +207,45 @@ pub fn now_micros() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::{EventStore, ExpectedState, MemoryStore, StreamName};
+
+    #[test]
+    fn an_empty_or_too_long_type_is_refused_when_the_event_is_made() {
+        for event_type in [String::new(), "t".repeat(257), "ü".repeat(300)] {
+            let json = NewEvent::json(event_type.clone(), &1).unwrap_err();
+            let binary = NewEvent::binary(event_type.clone(), vec![1u8]).unwrap_err();
+            for error in [json, binary] {
+                assert!(matches!(error, StoreError::InvalidInput(_)), "{error}");
+                assert!(error.to_string().contains("event type"), "{error}");
+            }
+        }
+        let longest = "ü".repeat(limits::EVENT_TYPE_CHARS_MAX);
+        assert!(NewEvent::json(longest.clone(), &1).is_ok());
+        assert!(NewEvent::binary(longest, vec![1u8]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_refused_append_says_invalid_input_once_and_writes_nothing() {
+        let store = MemoryStore::new();
+        let mut bad = NewEvent::json("Ok", &1).unwrap();
+        bad.event_type = String::new();
+        let good = NewEvent::json("Ok", &1).unwrap();
+        let stream = StreamName::user("s-1").unwrap();
+        let error = store
+            .append(&stream, ExpectedState::Any, vec![good, bad])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid input: event 1: event type is empty"
+        );
+        assert_eq!(store.head(), 0);
+    }
 }

@@ -288,9 +288,10 @@ pub fn validate_append(
     let mut bytes = 0usize;
     let mut ids = std::collections::HashSet::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {
-        event
-            .validate(false)
-            .map_err(|e| StoreError::invalid(format!("event {index}: {e}")))?;
+        event.validate(false).map_err(|e| match e {
+            StoreError::InvalidInput(why) => StoreError::invalid(format!("event {index}: {why}")),
+            other => other,
+        })?;
         if !ids.insert(event.id) {
             return Err(StoreError::invalid(format!(
                 "event {index}: id {} appears twice in one append",

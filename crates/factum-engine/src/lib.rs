@@ -97,9 +97,55 @@ struct Inner {
     shared: Arc<Shared>,
     writer: Mutex<Option<WriterHandle>>,
     // The exclusive lock on the data directory, held until the store is closed.
-    lock: Mutex<Option<File>>,
+    lock: Mutex<Option<DirLock>>,
     // Claims: the directory lock makes this process the only one that can hold any.
     claims: LocalClaims,
+}
+
+/// The exclusive lock on a data directory (`LOCK`), and this process's note that it holds it:
+/// a lock of the file (`flock`) is per open file, so a second open in the same process would
+/// otherwise be refused as if another process held it.
+struct DirLock {
+    _file: File,
+    dir: PathBuf,
+}
+
+/// The data directories this process holds, by canonical path.
+static HELD_HERE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+impl DirLock {
+    fn take(dir: &Path) -> Result<Self, StoreError> {
+        let canonical = dir.canonicalize()?;
+        let locked = |by_this_process| StoreError::Locked {
+            dir: dir.to_path_buf(),
+            by_this_process,
+        };
+        let mut held = HELD_HERE.lock();
+        if held.contains(&canonical) {
+            return Err(locked(true));
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(locked(false)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::Io(e)),
+        }
+        held.push(canonical.clone());
+        Ok(DirLock {
+            _file: file,
+            dir: canonical,
+        })
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        HELD_HERE.lock().retain(|held| *held != self.dir);
+    }
 }
 
 impl Drop for Inner {
@@ -142,16 +188,7 @@ impl Engine {
         let dir = dir.as_ref().to_path_buf();
         let log_dir = dir.join("log");
         std::fs::create_dir_all(&log_dir)?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("LOCK"))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(dir)),
-            Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::Io(e)),
-        }
+        let lock = DirLock::take(&dir)?;
 
         let (mut segments, removed_segments) = recovery::open_segments(&log_dir)?;
         if segments.is_empty() {

@@ -47,8 +47,15 @@ async fn a_second_open_of_the_same_directory_is_refused() {
     let store = Engine::open(dir.path(), EngineOptions::default()).unwrap();
     assert!(matches!(
         Engine::open(dir.path(), EngineOptions::default()),
-        Err(StoreError::Locked(_))
+        Err(StoreError::Locked {
+            by_this_process: true,
+            ..
+        })
     ));
+    let refused = Engine::open(dir.path(), EngineOptions::default())
+        .err()
+        .unwrap();
+    assert!(refused.to_string().contains("by this process"), "{refused}");
     store.close().unwrap();
     Engine::open(dir.path(), EngineOptions::default()).unwrap();
 }

@@ -95,7 +95,7 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidInput(_) => StatusCode::BAD_REQUEST,
             StoreError::Closed
             | StoreError::Poisoned(_)
-            | StoreError::Locked(_)
+            | StoreError::Locked { .. }
             | StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             StoreError::Corrupted { .. } | StoreError::Io(_) => {
                 tracing::error!(error = %error, "the store failed");

@@ -297,6 +297,12 @@ impl<D: Decider> Repository<D> {
 
     /// The stream of aggregate `id`: `{CATEGORY}-{id}`.
     pub fn stream(&self, id: &str) -> Result<StreamName, RepositoryError<D::Error>> {
+        if id.is_empty() {
+            return Err(RepositoryError::InvalidId(format!(
+                "an aggregate id is empty (it would name the stream '{}-')",
+                D::CATEGORY
+            )));
+        }
         StreamName::user(format!("{}-{id}", D::CATEGORY))
             .map_err(|e| RepositoryError::InvalidId(e.to_string()))
     }

@@ -243,6 +243,26 @@ async fn an_invalid_id_is_refused() {
     ));
 }
 
+#[tokio::test]
+async fn an_empty_id_is_refused_and_writes_nothing() {
+    let store = MemoryStore::new();
+    let accounts = Repository::new(store.clone(), Accounts);
+    let refused = accounts
+        .execute("", Command::Freeze, &CommandContext::new())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&refused, RepositoryError::InvalidId(why) if why.contains("empty")),
+        "{refused}"
+    );
+    assert!(matches!(
+        accounts.load("").await,
+        Err(RepositoryError::InvalidId(_))
+    ));
+    assert_eq!(store.head(), 0);
+}
+
 /// A store where another writer deposits a cent just before our first append (or before every
 /// one), with `metadata` (default: version 2 and nothing else).
 fn interfering(every_time: bool, metadata: Option<serde_json::Value>) -> Interfering {

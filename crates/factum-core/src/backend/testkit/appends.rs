@@ -325,7 +325,7 @@ pub async fn reserved_names_and_bad_events_are_rejected<S: EventStore>(store: S)
 
 pub async fn data_and_metadata_round_trip_byte_for_byte<S: EventStore>(store: S) {
     let s = stream("bytes");
-    let binary = NewEvent::binary("Blob", (0..=255u8).collect::<Vec<_>>());
+    let binary = NewEvent::binary("Blob", (0..=255u8).collect::<Vec<_>>()).unwrap();
     let json = NewEvent::json("Json", &serde_json::json!({"k": "välue ✓", "n": [1, 2.5]}))
         .unwrap()
         .with_metadata(&serde_json::json!({"$correlationId": "c-1", "$causationId": "k-9"}))
