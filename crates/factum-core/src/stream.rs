@@ -180,6 +180,18 @@ impl std::str::FromStr for ExpectedState {
     }
 }
 
+impl ExpectedState {
+    /// Whether a stream at `current` is in this state.
+    pub fn holds(self, current: CurrentRevision) -> bool {
+        match self {
+            ExpectedState::Any => true,
+            ExpectedState::NoStream => current.0.is_none(),
+            ExpectedState::StreamExists => current.0.is_some(),
+            ExpectedState::Exact(revision) => current.0 == Some(revision),
+        }
+    }
+}
+
 /// The current revision of a stream: `None` when it does not exist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CurrentRevision(pub Option<u64>);

@@ -193,8 +193,21 @@ impl Auth {
         self.tokens.is_empty()
     }
 
+    /// The token of this name and secret (HTTP Basic credentials, which KurrentDB's clients
+    /// send); every token is compared, each in constant time.
+    pub(crate) fn find_named(&self, name: &str, secret: &str) -> Option<&Arc<Token>> {
+        let mut found = None;
+        for token in &self.tokens {
+            let secret_matches = constant_time_eq(token.secret.as_bytes(), secret.as_bytes());
+            if secret_matches && constant_time_eq(token.name.as_bytes(), name.as_bytes()) {
+                found = Some(token);
+            }
+        }
+        found
+    }
+
     /// The token whose secret this is; every secret is compared, each in constant time.
-    fn find(&self, secret: &str) -> Option<&Arc<Token>> {
+    pub(crate) fn find(&self, secret: &str) -> Option<&Arc<Token>> {
         let mut found = None;
         for token in &self.tokens {
             if constant_time_eq(token.secret.as_bytes(), secret.as_bytes()) {
@@ -214,7 +227,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Who is calling: `None` when the server has no auth configuration (everything is allowed).
 #[derive(Clone, Debug)]
-pub(crate) struct Caller(Option<Arc<Token>>);
+pub(crate) struct Caller(pub(crate) Option<Arc<Token>>);
 
 impl Caller {
     /// 403 unless the caller has `right` on `stream`.

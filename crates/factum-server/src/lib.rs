@@ -25,6 +25,7 @@ mod api;
 pub mod auth;
 mod consumers;
 mod error;
+pub mod grpc;
 pub mod json;
 mod metrics;
 mod openapi;
@@ -121,6 +122,10 @@ pub fn router(store: impl IntoStore, config: Config) -> (Router, watch::Sender<b
             metrics::track,
         ))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            grpc::Grpc::new(&state),
+            grpc::dispatch,
+        ))
         .with_state(state);
     (router, close)
 }

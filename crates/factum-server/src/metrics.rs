@@ -34,6 +34,17 @@ struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrpcLabels {
+    method: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrpcMethodLabels {
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProcessorLabels {
     processor: String,
 }
@@ -53,6 +64,8 @@ pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    grpc_calls: Family<GrpcLabels, Counter>,
+    grpc_latency: Family<GrpcMethodLabels, Histogram, fn() -> Histogram>,
     pub(crate) appends: Counter,
     pub(crate) events: Counter,
     pub(crate) bytes: Counter,
@@ -86,6 +99,22 @@ impl Metrics {
             "Time to answer an HTTP request, by method and route (for subscriptions: until the \
              stream opens)",
             latency.clone(),
+        );
+        let grpc_calls = Family::<GrpcLabels, Counter>::default();
+        let grpc_latency =
+            Family::<GrpcMethodLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "grpc_calls",
+            "gRPC calls (KurrentDB's client protocol) by method and status code",
+            grpc_calls.clone(),
+        );
+        registry.register(
+            "grpc_call_duration_seconds",
+            "Time to answer a gRPC call, by method (for reads and subscriptions: until the \
+             answer stream opens)",
+            grpc_latency.clone(),
         );
         registry.register("appends", "Appends that were recorded", appends.clone());
         registry.register(
@@ -140,6 +169,8 @@ impl Metrics {
             projection_lag_seconds,
             requests,
             latency,
+            grpc_calls,
+            grpc_latency,
             appends,
             events,
             bytes,
@@ -219,6 +250,51 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
         })
         .inc();
     response
+}
+
+impl Metrics {
+    /// A gRPC call has its answer headers: time it.
+    pub(crate) fn grpc_answered(&self, method: &str, took: std::time::Duration) {
+        self.grpc_latency
+            .get_or_create(&GrpcMethodLabels {
+                method: method.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// A gRPC call ended with `code`: count it.
+    pub(crate) fn grpc_finished(&self, method: &str, code: tonic::Code) {
+        self.grpc_calls
+            .get_or_create(&GrpcLabels {
+                method: method.to_owned(),
+                code: code_name(code).to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// A status code's canonical name, as gRPC's documentation writes it.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "CANCELLED",
+        C::Unknown => "UNKNOWN",
+        C::InvalidArgument => "INVALID_ARGUMENT",
+        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        C::NotFound => "NOT_FOUND",
+        C::AlreadyExists => "ALREADY_EXISTS",
+        C::PermissionDenied => "PERMISSION_DENIED",
+        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        C::FailedPrecondition => "FAILED_PRECONDITION",
+        C::Aborted => "ABORTED",
+        C::OutOfRange => "OUT_OF_RANGE",
+        C::Unimplemented => "UNIMPLEMENTED",
+        C::Internal => "INTERNAL",
+        C::Unavailable => "UNAVAILABLE",
+        C::DataLoss => "DATA_LOSS",
+        C::Unauthenticated => "UNAUTHENTICATED",
+    }
 }
 
 /// Counts a subscriber while it lives.

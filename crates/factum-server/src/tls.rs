@@ -58,12 +58,14 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsErr
     }
     let key_der =
         PrivateKeyDer::from_pem_file(key).map_err(|e| file_error("key", key, e.to_string()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
     .with_no_client_auth()
     .with_single_cert(chain, key_der)?;
+    // HTTP/2 for gRPC clients (KurrentDB's need it), HTTP/1.1 for the rest.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -118,6 +118,14 @@ pub enum WriteKind {
     Tombstone,
     /// Record new metadata.
     SetMetadata(StreamMetadata),
+    /// Record new metadata if the stream's metadata stream (`$$name`, which also holds its
+    /// deletes) is in the expected state: how KurrentDB's clients write metadata.
+    SetMetadataExpecting {
+        /// The new metadata.
+        metadata: StreamMetadata,
+        /// What the metadata stream must be.
+        metadata_stream: ExpectedState,
+    },
     /// Only the request's checkpoint (its stream is the checkpoint stream).
     CheckpointOnly,
 }

@@ -133,14 +133,22 @@ pub fn plan(view: &impl View, request: &mut WriteRequest) -> Result<Plan, StoreE
     {
         return Ok(done);
     }
-    let matches = match request.expected {
-        ExpectedState::Any => true,
-        ExpectedState::NoStream => current.0.is_none(),
-        ExpectedState::StreamExists => current.0.is_some(),
-        ExpectedState::Exact(revision) => current.0 == Some(revision),
-    };
-    if !matches {
+    if !request.expected.holds(current) {
         return Err(wrong());
+    }
+    if let WriteKind::SetMetadataExpecting {
+        metadata_stream, ..
+    } = &request.kind
+    {
+        let metadata = stream.metadata_stream();
+        let actual = view.summary(&metadata).current();
+        if !metadata_stream.holds(actual) {
+            return Err(StoreError::WrongExpectedRevision {
+                stream: metadata.to_string(),
+                expected: *metadata_stream,
+                actual,
+            });
+        }
     }
     if let Some(checkpoint) = &request.checkpoint
         && let Some(stored) = view.checkpoint(&checkpoint.consumer)
@@ -182,7 +190,7 @@ pub fn plan(view: &impl View, request: &mut WriteRequest) -> Result<Plan, StoreE
             serde_json::json!({ "revision": current.0 }),
         )),
         WriteKind::CheckpointOnly => {}
-        WriteKind::SetMetadata(metadata) => {
+        WriteKind::SetMetadata(metadata) | WriteKind::SetMetadataExpecting { metadata, .. } => {
             let data = serde_json::to_value(metadata)
                 .map_err(|e| StoreError::invalid(format!("metadata does not serialise: {e}")))?;
             records.push(system_record(

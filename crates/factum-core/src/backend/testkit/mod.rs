@@ -61,6 +61,7 @@ macro_rules! conformance_tests {
             stream_subscription_follows_one_stream,
             soft_delete_hides_stream_and_revisions_continue,
             tombstone_forbids_writes_forever,
+            metadata_written_expecting_the_metadata_streams_revision,
             metadata_limits_what_reads_return,
             list_streams_by_prefix,
             checkpoint_is_stored_with_append_and_only_moves_forward,

@@ -217,3 +217,63 @@ pub async fn toolkit_streams_take_appends_other_system_streams_do_not<S: EventSt
     }
     assert_eq!(store.head(), 5);
 }
+
+pub async fn metadata_written_expecting_the_metadata_streams_revision<S: EventStore>(store: S) {
+    use crate::backend::catalog::{WriteKind, WriteRequest};
+    let s = stream("meta-expect");
+    store
+        .append(&s, ExpectedState::NoStream, events(1))
+        .await
+        .unwrap();
+    let set = |expected, max_count| {
+        WriteRequest::admin(
+            &s,
+            ExpectedState::Any,
+            WriteKind::SetMetadataExpecting {
+                metadata: StreamMetadata {
+                    max_count: Some(max_count),
+                    ..StreamMetadata::default()
+                },
+                metadata_stream: expected,
+            },
+        )
+        .unwrap()
+    };
+    // `$$meta-expect` has no record yet: "no stream" holds, revision 0 does not.
+    let wrong = store
+        .write(set(ExpectedState::Exact(0), 5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&wrong, StoreError::WrongExpectedRevision { stream, actual: CurrentRevision(None), .. } if stream == "$$meta-expect"),
+        "{wrong:?}"
+    );
+    let head = store.head();
+    assert_eq!(store.get_metadata(&s).await.unwrap(), None);
+    store.write(set(ExpectedState::NoStream, 5)).await.unwrap();
+    assert!(store.head() > head);
+    assert_eq!(
+        store.get_metadata(&s).await.unwrap().unwrap().max_count,
+        Some(5)
+    );
+    // Now its record is revision 0.
+    let wrong = store
+        .write(set(ExpectedState::NoStream, 6))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            wrong,
+            StoreError::WrongExpectedRevision {
+                actual: CurrentRevision(Some(0)),
+                ..
+            }
+        ),
+        "{wrong:?}"
+    );
+    store.write(set(ExpectedState::Exact(0), 6)).await.unwrap();
+    assert_eq!(
+        store.get_metadata(&s).await.unwrap().unwrap().max_count,
+        Some(6)
+    );
+}

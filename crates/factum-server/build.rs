@@ -1,0 +1,20 @@
+//! Compiles the KurrentDB client protocol's definitions (`proto/`) into Rust with protox, a
+//! protobuf compiler written in Rust, so that a build needs no system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/event_store/client/streams.proto",
+        "proto/event_store/client/server_features.proto",
+        "proto/event_store/client/gossip.proto",
+    ];
+    println!("cargo:rerun-if-changed=proto");
+    let descriptors = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .build_transport(false)
+        .bytes(".")
+        .extern_path(".event_store.client.Empty", "()")
+        .compile_fds(descriptors)?;
+    Ok(())
+}

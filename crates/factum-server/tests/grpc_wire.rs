@@ -1,0 +1,438 @@
+//! The gRPC protocol at the wire: bad input gets a status naming the problem and writes
+//! nothing; services Factum does not offer answer `UNIMPLEMENTED`; the features, gossip,
+//! metrics and logs a client and an operator see; HTTP/2 without TLS reaches the HTTP API.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use factum_core::EventStore;
+use factum_server::grpc::proto::event_store::client as shared;
+use factum_server::grpc::proto::event_store::client::gossip::gossip_client::GossipClient;
+use factum_server::grpc::proto::event_store::client::server_features::server_features_client::ServerFeaturesClient;
+use factum_server::grpc::proto::event_store::client::streams::{
+    AppendReq, BatchAppendReq, ReadReq, append_req, batch_append_req, batch_append_resp, read_req,
+    streams_client::StreamsClient,
+};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client as Http2;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::oneshot;
+use tonic::Code;
+
+type Channel = Http2<HttpConnector, tonic::body::Body>;
+
+struct Served {
+    port: u16,
+    store: Arc<dyn EventStore>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn serve(config: factum_server::Config) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> = Arc::new(
+        factum_engine::Engine::open(
+            dir.path().join("data"),
+            factum_engine::EngineOptions::default(),
+        )
+        .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(factum_server::serve(
+        listener,
+        store.clone(),
+        config,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    Served {
+        port,
+        store,
+        stop: Some(stop),
+        task,
+        _dir: dir,
+    }
+}
+
+impl Served {
+    fn origin(&self) -> http::Uri {
+        format!("http://localhost:{}", self.port).parse().unwrap()
+    }
+
+    fn channel(&self) -> Channel {
+        Http2::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http()
+    }
+
+    fn streams(&self) -> StreamsClient<Channel> {
+        StreamsClient::with_origin(self.channel(), self.origin())
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    /// A raw gRPC call: `frames` as the request body; the status from the headers or trailers.
+    async fn raw(&self, path: &str, frames: &[Vec<u8>]) -> (Code, String) {
+        let mut body = Vec::new();
+        for frame in frames {
+            body.push(0u8);
+            body.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+            body.extend_from_slice(frame);
+        }
+        let client: Http2<HttpConnector, http_body_util::Full<Bytes>> =
+            Http2::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http();
+        let request = http::Request::post(format!("http://localhost:{}{path}", self.port))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        let headers = response.headers().clone();
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let status = |map: &http::HeaderMap| {
+            map.get("grpc-status").map(|code| {
+                let code = Code::from(code.to_str().unwrap().parse::<i32>().unwrap());
+                let message = map
+                    .get("grpc-message")
+                    .map(|m| percent_decode(m.to_str().unwrap()))
+                    .unwrap_or_default();
+                (code, message)
+            })
+        };
+        status(&headers)
+            .or_else(|| status(&trailers))
+            .expect("a grpc-status")
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(byte) = u8::from_str_radix(&text[i + 1..i + 3], 16)
+        {
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn options(stream: &str) -> AppendReq {
+    AppendReq {
+        content: Some(append_req::Content::Options(append_req::Options {
+            stream_identifier: Some(shared::StreamIdentifier {
+                stream_name: Bytes::copy_from_slice(stream.as_bytes()),
+            }),
+            expected_stream_revision: Some(append_req::options::ExpectedStreamRevision::Any(())),
+        })),
+    }
+}
+
+fn proposed(metadata: &[(&str, &str)], data: &[u8]) -> AppendReq {
+    AppendReq {
+        content: Some(append_req::Content::ProposedMessage(
+            append_req::ProposedMessage {
+                id: None,
+                metadata: metadata
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<HashMap<_, _>>(),
+                custom_metadata: Bytes::new(),
+                data: Bytes::copy_from_slice(data),
+            },
+        )),
+    }
+}
+
+const JSON: &[(&str, &str)] = &[("type", "Placed"), ("content-type", "application/json")];
+
+async fn append(served: &Served, messages: Vec<AppendReq>) -> Result<(), tonic::Status> {
+    served
+        .streams()
+        .append(futures::stream::iter(messages))
+        .await
+        .map(|_| ())
+}
+
+fn read_request(direction: i32, filter: Option<read_req::options::FilterOptions>) -> ReadReq {
+    use read_req::options;
+    ReadReq {
+        options: Some(read_req::Options {
+            stream_option: Some(options::StreamOption::All(options::AllOptions {
+                all_option: Some(options::all_options::AllOption::Start(())),
+            })),
+            read_direction: direction,
+            resolve_links: false,
+            count_option: Some(options::CountOption::Count(10)),
+            filter_option: Some(match filter {
+                Some(filter) => options::FilterOption::Filter(filter),
+                None => options::FilterOption::NoFilter(()),
+            }),
+            uuid_option: None,
+            control_option: None,
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_status_naming_the_problem_and_writes_nothing() {
+    let served = serve(factum_server::Config {
+        max_body_bytes: 64 << 10,
+        ..factum_server::Config::default()
+    })
+    .await;
+    let head = served.store.head();
+    let cases: Vec<(&str, Vec<AppendReq>, Code, &str)> = vec![
+        (
+            "an empty stream name",
+            vec![options(""), proposed(JSON, b"{}")],
+            Code::InvalidArgument,
+            "stream",
+        ),
+        (
+            "a system stream",
+            vec![options("$system"), proposed(JSON, b"{}")],
+            Code::InvalidArgument,
+            "$",
+        ),
+        (
+            "no event type",
+            vec![options("order-1"), proposed(&[], b"{}")],
+            Code::InvalidArgument,
+            "'type'",
+        ),
+        (
+            "an unknown content type",
+            vec![
+                options("order-1"),
+                proposed(&[("type", "Placed"), ("content-type", "text/plain")], b"x"),
+            ],
+            Code::InvalidArgument,
+            "text/plain",
+        ),
+        (
+            "JSON that is not",
+            vec![options("order-1"), proposed(JSON, b"{not json")],
+            Code::InvalidArgument,
+            "JSON",
+        ),
+        (
+            "events before the options",
+            vec![proposed(JSON, b"{}")],
+            Code::InvalidArgument,
+            "options",
+        ),
+        (
+            "an over-long event type",
+            vec![
+                options("order-1"),
+                proposed(
+                    &[
+                        ("type", "T".repeat(300).as_str()),
+                        ("content-type", "application/json"),
+                    ],
+                    b"{}",
+                ),
+            ],
+            Code::InvalidArgument,
+            "type",
+        ),
+    ];
+    for (what, messages, code, names) in cases {
+        let status = append(&served, messages).await.unwrap_err();
+        assert_eq!(status.code(), code, "{what}: {status:?}");
+        assert!(
+            status.message().contains(names),
+            "{what}: '{}' should name {names}",
+            status.message()
+        );
+    }
+    // An oversized message: refused by its length.
+    let big = vec![b'x'; 100 << 10];
+    let status = append(
+        &served,
+        vec![
+            options("order-1"),
+            proposed(
+                &[
+                    ("type", "Blob"),
+                    ("content-type", "application/octet-stream"),
+                ],
+                &big,
+            ),
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
+    // Bytes that are no protobuf message.
+    let (code, message) = served
+        .raw(
+            "/event_store.client.streams.Streams/Append",
+            &[vec![0xff, 0xff, 0xff, 0xff, 0x0f]],
+        )
+        .await;
+    assert_eq!(code, Code::Internal, "{message}");
+    assert!(message.contains("decode"), "{message}");
+    // An unknown read direction, a read without options, a regex that does not parse.
+    let mut streams = served.streams();
+    let status = streams.read(read_request(7, None)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("read direction 7"), "{status:?}");
+    let status = streams.read(ReadReq { options: None }).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let filter = read_req::options::FilterOptions {
+        filter: Some(read_req::options::filter_options::Filter::StreamIdentifier(
+            read_req::options::filter_options::Expression {
+                regex: "^(unclosed".into(),
+                prefix: Vec::new(),
+            },
+        )),
+        window: None,
+        checkpoint_interval_multiplier: 1,
+    };
+    let status = streams
+        .read(read_request(0, Some(filter)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("^(unclosed"), "{status:?}");
+    // A batch with a bad event: its error names it, as a bad request.
+    let correlation = shared::Uuid {
+        value: Some(shared::uuid::Value::String(
+            uuid::Uuid::new_v4().to_string(),
+        )),
+    };
+    let batch = BatchAppendReq {
+        correlation_id: Some(correlation),
+        options: Some(batch_append_req::Options {
+            stream_identifier: Some(shared::StreamIdentifier {
+                stream_name: Bytes::from_static(b"order-1"),
+            }),
+            expected_stream_position: Some(batch_append_req::options::ExpectedStreamPosition::Any(
+                (),
+            )),
+            deadline_option: None,
+        }),
+        proposed_messages: vec![batch_append_req::ProposedMessage {
+            id: None,
+            metadata: HashMap::new(),
+            custom_metadata: Bytes::new(),
+            data: Bytes::from_static(b"{}"),
+        }],
+        is_final: true,
+    };
+    let mut answers = streams
+        .batch_append(futures::stream::iter(vec![batch]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    match answer.result {
+        Some(batch_append_resp::Result::Error(status)) => {
+            assert_eq!(status.code, Code::InvalidArgument as i32);
+            let detail = status.details.unwrap();
+            assert!(detail.type_url.ends_with("event_store.client.BadRequest"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(served.store.head(), head, "nothing was written");
+    served.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_clients_call_around_the_streams() {
+    let served = serve(factum_server::Config::default()).await;
+    // The supported methods: exactly what Factum answers, lowercase.
+    let methods = ServerFeaturesClient::with_origin(served.channel(), served.origin())
+        .get_supported_methods(())
+        .await
+        .unwrap()
+        .into_inner();
+    let listed: Vec<(String, String)> = methods
+        .methods
+        .iter()
+        .map(|m| (m.service_name.clone(), m.method_name.clone()))
+        .collect();
+    for method in ["read", "append", "batchappend", "delete", "tombstone"] {
+        assert!(
+            listed.contains(&("event_store.client.streams.streams".into(), method.into())),
+            "{listed:?}"
+        );
+    }
+    assert!(!listed.iter().any(|(s, _)| s.contains("persistent")));
+    // Gossip: one node, the leader, where the client reached it.
+    let cluster = GossipClient::with_origin(served.channel(), served.origin())
+        .read(())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cluster.members.len(), 1);
+    let member = &cluster.members[0];
+    assert!(member.is_alive);
+    assert_eq!(member.state, 8, "Leader");
+    let endpoint = member.http_end_point.as_ref().unwrap();
+    assert_eq!(
+        (endpoint.address.as_str(), endpoint.port),
+        ("localhost", u32::from(served.port))
+    );
+    // Services Factum does not offer: UNIMPLEMENTED naming them, at once.
+    for path in [
+        "/event_store.client.persistent_subscriptions.PersistentSubscriptions/List",
+        "/event_store.client.projections.Projections/Statistics",
+        "/event_store.client.users.Users/Details",
+        "/event_store.client.operations.Operations/StartScavenge",
+        "/event_store.client.monitoring.Monitoring/Stats",
+    ] {
+        let (code, message) =
+            tokio::time::timeout(Duration::from_secs(5), served.raw(path, &[Vec::new()]))
+                .await
+                .expect("an answer at once");
+        assert_eq!(code, Code::Unimplemented, "{path}");
+        assert!(message.contains(path.trim_start_matches('/')), "{message}");
+    }
+    // HTTP/2 without TLS (prior knowledge) reaches the HTTP API too.
+    let client: Http2<HttpConnector, http_body_util::Empty<Bytes>> =
+        Http2::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let health = client
+        .get(
+            format!("http://localhost:{}/health", served.port)
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.version(), http::Version::HTTP_2);
+    served.stop().await;
+}
