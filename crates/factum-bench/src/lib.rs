@@ -5,6 +5,7 @@
 //! The `factum` binary's `bench` subcommand calls [`run`]. The scenarios share the `kit` module; each
 //! family of scenarios is a module of its own.
 
+mod grpc;
 mod http;
 mod kit;
 mod open;
@@ -32,7 +33,8 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Scenarios to run (bulk, concurrent, single, read-all; also open, load, load-snapshot,
-    /// bus, processor, saga, project, project-e2e, http, http-sse, relay-nats, relay-rabbitmq).
+    /// bus, processor, saga, project, project-e2e, http, http-sse, grpc, grpc-catch-up,
+    /// relay-nats, relay-rabbitmq).
     #[arg(
         long,
         value_delimiter = ',',
@@ -169,6 +171,16 @@ pub async fn run(data_dir: &Path, factum_pg: Option<&str>, args: BenchArgs) -> R
                 )
                 .await,
             ),
+            "grpc" | "grpc-catch-up" => Some(
+                grpc::run(
+                    scenario,
+                    work.path(),
+                    args.concurrent_events,
+                    usize::try_from(args.writers)?,
+                    &payloads,
+                )
+                .await,
+            ),
             "relay-nats" | "relay-rabbitmq" => {
                 Some(relay::run(scenario, work.path(), &payloads).await)
             }
@@ -222,7 +234,7 @@ pub async fn run(data_dir: &Path, factum_pg: Option<&str>, args: BenchArgs) -> R
                     bail!(
                         "unknown scenario '{other}' (bulk, concurrent, single, read-all, open, \
                          load, load-snapshot, bus, processor, saga, project, project-e2e, http, http-sse, \
-                         relay-nats, relay-rabbitmq)"
+                         grpc, grpc-catch-up, relay-nats, relay-rabbitmq)"
                     )
                 }
             };
