@@ -3,7 +3,8 @@
 //! A JSON API to append, read, list, delete and describe streams; pages of `$all` for
 //! consumers that keep their own position (the event-provider API); server-sent events that
 //! follow a stream or `$all` live and resume from `Last-Event-ID` without gap or duplicate;
-//! `/health` and Prometheus `/metrics`.
+//! `/health` and Prometheus `/metrics`. The same port speaks KurrentDB's gRPC client protocol
+//! ([`grpc`]), so KurrentDB's own clients work against it unchanged.
 //!
 //! ```no_run
 //! # mod factum { pub use factum_core::*; pub mod server { pub use factum_server::*; } }
