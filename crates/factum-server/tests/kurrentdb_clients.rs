@@ -51,11 +51,18 @@ fn installed(
     what: &str,
     install: impl FnOnce(&Path) -> Result<(), String>,
 ) -> Option<PathBuf> {
+    // The tests run at the same time; one installs while the others wait for it.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _installing = INSTALLING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(dir);
     let ready = dir.join("installed");
     if ready.exists() {
         return Some(dir);
     }
+    // What an interrupted install left is made again from nothing.
+    let _ = std::fs::remove_dir_all(&dir);
     match install(&dir) {
         Ok(()) => {
             std::fs::write(&ready, what).unwrap();
