@@ -3,43 +3,16 @@
 //! the only one in the process.)
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use factum_server::grpc::proto::event_store::client as shared;
-use factum_server::grpc::proto::event_store::client::streams::{
-    AppendReq, append_req, streams_client::StreamsClient,
-};
-use hyper_util::client::legacy::Client as Http2;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use factum_server::grpc::proto::event_store::client::streams::AppendReq;
 
-fn options(stream: &str) -> AppendReq {
-    AppendReq {
-        content: Some(append_req::Content::Options(append_req::Options {
-            stream_identifier: Some(shared::StreamIdentifier {
-                stream_name: Bytes::copy_from_slice(stream.as_bytes()),
-            }),
-            expected_stream_revision: Some(append_req::options::ExpectedStreamRevision::Any(())),
-        })),
-    }
-}
+mod common;
+use common::grpc::{self, JSON, options};
+use common::{engine, serve};
 
 fn proposed() -> AppendReq {
-    AppendReq {
-        content: Some(append_req::Content::ProposedMessage(
-            append_req::ProposedMessage {
-                id: None,
-                metadata: HashMap::from([
-                    ("type".to_owned(), "Placed".to_owned()),
-                    ("content-type".to_owned(), "application/json".to_owned()),
-                ]),
-                custom_metadata: Bytes::new(),
-                data: Bytes::from_static(b"{}"),
-            },
-        )),
-    }
+    grpc::proposed(JSON, b"{}")
 }
 
 /// Collects what the server logs.
@@ -68,24 +41,10 @@ async fn calls_are_counted_in_metrics_and_logged_with_the_connection_name() {
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    let dir = tempfile::tempdir().unwrap();
-    let store = factum_engine::Engine::open(dir.path().join("data"), Default::default()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(factum_server::serve(
-        listener,
-        Arc::new(store),
-        factum_server::Config::default(),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let channel: Http2<HttpConnector, tonic::body::Body> = Http2::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
-    let mut streams =
-        StreamsClient::with_origin(channel, format!("http://localhost:{port}").parse().unwrap());
+    let (store, _dir) = engine();
+    let served = serve(store, factum_server::Config::default()).await;
+    let port = served.port;
+    let mut streams = grpc::streams(port);
     let mut request =
         tonic::Request::new(futures::stream::iter(vec![options("order-1"), proposed()]));
     request
@@ -130,8 +89,7 @@ async fn calls_are_counted_in_metrics_and_logged_with_the_connection_name() {
         ),
         2
     );
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    served.stop().await;
     let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(
         logged

@@ -4,88 +4,39 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use factum_core::EventStore;
 use factum_server::grpc::proto::event_store::client as shared;
 use factum_server::grpc::proto::event_store::client::gossip::gossip_client::GossipClient;
 use factum_server::grpc::proto::event_store::client::server_features::server_features_client::ServerFeaturesClient;
 use factum_server::grpc::proto::event_store::client::streams::{
-    AppendReq, BatchAppendReq, ReadReq, append_req, batch_append_req, batch_append_resp, read_req,
+    AppendReq, BatchAppendReq, ReadReq, batch_append_req, batch_append_resp, read_req,
     streams_client::StreamsClient,
 };
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client as Http2;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::oneshot;
 use tonic::Code;
 
-type Channel = Http2<HttpConnector, tonic::body::Body>;
+mod common;
+use common::grpc::{self, JSON, options, proposed};
+use common::{Served, engine, serve};
 
-struct Served {
-    port: u16,
-    store: Arc<dyn EventStore>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-    _dir: tempfile::TempDir,
-}
-
-async fn serve(config: factum_server::Config) -> Served {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn EventStore> = Arc::new(
-        factum_engine::Engine::open(
-            dir.path().join("data"),
-            factum_engine::EngineOptions::default(),
-        )
-        .unwrap(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(factum_server::serve(
-        listener,
-        store.clone(),
-        config,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    Served {
-        port,
-        store,
-        stop: Some(stop),
-        task,
-        _dir: dir,
-    }
+/// A server on a fresh embedded store; the store's directory lives as long as the guard.
+async fn serve_fresh(config: factum_server::Config) -> (Served, tempfile::TempDir) {
+    let (store, dir) = engine();
+    (serve(store, config).await, dir)
 }
 
 impl Served {
     fn origin(&self) -> http::Uri {
-        format!("http://localhost:{}", self.port).parse().unwrap()
+        grpc::origin(self.port)
     }
 
-    fn channel(&self) -> Channel {
-        Http2::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build_http()
-    }
-
-    fn streams(&self) -> StreamsClient<Channel> {
-        StreamsClient::with_origin(self.channel(), self.origin())
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+    fn streams(&self) -> StreamsClient<grpc::Channel> {
+        grpc::streams(self.port)
     }
 
     /// A raw gRPC call: `frames` as the request body; the status from the headers or trailers.
@@ -144,35 +95,6 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8(out).unwrap()
 }
 
-fn options(stream: &str) -> AppendReq {
-    AppendReq {
-        content: Some(append_req::Content::Options(append_req::Options {
-            stream_identifier: Some(shared::StreamIdentifier {
-                stream_name: Bytes::copy_from_slice(stream.as_bytes()),
-            }),
-            expected_stream_revision: Some(append_req::options::ExpectedStreamRevision::Any(())),
-        })),
-    }
-}
-
-fn proposed(metadata: &[(&str, &str)], data: &[u8]) -> AppendReq {
-    AppendReq {
-        content: Some(append_req::Content::ProposedMessage(
-            append_req::ProposedMessage {
-                id: None,
-                metadata: metadata
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect::<HashMap<_, _>>(),
-                custom_metadata: Bytes::new(),
-                data: Bytes::copy_from_slice(data),
-            },
-        )),
-    }
-}
-
-const JSON: &[(&str, &str)] = &[("type", "Placed"), ("content-type", "application/json")];
-
 async fn append(served: &Served, messages: Vec<AppendReq>) -> Result<(), tonic::Status> {
     served
         .streams()
@@ -203,7 +125,7 @@ fn read_request(direction: i32, filter: Option<read_req::options::FilterOptions>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_status_naming_the_problem_and_writes_nothing() {
-    let served = serve(factum_server::Config {
+    let (served, _dir) = serve_fresh(factum_server::Config {
         max_body_bytes: 64 << 10,
         ..factum_server::Config::default()
     })
@@ -370,9 +292,9 @@ async fn bad_input_gets_a_status_naming_the_problem_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_clients_call_around_the_streams() {
-    let served = serve(factum_server::Config::default()).await;
+    let (served, _dir) = serve_fresh(factum_server::Config::default()).await;
     // The supported methods: exactly what Factum answers, lowercase.
-    let methods = ServerFeaturesClient::with_origin(served.channel(), served.origin())
+    let methods = ServerFeaturesClient::with_origin(grpc::channel(), served.origin())
         .get_supported_methods(())
         .await
         .unwrap()
@@ -390,7 +312,7 @@ async fn what_clients_call_around_the_streams() {
     }
     assert!(!listed.iter().any(|(s, _)| s.contains("persistent")));
     // Gossip: one node, the leader, where the client reached it.
-    let cluster = GossipClient::with_origin(served.channel(), served.origin())
+    let cluster = GossipClient::with_origin(grpc::channel(), served.origin())
         .read(())
         .await
         .unwrap()

@@ -16,19 +16,16 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use factum_core::EventStore;
 use factum_server::auth::Auth;
-use tokio::sync::oneshot;
+
+mod common;
+use common::{CLIENT_TOKENS, certificate, drop_schema, engine, in_ci, postgres, serve};
 
 /// The Python client release the tests pin.
 const PYTHON_CLIENT: &str = "kurrentdbclient==1.3.5";
 
 /// The Node client release the tests pin.
 const NODE_CLIENT: &str = "@kurrent/kurrentdb-client@1.3.1";
-
-fn in_ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
 
 /// Runs `command`; its output as the error when it fails.
 fn run(command: &mut Command) -> Result<(), String> {
@@ -105,33 +102,6 @@ fn node_modules() -> Option<PathBuf> {
     Some(prefix.join("node_modules"))
 }
 
-struct Served {
-    port: u16,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-async fn serve(store: Arc<dyn EventStore>, config: factum_server::Config) -> Served {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(factum_server::serve(listener, store, config, async move {
-        let _ = stopped.await;
-    }));
-    Served { port, stop, task }
-}
-
-impl Served {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-    }
-}
-
 /// Runs `program` on the script `name` (in `tests/kurrentdb`) with `args`; fails the test with
 /// its output unless it says "ok".
 async fn script(program: &Path, name: &str, args: &[String], env: &[(&str, &Path)]) {
@@ -159,12 +129,6 @@ async fn script(program: &Path, name: &str, args: &[String], env: &[(&str, &Path
 
 const PY: &str = "python_client.py";
 
-fn engine() -> (Arc<dyn EventStore>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = factum_engine::Engine::open(dir.path().join("data"), Default::default()).unwrap();
-    (Arc::new(engine), dir)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_client_works_on_the_embedded_store() {
     let Some(python) = tokio::task::spawn_blocking(python).await.unwrap() else {
@@ -181,48 +145,14 @@ async fn the_python_client_works_on_postgresql() {
     let Some(python) = tokio::task::spawn_blocking(python).await.unwrap() else {
         return;
     };
-    let url = std::env::var("FACTUM_TEST_POSTGRES")
-        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into());
-    let schema = format!("fgrpc_py_{}", std::process::id());
-    let options = factum_postgres::PgOptions {
-        schema: schema.clone(),
-        ..factum_postgres::PgOptions::default()
+    let Some((store, schema)) = postgres("py").await else {
+        return;
     };
-    let store = match factum_postgres::PgStore::connect(&url, options).await {
-        Ok(store) => store,
-        Err(e) if !in_ci() => {
-            eprintln!("skipping: PostgreSQL at {url} is not reachable ({e})");
-            return;
-        }
-        Err(e) => panic!("PostgreSQL at {url} is needed under CI=true: {e}"),
-    };
-    let served = serve(Arc::new(store), factum_server::Config::default()).await;
+    let served = serve(store, factum_server::Config::default()).await;
     script(&python, PY, &["plain".into(), served.port.to_string()], &[]).await;
     served.stop().await;
-    let (client, connection) = factum_pgconnect::PgConnect::parse(&url)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .await
-        .unwrap();
+    drop_schema(&schema).await;
 }
-
-const TOKENS: &str = r#"
-[[token]]
-name = "orders"
-secret = "orders-0123456789"
-write = ["order-"]
-read = ["order-"]
-
-[[token]]
-name = "reader"
-secret = "reader-0123456789"
-read = [""]
-"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_client_over_tls_with_tokens() {
@@ -230,17 +160,13 @@ async fn the_python_client_over_tls_with_tokens() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let rcgen::CertifiedKey { cert, key_pair } =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key_pair.serialize_pem()).unwrap();
+    let (cert_path, key_path, _) = certificate(dir.path());
     let (store, _data) = engine();
     let served = serve(
         store,
         factum_server::Config {
             tls: Some(factum_server::tls::load(&cert_path, &key_path).unwrap()),
-            auth: Some(Arc::new(Auth::from_toml(TOKENS).unwrap())),
+            auth: Some(Arc::new(Auth::from_toml(CLIENT_TOKENS).unwrap())),
             ..factum_server::Config::default()
         },
     )

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use factum_core::{EventStore, StreamMetadata, StreamName};
+use factum_core::{StreamMetadata, StreamName};
 use factum_server::auth::Auth;
 use kurrentdb::{
     AppendToStreamOptions, Client, ClientSettings, CurrentRevision, DeleteStreamOptions,
@@ -18,35 +18,9 @@ use kurrentdb::{
     TombstoneStreamOptions,
 };
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
-/// A `factum serve` on a store, on a free loopback port.
-struct Served {
-    port: u16,
-    store: Arc<dyn EventStore>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-async fn serve(store: Arc<dyn EventStore>, config: factum_server::Config) -> Served {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(factum_server::serve(
-        listener,
-        store.clone(),
-        config,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    Served {
-        port,
-        store,
-        stop: Some(stop),
-        task,
-    }
-}
+mod common;
+use common::{CLIENT_TOKENS, Served, certificate, drop_schema, engine, postgres, serve};
 
 impl Served {
     fn client(&self, query: &str) -> Client {
@@ -65,62 +39,6 @@ impl Served {
         .unwrap();
         Client::new(settings).unwrap()
     }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("the server stops within 10 s (subscriptions end)")
-            .unwrap()
-            .unwrap();
-    }
-}
-
-fn engine() -> (Arc<dyn EventStore>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = factum_engine::Engine::open(
-        dir.path().join("data"),
-        factum_engine::EngineOptions::default(),
-    )
-    .unwrap();
-    (Arc::new(engine), dir)
-}
-
-/// A PostgreSQL store in a schema of its own, or `None` (with the reason printed) where
-/// PostgreSQL is not reachable outside CI; under `CI=true` it must be.
-async fn postgres(label: &str) -> Option<(Arc<dyn EventStore>, String)> {
-    let url = std::env::var("FACTUM_TEST_POSTGRES")
-        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into());
-    let schema = format!("fgrpc_{label}_{}", std::process::id());
-    let options = factum_postgres::PgOptions {
-        schema: schema.clone(),
-        ..factum_postgres::PgOptions::default()
-    };
-    match factum_postgres::PgStore::connect(&url, options).await {
-        Ok(store) => Some((Arc::new(store), schema)),
-        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
-            eprintln!("skipping the PostgreSQL half: {url} is not reachable ({e})");
-            None
-        }
-        Err(e) => panic!("PostgreSQL at {url} is needed under CI=true: {e}"),
-    }
-}
-
-async fn drop_schema(schema: &str) {
-    let url = std::env::var("FACTUM_TEST_POSTGRES")
-        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into());
-    let (client, connection) = factum_pgconnect::PgConnect::parse(&url)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .await
-        .unwrap();
 }
 
 fn event(kind: &str, n: u64) -> EventData {
@@ -794,26 +712,13 @@ async fn the_rust_client_works_on_postgresql() {
     drop_schema(&schema).await;
 }
 
-const TOKENS: &str = r#"
-[[token]]
-name = "orders"
-secret = "orders-0123456789"
-write = ["order-"]
-read = ["order-"]
-
-[[token]]
-name = "reader"
-secret = "reader-0123456789"
-read = [""]
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_and_rights_are_those_of_the_http_api() {
     let (store, _dir) = engine();
     let served = serve(
         store,
         factum_server::Config {
-            auth: Some(Arc::new(Auth::from_toml(TOKENS).unwrap())),
+            auth: Some(Arc::new(Auth::from_toml(CLIENT_TOKENS).unwrap())),
             ..factum_server::Config::default()
         },
     )
@@ -875,11 +780,7 @@ async fn credentials_and_rights_are_those_of_the_http_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_tls_with_the_servers_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let rcgen::CertifiedKey { cert, key_pair } =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key_pair.serialize_pem()).unwrap();
+    let (cert_path, key_path, cert_pem) = certificate(dir.path());
     let (store, _data) = engine();
     let served = serve(
         store,
@@ -900,7 +801,7 @@ async fn over_tls_with_the_servers_certificate() {
     assert_eq!(numbers(&read), vec![0, 1]);
     // HTTP/1.1 clients still reach the HTTP API on the same port.
     let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap())
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
         .http1_only()
         .build()
         .unwrap();

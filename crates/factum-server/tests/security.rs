@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Sse, events, start_with, start_with_client};
+use common::{Sse, certificate, events, start_with, start_with_client};
 use factum_core::EventStore;
 use factum_server::auth::Auth;
 use reqwest::{Method, StatusCode};
@@ -275,16 +275,6 @@ async fn tokens_grant_rights_on_stream_prefixes() {
         }
     }
     server.stop().await;
-}
-
-/// A self-signed certificate for `localhost`, written as PEM files.
-fn certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, String) {
-    let rcgen::CertifiedKey { cert, key_pair } =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key_pair.serialize_pem()).unwrap();
-    (cert_path, key_path, cert.pem())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,21 +1,141 @@
-//! What the server tests share: a real server on a fresh embedded store, and an SSE reader.
+//! What the server tests share: a real server on any store or on a fresh embedded one, the
+//! PostgreSQL store the tests use, and an SSE reader.
 #![allow(clippy::unwrap_used, missing_docs, dead_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use factum_core::EventStore;
 use factum_engine::{Engine, EngineOptions};
 use futures::StreamExt;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
+pub mod grpc;
+
+/// `factum serve` on a store, on a free loopback port.
+pub struct Served {
+    pub port: u16,
+    pub store: Arc<dyn EventStore>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+pub async fn serve(store: Arc<dyn EventStore>, config: factum_server::Config) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(factum_server::serve(
+        listener,
+        store.clone(),
+        config,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    Served {
+        port,
+        store,
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl Served {
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the server stops within 10 s (subscriptions end)")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// A fresh embedded store, as the servers take it; the directory lives as long as the guard.
+pub fn engine() -> (Arc<dyn EventStore>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path().join("data"), EngineOptions::default()).unwrap();
+    (Arc::new(engine), dir)
+}
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+fn postgres_url() -> String {
+    std::env::var("FACTUM_TEST_POSTGRES")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into())
+}
+
+/// A PostgreSQL store in a schema of its own (named after `label` and the process), or
+/// `None` (with the reason printed) where PostgreSQL is not reachable outside CI; under
+/// `CI=true` it must be.
+pub async fn postgres(label: &str) -> Option<(Arc<dyn EventStore>, String)> {
+    let url = postgres_url();
+    let schema = format!("fgrpc_{label}_{}", std::process::id());
+    let options = factum_postgres::PgOptions {
+        schema: schema.clone(),
+        ..factum_postgres::PgOptions::default()
+    };
+    match factum_postgres::PgStore::connect(&url, options).await {
+        Ok(store) => Some((Arc::new(store), schema)),
+        Err(e) if !in_ci() => {
+            eprintln!("skipping the PostgreSQL test: {url} is not reachable ({e})");
+            None
+        }
+        Err(e) => panic!("PostgreSQL at {url} is needed under CI=true: {e}"),
+    }
+}
+
+pub async fn drop_schema(schema: &str) {
+    let (client, connection) = factum_pgconnect::PgConnect::parse(&postgres_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
+/// The tokens of the KurrentDB client tests: `orders` writes and reads `order-` streams,
+/// `reader` reads everything.
+pub const CLIENT_TOKENS: &str = r#"
+[[token]]
+name = "orders"
+secret = "orders-0123456789"
+write = ["order-"]
+read = ["order-"]
+
+[[token]]
+name = "reader"
+secret = "reader-0123456789"
+read = [""]
+"#;
+
+/// A self-signed certificate for `localhost`, written as PEM files in `dir`: the certificate's
+/// and the key's path, and the certificate's PEM.
+pub fn certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key_pair.serialize_pem()).unwrap();
+    (cert_path, key_path, cert.pem())
+}
+
+/// A server on a fresh embedded store, with a reqwest client for its HTTP API.
 pub struct Server {
     pub url: String,
     pub store: Engine,
     pub client: Client,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    served: Served,
     _dir: tempfile::TempDir,
 }
 
@@ -35,26 +155,12 @@ pub async fn start_with_client(
 ) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store = Engine::open(dir.path().join("data"), EngineOptions::default()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "{scheme}://localhost:{}",
-        listener.local_addr().unwrap().port()
-    );
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(factum_server::serve(
-        listener,
-        Arc::new(store.clone()),
-        config,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let served = serve(Arc::new(store.clone()), config).await;
     Server {
-        url,
+        url: format!("{scheme}://localhost:{}", served.port),
         store,
         client,
-        stop: Some(stop),
-        task,
+        served,
         _dir: dir,
     }
 }
@@ -92,15 +198,8 @@ impl Server {
         )
     }
 
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+    pub async fn stop(self) {
+        self.served.stop().await;
         self.store.close().unwrap();
     }
 }
