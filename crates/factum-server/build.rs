@@ -15,6 +15,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_transport(false)
         .bytes(".")
         .extern_path(".event_store.client.Empty", "()")
+        // Every event a read delivers: encoded by hand, straight from Factum's event.
+        .extern_path(
+            ".event_store.client.streams.ReadResp.ReadEvent.RecordedEvent",
+            "crate::grpc::wire::RecordedEvent",
+        )
         .compile_fds(descriptors)?;
     Ok(())
 }

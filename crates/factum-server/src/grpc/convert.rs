@@ -9,8 +9,8 @@ use factum_core::{
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-use super::proto::event_store::client::streams::read_resp::read_event;
 use super::proto::event_store::client::{StreamIdentifier, Uuid as ProtoUuid, uuid};
+use super::wire::{self, CONTENT_TYPE_KEY, NameBytes, TYPE_KEY};
 
 /// Factum's position `p` as the protocol's commit (and prepare) position: `p + 1`, so that 0
 /// stays before the first event (a subscription from position `c` starts after `c`).
@@ -18,12 +18,7 @@ pub(crate) fn commit_of(position: u64) -> u64 {
     position.saturating_add(1)
 }
 
-/// How an answer writes event ids: as asked by the reader.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum UuidForm {
-    Structured,
-    Text,
-}
+pub(crate) use super::wire::UuidForm;
 
 pub(crate) fn uuid_to_proto(id: Uuid, form: UuidForm) -> ProtoUuid {
     let value = match form {
@@ -70,11 +65,6 @@ pub(crate) fn parse_stream(name: &str) -> Result<StreamName, Status> {
     StreamName::new(name).map_err(|e| status_of(&e))
 }
 
-/// The metadata keys of an event on the wire.
-pub(crate) const TYPE_KEY: &str = "type";
-pub(crate) const CONTENT_TYPE_KEY: &str = "content-type";
-pub(crate) const CREATED_KEY: &str = "created";
-
 /// An event a client proposes, as Factum appends it. KurrentDB takes any bytes as custom
 /// metadata; Factum's event metadata is empty or a JSON object, and anything else is refused.
 pub(crate) fn new_event(
@@ -111,27 +101,18 @@ pub(crate) fn ticks_of(recorded_at_us: u64) -> u64 {
 }
 
 /// A recorded event on the wire.
-pub(crate) fn recorded_event(event: &RecordedEvent, form: UuidForm) -> read_event::RecordedEvent {
-    let mut metadata = std::collections::HashMap::with_capacity(3);
-    metadata.insert(TYPE_KEY.to_owned(), event.event_type.clone());
-    metadata.insert(
-        CONTENT_TYPE_KEY.to_owned(),
-        event.content_type.mime().to_owned(),
-    );
-    metadata.insert(
-        CREATED_KEY.to_owned(),
-        ticks_of(event.recorded_at_us).to_string(),
-    );
-    let commit = commit_of(event.position);
-    read_event::RecordedEvent {
-        id: Some(uuid_to_proto(event.id, form)),
-        stream_identifier: Some(stream_identifier(event.stream.as_str())),
+pub(crate) fn recorded_event(event: RecordedEvent, form: UuidForm) -> wire::RecordedEvent {
+    wire::RecordedEvent {
+        id: event.id,
+        form,
+        stream: Bytes::from_owner(NameBytes(event.stream)),
         stream_revision: event.revision,
-        prepare_position: commit,
-        commit_position: commit,
-        metadata,
-        custom_metadata: event.metadata.clone(),
-        data: event.data.clone(),
+        commit_position: commit_of(event.position),
+        event_type: event.event_type,
+        content_type: event.content_type,
+        created: ticks_of(event.recorded_at_us),
+        custom_metadata: event.metadata,
+        data: event.data,
     }
 }
 

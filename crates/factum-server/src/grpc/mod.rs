@@ -18,6 +18,7 @@ mod metadata;
 pub mod proto;
 mod read;
 mod streams;
+pub mod wire;
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -29,8 +29,10 @@ use super::streams::Answers;
 use crate::AppState;
 use crate::auth::{Caller, Right};
 
-/// How many events one read of the store takes.
-const PAGE_EVENTS: usize = 512;
+/// How many events one read of the store takes: few enough that the embedded store reads
+/// them on the task's own thread (a larger read hands the thread's other tasks to another
+/// thread first, which costs more than the read), enough that a page costs little per event.
+const PAGE_EVENTS: usize = 256;
 /// The search window a filter without `max` gets (KurrentDB's default).
 const WINDOW_EVENTS_DEFAULT: u32 = 32;
 
@@ -160,24 +162,22 @@ fn now() -> prost_types::Timestamp {
 }
 
 impl Reader {
-    fn event(&self, event: &RecordedEvent) -> ReadResp {
-        let mut recorded = recorded_event(event, self.form);
+    fn event(&self, event: RecordedEvent) -> ReadResp {
         let rendered_already = matches!(self.source, Source::Metadata { .. });
-        if !rendered_already && event.stream.described_stream().is_some() {
+        let position = commit_of(event.position);
+        let rendered = (!rendered_already && event.stream.described_stream().is_some())
             // A `$$stream` record met in `$all` or followed live: rendered at that point in
             // the stream's history (a soft delete shows the stream deleted).
-            let (event_type, data) = MetadataRenderer::new(None, 0).render(event);
-            recorded
-                .metadata
-                .insert(super::convert::TYPE_KEY.to_owned(), event_type);
+            .then(|| MetadataRenderer::new(None, 0).render(&event));
+        let mut recorded = recorded_event(event, self.form);
+        if let Some((event_type, data)) = rendered {
+            recorded.event_type = event_type;
             recorded.data = data.into();
         }
         message(read_resp::Content::Event(read_resp::ReadEvent {
             event: Some(recorded),
             link: None,
-            position: Some(read_resp::read_event::Position::CommitPosition(commit_of(
-                event.position,
-            ))),
+            position: Some(read_resp::read_event::Position::CommitPosition(position)),
         }))
     }
 
@@ -246,7 +246,7 @@ impl Reader {
                 (events, more)
             }
         };
-        for event in events.iter().take(page) {
+        for event in events.into_iter().take(page) {
             let answer = self.event(event);
             self.buffer.push_back(answer);
             self.left -= 1;
@@ -321,7 +321,7 @@ impl Reader {
             }
             Source::Metadata { .. } => (Vec::new(), false),
         };
-        self.deliver(&events);
+        self.deliver(events);
         let Some(live) = self.live.as_mut() else {
             return Ok(());
         };
@@ -374,7 +374,7 @@ impl Reader {
     }
 
     /// Puts a subscription's new events, and its filter's checkpoints, in the buffer.
-    fn deliver(&mut self, events: &[RecordedEvent]) {
+    fn deliver(&mut self, events: Vec<RecordedEvent>) {
         for event in events {
             let keep = match &mut self.source {
                 Source::All {
@@ -383,14 +383,14 @@ impl Reader {
                     ..
                 } => {
                     *scanned += 1;
-                    let keep = filter.matches(event);
+                    let keep = filter.matches(&event);
                     if *scanned >= filter.checkpoint_every {
                         *scanned = 0;
+                        let commit = commit_of(event.position);
                         if keep {
                             let answer = self.event(event);
                             self.buffer.push_back(answer);
                         }
-                        let commit = commit_of(event.position);
                         self.buffer
                             .push_back(message(read_resp::Content::Checkpoint(
                                 read_resp::Checkpoint {
