@@ -95,33 +95,26 @@ pub async fn run(
     Ok(vec![result?])
 }
 
-/// An HTTP/2 connection of its own (one per client).
-fn connection<B>() -> Http2<HttpConnector, B>
-where
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-{
-    // As KurrentDB's clients do: small requests go out at once, not after a delayed ACK.
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    Http2::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build(connector)
-}
-
 /// An HTTP/2 connection of its own, without a pool in front (one per client).
 async fn whole(origin: &http::Uri) -> Result<Whole> {
     let authority = origin.authority().context("the origin has no host")?;
     let tcp = tokio::net::TcpStream::connect(authority.as_str()).await?;
+    // As KurrentDB's clients do: small requests go out at once, not after a delayed ACK.
     tcp.set_nodelay(true)?;
     let (send, connection) = h2::client::handshake(tcp).await?;
     tokio::spawn(connection);
     Ok(send)
 }
 
-/// A client of the generated stubs on a connection of its own.
+/// A client of the generated stubs on an HTTP/2 connection of its own.
 fn client(origin: &http::Uri) -> StreamsClient<Channel> {
-    StreamsClient::with_origin(connection(), origin.clone())
+    // As KurrentDB's clients do: small requests go out at once, not after a delayed ACK.
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let channel = Http2::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(connector);
+    StreamsClient::with_origin(channel, origin.clone())
 }
 
 /// Messages as a gRPC request body: each uncompressed, after its length.

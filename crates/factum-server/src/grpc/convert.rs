@@ -10,6 +10,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 use super::proto::event_store::client::{StreamIdentifier, Uuid as ProtoUuid, uuid};
+pub(crate) use super::wire::UuidForm;
 use super::wire::{self, CONTENT_TYPE_KEY, NameBytes, TYPE_KEY};
 
 /// Factum's position `p` as the protocol's commit (and prepare) position: `p + 1`, so that 0
@@ -17,8 +18,6 @@ use super::wire::{self, CONTENT_TYPE_KEY, NameBytes, TYPE_KEY};
 pub(crate) fn commit_of(position: u64) -> u64 {
     position.saturating_add(1)
 }
-
-pub(crate) use super::wire::UuidForm;
 
 pub(crate) fn uuid_to_proto(id: Uuid, form: UuidForm) -> ProtoUuid {
     let value = match form {

@@ -162,12 +162,14 @@ impl RecordedEvent {
     fn id_len(&self) -> usize {
         match self.form {
             UuidForm::Text => delimited_len(2, 36),
-            UuidForm::Structured => {
-                let (high, low) = self.id.as_u64_pair();
-                let halves = varint_len(1, high) + varint_len(2, low);
-                delimited_len(1, halves)
-            }
+            UuidForm::Structured => delimited_len(1, self.halves_len()),
         }
+    }
+
+    /// `UUID.structured`: the id's two halves.
+    fn halves_len(&self) -> usize {
+        let (high, low) = self.id.as_u64_pair();
+        varint_len(1, high) + varint_len(2, low)
     }
 
     fn stream_identifier_len(&self) -> usize {
@@ -197,8 +199,7 @@ impl prost::Message for RecordedEvent {
             }
             UuidForm::Structured => {
                 let (high, low) = self.id.as_u64_pair();
-                let halves = varint_len(1, high) + varint_len(2, low);
-                put_delimited(1, halves, buf);
+                put_delimited(1, self.halves_len(), buf);
                 put_varint(1, high, buf);
                 put_varint(2, low, buf);
             }
@@ -324,7 +325,8 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::grpc::proto::event_store::client::{StreamIdentifier, Uuid as ProtoUuid, uuid};
+    use crate::grpc::convert;
+    use crate::grpc::proto::event_store::client::{StreamIdentifier, Uuid as ProtoUuid};
 
     /// The message as the protocol defines it, encoded by prost (a sorted map, so that the
     /// bytes can be compared).
@@ -349,21 +351,10 @@ mod tests {
     }
 
     fn reference(event: &RecordedEvent) -> Reference {
-        let value = match event.form {
-            UuidForm::Text => uuid::Value::String(event.id.to_string()),
-            UuidForm::Structured => {
-                let (high, low) = event.id.as_u64_pair();
-                uuid::Value::Structured(uuid::Structured {
-                    most_significant_bits: high as i64,
-                    least_significant_bits: low as i64,
-                })
-            }
-        };
+        let stream = std::str::from_utf8(&event.stream).expect("a UTF-8 stream name");
         Reference {
-            id: Some(ProtoUuid { value: Some(value) }),
-            stream_identifier: Some(StreamIdentifier {
-                stream_name: event.stream.clone(),
-            }),
+            id: Some(convert::uuid_to_proto(event.id, event.form)),
+            stream_identifier: Some(convert::stream_identifier(stream)),
             stream_revision: event.stream_revision,
             prepare_position: event.commit_position,
             commit_position: event.commit_position,
