@@ -430,6 +430,31 @@ mod tests {
     }
 
     #[test]
+    fn refuses_an_id_or_a_creation_time_it_cannot_read() {
+        let event = events().remove(0);
+        let mut bad_id = reference(&event);
+        bad_id.id = Some(ProtoUuid {
+            value: Some(
+                crate::grpc::proto::event_store::client::uuid::Value::String(
+                    "not-a-uuid".to_owned(),
+                ),
+            ),
+        });
+        let mut bad_created = reference(&event);
+        bad_created
+            .metadata
+            .insert(CREATED_KEY.to_owned(), "yesterday".to_owned());
+        for (bad, says) in [
+            (bad_id, "an id not a UUID"),
+            (bad_created, "a 'created' not a number"),
+        ] {
+            let error = RecordedEvent::decode(bad.encode_to_vec().as_slice())
+                .expect_err("a malformed field is refused");
+            assert!(error.to_string().contains(says), "{error}");
+        }
+    }
+
+    #[test]
     fn numbers_are_written_in_decimal() {
         for n in [0, 7, 10, 99, 1_000_001, u64::MAX] {
             assert_eq!(Decimal::new(n).as_bytes(), n.to_string().as_bytes());
