@@ -34,7 +34,7 @@ pub struct BenchArgs {
     json: bool,
     /// Scenarios to run (bulk, concurrent, single, read-all; also open, load, load-snapshot,
     /// bus, processor, saga, project, project-e2e, http, http-sse, grpc, grpc-catch-up,
-    /// relay-nats, relay-rabbitmq).
+    /// relay-nats, relay-rabbitmq, relay-kafka).
     #[arg(
         long,
         value_delimiter = ',',
@@ -181,7 +181,7 @@ pub async fn run(data_dir: &Path, factum_pg: Option<&str>, args: BenchArgs) -> R
                 )
                 .await,
             ),
-            "relay-nats" | "relay-rabbitmq" => {
+            "relay-nats" | "relay-rabbitmq" | "relay-kafka" => {
                 Some(relay::run(scenario, work.path(), &payloads).await)
             }
             // On the first store, which is Factum's (embedded or PostgreSQL).
@@ -234,7 +234,7 @@ pub async fn run(data_dir: &Path, factum_pg: Option<&str>, args: BenchArgs) -> R
                     bail!(
                         "unknown scenario '{other}' (bulk, concurrent, single, read-all, open, \
                          load, load-snapshot, bus, processor, saga, project, project-e2e, http, http-sse, \
-                         grpc, grpc-catch-up, relay-nats, relay-rabbitmq)"
+                         grpc, grpc-catch-up, relay-nats, relay-rabbitmq, relay-kafka)"
                     )
                 }
             };

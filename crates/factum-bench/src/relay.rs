@@ -1,6 +1,7 @@
-//! `factum bench --scenarios relay-nats,relay-rabbitmq`: how fast a relay empties a backlog
-//! into the broker (with JetStream acknowledgements / RabbitMQ publisher confirms, the broker
-//! storing every message: a quorum queue, and a classic queue beside it), and how long an event
+//! `factum bench --scenarios relay-nats,relay-rabbitmq,relay-kafka`: how fast a relay empties a
+//! backlog into the broker (with JetStream acknowledgements / RabbitMQ publisher confirms, the
+//! broker storing every message: a quorum queue, and a classic queue beside it / Kafka's
+//! `acks=all` with an idempotent producer), and how long an event
 //! takes from its append to the broker's confirmation (`-published`) and to a consumer of the
 //! broker (`-latency`) while appends flow in.
 
@@ -10,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use factum::{
-    Engine, EngineOptions, EventStore, ExpectedState, NatsConfig, NatsPublisher, Payload,
-    Publisher, RabbitConfig, RabbitPublisher, Relay, StreamName, TypeMap, ZeroPayload, now_micros,
+    Engine, EngineOptions, EventStore, ExpectedState, KafkaConfig, KafkaPublisher, NatsConfig,
+    NatsPublisher, Payload, Publisher, RabbitConfig, RabbitPublisher, Relay, StreamName, TypeMap,
+    ZeroPayload, now_micros,
 };
 use futures::StreamExt;
 
@@ -25,6 +27,11 @@ const LIVE_EVENTS_PER_SEC: u64 = 5_000;
 
 fn nats_url() -> String {
     std::env::var("FACTUM_BENCH_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// The Kafka-protocol broker (`.ci/run` starts Tansu there, storing in SQLite).
+fn kafka_brokers() -> String {
+    std::env::var("FACTUM_BENCH_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
 fn rabbitmq_url() -> String {
@@ -52,6 +59,10 @@ enum Broker {
         exchange: String,
         queue: String,
     },
+    Kafka {
+        brokers: String,
+        topic: String,
+    },
 }
 
 impl Broker {
@@ -68,6 +79,16 @@ impl Broker {
                     context: async_nats::jetstream::new(client),
                     stream: format!("FACTUM_BENCH_{id}"),
                     prefix: format!("factumbench{id}"),
+                }
+            }
+            "relay-kafka" => {
+                let brokers = kafka_brokers();
+                tokio::net::TcpStream::connect(&brokers)
+                    .await
+                    .with_context(|| format!("Kafka at {brokers} (FACTUM_BENCH_KAFKA)"))?;
+                Broker::Kafka {
+                    brokers,
+                    topic: format!("factum-bench-{id}"),
                 }
             }
             _ => {
@@ -132,6 +153,9 @@ impl Broker {
                 exchange: exchange.clone(),
                 ..RabbitConfig::new(rabbitmq_url())
             })),
+            Broker::Kafka { brokers, topic } => {
+                Box::new(KafkaPublisher::new(KafkaConfig::new(brokers, topic)))
+            }
         }
     }
 
@@ -181,6 +205,7 @@ impl Broker {
                     .filter_map(|delivery| async move { delivery.ok().map(|d| d.data) })
                     .boxed()
             }
+            Broker::Kafka { brokers, topic } => follow_kafka(brokers, topic)?,
         })
     }
 
@@ -205,8 +230,65 @@ impl Broker {
                         .await;
                 }
             }
+            Broker::Kafka { brokers, topic } => {
+                let admin: Result<
+                    rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+                    _,
+                > = rdkafka::ClientConfig::new()
+                    .set("bootstrap.servers", brokers)
+                    .create();
+                if let Ok(admin) = admin {
+                    let _ = admin
+                        .delete_topics(&[topic.as_str()], &rdkafka::admin::AdminOptions::new())
+                        .await;
+                }
+            }
         }
     }
+}
+
+/// The payloads of the messages that arrive on `topic` from now on: every partition assigned
+/// by hand at its end (no group to form).
+fn follow_kafka(
+    brokers: &str,
+    topic: &str,
+) -> Result<futures::stream::BoxStream<'static, Vec<u8>>> {
+    use rdkafka::consumer::{Consumer as _, StreamConsumer};
+    use rdkafka::message::Message as _;
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("factum-bench-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = tokio::task::block_in_place(|| {
+        consumer.fetch_metadata(Some(topic), Duration::from_secs(10))
+    })?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len() as i32);
+    if partitions == 0 {
+        bail!("Kafka topic {topic} has no partitions");
+    }
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment.add_partition_offset(topic, p, rdkafka::Offset::End)?;
+    }
+    consumer.assign(&assignment)?;
+    let consumer = Arc::new(consumer);
+    Ok(futures::stream::unfold(consumer, |consumer| async move {
+        loop {
+            match consumer.recv().await {
+                Ok(message) => {
+                    let payload = message.payload().unwrap_or_default().to_vec();
+                    drop(message);
+                    return Some((payload, consumer));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .boxed())
 }
 
 /// Runs a relay in a task until the returned sender is dropped or sent to.
@@ -274,6 +356,7 @@ pub async fn run(scenario: &str, work: &Path, payloads: &Arc<Payloads>) -> Resul
     let store_name = match scenario {
         "relay-nats" => "nats",
         "relay-rabbitmq" => "rabbitmq",
+        "relay-kafka" => "kafka",
         other => bail!("unknown relay scenario {other}"),
     };
     let mut rows = measure_on(scenario, store_name, QUORUM, true, work, payloads).await?;

@@ -17,6 +17,12 @@
 //! [relay.rabbitmq]
 //! url = "amqp://guest:guest@127.0.0.1:5672/%2f"
 //! exchange = "factum.events"
+//!
+//! [[relay]]
+//! name = "orders-to-kafka"
+//! [relay.kafka]
+//! brokers = "127.0.0.1:9092"
+//! topic = "orders"                 # or topic_prefix = "factum": one topic per category
 //! ```
 
 use std::collections::BTreeMap;
@@ -41,6 +47,11 @@ type NatsSection = serde::de::IgnoredAny;
 type RabbitSection = crate::RabbitConfig;
 #[cfg(not(feature = "rabbitmq"))]
 type RabbitSection = serde::de::IgnoredAny;
+/// A `[relay.kafka]` section, as [`NatsSection`] for the `kafka` feature.
+#[cfg(feature = "kafka")]
+type KafkaSection = crate::KafkaConfig;
+#[cfg(not(feature = "kafka"))]
+type KafkaSection = serde::de::IgnoredAny;
 
 /// A relays file.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -76,6 +87,9 @@ pub struct RelayConfig {
     /// Publish to RabbitMQ.
     #[serde(default)]
     pub rabbitmq: Option<RabbitSection>,
+    /// Publish to Kafka.
+    #[serde(default)]
+    pub kafka: Option<KafkaSection>,
 }
 
 fn zero() -> Payload {
@@ -121,13 +135,21 @@ impl RelaysConfig {
 impl RelayConfig {
     fn check(&self) -> Result<(), String> {
         let name = &self.name;
-        match (&self.nats, &self.rabbitmq) {
-            (Some(_), None) | (None, Some(_)) => {}
-            _ => {
-                return Err(format!(
-                    "relay {name:?} needs exactly one of [relay.nats] and [relay.rabbitmq]"
-                ));
-            }
+        let brokers = [
+            self.nats.is_some(),
+            self.rabbitmq.is_some(),
+            self.kafka.is_some(),
+        ];
+        if brokers.iter().filter(|named| **named).count() != 1 {
+            return Err(format!(
+                "relay {name:?} needs exactly one of [relay.nats], [relay.rabbitmq] and [relay.kafka]"
+            ));
+        }
+        #[cfg(feature = "kafka")]
+        if let Some(kafka) = &self.kafka {
+            kafka
+                .check()
+                .map_err(|e| format!("relay {name:?}: [relay.kafka] {e}"))?;
         }
         match (&self.types, self.payload) {
             (None, Payload::Data) => Err(format!(
@@ -167,20 +189,26 @@ impl RelayConfig {
     /// The publisher of the one broker the relay names ([`RelayConfig::check`]).
     fn publisher(&self) -> Result<Box<dyn Publisher>, RelayError> {
         let name = &self.name;
-        match (&self.nats, &self.rabbitmq) {
+        match (&self.nats, &self.rabbitmq, &self.kafka) {
             #[cfg(feature = "nats")]
-            (Some(nats), _) => Ok(Box::new(crate::NatsPublisher::new(nats.clone()))),
+            (Some(nats), _, _) => Ok(Box::new(crate::NatsPublisher::new(nats.clone()))),
             #[cfg(not(feature = "nats"))]
-            (Some(_), _) => Err(RelayError::Invalid(format!(
+            (Some(_), _, _) => Err(RelayError::Invalid(format!(
                 "relay {name:?} publishes to NATS, which needs Factum's `nats` feature"
             ))),
             #[cfg(feature = "rabbitmq")]
-            (_, Some(rabbitmq)) => Ok(Box::new(crate::RabbitPublisher::new(rabbitmq.clone()))),
+            (_, Some(rabbitmq), _) => Ok(Box::new(crate::RabbitPublisher::new(rabbitmq.clone()))),
             #[cfg(not(feature = "rabbitmq"))]
-            (_, Some(_)) => Err(RelayError::Invalid(format!(
+            (_, Some(_), _) => Err(RelayError::Invalid(format!(
                 "relay {name:?} publishes to RabbitMQ, which needs Factum's `rabbitmq` feature"
             ))),
-            (None, None) => Err(RelayError::Invalid(format!(
+            #[cfg(feature = "kafka")]
+            (_, _, Some(kafka)) => Ok(Box::new(crate::KafkaPublisher::new(kafka.clone()))),
+            #[cfg(not(feature = "kafka"))]
+            (_, _, Some(_)) => Err(RelayError::Invalid(format!(
+                "relay {name:?} publishes to Kafka, which needs Factum's `kafka` feature"
+            ))),
+            (None, None, None) => Err(RelayError::Invalid(format!(
                 "relay {name:?} names no broker"
             ))),
         }
@@ -204,10 +232,13 @@ mod tests {
             [[relay]]
             name = "b"
             rabbitmq = { url = "amqp://127.0.0.1:5672" }
+            [[relay]]
+            name = "c"
+            kafka = { brokers = "127.0.0.1:9092", topic_prefix = "factum", settings = { "linger.ms" = "5" } }
             "#,
         )
         .unwrap();
-        assert_eq!(good.relay.len(), 2);
+        assert_eq!(good.relay.len(), 3);
         assert_eq!(good.relay[1].payload, Payload::Zero);
         let bad = [
             // Data without an explicit map of what leaves.
@@ -221,6 +252,12 @@ mod tests {
             "[[relay]]\nname='a'\nnats={url='x'}\n[[relay]]\nname='a'\nnats={url='x'}",
             // Unknown keys are refused, not ignored.
             "[[relay]]\nname='a'\nnats={url='x'}\nstream_prefix=['o-']",
+            "[[relay]]\nname='a'\nkafka={brokers='x',topic='t',topics=['u']}",
+            // Kafka: a topic and a prefix, neither, a bad topic name, a guarantee overridden.
+            "[[relay]]\nname='a'\nkafka={brokers='x',topic='t',topic_prefix='p'}",
+            "[[relay]]\nname='a'\nkafka={brokers='x'}",
+            "[[relay]]\nname='a'\nkafka={brokers='x',topic='a b'}",
+            "[[relay]]\nname='a'\nkafka={brokers='x',topic='t',settings={acks='1'}}",
         ];
         for text in bad {
             assert!(RelaysConfig::parse(text).is_err(), "accepted: {text}");

@@ -38,6 +38,8 @@
 
 mod config;
 mod consumer;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod message;
 #[cfg(feature = "nats")]
 mod nats;
@@ -52,9 +54,11 @@ pub use consumer::{
     DeliveryOutcome, IncomingMessage, MessageDeadLetter, MessageSource,
     unresolved_message_dead_letters,
 };
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaConfig, KafkaPublisher, KafkaSource, KafkaSourceConfig};
 pub use message::{
-    ExternalEvent, OutboundMessage, Payload, Translator, TypeMap, ZeroPayload, headers,
-    zero_payload,
+    ExternalEvent, OutboundMessage, Payload, TRACEPARENT_KEY, Translator, TypeMap, ZeroPayload,
+    headers, zero_payload,
 };
 #[cfg(feature = "nats")]
 pub use nats::{NatsConfig, NatsPublisher, NatsSource, NatsSourceConfig};

@@ -139,6 +139,9 @@ impl Translator for TypeMap {
     }
 }
 
+/// The metadata key of the trace context an event was recorded in.
+pub const TRACEPARENT_KEY: &str = "$traceparent";
+
 /// One message for a broker: an external event with the ids and place of the domain event it
 /// comes from. Its id is the event's id, so brokers and consumers can de-duplicate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,6 +160,9 @@ pub struct OutboundMessage {
     pub correlation_id: Option<String>,
     /// The causation id the event carries in its metadata, if any.
     pub causation_id: Option<String>,
+    /// The trace context (W3C `traceparent`) of the command that recorded the event, if its
+    /// metadata carries one (`$traceparent`).
+    pub traceparent: Option<String>,
     /// What leaves.
     pub event: ExternalEvent,
 }
@@ -179,6 +185,7 @@ impl OutboundMessage {
             category: category(event.stream.as_str()).to_owned(),
             correlation_id: text("$correlationId"),
             causation_id: text("$causationId"),
+            traceparent: text(TRACEPARENT_KEY),
             event: external,
         }
     }
@@ -238,6 +245,8 @@ pub mod headers {
     pub const CAUSATION_ID: &str = "Factum-Causation-Id";
     /// The message id (on RabbitMQ it is also the `message_id` property).
     pub const MESSAGE_ID: &str = "Factum-Message-Id";
+    /// The trace context of the command that recorded the event (W3C Trace Context).
+    pub const TRACEPARENT: &str = "traceparent";
 }
 
 #[cfg(test)]

@@ -227,6 +227,9 @@ fn message_headers(message: &OutboundMessage) -> HeaderMap {
     if let Some(id) = &message.causation_id {
         map.insert(headers::CAUSATION_ID, id.as_str());
     }
+    if let Some(trace) = &message.traceparent {
+        map.insert(headers::TRACEPARENT, trace.as_str());
+    }
     map
 }
 

@@ -178,6 +178,9 @@ fn properties(message: &OutboundMessage) -> BasicProperties {
     if let Some(id) = &message.causation_id {
         table.insert(headers::CAUSATION_ID.into(), long(id));
     }
+    if let Some(trace) = &message.traceparent {
+        table.insert(headers::TRACEPARENT.into(), long(trace));
+    }
     let mut properties = BasicProperties::default()
         .with_message_id(short(&id))
         .with_type(short(&message.event.event_type))

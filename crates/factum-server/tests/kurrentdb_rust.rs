@@ -370,6 +370,43 @@ async fn all_scenario(served: &Served) {
     )
     .await;
     assert!(no_system.iter().all(|e| !e.event_type.starts_with('$')));
+
+    // Reads of several pages (the server reads the next page ahead while one goes out),
+    // both ways, whole and with a limit that ends inside a page.
+    client
+        .append_to_stream("bulk-1", &Default::default(), events("Bulk", 0..900))
+        .await
+        .unwrap();
+    let bulk = |events: Vec<kurrentdb::RecordedEvent>| -> Vec<u64> {
+        let events: Vec<_> = events
+            .into_iter()
+            .filter(|e| e.stream_id() == "bulk-1")
+            .collect();
+        numbers(&events)
+    };
+    let forwards = bulk(read_all(&client, &ReadAllOptions::default()).await);
+    assert_eq!(forwards, (0..900).collect::<Vec<_>>());
+    let backwards = bulk(
+        read_all(
+            &client,
+            &ReadAllOptions::default()
+                .backwards()
+                .position(StreamPosition::End),
+        )
+        .await,
+    );
+    assert_eq!(backwards, (0..900).rev().collect::<Vec<_>>());
+    let limited = bulk(
+        read_all(
+            &client,
+            &ReadAllOptions::default()
+                .backwards()
+                .position(StreamPosition::End)
+                .max_count(600),
+        )
+        .await,
+    );
+    assert_eq!(limited, (300..900).rev().collect::<Vec<_>>());
 }
 
 /// Subscriptions to `$all` (filtered) and to a stream go from catch-up to live while writers

@@ -1,15 +1,15 @@
 //! Order cancellation (seed 001) across a broker: cancelling an order records
 //! `OrderCancelled` in the order service; the payment service refunds it and the notification
-//! service mails the customer — each on its own store, reached only through NATS JetStream or
-//! RabbitMQ. The refund travels back, and the order records it.
+//! service mails the customer — each on its own store, reached only through NATS JetStream,
+//! RabbitMQ or Kafka. The refund travels back, and the order records it.
 //!
 //! The payment gateway times out twice before it takes the refund, and the mail server is
 //! down for the first second: each service retries on its own, the message waits on the broker
 //! meanwhile, and neither holds the other up. However often a message comes, the refund is
 //! issued once and the mail sent once.
 //!
-//! `cargo run -p factum-relay --example order_cancellation_broker [-- rabbitmq]` runs it;
-//! `cargo test -p factum-relay --example order_cancellation_broker` runs its tests against both
+//! `cargo run -p factum --example order_cancellation_broker [-- rabbitmq | -- kafka]` runs it;
+//! `cargo test -p factum --example order_cancellation_broker` runs its tests against all three
 //! brokers.
 #![allow(missing_docs)]
 
@@ -472,6 +472,16 @@ mod tests {
         if reachable("RabbitMQ", &rabbitmq_url()).await {
             assert_eq!(
                 story(Broker::RabbitMq).await.expect("the story runs"),
+                expected()
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_kafka_the_cancelled_order_is_refunded_once_and_mailed_once() {
+        if reachable("Kafka", &kafka_brokers()).await {
+            assert_eq!(
+                story(Broker::Kafka).await.expect("the story runs"),
                 expected()
             );
         }

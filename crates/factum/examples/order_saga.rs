@@ -1,5 +1,5 @@
 //! Order saga (seed 004): three services, each with its own event store, connected only
-//! through a broker (NATS JetStream or RabbitMQ).
+//! through a broker (NATS JetStream, RabbitMQ or Kafka).
 //!
 //! - **orders** records orders. Its saga, `order-fulfilment`, drives each order: placed →
 //!   reserve stock → take payment → confirm. A refused payment releases the stock and rejects
@@ -12,10 +12,10 @@
 //! outbox; an explicit type map says what leaves) and takes what it needs from the others with
 //! an idempotent consumer, which turns each message into a command on one of its aggregates.
 //!
-//! `cargo run -p factum-relay --example order_saga` runs it over NATS;
-//! `cargo run -p factum-relay --example order_saga -- rabbitmq` over RabbitMQ (the brokers
-//! from `FACTUM_TEST_NATS` / `FACTUM_TEST_RABBITMQ`, default on 127.0.0.1);
-//! `cargo test -p factum-relay --example order_saga` runs its tests against both.
+//! `cargo run -p factum --example order_saga` runs it over NATS;
+//! `cargo run -p factum --example order_saga -- rabbitmq` over RabbitMQ, `-- kafka` over Kafka
+//! (the brokers from `FACTUM_TEST_NATS` / `FACTUM_TEST_RABBITMQ` / `FACTUM_TEST_KAFKA`, default
+//! on 127.0.0.1); `cargo test -p factum --example order_saga` runs its tests against all three.
 #![allow(missing_docs)]
 
 mod common;
@@ -705,7 +705,8 @@ pub struct Ending {
 
 /// The story: four orders, four endings.
 pub async fn story(broker: Broker) -> Result<Ending, String> {
-    let shop = Shop::start(broker, Duration::from_secs(2)).await?;
+    // The payment deadline: longer than an answer takes (on Kafka, the groups form first).
+    let shop = Shop::start(broker, broker.settle_time()).await?;
     shop.receive("widget", 10).await;
     let orders = [
         ("o-1", "ann", 3, 4_500),       // confirmed
@@ -737,7 +738,10 @@ pub async fn story(broker: Broker) -> Result<Ending, String> {
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let broker = broker_from_args()?;
-    println!("three services over {broker:?}; the payment deadline is 2 s");
+    println!(
+        "three services over {broker:?}; the payment deadline is {:?}",
+        broker.settle_time()
+    );
     let ending = story(broker).await?;
     for (order, status) in &ending.orders {
         println!("{order}: {status:?}");
@@ -783,6 +787,16 @@ mod tests {
         if reachable("RabbitMQ", &rabbitmq_url()).await {
             assert_eq!(
                 story(Broker::RabbitMq).await.expect("the story runs"),
+                expected()
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_kafka_every_order_ends_as_it_should_and_the_stock_comes_back() {
+        if reachable("Kafka", &kafka_brokers()).await {
+            assert_eq!(
+                story(Broker::Kafka).await.expect("the story runs"),
                 expected()
             );
         }

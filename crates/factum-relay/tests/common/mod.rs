@@ -660,3 +660,202 @@ pub async fn restart_rabbitmq() {
     .await
     .unwrap();
 }
+
+/// The Kafka-protocol broker the tests use (`.ci/run` starts one there).
+pub fn kafka_brokers() -> String {
+    std::env::var("FACTUM_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// Settings that let a consumer group form quickly on a test broker.
+pub fn quick_group_settings() -> std::collections::BTreeMap<String, String> {
+    [
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "1000"),
+        ("max.poll.interval.ms", "6000"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// A message read back from Kafka, with its key and partition.
+#[derive(Clone, Debug)]
+pub struct KafkaReceived {
+    pub received: Received,
+    pub key: String,
+    pub partition: i32,
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// Every message of `topic` from the beginning of each partition (no group: the partitions
+/// are assigned by hand), waiting until there are at least `expect` or `patience` passes
+/// without a new one. Per partition in offset order.
+pub async fn read_kafka(
+    brokers: &str,
+    topic: &str,
+    expect: usize,
+    patience: Duration,
+) -> Vec<KafkaReceived> {
+    use rdkafka::consumer::{Consumer as _, StreamConsumer};
+    use rdkafka::message::{Headers as _, Message as _};
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = tokio::task::block_in_place(|| {
+        consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap()
+    });
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    assert!(partitions > 0, "topic {topic} has no partitions");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut received = Vec::new();
+    while received.len() < expect {
+        let Ok(message) = tokio::time::timeout(patience, consumer.recv()).await else {
+            break;
+        };
+        let message = message.unwrap();
+        let mut headers = std::collections::BTreeMap::new();
+        if let Some(map) = message.headers() {
+            for header in map.iter() {
+                headers.insert(
+                    header.key.to_owned(),
+                    String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                );
+            }
+        }
+        let field = |name: &str| headers.get(name).cloned().unwrap_or_default();
+        received.push(KafkaReceived {
+            received: Received {
+                subject: message.topic().to_owned(),
+                id: field(factum_relay::headers::MESSAGE_ID),
+                event_type: field(factum_relay::headers::TYPE),
+                stream: field(factum_relay::headers::STREAM),
+                revision: field(factum_relay::headers::REVISION).parse().unwrap(),
+                position: field(factum_relay::headers::POSITION).parse().unwrap(),
+                payload: message.payload().unwrap_or_default().to_vec(),
+            },
+            key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+            partition: message.partition(),
+            headers,
+        });
+    }
+    received
+}
+
+/// The Tansu broker binary (`.ci/run` builds it into ~/.cache/factum/tansu), if there is one:
+/// `FACTUM_TANSU`, then `tansu` on the path, then the cache. Under `CI=true` it must exist.
+pub fn tansu_binary() -> Option<std::path::PathBuf> {
+    let candidates = std::env::var_os("FACTUM_TANSU")
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain(std::env::var_os("PATH").into_iter().flat_map(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("tansu"))
+                .collect::<Vec<_>>()
+        }))
+        .chain(
+            std::env::var_os("HOME")
+                .map(|home| std::path::PathBuf::from(home).join(".cache/factum/tansu/bin/tansu")),
+        );
+    for candidate in candidates {
+        if candidate.is_file() {
+            return Some(candidate);
+        }
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("the Tansu broker is needed under CI=true (.ci/run builds it)");
+    }
+    eprintln!("skipping: no tansu binary (FACTUM_TANSU, PATH, ~/.cache/factum/tansu/bin)");
+    None
+}
+
+/// A Tansu broker of the test's own, on a free loopback port, storing in SQLite in `dir`: it
+/// can be killed and started again on the same data.
+pub struct OwnBroker {
+    binary: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    pub address: String,
+    child: Option<std::process::Child>,
+}
+
+impl OwnBroker {
+    pub async fn start(binary: std::path::PathBuf, dir: &std::path::Path) -> OwnBroker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut broker = OwnBroker {
+            binary,
+            dir: dir.to_owned(),
+            address: format!("127.0.0.1:{port}"),
+            child: None,
+        };
+        broker.run().await;
+        broker
+    }
+
+    async fn run(&mut self) {
+        let url = format!("tcp://{}", self.address);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("broker.log"))
+            .unwrap();
+        let child = std::process::Command::new(&self.binary)
+            .current_dir(&self.dir)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        for _ in 0..100 {
+            if TcpStream::connect(&self.address).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "the test's broker did not listen on {} in 10 s",
+            self.address
+        );
+    }
+
+    /// SIGKILL, then the same broker on the same data and port again after `down`.
+    pub async fn restart(&mut self, down: Duration) {
+        self.kill();
+        tokio::time::sleep(down).await;
+        self.run().await;
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

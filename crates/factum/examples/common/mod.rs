@@ -3,9 +3,9 @@
 #![allow(dead_code)]
 
 use factum::{
-    Consumer, IncomingMessage, MessageSource, NatsConfig, NatsPublisher, NatsSource,
-    NatsSourceConfig, Publisher, RabbitConfig, RabbitPublisher, RabbitSource, RabbitSourceConfig,
-    Relay,
+    Consumer, IncomingMessage, KafkaConfig, KafkaPublisher, KafkaSource, KafkaSourceConfig,
+    MessageSource, NatsConfig, NatsPublisher, NatsSource, NatsSourceConfig, Publisher,
+    RabbitConfig, RabbitPublisher, RabbitSource, RabbitSourceConfig, Relay,
 };
 use tokio::sync::watch;
 
@@ -14,10 +14,26 @@ use tokio::sync::watch;
 pub enum Broker {
     Nats,
     RabbitMq,
+    Kafka,
+}
+
+impl Broker {
+    /// How long a message may take from one service to the next, at most, once the services
+    /// run: a Kafka consumer group takes a few seconds to form when the services start.
+    pub fn settle_time(self) -> std::time::Duration {
+        match self {
+            Broker::Kafka => std::time::Duration::from_secs(8),
+            _ => std::time::Duration::from_secs(2),
+        }
+    }
 }
 
 pub fn nats_url() -> String {
     std::env::var("FACTUM_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+pub fn kafka_brokers() -> String {
+    std::env::var("FACTUM_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
 pub fn rabbitmq_url() -> String {
@@ -64,7 +80,17 @@ impl Wiring {
                 exchange: self.exchange(),
                 ..RabbitConfig::new(rabbitmq_url())
             })),
+            // One topic per category: `{prefix}.{category}`.
+            Broker::Kafka => Box::new(KafkaPublisher::new(KafkaConfig {
+                topic: None,
+                topic_prefix: Some(self.prefix()),
+                ..KafkaConfig::new(kafka_brokers(), "unused")
+            })),
         }
+    }
+
+    fn kafka_topic(&self, category: &str) -> String {
+        format!("{}.{category}", self.prefix())
     }
 
     /// A durable subscription of `service` to the messages of the `categories` of others.
@@ -79,6 +105,23 @@ impl Wiring {
             })),
             Broker::RabbitMq => {
                 Box::new(RabbitSource::new(self.rabbit_source(service, categories)))
+            }
+            // A consumer group per service, on the topics of the categories it takes.
+            Broker::Kafka => {
+                let mut config = KafkaSourceConfig::new(
+                    kafka_brokers(),
+                    format!("{}-{service}", self.prefix()),
+                    categories.iter().map(|c| self.kafka_topic(c)),
+                );
+                // Small groups on one broker: let them form in a few seconds.
+                for (key, value) in [
+                    ("session.timeout.ms", "6000"),
+                    ("heartbeat.interval.ms", "1000"),
+                    ("max.poll.interval.ms", "6000"),
+                ] {
+                    config.settings.insert(key.into(), value.into());
+                }
+                Box::new(KafkaSource::new(config))
             }
         }
     }
@@ -116,12 +159,70 @@ impl Wiring {
                     source.declare().await.map_err(|e| e.to_string())?;
                 }
             }
+            Broker::Kafka => {
+                // The topics exist before the groups subscribe to them.
+                let admin = self.kafka_admin()?;
+                let topics: std::collections::BTreeSet<String> = subscriptions
+                    .iter()
+                    .flat_map(|(_, categories)| categories.iter().map(|c| self.kafka_topic(c)))
+                    .collect();
+                let new: Vec<_> = topics
+                    .iter()
+                    .map(|t| {
+                        rdkafka::admin::NewTopic::new(
+                            t,
+                            3,
+                            rdkafka::admin::TopicReplication::Fixed(1),
+                        )
+                    })
+                    .collect();
+                for result in admin
+                    .create_topics(&new, &rdkafka::admin::AdminOptions::new())
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    match result {
+                        Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                        Err((topic, code)) => return Err(format!("topic {topic}: {code}")),
+                    }
+                }
+            }
         }
         Ok(())
     }
 
+    fn kafka_admin(
+        &self,
+    ) -> Result<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>, String> {
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", kafka_brokers())
+            .create()
+            .map_err(|e| e.to_string())
+    }
+
     pub async fn clean_up(&self, services: &[&str]) {
         match self.broker {
+            Broker::Kafka => {
+                if let Ok(admin) = self.kafka_admin()
+                    && let Ok(metadata) = tokio::task::block_in_place(|| {
+                        admin
+                            .inner()
+                            .fetch_metadata(None, std::time::Duration::from_secs(5))
+                    })
+                {
+                    let prefix = format!("{}.", self.prefix());
+                    let topics: Vec<&str> = metadata
+                        .topics()
+                        .iter()
+                        .map(|t| t.name())
+                        .filter(|name| name.starts_with(&prefix))
+                        .collect();
+                    let _ = admin
+                        .delete_topics(&topics, &rdkafka::admin::AdminOptions::new())
+                        .await;
+                }
+                let _ = services;
+            }
             Broker::Nats => {
                 if let Ok(client) = async_nats::connect(nats_url()).await {
                     let _ = async_nats::jetstream::new(client)
@@ -219,11 +320,12 @@ pub async fn reachable(name: &str, url: &str) -> bool {
     }
 }
 
-/// The broker named on the command line: `nats` (the default) or `rabbitmq`.
+/// The broker named on the command line: `nats` (the default), `rabbitmq` or `kafka`.
 pub fn broker_from_args() -> Result<Broker, String> {
     match std::env::args().nth(1).as_deref() {
         None | Some("nats") => Ok(Broker::Nats),
         Some("rabbitmq") => Ok(Broker::RabbitMq),
-        Some(other) => Err(format!("unknown broker '{other}': nats or rabbitmq")),
+        Some("kafka") => Ok(Broker::Kafka),
+        Some(other) => Err(format!("unknown broker '{other}': nats, rabbitmq or kafka")),
     }
 }
