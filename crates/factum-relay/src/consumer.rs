@@ -55,14 +55,19 @@ impl IncomingMessage {
     }
 
     /// The context the message's command runs in: its id is derived from the message id (so
-    /// that a redelivery is recognised), caused by the message, in the message's correlation.
+    /// that a redelivery is recognised), caused by the message, in the message's correlation,
+    /// continuing the message's trace (its `traceparent` header) when it has one.
     pub fn context(&self) -> CommandContext {
-        CommandContext::from_message(
+        let context = CommandContext::from_message(
             &self.id,
             self.headers
                 .get(headers::CORRELATION_ID)
                 .map(String::as_str),
-        )
+        );
+        match self.headers.get(headers::TRACEPARENT) {
+            Some(trace) => context.continuing(trace),
+            None => context,
+        }
     }
 }
 

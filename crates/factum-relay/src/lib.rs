@@ -57,8 +57,8 @@ pub use consumer::{
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaConfig, KafkaPublisher, KafkaSource, KafkaSourceConfig};
 pub use message::{
-    ExternalEvent, OutboundMessage, Payload, TRACEPARENT_KEY, Translator, TypeMap, ZeroPayload,
-    headers, zero_payload,
+    ExternalEvent, OutboundMessage, Payload, Translator, TypeMap, ZeroPayload, headers,
+    zero_payload,
 };
 #[cfg(feature = "nats")]
 pub use nats::{NatsConfig, NatsPublisher, NatsSource, NatsSourceConfig};

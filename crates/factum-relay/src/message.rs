@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use factum_core::RecordedEvent;
+use factum_toolkit::TRACEPARENT_KEY;
 use uuid::Uuid;
 
 /// An event as other services see it: its external type and its payload. A
@@ -139,9 +140,6 @@ impl Translator for TypeMap {
     }
 }
 
-/// The metadata key of the trace context an event was recorded in.
-pub const TRACEPARENT_KEY: &str = "$traceparent";
-
 /// One message for a broker: an external event with the ids and place of the domain event it
 /// comes from. Its id is the event's id, so brokers and consumers can de-duplicate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,7 +159,7 @@ pub struct OutboundMessage {
     /// The causation id the event carries in its metadata, if any.
     pub causation_id: Option<String>,
     /// The trace context (W3C `traceparent`) of the command that recorded the event, if its
-    /// metadata carries one (`$traceparent`).
+    /// metadata carries a valid one (`$traceparent`).
     pub traceparent: Option<String>,
     /// What leaves.
     pub event: ExternalEvent,
@@ -185,7 +183,8 @@ impl OutboundMessage {
             category: category(event.stream.as_str()).to_owned(),
             correlation_id: text("$correlationId"),
             causation_id: text("$causationId"),
-            traceparent: text(TRACEPARENT_KEY),
+            traceparent: text(TRACEPARENT_KEY)
+                .filter(|t| factum_toolkit::valid_traceparent(t).is_some()),
             event: external,
         }
     }

@@ -12,7 +12,7 @@ use common::*;
 use factum_core::{EventStore, ExpectedState, MemoryStore, NewEvent, StreamName};
 use factum_relay::{
     Backoff, Consumer, KafkaConfig, KafkaPublisher, KafkaSource, KafkaSourceConfig, Payload,
-    Publisher, Relay, TRACEPARENT_KEY, TypeMap, ZeroPayload, headers,
+    Publisher, Relay, TypeMap, ZeroPayload, headers,
 };
 
 fn quick() -> Backoff {
@@ -49,7 +49,7 @@ async fn mapped_events_leave_keyed_by_stream_in_order_with_their_headers() {
                     .with_metadata(&serde_json::json!({
                         "$correlationId": "corr-1",
                         "$causationId": "cause-1",
-                        TRACEPARENT_KEY: trace,
+                        factum_toolkit::TRACEPARENT_KEY: trace,
                     }))
                     .unwrap(),
             ],

@@ -1,7 +1,7 @@
 use uuid::Uuid;
 
 /// Who sent a command and why: carried into the metadata of every event the command produces
-/// (`$correlationId`, `$causationId`, `$user`).
+/// (`$correlationId`, `$causationId`, `$user`, and the trace context as `$traceparent`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommandContext {
     /// The command's own id.
@@ -12,6 +12,10 @@ pub struct CommandContext {
     pub causation_id: String,
     /// Who sent it, if known.
     pub user: Option<String>,
+    /// The trace context the command runs in (W3C Trace Context `traceparent`), if any: the
+    /// events it produces carry it, relays put it in their messages' headers, and the
+    /// commands they cause elsewhere continue the trace.
+    pub traceparent: Option<String>,
     /// The command id names the request, not one attempt at it: a repository executes the
     /// command at most once per aggregate, and a second delivery with the same id finds the
     /// first one's events and changes nothing ([`Executed::duplicate`](crate::Executed)).
@@ -70,6 +74,7 @@ impl CommandContext {
             correlation_id: id.to_string(),
             causation_id: id.to_string(),
             user: None,
+            traceparent: None,
             idempotent: true,
         }
     }
@@ -84,6 +89,7 @@ impl CommandContext {
             correlation_id: correlation_id.unwrap_or(message_id).to_owned(),
             causation_id: message_id.to_owned(),
             user: None,
+            traceparent: None,
             idempotent: true,
         }
     }
@@ -98,6 +104,24 @@ impl CommandContext {
     /// Names the user who sent it.
     pub fn by(mut self, user: impl Into<String>) -> Self {
         self.user = Some(user.into());
+        self
+    }
+
+    /// Runs the command in the trace `traceparent` (W3C Trace Context, as a request's
+    /// `traceparent` header carries it). One that is not a valid `traceparent` is ignored, as
+    /// the standard asks.
+    pub fn in_trace(mut self, traceparent: &str) -> Self {
+        self.traceparent = valid_traceparent(traceparent).map(str::to_owned);
+        self
+    }
+
+    /// Continues the trace of `traceparent` (the context of a message or an event that caused
+    /// the command): the same trace, a new span of its own whose parent is that one. Nothing
+    /// changes when it is not a valid `traceparent`.
+    pub fn continuing(mut self, traceparent: &str) -> Self {
+        if let Some(child) = child_traceparent(traceparent) {
+            self.traceparent = Some(child);
+        }
         self
     }
 
@@ -136,6 +160,10 @@ impl CommandContext {
                 .get("$user")
                 .and_then(|v| v.as_str())
                 .map(str::to_owned),
+            traceparent: metadata
+                .get(TRACEPARENT_KEY)
+                .and_then(|v| v.as_str())
+                .and_then(child_traceparent),
             idempotent: false,
         }
     }
@@ -148,9 +176,96 @@ impl CommandContext {
             "$commandId": self.command_id.to_string(),
             "$schemaVersion": schema_version,
         });
-        if let (Some(user), Some(map)) = (&self.user, metadata.as_object_mut()) {
-            map.insert("$user".into(), serde_json::Value::from(user.clone()));
+        if let Some(map) = metadata.as_object_mut() {
+            if let Some(user) = &self.user {
+                map.insert("$user".into(), serde_json::Value::from(user.clone()));
+            }
+            if let Some(trace) = &self.traceparent {
+                map.insert(
+                    TRACEPARENT_KEY.into(),
+                    serde_json::Value::from(trace.clone()),
+                );
+            }
         }
         metadata
+    }
+}
+
+/// The metadata key of the trace context an event was recorded in (W3C `traceparent`).
+pub const TRACEPARENT_KEY: &str = "$traceparent";
+
+/// `text` if it is a `traceparent` of version `00`: `00-{32 hex trace id}-{16 hex parent
+/// id}-{2 hex flags}`, lower case, neither id all zeros.
+pub fn valid_traceparent(text: &str) -> Option<&str> {
+    let parts: Vec<&str> = text.split('-').collect();
+    let [version, trace, parent, flags] = parts.as_slice() else {
+        return None;
+    };
+    let hex = |part: &str, len: usize| {
+        part.len() == len && part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let nonzero = |part: &str| part.bytes().any(|b| b != b'0');
+    (*version == "00"
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && nonzero(trace)
+        && nonzero(parent))
+    .then_some(text)
+}
+
+/// A child of `traceparent`: the same trace id and flags, a new random parent id.
+pub fn child_traceparent(traceparent: &str) -> Option<String> {
+    let valid = valid_traceparent(traceparent)?;
+    let mut parts = valid.split('-');
+    let (_, trace, _, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let random = Uuid::new_v4();
+    let mut span = [0u8; 8];
+    span.copy_from_slice(&random.as_bytes()[..8]);
+    if span == [0; 8] {
+        span[7] = 1;
+    }
+    let span: String = span.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!("00-{trace}-{span}-{flags}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn trace_contexts_are_checked_and_continued() {
+        assert_eq!(valid_traceparent(TRACE), Some(TRACE));
+        for bad in [
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert_eq!(valid_traceparent(bad), None, "{bad}");
+            assert_eq!(CommandContext::new().in_trace(bad).traceparent, None);
+        }
+        let child = child_traceparent(TRACE).unwrap();
+        assert!(valid_traceparent(&child).is_some());
+        assert_eq!(&child[..36], &TRACE[..36], "the same trace");
+        assert_ne!(&child[36..52], &TRACE[36..52], "a span of its own");
+        assert_eq!(&child[52..], "-01", "the same flags");
+
+        let context = CommandContext::new().in_trace(TRACE);
+        assert_eq!(context.metadata(1)[TRACEPARENT_KEY], TRACE);
+        assert!(
+            CommandContext::new()
+                .metadata(1)
+                .get(TRACEPARENT_KEY)
+                .is_none()
+        );
+        let continued = CommandContext::from_message("m-1", None).continuing(TRACE);
+        assert_eq!(&continued.traceparent.unwrap()[..36], &TRACE[..36]);
     }
 }

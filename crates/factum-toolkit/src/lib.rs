@@ -26,7 +26,7 @@ pub use bus::{
     StoreAuditLog, Traced, TracingLayer, Validated, ValidationLayer,
 };
 pub use codec::{CodecError, EventCodec, Upcasters};
-pub use context::CommandContext;
+pub use context::{CommandContext, TRACEPARENT_KEY, child_traceparent, valid_traceparent};
 pub use dead_letters::{
     DEAD_LETTERED, DeadLetter, DeadLetters, MESSAGE_DEAD_LETTERED, REPLAY_REQUESTED, ReplayReport,
     dead_letter_stream,

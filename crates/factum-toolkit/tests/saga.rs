@@ -1113,3 +1113,56 @@ async fn an_event_of_a_finished_instance_moves_the_stored_checkpoint() {
         "stored {stored:?}, late event at {noted}"
     );
 }
+
+#[tokio::test]
+async fn the_commands_of_a_step_continue_the_trace_of_the_event_that_caused_it() {
+    let trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    open(&store, "ann", 100).await;
+    open(&store, "bob", 0).await;
+    let (mut running, _manager) = spawn(manager(store.clone(), Arc::new(AtomicU32::new(0))));
+    let event = NewEvent::json(
+        "TransferRequested",
+        &serde_json::json!({ "from": "ann", "to": "bob", "cents": 30, "expire_ms": 60_000 }),
+    )
+    .unwrap()
+    .with_metadata(&CommandContext::new().in_trace(trace).metadata(1))
+    .unwrap();
+    store
+        .append(
+            &StreamName::user("transfer-t1").unwrap(),
+            ExpectedState::NoStream,
+            vec![event],
+        )
+        .await
+        .unwrap();
+    running
+        .wait_for("debit and credit sent", |s| s.commands_sent == 2)
+        .await;
+    running.stop().await;
+    let second = |account: &'static str| {
+        let store = store.clone();
+        async move {
+            let event = store
+                .read_stream(
+                    &StreamName::user(format!("account-{account}")).unwrap(),
+                    1,
+                    Direction::Forwards,
+                    1,
+                )
+                .await
+                .unwrap()
+                .remove(0);
+            event.metadata_json()[factum_toolkit::TRACEPARENT_KEY]
+                .as_str()
+                .expect("a trace context")
+                .to_owned()
+        }
+    };
+    let (debit, credit) = (second("ann").await, second("bob").await);
+    for child in [&debit, &credit] {
+        assert_eq!(&child[..36], &trace[..36], "the request's trace");
+        assert_ne!(&child[36..52], &trace[36..52], "a span of the step's own");
+    }
+    assert_ne!(debit, credit, "each step a span of its own");
+}

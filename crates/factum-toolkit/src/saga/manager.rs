@@ -498,6 +498,11 @@ impl<G: Saga> SagaManager<G> {
             correlation_id,
             fired: None,
             position: Some(event.position),
+            traceparent: event
+                .metadata_json()
+                .get(crate::TRACEPARENT_KEY)
+                .and_then(|v| v.as_str())
+                .map(str::to_owned),
         };
         let options = AppendOptions { checkpoint };
         match self
@@ -532,6 +537,7 @@ impl<G: Saga> SagaManager<G> {
             correlation_id: instance.correlation_id.clone(),
             fired: Some(deadline),
             position: None,
+            traceparent: None,
         };
         let after = self
             .store_step(id, &instance, cause, step, None, AppendOptions::default())
@@ -550,6 +556,7 @@ impl<G: Saga> SagaManager<G> {
             correlation_id: pending.correlation_id.clone(),
             causation_id: pending.cause.clone(),
             user: None,
+            traceparent: pending.traceparent.clone(),
             idempotent: true,
         };
         if *self.stopping.borrow() {
@@ -607,6 +614,7 @@ impl<G: Saga> SagaManager<G> {
                     correlation_id: instance.correlation_id.clone(),
                     fired: None,
                     position: None,
+                    traceparent: pending.traceparent.clone(),
                 };
                 self.store_step(
                     &pending.instance,

@@ -58,6 +58,9 @@ pub(super) struct Stepped {
     /// The position in `$all` of the event that caused it (steps caused by events only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) position: Option<u64>,
+    /// The trace context the step's commands run in: a child of the causing event's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) traceparent: Option<String>,
     pub(super) done: bool,
 }
 
@@ -70,6 +73,7 @@ impl Stepped {
             command: c.command.clone(),
             correlation_id: self.correlation_id.clone(),
             cause: self.cause.clone(),
+            traceparent: self.traceparent.clone(),
         })
     }
 }
@@ -89,6 +93,7 @@ pub(super) struct Pending {
     pub(super) command: serde_json::Value,
     pub(super) correlation_id: String,
     pub(super) cause: String,
+    pub(super) traceparent: Option<String>,
 }
 
 /// An instance as replayed from its stream.
@@ -113,6 +118,8 @@ pub(super) struct Cause {
     pub(super) fired: Option<Uuid>,
     /// The position of the event that caused it.
     pub(super) position: Option<u64>,
+    /// The trace context of the event that caused it.
+    pub(super) traceparent: Option<String>,
 }
 
 /// The deadlines of an instance that had `before` once `stepped` is stored.
@@ -214,6 +221,10 @@ impl<G: Saga> SagaManager<G> {
             cancelled: step.cancel,
             fired: cause.fired,
             position: cause.position,
+            traceparent: cause
+                .traceparent
+                .as_deref()
+                .and_then(crate::context::child_traceparent),
             done: step.done,
         })
     }
