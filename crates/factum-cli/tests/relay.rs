@@ -64,6 +64,22 @@ async fn wait_for(context: &jetstream::Context, name: &str, at_least: u64) -> u6
     }
 }
 
+/// `STREAMS` order streams of `PER_STREAM` events each in an embedded store in `dir`.
+async fn seed_orders(dir: &Path) {
+    let store = Engine::open(dir, EngineOptions::default()).unwrap();
+    for s in 0..STREAMS {
+        let events = (0..PER_STREAM)
+            .map(|n| NewEvent::json("OrderPlaced", &serde_json::json!({ "n": n })).unwrap())
+            .collect();
+        let stream = StreamName::user(format!("order-{s}")).unwrap();
+        store
+            .append(&stream, ExpectedState::NoStream, events)
+            .await
+            .unwrap();
+    }
+    store.close().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_killed_with_sigkill_resumes_from_its_checkpoint() {
     let url = nats_url();
@@ -73,20 +89,7 @@ async fn a_relay_killed_with_sigkill_resumes_from_its_checkpoint() {
     let context = jetstream::new(client);
     let js_stream = format!("KILL{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();
-    {
-        let store = Engine::open(dir.path(), EngineOptions::default()).unwrap();
-        for s in 0..STREAMS {
-            let events = (0..PER_STREAM)
-                .map(|n| NewEvent::json("OrderPlaced", &serde_json::json!({ "n": n })).unwrap())
-                .collect();
-            let stream = StreamName::user(format!("order-{s}")).unwrap();
-            store
-                .append(&stream, ExpectedState::NoStream, events)
-                .await
-                .unwrap();
-        }
-        store.close().unwrap();
-    }
+    seed_orders(dir.path()).await;
     let config = dir.path().join("relays.toml");
     std::fs::write(
         &config,
@@ -333,20 +336,7 @@ async fn a_kafka_relay_killed_with_sigkill_resumes_and_every_event_reaches_the_t
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    {
-        let store = Engine::open(dir.path(), EngineOptions::default()).unwrap();
-        for s in 0..STREAMS {
-            let events = (0..PER_STREAM)
-                .map(|n| NewEvent::json("OrderPlaced", &serde_json::json!({ "n": n })).unwrap())
-                .collect();
-            let stream = StreamName::user(format!("order-{s}")).unwrap();
-            store
-                .append(&stream, ExpectedState::NoStream, events)
-                .await
-                .unwrap();
-        }
-        store.close().unwrap();
-    }
+    seed_orders(dir.path()).await;
     let topic = format!("factum-kill-{}", std::process::id());
     let config = dir.path().join("relays.toml");
     std::fs::write(

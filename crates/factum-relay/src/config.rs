@@ -53,6 +53,17 @@ type KafkaSection = crate::KafkaConfig;
 #[cfg(not(feature = "kafka"))]
 type KafkaSection = serde::de::IgnoredAny;
 
+/// Durations in configuration files: seconds, fractions allowed.
+#[cfg_attr(not(any(feature = "nats", feature = "kafka")), allow(dead_code))]
+pub(crate) mod seconds {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_secs_f64(f64::deserialize(d)?.max(0.0)))
+    }
+}
+
 /// A relays file.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -76,7 +76,7 @@ pub struct KafkaConfig {
     /// How long a send waits for every in-sync replica's acknowledgement before the relay
     /// counts it failed. The producer goes on trying (in order); the relay sends again from
     /// its checkpoint once what the producer still holds is delivered.
-    #[serde(default = "default_ack_timeout", with = "seconds")]
+    #[serde(default = "default_ack_timeout", with = "crate::config::seconds")]
     pub ack_timeout: Duration,
     /// librdkafka properties passed through (security, SASL, TLS, batching). Those that make
     /// the guarantees (idempotence, `acks`, the brokers) are Factum's and refused here.
@@ -95,16 +95,6 @@ fn default_replication() -> i32 {
 }
 fn default_ack_timeout() -> Duration {
     Duration::from_secs(30)
-}
-
-/// Durations in configuration files are whole seconds.
-mod seconds {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_secs_f64(f64::deserialize(d)?.max(0.0)))
-    }
 }
 
 impl KafkaConfig {

@@ -29,10 +29,10 @@ pub struct NatsConfig {
     #[serde(default)]
     pub jetstream_stream: Option<String>,
     /// How long the broker remembers message ids to drop duplicates (created streams only).
-    #[serde(default = "default_window", with = "seconds")]
+    #[serde(default = "default_window", with = "crate::config::seconds")]
     pub duplicate_window: Duration,
     /// How long to wait for the broker to confirm a message.
-    #[serde(default = "default_timeout", with = "seconds")]
+    #[serde(default = "default_timeout", with = "crate::config::seconds")]
     pub ack_timeout: Duration,
 }
 
@@ -44,16 +44,6 @@ fn default_window() -> Duration {
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(5)
-}
-
-/// Durations in configuration files are whole seconds.
-mod seconds {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_secs_f64(f64::deserialize(d)?.max(0.0)))
-    }
 }
 
 impl NatsConfig {
@@ -247,7 +237,7 @@ pub struct NatsSourceConfig {
     #[serde(default)]
     pub filter_subjects: Vec<String>,
     /// A message not acknowledged within this long is delivered again.
-    #[serde(default = "default_ack_wait", with = "seconds")]
+    #[serde(default = "default_ack_wait", with = "crate::config::seconds")]
     pub ack_wait: Duration,
     /// Messages delivered and not yet acknowledged, at most. 1 keeps the stream's order even
     /// across redeliveries, at the cost of a round trip per message.
