@@ -29,11 +29,19 @@ pub async fn start(path: &Path, store: Arc<dyn EventStore>, prefix: &str) -> Res
     let mut tasks = Vec::new();
     for (config, relay, mut publisher) in built {
         let checkpoint = store.read_checkpoint(relay.name()).await?;
-        let target = match (&config.nats, &config.rabbitmq) {
-            (Some(nats), _) => format!("NATS {}", nats.url),
-            (_, Some(rabbitmq)) => {
+        let target = match (&config.nats, &config.rabbitmq, &config.kafka) {
+            (Some(nats), _, _) => format!("NATS {}", nats.url),
+            (_, Some(rabbitmq), _) => {
                 format!("RabbitMQ {} exchange {}", rabbitmq.url, rabbitmq.exchange)
             }
+            (_, _, Some(kafka)) => match (&kafka.topic, &kafka.topic_prefix) {
+                (Some(topic), _) => format!("Kafka {} topic {topic}", kafka.brokers),
+                (_, prefix) => format!(
+                    "Kafka {} topics {}.{{category}}",
+                    kafka.brokers,
+                    prefix.as_deref().unwrap_or_default()
+                ),
+            },
             _ => String::new(),
         };
         eprintln!(

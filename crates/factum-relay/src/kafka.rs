@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
@@ -22,6 +21,34 @@ use crate::message::{OutboundMessage, headers};
 use crate::publisher::{Confirmation, PublishError, Publisher};
 
 const BROKER: &str = "kafka";
+
+/// librdkafka's log lines, into `tracing` (target `librdkafka`). Its warning at every start
+/// that `enable.gapless.guarantee` is experimental is a choice Factum made knowingly (see
+/// [`KafkaPublisher`]): it is logged at debug level.
+#[derive(Clone, Copy, Default)]
+struct Logs;
+
+impl rdkafka::ClientContext for Logs {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as Level;
+        if facility == "CONFWARN" && message.contains("enable.gapless.guarantee") {
+            tracing::debug!(target: "librdkafka", "{facility} {message}");
+            return;
+        }
+        match level {
+            Level::Emerg | Level::Alert | Level::Critical | Level::Error => {
+                tracing::error!(target: "librdkafka", "{facility} {message}");
+            }
+            Level::Warning => tracing::warn!(target: "librdkafka", "{facility} {message}"),
+            Level::Notice | Level::Info => {
+                tracing::info!(target: "librdkafka", "{facility} {message}");
+            }
+            Level::Debug => tracing::debug!(target: "librdkafka", "{facility} {message}"),
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Logs {}
 
 /// Properties Factum sets itself, which `settings` may not change: they are what makes the
 /// relay's and the consumer's guarantees.
@@ -221,7 +248,7 @@ fn check_settings(settings: &BTreeMap<String, String>, own: &[&str]) -> Result<(
 /// producer. Topics are created when missing, where the broker allows.
 pub struct KafkaPublisher {
     config: KafkaConfig,
-    producer: Option<FutureProducer>,
+    producer: Option<FutureProducer<Logs>>,
     /// Topics known to exist.
     topics: HashSet<String>,
     /// Set by a confirmation that failed: a new producer before the next send.
@@ -244,14 +271,14 @@ impl KafkaPublisher {
     }
 
     /// A producer that has reached the brokers.
-    async fn connect(&self) -> Result<FutureProducer, PublishError> {
+    async fn connect(&self) -> Result<FutureProducer<Logs>, PublishError> {
         self.config
             .check()
             .map_err(|e| PublishError::new(BROKER, e))?;
-        let producer: FutureProducer = self
+        let producer: FutureProducer<Logs> = self
             .config
             .client_config()
-            .create()
+            .create_with_context(Logs)
             .map_err(|e| PublishError::new(BROKER, format!("settings: {e}")))?;
         reach(producer.client(), &self.config.brokers)
             .await
@@ -304,8 +331,8 @@ async fn create_topic(config: &KafkaConfig, topic: &str) -> Result<(), String> {
         admin_config.set(key, value);
     }
     admin_config.set("bootstrap.servers", &config.brokers);
-    let admin: AdminClient<DefaultClientContext> = admin_config
-        .create()
+    let admin: AdminClient<Logs> = admin_config
+        .create_with_context(Logs)
         .map_err(|e| format!("settings: {e}"))?;
     let new = NewTopic::new(
         topic,
@@ -531,7 +558,7 @@ impl KafkaSourceConfig {
 /// offset: what comes again is recognised by its command id.
 pub struct KafkaSource {
     config: KafkaSourceConfig,
-    consumer: Option<Arc<StreamConsumer>>,
+    consumer: Option<Arc<StreamConsumer<Logs>>>,
 }
 
 impl KafkaSource {
@@ -543,7 +570,7 @@ impl KafkaSource {
         }
     }
 
-    async fn connect(&self) -> Result<Arc<StreamConsumer>, ConsumeError> {
+    async fn connect(&self) -> Result<Arc<StreamConsumer<Logs>>, ConsumeError> {
         self.config
             .check()
             .map_err(|e| ConsumeError::new(BROKER, e))?;
@@ -557,8 +584,8 @@ impl KafkaSource {
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", &self.config.start);
-        let consumer: StreamConsumer = config
-            .create()
+        let consumer: StreamConsumer<Logs> = config
+            .create_with_context(Logs)
             .map_err(|e| ConsumeError::new(BROKER, format!("settings: {e}")))?;
         reach(consumer.client(), &self.config.brokers)
             .await
@@ -573,7 +600,7 @@ impl KafkaSource {
 
 /// Stores a message's offset for the group's next commit.
 struct KafkaAck {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<Logs>>,
     topic: String,
     partition: i32,
     offset: i64,
