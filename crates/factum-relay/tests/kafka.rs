@@ -11,8 +11,8 @@ use common::tally::{self, Tally};
 use common::*;
 use factum_core::{EventStore, ExpectedState, MemoryStore, NewEvent, StreamName};
 use factum_relay::{
-    Backoff, Consumer, KafkaConfig, KafkaPublisher, KafkaSource, KafkaSourceConfig, Payload,
-    Publisher, Relay, TypeMap, ZeroPayload, headers,
+    Backoff, Consumer, KafkaConfig, KafkaPublisher, KafkaSource, KafkaSourceConfig, MessageSource,
+    Payload, Publisher, Relay, TypeMap, ZeroPayload, headers,
 };
 
 fn quick() -> Backoff {
@@ -181,6 +181,21 @@ async fn an_unreachable_broker_is_a_clear_error_and_nothing_is_acknowledged() {
     );
 }
 
+/// A source whose every delivery takes 50 ms longer.
+struct Slow<S>(S);
+
+#[async_trait::async_trait]
+impl<S: MessageSource> MessageSource for Slow<S> {
+    fn broker(&self) -> &'static str {
+        self.0.broker()
+    }
+    async fn next(&mut self) -> Result<factum_relay::Delivery, factum_relay::ConsumeError> {
+        let delivery = self.0.next().await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(delivery)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_of_two_consumers_runs_each_command_once_when_one_stops_mid_stream() {
     let brokers = kafka_brokers();
@@ -226,17 +241,24 @@ async fn a_group_of_two_consumers_runs_each_command_once_when_one_stops_mid_stre
             .build()
             .unwrap()
     };
-    let first = tally::spawn(consumer("tally-a"), source());
-    let mut second = tally::spawn(consumer("tally-b"), source());
-    // The first stops once it has handled some: its partitions go to the second.
-    let mut first_status = first.status.clone();
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        first_status.wait_for(|s| s.handled + s.duplicates >= 20),
-    )
+    // Each member takes 50 ms a message, so that neither is through before both have
+    // partitions (a group forms in a few seconds).
+    let first = tally::spawn(consumer("tally-a"), Slow(source()));
+    let mut second = tally::spawn(consumer("tally-b"), Slow(source()));
+    // The first stops once both have handled some: its partitions go to the second.
+    let (mut first_status, mut second_status) = (first.status.clone(), second.status.clone());
+    tokio::time::timeout(Duration::from_secs(90), async {
+        first_status.wait_for(|s| s.handled >= 5).await.unwrap();
+        second_status.wait_for(|s| s.handled >= 1).await.unwrap();
+    })
     .await
-    .expect("the first member handled messages within 60 s")
-    .unwrap();
+    .unwrap_or_else(|_| {
+        panic!(
+            "both members handled messages within 90 s: first {:?}, second {:?}",
+            *first_status.borrow(),
+            *second_status.borrow()
+        )
+    });
     let stopped = first.stop().await;
     let total = appended.len() as u64;
     let done = tokio::time::timeout(Duration::from_secs(90), async {
