@@ -3,6 +3,7 @@
 mod args;
 mod demo;
 mod local;
+mod otel;
 mod progress;
 mod projections;
 mod relays;
@@ -72,13 +73,44 @@ fn store_exit_code(error: &StoreError) -> u8 {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let provider = match otel::provider_from_env() {
+        Ok(provider) => provider,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let export = provider.as_ref().map(|provider| {
+        use opentelemetry::trace::TracerProvider as _;
+        // Spans at info level and above go out, whatever RUST_LOG says about the logs.
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("factum"))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                ),
         )
-        .with_writer(std::io::stderr)
+        .with(export)
         .init();
+    let code = run_cli();
+    if let Some(provider) = provider
+        && let Err(e) = provider.shutdown()
+    {
+        eprintln!("warning: spans not all exported: {e}");
+    }
+    code
+}
+
+fn run_cli() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -321,7 +321,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, envelope: Envelope<C>) -> Self::Future {
+    fn call(&mut self, mut envelope: Envelope<C>) -> Self::Future {
         use tracing::Instrument;
         let span = tracing::info_span!(
             "command",
@@ -330,6 +330,9 @@ where
             correlation = %envelope.context.correlation_id,
             user = envelope.context.user.as_deref().unwrap_or("anonymous"),
         );
+        // The command's span continues the trace it was sent in; its events carry the span.
+        envelope.context.traceparent =
+            crate::trace::enter_trace(&span, envelope.context.traceparent.as_deref());
         let future = span.in_scope(|| self.inner.call(envelope));
         Box::pin(
             async move {

@@ -38,6 +38,16 @@ impl CommandContext {
         }
     }
 
+    /// [`CommandContext::new`], in the trace of the current `tracing` span (when an
+    /// OpenTelemetry layer gave it one): a request handler's span, say.
+    pub fn in_current_trace() -> Self {
+        let context = Self::new();
+        match crate::trace::traceparent_of(&tracing::Span::current()) {
+            Some(trace) => context.in_trace(&trace),
+            None => context,
+        }
+    }
+
     /// A context whose command id is `id`, chosen by the sender so that a retry or a
     /// redelivery of the same request carries it again: the command is executed at most once
     /// per aggregate.

@@ -19,6 +19,7 @@ mod saga;
 mod snapshot;
 mod status;
 pub mod testing;
+pub mod trace;
 
 pub use bus::{
     AuditEntry, AuditLayer, AuditSink, Audited, AuthorizationLayer, AuthorizationPolicy,

@@ -466,10 +466,19 @@ impl EventProcessor {
         handler: &dyn EventHandler,
         event: &RecordedEvent,
     ) -> (Result<(), (String, u32)>, u64) {
+        use tracing::Instrument as _;
         let policy = &self.inner.retry;
         let mut failed = 0u32;
+        // The handling is a span in the trace the event was recorded in.
+        let span = tracing::info_span!(
+            "event",
+            processor = %self.inner.name,
+            handler = handler.name(),
+            position = event.position,
+        );
+        crate::trace::enter_trace(&span, crate::trace::recorded_in(event).as_deref());
         loop {
-            match handler.handle(event).await {
+            match handler.handle(event).instrument(span.clone()).await {
                 Ok(()) => return (Ok(()), u64::from(failed)),
                 Err(error) => {
                     failed += 1;

@@ -121,7 +121,14 @@ pub(crate) async fn dispatch(
             .and_then(|h| h.parse().ok())
     }));
     request.extensions_mut().insert(reached);
-    let span = tracing::debug_span!("grpc", method = %path, connection = %connection);
+    let span = tracing::info_span!("grpc", method = %path, connection = %connection);
+    factum_toolkit::trace::enter_trace(
+        &span,
+        request
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    );
     let started = Instant::now();
     let response = match grpc.routes.oneshot(request).instrument(span.clone()).await {
         Ok(response) => response,
