@@ -225,6 +225,14 @@ impl Metrics {
 }
 
 /// Counts each request and times it, by the route it matched.
+/// Makes `span` a child of the trace a request's `traceparent` header names, if any.
+pub(crate) fn join_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    factum_toolkit::trace::enter_trace(
+        span,
+        headers.get("traceparent").and_then(|v| v.to_str().ok()),
+    );
+}
+
 pub(crate) async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().to_string();
@@ -239,13 +247,7 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
         route = %route,
         status = tracing::field::Empty
     );
-    factum_toolkit::trace::enter_trace(
-        &span,
-        request
-            .headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok()),
-    );
+    join_trace(&span, request.headers());
     let response = {
         use tracing::Instrument as _;
         next.run(request).instrument(span.clone()).await

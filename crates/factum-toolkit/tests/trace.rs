@@ -41,6 +41,16 @@ impl Decider for Counter {
     }
 }
 
+/// A bus `.with_tracing()` sending counter commands to a repository over `store`.
+fn traced_bus(store: &Arc<dyn EventStore>) -> CommandBus {
+    let counters = Arc::new(Repository::new(store.clone(), Counter));
+    CommandBus::builder()
+        .with_tracing()
+        .handle::<ToAggregate<Counter>, _>(counters.handler())
+        .build()
+        .unwrap()
+}
+
 const TRACE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
 async fn recorded_traceparent(store: &Arc<dyn EventStore>, stream: &str) -> Option<String> {
@@ -72,12 +82,7 @@ async fn a_command_is_a_span_in_the_trace_it_was_sent_in_and_its_events_carry_th
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
-    let counters = Arc::new(Repository::new(store.clone(), Counter));
-    let bus = CommandBus::builder()
-        .with_tracing()
-        .handle::<ToAggregate<Counter>, _>(counters.handler())
-        .build()
-        .unwrap();
+    let bus = traced_bus(&store);
     bus.send(
         ToAggregate::<Counter>::new("c-1", ()),
         CommandContext::new().in_trace(TRACE),
@@ -166,12 +171,7 @@ async fn a_command_is_a_span_in_the_trace_it_was_sent_in_and_its_events_carry_th
 #[tokio::test]
 async fn without_an_opentelemetry_layer_the_trace_context_given_is_carried_as_it_is() {
     let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
-    let counters = Arc::new(Repository::new(store.clone(), Counter));
-    let bus = CommandBus::builder()
-        .with_tracing()
-        .handle::<ToAggregate<Counter>, _>(counters.handler())
-        .build()
-        .unwrap();
+    let bus = traced_bus(&store);
     bus.send(
         ToAggregate::<Counter>::new("c-1", ()),
         CommandContext::new().in_trace(TRACE),

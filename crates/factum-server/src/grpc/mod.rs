@@ -122,13 +122,7 @@ pub(crate) async fn dispatch(
     }));
     request.extensions_mut().insert(reached);
     let span = tracing::info_span!("grpc", method = %path, connection = %connection);
-    factum_toolkit::trace::enter_trace(
-        &span,
-        request
-            .headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok()),
-    );
+    crate::metrics::join_trace(&span, request.headers());
     let started = Instant::now();
     let response = match grpc.routes.oneshot(request).instrument(span.clone()).await {
         Ok(response) => response,
