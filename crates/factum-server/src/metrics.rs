@@ -224,7 +224,6 @@ impl Metrics {
     }
 }
 
-/// Counts each request and times it, by the route it matched.
 /// Makes `span` a child of the trace a request's `traceparent` header names, if any.
 pub(crate) fn join_trace(span: &tracing::Span, headers: &http::HeaderMap) {
     factum_toolkit::trace::enter_trace(
@@ -233,6 +232,7 @@ pub(crate) fn join_trace(span: &tracing::Span, headers: &http::HeaderMap) {
     );
 }
 
+/// Counts each request and times it, by the route it matched, in a span of its own.
 pub(crate) async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().to_string();

@@ -207,28 +207,31 @@ pub const TRACEPARENT_KEY: &str = "$traceparent";
 /// `text` if it is a `traceparent` of version `00`: `00-{32 hex trace id}-{16 hex parent
 /// id}-{2 hex flags}`, lower case, neither id all zeros.
 pub fn valid_traceparent(text: &str) -> Option<&str> {
-    let parts: Vec<&str> = text.split('-').collect();
-    let [version, trace, parent, flags] = parts.as_slice() else {
-        return None;
-    };
+    traceparent_parts(text).map(|_| text)
+}
+
+/// The trace id, parent id and flags of a valid `traceparent` ([`valid_traceparent`]).
+pub(crate) fn traceparent_parts(text: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = text.split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let hex = |part: &str, len: usize| {
         part.len() == len && part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
     };
     let nonzero = |part: &str| part.bytes().any(|b| b != b'0');
-    (*version == "00"
+    (parts.next().is_none()
+        && version == "00"
         && hex(trace, 32)
         && hex(parent, 16)
         && hex(flags, 2)
         && nonzero(trace)
         && nonzero(parent))
-    .then_some(text)
+    .then_some((trace, parent, flags))
 }
 
 /// A child of `traceparent`: the same trace id and flags, a new random parent id.
 pub fn child_traceparent(traceparent: &str) -> Option<String> {
-    let valid = valid_traceparent(traceparent)?;
-    let mut parts = valid.split('-');
-    let (_, trace, _, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (trace, _, flags) = traceparent_parts(traceparent)?;
     let random = Uuid::new_v4();
     let mut span = [0u8; 8];
     span.copy_from_slice(&random.as_bytes()[..8]);

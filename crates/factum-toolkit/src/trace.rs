@@ -8,15 +8,14 @@ use opentelemetry::trace::{
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::context::valid_traceparent;
+use crate::context::{traceparent_parts, valid_traceparent};
 
 /// The OpenTelemetry context of a remote parent named by `traceparent`.
 pub(crate) fn remote_context(traceparent: &str) -> Option<opentelemetry::Context> {
-    let valid = valid_traceparent(traceparent)?;
-    let mut parts = valid.split('-').skip(1);
-    let trace = TraceId::from_hex(parts.next()?).ok()?;
-    let span = SpanId::from_hex(parts.next()?).ok()?;
-    let flags = u8::from_str_radix(parts.next()?, 16).ok()?;
+    let (trace, span, flags) = traceparent_parts(traceparent)?;
+    let trace = TraceId::from_hex(trace).ok()?;
+    let span = SpanId::from_hex(span).ok()?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
     let context = SpanContext::new(trace, span, TraceFlags::new(flags), true, TraceState::NONE);
     Some(opentelemetry::Context::new().with_remote_span_context(context))
 }

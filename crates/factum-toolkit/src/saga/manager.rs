@@ -488,21 +488,15 @@ impl<G: Saga> SagaManager<G> {
         let Some(step) = self.saga.on_event(&instance.state, event) else {
             return Ok(Taken::not(After::nothing()));
         };
-        let correlation_id = event
-            .metadata_json()
-            .get("$correlationId")
-            .and_then(|v| v.as_str())
-            .map_or_else(|| event.id.to_string(), str::to_owned);
+        let metadata = event.metadata_json();
+        let text = |key: &str| metadata.get(key).and_then(|v| v.as_str());
         let cause = Cause {
             text: event.id.to_string(),
-            correlation_id,
+            correlation_id: text("$correlationId")
+                .map_or_else(|| event.id.to_string(), str::to_owned),
             fired: None,
             position: Some(event.position),
-            traceparent: event
-                .metadata_json()
-                .get(crate::TRACEPARENT_KEY)
-                .and_then(|v| v.as_str())
-                .map(str::to_owned),
+            traceparent: text(crate::TRACEPARENT_KEY).map(str::to_owned),
         };
         let options = AppendOptions { checkpoint };
         match self
