@@ -170,15 +170,11 @@ impl KafkaConfig {
     }
 
     fn client_config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        for (key, value) in &self.settings {
-            config.set(key, value);
-        }
+        let mut config = base_config(&self.brokers, &self.settings);
         // No message times out in the producer: a message given up on would let a later one
         // of its partition through first (the producer starts its sequence numbers again),
         // so the producer keeps trying, in order, and the relay's wait is `ack_timeout`.
         config
-            .set("bootstrap.servers", &self.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("enable.gapless.guarantee", "true")
@@ -223,6 +219,16 @@ fn topic_token(text: &str) -> String {
             }
         })
         .collect()
+}
+
+/// A client configuration: the settings passed through, then the brokers.
+fn base_config(brokers: &str, settings: &BTreeMap<String, String>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (key, value) in settings {
+        config.set(key, value);
+    }
+    config.set("bootstrap.servers", brokers);
+    config
 }
 
 fn check_settings(settings: &BTreeMap<String, String>, own: &[&str]) -> Result<(), String> {
@@ -280,9 +286,15 @@ impl KafkaPublisher {
             .client_config()
             .create_with_context(Logs)
             .map_err(|e| PublishError::new(BROKER, format!("settings: {e}")))?;
-        reach(producer.client(), &self.config.brokers)
-            .await
-            .map_err(|e| PublishError::new(BROKER, e))?;
+        let reaching = producer.clone();
+        reach(&self.config.brokers, move || {
+            reaching
+                .client()
+                .fetch_metadata(None, REACH_TIMEOUT)
+                .map(|_| ())
+        })
+        .await
+        .map_err(|e| PublishError::new(BROKER, e))?;
         Ok(producer)
     }
 
@@ -309,29 +321,27 @@ impl KafkaPublisher {
     }
 }
 
-/// Waits until `client` has metadata from the brokers, or says it cannot reach them.
-async fn reach<C: rdkafka::ClientContext + 'static>(
-    client: &rdkafka::client::Client<C>,
-    brokers: &str,
-) -> Result<(), String> {
-    // librdkafka's metadata call blocks; the runtime's thread is given up while it waits.
-    let brokers = brokers.to_owned();
-    tokio::task::block_in_place(|| {
-        client
-            .fetch_metadata(None, Duration::from_secs(10))
-            .map(|_| ())
-            .map_err(|e| format!("cannot reach the brokers {brokers:?} (brokers): {e}"))
-    })
+/// How long a client waits for the brokers' metadata when it starts.
+const REACH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `fetch` (a client's metadata call, which blocks) on a blocking thread, so that the
+/// runtime, of either flavour, goes on meanwhile; an error says the brokers are out of reach.
+async fn reach<F>(brokers: &str, fetch: F) -> Result<(), String>
+where
+    F: FnOnce() -> rdkafka::error::KafkaResult<()> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(fetch).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!(
+            "cannot reach the brokers {brokers:?} (brokers): {e}"
+        )),
+        Err(e) => Err(format!("reaching the brokers {brokers:?}: {e}")),
+    }
 }
 
 /// Creates `topic` with the configured partitions and replicas; one that exists is fine.
 async fn create_topic(config: &KafkaConfig, topic: &str) -> Result<(), String> {
-    let mut admin_config = ClientConfig::new();
-    for (key, value) in &config.settings {
-        admin_config.set(key, value);
-    }
-    admin_config.set("bootstrap.servers", &config.brokers);
-    let admin: AdminClient<Logs> = admin_config
+    let admin: AdminClient<Logs> = base_config(&config.brokers, &config.settings)
         .create_with_context(Logs)
         .map_err(|e| format!("settings: {e}"))?;
     let new = NewTopic::new(
@@ -574,12 +584,8 @@ impl KafkaSource {
         self.config
             .check()
             .map_err(|e| ConsumeError::new(BROKER, e))?;
-        let mut config = ClientConfig::new();
-        for (key, value) in &self.config.settings {
-            config.set(key, value);
-        }
+        let mut config = base_config(&self.config.brokers, &self.config.settings);
         config
-            .set("bootstrap.servers", &self.config.brokers)
             .set("group.id", &self.config.group)
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
@@ -587,14 +593,21 @@ impl KafkaSource {
         let consumer: StreamConsumer<Logs> = config
             .create_with_context(Logs)
             .map_err(|e| ConsumeError::new(BROKER, format!("settings: {e}")))?;
-        reach(consumer.client(), &self.config.brokers)
-            .await
-            .map_err(|e| ConsumeError::new(BROKER, e))?;
+        let consumer = Arc::new(consumer);
+        let reaching = consumer.clone();
+        reach(&self.config.brokers, move || {
+            reaching
+                .client()
+                .fetch_metadata(None, REACH_TIMEOUT)
+                .map(|_| ())
+        })
+        .await
+        .map_err(|e| ConsumeError::new(BROKER, e))?;
         let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
             .map_err(|e| ConsumeError::new(BROKER, format!("subscribe to {topics:?}: {e}")))?;
-        Ok(Arc::new(consumer))
+        Ok(consumer)
     }
 }
 
