@@ -65,11 +65,19 @@ impl StreamName {
 
     /// Whether this is a system stream that the toolkit writes with ordinary appends: dead
     /// letters (`$deadletter-…`), inboxes (`$inbox-…`), saga instances (`$saga-…`) and their
-    /// indexes (`$sagas-…`), and snapshots (`$snapshot-…`).
+    /// indexes (`$sagas-…`), snapshots (`$snapshot-…`), and persistent subscriptions' groups
+    /// and parked messages (`$persistentsubscription-…`).
     pub fn is_toolkit_stream(&self) -> bool {
-        ["$deadletter-", "$inbox-", "$saga-", "$sagas-", "$snapshot-"]
-            .iter()
-            .any(|prefix| self.0.len() > prefix.len() && self.0.starts_with(prefix))
+        [
+            "$deadletter-",
+            "$inbox-",
+            "$saga-",
+            "$sagas-",
+            "$snapshot-",
+            "$persistentsubscription-",
+        ]
+        .iter()
+        .any(|prefix| self.0.len() > prefix.len() && self.0.starts_with(prefix))
     }
 
     /// The stream holding this stream's metadata, deletion and tombstone records.

@@ -368,10 +368,13 @@ async fn a_message_that_cannot_become_a_command_is_parked_and_its_offset_moves_o
     let mut running = tally::spawn(consumer(), source());
     tokio::time::timeout(
         Duration::from_secs(60),
-        running.status.wait_for(|s| s.received >= 4),
+        // Received counts a message before its outcome is stored: wait for the outcomes.
+        running
+            .status
+            .wait_for(|s| s.handled + s.dead_lettered >= 4),
     )
     .await
-    .expect("four messages within 60 s")
+    .expect("four outcomes within 60 s")
     .unwrap();
     let status = running.stop().await;
     assert_eq!((status.handled, status.dead_lettered), (2, 2), "{status:?}");

@@ -12,6 +12,7 @@ mod context;
 mod dead_letters;
 mod decider;
 mod inbox;
+mod persistent;
 mod processor;
 mod replay;
 mod repository;
@@ -34,6 +35,12 @@ pub use dead_letters::{
 };
 pub use decider::Decider;
 pub use inbox::Inbox;
+pub use persistent::{
+    ConsumerInfo, ConsumerStrategy, FilterSpec, GROUP_CREATED, GROUP_DELETED, GROUP_NAME_CHARS_MAX,
+    GROUP_UPDATED, GROUPS_STREAM, GroupConnection, GroupError, GroupInfo, GroupKey, GroupMessage,
+    GroupSettings, GroupSource, Groups, MESSAGE_PARKED, NackAction, PersistentConsumer,
+    PersistentConsumerStats, StartFrom,
+};
 pub use processor::{
     EventHandler, EventProcessor, EventProcessorBuilder, HandlerError, ProcessorStats, RetryPolicy,
     handler_fn,

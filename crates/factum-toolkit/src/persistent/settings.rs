@@ -1,0 +1,383 @@
+//! What a persistent subscription group is: its source, its settings, and the answers about it.
+
+use std::fmt;
+use std::time::Duration;
+
+use factum_core::{StoreError, StreamName, SubscriptionFilter};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What a group reads: one stream, or `$all` through a filter.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GroupSource {
+    /// One stream, by revision.
+    Stream(StreamName),
+    /// The whole log, by position, through a filter (stream prefixes, event types, system
+    /// events left out). The groups' own streams (`$persistentsubscription-…`) and their
+    /// checkpoints are never delivered.
+    All(FilterSpec),
+}
+
+/// A [`SubscriptionFilter`] that can be stored, compared and ordered.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FilterSpec {
+    /// Deliver events whose stream starts with one of these (all when empty).
+    #[serde(default)]
+    pub stream_prefixes: Vec<String>,
+    /// Deliver events of one of these types (all when empty).
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    /// Leave out events of system streams (`$…`).
+    #[serde(default)]
+    pub exclude_system: bool,
+}
+
+impl FilterSpec {
+    pub(crate) fn filter(&self) -> SubscriptionFilter {
+        SubscriptionFilter {
+            stream_prefixes: self.stream_prefixes.clone(),
+            event_types: self.event_types.clone(),
+            exclude_system: self.exclude_system,
+        }
+    }
+}
+
+impl GroupSource {
+    /// A group on one stream.
+    pub fn stream(name: &str) -> Result<GroupSource, StoreError> {
+        Ok(GroupSource::Stream(StreamName::new(name)?))
+    }
+
+    /// A group on `$all` with no filter.
+    pub fn all() -> GroupSource {
+        GroupSource::All(FilterSpec::default())
+    }
+
+    /// The source's name: the stream's, or `$all`.
+    pub fn name(&self) -> &str {
+        match self {
+            GroupSource::Stream(stream) => stream.as_str(),
+            GroupSource::All(_) => "$all",
+        }
+    }
+}
+
+/// A group: its source and its name, unique together.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupKey {
+    /// `$all` or a stream (a filter on `$all` is a setting of the group, not part of its name).
+    pub source: String,
+    /// The group's name.
+    pub group: String,
+}
+
+impl GroupKey {
+    /// The key of `group` on `source` (a stream name or `$all`).
+    pub fn new(source: impl Into<String>, group: impl Into<String>) -> GroupKey {
+        GroupKey {
+            source: source.into(),
+            group: group.into(),
+        }
+    }
+
+    /// The stream its parked messages go to: `$persistentsubscription-{source}::{group}-parked`.
+    pub fn parked_stream(&self) -> Result<StreamName, StoreError> {
+        StreamName::new(format!(
+            "$persistentsubscription-{}::{}-parked",
+            self.source, self.group
+        ))
+    }
+}
+
+impl fmt::Display for GroupKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}::{}", self.source, self.group)
+    }
+}
+
+/// Where a new group starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartFrom {
+    /// The first event.
+    #[default]
+    Start,
+    /// After the last event at the time the group is created.
+    End,
+    /// A revision (a stream's group) or a position (a group on `$all`), inclusive.
+    At(u64),
+}
+
+/// How a group shares its messages among its consumers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsumerStrategy {
+    /// Each message to the next consumer in turn that has room.
+    #[default]
+    RoundRobin,
+    /// Every message to the first consumer that connected, while it has room; the next one
+    /// takes what it has no room for.
+    DispatchToSingle,
+    /// One stream's messages to one consumer at a time (chosen by the stream's hash), in
+    /// order, while it stays connected.
+    Pinned,
+    /// As [`ConsumerStrategy::Pinned`], by the events' correlation id (`$correlationId`
+    /// in their metadata; the stream's name for events with none).
+    PinnedByCorrelation,
+}
+
+impl ConsumerStrategy {
+    /// KurrentDB's name for the strategy (`RoundRobin`, `DispatchToSingle`, `Pinned`,
+    /// `PinnedByCorrelation`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ConsumerStrategy::RoundRobin => "RoundRobin",
+            ConsumerStrategy::DispatchToSingle => "DispatchToSingle",
+            ConsumerStrategy::Pinned => "Pinned",
+            ConsumerStrategy::PinnedByCorrelation => "PinnedByCorrelation",
+        }
+    }
+
+    /// The strategy of a KurrentDB name (case-insensitive).
+    pub fn from_name(name: &str) -> Option<ConsumerStrategy> {
+        [
+            ConsumerStrategy::RoundRobin,
+            ConsumerStrategy::DispatchToSingle,
+            ConsumerStrategy::Pinned,
+            ConsumerStrategy::PinnedByCorrelation,
+        ]
+        .into_iter()
+        .find(|s| s.name().eq_ignore_ascii_case(name))
+    }
+}
+
+/// A group's settings, as KurrentDB has them. Durations are stored in milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupSettings {
+    /// Where the group starts when it is created.
+    pub start_from: StartFrom,
+    /// A message not acknowledged this long after it was sent is tried again.
+    #[serde(with = "millis")]
+    pub message_timeout: Duration,
+    /// How many times a message is tried again before it is parked: it is delivered at most
+    /// `max_retry_count + 1` times.
+    pub max_retry_count: u32,
+    /// How many messages the group holds read ahead and in flight.
+    pub live_buffer_size: usize,
+    /// How many events one read of the store takes.
+    pub read_batch_size: usize,
+    /// The checkpoint is stored at most this often …
+    #[serde(with = "millis")]
+    pub checkpoint_after: Duration,
+    /// … once at least this many messages were settled since the last one …
+    pub checkpoint_min_count: usize,
+    /// … and at once when this many were.
+    pub checkpoint_max_count: usize,
+    /// At most this many consumers at a time (0: no limit).
+    pub max_subscriber_count: usize,
+    /// How messages are shared among the consumers.
+    pub strategy: ConsumerStrategy,
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        GroupSettings {
+            start_from: StartFrom::Start,
+            message_timeout: Duration::from_secs(30),
+            max_retry_count: 10,
+            live_buffer_size: 500,
+            read_batch_size: 20,
+            checkpoint_after: Duration::from_secs(2),
+            checkpoint_min_count: 10,
+            checkpoint_max_count: 1000,
+            max_subscriber_count: 0,
+            strategy: ConsumerStrategy::RoundRobin,
+        }
+    }
+}
+
+/// The longest message timeout and checkpoint interval accepted (a day).
+const LONGEST: Duration = Duration::from_secs(86_400);
+/// The largest buffer and batch sizes accepted.
+const BUFFER_MAX: usize = 100_000;
+
+impl GroupSettings {
+    /// Checks the settings; the error says which one is wrong and why.
+    pub fn validate(&self) -> Result<(), String> {
+        let duration = |what: &str, d: Duration| {
+            if d.is_zero() || d > LONGEST {
+                Err(format!(
+                    "{what} is {} ms; it must be between 1 ms and a day",
+                    d.as_millis()
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        duration("message_timeout", self.message_timeout)?;
+        duration("checkpoint_after", self.checkpoint_after)?;
+        let size = |what: &str, n: usize| {
+            if n == 0 || n > BUFFER_MAX {
+                Err(format!(
+                    "{what} is {n}; it must be between 1 and {BUFFER_MAX}"
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        size("live_buffer_size", self.live_buffer_size)?;
+        size("read_batch_size", self.read_batch_size)?;
+        size("checkpoint_max_count", self.checkpoint_max_count)?;
+        if self.read_batch_size > self.live_buffer_size {
+            return Err(format!(
+                "read_batch_size ({}) is larger than live_buffer_size ({})",
+                self.read_batch_size, self.live_buffer_size
+            ));
+        }
+        if self.checkpoint_min_count > self.checkpoint_max_count {
+            return Err(format!(
+                "checkpoint_min_count ({}) is larger than checkpoint_max_count ({})",
+                self.checkpoint_min_count, self.checkpoint_max_count
+            ));
+        }
+        Ok(())
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+/// What a consumer does with a message it could not handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NackAction {
+    /// Park it now, whatever its retry count.
+    Park,
+    /// Try it again (a retry: it is parked when it has none left).
+    Retry,
+    /// Leave it: it counts as settled.
+    Skip,
+    /// Give it back untried and disconnect this consumer.
+    Stop,
+}
+
+/// One message of a group, sent to one consumer.
+#[derive(Clone, Debug)]
+pub struct GroupMessage {
+    /// The id to acknowledge it by: the event's id.
+    pub id: Uuid,
+    /// The event.
+    pub event: factum_core::RecordedEvent,
+    /// How many times it was tried before (0 the first time).
+    pub retry_count: u32,
+}
+
+/// One connected consumer, as the group sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConsumerInfo {
+    /// The connection's id within the group.
+    pub id: u64,
+    /// The name the consumer gave.
+    pub name: String,
+    /// How many messages it may hold unacknowledged.
+    pub capacity: usize,
+    /// How many it holds now.
+    pub in_flight: usize,
+    /// Messages sent to it.
+    pub delivered: u64,
+    /// Messages it acknowledged.
+    pub acked: u64,
+    /// Messages it gave back with a nack.
+    pub nacked: u64,
+}
+
+/// A group as it is now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GroupInfo {
+    /// `$all` or the stream.
+    pub source: String,
+    /// The group's name.
+    pub group: String,
+    /// For a group on `$all`, its filter.
+    pub filter: Option<FilterSpec>,
+    /// Its settings.
+    pub settings: GroupSettings,
+    /// `live`, `catching up`, or `failed: …` when its source cannot be read.
+    pub status: String,
+    /// The connected consumers.
+    pub consumers: Vec<ConsumerInfo>,
+    /// The stored checkpoint: every message below it (a revision, or a position on `$all`)
+    /// is settled. `None` before the first one.
+    pub checkpoint: Option<u64>,
+    /// The revision or position the group reads next.
+    pub read_next: u64,
+    /// The end of the source (next revision or head): `lag` is this minus the checkpoint.
+    pub source_end: u64,
+    /// How far the checkpoint is behind the source's end.
+    pub lag: u64,
+    /// Messages sent and not yet settled.
+    pub in_flight: usize,
+    /// Messages read and waiting for a consumer.
+    pub waiting: usize,
+    /// Messages in the parked stream not replayed yet.
+    pub parked: u64,
+    /// Messages sent since the group started (retries included).
+    pub delivered: u64,
+    /// Messages acknowledged since the group started.
+    pub acked: u64,
+    /// Messages tried again since the group started (timeouts, nacks, lost consumers).
+    pub retried: u64,
+    /// Messages parked since the group started.
+    pub parked_total: u64,
+    /// Whether a replay of parked messages is under way.
+    pub replaying: bool,
+}
+
+/// Why a group operation failed. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// No group of that name on that source.
+    #[error("no persistent subscription group '{0}'")]
+    NotFound(GroupKey),
+    /// A group of that name exists on that source already.
+    #[error("a persistent subscription group '{0}' exists already")]
+    Exists(GroupKey),
+    /// The settings or the request are not valid.
+    #[error("invalid persistent subscription request: {0}")]
+    Invalid(String),
+    /// An ack or nack named a message the group has not sent or has settled.
+    #[error("group '{group}' has no message {id} in flight")]
+    UnknownMessage {
+        /// The group.
+        group: GroupKey,
+        /// The id given.
+        id: Uuid,
+    },
+    /// The group has its maximum number of consumers.
+    #[error("group '{0}' has its maximum number of consumers")]
+    Full(GroupKey),
+    /// A replay of parked messages is under way already.
+    #[error("group '{0}' is replaying its parked messages already")]
+    Replaying(GroupKey),
+    /// The group is served by another process sharing the store.
+    #[error("group '{0}' is served by another process that shares the store")]
+    ServedElsewhere(GroupKey),
+    /// The group stopped (it was updated, deleted, or the server is shutting down).
+    #[error("group '{0}' stopped")]
+    Stopped(GroupKey),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
