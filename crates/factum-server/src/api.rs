@@ -280,9 +280,10 @@ pub(crate) async fn metrics(
     query(params)?;
     let processors = processor_statuses(&*state.store).await?;
     let projections = consumers::projections(&state).await?.unwrap_or_default();
+    let groups = crate::groups::groups(&state).await?.list(None).await?;
     let text = state
         .metrics
-        .render(state.store.head(), &processors, &projections);
+        .render(state.store.head(), &processors, &projections, &groups);
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -26,6 +26,7 @@ mod api;
 pub mod auth;
 mod consumers;
 mod error;
+mod groups;
 pub mod grpc;
 pub mod json;
 mod metrics;
@@ -88,6 +89,8 @@ pub(crate) struct AppState {
     pub(crate) fanout: Arc<sse::Fanout>,
     /// The OpenAPI description and the endpoint index.
     pub(crate) docs: Arc<openapi::Docs>,
+    /// The persistent subscription groups, opened with the server (or on first use).
+    pub(crate) groups: Arc<tokio::sync::OnceCell<factum_toolkit::Groups>>,
 }
 
 /// The OpenAPI description of the API as a server with `config` serves it (its page limit;
@@ -100,7 +103,13 @@ pub fn openapi(config: &Config) -> utoipa::openapi::OpenApi {
 
 /// The API as a router, and the switch that ends its subscriptions (send `true`).
 pub fn router(store: impl IntoStore, config: Config) -> (Router, watch::Sender<bool>) {
-    let store = store.into_store();
+    let (router, close, _) = build(store.into_store(), config);
+    (router, close)
+}
+
+type GroupsCell = Arc<tokio::sync::OnceCell<factum_toolkit::Groups>>;
+
+fn build(store: Arc<dyn EventStore>, config: Config) -> (Router, watch::Sender<bool>, GroupsCell) {
     let (close, closing) = watch::channel(false);
     let (routes, mut doc) = openapi::routes().split_for_parts();
     openapi::complete(&mut doc, &config);
@@ -111,7 +120,9 @@ pub fn router(store: impl IntoStore, config: Config) -> (Router, watch::Sender<b
         metrics: Arc::new(metrics::Metrics::new()),
         closing,
         docs: Arc::new(openapi::Docs::new(&doc)),
+        groups: Arc::new(tokio::sync::OnceCell::new()),
     };
+    let groups = state.groups.clone();
     let router = routes
         .fallback(api::no_such_endpoint)
         .layer(axum::middleware::from_fn_with_state(
@@ -128,7 +139,7 @@ pub fn router(store: impl IntoStore, config: Config) -> (Router, watch::Sender<b
             grpc::dispatch,
         ))
         .with_state(state);
-    (router, close)
+    (router, close, groups)
 }
 
 /// Serves the API on `listener` (over TLS when the config has it) until `shutdown` completes;
@@ -141,13 +152,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let tls = config.tls.clone();
-    let (router, close) = router(store, config);
+    let store = store.into_store();
+    let (router, close, groups) = build(store.clone(), config);
+    // The groups start with the server, so that they resume before anyone asks.
+    if let Err(e) = groups
+        .get_or_try_init(|| factum_toolkit::Groups::open(store))
+        .await
+    {
+        tracing::warn!(error = %e, "the persistent subscription groups could not be opened yet");
+    }
     let shutdown = async move {
         shutdown.await;
         tracing::info!("shutting down: finishing requests in flight");
         let _ = close.send(true);
     };
-    match tls {
+    let served = match tls {
         Some(tls) => {
             axum::serve(tls::TlsListener::new(listener, tls)?, router)
                 .with_graceful_shutdown(shutdown)
@@ -164,5 +183,10 @@ pub async fn serve(
                 .with_graceful_shutdown(shutdown)
                 .await
         }
+    };
+    // Each group stores its checkpoint before the server returns.
+    if let Some(groups) = groups.get() {
+        groups.close().await;
     }
+    served
 }

@@ -50,6 +50,22 @@ struct ProcessorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    source: String,
+    group: String,
+}
+
+/// A persistent subscription group's gauges.
+#[derive(Default)]
+struct GroupGauges {
+    consumers: Family<GroupLabels, Gauge>,
+    in_flight: Family<GroupLabels, Gauge>,
+    parked: Family<GroupLabels, Gauge>,
+    retries: Family<GroupLabels, Gauge>,
+    lag: Family<GroupLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProjectionLabels {
     projection: String,
 }
@@ -75,6 +91,7 @@ pub(crate) struct Metrics {
     processor_dead_letters: Family<ProcessorLabels, Gauge>,
     projection_lag: Family<ProjectionLabels, Gauge>,
     projection_lag_seconds: Family<ProjectionLabels, Gauge<f64, AtomicU64>>,
+    groups: GroupGauges,
 }
 
 impl Metrics {
@@ -161,7 +178,38 @@ impl Metrics {
             "Seconds between the newest event and the last one a projection applied",
             projection_lag_seconds.clone(),
         );
+        let groups = GroupGauges::default();
+        for (name, help, family) in [
+            (
+                "subscription_group_consumers",
+                "Consumers connected to a persistent subscription group",
+                &groups.consumers,
+            ),
+            (
+                "subscription_group_in_flight",
+                "A group's messages sent and not yet settled",
+                &groups.in_flight,
+            ),
+            (
+                "subscription_group_parked",
+                "A group's parked messages not replayed",
+                &groups.parked,
+            ),
+            (
+                "subscription_group_retries",
+                "A group's messages tried again since the server started (timeouts, nacks, lost consumers)",
+                &groups.retries,
+            ),
+            (
+                "subscription_group_lag_events",
+                "How far a group's checkpoint is behind the end of its source (revisions or positions)",
+                &groups.lag,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
         Metrics {
+            groups,
             registry,
             processor_lag,
             processor_dead_letters,
@@ -186,6 +234,7 @@ impl Metrics {
         head: u64,
         processors: &[ProcessorStatus],
         projections: &[ProjectionStatus],
+        groups: &[factum_toolkit::GroupInfo],
     ) -> String {
         let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.head.set(gauge(head));
@@ -216,6 +265,25 @@ impl Metrics {
                     .get_or_create(&labels)
                     .set(seconds);
             }
+        }
+        let g = &self.groups;
+        for family in [&g.consumers, &g.in_flight, &g.parked, &g.retries, &g.lag] {
+            family.clear();
+        }
+        for info in groups {
+            let labels = GroupLabels {
+                source: info.source.clone(),
+                group: info.group.clone(),
+            };
+            g.consumers
+                .get_or_create(&labels)
+                .set(gauge(info.consumers.len() as u64));
+            g.in_flight
+                .get_or_create(&labels)
+                .set(gauge(info.in_flight as u64));
+            g.parked.get_or_create(&labels).set(gauge(info.parked));
+            g.retries.get_or_create(&labels).set(gauge(info.retried));
+            g.lag.get_or_create(&labels).set(gauge(info.lag));
         }
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::ErrorBody;
-use crate::{AppState, Config, api};
+use crate::{AppState, Config, api, groups};
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -26,6 +26,7 @@ use crate::{AppState, Config, api};
         (name = "streams", description = "Streams: append, read, follow, delete, metadata"),
         (name = "all", description = "$all: every event in commit order, for consumers that keep their own position"),
         (name = "consumers", description = "Event processors and projections, with their lag"),
+        (name = "subscriptions", description = "Persistent subscriptions: consumer groups kept by the server, with acks, retries, parking and replay"),
         (name = "server", description = "The server itself"),
     ),
     components(schemas(ErrorBody)),
@@ -72,6 +73,17 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(api::subscribe_all))
         .routes(routes!(api::processors))
         .routes(routes!(api::projections))
+        .routes(routes!(groups::list))
+        .routes(routes!(
+            groups::create,
+            groups::update,
+            groups::delete,
+            groups::describe
+        ))
+        .routes(routes!(groups::messages))
+        .routes(routes!(groups::ack))
+        .routes(routes!(groups::nack))
+        .routes(routes!(groups::replay_parked))
 }
 
 /// The description, rendered once, and the endpoint index at `/` made from it.

@@ -270,11 +270,67 @@ async fn follow_own(
     }
 }
 
+/// Sends a group consumer's messages: `id:` is the message id to acknowledge. When the
+/// client goes away the connection is dropped, and what it held goes to the others.
+async fn follow_group(
+    state: &AppState,
+    mut connection: factum_toolkit::GroupConnection,
+    out: &Out,
+) -> Result<(), Stop> {
+    let mut closing = state.closing.clone();
+    let mut keep_alive = keep_alive();
+    loop {
+        let first = tokio::select! {
+            message = connection.next() => match message {
+                Some(message) => message,
+                // The group stopped (updated, deleted, restarted): the client connects again.
+                None => return Err(Some(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("group '{}' stopped; connect again", connection.key()),
+                ))),
+            },
+            _ = keep_alive.tick() => {
+                out.send(&b":\n\n"[..]).await?;
+                continue;
+            }
+            _ = set(&mut closing) => return Ok(()),
+        };
+        let mut chunk = group_frame(&first)?;
+        while let Some(more) = connection.try_next() {
+            chunk.extend_from_slice(&group_frame(&more)?);
+        }
+        out.send(chunk).await?;
+    }
+}
+
+/// One group message's frame.
+fn group_frame(message: &factum_toolkit::GroupMessage) -> Result<Vec<u8>, Stop> {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        id: uuid::Uuid,
+        retry_count: u32,
+        event: &'a crate::json::RecordedLine,
+    }
+    let event = recorded(&message.event).map_err(|e| Some(ApiError::from(e)))?;
+    let line = Line {
+        id: message.id,
+        retry_count: message.retry_count,
+        event: &event,
+    };
+    let data = serde_json::to_string(&line)
+        .map_err(|e| Some(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e)))?;
+    Ok(format!("id: {}\ndata: {data}\n\n", message.id).into_bytes())
+}
+
 /// What a subscription endpoint answers: all of `$all` from a position (through the shared
 /// fan-out), or a subscription of its own (one stream, or `$all` filtered).
 pub(crate) enum Follow {
-    All { from: u64 },
+    All {
+        from: u64,
+    },
     Own(Subscription),
+    /// A consumer of a persistent subscription group: its messages as they are sent to it.
+    Group(factum_toolkit::GroupConnection),
 }
 
 /// Starts a follower and answers with its events as `text/event-stream`.
@@ -288,6 +344,7 @@ pub(crate) fn respond(state: &AppState, follow: Follow) -> Response {
         let stopped = match follow {
             Follow::All { from } => follow_all(&state, from, &out).await,
             Follow::Own(subscription) => follow_own(&state, subscription, &out).await,
+            Follow::Group(connection) => follow_group(&state, connection, &out).await,
         };
         // A failure is sent as an `error` event, and the stream ends.
         if let Err(Some(error)) = stopped {

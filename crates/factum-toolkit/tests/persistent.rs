@@ -736,3 +736,58 @@ async fn persistent_consumers_share_a_group_and_failures_end_parked() {
     );
     groups.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_asked_for_goes_on_after_a_reopen_and_stop_at_replays_the_first() {
+    for (kind, store, _dir) in stores("replay").await {
+        let ids = append(store.as_ref(), "fax-1", 3).await;
+        let key = GroupKey::new("fax-1", "send");
+        {
+            let groups = Groups::open(store.clone()).await.unwrap();
+            groups
+                .create(GroupSource::stream("fax-1").unwrap(), "send", quick())
+                .await
+                .unwrap();
+            let mut connection = groups.connect(&key, "c", 3).await.unwrap();
+            for _ in 0..3 {
+                let d = next(&mut connection).await;
+                connection
+                    .nack(&[d.id], NackAction::Park, "line busy")
+                    .await
+                    .unwrap();
+            }
+            drop(connection);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(groups.info(&key).await.unwrap().parked, 3, "{kind}");
+            // Asked for with no consumer connected (as `factum subscriptions replay-parked`
+            // does where the store is): the first two.
+            assert_eq!(
+                groups.replay_parked(&key, Some(2)).await.unwrap(),
+                2,
+                "{kind}"
+            );
+            groups.close().await;
+        }
+        let groups = Groups::open(store.clone()).await.unwrap();
+        assert!(groups.info(&key).await.unwrap().replaying, "{kind}");
+        let mut connection = groups.connect(&key, "c", 5).await.unwrap();
+        let mut again = vec![next(&mut connection).await, next(&mut connection).await];
+        nothing_for(&mut connection, Duration::from_millis(200)).await;
+        again.sort_by_key(|d| d.event.revision);
+        assert_eq!(
+            again.iter().map(|d| d.id).collect::<Vec<_>>(),
+            ids[..2],
+            "{kind}"
+        );
+        let settled: Vec<Uuid> = again.iter().map(|d| d.id).collect();
+        connection.ack(&settled).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let info = groups.info(&key).await.unwrap();
+        assert_eq!(
+            (info.parked, info.replaying),
+            (1, false),
+            "{kind}: {info:?}"
+        );
+        groups.close().await;
+    }
+}

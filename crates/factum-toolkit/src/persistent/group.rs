@@ -36,6 +36,10 @@ pub(crate) struct StateRecord {
     pub delivered_to: u64,
     #[serde(default)]
     pub replayed_until: u64,
+    /// A replay under way: parked messages below this are delivered again, also after a
+    /// restart, until each is settled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaying_until: Option<u64>,
 }
 
 /// Sorted keys as ranges `[first, last]`.
@@ -274,6 +278,7 @@ impl Group {
             .map_or(def.parked_from, |s| s.replayed_until)
             .max(def.parked_from);
         let sent_before = state.as_ref().map_or(0, |s| s.delivered_to);
+        let replaying_until = state.as_ref().and_then(|s| s.replaying_until);
         let read_next = checkpoint.unwrap_or(def.start);
         let mut parked_before: BTreeSet<u64> = state
             .as_ref()
@@ -305,7 +310,7 @@ impl Group {
                 }
             }
         }
-        Ok(Group {
+        let mut group = Group {
             store,
             parked_stream,
             messages: BTreeMap::new(),
@@ -341,7 +346,13 @@ impl Group {
             parked_total: 0,
             _claim: claim,
             def,
-        })
+        };
+        if let Some(end) = replaying_until
+            && end > group.replayed_until
+        {
+            group.load_replay(end).await?;
+        }
+        Ok(group)
     }
 
     /// Runs until stopped: reads the source, hands out messages, settles them, stores the
@@ -390,12 +401,21 @@ impl Group {
         self.store_state(self.sent_to).await;
     }
 
+    /// When the run loop must look again without a command or an event: the next delivery
+    /// deadline, the next checkpoint when one is due, a parking to try again.
     fn next_wake(&self) -> Instant {
-        let checkpoint = self.last_checkpoint_at + self.def.settings.checkpoint_after;
-        let retry_parking = if !self.parking.is_empty() {
-            Instant::now() + std::time::Duration::from_millis(200)
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_secs(3600);
+        let settings = &self.def.settings;
+        let checkpoint = if self.settled_since >= settings.checkpoint_min_count.max(1) {
+            self.last_checkpoint_at + settings.checkpoint_after
         } else {
-            checkpoint
+            later
+        };
+        let retry_parking = if !self.parking.is_empty() {
+            now + std::time::Duration::from_millis(200)
+        } else {
+            later
         };
         let deadline = self
             .deadlines
@@ -729,11 +749,17 @@ impl Group {
                 .collect();
             ranges(all)
         };
+        let replaying_until = self
+            .replay
+            .as_ref()
+            .filter(|r| r.remaining > 0)
+            .map(|r| r.until);
         let record = StateRecord {
             below,
             settled,
             delivered_to,
             replayed_until,
+            replaying_until,
         };
         if self.stored.as_ref() == Some(&record) {
             self.settled_since = 0;
@@ -904,11 +930,27 @@ impl Group {
         if self.replay.is_some() {
             return Err(GroupError::Replaying(self.def.key.clone()));
         }
-        let mut until = self.replayed_until;
         let end = match stop_at {
             Some(n) => self.replayed_until.saturating_add(n).min(self.parked_next),
             None => self.parked_next,
         };
+        let replayed = self.load_replay(end).await?;
+        // Stored before the answer: a replay asked for goes on after a restart.
+        if !self.store_state(self.delivered_to).await {
+            return Err(GroupError::Invalid(format!(
+                "group '{}' could not store its replay; try again",
+                self.def.key
+            )));
+        }
+        // A replay with nothing to deliver is done at once.
+        self.maybe_checkpoint(false).await;
+        Ok(replayed)
+    }
+
+    /// Takes the parked messages from where the last replay ended up to `end` to deliver
+    /// again; how many.
+    async fn load_replay(&mut self, end: u64) -> Result<u64, GroupError> {
+        let mut until = self.replayed_until;
         let mut replayed = 0u64;
         while until < end {
             let want = usize::try_from(end - until).unwrap_or(usize::MAX).min(512);
@@ -955,11 +997,9 @@ impl Group {
             until = next.min(end);
         }
         self.replay = Some(Replay {
-            until,
+            until: until.max(end),
             remaining: replayed as usize,
         });
-        // A replay with nothing to deliver is done at once.
-        self.maybe_checkpoint(replayed == 0).await;
         Ok(replayed)
     }
 

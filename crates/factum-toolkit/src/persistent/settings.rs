@@ -20,6 +20,7 @@ pub enum GroupSource {
 
 /// A [`SubscriptionFilter`] that can be stored, compared and ordered.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FilterSpec {
     /// Deliver events whose stream starts with one of these (all when empty).
     #[serde(default)]
@@ -98,6 +99,7 @@ impl fmt::Display for GroupKey {
 /// Where a new group starts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum StartFrom {
     /// The first event.
     #[default]
@@ -111,6 +113,7 @@ pub enum StartFrom {
 /// How a group shares its messages among its consumers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ConsumerStrategy {
     /// Each message to the next consumer in turn that has room.
     #[default]
@@ -151,14 +154,17 @@ impl ConsumerStrategy {
     }
 }
 
-/// A group's settings, as KurrentDB has them. Durations are stored in milliseconds.
+/// A group's settings, as KurrentDB has them. In JSON the durations are milliseconds
+/// (`message_timeout_ms`, `checkpoint_after_ms`); a setting left out takes its default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GroupSettings {
     /// Where the group starts when it is created.
     pub start_from: StartFrom,
     /// A message not acknowledged this long after it was sent is tried again.
-    #[serde(with = "millis")]
+    #[serde(with = "millis", rename = "message_timeout_ms")]
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub message_timeout: Duration,
     /// How many times a message is tried again before it is parked: it is delivered at most
     /// `max_retry_count + 1` times.
@@ -168,7 +174,8 @@ pub struct GroupSettings {
     /// How many events one read of the store takes.
     pub read_batch_size: usize,
     /// The checkpoint is stored at most this often …
-    #[serde(with = "millis")]
+    #[serde(with = "millis", rename = "checkpoint_after_ms")]
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub checkpoint_after: Duration,
     /// … once at least this many messages were settled since the last one …
     pub checkpoint_min_count: usize,
@@ -262,6 +269,7 @@ mod millis {
 /// What a consumer does with a message it could not handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum NackAction {
     /// Park it now, whatever its retry count.
     Park,
@@ -286,6 +294,7 @@ pub struct GroupMessage {
 
 /// One connected consumer, as the group sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConsumerInfo {
     /// The connection's id within the group.
     pub id: u64,
@@ -305,6 +314,7 @@ pub struct ConsumerInfo {
 
 /// A group as it is now.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GroupInfo {
     /// `$all` or the stream.
     pub source: String,
