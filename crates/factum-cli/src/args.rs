@@ -145,6 +145,11 @@ pub enum Command {
         #[command(subcommand)]
         action: DeadLetters,
     },
+    /// Persistent subscription groups: list them, describe one, replay its parked messages.
+    Subscriptions {
+        #[command(subcommand)]
+        action: Subscriptions,
+    },
     /// Projections' read models: their lag, and rebuilds.
     Projections {
         #[command(subcommand)]
@@ -200,6 +205,35 @@ pub enum DeadLetters {
     Replay {
         /// The processor's or consumer's name.
         processor: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum Subscriptions {
+    /// Print every persistent subscription group, one JSON object a line: its source, name,
+    /// settings, consumers, messages in flight and parked, checkpoint and lag.
+    List {
+        /// Only the groups of this source (a stream's name, or `$all`).
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Print one group as JSON.
+    Describe {
+        /// A stream's name, or `$all`.
+        source: String,
+        /// The group's name.
+        group: String,
+    },
+    /// Deliver a group's parked messages again, before new ones: at once on a server
+    /// (`--server`), or, where the store is, when the group next runs.
+    ReplayParked {
+        /// A stream's name, or `$all`.
+        source: String,
+        /// The group's name.
+        group: String,
+        /// Replay only the first this many.
+        #[arg(long)]
+        stop_at: Option<u64>,
     },
 }
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use factum::{Direction, EventStore, StoreError, StreamName, SubscriptionFilter, server::json};
 
+use crate::args::Subscriptions;
 use crate::args::{
     Command, DeadLetters, ServeSecurity, expected_arg, metadata_arg, stdin_events, stream_arg,
 };
@@ -145,6 +146,7 @@ pub async fn run(location: &store::Location, command: Command) -> Result<()> {
             store.close()?;
         }
         Command::Deadletters { action } => dead_letters(dir, action).await?,
+        Command::Subscriptions { action } => subscriptions(dir, action).await?,
         Command::Projections { action } => projections::run(dir, action).await?,
         Command::Verify => {
             let store = open(dir).await?;
@@ -307,6 +309,51 @@ async fn relay(dir: &store::Location, config: &std::path::Path) -> Result<()> {
 
 async fn open(location: &store::Location) -> Result<store::Store> {
     store::Store::open(location).await
+}
+
+/// `factum subscriptions` where the store is. The groups run here for as long as the command
+/// does: a group that a server sharing the store runs answers that it is served elsewhere.
+async fn subscriptions(dir: &store::Location, action: Subscriptions) -> Result<()> {
+    let store = open(dir).await?;
+    let groups = factum::Groups::open(store.shared()).await?;
+    let result = async {
+        let mut out = stdout();
+        match action {
+            Subscriptions::List { source } => {
+                let listed = groups.list(source.as_deref()).await?;
+                for info in &listed {
+                    writeln!(out, "{}", serde_json::to_string(info)?)?;
+                }
+                if listed.is_empty() {
+                    eprintln!("no persistent subscription groups");
+                }
+            }
+            Subscriptions::Describe { source, group } => {
+                let info = groups.info(&factum::GroupKey::new(source, group)).await?;
+                writeln!(out, "{}", serde_json::to_string_pretty(&info)?)?;
+            }
+            Subscriptions::ReplayParked {
+                source,
+                group,
+                stop_at,
+            } => {
+                let key = factum::GroupKey::new(source, group);
+                let replayed = groups.replay_parked(&key, stop_at).await?;
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"source": key.source, "group": key.group, "replayed": replayed})
+                )?;
+                eprintln!("{replayed} parked message(s) of '{key}' are delivered again when the group next runs");
+            }
+        }
+        out.flush()?;
+        anyhow::Ok(())
+    }
+    .await;
+    groups.close().await;
+    store.close()?;
+    result
 }
 
 async fn dead_letters(dir: &store::Location, action: DeadLetters) -> Result<()> {

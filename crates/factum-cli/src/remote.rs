@@ -404,6 +404,59 @@ impl Remote {
     }
 }
 
+impl Remote {
+    /// `factum subscriptions … --server`.
+    pub async fn subscriptions(&self, action: crate::args::Subscriptions) -> Result<()> {
+        use crate::args::Subscriptions;
+        let mut out = stdout();
+        match action {
+            Subscriptions::List { source } => {
+                let groups: Vec<serde_json::Value> = self
+                    .json(self.request(Method::GET, &["subscriptions"]))
+                    .await?;
+                let mut listed = 0;
+                for group in groups
+                    .iter()
+                    .filter(|g| source.as_deref().is_none_or(|s| g["source"] == s))
+                {
+                    writeln!(out, "{group}")?;
+                    listed += 1;
+                }
+                if listed == 0 {
+                    eprintln!("no persistent subscription groups");
+                }
+            }
+            Subscriptions::Describe { source, group } => {
+                let info: serde_json::Value = self
+                    .json(self.request(Method::GET, &["subscriptions", &source, &group]))
+                    .await?;
+                writeln!(out, "{}", serde_json::to_string_pretty(&info)?)?;
+            }
+            Subscriptions::ReplayParked {
+                source,
+                group,
+                stop_at,
+            } => {
+                let mut request = self.request(
+                    Method::POST,
+                    &["subscriptions", &source, &group, "replay-parked"],
+                );
+                if let Some(n) = stop_at {
+                    request = request.query(&[("stop_at", n)]);
+                }
+                let answer: serde_json::Value = self.json(request).await?;
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"source": source, "group": group, "replayed": answer["replayed"]})
+                )?;
+            }
+        }
+        out.flush()?;
+        Ok(())
+    }
+}
+
 #[derive(Deserialize)]
 struct Written {
     position: u64,
@@ -492,10 +545,12 @@ pub async fn run(remote: &Remote, command: Command) -> Result<()> {
                 .await?;
             bar.finish_and_clear();
         }
+        Command::Subscriptions { action } => remote.subscriptions(action).await?,
         _ => {
             return Err(bad(
-                "--server: only append, read, read-all, tail, streams, delete, metadata and \
-                 export go to a server; run this command where the store is (with --data-dir or --store)",
+                "--server: only append, read, read-all, tail, streams, delete, metadata, \
+                 export and subscriptions go to a server; run this command where the store is \
+                 (with --data-dir or --store)",
             ));
         }
     }

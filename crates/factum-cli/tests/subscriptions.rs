@@ -211,3 +211,133 @@ async fn killed_consumers_and_a_killed_server_lose_nothing_and_send_nothing_ackn
     server.0.kill().unwrap();
     server.0.wait().unwrap();
 }
+
+fn factum(args: &[&str], data: &std::path::Path) -> (bool, String, String) {
+    let output = common::factum_in(data, args, "");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn factum_subscriptions_lists_describes_and_replays_parked_locally_and_on_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _stderr, _, port) = common::spawn_serve(&["--listen", "127.0.0.1:0"], dir.path());
+    let mut server = KillOnDrop(server);
+    let base = format!("http://127.0.0.1:{port}");
+    let batch: Vec<Value> = (0..3)
+        .map(|n| json!({"type": "JobQueued", "data": {"n": n}}))
+        .collect();
+    post(&base, "/streams/job-1", Value::Array(batch)).await;
+    let settings = json!({"settings": {"checkpoint_after_ms": 50, "checkpoint_min_count": 1}});
+    let (status, _) = post(&base, "/subscriptions/job-1/workers", settings).await;
+    assert_eq!(status, 201);
+    let mut worker = Messages::open(&base, "capacity=3").await;
+    for _ in 0..3 {
+        let message = worker.next(Duration::from_secs(10)).await.unwrap();
+        let (status, _) = post(
+            &base,
+            "/subscriptions/job-1/workers/nack",
+            json!({"ids": [id(&message)], "action": "park", "reason": "printer on fire"}),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    drop(worker);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (ok, out, err) = factum(&["--server", &base, "subscriptions", "list"], dir.path());
+    assert!(ok, "{err}");
+    let listed: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (listed["group"].clone(), listed["parked"].clone()),
+        (json!("workers"), json!(3))
+    );
+    let (ok, out, err) = factum(
+        &[
+            "--server",
+            &base,
+            "subscriptions",
+            "describe",
+            "job-1",
+            "workers",
+        ],
+        dir.path(),
+    );
+    assert!(ok, "{err}");
+    let described: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(described["checkpoint"], 3, "{described}");
+    assert_eq!(
+        described["consumers"],
+        json!([]),
+        "the consumer that went away is gone"
+    );
+    let (ok, out, err) = factum(
+        &[
+            "--server",
+            &base,
+            "subscriptions",
+            "replay-parked",
+            "job-1",
+            "workers",
+            "--stop-at",
+            "1",
+        ],
+        dir.path(),
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("\"replayed\":1"), "{out}");
+    let (ok, _, err) = factum(
+        &[
+            "--server",
+            &base,
+            "subscriptions",
+            "describe",
+            "job-1",
+            "nope",
+        ],
+        dir.path(),
+    );
+    assert!(
+        !ok && err.contains("no persistent subscription group"),
+        "{err}"
+    );
+
+    // Stopped; where the store is, the same commands.
+    let stopped = Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    server.0.wait().unwrap();
+    let (ok, out, err) = factum(&["subscriptions", "list", "--source", "job-1"], dir.path());
+    assert!(ok, "{err}");
+    let listed: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(listed["parked"], 3, "{listed}");
+    assert_eq!(
+        listed["replaying"], true,
+        "the replay asked for on the server goes on"
+    );
+    let (ok, out, err) = factum(&["subscriptions", "list", "--source", "other"], dir.path());
+    assert!(
+        ok && out.is_empty() && err.contains("no persistent"),
+        "{out}{err}"
+    );
+
+    // Served again, the group delivers the replay asked for.
+    let (server, _stderr, _, port) = common::spawn_serve(&["--listen", "127.0.0.1:0"], dir.path());
+    let _server = KillOnDrop(server);
+    let base = format!("http://127.0.0.1:{port}");
+    let mut worker = Messages::open(&base, "capacity=3").await;
+    let again = worker.next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        (revision(&again), again["retry_count"].clone()),
+        (0, json!(0))
+    );
+    assert!(
+        worker.next(Duration::from_millis(500)).await.is_none(),
+        "only the first"
+    );
+}

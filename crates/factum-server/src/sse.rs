@@ -294,6 +294,8 @@ async fn follow_group(
                 continue;
             }
             _ = set(&mut closing) => return Ok(()),
+            // The client went away: what it held goes to the others now.
+            () = out.chunks.closed() => return Err(None),
         };
         let mut chunk = group_frame(&first)?;
         while let Some(more) = connection.try_next() {
