@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/event_store/client/streams.proto",
         "proto/event_store/client/server_features.proto",
         "proto/event_store/client/gossip.proto",
+        "proto/event_store/client/persistent.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(files, ["proto"])?;
@@ -18,6 +19,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Every event a read delivers: encoded by hand, straight from Factum's event.
         .extern_path(
             ".event_store.client.streams.ReadResp.ReadEvent.RecordedEvent",
+            "crate::grpc::wire::RecordedEvent",
+        )
+        .extern_path(
+            ".event_store.client.persistent_subscriptions.ReadResp.ReadEvent.RecordedEvent",
             "crate::grpc::wire::RecordedEvent",
         )
         .compile_fds(descriptors)?;

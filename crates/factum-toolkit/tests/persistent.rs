@@ -771,7 +771,7 @@ async fn a_replay_asked_for_goes_on_after_a_reopen_and_stop_at_replays_the_first
         let groups = Groups::open(store.clone()).await.unwrap();
         assert!(groups.info(&key).await.unwrap().replaying, "{kind}");
         let mut connection = groups.connect(&key, "c", 5).await.unwrap();
-        let mut again = vec![next(&mut connection).await, next(&mut connection).await];
+        let mut again = [next(&mut connection).await, next(&mut connection).await];
         nothing_for(&mut connection, Duration::from_millis(200)).await;
         again.sort_by_key(|d| d.event.revision);
         assert_eq!(

@@ -138,7 +138,11 @@ pub(crate) fn invalid(message: impl Into<String>) -> Status {
 }
 
 /// `Status` with KurrentDB's `exception` trailer (and more), which the clients match on.
-fn with_exception(code: Code, message: String, pairs: &[(&'static str, String)]) -> Status {
+pub(crate) fn with_exception(
+    code: Code,
+    message: String,
+    pairs: &[(&'static str, String)],
+) -> Status {
     let mut status = Status::new(code, message);
     for (key, value) in pairs {
         if let Ok(value) = MetadataValue::try_from(value.as_str()) {

@@ -27,7 +27,17 @@ pub(crate) const SUPPORTED: &[(&str, &str)] = &[
         "getsupportedmethods",
     ),
     ("event_store.client.gossip.gossip", "read"),
+    (PERSISTENT, "create"),
+    (PERSISTENT, "update"),
+    (PERSISTENT, "delete"),
+    (PERSISTENT, "read"),
+    (PERSISTENT, "getinfo"),
+    (PERSISTENT, "replayparked"),
+    (PERSISTENT, "list"),
+    (PERSISTENT, "restartsubsystem"),
 ];
+
+const PERSISTENT: &str = "event_store.client.persistent_subscriptions.persistentsubscriptions";
 
 pub(crate) struct Features;
 
@@ -45,6 +55,9 @@ impl server_features_server::ServerFeatures for Features {
                 // Reads take `$all`, positions and filters, as the clients ask of a node.
                 features: if *method == "read" && service.ends_with("streams") {
                     vec!["all".to_owned(), "position".to_owned(), "events".to_owned()]
+                } else if *service == PERSISTENT {
+                    // Groups on a stream and on `$all`.
+                    vec!["stream".to_owned(), "all".to_owned()]
                 } else {
                     Vec::new()
                 },

@@ -15,6 +15,7 @@ mod auth;
 mod convert;
 mod features;
 mod metadata;
+mod persistent;
 pub mod proto;
 mod read;
 mod streams;
@@ -39,6 +40,7 @@ use tracing::Instrument as _;
 use crate::AppState;
 use crate::metrics::Metrics;
 use proto::event_store::client::gossip::gossip_server::GossipServer;
+use proto::event_store::client::persistent_subscriptions::persistent_subscriptions_server::PersistentSubscriptionsServer;
 use proto::event_store::client::server_features::server_features_server::ServerFeaturesServer;
 use proto::event_store::client::streams::streams_server::StreamsServer;
 
@@ -61,6 +63,12 @@ impl Grpc {
         })
         .max_decoding_message_size(limit);
         let routes = tonic::service::Routes::new(streams)
+            .add_service(
+                PersistentSubscriptionsServer::new(persistent::Persistent {
+                    state: state.clone(),
+                })
+                .max_decoding_message_size(limit),
+            )
             .add_service(ServerFeaturesServer::new(features::Features))
             .add_service(GossipServer::new(features::Gossip {
                 instance: uuid::Uuid::new_v4(),

@@ -16,6 +16,10 @@ pub mod event_store {
         pub mod gossip {
             tonic::include_proto!("event_store.client.gossip");
         }
+
+        pub mod persistent_subscriptions {
+            tonic::include_proto!("event_store.client.persistent_subscriptions");
+        }
     }
 }
 

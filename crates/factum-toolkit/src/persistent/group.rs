@@ -205,6 +205,8 @@ pub(crate) struct Group {
     /// Messages of the source below this were sent by this run (or maybe by an earlier one).
     sent_to: u64,
     state_stream: StreamName,
+    /// A group on `$all`: the parts of its filter the store's subscription does not apply.
+    matcher: Option<super::settings::Matcher>,
     /// The last state stored.
     stored: Option<StateRecord>,
     checkpoint: Option<u64>,
@@ -331,6 +333,10 @@ impl Group {
             delivered_to: sent_before,
             sent_to: sent_before,
             state_stream,
+            matcher: match &def.source {
+                GroupSource::All(filter) => Some(filter.matcher().map_err(GroupError::Invalid)?),
+                GroupSource::Stream(_) => None,
+            },
             stored: None,
             checkpoint,
             settled_since: 0,
@@ -430,7 +436,9 @@ impl Group {
             GroupSource::All(_) => event.position,
         };
         self.read_next = key + 1;
-        if matches!(self.def.source, GroupSource::All(_)) && is_own_record(&event) {
+        if matches!(self.def.source, GroupSource::All(_))
+            && (is_own_record(&event) || !self.matcher.as_ref().is_none_or(|m| m.matches(&event)))
+        {
             return;
         }
         if self.settled_before.remove(&key) {

@@ -322,6 +322,9 @@ impl Groups {
     ) -> Result<(), GroupError> {
         check_name(group)?;
         settings.validate().map_err(GroupError::Invalid)?;
+        if let GroupSource::All(filter) = &source {
+            filter.matcher().map_err(GroupError::Invalid)?;
+        }
         let key = GroupKey::new(source.name(), group);
         let mut registry = self.inner.registry.lock().await;
         self.catch_up(&mut registry).await?;

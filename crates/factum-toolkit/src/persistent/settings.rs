@@ -28,18 +28,80 @@ pub struct FilterSpec {
     /// Deliver events of one of these types (all when empty).
     #[serde(default)]
     pub event_types: Vec<String>,
+    /// Deliver events whose type starts with one of these (all when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub event_type_prefixes: Vec<String>,
+    /// Deliver events whose stream's name matches this regular expression (look-around
+    /// allowed, as in KurrentDB's filters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_regex: Option<String>,
+    /// Deliver events whose type matches this regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_type_regex: Option<String>,
     /// Leave out events of system streams (`$…`).
     #[serde(default)]
     pub exclude_system: bool,
 }
 
+/// The regular expressions of a filter, compiled once.
+pub(crate) struct Matcher {
+    filter: FilterSpec,
+    stream: Option<fancy_regex::Regex>,
+    event_type: Option<fancy_regex::Regex>,
+}
+
+impl Matcher {
+    /// Whether the event passes every part of the filter. A regular expression that fails
+    /// while it runs (its backtracking limit) lets nothing through.
+    pub(crate) fn matches(&self, event: &factum_core::RecordedEvent) -> bool {
+        let f = &self.filter;
+        let stream = event.stream.as_str();
+        let prefixed = |prefixes: &[String], text: &str| {
+            prefixes.is_empty() || prefixes.iter().any(|p| text.starts_with(p.as_str()))
+        };
+        let regex = |regex: &Option<fancy_regex::Regex>, text: &str| {
+            regex
+                .as_ref()
+                .is_none_or(|r| r.is_match(text).unwrap_or(false))
+        };
+        !(f.exclude_system && event.stream.is_system())
+            && prefixed(&f.stream_prefixes, stream)
+            && (f.event_types.is_empty() || f.event_types.contains(&event.event_type))
+            && prefixed(&f.event_type_prefixes, &event.event_type)
+            && regex(&self.stream, stream)
+            && regex(&self.event_type, &event.event_type)
+    }
+}
+
 impl FilterSpec {
+    /// What the store's subscription filters itself (prefixes, types, system streams).
     pub(crate) fn filter(&self) -> SubscriptionFilter {
         SubscriptionFilter {
             stream_prefixes: self.stream_prefixes.clone(),
             event_types: self.event_types.clone(),
             exclude_system: self.exclude_system,
         }
+    }
+
+    /// The filter with its regular expressions compiled, or why one does not compile.
+    pub(crate) fn matcher(&self) -> Result<Matcher, String> {
+        let compile = |what: &str, regex: &Option<String>| {
+            regex
+                .as_deref()
+                .map(fancy_regex::Regex::new)
+                .transpose()
+                .map_err(|e| {
+                    format!(
+                        "{what} '{}' is not a valid regular expression: {e}",
+                        regex.as_deref().unwrap_or_default()
+                    )
+                })
+        };
+        Ok(Matcher {
+            stream: compile("stream_regex", &self.stream_regex)?,
+            event_type: compile("event_type_regex", &self.event_type_regex)?,
+            filter: self.clone(),
+        })
     }
 }
 
