@@ -289,3 +289,106 @@ async fn persistent_subscriptions_with_the_rust_client_on_postgresql() {
     served.stop().await;
     drop_schema(&schema).await;
 }
+
+const TOKENS: &str = r#"
+[[token]]
+name = "ops"
+secret = "ops-0123456789abcdef"
+admin = [""]
+
+[[token]]
+name = "orders"
+secret = "orders-0123456789"
+read = ["order-"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managing_a_group_takes_admin_and_reading_it_read_on_its_source() {
+    let (store, _dir) = engine();
+    let served = serve(
+        store,
+        factum_server::Config {
+            auth: Some(std::sync::Arc::new(
+                factum_server::auth::Auth::from_toml(TOKENS).unwrap(),
+            )),
+            ..factum_server::Config::default()
+        },
+    )
+    .await;
+    let as_user = |user: &str, password: &str| {
+        let settings: ClientSettings = format!(
+            "kurrentdb://{user}:{password}@localhost:{}?tls=false",
+            served.port
+        )
+        .parse()
+        .unwrap();
+        Client::new(settings).unwrap()
+    };
+    let ops = as_user("ops", "ops-0123456789abcdef");
+    let orders = as_user("orders", "orders-0123456789");
+    ops.append_to_stream(
+        "order-1",
+        &AppendToStreamOptions::default(),
+        events("Placed", 2),
+    )
+    .await
+    .unwrap();
+    let options = PersistentSubscriptionOptions::default().start_from(StreamPosition::Start);
+    let denied = orders
+        .create_persistent_subscription("order-1", "g", &options)
+        .await
+        .unwrap_err();
+    assert!(matches!(denied, KError::AccessDenied), "{denied:?}");
+    ops.create_persistent_subscription("order-1", "g", &options)
+        .await
+        .unwrap();
+    ops.create_persistent_subscription_to_all(
+        "everything",
+        &PersistentSubscriptionToAllOptions::default(),
+    )
+    .await
+    .unwrap();
+    // Read on order- streams: reads and acks the group, sees nothing of the $all one.
+    let mut subscription = orders
+        .subscribe_to_persistent_subscription(
+            "order-1",
+            "g",
+            &SubscribeToPersistentSubscriptionOptions::default(),
+        )
+        .await
+        .unwrap();
+    let (event, _) = next(&mut subscription).await;
+    subscription.ack(&event).await.unwrap();
+    let info = orders
+        .get_persistent_subscription_info_to_all(
+            "everything",
+            &GetPersistentSubscriptionInfoOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(info, KError::AccessDenied), "{info:?}");
+    let listed = orders
+        .list_all_persistent_subscriptions(&ListPersistentSubscriptionsOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    let denied = orders
+        .delete_persistent_subscription(
+            "order-1",
+            "g",
+            &DeletePersistentSubscriptionOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(denied, KError::AccessDenied), "{denied:?}");
+    let denied = orders
+        .restart_persistent_subscription_subsystem(&Default::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(denied, KError::AccessDenied), "{denied:?}");
+    ops.restart_persistent_subscription_subsystem(&Default::default())
+        .await
+        .unwrap();
+    drop(subscription);
+    served.stop().await;
+}

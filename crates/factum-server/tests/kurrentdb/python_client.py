@@ -22,6 +22,7 @@ import uuid
 from kurrentdbclient import KurrentDBClient, NewEvent, StreamState
 from kurrentdbclient.exceptions import (
     AccessDeniedError,
+    AlreadyExistsError,
     FailedPreconditionError,
     GrpcError,
     KurrentDBClientError,
@@ -222,6 +223,82 @@ def bad_input(client):
     raises(NotFoundError, lambda: client.get_stream("fine-1"))
 
 
+def take(subscription, n, handle):
+    """Reads n events from a persistent subscription, handing each to handle(event)."""
+    got = []
+    for recorded in subscription:
+        got.append((json.loads(recorded.data)["n"], recorded.retry_count))
+        handle(recorded)
+        if len(got) == n:
+            return got
+    raise AssertionError(f"the subscription ended after {got}")
+
+
+def wait_for(what, check):
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not within 10 s: {what}")
+
+
+def persistent(client):
+    # A group on a stream: acks, a nack to park, a nack to retry, info, replay, list, delete.
+    name = f"invoice-{uuid.uuid4().hex[:8]}"
+    client.append_to_stream(name, events=[event("Issued", n) for n in range(5)], current_version=StreamState.NO_STREAM)
+    client.create_subscription_to_stream(
+        "mailer", name, consumer_strategy="RoundRobin", message_timeout=2.0, max_retry_count=2,
+        checkpoint_after=0.05, min_checkpoint_count=1)
+    raises(AlreadyExistsError, lambda: client.create_subscription_to_stream("mailer", name))
+    subscription = client.read_subscription_to_stream("mailer", name, max_ack_delay=0.05)
+
+    def handle(recorded):
+        n = json.loads(recorded.data)["n"]
+        if n == 1:
+            subscription.nack(recorded, action="park")
+        elif n == 3 and recorded.retry_count == 0:
+            subscription.nack(recorded, action="retry")
+        else:
+            subscription.ack(recorded)
+
+    got = take(subscription, 6, handle)
+    assert sorted(got) == [(0, 0), (1, 0), (2, 0), (3, 0), (3, 1), (4, 0)], got
+    wait_for("the parked message counted", lambda: client.get_subscription_info("mailer", name).parked_message_count == 1)
+    info = client.get_subscription_info("mailer", name)
+    assert (info.group_name, info.event_source, info.max_retry_count) == ("mailer", name, 2), info
+    assert info.consumer_strategy == "RoundRobin", info
+    wait_for("the checkpoint past every settled message",
+             lambda: client.get_subscription_info("mailer", name).last_checkpointed_event_position == "4")
+    client.replay_parked_events("mailer", name)
+    again = take(subscription, 1, lambda recorded: subscription.ack(recorded))
+    assert again == [(1, 0)], again
+    wait_for("nothing parked after the replay", lambda: client.get_subscription_info("mailer", name).parked_message_count == 0)
+    assert [i.group_name for i in client.list_subscriptions_to_stream(name)] == ["mailer"]
+    subscription.stop()
+    client.update_subscription_to_stream("mailer", name, max_retry_count=4)
+    assert client.get_subscription_info("mailer", name).max_retry_count == 4
+
+    # A group on $all, filtered by a regular expression on stream names.
+    receipts = f"receipt{uuid.uuid4().hex[:8]}"
+    client.append_to_stream(f"{receipts}-1", events=[event("Printed", 0), event("Printed", 1)], current_version=StreamState.NO_STREAM)
+    client.create_subscription_to_all(
+        "receipts", filter_include=[f"{receipts}-.*"], filter_by_stream_name=True,
+        checkpoint_after=0.05, min_checkpoint_count=1)
+    on_all = client.read_subscription_to_all("receipts", max_ack_delay=0.05)
+    assert take(on_all, 2, lambda recorded: on_all.ack(recorded)) == [(0, 0), (1, 0)]
+    on_all.stop()
+    groups = sorted(i.group_name for i in client.list_subscriptions())
+    assert "mailer" in groups and "receipts" in groups, groups
+    assert client.get_subscription_info("receipts").event_source == "$all"
+
+    client.delete_subscription("mailer", name)
+    client.delete_subscription("receipts")
+    raises(NotFoundError, lambda: client.get_subscription_info("mailer", name))
+    raises(NotFoundError, lambda: client.delete_subscription("mailer", name))
+    assert client.list_subscriptions_to_stream(name) == []
+
+
 def plain(port):
     client = KurrentDBClient(uri=f"kdb://localhost:{port}?Tls=false")
     streams(client)
@@ -229,6 +306,7 @@ def plain(port):
     subscriptions(client)
     deletes_and_metadata(client)
     bad_input(client)
+    persistent(client)
     client.close()
     # With discovery the client asks gossip for the leader, and connects to it.
     discovering = KurrentDBClient(uri=f"kdb+discover://localhost:{port}?Tls=false")
