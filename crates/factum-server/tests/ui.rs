@@ -352,6 +352,71 @@ async fn a_person_browses_streams_appends_through_the_form_and_sees_it_live() {
             "return document.body.innerText.includes('without a read model')",
         )
         .await;
+    // A persistent subscription group with a parked message: listed, described, replayed.
+    let created = server
+        .client
+        .post(server.at("/subscriptions/order-1/mailer"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), reqwest::StatusCode::CREATED);
+    let consumer = server
+        .client
+        .get(server.at("/subscriptions/order-1/mailer/messages?capacity=1"))
+        .send()
+        .await
+        .unwrap();
+    let mut frames = consumer.bytes_stream();
+    let mut text = String::new();
+    let id = loop {
+        use futures::StreamExt as _;
+        let chunk = tokio::time::timeout(Duration::from_secs(10), frames.next())
+            .await
+            .expect("a message within 10 s")
+            .unwrap()
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        if let Some(id) = text.lines().find_map(|l| l.strip_prefix("id: ")) {
+            break id.to_owned();
+        }
+    };
+    let nacked = server
+        .client
+        .post(server.at("/subscriptions/order-1/mailer/nack"))
+        .json(&json!({"ids": [id], "action": "park", "reason": "no address"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nacked.status(), reqwest::StatusCode::OK);
+    drop(frames);
+    browser.open(&format!("{}/#/subscriptions", server.url)).await;
+    let row = browser
+        .wait_for(
+            "the group in the list",
+            "const r = document.querySelector('#groups tr[data-group=\"order-1::mailer\"]'); \
+             return r && r.innerText.includes('mailer') && r.innerText",
+        )
+        .await;
+    assert!(row.as_str().unwrap().contains("order-1"), "{row}");
+    browser
+        .click("#groups a[href=\"#/subscription/order-1/mailer\"]")
+        .await;
+    browser
+        .wait_for(
+            "one parked message on the group's page",
+            "const r = document.querySelector('#group tr[data-fact=\"parked\"] td'); \
+             return r && r.innerText === '1'",
+        )
+        .await;
+    browser.click("#replay").await;
+    browser
+        .wait_for(
+            "the replay started",
+            "const r = document.getElementById('replay-result'); \
+             return r && r.innerText.includes('1 parked message')",
+        )
+        .await;
     browser
         .session(reqwest::Method::DELETE, "", json!({}))
         .await;
