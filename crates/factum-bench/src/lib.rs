@@ -9,6 +9,7 @@ mod grpc;
 mod http;
 mod kit;
 mod open;
+mod persistent;
 mod projections;
 mod relay;
 mod stores;
@@ -34,7 +35,7 @@ pub struct BenchArgs {
     json: bool,
     /// Scenarios to run (bulk, concurrent, single, read-all; also open, load, load-snapshot,
     /// bus, processor, saga, project, project-e2e, http, http-sse, grpc, grpc-catch-up,
-    /// relay-nats, relay-rabbitmq, relay-kafka).
+    /// persistent-grpc, persistent-http, relay-nats, relay-rabbitmq, relay-kafka).
     #[arg(
         long,
         value_delimiter = ',',
@@ -181,6 +182,9 @@ pub async fn run(data_dir: &Path, factum_pg: Option<&str>, args: BenchArgs) -> R
                 )
                 .await,
             ),
+            "persistent-grpc" | "persistent-http" => {
+                Some(persistent::run(scenario, work.path(), &payloads).await)
+            }
             "relay-nats" | "relay-rabbitmq" | "relay-kafka" => {
                 Some(relay::run(scenario, work.path(), &payloads).await)
             }
@@ -234,7 +238,8 @@ pub async fn run(data_dir: &Path, factum_pg: Option<&str>, args: BenchArgs) -> R
                     bail!(
                         "unknown scenario '{other}' (bulk, concurrent, single, read-all, open, \
                          load, load-snapshot, bus, processor, saga, project, project-e2e, http, http-sse, \
-                         grpc, grpc-catch-up, relay-nats, relay-rabbitmq, relay-kafka)"
+                         grpc, grpc-catch-up, persistent-grpc, persistent-http, relay-nats, \
+                         relay-rabbitmq, relay-kafka)"
                     )
                 }
             };

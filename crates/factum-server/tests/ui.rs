@@ -390,7 +390,9 @@ async fn a_person_browses_streams_appends_through_the_form_and_sees_it_live() {
         .unwrap();
     assert_eq!(nacked.status(), reqwest::StatusCode::OK);
     drop(frames);
-    browser.open(&format!("{}/#/subscriptions", server.url)).await;
+    browser
+        .open(&format!("{}/#/subscriptions", server.url))
+        .await;
     let row = browser
         .wait_for(
             "the group in the list",

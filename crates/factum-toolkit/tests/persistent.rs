@@ -791,3 +791,38 @@ async fn a_replay_asked_for_goes_on_after_a_reopen_and_stop_at_replays_the_first
         groups.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_to_single_sends_to_the_first_consumer_while_it_has_room() {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let groups = Groups::open(store.clone()).await.unwrap();
+    let settings = GroupSettings {
+        strategy: ConsumerStrategy::DispatchToSingle,
+        ..quick()
+    };
+    groups
+        .create(GroupSource::stream("sms-1").unwrap(), "send", settings)
+        .await
+        .unwrap();
+    let key = GroupKey::new("sms-1", "send");
+    let mut first = groups.connect(&key, "first", 3).await.unwrap();
+    let mut second = groups.connect(&key, "second", 10).await.unwrap();
+    let ids = append(store.as_ref(), "sms-1", 5).await;
+    let mut to_first = Vec::new();
+    for _ in 0..3 {
+        to_first.push(next(&mut first).await.id);
+    }
+    assert_eq!(to_first, ids[..3], "the first takes what it has room for");
+    let overflow = [next(&mut second).await.id, next(&mut second).await.id];
+    assert_eq!(overflow, ids[3..], "the second takes the rest");
+    first.ack(&to_first).await.unwrap();
+    second.ack(&overflow).await.unwrap();
+    let more = append(store.as_ref(), "sms-1", 2).await;
+    assert_eq!(
+        [next(&mut first).await.id, next(&mut first).await.id],
+        more[..],
+        "with room again, the first takes everything"
+    );
+    nothing_for(&mut second, Duration::from_millis(200)).await;
+    groups.close().await;
+}

@@ -883,8 +883,9 @@ impl Group {
                 {
                     self.disconnect(id);
                 }
-                let _ = reply.send(result);
+                // A message parked by a nack is stored before the nack is answered.
                 self.park_due().await;
+                let _ = reply.send(result);
             }
             Command::ReplayParked { stop_at, reply } => {
                 let _ = reply.send(self.replay_parked(stop_at).await);

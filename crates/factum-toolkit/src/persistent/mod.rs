@@ -92,7 +92,34 @@ struct Inner {
 /// Every persistent subscription group of a store, each at work in its own task. Clones share
 /// the groups. Open it once per process; in a process sharing a PostgreSQL store with others,
 /// each group runs in the process that claimed it first (the others answer
-/// [`GroupError::ServedElsewhere`] for it until that one stops).
+/// [`GroupError::ServedElsewhere`] for it until that one stops). `factum serve` opens them
+/// for its HTTP and gRPC consumers.
+///
+/// ```
+/// # mod factum { pub use factum_core::*; pub use factum_toolkit::*; }
+/// use factum::{EventStore, ExpectedState, GroupKey, GroupSettings, GroupSource, Groups,
+///              MemoryStore, NackAction, NewEvent, StreamName};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let store = MemoryStore::new();
+/// let placed = |n| NewEvent::json("OrderPlaced", &serde_json::json!({"n": n})).unwrap();
+/// store.append(&StreamName::user("order-1").unwrap(), ExpectedState::Any,
+///              vec![placed(0), placed(1)]).await.unwrap();
+///
+/// let groups = Groups::open(store.clone()).await.unwrap();
+/// groups.create(GroupSource::stream("order-1").unwrap(), "billing", GroupSettings::default())
+///     .await.unwrap();
+/// let key = GroupKey::new("order-1", "billing");
+/// // Each worker connects; the group shares the messages among them.
+/// let mut worker = groups.connect(&key, "worker-1", 10).await.unwrap();
+/// let first = worker.next().await.unwrap();
+/// worker.ack(&[first.id]).await.unwrap();
+/// let second = worker.next().await.unwrap();
+/// worker.nack(&[second.id], NackAction::Park, "no billing address").await.unwrap();
+/// assert_eq!(groups.info(&key).await.unwrap().parked, 1);
+/// groups.close().await;
+/// # });
+/// ```
 #[derive(Clone)]
 pub struct Groups {
     inner: Arc<Inner>,
