@@ -194,14 +194,26 @@ async fn grpc(origin: &http::Uri, tally: &Arc<Tally>) -> Result<std::time::Durat
                 .await?;
                 tally.add(n).await;
             }
-            anyhow::Ok(())
+            // A goodbye: the requests end (the acks sent go first) and the server ends the
+            // call; what this consumer still held goes to the others.
+            drop(acks);
+            while let Some(answer) = answers.next().await {
+                collect(answer?, &mut ids);
+            }
+            anyhow::Ok(ids.len() as u64)
         }));
     }
+    let mut unacked = 0;
     for consumer in consumers {
-        consumer.await??;
+        unacked += consumer.await??;
     }
     let elapsed = started.elapsed();
     ensure!(tally.done(), "the consumers stopped before every message");
+    ensure!(
+        tally.acked.load(Ordering::SeqCst) + unacked == EVENTS,
+        "{} messages acknowledged and {unacked} held at the end, of {EVENTS}: some came twice",
+        tally.acked.load(Ordering::SeqCst)
+    );
     Ok(elapsed)
 }
 

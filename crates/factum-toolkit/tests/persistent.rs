@@ -826,3 +826,67 @@ async fn dispatch_to_single_sends_to_the_first_consumer_while_it_has_room() {
     nothing_for(&mut second, Duration::from_millis(200)).await;
     groups.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_messages_acked_in_batches_reach_each_one_consumer_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> =
+        Arc::new(Engine::open(dir.path(), EngineOptions::default()).unwrap());
+    for s in 0..20 {
+        append(store.as_ref(), &format!("line-{s}"), 1000).await;
+    }
+    let groups = Groups::open(store.clone()).await.unwrap();
+    let settings = GroupSettings {
+        live_buffer_size: 2000,
+        read_batch_size: 500,
+        checkpoint_min_count: 100,
+        checkpoint_max_count: 10_000,
+        ..GroupSettings::default()
+    };
+    groups
+        .create(GroupSource::all(), "bulk", settings)
+        .await
+        .unwrap();
+    let key = GroupKey::new("$all", "bulk");
+    let seen: Arc<Mutex<Vec<(u64, u32)>>> = Arc::default();
+    let mut running = Vec::new();
+    for n in 0..4 {
+        let mut connection = groups.connect(&key, &format!("c{n}"), 200).await.unwrap();
+        let seen = seen.clone();
+        running.push(tokio::spawn(async move {
+            while let Some(first) = connection.next().await {
+                let mut batch = vec![first];
+                while let Some(more) = connection.try_next() {
+                    batch.push(more);
+                }
+                seen.lock()
+                    .extend(batch.iter().map(|d| (d.event.position, d.retry_count)));
+                let ids: Vec<Uuid> = batch.iter().map(|d| d.id).collect();
+                if connection.ack(&ids).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while seen.lock().len() < 20_000 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every message within 60 s");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = seen.lock().clone();
+    let positions: HashSet<u64> = seen.iter().map(|(p, _)| *p).collect();
+    let again: Vec<&(u64, u32)> = seen.iter().filter(|(_, r)| *r > 0).collect();
+    assert_eq!(
+        (seen.len(), positions.len()),
+        (20_000, 20_000),
+        "each once; retries: {:?}",
+        &again[..again.len().min(10)]
+    );
+    groups.close().await;
+    for task in running {
+        task.await.unwrap();
+    }
+}

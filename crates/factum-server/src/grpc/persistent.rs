@@ -479,9 +479,15 @@ impl persistent_subscriptions_server::PersistentSubscriptions for Persistent {
         let _ = out.send(Ok(confirmation)).await;
         let mut closing = self.state.closing.clone();
         tokio::spawn(async move {
+            // Once the client stops taking messages, the acks and nacks it sent before are
+            // still applied (up to the end of its requests, for at most a second); only
+            // then does the connection give back what it holds.
+            let mut draining = false;
+            let drain = tokio::time::sleep(Duration::from_secs(3600));
+            tokio::pin!(drain);
             loop {
                 tokio::select! {
-                    message = connection.next() => {
+                    message = connection.next(), if !draining => {
                         let Some(message) = message else {
                             let _ = out.send(Err(with_exception(
                                 Code::Aborted,
@@ -491,7 +497,9 @@ impl persistent_subscriptions_server::PersistentSubscriptions for Persistent {
                             break;
                         };
                         if out.send(Ok(event_of(message, form))).await.is_err() {
-                            break;
+                            // Not sent: the connection gives it back with the rest.
+                            draining = true;
+                            drain.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
                         }
                     }
                     request = incoming.message() => {
@@ -527,7 +535,11 @@ impl persistent_subscriptions_server::PersistentSubscriptions for Persistent {
                             tracing::debug!(group = %key, error = %e, "an ack or nack that settled nothing");
                         }
                     }
-                    () = out.closed() => break,
+                    () = out.closed(), if !draining => {
+                        draining = true;
+                        drain.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
+                    }
+                    () = &mut drain, if draining => break,
                     () = async { let _ = closing.wait_for(|c| *c).await; } => break,
                 }
             }
