@@ -86,7 +86,9 @@ fn expected(headers: &HeaderMap) -> Result<ExpectedState> {
 }
 
 /// A position or revision in a query: at most `i64::MAX`, as the description says.
-fn int64<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
+pub(crate) fn int64<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<u64>, D::Error> {
     match Option::<u64>::deserialize(d)? {
         Some(n) if n > i64::MAX as u64 => Err(serde::de::Error::custom(format!(
             "{n} is beyond the largest position, {}",

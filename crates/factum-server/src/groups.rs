@@ -36,7 +36,11 @@ impl From<GroupError> for ApiError {
             }
             GroupError::NotFound(_) => StatusCode::NOT_FOUND,
             GroupError::Exists(_) | GroupError::Replaying(_) => StatusCode::CONFLICT,
-            GroupError::Invalid(_) | GroupError::UnknownMessage { .. } => StatusCode::BAD_REQUEST,
+            // Well-formed, and not a group's settings or name: each field may be right while
+            // they do not go together (a batch larger than the buffer, say).
+            GroupError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            // Settled already, timed out and sent again, or never sent.
+            GroupError::UnknownMessage { .. } => StatusCode::CONFLICT,
             GroupError::Full(_) => StatusCode::TOO_MANY_REQUESTS,
             GroupError::ServedElsewhere(_) | GroupError::Stopped(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -65,11 +69,11 @@ fn body<T: serde::de::DeserializeOwned>(
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<T> {
     let bytes = body.map_err(|e| ApiError::new(e.status(), format!("body: {}", e.body_text())))?;
-    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
-        Bytes::from_static(b"{}")
-    } else {
-        bytes
-    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "body: a JSON object is needed (`{}` for every default)",
+        ));
+    }
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("body: {e}")))
 }
 
@@ -102,6 +106,19 @@ async fn require_on(
     Ok(info)
 }
 
+/// The group a path names.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // for the description; handlers take the path as a pair
+pub(crate) struct GroupPath {
+    /// A stream's name (1 to 512 characters without NUL), or `$all`.
+    #[param(min_length = 1, max_length = 512, pattern = r"^[^\x00]+$")]
+    source: String,
+    /// The group's name: 1 to 256 characters without NUL (and without `::`).
+    #[param(min_length = 1, max_length = 256, pattern = r"^[^\x00]+$")]
+    group: String,
+}
+
 /// A group to create: its settings, and for `$all` its filter.
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -126,13 +143,13 @@ pub(crate) async fn list(State(state): State<AppState>, caller: Caller) -> Resul
 
 #[utoipa::path(post, path = "/subscriptions/{source}/{group}", tag = "subscriptions",
     summary = "Create a persistent subscription group (admin right on its source)",
-    params(("source" = String, Path, description = "A stream's name, or `$all`"),
-           ("group" = String, Path, description = "The group's name: 1 to 256 characters, no `::`")),
+    params(GroupPath),
     request_body(content = NewGroup, description = "Settings (defaults for those left out) and, on `$all`, a filter"),
     responses(
         (status = 201, description = "Created", body = GroupInfo),
         (status = 403, description = "The token has no admin right on the source", body = ErrorBody),
-        (status = 409, description = "A group of that name exists on the source", body = ErrorBody)))]
+        (status = 409, description = "A group of that name exists on the source", body = ErrorBody),
+        (status = 422, description = "Settings that do not go together, a filter on a stream's group, a regular expression that does not compile, or a name with `::`", body = ErrorBody)))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -145,7 +162,8 @@ pub(crate) async fn create(
     let source = if key.source == "$all" {
         GroupSource::All(new.filter.unwrap_or_default())
     } else if new.filter.is_some() {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
             "body: a filter is for a group on $all; a stream's group takes every event of it",
         ));
     } else {
@@ -159,12 +177,12 @@ pub(crate) async fn create(
 
 #[utoipa::path(put, path = "/subscriptions/{source}/{group}", tag = "subscriptions",
     summary = "Give a group new settings (admin right on its source); its consumers reconnect",
-    params(("source" = String, Path, description = "A stream's name, or `$all`"),
-           ("group" = String, Path, description = "The group's name")),
+    params(GroupPath),
     request_body(content = GroupSettings, description = "The new settings (defaults for those left out); the start stays as created"),
     responses(
         (status = 200, description = "Updated", body = GroupInfo),
-        (status = 404, description = "No such group", body = ErrorBody)))]
+        (status = 404, description = "No such group", body = ErrorBody),
+        (status = 422, description = "Settings that do not go together", body = ErrorBody)))]
 pub(crate) async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -181,8 +199,7 @@ pub(crate) async fn update(
 
 #[utoipa::path(delete, path = "/subscriptions/{source}/{group}", tag = "subscriptions",
     summary = "Delete a group (admin right on its source); its parked stream stays readable",
-    params(("source" = String, Path, description = "A stream's name, or `$all`"),
-           ("group" = String, Path, description = "The group's name")),
+    params(GroupPath),
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such group", body = ErrorBody)))]
@@ -199,8 +216,7 @@ pub(crate) async fn delete(
 
 #[utoipa::path(get, path = "/subscriptions/{source}/{group}", tag = "subscriptions",
     summary = "Describe a group: consumers, in flight, parked, checkpoint, lag (read right on its source)",
-    params(("source" = String, Path, description = "A stream's name, or `$all`"),
-           ("group" = String, Path, description = "The group's name")),
+    params(GroupPath),
     responses(
         (status = 200, description = "The group", body = GroupInfo),
         (status = 404, description = "No such group", body = ErrorBody)))]
@@ -227,8 +243,7 @@ pub(crate) struct ConsumeParams {
 
 #[utoipa::path(get, path = "/subscriptions/{source}/{group}/messages", tag = "subscriptions",
     summary = "Receive a group's messages as server-sent events (read right on its source)",
-    params(("source" = String, Path, description = "A stream's name, or `$all`"),
-           ("group" = String, Path, description = "The group's name"), ConsumeParams),
+    params(GroupPath, ConsumeParams),
     responses(
         (status = 200, description = "Server-sent events: `id:` is the message id to acknowledge, `data:` `{\"id\", \"retry_count\", \"event\"}` with the event as in a page. Messages not acknowledged when the connection closes go to the group's other consumers.",
             body = String, content_type = "text/event-stream"),
@@ -261,6 +276,7 @@ pub(crate) async fn messages(
 #[serde(deny_unknown_fields)]
 pub(crate) struct Ack {
     /// The messages' ids (the `id:` of their frames).
+    #[schema(min_items = 1, max_items = 10000)]
     ids: Vec<Uuid>,
 }
 
@@ -269,6 +285,7 @@ pub(crate) struct Ack {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Nack {
     /// The messages' ids.
+    #[schema(min_items = 1, max_items = 10000)]
     ids: Vec<Uuid>,
     /// `park`, `retry`, `skip` or `stop` (give back untried).
     action: NackAction,
@@ -298,12 +315,11 @@ fn check_ids(ids: &[Uuid]) -> Result<()> {
 
 #[utoipa::path(post, path = "/subscriptions/{source}/{group}/ack", tag = "subscriptions",
     summary = "Acknowledge messages in flight (read right on its source); all or none",
-    params(("source" = String, Path, description = "A stream's name, or `$all`"),
-           ("group" = String, Path, description = "The group's name")),
+    params(GroupPath),
     request_body(content = Ack),
     responses(
         (status = 200, description = "Acknowledged", body = Settled),
-        (status = 400, description = "An id not in flight (none is acknowledged)", body = ErrorBody),
+        (status = 409, description = "An id not in flight: settled, or timed out and sent again (none is acknowledged)", body = ErrorBody),
         (status = 404, description = "No such group", body = ErrorBody)))]
 pub(crate) async fn ack(
     State(state): State<AppState>,
@@ -324,12 +340,11 @@ pub(crate) async fn ack(
 
 #[utoipa::path(post, path = "/subscriptions/{source}/{group}/nack", tag = "subscriptions",
     summary = "Nack messages in flight with an action (read right on its source); all or none",
-    params(("source" = String, Path, description = "A stream's name, or `$all`"),
-           ("group" = String, Path, description = "The group's name")),
+    params(GroupPath),
     request_body(content = Nack),
     responses(
         (status = 200, description = "Nacked", body = Settled),
-        (status = 400, description = "An id not in flight (none is nacked)", body = ErrorBody),
+        (status = 409, description = "An id not in flight: settled, or timed out and sent again (none is nacked)", body = ErrorBody),
         (status = 404, description = "No such group", body = ErrorBody)))]
 pub(crate) async fn nack(
     State(state): State<AppState>,
@@ -357,6 +372,8 @@ pub(crate) async fn nack(
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReplayParams {
     /// Replay the first this many (all when left out).
+    #[serde(default, deserialize_with = "crate::api::int64")]
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     stop_at: Option<u64>,
 }
 
@@ -369,8 +386,7 @@ pub(crate) struct Replayed {
 
 #[utoipa::path(post, path = "/subscriptions/{source}/{group}/replay-parked", tag = "subscriptions",
     summary = "Deliver a group's parked messages again, before new ones (admin right on its source)",
-    params(("source" = String, Path, description = "A stream's name, or `$all`"),
-           ("group" = String, Path, description = "The group's name"), ReplayParams),
+    params(GroupPath, ReplayParams),
     responses(
         (status = 200, description = "The replay started", body = Replayed),
         (status = 404, description = "No such group", body = ErrorBody),

@@ -310,7 +310,24 @@ async fn what_clients_call_around_the_streams() {
             "{listed:?}"
         );
     }
-    assert!(!listed.iter().any(|(s, _)| s.contains("persistent")));
+    for method in [
+        "create",
+        "update",
+        "delete",
+        "read",
+        "getinfo",
+        "replayparked",
+        "list",
+        "restartsubsystem",
+    ] {
+        let persistent = "event_store.client.persistent_subscriptions.persistentsubscriptions";
+        let found = methods
+            .methods
+            .iter()
+            .find(|m| m.service_name == persistent && m.method_name == method)
+            .unwrap_or_else(|| panic!("{method} in {listed:?}"));
+        assert!(found.features.contains(&"all".to_owned()), "{found:?}");
+    }
     // Gossip: one node, the leader, where the client reached it.
     let cluster = GossipClient::with_origin(grpc::channel(), served.origin())
         .read(())
@@ -327,8 +344,15 @@ async fn what_clients_call_around_the_streams() {
         ("localhost", u32::from(served.port))
     );
     // Services Factum does not offer: UNIMPLEMENTED naming them, at once.
+    // Persistent subscriptions: with no group, a listing is "not found", as on a node.
+    let (code, _) = served
+        .raw(
+            "/event_store.client.persistent_subscriptions.PersistentSubscriptions/List",
+            &[Vec::new()],
+        )
+        .await;
+    assert_eq!(code, Code::NotFound);
     for path in [
-        "/event_store.client.persistent_subscriptions.PersistentSubscriptions/List",
         "/event_store.client.projections.Projections/Statistics",
         "/event_store.client.users.Users/Details",
         "/event_store.client.operations.Operations/StartScavenge",

@@ -198,7 +198,7 @@ async fn a_group_over_http_shares_acks_nacks_parks_and_replays() {
         json!({"ids": [by_revision(0)]}),
     )
     .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(status, StatusCode::CONFLICT);
     assert!(
         error["error"].as_str().unwrap().contains("in flight"),
         "{error}"
@@ -290,7 +290,7 @@ async fn bad_group_requests_are_refused_and_write_nothing() {
             "POST",
             "/subscriptions/cart-1/h",
             json!({"settings": {"read_batch_size": 0}}),
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
         ),
         (
             "POST",
@@ -302,7 +302,7 @@ async fn bad_group_requests_are_refused_and_write_nothing() {
             "POST",
             "/subscriptions/cart-1/h",
             json!({"filter": {"stream_prefixes": ["x"]}}),
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
         ),
         (
             "POST",
@@ -344,6 +344,42 @@ async fn bad_group_requests_are_refused_and_write_nothing() {
             "POST",
             "/subscriptions/cart-1/g/ack",
             json!({"ids": [uuid::Uuid::now_v7()]}),
+            StatusCode::CONFLICT,
+        ),
+        (
+            "POST",
+            "/subscriptions/cart-1/h",
+            json!({"settings": {"read_batch_size": 50, "live_buffer_size": 10}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/subscriptions/$all/h",
+            json!({"filter": {"stream_regex": "(unclosed"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/subscriptions/cart-1/a::b",
+            json!({}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/subscriptions/cart-1/h",
+            json!({"settings": {"live_buffer_size": 20.0, "read_batch_size": 1e3}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/subscriptions/cart-1/h",
+            json!({"settings": {"live_buffer_size": 2.5}}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/subscriptions/cart-1/g/replay-parked?stop_at=9223372036854775808",
+            json!(null),
             StatusCode::BAD_REQUEST,
         ),
         (
@@ -364,6 +400,16 @@ async fn bad_group_requests_are_refused_and_write_nothing() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // A create or update needs a body (`{}` for every default).
+    for method in [reqwest::Method::POST, reqwest::Method::PUT] {
+        let response = server
+            .client
+            .request(method.clone(), server.at("/subscriptions/cart-1/g"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{method}");
+    }
     assert_eq!(server.store.head(), head, "nothing written");
     server.stop().await;
 }

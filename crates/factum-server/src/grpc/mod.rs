@@ -2,8 +2,9 @@
 //! so that KurrentDB's own clients work against `factum serve` unchanged (docs/kurrentdb.md).
 //!
 //! A request whose content type is `application/grpc…` goes to the services here; any other
-//! goes to the HTTP API. The services: streams (`streams.rs`, `read.rs`), server features and
-//! gossip (`features.rs`); every other service a client may call answers `UNIMPLEMENTED`
+//! goes to the HTTP API. The services: streams (`streams.rs`, `read.rs`), persistent
+//! subscriptions (`persistent.rs`, over the server's groups), server features and gossip
+//! (`features.rs`); every other service a client may call answers `UNIMPLEMENTED`
 //! naming what Factum does not offer. Calls are checked with the HTTP API's tokens and rights
 //! (`auth.rs`), counted and timed in `/metrics`, and logged with the client's
 //! `connection-name`.
@@ -82,7 +83,7 @@ impl Grpc {
     }
 }
 
-/// A service or method Factum does not offer (persistent subscriptions, projections, users,
+/// A service or method Factum does not offer (projections, users,
 /// operations, monitoring, …): `UNIMPLEMENTED`, naming it.
 async fn not_offered(request: Request) -> Response {
     let path = request.uri().path().trim_start_matches('/').to_owned();

@@ -608,10 +608,8 @@ impl persistent_subscriptions_server::PersistentSubscriptions for Persistent {
         use ps::list_req::options::ListOption;
         use ps::list_req::source::StreamOption;
         let caller = auth::caller(&self.state, request.metadata())?;
-        let options = request
-            .into_inner()
-            .options
-            .ok_or_else(|| invalid("the request has no options"))?;
+        // No options: every group, as with `list_all_subscriptions`.
+        let options = request.into_inner().options.unwrap_or_default();
         let source = match options.list_option {
             Some(ListOption::ListForStream(s)) => Some(match s.stream_option {
                 Some(StreamOption::Stream(stream)) => source_name(Some(&stream), false)?,

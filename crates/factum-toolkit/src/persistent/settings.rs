@@ -158,10 +158,9 @@ impl fmt::Display for GroupKey {
     }
 }
 
-/// Where a new group starts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+/// Where a new group starts. In JSON: `"start"`, `"end"`, or the revision or position as a
+/// number.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum StartFrom {
     /// The first event.
     #[default]
@@ -171,6 +170,71 @@ pub enum StartFrom {
     /// A revision (a stream's group) or a position (a group on `$all`), inclusive.
     At(u64),
 }
+
+impl Serialize for StartFrom {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            StartFrom::Start => s.serialize_str("start"),
+            StartFrom::End => s.serialize_str("end"),
+            StartFrom::At(at) => s.serialize_u64(*at),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StartFrom {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const LIMIT: u64 = i64::MAX as u64;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(text) if text == "start" => Ok(StartFrom::Start),
+            serde_json::Value::String(text) if text == "end" => Ok(StartFrom::End),
+            serde_json::Value::Number(n) => {
+                let at = n
+                    .as_u64()
+                    .or_else(|| {
+                        n.as_f64()
+                            .filter(|f| f.fract() == 0.0 && (0.0..9.3e18).contains(f))
+                            .map(|f| f as u64)
+                    })
+                    .filter(|at| *at <= LIMIT)
+                    .ok_or_else(|| {
+                        serde::de::Error::custom(format!(
+                            "start_from {n} is not a whole number from 0 to {LIMIT}"
+                        ))
+                    })?;
+                Ok(StartFrom::At(at))
+            }
+            other => Err(serde::de::Error::custom(format!(
+                "start_from {other} is not \"start\", \"end\" or a revision or position"
+            ))),
+        }
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for StartFrom {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, SchemaType, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::new(Type::String))
+                    .enum_values(Some(["start", "end"])),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::new(Type::Integer))
+                    .minimum(Some(0))
+                    .maximum(Some(i64::MAX)),
+            )
+            .description(Some(
+                "\"start\", \"end\", or a revision (a stream's group) or position (on $all)",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for StartFrom {}
 
 /// How a group shares its messages among its consumers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,24 +290,37 @@ pub struct GroupSettings {
     pub start_from: StartFrom,
     /// A message not acknowledged this long after it was sent is tried again.
     #[serde(with = "millis", rename = "message_timeout_ms")]
-    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
+    #[cfg_attr(feature = "openapi", schema(value_type = u64, minimum = 1, maximum = 86_400_000))]
     pub message_timeout: Duration,
     /// How many times a message is tried again before it is parked: it is delivered at most
     /// `max_retry_count + 1` times.
+    #[serde(deserialize_with = "whole::u32")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1_000_000))]
     pub max_retry_count: u32,
     /// How many messages the group holds read ahead and in flight.
+    #[serde(deserialize_with = "whole::usize")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100_000))]
     pub live_buffer_size: usize,
-    /// How many events one read of the store takes.
+    /// How many events one read of the store takes (at most `live_buffer_size`).
+    #[serde(deserialize_with = "whole::usize")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100_000))]
     pub read_batch_size: usize,
     /// The checkpoint is stored at most this often …
     #[serde(with = "millis", rename = "checkpoint_after_ms")]
-    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
+    #[cfg_attr(feature = "openapi", schema(value_type = u64, minimum = 1, maximum = 86_400_000))]
     pub checkpoint_after: Duration,
-    /// … once at least this many messages were settled since the last one …
+    /// … once at least this many messages were settled since the last one (at most
+    /// `checkpoint_max_count`) …
+    #[serde(deserialize_with = "whole::usize")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100_000))]
     pub checkpoint_min_count: usize,
     /// … and at once when this many were.
+    #[serde(deserialize_with = "whole::usize")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100_000))]
     pub checkpoint_max_count: usize,
     /// At most this many consumers at a time (0: no limit).
+    #[serde(deserialize_with = "whole::usize")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1_000_000))]
     pub max_subscriber_count: usize,
     /// How messages are shared among the consumers.
     pub strategy: ConsumerStrategy,
@@ -270,6 +347,10 @@ impl Default for GroupSettings {
 const LONGEST: Duration = Duration::from_secs(86_400);
 /// The largest buffer and batch sizes accepted.
 const BUFFER_MAX: usize = 100_000;
+/// The most retries accepted.
+const RETRIES_MAX: u32 = 1_000_000;
+/// The largest limit of consumers accepted.
+const SUBSCRIBERS_MAX: usize = 1_000_000;
 
 impl GroupSettings {
     /// Checks the settings; the error says which one is wrong and why.
@@ -298,6 +379,18 @@ impl GroupSettings {
         size("live_buffer_size", self.live_buffer_size)?;
         size("read_batch_size", self.read_batch_size)?;
         size("checkpoint_max_count", self.checkpoint_max_count)?;
+        if self.max_retry_count > RETRIES_MAX {
+            return Err(format!(
+                "max_retry_count is {}; it must be at most {RETRIES_MAX}",
+                self.max_retry_count
+            ));
+        }
+        if self.max_subscriber_count > SUBSCRIBERS_MAX {
+            return Err(format!(
+                "max_subscriber_count is {}; it must be at most {SUBSCRIBERS_MAX} (0: no limit)",
+                self.max_subscriber_count
+            ));
+        }
         if self.read_batch_size > self.live_buffer_size {
             return Err(format!(
                 "read_batch_size ({}) is larger than live_buffer_size ({})",
@@ -317,14 +410,47 @@ impl GroupSettings {
 mod millis {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
+        Ok(Duration::from_millis(super::whole::u64(d)?))
+    }
+}
+
+/// Whole numbers as JSON may write them (`20` or `20.0`), in range for their type.
+mod whole {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let number = serde_json::Number::deserialize(d)?;
+        match (number.as_u64(), number.as_f64()) {
+            (Some(n), _) => Ok(n),
+            // 2^64 is the first float past the limit.
+            (None, Some(f))
+                if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) =>
+            {
+                Ok(f as u64)
+            }
+            _ => Err(serde::de::Error::custom(format!(
+                "{number} is not a whole number from 0"
+            ))),
+        }
+    }
+
+    pub fn usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        let n = u64(d)?;
+        n.try_into()
+            .map_err(|_| serde::de::Error::custom(format!("{n} is too large")))
+    }
+
+    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let n = u64(d)?;
+        n.try_into()
+            .map_err(|_| serde::de::Error::custom(format!("{n} is larger than {}", u32::MAX)))
     }
 }
 
