@@ -77,8 +77,13 @@ fn body<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("body: {e}")))
 }
 
-/// The streams a group's messages come from, for the rights it takes.
-fn require(caller: &Caller, right: Right, source: &str, filter: Option<&FilterSpec>) -> Result<()> {
+/// The streams a group's messages come from, for the rights it takes (over HTTP and gRPC).
+pub(crate) fn require(
+    caller: &Caller,
+    right: Right,
+    source: &str,
+    filter: Option<&FilterSpec>,
+) -> Result<()> {
     if source != "$all" {
         return caller.require(right, source);
     }
@@ -90,20 +95,39 @@ fn require(caller: &Caller, right: Right, source: &str, filter: Option<&FilterSp
     }
 }
 
-/// The rights a request on an existing group takes: by its source and filter.
-async fn require_on(
-    state: &AppState,
+/// The rights a request on an existing group takes: by its source and filter. Without the
+/// right on a stream, whether a group on it exists is not told either.
+pub(crate) async fn require_on(
+    groups: &Groups,
     caller: &Caller,
     right: Right,
     key: &GroupKey,
-) -> Result<GroupInfo> {
-    // Without the right on the source, whether the group exists is not told either.
+) -> std::result::Result<(), RightsError> {
     if key.source != "$all" {
-        caller.require(right, &key.source)?;
+        caller
+            .require(right, &key.source)
+            .map_err(RightsError::Denied)?;
     }
-    let info = groups(state).await?.info(key).await?;
-    require(caller, right, &key.source, info.filter.as_ref())?;
-    Ok(info)
+    let filter = match groups.source(key).await.map_err(RightsError::Group)? {
+        GroupSource::All(filter) => Some(filter),
+        GroupSource::Stream(_) => None,
+    };
+    require(caller, right, &key.source, filter.as_ref()).map_err(RightsError::Denied)
+}
+
+/// Why [`require_on`] refused: the caller's right, or the group (not found, …).
+pub(crate) enum RightsError {
+    Denied(ApiError),
+    Group(GroupError),
+}
+
+impl From<RightsError> for ApiError {
+    fn from(error: RightsError) -> Self {
+        match error {
+            RightsError::Denied(e) => e,
+            RightsError::Group(e) => e.into(),
+        }
+    }
 }
 
 /// The group a path names.
@@ -191,7 +215,7 @@ pub(crate) async fn update(
 ) -> Result<Response> {
     let key = key(path)?;
     let settings: GroupSettings = body(request)?;
-    require_on(&state, &caller, Right::Admin, &key).await?;
+    require_on(groups(&state).await?, &caller, Right::Admin, &key).await?;
     let groups = groups(&state).await?;
     groups.update(&key, settings).await?;
     Ok(Json(groups.info(&key).await?).into_response())
@@ -209,7 +233,7 @@ pub(crate) async fn delete(
     path: std::result::Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response> {
     let key = key(path)?;
-    require_on(&state, &caller, Right::Admin, &key).await?;
+    require_on(groups(&state).await?, &caller, Right::Admin, &key).await?;
     groups(&state).await?.delete(&key).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -226,7 +250,9 @@ pub(crate) async fn describe(
     path: std::result::Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response> {
     let key = key(path)?;
-    Ok(Json(require_on(&state, &caller, Right::Read, &key).await?).into_response())
+    let groups = groups(&state).await?;
+    require_on(groups, &caller, Right::Read, &key).await?;
+    Ok(Json(groups.info(&key).await?).into_response())
 }
 
 /// How a consumer connects.
@@ -265,7 +291,7 @@ pub(crate) async fn messages(
             "capacity {capacity} is out of range 1..=10000"
         )));
     }
-    require_on(&state, &caller, Right::Read, &key).await?;
+    require_on(groups(&state).await?, &caller, Right::Read, &key).await?;
     let name = params.consumer.unwrap_or_else(|| "http".into());
     let connection = groups(&state).await?.connect(&key, &name, capacity).await?;
     Ok(sse::respond(&state, Follow::Group(connection)))
@@ -330,7 +356,7 @@ pub(crate) async fn ack(
     let key = key(path)?;
     let ack: Ack = body(request)?;
     check_ids(&ack.ids)?;
-    require_on(&state, &caller, Right::Read, &key).await?;
+    require_on(groups(&state).await?, &caller, Right::Read, &key).await?;
     groups(&state).await?.ack(&key, &ack.ids).await?;
     Ok(Json(Settled {
         settled: ack.ids.len(),
@@ -355,7 +381,7 @@ pub(crate) async fn nack(
     let key = key(path)?;
     let nack: Nack = body(request)?;
     check_ids(&nack.ids)?;
-    require_on(&state, &caller, Right::Read, &key).await?;
+    require_on(groups(&state).await?, &caller, Right::Read, &key).await?;
     groups(&state)
         .await?
         .nack(&key, &nack.ids, nack.action, &nack.reason)
@@ -401,7 +427,7 @@ pub(crate) async fn replay_parked(
     let params = params
         .map(|Query(q)| q)
         .map_err(|e| ApiError::bad_request(e.body_text()))?;
-    require_on(&state, &caller, Right::Admin, &key).await?;
+    require_on(groups(&state).await?, &caller, Right::Admin, &key).await?;
     let replayed = groups(&state)
         .await?
         .replay_parked(&key, params.stop_at)

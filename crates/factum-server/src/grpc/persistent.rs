@@ -67,25 +67,15 @@ fn source_name(stream: Option<&StreamIdentifier>, all: bool) -> Result<String, S
     Ok(name)
 }
 
+/// The HTTP API's check of a group's rights ([`crate::groups::require`]), as a status.
 fn require(
     caller: &Caller,
     right: Right,
     source: &str,
     filter: Option<&FilterSpec>,
 ) -> Result<(), Status> {
-    if source != "$all" {
-        return auth::require(caller, right, source);
-    }
-    match filter.map(|f| f.stream_prefixes.as_slice()) {
-        Some(prefixes)
-            if !prefixes.is_empty() && filter.is_some_and(|f| f.stream_regex.is_none()) =>
-        {
-            prefixes
-                .iter()
-                .try_for_each(|p| auth::require(caller, right, p))
-        }
-        _ => auth::require(caller, right, ""),
-    }
+    crate::groups::require(caller, right, source, filter)
+        .map_err(|e| convert::access_denied(e.body().error.clone()))
 }
 
 /// Milliseconds from the protocol's ticks (100 ns) or milliseconds.
@@ -345,19 +335,15 @@ impl Persistent {
             .map_err(|e| Status::unavailable(e.body().error.clone()))
     }
 
-    /// The group, after checking the caller's right on its source (and filter).
-    async fn checked(
-        &self,
-        caller: &Caller,
-        right: Right,
-        key: &GroupKey,
-    ) -> Result<GroupInfo, Status> {
-        if key.source != "$all" {
-            auth::require(caller, right, &key.source)?;
-        }
-        let info = self.groups().await?.info(key).await.map_err(status)?;
-        require(caller, right, &key.source, info.filter.as_ref())?;
-        Ok(info)
+    /// Checks the caller's right on a group's source (and filter), as over HTTP.
+    async fn checked(&self, caller: &Caller, right: Right, key: &GroupKey) -> Result<(), Status> {
+        use crate::groups::RightsError;
+        crate::groups::require_on(self.groups().await?, caller, right, key)
+            .await
+            .map_err(|e| match e {
+                RightsError::Denied(e) => convert::access_denied(e.body().error.clone()),
+                RightsError::Group(e) => status(e),
+            })
     }
 }
 
@@ -566,7 +552,8 @@ impl persistent_subscriptions_server::PersistentSubscriptions for Persistent {
             None => return Err(invalid("the request names no stream")),
         };
         let key = GroupKey::new(source, options.group_name);
-        let info = self.checked(&caller, Right::Read, &key).await?;
+        self.checked(&caller, Right::Read, &key).await?;
+        let info = self.groups().await?.info(&key).await.map_err(status)?;
         Ok(Response::new(GetInfoResp {
             subscription_info: Some(info_of(&info)),
         }))

@@ -426,6 +426,20 @@ impl Groups {
         self.record(&mut registry, GROUP_DELETED, &record).await
     }
 
+    /// What a group reads: its stream, or `$all` and its filter (what its rights are checked
+    /// on), from the definitions this process holds — no question to the group's task.
+    pub async fn source(&self, key: &GroupKey) -> Result<GroupSource, GroupError> {
+        let mut registry = self.inner.registry.lock().await;
+        if !registry.groups.contains_key(key) {
+            self.catch_up(&mut registry).await?;
+        }
+        registry
+            .groups
+            .get(key)
+            .map(|running| running.def.source.clone())
+            .ok_or_else(|| GroupError::NotFound(key.clone()))
+    }
+
     /// The group as it is now.
     pub async fn info(&self, key: &GroupKey) -> Result<GroupInfo, GroupError> {
         let commands = self.commands(key).await?;
