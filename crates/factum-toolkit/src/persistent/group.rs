@@ -224,11 +224,13 @@ pub(crate) struct Group {
     _claim: Claim,
 }
 
-/// Groups' own records, never delivered by a group on `$all`.
+/// Groups' own records (definitions, state, parked messages), never delivered by a group on
+/// `$all`.
 fn is_own_record(event: &RecordedEvent) -> bool {
-    let stream = event.stream.as_str();
-    stream.starts_with("$persistentsubscription-")
-        || stream.starts_with("$checkpoint-persistentsubscription-")
+    event
+        .stream
+        .as_str()
+        .starts_with("$persistentsubscription-")
 }
 
 fn pin_of(strategy: ConsumerStrategy, event: &RecordedEvent) -> Option<u64> {

@@ -58,11 +58,18 @@ struct Running {
     def: Definition,
     commands: Option<mpsc::UnboundedSender<Command>>,
     task: Option<JoinHandle<()>>,
-    /// Why the group is not running here (its claim is held elsewhere, its state could not
-    /// be read); it is tried again on the next request.
-    not_running: Option<String>,
+    /// Why the group is not running here; it is tried again on the next request.
+    not_running: Option<NotRunning>,
     /// Applied from the groups stream, not started yet.
     to_start: bool,
+}
+
+/// Why a group's task is not running in this process.
+enum NotRunning {
+    /// Another process sharing the store holds its claim.
+    ServedElsewhere,
+    /// Its claim or its state could not be read.
+    Failed(String),
 }
 
 impl Running {
@@ -263,7 +270,7 @@ impl Groups {
 
     async fn start(&self, def: Definition) -> Running {
         let store = self.inner.store.clone();
-        let not_running = |why: String| Running {
+        let not_running = |why: NotRunning| Running {
             def: def.clone(),
             commands: None,
             task: None,
@@ -272,12 +279,12 @@ impl Groups {
         };
         let claim = match store.claim(&def.claim_name()).await {
             Ok(Some(claim)) => claim,
-            Ok(None) => return not_running("served by another process".into()),
-            Err(e) => return not_running(e.to_string()),
+            Ok(None) => return not_running(NotRunning::ServedElsewhere),
+            Err(e) => return not_running(NotRunning::Failed(e.to_string())),
         };
         let group = match Group::open(store, def.clone(), claim).await {
             Ok(group) => group,
-            Err(e) => return not_running(e.to_string()),
+            Err(e) => return not_running(NotRunning::Failed(e.to_string())),
         };
         let (commands, receiver) = mpsc::unbounded_channel();
         let task = tokio::spawn(group.run(receiver));
@@ -308,13 +315,13 @@ impl Groups {
         let restarted = self.start(def).await;
         let answer = match (&restarted.commands, &restarted.not_running) {
             (Some(commands), _) => Ok(commands.clone()),
-            (None, Some(why)) if why.contains("another process") => {
+            (None, Some(NotRunning::ServedElsewhere)) => {
                 Err(GroupError::ServedElsewhere(key.clone()))
             }
-            (None, why) => Err(GroupError::Invalid(format!(
-                "group '{key}' cannot start: {}",
-                why.clone().unwrap_or_default()
+            (None, Some(NotRunning::Failed(why))) => Err(GroupError::Invalid(format!(
+                "group '{key}' cannot start: {why}"
             ))),
+            (None, None) => Err(GroupError::Stopped(key.clone())),
         };
         registry.groups.insert(key.clone(), restarted);
         answer
