@@ -382,3 +382,90 @@ async fn what_clients_call_around_the_streams() {
     assert_eq!(health.version(), http::Version::HTTP_2);
     served.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_persistent_subscription_requests_are_refused_and_create_nothing() {
+    use factum_server::grpc::proto::event_store::client::persistent_subscriptions::{
+        AllStart, CreateReq, GroupOptions, ReadReq, ReplayParkedReq, Settings, all_start,
+        group_options, read_req, replay_parked_req,
+    };
+    use prost::Message as _;
+    const SERVICE: &str = "/event_store.client.persistent_subscriptions.PersistentSubscriptions";
+    let (served, _dir) = serve_fresh(factum_server::Config::default()).await;
+    let create = |settings: Settings| CreateReq {
+        options: Some(GroupOptions {
+            stream_identifier: None,
+            group_name: "g".into(),
+            settings: Some(settings),
+            stream_option: Some(group_options::StreamOption::All(AllStart {
+                all_option: Some(all_start::AllOption::Start(())),
+                filter_option: Some(all_start::FilterOption::NoFilter(())),
+            })),
+        }),
+    };
+    let refused = [
+        ("no options", CreateReq { options: None }),
+        (
+            "an unknown strategy",
+            create(Settings {
+                consumer_strategy: "Random".into(),
+                ..Settings::default()
+            }),
+        ),
+        (
+            "a negative retry count",
+            create(Settings {
+                max_retry_count: -1,
+                ..Settings::default()
+            }),
+        ),
+        (
+            "a batch larger than the buffer",
+            create(Settings {
+                live_buffer_size: 10,
+                read_batch_size: 50,
+                ..Settings::default()
+            }),
+        ),
+    ];
+    for (what, request) in refused {
+        let (code, message) = served
+            .raw(&format!("{SERVICE}/Create"), &[request.encode_to_vec()])
+            .await;
+        assert_eq!(code, Code::InvalidArgument, "{what}: {message}");
+    }
+    // A read that does not start with its options.
+    let ack = ReadReq {
+        content: Some(read_req::Content::Ack(read_req::Ack::default())),
+    };
+    let (code, _) = served
+        .raw(&format!("{SERVICE}/Read"), &[ack.encode_to_vec()])
+        .await;
+    assert_eq!(code, Code::InvalidArgument);
+    // Nothing was created.
+    let (code, _) = served.raw(&format!("{SERVICE}/List"), &[Vec::new()]).await;
+    assert_eq!(code, Code::NotFound);
+    // On a group that exists, a negative stop-at is refused too.
+    let (code, message) = served
+        .raw(
+            &format!("{SERVICE}/Create"),
+            &[create(Settings::default()).encode_to_vec()],
+        )
+        .await;
+    assert_eq!(code, Code::Ok, "{message}");
+    let replay = ReplayParkedReq {
+        options: Some(replay_parked_req::Options {
+            group_name: "g".into(),
+            stream_option: Some(replay_parked_req::options::StreamOption::All(())),
+            stop_at_option: Some(replay_parked_req::options::StopAtOption::StopAt(-1)),
+        }),
+    };
+    let (code, _) = served
+        .raw(
+            &format!("{SERVICE}/ReplayParked"),
+            &[replay.encode_to_vec()],
+        )
+        .await;
+    assert_eq!(code, Code::InvalidArgument);
+    served.stop().await;
+}
