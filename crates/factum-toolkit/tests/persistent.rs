@@ -543,6 +543,8 @@ async fn bad_requests_are_refused_and_change_nothing() {
                 .unwrap_err(),
             groups.create(source(), "", quick()).await.unwrap_err(),
             groups.create(source(), "a::b", quick()).await.unwrap_err(),
+            // `x-1::` + `:b` would name the parked stream of source `x-1:`, group `b`.
+            groups.create(source(), ":b", quick()).await.unwrap_err(),
             groups
                 .update(&GroupKey::new("x-1", "nope"), quick())
                 .await
@@ -567,10 +569,10 @@ async fn bad_requests_are_refused_and_change_nothing() {
             listed,
             "{kind}"
         );
-        for e in &refused[1..5] {
+        for e in &refused[1..6] {
             assert!(matches!(e, GroupError::Invalid(_)), "{kind}: {e:?}");
         }
-        for e in &refused[5..] {
+        for e in &refused[6..] {
             assert!(matches!(e, GroupError::NotFound(_)), "{kind}: {e:?}");
         }
         let key = GroupKey::new("x-1", "g");
@@ -889,4 +891,131 @@ async fn many_messages_acked_in_batches_reach_each_one_consumer_once() {
     for task in running {
         task.await.unwrap();
     }
+}
+
+/// Two processes share a PostgreSQL store: a group runs in the one that claimed it, and the
+/// other answers that it is served elsewhere. When the first loses its claim (its claims
+/// connection ends), its group stops there and writes nothing more, its consumers are
+/// disconnected, and the other process takes the group over from its checkpoint: what was
+/// acknowledged does not come again, what was not comes as retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_whose_claim_is_lost_stops_and_another_process_takes_it_over() {
+    let url = std::env::var("FACTUM_TEST_POSTGRES").unwrap_or_else(|_| URL.into());
+    let Some(first) = postgres("claim_lost").await else {
+        return;
+    };
+    let schema = format!("groups_claim_lost_{}", std::process::id());
+    let (admin, connection) = factum_pgconnect::PgConnect::parse(&url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let options = factum_postgres::PgOptions {
+        schema: schema.clone(),
+        readers: 2,
+        ..Default::default()
+    };
+    let second: Arc<dyn EventStore> = Arc::new(
+        factum_postgres::PgStore::connect(&url, options)
+            .await
+            .unwrap(),
+    );
+    let ids = append(first.as_ref(), "w-1", 10).await;
+    let key = GroupKey::new("w-1", "workers");
+    let settings = GroupSettings {
+        message_timeout: Duration::from_secs(60),
+        ..quick()
+    };
+    let here = Groups::open(first.clone()).await.unwrap();
+    here.create(GroupSource::stream("w-1").unwrap(), "workers", settings)
+        .await
+        .unwrap();
+    let mut worker = here.connect(&key, "here", 10).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(next(&mut worker).await);
+    }
+    worker
+        .ack(&held[..5].iter().map(|m| m.id).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while here.info(&key).await.unwrap().checkpoint != Some(5) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the checkpoint passes what was acknowledged");
+
+    let there = Groups::open(second.clone()).await.unwrap();
+    assert!(
+        matches!(
+            there.connect(&key, "there", 10).await,
+            Err(GroupError::ServedElsewhere(_))
+        ),
+        "the group runs in the process holding its claim"
+    );
+
+    // The first process's claims connection ends (a network failure, a restarted server).
+    let ended = admin
+        .query(
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
+             JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = $1",
+            &[&format!("factum claims {schema}")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ended.len(), 1, "one connection holds the group's claim");
+    assert!(
+        next_or_end(&mut worker).await,
+        "the consumers of a group whose claim is lost are disconnected"
+    );
+
+    // The other process takes the group over.
+    let mut taker = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match there.connect(&key, "there", 10).await {
+                Ok(connection) => return connection,
+                Err(GroupError::ServedElsewhere(_)) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the other process takes the group over");
+    let mut again = Vec::new();
+    for _ in 0..5 {
+        let m = next(&mut taker).await;
+        assert!(m.retry_count >= 1, "maybe sent before: a retry ({m:?})");
+        again.push(m.id);
+    }
+    again.sort();
+    let mut unacked = ids[5..].to_vec();
+    unacked.sort();
+    assert_eq!(again, unacked, "only what was not acknowledged comes again");
+    nothing_for(&mut taker, Duration::from_millis(300)).await;
+    // The process that lost the claim does not run the group again while the other holds it,
+    // and neither wrote over the other's state: the taker's acks move the checkpoint on.
+    assert!(matches!(
+        here.connect(&key, "here", 10).await,
+        Err(GroupError::ServedElsewhere(_))
+    ));
+    taker.ack(&again).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while there.info(&key).await.unwrap().checkpoint != Some(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the taker's checkpoint passes everything");
+    here.close().await;
+    there.close().await;
+    admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
 }

@@ -58,8 +58,18 @@ pub fn spawn_serve(
     args: &[&str],
     data: &std::path::Path,
 ) -> (Child, BufReader<ChildStderr>, String, u16) {
+    let mut all = vec!["serve"];
+    all.extend(args);
+    spawn(&all, data)
+}
+
+/// `factum` with `args` (global options, then `serve` and its own) on `data`; what
+/// [`spawn_serve`] returns.
+pub fn spawn(
+    args: &[&str],
+    data: &std::path::Path,
+) -> (Child, BufReader<ChildStderr>, String, u16) {
     let mut server = factum_command()
-        .arg("serve")
         .args(args)
         .env("FACTUM_DATA_DIR", data)
         .stderr(Stdio::piped())

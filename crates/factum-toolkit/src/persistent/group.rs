@@ -221,7 +221,16 @@ pub(crate) struct Group {
     acked: u64,
     retried: u64,
     parked_total: u64,
-    _claim: Claim,
+    /// The claim the group runs under: when it is lost, the group stops and writes no more.
+    claim: Arc<Claim>,
+    /// The last revision of the state stream: each state record is appended after it, so a
+    /// run that lost its claim to another cannot write over the other's state.
+    state_revision: Option<u64>,
+    /// The id of a state record whose append failed without an answer: found as the last
+    /// record, it was stored.
+    unconfirmed: Option<Uuid>,
+    /// Another run wrote the group's state: this one stops without writing.
+    fenced: bool,
 }
 
 /// Groups' own records (definitions, state, parked messages), never delivered by a group on
@@ -258,6 +267,7 @@ impl Group {
     ) -> Result<Group, GroupError> {
         let parked_stream = def.key.parked_stream()?;
         let state_stream = def.state_stream()?;
+        let mut state_revision = None;
         let state = match store
             .read_stream(&state_stream, u64::MAX, Direction::Backwards, 1)
             .await
@@ -270,7 +280,8 @@ impl Group {
                             def.key
                         ))
                     },
-                )?),
+                )?)
+                .inspect(|_| state_revision = Some(record.revision)),
                 None => None,
             },
             Err(factum_core::StoreError::NotFound(_)) => None,
@@ -352,7 +363,10 @@ impl Group {
             acked: 0,
             retried: 0,
             parked_total: 0,
-            _claim: claim,
+            claim: Arc::new(claim),
+            state_revision,
+            unconfirmed: None,
+            fenced: false,
             def,
         };
         if let Some(end) = replaying_until
@@ -374,7 +388,11 @@ impl Group {
             self.def.settings.read_batch_size,
             events,
         ));
+        let claim = self.claim.clone();
         loop {
+            if self.fenced {
+                break;
+            }
             self.reserve().await;
             self.dispatch();
             // Read on while messages are out, but not without end past one that is stuck.
@@ -398,15 +416,23 @@ impl Group {
                     }
                 },
                 () = tokio::time::sleep_until(wake) => {}
+                () = claim.lost() => {
+                    tracing::warn!(group = %self.def.key,
+                        "the group's claim was lost; it stops here (its consumers are disconnected and may connect again)");
+                    break;
+                }
             }
             self.expire();
             self.park_due().await;
             self.maybe_checkpoint(false).await;
         }
         reader.abort();
-        // A goodbye: the mark of what may have been sent comes back to what was.
-        self.last_checkpoint_at = Instant::now();
-        self.store_state(self.sent_to).await;
+        // A goodbye: the mark of what may have been sent comes back to what was (not by a
+        // run that may no longer be the group's only one).
+        if !self.fenced && !self.claim.is_lost() {
+            self.last_checkpoint_at = Instant::now();
+            self.store_state(self.sent_to).await;
+        }
     }
 
     /// When the run loop must look again without a command or an event: the next delivery
@@ -782,16 +808,25 @@ impl Group {
                 return false;
             }
         };
-        match self
+        if self.fenced || self.claim.is_lost() {
+            return false;
+        }
+        let id = event.id;
+        let expected = self.state_revision.map_or(
+            factum_core::ExpectedState::NoStream,
+            factum_core::ExpectedState::Exact,
+        );
+        let mut appended = self
             .store
-            .append(
-                &self.state_stream,
-                factum_core::ExpectedState::Any,
-                vec![event],
-            )
-            .await
-        {
-            Ok(_) => {
+            .append(&self.state_stream, expected, vec![event.clone()])
+            .await;
+        if let Err(conflict @ factum_core::StoreError::WrongExpectedRevision { .. }) = appended {
+            appended = self.after_conflict(event, conflict).await;
+        }
+        match appended {
+            Ok(done) => {
+                self.state_revision = Some(done.last_revision);
+                self.unconfirmed = None;
                 self.stored = Some(record);
                 self.checkpoint = Some(below);
                 self.delivered_to = delivered_to;
@@ -799,10 +834,45 @@ impl Group {
                 self.settled_since = 0;
                 true
             }
-            Err(e) => {
-                tracing::warn!(group = %self.def.key, error = %e, "could not store the group's state");
+            Err(factum_core::StoreError::WrongExpectedRevision { .. }) => {
+                tracing::warn!(group = %self.def.key,
+                    "another run of the group stored its state; this one stops");
+                self.fenced = true;
                 false
             }
+            Err(e) => {
+                tracing::warn!(group = %self.def.key, error = %e, "could not store the group's state");
+                self.unconfirmed = Some(id);
+                false
+            }
+        }
+    }
+
+    /// The state stream moved on since this run last wrote: when its last record is one
+    /// this run appended without hearing back, that append was stored and this one goes
+    /// after it; otherwise another run wrote, and the conflict stands.
+    async fn after_conflict(
+        &mut self,
+        event: NewEvent,
+        conflict: factum_core::StoreError,
+    ) -> Result<factum_core::AppendResult, factum_core::StoreError> {
+        let last = self
+            .store
+            .read_stream(&self.state_stream, u64::MAX, Direction::Backwards, 1)
+            .await?;
+        match last.first() {
+            Some(record) if Some(record.id) == self.unconfirmed => {
+                self.unconfirmed = None;
+                self.state_revision = Some(record.revision);
+                self.store
+                    .append(
+                        &self.state_stream,
+                        factum_core::ExpectedState::Exact(record.revision),
+                        vec![event],
+                    )
+                    .await
+            }
+            _ => Err(conflict),
         }
     }
 

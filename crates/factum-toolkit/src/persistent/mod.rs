@@ -163,9 +163,11 @@ fn check_name(group: &str) -> Result<(), GroupError> {
             "the group name is over {GROUP_NAME_CHARS_MAX} characters"
         )));
     }
-    if group.contains("::") || group.contains('\0') {
+    // The parked stream is `{source}::{group}-parked`: with no `::` in a group name and no
+    // `:` at its start, the last `::` of that name tells source and group apart.
+    if group.contains("::") || group.starts_with(':') || group.contains('\0') {
         return Err(GroupError::Invalid(
-            "a group name may not contain '::' or NUL".into(),
+            "a group name may not contain '::' or NUL, nor start with ':'".into(),
         ));
     }
     Ok(())
