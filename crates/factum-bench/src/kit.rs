@@ -114,6 +114,7 @@ pub fn json_event(event_type: &str, payload: String) -> NewEvent {
         content_type: ContentType::Json,
         data: Bytes::from(payload),
         metadata: Bytes::new(),
+        tags: Vec::new(),
     }
 }
 

@@ -39,6 +39,7 @@ pub async fn open_scenario(work: &Path, args: &BenchArgs) -> Result<()> {
                         data: Bytes::from(payload(p)),
                         metadata: Bytes::new(),
                         recorded_at_us: factum::now_micros(),
+                        tags: Vec::new(),
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;

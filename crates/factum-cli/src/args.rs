@@ -150,6 +150,12 @@ pub enum Command {
         #[command(subcommand)]
         action: Subscriptions,
     },
+    /// Dynamic consistency boundaries: read by a query of types and tags, append conditional
+    /// on a query, follow a query. The JSON is that of the HTTP API's `/dcb/…`.
+    Dcb {
+        #[command(subcommand)]
+        action: Dcb,
+    },
     /// Projections' read models: their lag, and rebuilds.
     Projections {
         #[command(subcommand)]
@@ -206,6 +212,53 @@ pub enum DeadLetters {
         /// The processor's or consumer's name.
         processor: String,
     },
+}
+
+#[derive(Subcommand)]
+pub enum Dcb {
+    /// Print the events matching a query and the head to condition an append on, as one JSON
+    /// object `{"events": [...], "head": H}`. The request, as `POST /dcb/read` takes it
+    /// (`{"query": {"items": [{"types": [...], "tags": [...]}]}, "after": P, "limit": N,
+    /// "backwards": false}`), is the argument or stdin.
+    Read {
+        /// The request as JSON (default: read from stdin).
+        request: Option<String>,
+    },
+    /// Append events with tags, all or none, if the condition holds; prints
+    /// `{"position": P}`. The request, as `POST /dcb/append` takes it (`{"events": [{"type",
+    /// "data", "tags", "stream"?, "id"?, "metadata"?}], "condition": {"fail_if_events_match":
+    /// {...}, "after": P}, "expected": [{"stream", "state"}]}`), is the argument or stdin. A
+    /// failed condition exits 3 and writes nothing.
+    Append {
+        /// The request as JSON (default: read from stdin).
+        request: Option<String>,
+    },
+    /// Print the events matching a query, one JSON line each, then new ones as they are
+    /// appended, until interrupted.
+    Tail {
+        /// The query as JSON (default: every event of user streams).
+        #[arg(long)]
+        query: Option<String>,
+        /// Only events after this position (default: the current end, showing only new ones).
+        #[arg(long)]
+        after: Option<u64>,
+        /// From the first event (instead of the current end).
+        #[arg(long, conflicts_with = "after")]
+        from_start: bool,
+    },
+}
+
+/// The request of `factum dcb read|append`: the argument, or stdin.
+pub fn dcb_request(argument: Option<String>) -> Result<Vec<u8>> {
+    match argument {
+        Some(text) => Ok(text.into_bytes()),
+        None => {
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut body)
+                .context("reading the request from stdin")?;
+            Ok(body)
+        }
+    }
 }
 
 #[derive(Subcommand)]

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use factum::{Direction, EventStore, StoreError, StreamName, SubscriptionFilter, server::json};
 
-use crate::args::Subscriptions;
 use crate::args::{
     Command, DeadLetters, ServeSecurity, expected_arg, metadata_arg, stdin_events, stream_arg,
 };
+use crate::args::{Dcb, Subscriptions, dcb_request};
 use crate::progress::{bytes_bar, count_bar};
 use crate::{bad, demo, projections, relays, stdout, store};
 
@@ -147,6 +147,7 @@ pub async fn run(location: &store::Location, command: Command) -> Result<()> {
         }
         Command::Deadletters { action } => dead_letters(dir, action).await?,
         Command::Subscriptions { action } => subscriptions(dir, action).await?,
+        Command::Dcb { action } => dcb(dir, action).await?,
         Command::Projections { action } => projections::run(dir, action).await?,
         Command::Verify => {
             let store = open(dir).await?;
@@ -309,6 +310,65 @@ async fn relay(dir: &store::Location, config: &std::path::Path) -> Result<()> {
 
 async fn open(location: &store::Location) -> Result<store::Store> {
     store::Store::open(location).await
+}
+
+/// A request the server's API would refuse, refused the same way (bad input).
+fn refused(error: factum::server::ApiError) -> anyhow::Error {
+    bad(error.body().error.clone())
+}
+
+/// `factum dcb` where the store is: the requests and answers of the HTTP API's `/dcb/…`.
+async fn dcb(dir: &store::Location, action: Dcb) -> Result<()> {
+    use factum::server::dcb::{parse_append, parse_query, parse_read, read_answer};
+    match action {
+        Dcb::Read { request } => {
+            let read = parse_read(&dcb_request(request)?).map_err(refused)?;
+            let store = open(dir).await?;
+            // The server's default page, so that the command answers as the server does.
+            let limit = read.limit.unwrap_or(100);
+            let found = store
+                .read_query(&read.query, read.after, read.direction, limit)
+                .await?;
+            println!("{}", read_answer(&found).map_err(refused)?);
+            store.close()?;
+        }
+        Dcb::Append { request } => {
+            let append = parse_append(&dcb_request(request)?).map_err(refused)?;
+            let store = open(dir).await?;
+            let position = store.append_conditional(append).await;
+            store.close()?;
+            println!("{}", serde_json::json!({ "position": position? }));
+        }
+        Dcb::Tail {
+            query,
+            after,
+            from_start,
+        } => {
+            let query = match &query {
+                Some(text) => parse_query(text).map_err(refused)?,
+                None => factum::Query::all(),
+            };
+            let store = open(dir).await?;
+            let after = match (after, from_start) {
+                (Some(after), _) => Some(after),
+                (None, true) => None,
+                (None, false) => store.head().checked_sub(1),
+            };
+            let mut subscription = store.subscribe_query(query, after);
+            loop {
+                tokio::select! {
+                    event = subscription.next() => {
+                        let event = event?;
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "{}", json::to_line(&event)?)?;
+                        out.flush()?;
+                    }
+                    _ = tokio::signal::ctrl_c() => break,
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `factum subscriptions` where the store is. The groups run here for as long as the command

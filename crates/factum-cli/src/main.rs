@@ -61,9 +61,9 @@ fn exit_code(error: &anyhow::Error) -> u8 {
 fn store_exit_code(error: &StoreError) -> u8 {
     match error {
         StoreError::InvalidInput(_) => exit::INVALID_INPUT,
-        StoreError::WrongExpectedRevision { .. } | StoreError::CheckpointBehind { .. } => {
-            exit::WRONG_EXPECTED_REVISION
-        }
+        StoreError::WrongExpectedRevision { .. }
+        | StoreError::CheckpointBehind { .. }
+        | StoreError::ConditionFailed { .. } => exit::WRONG_EXPECTED_REVISION,
         StoreError::NotFound(_) => exit::NOT_FOUND,
         StoreError::StreamDeleted(_) => exit::DELETED,
         StoreError::Corrupted { .. } => exit::CORRUPTED,

@@ -310,17 +310,88 @@ impl Remote {
             .request(Method::GET, &["all", "subscribe"])
             .query(&query);
         let response = self.send(request).await?;
+        print_subscription(response, |last| match last {
+            Some(last) => format!("--from {}", last + 1),
+            None => format!("--from {from}"),
+        })
+        .await
+    }
+
+    /// `factum dcb … --server`.
+    pub async fn dcb(&self, action: crate::args::Dcb) -> Result<()> {
+        use crate::args::{Dcb, dcb_request};
+        match action {
+            Dcb::Read { request } => {
+                let body = dcb_request(request)?;
+                let request = self
+                    .request(Method::POST, &["dcb", "read"])
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body);
+                let answer: Box<RawValue> = self.json(request).await?;
+                println!("{}", answer.get());
+            }
+            Dcb::Append { request } => {
+                let body = dcb_request(request)?;
+                let request = self
+                    .request(Method::POST, &["dcb", "append"])
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body);
+                let answer: Box<RawValue> = self.json(request).await?;
+                println!("{}", answer.get());
+            }
+            Dcb::Tail {
+                query,
+                after,
+                from_start,
+            } => {
+                let after = match (after, from_start) {
+                    (Some(after), _) => Some(after),
+                    (None, true) => None,
+                    (None, false) => self.head().await?.checked_sub(1),
+                };
+                let mut params = Vec::new();
+                if let Some(query) = &query {
+                    params.push(("query", query.clone()));
+                }
+                if let Some(after) = after {
+                    params.push(("after", after.to_string()));
+                }
+                let request = self
+                    .request(Method::GET, &["dcb", "subscribe"])
+                    .query(&params);
+                let response = self.send(request).await?;
+                print_subscription(response, |last| match last.or(after) {
+                    Some(last) => format!("--after {last}"),
+                    None => "--from-start".to_owned(),
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Prints the events of a subscription's server-sent events, one JSON line each, until
+/// interrupted; `resume` says how to go on after the last position received.
+async fn print_subscription(
+    response: Response,
+    resume: impl Fn(Option<u64>) -> String,
+) -> Result<()> {
+    {
         let mut body = response.bytes_stream();
         let mut buffer = Vec::new();
-        // Where a new subscription would go on: after the last event received.
-        let mut resume = from;
+        // The last event received.
+        let mut last: Option<u64> = None;
         loop {
             let chunk = tokio::select! {
                 chunk = body.next() => chunk,
                 _ = tokio::signal::ctrl_c() => return Ok(()),
             };
             let Some(chunk) = chunk else {
-                bail!("the server closed the subscription; resume with --from {resume}");
+                bail!(
+                    "the server closed the subscription; resume with {}",
+                    resume(last)
+                );
             };
             buffer.extend_from_slice(&chunk.context("reading the subscription")?);
             // Frames end with an empty line.
@@ -337,7 +408,7 @@ impl Remote {
                     } else if let Some(id) = line.strip_prefix("id: ")
                         && let Ok(position) = id.trim().parse::<u64>()
                     {
-                        resume = position + 1;
+                        last = Some(position);
                     }
                 }
                 let Some(data) = data else { continue };
@@ -352,7 +423,9 @@ impl Remote {
             }
         }
     }
+}
 
+impl Remote {
     /// `factum streams`: prints up to `limit` streams whose names start with `prefix`.
     pub async fn streams(&self, prefix: &str, limit: u64, out: &mut impl Write) -> Result<()> {
         let mut after: Option<String> = None;
@@ -546,6 +619,7 @@ pub async fn run(remote: &Remote, command: Command) -> Result<()> {
             bar.finish_and_clear();
         }
         Command::Subscriptions { action } => remote.subscriptions(action).await?,
+        Command::Dcb { action } => remote.dcb(action).await?,
         _ => {
             return Err(bad(
                 "--server: only append, read, read-all, tail, streams, delete, metadata, \

@@ -44,6 +44,18 @@ pub enum StoreError {
         /// The checkpoint given with the append.
         given: u64,
     },
+    /// The condition of a DCB append failed: an event matching its query was written after
+    /// its position. Nothing was written.
+    #[error(
+        "the append condition failed: an event matching its query is at position {position}, after {}",
+        after.map_or_else(|| "the start".to_owned(), |a| a.to_string())
+    )]
+    ConditionFailed {
+        /// The condition's `after`.
+        after: Option<u64>,
+        /// The first matching event after it.
+        position: u64,
+    },
     /// Another runner holds the name (see [`crate::EventStore::claim`]): a second copy of a
     /// processor, relay or saga manager, or one of another kind with the same name.
     #[error(

@@ -36,6 +36,9 @@ pub struct NewEvent {
     pub data: Bytes,
     /// A JSON object by convention: `$correlationId`, `$causationId` and user keys. May be empty.
     pub metadata: Bytes,
+    /// Tags for dynamic consistency boundaries (`course:c-7`); see [`crate::dcb`]. Usually
+    /// empty.
+    pub tags: Vec<String>,
 }
 
 impl NewEvent {
@@ -55,6 +58,7 @@ impl NewEvent {
             content_type: ContentType::Json,
             data: Bytes::from(data),
             metadata: Bytes::new(),
+            tags: Vec::new(),
         })
     }
 
@@ -72,7 +76,14 @@ impl NewEvent {
             content_type: ContentType::Binary,
             data: data.into(),
             metadata: Bytes::new(),
+            tags: Vec::new(),
         })
+    }
+
+    /// Gives the event tags (checked when it is appended).
+    pub fn with_tags<T: Into<String>>(mut self, tags: impl IntoIterator<Item = T>) -> Self {
+        self.tags = tags.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Replaces the id.
@@ -95,6 +106,7 @@ impl NewEvent {
     /// Checks the limits and, for JSON events, that data and metadata parse.
     pub fn validate(&self, allow_system_type: bool) -> Result<(), StoreError> {
         check_event_type(&self.event_type)?;
+        crate::dcb::check_tags(&self.tags)?;
         if !allow_system_type && self.event_type.starts_with('$') {
             return Err(StoreError::invalid(format!(
                 "event type '{}' starts with '$', which is reserved for the system",
@@ -131,12 +143,16 @@ impl NewEvent {
 
     /// Bytes this event takes, roughly, for size limits.
     pub fn size_bytes(&self) -> usize {
-        self.event_type.len() + self.data.len() + self.metadata.len() + 32
+        self.event_type.len()
+            + self.data.len()
+            + self.metadata.len()
+            + self.tags.iter().map(|t| t.len() + 2).sum::<usize>()
+            + 32
     }
 }
 
 /// Checks an event type's length: 1 to [`limits::EVENT_TYPE_CHARS_MAX`] characters.
-fn check_event_type(event_type: &str) -> Result<(), StoreError> {
+pub(crate) fn check_event_type(event_type: &str) -> Result<(), StoreError> {
     if event_type.is_empty() {
         return Err(StoreError::invalid("event type is empty"));
     }
@@ -171,6 +187,8 @@ pub struct RecordedEvent {
     pub metadata: Bytes,
     /// When it was recorded: microseconds since the Unix epoch, UTC.
     pub recorded_at_us: u64,
+    /// Its tags (see [`crate::dcb`]); usually empty.
+    pub tags: Vec<String>,
 }
 
 impl RecordedEvent {
@@ -186,6 +204,7 @@ impl RecordedEvent {
             + self.event_type.len()
             + self.data.len()
             + self.metadata.len()
+            + self.tags.iter().map(|t| t.len() + 2).sum::<usize>()
             + 64
     }
 
@@ -197,6 +216,7 @@ impl RecordedEvent {
             content_type: self.content_type,
             data: self.data.clone(),
             metadata: self.metadata.clone(),
+            tags: self.tags.clone(),
         }
     }
 }

@@ -26,6 +26,7 @@
 
 pub mod backend;
 mod claim;
+pub mod dcb;
 mod error;
 mod event;
 mod memory;
@@ -34,6 +35,7 @@ mod stream;
 mod subscription;
 
 pub use claim::Claim;
+pub use dcb::{AppendCondition, DcbAppend, DcbEvent, Query, QueryItem, QueryRead};
 pub use error::StoreError;
 pub use event::{ContentType, NewEvent, RecordedEvent, now_micros};
 pub use memory::MemoryStore;
@@ -59,4 +61,12 @@ pub mod limits {
     pub const APPEND_EVENTS_MAX: usize = 100_000;
     /// Largest total size of one append, in bytes.
     pub const APPEND_BYTES_MAX: usize = 64 * 1024 * 1024;
+    /// Most tags on one event.
+    pub const TAGS_PER_EVENT_MAX: usize = 32;
+    /// Longest tag, in characters: at most 512 bytes of UTF-8.
+    pub const TAG_CHARS_MAX: usize = 128;
+    /// Most items in one query.
+    pub const QUERY_ITEMS_MAX: usize = 64;
+    /// Most types, and most tags, in one query item.
+    pub const QUERY_ITEM_TERMS_MAX: usize = 32;
 }

@@ -5,11 +5,12 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::backend::LocalClaims;
-use crate::backend::catalog::{self, Catalog, Overlay, Plan, WriteRequest};
+use crate::backend::catalog::{self, Catalog, CommittedLog, Overlay, Plan, WriteRequest};
 use crate::backend::read_visible;
+use crate::backend::tag_index::TagIndex;
 use crate::{
-    AppendResult, Claim, CurrentRevision, Direction, EventStore, RecordedEvent, StoreError,
-    StreamInfo, StreamMetadata, StreamName, now_micros,
+    AppendResult, Claim, CurrentRevision, Direction, EventStore, Query, QueryRead, RecordedEvent,
+    StoreError, StreamInfo, StreamMetadata, StreamName, now_micros,
 };
 
 /// An event store in memory, with the same behaviour as the durable backends (it passes the same
@@ -29,6 +30,30 @@ struct Inner {
 struct State {
     catalog: Catalog,
     log: Vec<RecordedEvent>,
+    tags: TagIndex,
+}
+
+/// The committed log as a write plan sees it.
+struct Committed<'a> {
+    log: &'a [RecordedEvent],
+    tags: &'a TagIndex,
+}
+
+impl CommittedLog for Committed<'_> {
+    fn id_at(&self, position: u64) -> Result<uuid::Uuid, StoreError> {
+        self.log
+            .get(position as usize)
+            .map(|e| e.id)
+            .ok_or_else(|| StoreError::invalid(format!("no event at {position}")))
+    }
+
+    fn next_position(&self) -> u64 {
+        self.log.len() as u64
+    }
+
+    fn first_match(&self, query: &Query, after: Option<u64>) -> Result<Option<u64>, StoreError> {
+        Ok(self.tags.first_match(query, after, self.log.len() as u64))
+    }
 }
 
 impl Default for MemoryStore {
@@ -51,13 +76,9 @@ impl MemoryStore {
 
     fn write_now(&self, mut request: WriteRequest) -> Result<AppendResult, StoreError> {
         let mut state = self.inner.state.lock();
-        let State { catalog, log } = &mut *state;
+        let State { catalog, log, tags } = &mut *state;
         let plan = {
-            let view = Overlay::new(catalog, |position| {
-                log.get(position as usize)
-                    .map(|e| e.id)
-                    .ok_or_else(|| StoreError::invalid(format!("no event at {position}")))
-            });
+            let view = Overlay::new(catalog, Committed { log, tags });
             catalog::plan(&view, &mut request)?
         };
         let (records, primary) = match plan {
@@ -76,6 +97,7 @@ impl MemoryStore {
                     position,
                 });
             }
+            Plan::AlreadyWritten(result) => return Ok(result),
             Plan::Write { records, primary } => (records, primary),
         };
         let first_position = log.len() as u64;
@@ -96,16 +118,24 @@ impl MemoryStore {
             catalog.apply(change)?;
         }
         for (offset, record) in records.iter().enumerate() {
+            let position = first_position + offset as u64;
+            tags.add(
+                position,
+                record.stream.is_system(),
+                &record.event.event_type,
+                &record.event.tags,
+            )?;
             log.push(RecordedEvent {
                 stream: record.stream.clone(),
                 revision: record.revision,
-                position: first_position + offset as u64,
+                position,
                 id: record.event.id,
                 event_type: record.event.event_type.clone(),
                 content_type: record.event.content_type,
                 data: record.event.data.clone(),
                 metadata: record.event.metadata.clone(),
                 recorded_at_us,
+                tags: record.event.tags.clone(),
             });
         }
         let head = log.len() as u64;
@@ -173,6 +203,28 @@ impl EventStore for MemoryStore {
                 .take(limit)
                 .cloned()
                 .collect(),
+        })
+    }
+
+    async fn read_query(
+        &self,
+        query: &Query,
+        after: Option<u64>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<QueryRead, StoreError> {
+        query.validate()?;
+        let state = self.inner.state.lock();
+        let end = state.log.len() as u64;
+        let events = state
+            .tags
+            .query(query, after, end, direction, limit)
+            .into_iter()
+            .filter_map(|p| state.log.get(p as usize).cloned())
+            .collect();
+        Ok(QueryRead {
+            events,
+            head: end.checked_sub(1),
         })
     }
 

@@ -6,8 +6,8 @@ use tokio::sync::watch;
 use crate::backend::catalog::{WriteKind, WriteRequest};
 
 use crate::{
-    Claim, CurrentRevision, ExpectedState, NewEvent, RecordedEvent, StoreError, StreamMetadata,
-    StreamName, Subscription, SubscriptionFilter,
+    Claim, CurrentRevision, DcbAppend, ExpectedState, NewEvent, Query, QueryRead, RecordedEvent,
+    StoreError, StreamMetadata, StreamName, Subscription, SubscriptionFilter,
 };
 
 /// What a successful append returns.
@@ -111,6 +111,88 @@ pub trait EventStore: Send + Sync + Shared {
     ) -> Result<AppendResult, StoreError> {
         self.append_with(stream, expected, events, AppendOptions::default())
             .await
+    }
+
+    /// Appends the events of a DCB append atomically — each to its stream — if no event
+    /// matching its condition's query was written after the condition's position and every
+    /// stream it names is in its expected state; returns the position of its last event once
+    /// they are durable. A failed condition is [`StoreError::ConditionFailed`] and writes
+    /// nothing. Appending the same events again (the same ids) after a success returns the
+    /// original position, when they are still the last events of the last one's stream or
+    /// when they are where the condition now fails.
+    async fn append_conditional(&self, append: DcbAppend) -> Result<u64, StoreError> {
+        append.validate()?;
+        let stream = match append.events.first() {
+            Some(first) => first.stream.clone(),
+            None => return Err(StoreError::invalid("an append needs at least one event")),
+        };
+        let result = self
+            .write(WriteRequest {
+                stream,
+                expected: ExpectedState::Any,
+                kind: WriteKind::Dcb(Box::new(append)),
+                checkpoint: None,
+            })
+            .await?;
+        Ok(result.position)
+    }
+
+    /// Reads up to `limit` events matching `query` after the position `after` (from the start
+    /// without it), oldest first or newest first, with the store's head at the time of the
+    /// read: the `after` of a condition for a decision made on what was read. Backends answer
+    /// from an index; this default reads `$all`.
+    async fn read_query(
+        &self,
+        query: &Query,
+        after: Option<u64>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<QueryRead, StoreError> {
+        query.validate()?;
+        let end = self.head();
+        let head = end.checked_sub(1);
+        let from = after.map_or(0, |a| a.saturating_add(1));
+        let mut events = Vec::new();
+        if from >= end || limit == 0 {
+            return Ok(QueryRead { events, head });
+        }
+        let page = 512;
+        match direction {
+            Direction::Forwards => {
+                let mut next = from;
+                while next < end && events.len() < limit {
+                    let read = self.read_all(next, Direction::Forwards, page).await?;
+                    let Some(last) = read.last() else { break };
+                    next = last.position + 1;
+                    events.extend(
+                        read.into_iter()
+                            .filter(|e| e.position < end && query.matches_event(e)),
+                    );
+                }
+            }
+            Direction::Backwards => {
+                let mut next = Some(end - 1);
+                while let Some(at) = next
+                    && at >= from
+                    && events.len() < limit
+                {
+                    let read = self.read_all(at, Direction::Backwards, page).await?;
+                    let Some(last) = read.last() else { break };
+                    next = last.position.checked_sub(1);
+                    events.extend(
+                        read.into_iter()
+                            .filter(|e| e.position >= from && query.matches_event(e)),
+                    );
+                }
+            }
+        }
+        events.truncate(limit);
+        Ok(QueryRead { events, head })
+    }
+
+    /// Catch-up then live subscription to the events matching `query` after `after`.
+    fn subscribe_query(&self, query: Query, after: Option<u64>) -> Subscription {
+        Subscription::query(self.shared(), query, after)
     }
 
     /// Reads up to `limit` events of a stream from a revision (inclusive). Events hidden by

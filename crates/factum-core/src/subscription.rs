@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::{Direction, EventStore, RecordedEvent, StoreError, StreamName};
+use crate::{Direction, EventStore, Query, RecordedEvent, StoreError, StreamName};
 
 /// Which events of `$all` a subscription delivers. Empty lists mean "all".
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -41,6 +41,10 @@ enum Source {
     Stream {
         stream: StreamName,
         next_revision: u64,
+    },
+    Query {
+        query: Query,
+        next_position: u64,
     },
 }
 
@@ -97,6 +101,23 @@ impl Subscription {
         }
     }
 
+    /// A subscription to the events matching a DCB query after a position (from the start
+    /// without one), read through [`EventStore::read_query`].
+    pub fn query(store: Arc<dyn EventStore>, query: Query, after: Option<u64>) -> Self {
+        let head = store.watch_head();
+        Subscription {
+            store,
+            head,
+            source: Source::Query {
+                query,
+                next_position: after.map_or(0, |a| a.saturating_add(1)),
+            },
+            buffer: VecDeque::new(),
+            batch_size: Self::BATCH_EVENTS_DEFAULT,
+            retry_delay: Duration::ZERO,
+        }
+    }
+
     /// Reads up to `events` at a time from the store (default [`Self::BATCH_EVENTS_DEFAULT`]):
     /// a consumer that takes batches with [`Self::next_buffered`] gets batches up to this size.
     pub fn with_batch_size(mut self, events: usize) -> Self {
@@ -104,12 +125,15 @@ impl Subscription {
         self
     }
 
-    /// For `$all`: the position the subscription will look at next. Every event before it
+    /// For `$all` and queries: the position the subscription will look at next. Every event before it
     /// was delivered or filtered out, so a consumer may store `position() - 1` as its
     /// checkpoint even when the filter skips many events.
     pub fn position(&self) -> Option<u64> {
         match &self.source {
             Source::All { next_position, .. } => {
+                Some(self.buffer.front().map_or(*next_position, |e| e.position))
+            }
+            Source::Query { next_position, .. } => {
                 Some(self.buffer.front().map_or(*next_position, |e| e.position))
             }
             Source::Stream { .. } => None,
@@ -177,6 +201,31 @@ impl Subscription {
                 self.buffer
                     .extend(events.into_iter().filter(|e| filter.matches(e)));
                 Ok(true)
+            }
+            Source::Query {
+                query,
+                next_position,
+            } => {
+                if *next_position >= head {
+                    return Ok(false);
+                }
+                let read = self
+                    .store
+                    .read_query(
+                        query,
+                        next_position.checked_sub(1),
+                        Direction::Forwards,
+                        self.batch_size,
+                    )
+                    .await?;
+                let before = *next_position;
+                *next_position = match read.events.last() {
+                    Some(last) if read.events.len() == self.batch_size => last.position + 1,
+                    // Every match up to the head of the read is here.
+                    _ => read.head.map_or(0, |h| h + 1).max(*next_position),
+                };
+                self.buffer.extend(read.events);
+                Ok(*next_position > before)
             }
             Source::Stream {
                 stream,

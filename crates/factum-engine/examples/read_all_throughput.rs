@@ -32,6 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     data: data.clone(),
                     metadata: Bytes::new(),
                     recorded_at_us: now_micros(),
+                    tags: Vec::new(),
                 })
                 .collect();
             engine.import(batch).await?;

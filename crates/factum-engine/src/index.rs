@@ -1,5 +1,6 @@
-//! The derived index: the stream catalog (stream → positions, deletes, metadata, checkpoints)
-//! and position → record location. It lives in memory, is saved to `index.fidx` with the log
+//! The derived index: the stream catalog (stream → positions, deletes, metadata, checkpoints),
+//! position → record location, and the tag index of DCB queries (tag → positions, type →
+//! positions). It lives in memory, is saved to `index.fidx` with the log
 //! position it covers ("indexed up to"), and is brought up to date from the log tail on open.
 //! The log is the truth: a missing or damaged index file is rebuilt from the log.
 
@@ -8,10 +9,12 @@ use std::path::Path;
 
 use factum_core::StreamName;
 use factum_core::backend::catalog::{Catalog, StreamState};
+use factum_core::backend::tag_index::TagIndex;
 use uuid::Uuid;
 
 const INDEX_MAGIC: &[u8; 8] = b"FACTUMIX";
-const INDEX_VERSION: u32 = 1;
+/// Version 2 added the tag index; a version 1 file is rebuilt from the log once.
+const INDEX_VERSION: u32 = 2;
 /// The index file's name inside the data directory.
 pub const INDEX_FILE: &str = "index.fidx";
 
@@ -37,6 +40,9 @@ pub enum IndexError {
     /// A stream name or consumer that does not decode.
     #[error("a name in the index does not decode")]
     BadName,
+    /// The tag index does not decode, or does not cover what the rest covers.
+    #[error("the tag index does not decode")]
+    BadTags,
     /// Stream metadata that does not decode.
     #[error("stream metadata in the index does not decode: {0}")]
     BadMetadata(String),
@@ -60,6 +66,8 @@ pub struct Index {
     pub catalog: Catalog,
     /// `locations[p]` is where the record of position `p` starts (see [`crate::log::pack`]).
     pub locations: Vec<u64>,
+    /// Positions by tag and by type, for DCB reads and conditions.
+    pub tags: TagIndex,
 }
 
 /// Where the log ended when the index was saved.
@@ -129,6 +137,10 @@ impl Index {
             w.write_all(consumer.as_bytes())?;
             w.write_all(&position.to_le_bytes())?;
         }
+        let mut tags = Vec::new();
+        self.tags.encode(&mut tags);
+        w.write_all(&(tags.len() as u64).to_le_bytes())?;
+        w.write_all(&tags)?;
         let crc = w.crc;
         let mut inner = w.inner;
         inner.write_all(&crc.to_le_bytes())?;
@@ -226,8 +238,19 @@ impl Index {
             let consumer = String::from_utf8(r.take(len)?).map_err(|_| IndexError::BadName)?;
             catalog.restore_checkpoint(consumer, r.u64()?);
         }
+        let len = r.u64()?;
+        let len = r.count(len, 1)?;
+        let bytes = r.take(len)?;
+        let tags = match TagIndex::decode(&bytes) {
+            Some((tags, used)) if used == len && tags.next_position() == next_position => tags,
+            _ => return Err(IndexError::BadTags),
+        };
         Ok((
-            Index { catalog, locations },
+            Index {
+                catalog,
+                locations,
+                tags,
+            },
             IndexedUpTo {
                 next_position,
                 segment,

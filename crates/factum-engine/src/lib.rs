@@ -182,6 +182,17 @@ pub struct Engine {
     report: OpenReport,
 }
 
+/// Adds a user event's record, met on replay, to the tag index.
+fn index_tags(
+    tags: &mut factum_core::backend::tag_index::TagIndex,
+    position: u64,
+    record: &log::format::RecordView<'_>,
+) -> Result<(), StoreError> {
+    let decoded = log::format::decode_tags(record.tags)
+        .map_err(|e| StoreError::invalid(format!("tags: {e}")))?;
+    tags.add(position, false, record.event_type, &decoded)
+}
+
 impl Engine {
     /// Opens (or creates) a store in `dir`. Only one process may have a directory open.
     pub fn open(dir: impl AsRef<Path>, options: EngineOptions) -> Result<Self, StoreError> {
@@ -234,12 +245,17 @@ impl Engine {
                     segment.corrupted(offset, format!("record does not fit the index: {e}"))
                 };
                 if !record.stream.starts_with('$') {
-                    return index
+                    index
                         .catalog
                         .append_user_event(record.stream, record.revision, position, record.id)
-                        .map_err(fits);
+                        .map_err(fits)?;
+                    return index_tags(&mut index.tags, position, &record).map_err(fits);
                 }
                 let stream = StreamName::new(record.stream).map_err(fits)?;
+                index
+                    .tags
+                    .add(position, true, record.event_type, &[])
+                    .map_err(fits)?;
                 for change in catalog::changes_of(
                     &stream,
                     record.revision,
@@ -499,6 +515,34 @@ impl EventStore for Engine {
         };
         events.truncate(limit);
         Ok(events)
+    }
+
+    async fn read_query(
+        &self,
+        query: &factum_core::Query,
+        after: Option<u64>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<factum_core::QueryRead, StoreError> {
+        query.validate()?;
+        // The head first: every position below it is in the index.
+        let end = self.head();
+        let locations: Vec<(u64, u64)> = {
+            let index = self.inner.shared.index.read();
+            index
+                .tags
+                .query(query, after, end, direction, limit)
+                .into_iter()
+                .filter_map(|p| index.locations.get(p as usize).map(|l| (p, *l)))
+                .collect()
+        };
+        let sequential = locations
+            .windows(2)
+            .all(|w| matches!(w, [a, b] if b.0 == a.0 + 1));
+        Ok(factum_core::QueryRead {
+            events: self.read_located(locations, sequential).await?,
+            head: end.checked_sub(1),
+        })
     }
 
     fn head(&self) -> u64 {

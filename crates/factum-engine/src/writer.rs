@@ -6,13 +6,15 @@
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 
-use factum_core::backend::catalog::{self, Change, Overlay, Plan, PlannedRecord};
+use factum_core::backend::catalog::{
+    self, Change, CommittedLog, Overlay, Plan, PlannedRecord, WriteKind,
+};
 use factum_core::backend::{Job, Reply, group};
 use factum_core::{AppendResult, StoreError, now_micros};
 use tracing::error;
 
 use crate::Shared;
-use crate::index::{IndexError, IndexedUpTo};
+use crate::index::{Index, IndexError, IndexedUpTo};
 use crate::log::format::{FRAME_HEADER_BYTES, FrameBuilder, RECORD_FIXED_BYTES, RecordRef};
 use crate::log::{SegmentWriter, pack};
 
@@ -131,13 +133,17 @@ impl Writer {
         {
             let index = self.shared.index.read();
             let segments = &self.shared.segments;
-            let mut overlay = Overlay::new(&index.catalog, |position| {
-                let location = index
-                    .locations
-                    .get(position as usize)
-                    .ok_or_else(|| StoreError::invalid(format!("no event at {position}")))?;
-                segments.read_id(*location)
-            });
+            let dcb = group
+                .iter()
+                .any(|job| matches!(job, Job::Write(r, _) if matches!(r.kind, WriteKind::Dcb(_))));
+            let mut overlay = Overlay::new(
+                &index.catalog,
+                Committed {
+                    index: &index,
+                    segments,
+                },
+            )
+            .with_matching(dcb);
             let mut planned_positions = self.next_position;
             for request in group {
                 match request {
@@ -172,6 +178,9 @@ impl Writer {
                                     )),
                                 };
                                 replies.push((reply, outcome));
+                            }
+                            Ok(Plan::AlreadyWritten(result)) => {
+                                replies.push((reply, Outcome::Done(result)));
                             }
                             Ok(Plan::Write { records, primary }) => {
                                 if let Err(e) = overlay.record(&records) {
@@ -301,6 +310,7 @@ impl Writer {
                         event_type: &record.event.event_type,
                         data: &record.event.data,
                         metadata: &record.event.metadata,
+                        tags: &record.event.tags,
                     },
                 );
                 locations.push((self.segment.number, base + at as u64));
@@ -338,6 +348,14 @@ impl Writer {
             }
             for change in changes {
                 index.catalog.apply(change)?;
+            }
+            for (at, record) in (self.next_position..).zip(frames.iter().flat_map(|f| &f.records)) {
+                index.tags.add(
+                    at,
+                    record.stream.is_system(),
+                    &record.event.event_type,
+                    &record.event.tags,
+                )?;
             }
             debug_assert_eq!(index.locations.len() as u64, position);
         }
@@ -392,4 +410,37 @@ fn planned_position(
         }
     }
     None
+}
+
+/// The committed log as the writer's plans see it: ids read from the segments, DCB matches
+/// from the tag index.
+struct Committed<'a> {
+    index: &'a Index,
+    segments: &'a crate::log::Segments,
+}
+
+impl CommittedLog for Committed<'_> {
+    fn id_at(&self, position: u64) -> Result<uuid::Uuid, StoreError> {
+        let location = self
+            .index
+            .locations
+            .get(position as usize)
+            .ok_or_else(|| StoreError::invalid(format!("no event at {position}")))?;
+        self.segments.read_id(*location)
+    }
+
+    fn next_position(&self) -> u64 {
+        self.index.locations.len() as u64
+    }
+
+    fn first_match(
+        &self,
+        query: &factum_core::Query,
+        after: Option<u64>,
+    ) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .index
+            .tags
+            .first_match(query, after, self.index.locations.len() as u64))
+    }
 }

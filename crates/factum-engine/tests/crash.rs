@@ -10,7 +10,7 @@ use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use factum_core::{Direction, EventStore, ExpectedState, NewEvent, StreamName};
+use factum_core::{Direction, EventStore, ExpectedState, NewEvent, Query, StreamName};
 use factum_engine::{Engine, EngineOptions};
 use rand::Rng;
 
@@ -64,6 +64,7 @@ fn crash_child_appends_until_killed() {
                                     }),
                                 )
                                 .unwrap()
+                                .with_tags(tags_of(&stream, task, i))
                             })
                             .collect();
                         let stream = StreamName::user(stream).unwrap();
@@ -77,6 +78,7 @@ fn crash_child_appends_until_killed() {
                             "position": result.position,
                             "ids": events.iter().map(|e| e.id.to_string()).collect::<Vec<_>>(),
                             "data": events.iter().map(|e| String::from_utf8(e.data.to_vec()).unwrap()).collect::<Vec<_>>(),
+                            "tags": events.iter().map(|e| e.tags.clone()).collect::<Vec<_>>(),
                         });
                         println!("{ack}");
                     }
@@ -89,12 +91,22 @@ fn crash_child_appends_until_killed() {
     });
 }
 
+/// The tags the child gives an event: its stream, its task, and `first` on an append's first.
+fn tags_of(stream: &str, task: u64, i: u64) -> Vec<String> {
+    let mut tags = vec![format!("stream:{stream}"), format!("task:{task}")];
+    if i == 0 {
+        tags.push("first".into());
+    }
+    tags
+}
+
 struct Ack {
     stream: String,
     first_revision: u64,
     position: u64,
     ids: Vec<String>,
     data: Vec<String>,
+    tags: Vec<Vec<String>>,
 }
 
 fn run_child_and_kill(dir: &std::path::Path, round: u64) -> Vec<Ack> {
@@ -132,6 +144,7 @@ fn run_child_and_kill(dir: &std::path::Path, round: u64) -> Vec<Ack> {
                 position: value["position"].as_u64().unwrap(),
                 ids: serde_json::from_value(value["ids"].clone()).unwrap(),
                 data: serde_json::from_value(value["data"].clone()).unwrap(),
+                tags: serde_json::from_value(value["tags"].clone()).unwrap(),
             });
         }
         acks
@@ -176,7 +189,30 @@ async fn acknowledged_appends_survive_sigkill_and_torn_appends_vanish_whole() {
                 assert_eq!(event.revision, ack.first_revision + i);
                 assert_eq!(event.id.to_string(), ack.ids[i as usize]);
                 assert_eq!(event.data, ack.data[i as usize].as_bytes(), "byte for byte");
+                assert_eq!(event.tags, ack.tags[i as usize]);
             }
+        }
+        // The tag index, saved and brought up to date from the log's tail or rebuilt from
+        // all of it, answers as a scan of the log does.
+        let queries = [
+            Query::item(Vec::<String>::new(), ["first"]),
+            Query::item(["Crashed"], ["task:3", "stream:crash-7"]),
+            Query::item(Vec::<String>::new(), ["task:1"]).or(["Crashed"], ["stream:crash-2"]),
+            Query::all(),
+        ];
+        for query in &queries {
+            let read = store
+                .read_query(query, None, Direction::Forwards, usize::MAX)
+                .await
+                .unwrap();
+            let scanned: Vec<u64> = log
+                .iter()
+                .filter(|e| query.matches_event(e))
+                .map(|e| e.position)
+                .collect();
+            let found: Vec<u64> = read.events.iter().map(|e| e.position).collect();
+            assert_eq!(found, scanned, "{query:?}");
+            assert_eq!(read.head, (log.len() as u64).checked_sub(1));
         }
         // Every append in the log is whole, acknowledged or not.
         let mut appends: HashMap<String, (u64, u64)> = HashMap::new();

@@ -91,14 +91,46 @@ impl Target {
 pub(crate) struct Conn {
     pub client: Client,
     statements: parking_lot::Mutex<HashMap<&'static str, Statement>>,
+    /// Statements built at run time (DCB queries: one shape per number of items, tags and
+    /// types), at most [`DYNAMIC_STATEMENTS_MAX`].
+    dynamic: parking_lot::Mutex<HashMap<String, Statement>>,
 }
+
+/// Most statements built at run time that a connection keeps prepared.
+const DYNAMIC_STATEMENTS_MAX: usize = 256;
 
 impl Conn {
     pub async fn open(target: &Target) -> Result<Self, StoreError> {
         Ok(Conn {
             client: target.connect().await?,
             statements: parking_lot::Mutex::new(HashMap::new()),
+            dynamic: parking_lot::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Runs a statement built at run time, prepared once per connection.
+    pub async fn query_built(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let cached = self.dynamic.lock().get(sql).cloned();
+        let statement = match cached {
+            Some(statement) => statement,
+            None => {
+                let statement = self.client.prepare(sql).await.map_err(unavailable)?;
+                let mut dynamic = self.dynamic.lock();
+                if dynamic.len() >= DYNAMIC_STATEMENTS_MAX {
+                    dynamic.clear();
+                }
+                dynamic.insert(sql.to_owned(), statement.clone());
+                statement
+            }
+        };
+        self.client
+            .query(&statement, params)
+            .await
+            .map_err(unavailable)
     }
 
     async fn statement(&self, sql: &'static str) -> Result<Statement, StoreError> {

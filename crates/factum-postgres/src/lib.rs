@@ -23,6 +23,7 @@
 
 mod claim;
 mod conn;
+mod dcb;
 mod head;
 mod schema;
 mod writer;
@@ -194,6 +195,7 @@ impl PgStore {
             data: Bytes::from(row.get::<_, Vec<u8>>(6)),
             metadata: Bytes::from(row.get::<_, Vec<u8>>(7)),
             recorded_at_us: unsigned(row.get(8), "recorded time")?,
+            tags: row.get(9),
         })
     }
 
@@ -246,18 +248,18 @@ impl PgStore {
 macro_rules! events_query {
     ($rest:literal) => {
         concat!(
-            "SELECT position, stream, revision, id, type, content_type, data, metadata, recorded_at_us FROM events ",
+            "SELECT position, stream, revision, id, type, content_type, data, metadata, recorded_at_us, tags FROM events ",
             $rest
         )
     };
 }
 
-/// A stream's row (columns 9 to 13) with up to `$3` of its events (columns 0 to 8) that
+/// A stream's row (columns 10 to 14) with up to `$3` of its events (columns 0 to 9) that
 /// `$where` picks, in `$order`; the row alone when none is picked. `$1` is the stream.
 macro_rules! stream_and_events {
     ($where:literal, $order:literal) => {
         concat!(
-            "SELECT e.position, e.stream, e.revision, e.id, e.type, e.content_type, e.data, e.metadata, e.recorded_at_us,
+            "SELECT e.position, e.stream, e.revision, e.id, e.type, e.content_type, e.data, e.metadata, e.recorded_at_us, e.tags,
                     s.next_revision, s.deleted_before, s.tombstoned, s.last_id, s.metadata
              FROM streams s LEFT JOIN LATERAL (
                  SELECT * FROM events WHERE stream = s.name AND ",
@@ -303,7 +305,7 @@ impl EventStore for PgStore {
         let first = rows
             .first()
             .ok_or_else(|| StoreError::NotFound(stream.to_string()))?;
-        let (summary, metadata) = self.stream_columns(first, 9, stream)?;
+        let (summary, metadata) = self.stream_columns(first, 10, stream)?;
         if summary.tombstoned {
             return Err(StoreError::StreamDeleted(stream.to_string()));
         }
@@ -427,6 +429,46 @@ impl EventStore for PgStore {
             }
         };
         rows.iter().map(|row| self.event(row)).collect()
+    }
+
+    async fn read_query(
+        &self,
+        query: &factum_core::Query,
+        after: Option<u64>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<factum_core::QueryRead, StoreError> {
+        query.validate()?;
+        // Every position below the head is committed and visible.
+        let end = self.head();
+        let head = end.checked_sub(1);
+        if limit == 0 || after.is_some_and(|a| a.saturating_add(1) >= end) {
+            return Ok(factum_core::QueryRead {
+                events: Vec::new(),
+                head,
+            });
+        }
+        let positions = dcb::QuerySql::new(query, direction);
+        let order = match direction {
+            Direction::Forwards => "ASC",
+            Direction::Backwards => "DESC",
+        };
+        let sql = format!(
+            "{} WHERE position IN ({}) ORDER BY position {order}",
+            events_query!(""),
+            positions.sql
+        );
+        let after = after.map_or(-1, to_i64);
+        let end_sql = to_i64(end);
+        let limit_sql = to_i64(limit as u64);
+        let params = positions.params([&after, &end_sql, &limit_sql]);
+        let conn = self.inner.readers.get().await?;
+        let rows = conn.query_built(&sql, &params).await?;
+        let events = rows
+            .iter()
+            .map(|row| self.event(row))
+            .collect::<Result<_, _>>()?;
+        Ok(factum_core::QueryRead { events, head })
     }
 
     fn head(&self) -> u64 {

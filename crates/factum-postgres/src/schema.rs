@@ -8,7 +8,8 @@ use tokio_postgres::Client;
 use crate::conn::unavailable;
 
 /// The migrations, in order: migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 -- Every event, by its position in $all. A position is taken under the lock on `head` and
 -- committed before the next writer can take one, so positions become visible in order.
 CREATE TABLE events (
@@ -43,7 +44,20 @@ CREATE TABLE head (
     next_position bigint  NOT NULL
 );
 INSERT INTO head (next_position) VALUES (0);
-"#];
+"#,
+    r#"
+-- Tags for dynamic consistency boundaries: each event's own, and, for events of user streams,
+-- one row per tag, so that a DCB read or condition finds the positions of a tag in order.
+ALTER TABLE events ADD COLUMN tags text[] NOT NULL DEFAULT '{}';
+CREATE TABLE event_tags (
+    tag      text   COLLATE "C" NOT NULL,
+    position bigint NOT NULL,
+    PRIMARY KEY (tag, position)
+);
+-- DCB query items that name types and no tag.
+CREATE INDEX events_type_position ON events (type, position);
+"#,
+];
 
 /// The schema version this build writes.
 pub const VERSION: i32 = MIGRATIONS.len() as i32;

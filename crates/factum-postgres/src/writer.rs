@@ -17,8 +17,8 @@ use factum_core::backend::catalog::{
 };
 use factum_core::backend::{Job, group};
 use factum_core::{
-    AppendResult, ContentType, ExpectedState, RecordedEvent, StoreError, StreamMetadata,
-    StreamName, now_micros,
+    AppendResult, ContentType, Direction, ExpectedState, Query, RecordedEvent, StoreError,
+    StreamMetadata, StreamName, now_micros,
 };
 use tokio::sync::{Semaphore, mpsc, watch};
 use uuid::Uuid;
@@ -63,6 +63,12 @@ struct Committed {
     checkpoints: HashMap<String, u64>,
     /// (stream, revision) → (id, position).
     events: HashMap<(StreamName, u64), (Uuid, u64)>,
+    /// The position the batch's first record gets.
+    next_position: u64,
+    /// For the DCB appends of the batch: (query, after) → the first committed match.
+    matches: HashMap<(Query, Option<u64>), Option<u64>>,
+    /// Ids of committed events where a DCB append's retry may have written its events.
+    ids: HashMap<u64, Uuid>,
 }
 
 impl View for &Committed {
@@ -85,6 +91,30 @@ impl View for &Committed {
 
     fn checkpoint(&self, consumer: &str) -> Option<u64> {
         self.checkpoints.get(consumer).copied()
+    }
+
+    fn next_position(&self) -> u64 {
+        self.next_position
+    }
+
+    fn last_position(&self, stream: &StreamName) -> Option<u64> {
+        self.streams.get(stream)?.last_position
+    }
+
+    fn id_at_position(&self, position: u64) -> Result<Option<Uuid>, StoreError> {
+        if position >= self.next_position {
+            return Ok(None);
+        }
+        self.ids.get(&position).copied().map(Some).ok_or_else(|| {
+            StoreError::invalid(format!("the id at position {position} was not loaded"))
+        })
+    }
+
+    fn first_match(&self, query: &Query, after: Option<u64>) -> Result<Option<u64>, StoreError> {
+        self.matches
+            .get(&(query.clone(), after))
+            .copied()
+            .ok_or_else(|| StoreError::invalid("a DCB condition was not loaded"))
     }
 }
 
@@ -185,7 +215,10 @@ impl Writer {
         let (first_position, committed) = lock_and_load(conn, &jobs).await?;
 
         // Plan every job against what is committed plus what the batch planned before it.
-        let mut overlay = Overlay::over(&committed);
+        let dcb = jobs
+            .iter()
+            .any(|job| matches!(job, JobKind::Write(r) if matches!(r.kind, WriteKind::Dcb(_))));
+        let mut overlay = Overlay::over(&committed).with_matching(dcb);
         let mut records: Vec<PlannedRecord> = Vec::new();
         let mut times: Vec<Option<u64>> = Vec::new();
         let mut outcomes = Vec::with_capacity(jobs.len());
@@ -193,6 +226,7 @@ impl Writer {
             let outcome = match job {
                 JobKind::Write(request) => match catalog::plan(&overlay, request) {
                     Err(e) => Outcome::Failed(e),
+                    Ok(Plan::AlreadyWritten(result)) => Outcome::Done(result),
                     Ok(Plan::AlreadyAppended {
                         first_revision,
                         last_revision,
@@ -321,6 +355,14 @@ async fn lock_and_load(conn: &Conn, jobs: &[JobKind]) -> Result<(u64, Committed)
         match job {
             JobKind::Write(request) => {
                 add(&mut names, &request.stream);
+                if let WriteKind::Dcb(append) = &request.kind {
+                    for event in &append.events {
+                        add(&mut names, &event.stream);
+                    }
+                    for (stream, _) in &append.expected {
+                        add(&mut names, stream);
+                    }
+                }
                 if let Some(checkpoint) = &request.checkpoint {
                     add(
                         &mut names,
@@ -381,6 +423,8 @@ async fn lock_and_load(conn: &Conn, jobs: &[JobKind]) -> Result<(u64, Committed)
     for row in checkpoints.map_err(unavailable)? {
         committed.checkpoints.insert(row.get(0), to_u64(row.get(1)));
     }
+    committed.next_position = to_u64(first_position);
+    load_dcb(conn, jobs, &mut committed).await?;
     let (streams, lows, highs) = windows(&committed, jobs);
     if !streams.is_empty() {
         for row in conn
@@ -398,6 +442,79 @@ async fn lock_and_load(conn: &Conn, jobs: &[JobKind]) -> Result<(u64, Committed)
         }
     }
     Ok((to_u64(first_position), committed))
+}
+
+/// What the DCB appends of the batch are planned against, under the lock: the first committed
+/// match of each condition, and the ids where a retry may find its events written (the last
+/// ones of its last event's stream; where its condition first matches).
+async fn load_dcb(
+    conn: &Conn,
+    jobs: &[JobKind],
+    committed: &mut Committed,
+) -> Result<(), StoreError> {
+    let end = to_i64(committed.next_position);
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for job in jobs {
+        let JobKind::Write(request) = job else {
+            continue;
+        };
+        let WriteKind::Dcb(append) = &request.kind else {
+            continue;
+        };
+        let count = append.events.len() as u64;
+        if let Some(last) = append.events.last()
+            && let Some(row) = committed.streams.get(&last.stream)
+            && row.last_id == Some(last.event.id)
+            && let Some(end) = row.last_position
+            && end + 1 >= count
+        {
+            ranges.push((end + 1 - count, end + 1));
+        }
+        let Some(condition) = &append.condition else {
+            continue;
+        };
+        let query = &condition.fail_if_events_match;
+        let key = (query.clone(), condition.after);
+        let found = match committed.matches.get(&key) {
+            Some(found) => *found,
+            None => {
+                let sql = crate::dcb::QuerySql::new(query, Direction::Forwards);
+                let after = condition.after.map_or(-1, to_i64);
+                let one = 1i64;
+                let params = sql.params([&after, &end, &one]);
+                let rows = conn.query_built(&sql.sql, &params).await?;
+                let found = rows.first().map(|row| to_u64(row.get(0)));
+                committed.matches.insert(key, found);
+                found
+            }
+        };
+        if let Some(found) = found
+            && let Some(offset) = append
+                .events
+                .iter()
+                .position(|e| query.matches(&e.stream, &e.event.event_type, &e.event.tags))
+            && found >= offset as u64
+        {
+            let start = found - offset as u64;
+            ranges.push((start, start + count));
+        }
+    }
+    if ranges.is_empty() {
+        return Ok(());
+    }
+    let lows: Vec<i64> = ranges.iter().map(|r| to_i64(r.0)).collect();
+    let highs: Vec<i64> = ranges.iter().map(|r| to_i64(r.1)).collect();
+    for row in conn
+        .query(
+            "SELECT e.position, e.id FROM unnest($1::int8[], $2::int8[]) AS w(low, high)
+             JOIN events e ON e.position >= w.low AND e.position < w.high",
+            &[&lows, &highs],
+        )
+        .await?
+    {
+        committed.ids.insert(to_u64(row.get(0)), row.get(1));
+    }
+    Ok(())
 }
 
 /// The committed revisions whose ids an idempotent re-append in the batch may compare: for an
@@ -447,8 +564,13 @@ fn windows(committed: &Committed, jobs: &[JobKind]) -> (Vec<String>, Vec<i64>, V
     out
 }
 
-const INSERT_EVENTS: &str = "INSERT INTO events (position, stream, revision, id, type, content_type, data, metadata, recorded_at_us)
-     SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::uuid[], $5::text[], $6::int2[], $7::bytea[], $8::bytea[], $9::int8[])";
+const INSERT_EVENTS: &str = "INSERT INTO events (position, stream, revision, id, type, content_type, data, metadata, recorded_at_us, tags)
+     SELECT p, s, r, i, t, c, d, m, a,
+            CASE WHEN g IS NULL THEN '{}'::text[] ELSE ARRAY(SELECT json_array_elements_text(g::json)) END
+     FROM unnest($1::int8[], $2::text[], $3::int8[], $4::uuid[], $5::text[], $6::int2[], $7::bytea[], $8::bytea[], $9::int8[], $10::text[])
+         AS u(p, s, r, i, t, c, d, m, a, g)";
+const INSERT_TAGS: &str =
+    "INSERT INTO event_tags (tag, position) SELECT * FROM unnest($1::text[], $2::int8[])";
 const UPSERT_STREAMS: &str = "INSERT INTO streams (name, next_revision, deleted_before, tombstoned, last_id, last_position, metadata)
      SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::bool[], $5::uuid[], $6::int8[], $7::text[])
      ON CONFLICT (name) DO UPDATE SET next_revision = excluded.next_revision,
@@ -479,6 +601,7 @@ async fn write(
     // Prepared first (once per connection), so that nothing waits between the sends below.
     let [
         insert_events,
+        insert_tags,
         upsert_streams,
         upsert_checkpoints,
         move_head,
@@ -486,6 +609,7 @@ async fn write(
     ] = conn
         .prepared([
             INSERT_EVENTS,
+            INSERT_TAGS,
             UPSERT_STREAMS,
             UPSERT_CHECKPOINTS,
             MOVE_HEAD,
@@ -494,7 +618,7 @@ async fn write(
         .await?;
     let client = &conn.client;
     let e = events;
-    let event_params: [&(dyn ToSql + Sync); 9] = [
+    let event_params: [&(dyn ToSql + Sync); 10] = [
         &e.positions,
         &e.streams,
         &e.revisions,
@@ -504,7 +628,9 @@ async fn write(
         &e.data,
         &e.metadata,
         &e.recorded,
+        &e.tags,
     ];
+    let tag_params: [&(dyn ToSql + Sync); 2] = [&e.tag_rows.0, &e.tag_rows.1];
     let s = streams;
     let stream_params: [&(dyn ToSql + Sync); 7] = [
         &s.names,
@@ -521,8 +647,15 @@ async fn write(
     let head_params: [&(dyn ToSql + Sync); 1] = [&next];
     let notify_params: [&(dyn ToSql + Sync); 2] = [&channel, &next_text];
     let commit_now = hold.is_none();
-    let (inserted, upserted, checkpointed, moved, notified, committed) = futures::join!(
+    let (inserted, tagged, upserted, checkpointed, moved, notified, committed) = futures::join!(
         client.execute(&insert_events, &event_params),
+        async {
+            if e.tag_rows.0.is_empty() {
+                Ok(0)
+            } else {
+                client.execute(&insert_tags, &tag_params).await
+            }
+        },
         client.execute(&upsert_streams, &stream_params),
         async {
             if s.consumers.is_empty() {
@@ -543,7 +676,7 @@ async fn write(
             }
         },
     );
-    for result in [inserted, upserted, checkpointed, moved, notified] {
+    for result in [inserted, tagged, upserted, checkpointed, moved, notified] {
         result.map_err(unavailable)?;
     }
     committed.map_err(unavailable)?;
@@ -578,6 +711,10 @@ struct EventColumns<'a> {
     data: Vec<&'a [u8]>,
     metadata: Vec<&'a [u8]>,
     recorded: Vec<i64>,
+    /// Each event's tags as a JSON array, or none.
+    tags: Vec<Option<String>>,
+    /// (tag, position) of every tag of an event of a user stream: the rows of `event_tags`.
+    tag_rows: (Vec<&'a str>, Vec<i64>),
 }
 
 impl<'a> EventColumns<'a> {
@@ -598,6 +735,8 @@ impl<'a> EventColumns<'a> {
             data: Vec::with_capacity(count),
             metadata: Vec::with_capacity(count),
             recorded: Vec::with_capacity(count),
+            tags: Vec::with_capacity(count),
+            tag_rows: (Vec::new(), Vec::new()),
         };
         for (offset, record) in records.iter().enumerate() {
             columns
@@ -613,6 +752,20 @@ impl<'a> EventColumns<'a> {
             columns.data.push(record.event.data.as_ref());
             columns.metadata.push(record.event.metadata.as_ref());
             columns.recorded.push(to_i64(times[offset].unwrap_or(now)));
+            let tags = &record.event.tags;
+            columns.tags.push(
+                (!tags.is_empty())
+                    .then(|| serde_json::to_string(tags).unwrap_or_else(|_| "[]".to_owned())),
+            );
+            if !record.stream.is_system() {
+                for tag in tags {
+                    columns.tag_rows.0.push(tag.as_str());
+                    columns
+                        .tag_rows
+                        .1
+                        .push(to_i64(first_position + offset as u64));
+                }
+            }
         }
         columns
     }

@@ -27,18 +27,21 @@ use crate::{ApiError, AppState};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
-fn path(path: std::result::Result<Path<String>, PathRejection>) -> Result<String> {
+pub(crate) fn path(path: std::result::Result<Path<String>, PathRejection>) -> Result<String> {
     path.map(|Path(p)| p)
         .map_err(|e| ApiError::bad_request(format!("path: {}", e.body_text())))
 }
 
-fn query<T>(query: std::result::Result<Query<T>, QueryRejection>) -> Result<T> {
+pub(crate) fn query<T>(query: std::result::Result<Query<T>, QueryRejection>) -> Result<T> {
     query
         .map(|Query(q)| q)
         .map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
-fn body(state: &AppState, body: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes> {
+pub(crate) fn body(
+    state: &AppState,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Bytes> {
     body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -98,7 +101,7 @@ pub(crate) fn int64<'de, D: serde::Deserializer<'de>>(
     }
 }
 
-fn limit(limit: Option<usize>, state: &AppState) -> Result<usize> {
+pub(crate) fn limit(limit: Option<usize>, state: &AppState) -> Result<usize> {
     let max = state.config.max_page;
     match limit {
         None => Ok(100.min(max)),
@@ -109,7 +112,7 @@ fn limit(limit: Option<usize>, state: &AppState) -> Result<usize> {
     }
 }
 
-fn lines(events: &[RecordedEvent]) -> Result<Vec<RecordedLine>> {
+pub(crate) fn lines(events: &[RecordedEvent]) -> Result<Vec<RecordedLine>> {
     events
         .iter()
         .map(|e| recorded(e).map_err(ApiError::from))
@@ -659,7 +662,7 @@ fn follow_all_query(pairs: Vec<(String, String)>) -> Result<(Option<u64>, Subscr
 }
 
 /// The position in a `Last-Event-ID` header: the last event the client received.
-fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>> {
+pub(crate) fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>> {
     header_text(headers, "last-event-id")?
         .map(|text| {
             digits(text.trim()).ok_or_else(|| {

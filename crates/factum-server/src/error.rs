@@ -20,6 +20,14 @@ pub struct ErrorBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<u64>)]
     pub actual: Option<Option<u64>>,
+    /// On a failed append condition (409): the condition, as the request gave it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<factum_core::AppendCondition>)]
+    pub condition: Option<Box<factum_core::AppendCondition>>,
+    /// On a failed append condition (409): the position of the first event after its
+    /// `after` that matches its query.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
 }
 
 /// An error response of the API.
@@ -38,8 +46,23 @@ impl ApiError {
                 error: message.to_string(),
                 expected: None,
                 actual: None,
+                condition: None,
+                position: None,
             },
         }
+    }
+
+    /// 409: a DCB append's condition failed; nothing was written.
+    pub fn condition_failed(
+        condition: factum_core::AppendCondition,
+        after: Option<u64>,
+        position: u64,
+    ) -> Self {
+        let error = StoreError::ConditionFailed { after, position };
+        let mut answer = ApiError::new(StatusCode::CONFLICT, error);
+        answer.body.condition = Some(Box::new(condition));
+        answer.body.position = Some(position);
+        answer
     }
 
     /// 400: the request is malformed; nothing was written.
@@ -86,10 +109,14 @@ impl From<StoreError> for ApiError {
                         error: error.to_string(),
                         expected: Some(expected_json(*expected)),
                         actual: Some(actual.0),
+                        condition: None,
+                        position: None,
                     },
                 };
             }
-            StoreError::CheckpointBehind { .. } | StoreError::Claimed(_) => StatusCode::CONFLICT,
+            StoreError::CheckpointBehind { .. }
+            | StoreError::Claimed(_)
+            | StoreError::ConditionFailed { .. } => StatusCode::CONFLICT,
             StoreError::StreamDeleted(_) => StatusCode::GONE,
             StoreError::NotFound(_) => StatusCode::NOT_FOUND,
             StoreError::InvalidInput(_) => StatusCode::BAD_REQUEST,

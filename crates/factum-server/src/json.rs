@@ -16,7 +16,8 @@ fn bad(message: impl std::fmt::Display) -> StoreError {
     StoreError::invalid(message.to_string())
 }
 
-/// An event to append, as JSON: `type`, `data`, optional `metadata` (an object) and `id`.
+/// An event to append, as JSON: `type`, `data`, optional `metadata` (an object), `id` and
+/// `tags`.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventLine {
@@ -35,6 +36,109 @@ pub struct EventLine {
     /// when missing.
     #[serde(default)]
     id: Option<Uuid>,
+    /// Tags for dynamic consistency boundaries (`course:c-7`): at most 32, each 1 to 128
+    /// characters with no control character, none twice.
+    #[serde(default)]
+    #[schema(schema_with = factum_core::dcb::schemas::tags)]
+    tags: Vec<String>,
+}
+
+/// An event of a DCB append, as JSON: an event as [`EventLine`] has it, with its `tags`, and
+/// the `stream` it goes to (`dcb` when none is named) and its `content_type`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DcbEventLine {
+    /// The event type: 1 to 256 characters, not starting with `$`.
+    #[serde(rename = "type")]
+    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\$]")]
+    event_type: String,
+    /// Any JSON value, stored as sent; with `content_type` `application/octet-stream`, the
+    /// bytes as a hex string.
+    #[schema(value_type = serde_json::Value)]
+    data: Box<RawValue>,
+    /// A JSON object, or `null` for none; stored as sent.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Box<RawValue>>,
+    /// The event id (a new UUIDv7 when missing): the same ids again after a success answer
+    /// the original position.
+    #[serde(default)]
+    id: Option<Uuid>,
+    /// Tags: at most 32, each 1 to 128 characters with no control character, none twice.
+    #[serde(default)]
+    #[schema(schema_with = factum_core::dcb::schemas::tags)]
+    tags: Vec<String>,
+    /// The stream the event goes to; `dcb` when none is named.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 512, pattern = r"^[^\$\x00][^\x00]*$")]
+    stream: Option<String>,
+    /// `application/json` (default) or `application/octet-stream`.
+    #[serde(default)]
+    #[schema(value_type = Option<DcbContentType>)]
+    content_type: Option<String>,
+}
+
+/// The content types of a DCB event.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub enum DcbContentType {
+    /// JSON data.
+    #[schema(rename = "application/json")]
+    Json,
+    /// Binary data, sent as a hex string.
+    #[schema(rename = "application/octet-stream")]
+    Binary,
+}
+
+impl DcbEventLine {
+    /// What is wrong with binary data that is not a hex string (the request is well formed,
+    /// and cannot be carried out).
+    pub fn binary_data_problem(&self) -> Option<String> {
+        if self.content_type.as_deref() != Some(BINARY) {
+            return None;
+        }
+        match serde_json::from_str::<String>(self.data.get()) {
+            Ok(text) if unhex(&text).is_ok() => None,
+            _ => Some("binary data (application/octet-stream) must be a hex string".into()),
+        }
+    }
+
+    /// The event and its stream (validated).
+    pub fn into_event(self) -> Result<factum_core::DcbEvent> {
+        let stream = match &self.stream {
+            Some(name) => StreamName::user(name.clone())?,
+            None => factum_core::dcb::default_stream(),
+        };
+        let line = EventLine {
+            event_type: self.event_type,
+            data: self.data,
+            metadata: self.metadata,
+            id: self.id,
+            tags: self.tags,
+        };
+        let event = match self.content_type.as_deref() {
+            None | Some("application/json") => line.into_event()?,
+            Some(BINARY) => {
+                let text: String = serde_json::from_str(line.data.get())
+                    .map_err(|_| bad("binary data must be a hex string"))?;
+                let mut event = EventLine {
+                    data: raw("null".into())?,
+                    ..line
+                }
+                .into_event()?;
+                event.content_type = ContentType::Binary;
+                event.data = Bytes::from(unhex(&text)?);
+                event.validate(false)?;
+                event
+            }
+            Some(other) => {
+                return Err(bad(format!(
+                    "content_type '{other}' is not application/json or {BINARY}"
+                )));
+            }
+        };
+        Ok(factum_core::DcbEvent { stream, event })
+    }
 }
 
 /// Parses one input line of `factum append` into an event (validated).
@@ -87,6 +191,7 @@ impl EventLine {
             content_type: ContentType::Json,
             data: Bytes::copy_from_slice(self.data.get().as_bytes()),
             metadata,
+            tags: self.tags,
         };
         event.validate(false)?;
         Ok(event)
@@ -118,6 +223,9 @@ pub struct RecordedLine {
     /// `application/octet-stream` for binary data; absent for JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
+    /// Its tags (dynamic consistency boundaries); absent when it has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 const BINARY: &str = "application/octet-stream";
@@ -170,6 +278,7 @@ pub fn recorded(event: &RecordedEvent) -> Result<RecordedLine> {
         metadata: raw(metadata)?,
         recorded_at: format_time(event.recorded_at_us),
         content_type,
+        tags: event.tags.clone(),
     })
 }
 
@@ -201,6 +310,7 @@ pub fn from_line(line: &str) -> Result<RecordedEvent> {
         data,
         metadata,
         recorded_at_us: parse_time(&parsed.recorded_at)?,
+        tags: parsed.tags,
     })
 }
 
@@ -245,6 +355,7 @@ mod tests {
                 data,
                 metadata: Bytes::from_static(b"{\"$correlationId\":\"x\"}"),
                 recorded_at_us: 1_790_000_000_123_456,
+                tags: vec!["course:c-7".into(), "student:s-3".into()],
             };
             assert_eq!(from_line(&to_line(&event).unwrap()).unwrap(), event);
         }
@@ -259,6 +370,10 @@ mod tests {
         assert!(parse_event_line(r#"{"type":"A","data":1,"id":"nope"}"#).is_err());
         assert!(parse_event_line(r#"{"type":"A","data":1,"extra":true}"#).is_err());
         assert!(parse_event_line(r#"{"type":"A","data":1"#).is_err());
+        let tagged = parse_event_line(r#"{"type":"A","data":1,"tags":["a","b"]}"#).unwrap();
+        assert_eq!(tagged.tags, ["a", "b"]);
+        assert!(parse_event_line(r#"{"type":"A","data":1,"tags":[""]}"#).is_err());
+        assert!(parse_event_line(r#"{"type":"A","data":1,"tags":["a","a"]}"#).is_err());
         let array = parse_event_line(r#"["A", 1, null, null]"#).unwrap_err();
         assert!(
             array.to_string().contains("expected a JSON object"),

@@ -25,6 +25,7 @@
 mod api;
 pub mod auth;
 mod consumers;
+pub mod dcb;
 mod error;
 mod groups;
 pub mod grpc;

@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::ErrorBody;
-use crate::{AppState, Config, api, groups};
+use crate::{AppState, Config, api, dcb, groups};
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -26,6 +26,7 @@ use crate::{AppState, Config, api, groups};
         (name = "streams", description = "Streams: append, read, follow, delete, metadata"),
         (name = "all", description = "$all: every event in commit order, for consumers that keep their own position"),
         (name = "consumers", description = "Event processors and projections, with their lag"),
+        (name = "dcb", description = "Dynamic consistency boundaries: events with tags, reads by a query of types and tags, appends conditional on no matching event since a position"),
         (name = "subscriptions", description = "Persistent subscriptions: consumer groups kept by the server, with acks, retries, parking and replay"),
         (name = "server", description = "The server itself"),
     ),
@@ -73,6 +74,9 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(api::subscribe_all))
         .routes(routes!(api::processors))
         .routes(routes!(api::projections))
+        .routes(routes!(dcb::read))
+        .routes(routes!(dcb::append))
+        .routes(routes!(dcb::subscribe))
         .routes(routes!(groups::list))
         .routes(routes!(
             groups::create,
@@ -133,6 +137,17 @@ pub(crate) fn complete(openapi: &mut OpenApi, config: &Config) {
         if let Some(components) = &mut openapi.components {
             components.security_schemes.clear();
         }
+    }
+    // The limit of a DCB read's body, as the query parameters' limit above.
+    if let Some(components) = &mut openapi.components
+        && let Some(RefOr::T(Schema::Object(read))) = components.schemas.get_mut("ReadRequest")
+        && let Some(RefOr::T(Schema::Object(limit))) = read.properties.get_mut("limit")
+    {
+        limit.maximum = Some((config.max_page as f64).into());
+        limit.description = Some(format!(
+            "How many events at most (default 100); at most {} on this server.",
+            config.max_page
+        ));
     }
     for item in openapi.paths.paths.values_mut() {
         for operation in operations_mut(item) {

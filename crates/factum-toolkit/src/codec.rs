@@ -190,6 +190,7 @@ impl<D: Decider> EventCodec<D> {
             data: to_bytes(&data)?,
             metadata: to_bytes(&context.metadata(version))?,
             event_type,
+            tags: Vec::new(),
         })
     }
 

@@ -211,6 +211,7 @@ impl<S> Snapshots<S> {
             content_type: ContentType::Json,
             data: Bytes::from(data),
             metadata: Bytes::from(metadata),
+            tags: Vec::new(),
         };
         store
             .append(&beside, factum_core::ExpectedState::Any, vec![event])

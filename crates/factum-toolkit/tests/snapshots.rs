@@ -222,6 +222,7 @@ async fn forge(store: &Arc<dyn EventStore>, id: &str, data: &str, metadata: Stri
         content_type: ContentType::Json,
         data: Bytes::from(data.to_owned()),
         metadata: Bytes::from(metadata),
+        tags: Vec::new(),
     };
     store
         .append(&stream, ExpectedState::Any, vec![event])

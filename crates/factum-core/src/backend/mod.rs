@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod json;
 mod read;
+pub mod tag_index;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod write;

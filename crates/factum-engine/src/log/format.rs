@@ -6,9 +6,11 @@
 //! frame     = magic u32 | body_len u32 | first_position u64 | count u32 | crc u32 | body
 //! body      = record{count}
 //! record    = len u32 | crc u32 | revision u64 | recorded_at_us u64 | id [16] | content u8 |
-//!             flags u8 | stream_len u16 | type_len u16 | zero u16 | data_len u32 |
-//!             metadata_len u32 | stream | type | data | metadata
+//!             flags u8 | stream_len u16 | type_len u16 | tags_len u16 | data_len u32 |
+//!             metadata_len u32 | stream | type | data | metadata | tags
+//! tags      = (tag_len u16 | tag){n}    (tags_len bytes; 0 for an event without tags)
 //! ```
+//! Records written before tags existed have zero where `tags_len` is: no tags.
 //! The frame crc covers the frame header's fields after it is zeroed and the body; the record
 //! crc covers the record from `revision` on. A frame is one append: all of it or none of it.
 
@@ -198,6 +200,12 @@ pub struct RecordRef<'a> {
     pub event_type: &'a str,
     pub data: &'a [u8],
     pub metadata: &'a [u8],
+    pub tags: &'a [String],
+}
+
+/// Bytes the tags block of a record takes.
+fn tags_len(tags: &[String]) -> usize {
+    tags.iter().map(|t| 2 + t.len()).sum()
 }
 
 impl FrameBuilder {
@@ -219,7 +227,8 @@ impl FrameBuilder {
             + record.stream.len()
             + record.event_type.len()
             + record.data.len()
-            + record.metadata.len();
+            + record.metadata.len()
+            + tags_len(record.tags);
         buf.reserve(len);
         buf.extend_from_slice(&(len as u32).to_le_bytes());
         buf.extend_from_slice(&[0u8; 4]);
@@ -230,13 +239,18 @@ impl FrameBuilder {
         buf.push(0);
         buf.extend_from_slice(&(record.stream.len() as u16).to_le_bytes());
         buf.extend_from_slice(&(record.event_type.len() as u16).to_le_bytes());
-        buf.extend_from_slice(&[0u8; 2]);
+        // Tags are checked before an append is planned: at most 32 of at most 512 bytes.
+        buf.extend_from_slice(&(tags_len(record.tags) as u16).to_le_bytes());
         buf.extend_from_slice(&(record.data.len() as u32).to_le_bytes());
         buf.extend_from_slice(&(record.metadata.len() as u32).to_le_bytes());
         buf.extend_from_slice(record.stream.as_bytes());
         buf.extend_from_slice(record.event_type.as_bytes());
         buf.extend_from_slice(record.data);
         buf.extend_from_slice(record.metadata);
+        for tag in record.tags {
+            buf.extend_from_slice(&(tag.len() as u16).to_le_bytes());
+            buf.extend_from_slice(tag.as_bytes());
+        }
         let crc = crc32c::crc32c(buf.get(at + 8..).unwrap_or_default());
         if let Some(slot) = buf.get_mut(at + 4..at + 8) {
             slot.copy_from_slice(&crc.to_le_bytes());
@@ -304,7 +318,24 @@ pub fn decode_record(chunk: &[u8], at: usize, position: u64) -> Result<RecordedE
         data: Bytes::copy_from_slice(record.data),
         metadata: Bytes::copy_from_slice(record.metadata),
         recorded_at_us: record.recorded_at_us,
+        tags: decode_tags(record.tags)?,
     })
+}
+
+/// The tags of a record's tags block.
+pub fn decode_tags(mut block: &[u8]) -> Result<Vec<String>, DecodeError> {
+    let mut tags = Vec::new();
+    while !block.is_empty() {
+        let len = u16_at(block, 0).map_err(|_| DecodeError::FieldLengths)? as usize;
+        let tag = block.get(2..2 + len).ok_or(DecodeError::FieldLengths)?;
+        tags.push(
+            std::str::from_utf8(tag)
+                .map_err(|_| DecodeError::NotUtf8("tag"))?
+                .to_owned(),
+        );
+        block = block.get(2 + len..).unwrap_or_default();
+    }
+    Ok(tags)
 }
 
 /// Checks the checksum of the record of `len` bytes at the start of `bytes`.
@@ -356,6 +387,8 @@ pub struct RecordView<'a> {
     pub event_type: &'a str,
     pub data: &'a [u8],
     pub metadata: &'a [u8],
+    /// The tags block (see [`decode_tags`]).
+    pub tags: &'a [u8],
     pub len: usize,
 }
 
@@ -369,14 +402,16 @@ pub fn view_record(bytes: &[u8]) -> Result<RecordView<'_>, DecodeError> {
     let record = bytes.get(..len).ok_or(DecodeError::RecordLength(len))?;
     let stream_len = u16_at(record, 42)? as usize;
     let type_len = u16_at(record, 44)? as usize;
+    let tags_len = u16_at(record, 46)? as usize;
     let data_len = u32_at(record, 48)? as usize;
     let metadata_len = u32_at(record, 52)? as usize;
-    if RECORD_FIXED_BYTES + stream_len + type_len + data_len + metadata_len != len {
+    if RECORD_FIXED_BYTES + stream_len + type_len + data_len + metadata_len + tags_len != len {
         return Err(DecodeError::FieldLengths);
     }
     let type_start = RECORD_FIXED_BYTES + stream_len;
     let data_start = type_start + type_len;
     let metadata_start = data_start + data_len;
+    let tags_start = metadata_start + metadata_len;
     let field = |range: std::ops::Range<usize>| record.get(range).ok_or(DecodeError::FieldLengths);
     let stream = std::str::from_utf8(field(RECORD_FIXED_BYTES..type_start)?)
         .map_err(|_| DecodeError::NotUtf8("stream name"))?;
@@ -390,7 +425,8 @@ pub fn view_record(bytes: &[u8]) -> Result<RecordView<'_>, DecodeError> {
         stream,
         event_type,
         data: field(data_start..metadata_start)?,
-        metadata: field(metadata_start..len)?,
+        metadata: field(metadata_start..tags_start)?,
+        tags: field(tags_start..len)?,
         len,
     })
 }

@@ -91,6 +91,7 @@ pub(crate) fn new_event(
         content_type,
         data,
         metadata: custom_metadata,
+        tags: Vec::new(),
     })
 }
 
@@ -205,7 +206,9 @@ pub(crate) fn status_of(error: &StoreError) -> Status {
             wrong_expected(stream, ExpectedState::Any, CurrentRevision(None))
         }
         StoreError::InvalidInput(message) => invalid(message.clone()),
-        StoreError::CheckpointBehind { .. } => Status::failed_precondition(error.to_string()),
+        StoreError::CheckpointBehind { .. } | StoreError::ConditionFailed { .. } => {
+            Status::failed_precondition(error.to_string())
+        }
         StoreError::Corrupted { .. } => Status::data_loss(error.to_string()),
         StoreError::Unavailable(_) | StoreError::Poisoned(_) | StoreError::Closed => {
             Status::unavailable(error.to_string())

@@ -220,7 +220,12 @@ pub struct Sse {
 
 impl Sse {
     pub async fn open(server: &Server, path: &str, last_event_id: Option<u64>) -> Sse {
-        let mut request = server.client.get(server.at(path));
+        Sse::open_url(&server.client, &server.at(path), last_event_id).await
+    }
+
+    /// [`Sse::open`] at a whole URL, with any client.
+    pub async fn open_url(client: &Client, url: &str, last_event_id: Option<u64>) -> Sse {
+        let mut request = client.get(url);
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id.to_string());
         }

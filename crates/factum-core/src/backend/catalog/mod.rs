@@ -20,12 +20,14 @@ mod view;
 use uuid::Uuid;
 
 use crate::{
-    Checkpoint, CurrentRevision, ExpectedState, NewEvent, StoreError, StreamMetadata, StreamName,
+    AppendResult, Checkpoint, CurrentRevision, DcbAppend, ExpectedState, NewEvent, Query,
+    StoreError, StreamMetadata, StreamName,
 };
 
 pub use plan::{append_result, changes_of, idempotency_window, import_plan, plan, push_changes};
 pub use read::{read_on_after_age, read_range, visible_by_age};
 pub use state::Catalog;
+pub use view::CommittedLog;
 pub use view::{CatalogView, Overlay};
 
 /// Event type of a metadata record in `$$name`.
@@ -128,6 +130,10 @@ pub enum WriteKind {
     },
     /// Only the request's checkpoint (its stream is the checkpoint stream).
     CheckpointOnly,
+    /// A DCB append: events in their streams, if its condition and expected states hold.
+    /// The request's own stream and expected state are those of its first event and `Any`.
+    /// Its result's position is that of its last event.
+    Dcb(Box<DcbAppend>),
 }
 
 /// A write request: a kind, the stream it guards and the expected state of that stream.
@@ -148,6 +154,7 @@ impl WriteRequest {
     pub fn size_bytes(&self) -> usize {
         match &self.kind {
             WriteKind::Append(events) => events.iter().map(NewEvent::size_bytes).sum(),
+            WriteKind::Dcb(append) => append.events.iter().map(|e| e.event.size_bytes()).sum(),
             _ => 256,
         }
     }
@@ -209,6 +216,8 @@ pub enum Plan {
         /// Revision of the last of them.
         last_revision: u64,
     },
+    /// The same events of a DCB append were already written: the original result.
+    AlreadyWritten(AppendResult),
 }
 
 /// The effect of one stored record on the catalog.
@@ -261,4 +270,13 @@ pub trait View {
     fn id_at(&self, stream: &StreamName, revision: u64) -> Result<Uuid, StoreError>;
     /// A consumer's last checkpoint.
     fn checkpoint(&self, consumer: &str) -> Option<u64>;
+    /// The position the next record gets (committed ones and those planned before).
+    fn next_position(&self) -> u64;
+    /// The position of the stream's last record (none when it was never written).
+    fn last_position(&self, stream: &StreamName) -> Option<u64>;
+    /// The id of the record at a position (committed or planned before); none past the end.
+    fn id_at_position(&self, position: u64) -> Result<Option<uuid::Uuid>, StoreError>;
+    /// The first position after `after` (from the start without it), committed or planned
+    /// before, of an event matching `query`.
+    fn first_match(&self, query: &Query, after: Option<u64>) -> Result<Option<u64>, StoreError>;
 }

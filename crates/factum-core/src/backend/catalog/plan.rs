@@ -107,6 +107,7 @@ fn system_event(event_type: &str, data: serde_json::Value) -> NewEvent {
         content_type: ContentType::Json,
         data: Bytes::from(data.to_string()),
         metadata: Bytes::new(),
+        tags: Vec::new(),
     }
 }
 
@@ -114,6 +115,9 @@ fn system_event(event_type: &str, data: serde_json::Value) -> NewEvent {
 /// the records to store (moving the request's events into them). Nothing is planned when it
 /// fails.
 pub fn plan(view: &impl View, request: &mut WriteRequest) -> Result<Plan, StoreError> {
+    if let WriteKind::Dcb(append) = &mut request.kind {
+        return plan_dcb(view, append);
+    }
     let stream = &request.stream;
     let summary = view.summary(stream);
     if summary.tombstoned {
@@ -190,6 +194,9 @@ pub fn plan(view: &impl View, request: &mut WriteRequest) -> Result<Plan, StoreE
             serde_json::json!({ "revision": current.0 }),
         )),
         WriteKind::CheckpointOnly => {}
+        WriteKind::Dcb(_) => {
+            return Err(StoreError::invalid("a DCB append is planned on its own"));
+        }
         WriteKind::SetMetadata(metadata) | WriteKind::SetMetadataExpecting { metadata, .. } => {
             let data = serde_json::to_value(metadata)
                 .map_err(|e| StoreError::invalid(format!("metadata does not serialise: {e}")))?;
@@ -217,6 +224,111 @@ pub fn plan(view: &impl View, request: &mut WriteRequest) -> Result<Plan, StoreE
         ));
     }
     Ok(Plan::Write { records, primary })
+}
+
+/// Plans a DCB append: the expected states of its streams, then its condition, then lays out
+/// its events in order. An idempotent retry (its events already written, as the last of the
+/// first event's stream or as the first events that fail its condition) answers the original
+/// result. Nothing is planned when it fails.
+fn plan_dcb(view: &impl View, append: &mut crate::DcbAppend) -> Result<Plan, StoreError> {
+    if let Some(done) = dcb_already_written(view, append)? {
+        return Ok(Plan::AlreadyWritten(done));
+    }
+    for (stream, expected) in &append.expected {
+        let summary = view.summary(stream);
+        if summary.tombstoned {
+            return Err(StoreError::StreamDeleted(stream.to_string()));
+        }
+        let actual = summary.current();
+        if !expected.holds(actual) {
+            return Err(StoreError::WrongExpectedRevision {
+                stream: stream.to_string(),
+                expected: *expected,
+                actual,
+            });
+        }
+    }
+    // A position at or past the store's last event: no event is after it yet (but events
+    // planned before this one in the same group at positions after it are).
+    if let Some(condition) = &append.condition
+        && let Some(position) =
+            view.first_match(&condition.fail_if_events_match, condition.after)?
+    {
+        return Err(StoreError::ConditionFailed {
+            after: condition.after,
+            position,
+        });
+    }
+    let mut next: HashMap<StreamName, u64> = HashMap::new();
+    let mut records = Vec::with_capacity(append.events.len());
+    for crate::DcbEvent { stream, event } in std::mem::take(&mut append.events) {
+        let revision = match next.get_mut(&stream) {
+            Some(next) => next,
+            None => {
+                let summary = view.summary(&stream);
+                if summary.tombstoned {
+                    return Err(StoreError::StreamDeleted(stream.to_string()));
+                }
+                next.entry(stream.clone()).or_insert(summary.next_revision)
+            }
+        };
+        records.push(PlannedRecord {
+            stream,
+            revision: *revision,
+            event,
+        });
+        *revision += 1;
+    }
+    let primary = records.len();
+    Ok(Plan::Write { records, primary })
+}
+
+/// The original result of a DCB append whose events are already written, one after another:
+/// found as the last events of its last event's stream, or where its condition first fails.
+fn dcb_already_written(
+    view: &impl View,
+    append: &crate::DcbAppend,
+) -> Result<Option<AppendResult>, StoreError> {
+    let (Some(first), Some(last)) = (append.events.first(), append.events.last()) else {
+        return Ok(None);
+    };
+    let count = append.events.len() as u64;
+    let mut starts = Vec::new();
+    if view.summary(&last.stream).last_id == Some(last.event.id)
+        && let Some(end) = view.last_position(&last.stream)
+        && end + 1 >= count
+    {
+        starts.push(end + 1 - count);
+    }
+    if let Some(condition) = &append.condition
+        && let Some(found) = view.first_match(&condition.fail_if_events_match, condition.after)?
+    {
+        // The first of its events that matches the query is at `found`.
+        if let Some(offset) = append.events.iter().position(|e| {
+            condition
+                .fail_if_events_match
+                .matches(&e.stream, &e.event.event_type, &e.event.tags)
+        }) && found >= offset as u64
+        {
+            starts.push(found - offset as u64);
+        }
+    }
+    'start: for start in starts {
+        if view.id_at_position(start)? != Some(first.event.id) {
+            continue;
+        }
+        for (offset, event) in append.events.iter().enumerate().skip(1) {
+            if view.id_at_position(start + offset as u64)? != Some(event.event.id) {
+                continue 'start;
+            }
+        }
+        return Ok(Some(AppendResult {
+            first_revision: 0,
+            last_revision: 0,
+            position: start + count - 1,
+        }));
+    }
+    Ok(None)
 }
 
 fn system_record(

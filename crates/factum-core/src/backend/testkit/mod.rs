@@ -18,12 +18,14 @@
 
 mod appends;
 mod checkpoints;
+mod dcb;
 mod reads;
 mod streams;
 mod subscriptions;
 
 pub use appends::*;
 pub use checkpoints::*;
+pub use dcb::*;
 pub use reads::*;
 pub use streams::*;
 pub use subscriptions::*;
@@ -68,7 +70,13 @@ macro_rules! conformance_tests {
             checkpoint_can_be_saved_on_its_own,
             toolkit_streams_take_appends_other_system_streams_do_not,
             data_and_metadata_round_trip_byte_for_byte,
-            a_name_is_claimed_by_one_holder_at_a_time
+            a_name_is_claimed_by_one_holder_at_a_time,
+            tags_round_trip_and_queries_select_by_type_and_tag,
+            a_conditional_append_fails_if_a_match_follows_its_position_and_writes_nothing,
+            dcb_appends_retried_with_the_same_ids_return_the_original_position,
+            racing_conditional_appends_keep_every_invariant,
+            query_subscription_catches_up_then_follows_live,
+            bad_tags_queries_and_conditions_are_refused_and_write_nothing
         );
     };
     (@each $make:path, required; $($name:ident),*) => {

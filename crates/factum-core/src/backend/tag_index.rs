@@ -1,0 +1,461 @@
+//! The index that answers DCB queries without reading the log: tag → positions and event type
+//! → positions (events of user streams only), and the positions of the store's own records.
+//! The in-memory store and the embedded engine keep one; it is derived from the log.
+
+use std::collections::HashMap;
+
+use crate::{Direction, Query, QueryItem, StoreError};
+
+/// Positions by tag and by event type, each list in increasing order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TagIndex {
+    tags: HashMap<String, Vec<u64>>,
+    types: HashMap<String, Vec<u64>>,
+    /// Positions of records of system streams (`$…`), which no query matches.
+    system: Vec<u64>,
+    /// The position after the last one added.
+    next: u64,
+}
+
+impl TagIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The position after the last one added (0 when empty).
+    pub fn next_position(&self) -> u64 {
+        self.next
+    }
+
+    /// Adds the record at `position`, which must follow the last one added; `system` when
+    /// its stream is a system stream.
+    pub fn add(
+        &mut self,
+        position: u64,
+        system: bool,
+        event_type: &str,
+        tags: &[String],
+    ) -> Result<(), StoreError> {
+        if position < self.next {
+            return Err(StoreError::invalid(format!(
+                "tag index: position {position} added after {}",
+                self.next
+            )));
+        }
+        self.next = position + 1;
+        if system {
+            self.system.push(position);
+            return Ok(());
+        }
+        push(&mut self.types, event_type, position);
+        for tag in tags {
+            push(&mut self.tags, tag, position);
+        }
+        Ok(())
+    }
+
+    /// Forgets every position at or above `position` (a write that was planned but failed).
+    pub fn truncate(&mut self, position: u64) {
+        if position >= self.next {
+            return;
+        }
+        for lists in [&mut self.tags, &mut self.types] {
+            lists.retain(|_, list| {
+                list.truncate(list.partition_point(|p| *p < position));
+                !list.is_empty()
+            });
+        }
+        self.system
+            .truncate(self.system.partition_point(|p| *p < position));
+        self.next = position;
+    }
+
+    /// Positions of events matching `query` after `after` (all, without it) and below `to`,
+    /// in `direction` (backwards: the newest first), at most `limit`.
+    pub fn query(
+        &self,
+        query: &Query,
+        after: Option<u64>,
+        to: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Vec<u64> {
+        let from = after.map_or(0, |a| a.saturating_add(1));
+        let to = to.min(self.next);
+        if from >= to || limit == 0 {
+            return Vec::new();
+        }
+        if query.items.is_empty() {
+            return self.item(&QueryItem::default(), from, to, direction, limit);
+        }
+        let mut found: Vec<u64> = Vec::new();
+        for item in &query.items {
+            found.extend(self.item(item, from, to, direction, limit));
+        }
+        found.sort_unstable();
+        found.dedup();
+        if direction == Direction::Backwards {
+            found.reverse();
+        }
+        found.truncate(limit);
+        found
+    }
+
+    /// The first position after `after` and below `to` that matches `query`.
+    pub fn first_match(&self, query: &Query, after: Option<u64>, to: u64) -> Option<u64> {
+        self.query(query, after, to, Direction::Forwards, 1)
+            .first()
+            .copied()
+    }
+
+    /// Positions in `from..to` matching one item, in `direction`, at most `limit`.
+    fn item(
+        &self,
+        item: &QueryItem,
+        from: u64,
+        to: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Vec<u64> {
+        let mut found = Vec::new();
+        if !item.tags.is_empty() {
+            // Walk the shortest tag's list; check the other tags and the type by search.
+            let mut lists = Vec::with_capacity(item.tags.len());
+            for tag in &item.tags {
+                match self.tags.get(tag) {
+                    Some(list) => lists.push(list.as_slice()),
+                    None => return found,
+                }
+            }
+            lists.sort_by_key(|l| l.len());
+            let Some((shortest, others)) = lists.split_first() else {
+                return found;
+            };
+            let types: Vec<&[u64]> = item
+                .types
+                .iter()
+                .filter_map(|t| self.types.get(t).map(Vec::as_slice))
+                .collect();
+            if !item.types.is_empty() && types.is_empty() {
+                return found;
+            }
+            for &p in in_range(shortest, from, to, direction) {
+                if others.iter().all(|l| l.binary_search(&p).is_ok())
+                    && (item.types.is_empty() || types.iter().any(|l| l.binary_search(&p).is_ok()))
+                {
+                    found.push(p);
+                    if found.len() == limit {
+                        break;
+                    }
+                }
+            }
+            return found;
+        }
+        if !item.types.is_empty() {
+            // An event has one type: the lists are disjoint.
+            for event_type in &item.types {
+                if let Some(list) = self.types.get(event_type) {
+                    found.extend(in_range(list, from, to, direction).take(limit));
+                }
+            }
+            found.sort_unstable();
+            if direction == Direction::Backwards {
+                found.reverse();
+            }
+            found.truncate(limit);
+            return found;
+        }
+        // Every event of a user stream: the range without the system records.
+        let system = &self.system;
+        match direction {
+            Direction::Forwards => {
+                let mut s = system.partition_point(|p| *p < from);
+                for p in from..to {
+                    while system.get(s).is_some_and(|q| *q < p) {
+                        s += 1;
+                    }
+                    if system.get(s) == Some(&p) {
+                        continue;
+                    }
+                    found.push(p);
+                    if found.len() == limit {
+                        break;
+                    }
+                }
+            }
+            Direction::Backwards => {
+                let mut s = system.partition_point(|p| *p < to);
+                for p in (from..to).rev() {
+                    while s > 0 && system.get(s - 1).is_some_and(|q| *q > p) {
+                        s -= 1;
+                    }
+                    if s > 0 && system.get(s - 1) == Some(&p) {
+                        continue;
+                    }
+                    found.push(p);
+                    if found.len() == limit {
+                        break;
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// The index as bytes, for a saved index file: read back by [`TagIndex::decode`].
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.next.to_le_bytes());
+        for lists in [&self.tags, &self.types] {
+            let mut names: Vec<&String> = lists.keys().collect();
+            names.sort();
+            out.extend_from_slice(&(names.len() as u64).to_le_bytes());
+            for name in names {
+                let list = lists.get(name).map(Vec::as_slice).unwrap_or_default();
+                out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+                out.extend_from_slice(name.as_bytes());
+                encode_positions(list, out);
+            }
+        }
+        encode_positions(&self.system, out);
+    }
+
+    /// Reads what [`TagIndex::encode`] wrote from the start of `bytes`; returns the index and
+    /// how many bytes it took, or `None` when the bytes do not hold one.
+    pub fn decode(bytes: &[u8]) -> Option<(TagIndex, usize)> {
+        let mut at = 0usize;
+        let next = u64_at(bytes, &mut at)?;
+        let mut maps = Vec::with_capacity(2);
+        for _ in 0..2 {
+            let count = u64_at(bytes, &mut at)?;
+            if count > bytes.len() as u64 {
+                return None;
+            }
+            let mut map = HashMap::with_capacity(count as usize);
+            for _ in 0..count {
+                let len = u32_at(bytes, &mut at)? as usize;
+                let name = bytes.get(at..at.checked_add(len)?)?;
+                at += len;
+                let name = std::str::from_utf8(name).ok()?.to_owned();
+                let list = decode_positions(bytes, &mut at, next)?;
+                map.insert(name, list);
+            }
+            maps.push(map);
+        }
+        let system = decode_positions(bytes, &mut at, next)?;
+        let types = maps.pop()?;
+        let tags = maps.pop()?;
+        Some((
+            TagIndex {
+                tags,
+                types,
+                system,
+                next,
+            },
+            at,
+        ))
+    }
+}
+
+fn push(lists: &mut HashMap<String, Vec<u64>>, key: &str, position: u64) {
+    match lists.get_mut(key) {
+        Some(list) => list.push(position),
+        None => {
+            lists.insert(key.to_owned(), vec![position]);
+        }
+    }
+}
+
+/// The part of a sorted list in `from..to`, in `direction`.
+fn in_range(
+    list: &[u64],
+    from: u64,
+    to: u64,
+    direction: Direction,
+) -> Box<dyn Iterator<Item = &u64> + '_> {
+    let start = list.partition_point(|p| *p < from);
+    let end = list.partition_point(|p| *p < to);
+    let part = list.get(start..end).unwrap_or_default();
+    match direction {
+        Direction::Forwards => Box::new(part.iter()),
+        Direction::Backwards => Box::new(part.iter().rev()),
+    }
+}
+
+/// A sorted list as a count and the gaps between its positions (LEB128).
+fn encode_positions(list: &[u64], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(list.len() as u64).to_le_bytes());
+    let mut last = 0u64;
+    for (i, &p) in list.iter().enumerate() {
+        let mut gap = if i == 0 { p } else { p - last };
+        last = p;
+        loop {
+            let byte = (gap & 0x7f) as u8;
+            gap >>= 7;
+            if gap == 0 {
+                out.push(byte);
+                break;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+}
+
+/// Reads [`encode_positions`]; `None` unless the positions increase and stay below `next`.
+fn decode_positions(bytes: &[u8], at: &mut usize, next: u64) -> Option<Vec<u64>> {
+    let count = u64_at(bytes, at)?;
+    if count > bytes.len().saturating_sub(*at) as u64 {
+        return None;
+    }
+    let mut list = Vec::with_capacity(count as usize);
+    let mut last = 0u64;
+    for i in 0..count {
+        let mut gap = 0u64;
+        let mut shift = 0u32;
+        loop {
+            let byte = *bytes.get(*at)?;
+            *at += 1;
+            if shift > 63 {
+                return None;
+            }
+            gap |= u64::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        let p = if i == 0 {
+            gap
+        } else {
+            if gap == 0 {
+                return None;
+            }
+            last.checked_add(gap)?
+        };
+        if p >= next {
+            return None;
+        }
+        list.push(p);
+        last = p;
+    }
+    Some(list)
+}
+
+fn u64_at(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let b = bytes.get(*at..*at + 8)?;
+    *at += 8;
+    Some(u64::from_le_bytes(b.try_into().ok()?))
+}
+
+fn u32_at(bytes: &[u8], at: &mut usize) -> Option<u32> {
+    let b = bytes.get(*at..*at + 4)?;
+    *at += 4;
+    Some(u32::from_le_bytes(b.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::StreamName;
+
+    /// An event of the model: its stream is a system one when `system`.
+    #[derive(Clone, Debug)]
+    struct Ev {
+        system: bool,
+        event_type: String,
+        tags: Vec<String>,
+    }
+
+    fn event() -> impl Strategy<Value = Ev> {
+        (
+            prop::bool::weighted(0.1),
+            prop::sample::select(vec!["A", "B", "C"]),
+            prop::sample::subsequence(vec!["t1", "t2", "t3", "t4"], 0..=3),
+        )
+            .prop_map(|(system, t, tags)| Ev {
+                system,
+                event_type: t.to_owned(),
+                tags: tags.into_iter().map(str::to_owned).collect(),
+            })
+    }
+
+    fn item() -> impl Strategy<Value = QueryItem> {
+        (
+            prop::sample::subsequence(vec!["A", "B", "C", "D"], 0..=2),
+            prop::sample::subsequence(vec!["t1", "t2", "t3", "t5"], 0..=2),
+        )
+            .prop_map(|(types, tags)| QueryItem::new(types, tags))
+    }
+
+    proptest! {
+        /// The index answers as a scan of the events would, in both directions, with
+        /// limits and ranges, and after a save and a load.
+        #[test]
+        fn the_index_answers_as_a_scan_would(
+            events in prop::collection::vec(event(), 0..60),
+            items in prop::collection::vec(item(), 0..3),
+            after in prop::option::of(0u64..70),
+            to in 0u64..70,
+            limit in 1usize..80,
+            backwards in any::<bool>(),
+        ) {
+            let user = StreamName::new("s").unwrap();
+            let system = StreamName::new("$s").unwrap();
+            let mut index = TagIndex::new();
+            for (p, e) in events.iter().enumerate() {
+                let stream = if e.system { &system } else { &user };
+                index.add(p as u64, stream.is_system(), &e.event_type, &e.tags).unwrap();
+            }
+            let query = Query { items };
+            let direction = if backwards { Direction::Backwards } else { Direction::Forwards };
+            let mut expected: Vec<u64> = events
+                .iter()
+                .enumerate()
+                .filter(|(p, e)| {
+                    let p = *p as u64;
+                    let stream = if e.system { &system } else { &user };
+                    after.is_none_or(|a| p > a)
+                        && p < to
+                        && query.matches(stream, &e.event_type, &e.tags)
+                })
+                .map(|(p, _)| p as u64)
+                .collect();
+            if backwards {
+                expected.reverse();
+            }
+            expected.truncate(limit);
+            prop_assert_eq!(&index.query(&query, after, to, direction, limit), &expected);
+            let mut bytes = Vec::new();
+            index.encode(&mut bytes);
+            let (loaded, used) = TagIndex::decode(&bytes).unwrap();
+            prop_assert_eq!(used, bytes.len());
+            prop_assert_eq!(&loaded, &index);
+            // Cut back and added again: the same index.
+            let cut = (events.len() / 2) as u64;
+            let mut again = index.clone();
+            again.truncate(cut);
+            for (p, e) in events.iter().enumerate().skip(cut as usize) {
+                let stream = if e.system { &system } else { &user };
+                again.add(p as u64, stream.is_system(), &e.event_type, &e.tags).unwrap();
+            }
+            prop_assert_eq!(&again, &index);
+        }
+    }
+
+    #[test]
+    fn damaged_bytes_do_not_decode() {
+        let mut index = TagIndex::new();
+        for p in 0..10 {
+            index.add(p, false, "T", &["a".to_owned()]).unwrap();
+        }
+        let mut bytes = Vec::new();
+        index.encode(&mut bytes);
+        for cut in 0..bytes.len() {
+            assert!(TagIndex::decode(&bytes[..cut]).is_none(), "cut at {cut}");
+        }
+    }
+}
