@@ -230,7 +230,7 @@ pub struct AppendCondition {
     /// The events that must not have been written since `after`.
     pub fail_if_events_match: Query,
     /// The position the decision was based on (the `head` of the read); none: the start.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::backend::json::whole_number")]
     #[cfg_attr(
         feature = "openapi",
         schema(minimum = 0, maximum = 9223372036854775807_u64)

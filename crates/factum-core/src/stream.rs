@@ -213,29 +213,6 @@ impl fmt::Display for CurrentRevision {
     }
 }
 
-/// A whole number from 0 to `i64::MAX` — what JSON Schema calls a non-negative int64 — also
-/// when written with a zero fraction (`56.0`), as some JSON writers do.
-fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    const LIMIT: u64 = i64::MAX as u64;
-    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else {
-        return Ok(None);
-    };
-    let whole = match (number.as_u64(), number.as_f64()) {
-        (Some(n), _) => Some(n),
-        // 2^63 is the first float past the limit.
-        (None, Some(f)) if f.fract() == 0.0 && (0.0..9_223_372_036_854_775_808.0).contains(&f) => {
-            Some(f as u64)
-        }
-        _ => None,
-    };
-    match whole {
-        Some(n) if n <= LIMIT => Ok(Some(n)),
-        _ => Err(serde::de::Error::custom(format!(
-            "{number} is not a whole number from 0 to {LIMIT}"
-        ))),
-    }
-}
-
 /// Settings of a stream, stored as a `$metadata` event in the stream `$$name`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -245,21 +222,21 @@ pub struct StreamMetadata {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        deserialize_with = "whole_number"
+        deserialize_with = "crate::backend::json::whole_number"
     )]
     pub max_count: Option<u64>,
     /// Hide events older than this many seconds.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        deserialize_with = "whole_number"
+        deserialize_with = "crate::backend::json::whole_number"
     )]
     pub max_age_secs: Option<u64>,
     /// Hide events with a revision below this.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        deserialize_with = "whole_number"
+        deserialize_with = "crate::backend::json::whole_number"
     )]
     pub truncate_before: Option<u64>,
     /// Anything the application wants to keep with the stream.

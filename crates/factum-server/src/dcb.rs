@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::{NoParams, body, int64, last_event_id, limit, lines, query};
+// `int64` reads the subscription's query string; bodies read numbers as JSON Schema does.
 use crate::auth::{Caller, Right};
 use crate::error::ErrorBody;
 use crate::json::{DcbEventLine, Object, RecordedLine};
@@ -36,12 +37,13 @@ pub(crate) struct ReadRequest {
     #[serde(default)]
     query: Query,
     /// Only events after this position; default from the first.
-    #[serde(default, deserialize_with = "int64")]
+    #[serde(default, deserialize_with = "factum_core::backend::json::whole_number")]
     #[schema(minimum = 0, maximum = 9223372036854775807_u64)]
     after: Option<u64>,
     /// How many events at most (default 100).
-    #[schema(minimum = 1)]
-    limit: Option<usize>,
+    #[serde(default, deserialize_with = "factum_core::backend::json::whole_number")]
+    #[schema(value_type = Option<usize>, minimum = 1)]
+    limit: Option<u64>,
     /// Newest first.
     #[serde(default)]
     backwards: bool,
@@ -107,7 +109,9 @@ pub fn parse_read(body: &[u8]) -> Result<Read> {
         } else {
             Direction::Forwards
         },
-        limit: request.limit,
+        limit: request
+            .limit
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
     })
 }
 
@@ -136,7 +140,7 @@ pub fn parse_query(text: &str) -> Result<Query> {
 #[serde(deny_unknown_fields)]
 pub(crate) struct AppendRequest {
     /// The events, at least one, in order; each in its `stream` (`dcb` by default).
-    #[schema(value_type = Vec<DcbEventLine>)]
+    #[schema(value_type = Vec<DcbEventLine>, min_items = 1)]
     events: Vec<Object<DcbEventLine>>,
     /// Fails the append, writing nothing, if an event matching `fail_if_events_match` was
     /// written after `after` (the `head` of the read the decision was made on).
@@ -185,8 +189,8 @@ fn state_schema() -> utoipa::openapi::schema::Schema {
 pub(crate) enum StateLine {
     /// A state by name.
     Named(NamedState),
-    /// The revision of the stream's last event.
-    Revision(u64),
+    /// The revision of the stream's last event (a JSON number: `5.0` is 5).
+    Revision(serde_json::Number),
 }
 
 /// A state by name.
@@ -213,11 +217,20 @@ fn expected_state(stream: &str, state: &StateLine) -> Result<ExpectedState> {
         StateLine::Named(NamedState::Any) => ExpectedState::Any,
         StateLine::Named(NamedState::NoStream) => ExpectedState::NoStream,
         StateLine::Named(NamedState::Exists) => ExpectedState::StreamExists,
-        StateLine::Revision(n) if *n <= i64::MAX as u64 => ExpectedState::Exact(*n),
         StateLine::Revision(n) => {
-            return Err(ApiError::bad_request(format!(
-                "body: expected state of '{stream}': {n} is beyond the largest revision"
-            )));
+            let whole =
+                factum_core::backend::json::whole_number(serde_json::Value::Number(n.clone()))
+                    .ok()
+                    .flatten();
+            match whole {
+                Some(revision) => ExpectedState::Exact(revision),
+                None => {
+                    return Err(ApiError::bad_request(format!(
+                        "body: expected state of '{stream}': {n} is not a revision (a whole number from 0 to {})",
+                        i64::MAX
+                    )));
+                }
+            }
         }
     })
 }

@@ -9,6 +9,7 @@
 mod bus;
 mod codec;
 mod context;
+mod dcb;
 mod dead_letters;
 mod decider;
 mod inbox;
@@ -29,6 +30,7 @@ pub use bus::{
 };
 pub use codec::{CodecError, EventCodec, Upcasters};
 pub use context::{CommandContext, TRACEPARENT_KEY, child_traceparent, valid_traceparent};
+pub use dcb::{Decided, Decision, DecisionError, Decisions};
 pub use dead_letters::{
     DEAD_LETTERED, DeadLetter, DeadLetters, MESSAGE_DEAD_LETTERED, REPLAY_REQUESTED, ReplayReport,
     dead_letter_stream,

@@ -1,5 +1,5 @@
-//! Given / when / then for deciders: given past events, when a command arrives, then these
-//! events (or this rejection). No I/O.
+//! Given / when / then for deciders and DCB decisions: given past events, when a command
+//! arrives, then these events (or this rejection). No I/O.
 //!
 //! ```
 //! # mod factum { pub use factum_core::*; pub use factum_toolkit::*; }
@@ -25,7 +25,7 @@
 
 use std::fmt::Debug;
 
-use crate::Decider;
+use crate::{Decider, Decision};
 
 /// The past of an aggregate, for a test.
 pub struct Given<D: Decider> {
@@ -78,6 +78,104 @@ where
                     state = self.decider.evolve(state, event);
                 }
                 state
+            }
+            Err(error) => panic!("expected events {expected:?}, the command was rejected: {error}"),
+        }
+    }
+
+    /// Asserts the command was rejected with this error.
+    #[track_caller]
+    pub fn then_rejected(self, expected: D::Error)
+    where
+        D::Error: PartialEq,
+    {
+        match self.outcome {
+            Ok(events) => panic!("expected rejection '{expected}', got events {events:?}"),
+            Err(error) => assert_eq!(error, expected, "rejected for another reason"),
+        }
+    }
+
+    /// Asserts the command was rejected, for a reason the predicate accepts.
+    #[track_caller]
+    pub fn then_rejected_with(self, accept: impl FnOnce(&D::Error) -> bool) {
+        match self.outcome {
+            Ok(events) => panic!("expected a rejection, got events {events:?}"),
+            Err(error) => assert!(accept(&error), "rejected for another reason: {error}"),
+        }
+    }
+}
+
+/// What a DCB decision's query found, for a test.
+pub struct GivenDecision<D: Decision> {
+    decision: D,
+    events: Vec<D::Event>,
+}
+
+/// Starts a test of a [`Decision`]: the events its query matches (checked with
+/// [`ThenDecision::then`] against the query's types where they name any).
+pub fn given_decision<D: Decision>(
+    decision: D,
+    events: impl IntoIterator<Item = D::Event>,
+) -> GivenDecision<D> {
+    GivenDecision {
+        decision,
+        events: events.into_iter().collect(),
+    }
+}
+
+impl<D: Decision> GivenDecision<D> {
+    /// The command that arrives: its state is folded from the given events.
+    pub fn when(self, command: D::Command) -> ThenDecision<D> {
+        let mut state = self.decision.initial_state(&command);
+        for event in &self.events {
+            state = self.decision.evolve(state, event);
+        }
+        let outcome = self.decision.decide(&state, &command);
+        ThenDecision {
+            outcome,
+            decision: self.decision,
+            command,
+        }
+    }
+}
+
+/// The outcome of a DCB decision, to check.
+pub struct ThenDecision<D: Decision> {
+    outcome: Result<Vec<D::Event>, D::Error>,
+    decision: D,
+    command: D::Command,
+}
+
+impl<D: Decision> ThenDecision<D>
+where
+    D::Event: PartialEq + Debug,
+{
+    /// Asserts the command produced exactly these events, and that each carries tags its own
+    /// command's query finds it by (so that the next decision sees it); returns the events'
+    /// tags, for further checks.
+    #[track_caller]
+    pub fn then(self, expected: impl IntoIterator<Item = D::Event>) -> Vec<Vec<String>> {
+        let expected: Vec<D::Event> = expected.into_iter().collect();
+        match self.outcome {
+            Ok(events) => {
+                assert_eq!(events, expected, "the command produced other events");
+                let query = self.decision.query(&self.command);
+                let dcb = factum_core::dcb::default_stream();
+                events
+                    .iter()
+                    .map(|event| {
+                        let tags = self.decision.tags(event);
+                        let event_type = crate::dcb::split::<_, std::convert::Infallible>(event)
+                            .map(|(t, _)| t)
+                            .unwrap_or_default();
+                        let stream = self.decision.stream(event).unwrap_or_else(|| dcb.clone());
+                        assert!(
+                            query.matches(&stream, &event_type, &tags),
+                            "the event {event:?} (tags {tags:?}) does not match the query of the command that made it, so the next decision would not see it"
+                        );
+                        tags
+                    })
+                    .collect()
             }
             Err(error) => panic!("expected events {expected:?}, the command was rejected: {error}"),
         }

@@ -5,6 +5,30 @@
 /// Deepest nesting accepted (as `serde_json`).
 pub const DEPTH_MAX: usize = 127;
 
+/// A whole number from 0 to `i64::MAX` — what JSON Schema calls a non-negative int64 — also
+/// when written with a zero fraction (`56.0`), as some JSON writers do.
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::Deserialize;
+    const LIMIT: u64 = i64::MAX as u64;
+    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let whole = match (number.as_u64(), number.as_f64()) {
+        (Some(n), _) => Some(n),
+        // 2^63 is the first float past the limit.
+        (None, Some(f)) if f.fract() == 0.0 && (0.0..9_223_372_036_854_775_808.0).contains(&f) => {
+            Some(f as u64)
+        }
+        _ => None,
+    };
+    match whole {
+        Some(n) if n <= LIMIT => Ok(Some(n)),
+        _ => Err(serde::de::Error::custom(format!(
+            "{number} is not a whole number from 0 to {LIMIT}"
+        ))),
+    }
+}
+
 /// Whether `bytes` is exactly one JSON value, optionally surrounded by white space.
 pub fn is_valid(bytes: &[u8]) -> bool {
     if std::str::from_utf8(bytes).is_err() {
