@@ -5,6 +5,7 @@
 //! The `factum` binary's `bench` subcommand calls [`run`]. The scenarios share the `kit` module; each
 //! family of scenarios is a module of its own.
 
+mod dcb;
 mod grpc;
 mod http;
 mod kit;
@@ -35,7 +36,8 @@ pub struct BenchArgs {
     json: bool,
     /// Scenarios to run (bulk, concurrent, single, read-all; also open, load, load-snapshot,
     /// bus, processor, saga, project, project-e2e, http, http-sse, grpc, grpc-catch-up,
-    /// persistent-grpc, persistent-http, relay-nats, relay-rabbitmq, relay-kafka).
+    /// persistent-grpc, persistent-http, relay-nats, relay-rabbitmq, relay-kafka, dcb,
+    /// dcb-read).
     #[arg(
         long,
         value_delimiter = ',',
@@ -182,6 +184,16 @@ pub async fn run(data_dir: &Path, factum_pg: Option<&str>, args: BenchArgs) -> R
                 )
                 .await,
             ),
+            "dcb" | "dcb-read" => Some(
+                dcb::run(
+                    scenario,
+                    work.path(),
+                    &args.postgres,
+                    args.concurrent_events,
+                    &payloads,
+                )
+                .await,
+            ),
             "persistent-grpc" | "persistent-http" => {
                 Some(persistent::run(scenario, work.path(), &payloads).await)
             }
@@ -239,7 +251,7 @@ pub async fn run(data_dir: &Path, factum_pg: Option<&str>, args: BenchArgs) -> R
                         "unknown scenario '{other}' (bulk, concurrent, single, read-all, open, \
                          load, load-snapshot, bus, processor, saga, project, project-e2e, http, http-sse, \
                          grpc, grpc-catch-up, persistent-grpc, persistent-http, relay-nats, \
-                         relay-rabbitmq, relay-kafka)"
+                         relay-rabbitmq, relay-kafka, dcb, dcb-read)"
                     )
                 }
             };

@@ -274,6 +274,7 @@ impl Engine {
         )?;
         if end.next_position > loaded {
             index.catalog.shrink_to_fit();
+            index.tags.shrink_to_fit();
         }
         let last = segments
             .last()
@@ -404,7 +405,7 @@ impl Engine {
     async fn read_located(
         &self,
         locations: Vec<(u64, u64)>,
-        sequential: bool,
+        chunk_bytes: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         // Large reads must not stall the async workers: on a multi-threaded runtime the worker
         // hands its other tasks off while it reads (the events stay on the thread that
@@ -412,21 +413,21 @@ impl Engine {
         // pool.
         let segments = &self.inner.shared.segments;
         if locations.len() <= 256 {
-            return segments.read_events(&locations, sequential);
+            return segments.read_events(&locations, chunk_bytes);
         }
         match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
-                tokio::task::block_in_place(|| segments.read_events(&locations, sequential))
+                tokio::task::block_in_place(|| segments.read_events(&locations, chunk_bytes))
             }
             Ok(_) => {
                 let shared = self.inner.shared.clone();
                 tokio::task::spawn_blocking(move || {
-                    shared.segments.read_events(&locations, sequential)
+                    shared.segments.read_events(&locations, chunk_bytes)
                 })
                 .await
                 .map_err(|e| StoreError::invalid(format!("read task failed: {e}")))?
             }
-            Err(_) => segments.read_events(&locations, sequential),
+            Err(_) => segments.read_events(&locations, chunk_bytes),
         }
     }
 
@@ -438,7 +439,10 @@ impl Engine {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let end = from_position.saturating_add(limit as u64);
         let locations = self.locations(from_position..end);
-        self.inner.shared.segments.read_events(&locations, true)
+        self.inner
+            .shared
+            .segments
+            .read_events(&locations, log::SEQUENTIAL_CHUNK_BYTES)
     }
 
     fn stop_if_poisoned(&self) -> Result<(), StoreError> {
@@ -476,7 +480,12 @@ impl EventStore for Engine {
             let sequential = locations
                 .windows(2)
                 .all(|w| matches!(w, [a, b] if b.0 == a.0 + 1));
-            Ok((self.read_located(locations, sequential).await?, max_age))
+            let chunk = if sequential {
+                log::SEQUENTIAL_CHUNK_BYTES
+            } else {
+                log::SCATTERED_CHUNK_BYTES
+            };
+            Ok((self.read_located(locations, chunk).await?, max_age))
         })
         .await
     }
@@ -507,11 +516,14 @@ impl EventStore for Engine {
         let mut events = if direction == Direction::Backwards {
             let mut forwards: Vec<_> = locations.into_iter().rev().collect();
             forwards.shrink_to_fit();
-            let mut events = self.read_located(forwards, true).await?;
+            let mut events = self
+                .read_located(forwards, log::SEQUENTIAL_CHUNK_BYTES)
+                .await?;
             events.reverse();
             events
         } else {
-            self.read_located(locations, true).await?
+            self.read_located(locations, log::SEQUENTIAL_CHUNK_BYTES)
+                .await?
         };
         events.truncate(limit);
         Ok(events)
@@ -539,8 +551,13 @@ impl EventStore for Engine {
         let sequential = locations
             .windows(2)
             .all(|w| matches!(w, [a, b] if b.0 == a.0 + 1));
+        let chunk = if sequential {
+            log::SEQUENTIAL_CHUNK_BYTES
+        } else {
+            log::SPARSE_CHUNK_BYTES
+        };
         Ok(factum_core::QueryRead {
-            events: self.read_located(locations, sequential).await?,
+            events: self.read_located(locations, chunk).await?,
             head: end.checked_sub(1),
         })
     }

@@ -6,11 +6,102 @@ use std::collections::HashMap;
 
 use crate::{Direction, Query, QueryItem, StoreError};
 
+/// Increasing positions in 4 bytes each: the low 32 bits of every position, and where the
+/// high 32 bits change (once per 2^32 positions of the log).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Postings {
+    low: Vec<u32>,
+    /// (high 32 bits, index in `low` of the first position that has them), increasing.
+    highs: Vec<(u32, usize)>,
+}
+
+impl Postings {
+    fn len(&self) -> usize {
+        self.low.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.low.is_empty()
+    }
+
+    /// The position at index `i` (< `len`).
+    fn get(&self, i: usize) -> u64 {
+        let high = match self.highs.as_slice() {
+            [(high, _)] => *high,
+            highs => {
+                let at = highs.partition_point(|(_, start)| *start <= i);
+                highs.get(at.saturating_sub(1)).map_or(0, |(high, _)| *high)
+            }
+        };
+        (u64::from(high) << 32) | u64::from(self.low.get(i).copied().unwrap_or_default())
+    }
+
+    /// Adds a position larger than every one held.
+    fn push(&mut self, position: u64) {
+        let high = (position >> 32) as u32;
+        if self.highs.last().is_none_or(|(last, _)| *last != high) {
+            self.highs.push((high, self.low.len()));
+        }
+        self.low.push(position as u32);
+    }
+
+    /// The index of the first position at or above `position`.
+    fn partition_point(&self, position: u64) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.get(mid) < position {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    fn contains(&self, position: u64) -> bool {
+        let i = self.partition_point(position);
+        i < self.len() && self.get(i) == position
+    }
+
+    /// Keeps the first `n` positions.
+    fn truncate(&mut self, n: usize) {
+        self.low.truncate(n);
+        self.highs.retain(|(_, start)| *start < n);
+    }
+
+    /// The positions in `from..to`, in `direction`.
+    fn range(&self, from: u64, to: u64, direction: Direction) -> impl Iterator<Item = u64> + '_ {
+        let (start, end) = (self.partition_point(from), self.partition_point(to));
+        let indexes: Box<dyn Iterator<Item = usize>> = match direction {
+            Direction::Forwards => Box::new(start..end),
+            Direction::Backwards => Box::new((start..end).rev()),
+        };
+        indexes.map(move |i| self.get(i))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..self.len()).map(move |i| self.get(i))
+    }
+
+    fn with_capacity(n: usize) -> Self {
+        Postings {
+            low: Vec::with_capacity(n),
+            highs: Vec::new(),
+        }
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.low.shrink_to_fit();
+        self.highs.shrink_to_fit();
+    }
+}
+
 /// Positions by tag and by event type, each list in increasing order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TagIndex {
-    tags: HashMap<String, Vec<u64>>,
-    types: HashMap<String, Vec<u64>>,
+    tags: HashMap<String, Postings>,
+    types: HashMap<String, Postings>,
     /// Positions of records of system streams (`$…`), which no query matches.
     system: Vec<u64>,
     /// The position after the last one added.
@@ -55,6 +146,15 @@ impl TagIndex {
         Ok(())
     }
 
+    /// Gives back the room the lists grew into (after a replay of the log).
+    pub fn shrink_to_fit(&mut self) {
+        for lists in [&mut self.tags, &mut self.types] {
+            lists.values_mut().for_each(Postings::shrink_to_fit);
+            lists.shrink_to_fit();
+        }
+        self.system.shrink_to_fit();
+    }
+
     /// Forgets every position at or above `position` (a write that was planned but failed).
     pub fn truncate(&mut self, position: u64) {
         if position >= self.next {
@@ -62,7 +162,7 @@ impl TagIndex {
         }
         for lists in [&mut self.tags, &mut self.types] {
             lists.retain(|_, list| {
-                list.truncate(list.partition_point(|p| *p < position));
+                list.truncate(list.partition_point(position));
                 !list.is_empty()
             });
         }
@@ -121,10 +221,10 @@ impl TagIndex {
         let mut found = Vec::new();
         if !item.tags.is_empty() {
             // Walk the shortest tag's list; check the other tags and the type by search.
-            let mut lists = Vec::with_capacity(item.tags.len());
+            let mut lists: Vec<&Postings> = Vec::with_capacity(item.tags.len());
             for tag in &item.tags {
                 match self.tags.get(tag) {
-                    Some(list) => lists.push(list.as_slice()),
+                    Some(list) => lists.push(list),
                     None => return found,
                 }
             }
@@ -132,17 +232,17 @@ impl TagIndex {
             let Some((shortest, others)) = lists.split_first() else {
                 return found;
             };
-            let types: Vec<&[u64]> = item
+            let types: Vec<&Postings> = item
                 .types
                 .iter()
-                .filter_map(|t| self.types.get(t).map(Vec::as_slice))
+                .filter_map(|t| self.types.get(t))
                 .collect();
             if !item.types.is_empty() && types.is_empty() {
                 return found;
             }
-            for &p in in_range(shortest, from, to, direction) {
-                if others.iter().all(|l| l.binary_search(&p).is_ok())
-                    && (item.types.is_empty() || types.iter().any(|l| l.binary_search(&p).is_ok()))
+            for p in shortest.range(from, to, direction) {
+                if others.iter().all(|l| l.contains(p))
+                    && (item.types.is_empty() || types.iter().any(|l| l.contains(p)))
                 {
                     found.push(p);
                     if found.len() == limit {
@@ -156,7 +256,7 @@ impl TagIndex {
             // An event has one type: the lists are disjoint.
             for event_type in &item.types {
                 if let Some(list) = self.types.get(event_type) {
-                    found.extend(in_range(list, from, to, direction).take(limit));
+                    found.extend(list.range(from, to, direction).take(limit));
                 }
             }
             found.sort_unstable();
@@ -211,13 +311,15 @@ impl TagIndex {
             names.sort();
             out.extend_from_slice(&(names.len() as u64).to_le_bytes());
             for name in names {
-                let list = lists.get(name).map(Vec::as_slice).unwrap_or_default();
+                let Some(list) = lists.get(name) else {
+                    continue;
+                };
                 out.extend_from_slice(&(name.len() as u32).to_le_bytes());
                 out.extend_from_slice(name.as_bytes());
-                encode_positions(list, out);
+                encode_positions(list.len(), list.iter(), out);
             }
         }
-        encode_positions(&self.system, out);
+        encode_positions(self.system.len(), self.system.iter().copied(), out);
     }
 
     /// Reads what [`TagIndex::encode`] wrote from the start of `bytes`; returns the index and
@@ -237,12 +339,15 @@ impl TagIndex {
                 let name = bytes.get(at..at.checked_add(len)?)?;
                 at += len;
                 let name = std::str::from_utf8(name).ok()?.to_owned();
-                let list = decode_positions(bytes, &mut at, next)?;
+                let count = usize::try_from(u64_at(bytes, &mut at.clone())?).ok()?;
+                let mut list = Postings::with_capacity(count.min(bytes.len()));
+                decode_positions(bytes, &mut at, next, |p| list.push(p))?;
                 map.insert(name, list);
             }
             maps.push(map);
         }
-        let system = decode_positions(bytes, &mut at, next)?;
+        let mut system = Vec::new();
+        decode_positions(bytes, &mut at, next, |p| system.push(p))?;
         let types = maps.pop()?;
         let tags = maps.pop()?;
         Some((
@@ -257,36 +362,22 @@ impl TagIndex {
     }
 }
 
-fn push(lists: &mut HashMap<String, Vec<u64>>, key: &str, position: u64) {
+fn push(lists: &mut HashMap<String, Postings>, key: &str, position: u64) {
     match lists.get_mut(key) {
         Some(list) => list.push(position),
         None => {
-            lists.insert(key.to_owned(), vec![position]);
+            let mut list = Postings::default();
+            list.push(position);
+            lists.insert(key.to_owned(), list);
         }
     }
 }
 
-/// The part of a sorted list in `from..to`, in `direction`.
-fn in_range(
-    list: &[u64],
-    from: u64,
-    to: u64,
-    direction: Direction,
-) -> Box<dyn Iterator<Item = &u64> + '_> {
-    let start = list.partition_point(|p| *p < from);
-    let end = list.partition_point(|p| *p < to);
-    let part = list.get(start..end).unwrap_or_default();
-    match direction {
-        Direction::Forwards => Box::new(part.iter()),
-        Direction::Backwards => Box::new(part.iter().rev()),
-    }
-}
-
 /// A sorted list as a count and the gaps between its positions (LEB128).
-fn encode_positions(list: &[u64], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(list.len() as u64).to_le_bytes());
+fn encode_positions(len: usize, list: impl Iterator<Item = u64>, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(len as u64).to_le_bytes());
     let mut last = 0u64;
-    for (i, &p) in list.iter().enumerate() {
+    for (i, p) in list.enumerate() {
         let mut gap = if i == 0 { p } else { p - last };
         last = p;
         loop {
@@ -301,13 +392,18 @@ fn encode_positions(list: &[u64], out: &mut Vec<u8>) {
     }
 }
 
-/// Reads [`encode_positions`]; `None` unless the positions increase and stay below `next`.
-fn decode_positions(bytes: &[u8], at: &mut usize, next: u64) -> Option<Vec<u64>> {
+/// Reads [`encode_positions`], handing each position to `push`; `None` unless the positions
+/// increase and stay below `next`.
+fn decode_positions(
+    bytes: &[u8],
+    at: &mut usize,
+    next: u64,
+    mut push: impl FnMut(u64),
+) -> Option<()> {
     let count = u64_at(bytes, at)?;
     if count > bytes.len().saturating_sub(*at) as u64 {
         return None;
     }
-    let mut list = Vec::with_capacity(count as usize);
     let mut last = 0u64;
     for i in 0..count {
         let mut gap = 0u64;
@@ -335,10 +431,10 @@ fn decode_positions(bytes: &[u8], at: &mut usize, next: u64) -> Option<Vec<u64>>
         if p >= next {
             return None;
         }
-        list.push(p);
+        push(p);
         last = p;
     }
-    Some(list)
+    Some(())
 }
 
 fn u64_at(bytes: &[u8], at: &mut usize) -> Option<u64> {
@@ -444,6 +540,46 @@ mod tests {
             }
             prop_assert_eq!(&again, &index);
         }
+    }
+
+    #[test]
+    fn postings_hold_positions_past_four_billion() {
+        let big = 1u64 << 32;
+        let positions = [3, big - 2, big - 1, big, big + 5, 2 * big + 1, 3 * big];
+        let mut list = Postings::default();
+        for p in positions {
+            list.push(p);
+        }
+        assert_eq!(list.iter().collect::<Vec<_>>(), positions);
+        for (i, p) in positions.iter().enumerate() {
+            assert_eq!(list.get(i), *p);
+            assert!(list.contains(*p));
+            assert!(!list.contains(p + 1) || positions.contains(&(p + 1)));
+            assert_eq!(list.partition_point(*p), i);
+        }
+        assert_eq!(
+            list.range(big - 1, 2 * big + 2, Direction::Backwards)
+                .collect::<Vec<_>>(),
+            [2 * big + 1, big + 5, big, big - 1]
+        );
+        list.truncate(4);
+        assert_eq!(list.iter().collect::<Vec<_>>(), &positions[..4]);
+        list.push(big + 9);
+        assert_eq!(list.iter().last(), Some(big + 9));
+        // Through the index, a save and a load.
+        let mut index = TagIndex::new();
+        for p in positions {
+            index.add(p, false, "T", &["a".to_owned()]).unwrap();
+        }
+        let mut bytes = Vec::new();
+        index.encode(&mut bytes);
+        let (loaded, _) = TagIndex::decode(&bytes).unwrap();
+        assert_eq!(loaded, index);
+        let q = Query::item(["T"], ["a"]);
+        assert_eq!(
+            loaded.query(&q, Some(big - 1), u64::MAX, Direction::Forwards, 10),
+            [big, big + 5, 2 * big + 1, 3 * big]
+        );
     }
 
     #[test]

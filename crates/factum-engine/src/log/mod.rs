@@ -135,6 +135,9 @@ pub struct Segments {
 pub const SEQUENTIAL_CHUNK_BYTES: usize = 1024 * 1024;
 /// Bytes a scattered read fetches at once.
 pub const SCATTERED_CHUNK_BYTES: usize = 4096;
+/// Bytes a read of events far apart fetches at once (a DCB query's: one tag's events are
+/// spread over the log, so a larger chunk only copies bytes of other events).
+pub const SPARSE_CHUNK_BYTES: usize = 1024;
 
 impl Segments {
     pub fn new(log_dir: PathBuf, list: Vec<Arc<Segment>>) -> Self {
@@ -167,21 +170,16 @@ impl Segments {
     }
 
     /// Reads the events at the given (position, location) pairs, checking every record's
-    /// checksum. Consecutive records are fetched in large chunks into a buffer that each thread
-    /// reuses, so reads cost no page faults.
+    /// checksum. Records are fetched `chunk_bytes` at a time (consecutive ones in large chunks)
+    /// into a buffer that each thread reuses, so reads cost no page faults.
     pub fn read_events(
         &self,
         locations: &[(u64, u64)],
-        sequential: bool,
+        chunk_bytes: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         thread_local! {
             static CHUNK: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let chunk_bytes = if sequential {
-            SEQUENTIAL_CHUNK_BYTES
-        } else {
-            SCATTERED_CHUNK_BYTES
-        };
         CHUNK.with(|chunk| {
             let mut chunk = chunk.borrow_mut();
             let mut events = Vec::with_capacity(locations.len());
