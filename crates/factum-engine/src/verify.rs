@@ -1,7 +1,9 @@
 //! Full verification: every frame and record of the log, every checksum, and the index's
-//! agreement with the log.
+//! agreement with the log (record locations, the streams' revisions, and the tag index, which
+//! is rebuilt from the records read and compared).
 
 use factum_core::StoreError;
+use factum_core::backend::tag_index::TagIndex;
 
 use crate::Shared;
 use crate::log::format::SEGMENT_HEADER_BYTES;
@@ -34,6 +36,7 @@ pub(crate) fn verify(
     let total: u64 = lengths.iter().sum();
     let mut report = VerifyReport::default();
     let mut next_position = 0u64;
+    let mut tags = TagIndex::new();
     for (segment, len) in segments.iter().zip(lengths) {
         report.segments += 1;
         segment.expect_first_position(next_position)?;
@@ -70,6 +73,12 @@ pub(crate) fn verify(
                         ),
                     ));
                 }
+                tags.add(
+                    event.position,
+                    event.stream.is_system(),
+                    &event.event_type,
+                    &event.tags,
+                )?;
                 report.events += 1;
             }
             drop(index);
@@ -86,6 +95,56 @@ pub(crate) fn verify(
             reason: format!("the log holds {next_position} events, the index {head}"),
         });
     }
+    let mut indexed = shared.index.read().tags.clone();
+    indexed.truncate(head);
+    if indexed != tags {
+        return Err(StoreError::Corrupted {
+            file: shared.dir.join(crate::index::INDEX_FILE),
+            offset: 0,
+            reason: "the tag index does not agree with the tags of the log's events".into(),
+        });
+    }
     progress(total, total);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use factum_core::{EventStore, ExpectedState, NewEvent, StoreError, StreamName};
+
+    use crate::{Engine, EngineOptions};
+
+    #[tokio::test]
+    async fn a_tag_index_that_disagrees_with_the_log_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+        let events = (0..5)
+            .map(|n| {
+                NewEvent::json("Noted", &n)
+                    .unwrap()
+                    .with_tags([format!("n:{}", n % 2)])
+            })
+            .collect();
+        engine
+            .append(&StreamName::user("s").unwrap(), ExpectedState::Any, events)
+            .await
+            .unwrap();
+        engine.verify(|_, _| {}).unwrap();
+        // The index says one event has a tag it does not have.
+        {
+            let mut index = engine.inner.shared.index.write();
+            let mut wrong = factum_core::backend::tag_index::TagIndex::new();
+            for p in 0..5 {
+                wrong.add(p, false, "Noted", &["n:0".to_owned()]).unwrap();
+            }
+            index.tags = wrong;
+        }
+        let error = engine.verify(|_, _| {}).unwrap_err();
+        assert!(
+            matches!(&error, StoreError::Corrupted { reason, .. } if reason.contains("tag index")),
+            "{error}"
+        );
+    }
 }
