@@ -6,47 +6,120 @@ use std::collections::HashMap;
 
 use crate::{Direction, Query, QueryItem, StoreError};
 
-/// Increasing positions in 4 bytes each: the low 32 bits of every position, and where the
-/// high 32 bits change (once per 2^32 positions of the log).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Postings {
-    low: Vec<u32>,
-    /// (high 32 bits, index in `low` of the first position that has them), increasing.
-    highs: Vec<(u32, usize)>,
+/// Increasing positions: as runs of consecutive positions while the runs are long (an event
+/// type that most events have), and otherwise in 4 bytes each — the low 32 bits of every
+/// position, and where the high 32 bits change (once per 2^32 positions of the log).
+#[derive(Clone, Debug)]
+enum Postings {
+    Runs {
+        /// (first position of a run, its index in the list), increasing.
+        runs: Vec<(u64, u64)>,
+        len: u64,
+    },
+    Packed {
+        low: Vec<u32>,
+        /// (high 32 bits, index in `low` of the first position that has them), increasing.
+        highs: Vec<(u32, usize)>,
+    },
 }
+
+impl Default for Postings {
+    fn default() -> Self {
+        Postings::Runs {
+            runs: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+/// The same positions, however they are held.
+impl PartialEq for Postings {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Postings {}
+
+/// Runs are kept while there are at most this many per position held (on average 4 or more
+/// positions a run), or while there are few of them.
+const RUNS_KEPT_MIN: usize = 16;
 
 impl Postings {
     fn len(&self) -> usize {
-        self.low.len()
+        match self {
+            Postings::Runs { len, .. } => *len as usize,
+            Postings::Packed { low, .. } => low.len(),
+        }
     }
 
     fn is_empty(&self) -> bool {
-        self.low.is_empty()
+        self.len() == 0
     }
 
     /// The position at index `i` (< `len`).
     fn get(&self, i: usize) -> u64 {
-        let high = match self.highs.as_slice() {
-            [(high, _)] => *high,
-            highs => {
-                let at = highs.partition_point(|(_, start)| *start <= i);
-                highs.get(at.saturating_sub(1)).map_or(0, |(high, _)| *high)
+        match self {
+            Postings::Runs { runs, .. } => {
+                let at = runs.partition_point(|(_, index)| *index <= i as u64);
+                runs.get(at.saturating_sub(1))
+                    .map_or(0, |(start, index)| start + (i as u64 - index))
             }
-        };
-        (u64::from(high) << 32) | u64::from(self.low.get(i).copied().unwrap_or_default())
+            Postings::Packed { low, highs } => {
+                let high = match highs.as_slice() {
+                    [(high, _)] => *high,
+                    highs => {
+                        let at = highs.partition_point(|(_, start)| *start <= i);
+                        highs.get(at.saturating_sub(1)).map_or(0, |(high, _)| *high)
+                    }
+                };
+                (u64::from(high) << 32) | u64::from(low.get(i).copied().unwrap_or_default())
+            }
+        }
     }
 
     /// Adds a position larger than every one held.
     fn push(&mut self, position: u64) {
-        let high = (position >> 32) as u32;
-        if self.highs.last().is_none_or(|(last, _)| *last != high) {
-            self.highs.push((high, self.low.len()));
+        match self {
+            Postings::Runs { runs, len } => {
+                let continues = runs
+                    .last()
+                    .is_some_and(|(start, index)| start + (*len - index) == position);
+                if !continues {
+                    runs.push((position, *len));
+                }
+                *len += 1;
+                if runs.len() > RUNS_KEPT_MIN && runs.len() * 4 > *len as usize {
+                    let mut packed = Postings::Packed {
+                        low: Vec::with_capacity(*len as usize * 2),
+                        highs: Vec::new(),
+                    };
+                    for p in self.iter() {
+                        packed.push(p);
+                    }
+                    *self = packed;
+                }
+            }
+            Postings::Packed { low, highs } => {
+                let high = (position >> 32) as u32;
+                if highs.last().is_none_or(|(last, _)| *last != high) {
+                    highs.push((high, low.len()));
+                }
+                low.push(position as u32);
+            }
         }
-        self.low.push(position as u32);
     }
 
     /// The index of the first position at or above `position`.
     fn partition_point(&self, position: u64) -> usize {
+        if let Postings::Runs { runs, len } = self {
+            let at = runs.partition_point(|(start, _)| *start <= position);
+            let Some(&(start, index)) = at.checked_sub(1).and_then(|r| runs.get(r)) else {
+                return 0;
+            };
+            let end = runs.get(at).map_or(*len, |(_, next)| *next);
+            return (index + (position - start).min(end - index)) as usize;
+        }
         let (mut lo, mut hi) = (0, self.len());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -66,8 +139,16 @@ impl Postings {
 
     /// Keeps the first `n` positions.
     fn truncate(&mut self, n: usize) {
-        self.low.truncate(n);
-        self.highs.retain(|(_, start)| *start < n);
+        match self {
+            Postings::Runs { runs, len } => {
+                runs.retain(|(_, index)| *index < n as u64);
+                *len = (*len).min(n as u64);
+            }
+            Postings::Packed { low, highs } => {
+                low.truncate(n);
+                highs.retain(|(_, start)| *start < n);
+            }
+        }
     }
 
     /// The positions in `from..to`, in `direction`.
@@ -84,16 +165,14 @@ impl Postings {
         (0..self.len()).map(move |i| self.get(i))
     }
 
-    fn with_capacity(n: usize) -> Self {
-        Postings {
-            low: Vec::with_capacity(n),
-            highs: Vec::new(),
-        }
-    }
-
     fn shrink_to_fit(&mut self) {
-        self.low.shrink_to_fit();
-        self.highs.shrink_to_fit();
+        match self {
+            Postings::Runs { runs, .. } => runs.shrink_to_fit(),
+            Postings::Packed { low, highs } => {
+                low.shrink_to_fit();
+                highs.shrink_to_fit();
+            }
+        }
     }
 }
 
@@ -339,9 +418,9 @@ impl TagIndex {
                 let name = bytes.get(at..at.checked_add(len)?)?;
                 at += len;
                 let name = std::str::from_utf8(name).ok()?.to_owned();
-                let count = usize::try_from(u64_at(bytes, &mut at.clone())?).ok()?;
-                let mut list = Postings::with_capacity(count.min(bytes.len()));
+                let mut list = Postings::default();
                 decode_positions(bytes, &mut at, next, |p| list.push(p))?;
+                list.shrink_to_fit();
                 map.insert(name, list);
             }
             maps.push(map);
@@ -540,6 +619,43 @@ mod tests {
             }
             prop_assert_eq!(&again, &index);
         }
+    }
+
+    #[test]
+    fn postings_are_runs_while_runs_are_long_and_packed_otherwise() {
+        let mut dense = Postings::default();
+        for p in (10..10_000).chain(20_000..30_000) {
+            dense.push(p);
+        }
+        assert!(matches!(&dense, Postings::Runs { runs, .. } if runs.len() == 2));
+        assert_eq!(dense.len(), 19_990);
+        assert_eq!(dense.partition_point(0), 0);
+        assert_eq!(dense.partition_point(10_000), 9_990);
+        assert_eq!(dense.partition_point(15_000), 9_990);
+        assert_eq!(dense.partition_point(20_001), 9_991);
+        assert_eq!(dense.partition_point(40_000), 19_990);
+        assert!(dense.contains(29_999) && !dense.contains(10_000));
+        assert_eq!(
+            dense
+                .range(9_998, 20_002, Direction::Forwards)
+                .collect::<Vec<_>>(),
+            [9_998, 9_999, 20_000, 20_001]
+        );
+        let mut sparse = Postings::default();
+        for p in (0..200).map(|n| n * 3) {
+            sparse.push(p);
+        }
+        assert!(matches!(sparse, Postings::Packed { .. }));
+        assert_eq!(
+            sparse.iter().collect::<Vec<_>>(),
+            (0..200).map(|n| n * 3).collect::<Vec<_>>()
+        );
+        assert_eq!(sparse.partition_point(298), 100);
+        assert!(sparse.contains(597) && !sparse.contains(598));
+        let mut cut = dense.clone();
+        cut.truncate(9_991);
+        assert_eq!(cut.iter().last(), Some(20_000));
+        assert_eq!(cut.len(), 9_991);
     }
 
     #[test]
