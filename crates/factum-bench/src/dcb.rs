@@ -73,55 +73,30 @@ fn tag(w: u64) -> String {
     format!("writer:{w}")
 }
 
-async fn appends(
-    store_name: &str,
-    store: Arc<dyn EventStore>,
-    events: u64,
-    payloads: &Arc<Payloads>,
-) -> Result<Row> {
-    let per_writer = (events / WRITERS).max(1);
+/// Runs [`WRITERS`] writers, each started by `writer` with its number and the counter of
+/// appends done, and each giving back the latency of each of its appends; timed with a
+/// progress bar from the first writer's start to the last one's end.
+async fn writers<F, Fut>(store_name: &str, per_writer: u64, mut writer: F) -> Result<Row>
+where
+    F: FnMut(u64, Arc<AtomicU64>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Vec<u64>>> + Send + 'static,
+{
     let total = per_writer * WRITERS;
     let done = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total as usize)));
     let work = {
         let done = done.clone();
         let latencies = latencies.clone();
-        let payloads = payloads.clone();
         async move {
-            let mut tasks = Vec::new();
-            for w in 0..WRITERS {
-                let store = store.clone();
-                let done = done.clone();
-                let latencies = latencies.clone();
-                let payloads = payloads.clone();
-                tasks.push(tokio::spawn(async move {
-                    let query = Query::item(Vec::<String>::new(), [tag(w)]);
-                    let mut after = store
-                        .read_query(&query, None, Direction::Backwards, 1)
-                        .await?
-                        .head;
-                    let mut mine = Vec::with_capacity(per_writer as usize);
-                    for n in 0..per_writer {
-                        let event = json_event("Noted", payloads.get(w * per_writer + n))
-                            .with_tags([tag(w)]);
-                        let append = DcbAppend::new([DcbEvent::new(event)])
-                            .on_condition(AppendCondition::new(query.clone(), after));
-                        let t = Instant::now();
-                        let position = store.append_conditional(append).await?;
-                        mine.push(t.elapsed().as_micros() as u64);
-                        // Its own event is the last of its tag: the next condition is after it.
-                        after = Some(position);
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    latencies
-                        .lock()
-                        .map_err(|_| anyhow::anyhow!("a writer panicked"))?
-                        .extend(mine);
-                    anyhow::Ok(())
-                }));
-            }
+            let tasks: Vec<_> = (0..WRITERS)
+                .map(|w| tokio::spawn(writer(w, done.clone())))
+                .collect();
             for task in tasks {
-                task.await??;
+                let mine = task.await??;
+                latencies
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("a writer panicked"))?
+                    .extend(mine);
             }
             Ok(())
         }
@@ -136,6 +111,42 @@ async fn appends(
             .map_err(|_| anyhow::anyhow!("a writer panicked"))?,
     );
     Ok(row("dcb", store_name, total, elapsed, latencies))
+}
+
+async fn appends(
+    store_name: &str,
+    store: Arc<dyn EventStore>,
+    events: u64,
+    payloads: &Arc<Payloads>,
+) -> Result<Row> {
+    let per_writer = (events / WRITERS).max(1);
+    let payloads = payloads.clone();
+    writers(store_name, per_writer, move |w, done| {
+        let store = store.clone();
+        let payloads = payloads.clone();
+        async move {
+            let query = Query::item(Vec::<String>::new(), [tag(w)]);
+            let mut after = store
+                .read_query(&query, None, Direction::Backwards, 1)
+                .await?
+                .head;
+            let mut mine = Vec::with_capacity(per_writer as usize);
+            for n in 0..per_writer {
+                let event =
+                    json_event("Noted", payloads.get(w * per_writer + n)).with_tags([tag(w)]);
+                let append = DcbAppend::new([DcbEvent::new(event)])
+                    .on_condition(AppendCondition::new(query.clone(), after));
+                let t = Instant::now();
+                let position = store.append_conditional(append).await?;
+                mine.push(t.elapsed().as_micros() as u64);
+                // Its own event is the last of its tag: the next condition is after it.
+                after = Some(position);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(mine)
+        }
+    })
+    .await
 }
 
 /// The same appends on PostgreSQL, by hand: an events table, a tag table, and per append a
@@ -158,80 +169,55 @@ async fn by_hand(postgres: &str, events: u64, payloads: &Arc<Payloads>) -> Resul
         )
         .await?;
     let per_writer = (events / WRITERS).max(1);
-    let total = per_writer * WRITERS;
-    let done = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total as usize)));
     let mut clients = Vec::new();
     for _ in 0..WRITERS {
         clients.push(pg_client(postgres).await?);
     }
-    let work = {
-        let done = done.clone();
-        let latencies = latencies.clone();
+    let mut clients = clients.into_iter();
+    let payloads = payloads.clone();
+    writers("postgres", per_writer, move |w, done| {
+        let client = clients.next();
         let payloads = payloads.clone();
         async move {
-            let mut tasks = Vec::new();
-            for (w, mut client) in (0..WRITERS).zip(clients) {
-                let done = done.clone();
-                let latencies = latencies.clone();
-                let payloads = payloads.clone();
-                tasks.push(tokio::spawn(async move {
-                    let tag = tag(w);
-                    let mut after: i64 = 0;
-                    let mut mine = Vec::with_capacity(per_writer as usize);
-                    for n in 0..per_writer {
-                        let data: serde_json::Value =
-                            serde_json::from_str(&payloads.get(w * per_writer + n))?;
-                        let t = Instant::now();
-                        let tx = client.transaction().await?;
-                        tx.batch_execute(
-                            "LOCK TABLE factum_bench_dcb_sql.events IN EXCLUSIVE MODE",
-                        )
-                        .await?;
-                        let conflict = tx
-                            .query_opt(
-                                "SELECT 1 FROM factum_bench_dcb_sql.tags WHERE tag = $1 AND position > $2 LIMIT 1",
-                                &[&tag, &after],
-                            )
-                            .await?;
-                        ensure!(conflict.is_none(), "a writer's own tag changed under it");
-                        let position: i64 = tx
-                            .query_one(
-                                "INSERT INTO factum_bench_dcb_sql.events (type, data) VALUES ('Noted', $1) RETURNING position",
-                                &[&data],
-                            )
-                            .await?
-                            .get(0);
-                        tx.execute(
-                            "INSERT INTO factum_bench_dcb_sql.tags (tag, position) VALUES ($1, $2)",
-                            &[&tag, &position],
-                        )
-                        .await?;
-                        tx.commit().await?;
-                        mine.push(t.elapsed().as_micros() as u64);
-                        after = position;
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    latencies.lock().map_err(|_| anyhow::anyhow!("a writer panicked"))?.extend(mine);
-                    anyhow::Ok(())
-                }));
+            let mut client = client.ok_or_else(|| anyhow::anyhow!("a connection per writer"))?;
+            let tag = tag(w);
+            let mut after: i64 = 0;
+            let mut mine = Vec::with_capacity(per_writer as usize);
+            for n in 0..per_writer {
+                let data: serde_json::Value =
+                    serde_json::from_str(&payloads.get(w * per_writer + n))?;
+                let t = Instant::now();
+                let tx = client.transaction().await?;
+                tx.batch_execute("LOCK TABLE factum_bench_dcb_sql.events IN EXCLUSIVE MODE")
+                    .await?;
+                let conflict = tx
+                    .query_opt(
+                        "SELECT 1 FROM factum_bench_dcb_sql.tags WHERE tag = $1 AND position > $2 LIMIT 1",
+                        &[&tag, &after],
+                    )
+                    .await?;
+                ensure!(conflict.is_none(), "a writer's own tag changed under it");
+                let position: i64 = tx
+                    .query_one(
+                        "INSERT INTO factum_bench_dcb_sql.events (type, data) VALUES ('Noted', $1) RETURNING position",
+                        &[&data],
+                    )
+                    .await?
+                    .get(0);
+                tx.execute(
+                    "INSERT INTO factum_bench_dcb_sql.tags (tag, position) VALUES ($1, $2)",
+                    &[&tag, &position],
+                )
+                .await?;
+                tx.commit().await?;
+                mine.push(t.elapsed().as_micros() as u64);
+                after = position;
+                done.fetch_add(1, Ordering::Relaxed);
             }
-            for task in tasks {
-                task.await??;
-            }
-            Ok(())
+            Ok(mine)
         }
-    };
-    let (elapsed, _) = timed("dcb on postgres", total, work, || {
-        done.load(Ordering::Relaxed)
     })
-    .await?;
-    let latencies = std::mem::take(
-        &mut *latencies
-            .lock()
-            .map_err(|_| anyhow::anyhow!("a writer panicked"))?,
-    );
-    Ok(row("dcb", "postgres", total, elapsed, latencies))
+    .await
 }
 
 /// A store of [`READ_EVENTS`] events, each with one of [`READ_TAGS`] tags, then 200 reads of

@@ -377,50 +377,48 @@ async fn print_subscription(
     response: Response,
     resume: impl Fn(Option<u64>) -> String,
 ) -> Result<()> {
-    {
-        let mut body = response.bytes_stream();
-        let mut buffer = Vec::new();
-        // The last event received.
-        let mut last: Option<u64> = None;
-        loop {
-            let chunk = tokio::select! {
-                chunk = body.next() => chunk,
-                _ = tokio::signal::ctrl_c() => return Ok(()),
-            };
-            let Some(chunk) = chunk else {
-                bail!(
-                    "the server closed the subscription; resume with {}",
-                    resume(last)
-                );
-            };
-            buffer.extend_from_slice(&chunk.context("reading the subscription")?);
-            // Frames end with an empty line.
-            while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
-                let frame: Vec<u8> = buffer.drain(..end + 2).collect();
-                let frame = String::from_utf8_lossy(&frame);
-                let mut data = None;
-                let mut error = false;
-                for line in frame.lines() {
-                    if let Some(rest) = line.strip_prefix("data: ") {
-                        data = Some(rest.to_owned());
-                    } else if line == "event: error" {
-                        error = true;
-                    } else if let Some(id) = line.strip_prefix("id: ")
-                        && let Ok(position) = id.trim().parse::<u64>()
-                    {
-                        last = Some(position);
-                    }
+    let mut body = response.bytes_stream();
+    let mut buffer = Vec::new();
+    // The last event received.
+    let mut last: Option<u64> = None;
+    loop {
+        let chunk = tokio::select! {
+            chunk = body.next() => chunk,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let Some(chunk) = chunk else {
+            bail!(
+                "the server closed the subscription; resume with {}",
+                resume(last)
+            );
+        };
+        buffer.extend_from_slice(&chunk.context("reading the subscription")?);
+        // Frames end with an empty line.
+        while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
+            let frame: Vec<u8> = buffer.drain(..end + 2).collect();
+            let frame = String::from_utf8_lossy(&frame);
+            let mut data = None;
+            let mut error = false;
+            for line in frame.lines() {
+                if let Some(rest) = line.strip_prefix("data: ") {
+                    data = Some(rest.to_owned());
+                } else if line == "event: error" {
+                    error = true;
+                } else if let Some(id) = line.strip_prefix("id: ")
+                    && let Ok(position) = id.trim().parse::<u64>()
+                {
+                    last = Some(position);
                 }
-                let Some(data) = data else { continue };
-                if error {
-                    let message =
-                        serde_json::from_str::<ErrorBody>(&data).map_or(data.clone(), |b| b.error);
-                    bail!("the subscription failed: {message}");
-                }
-                let mut out = std::io::stdout().lock();
-                writeln!(out, "{data}")?;
-                out.flush()?;
             }
+            let Some(data) = data else { continue };
+            if error {
+                let message =
+                    serde_json::from_str::<ErrorBody>(&data).map_or(data.clone(), |b| b.error);
+                bail!("the subscription failed: {message}");
+            }
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{data}")?;
+            out.flush()?;
         }
     }
 }

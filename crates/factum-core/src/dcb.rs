@@ -273,10 +273,13 @@ impl DcbEvent {
     }
 }
 
-/// [`DCB_DEFAULT_STREAM`] as a name.
+/// [`DCB_DEFAULT_STREAM`] as a name (made once: every DCB event that names no stream takes it).
 pub fn default_stream() -> StreamName {
-    // A fixed, valid name.
-    StreamName::new(DCB_DEFAULT_STREAM).unwrap_or_else(|_| unreachable!("a valid stream name"))
+    static DEFAULT: std::sync::LazyLock<StreamName> = std::sync::LazyLock::new(|| {
+        // A fixed, valid name.
+        StreamName::new(DCB_DEFAULT_STREAM).unwrap_or_else(|_| unreachable!("a valid stream name"))
+    });
+    DEFAULT.clone()
 }
 
 /// A DCB append: events (each in its stream), atomically, if the condition holds and each
@@ -315,35 +318,15 @@ impl DcbAppend {
 
     /// Checks what every backend checks before a DCB append reaches storage.
     pub fn validate(&self) -> Result<(), StoreError> {
-        if self.events.is_empty() {
-            return Err(StoreError::invalid("an append needs at least one event"));
-        }
-        if self.events.len() > limits::APPEND_EVENTS_MAX {
-            return Err(StoreError::invalid(format!(
-                "an append of {} events is over the limit of {}",
-                self.events.len(),
-                limits::APPEND_EVENTS_MAX
-            )));
-        }
-        let mut bytes = 0usize;
-        let mut ids = std::collections::HashSet::with_capacity(self.events.len());
-        for (index, DcbEvent { stream, event }) in self.events.iter().enumerate() {
-            let bad = |why: String| StoreError::invalid(format!("event {index}: {why}"));
+        let events = self.events.iter().map(|e| (&e.event, &e.stream));
+        crate::store::validate_events(events, |index, stream| {
             if stream.is_system() {
-                return Err(bad(format!("stream '{stream}' is reserved for the system")));
+                return Err(StoreError::invalid(format!(
+                    "event {index}: stream '{stream}' is reserved for the system"
+                )));
             }
-            event.validate(false).map_err(|e| bad(reason(e)))?;
-            if !ids.insert(event.id) {
-                return Err(bad(format!("id {} appears twice in one append", event.id)));
-            }
-            bytes += event.size_bytes() + stream.as_str().len();
-        }
-        if bytes > limits::APPEND_BYTES_MAX {
-            return Err(StoreError::invalid(format!(
-                "an append of {bytes} bytes is over the limit of {}",
-                limits::APPEND_BYTES_MAX
-            )));
-        }
+            Ok(stream.as_str().len())
+        })?;
         for (stream, _) in &self.expected {
             if stream.is_system() {
                 return Err(StoreError::invalid(format!(

@@ -357,19 +357,35 @@ pub fn validate_append(
             "stream '{stream}' is reserved for the system"
         )));
     }
-    if events.is_empty() {
+    validate_events(events.iter().map(|event| (event, ())), |_, ()| Ok(0))?;
+    if let Some(checkpoint) = &options.checkpoint {
+        StreamName::checkpoint_stream(&checkpoint.consumer)?;
+    }
+    Ok(())
+}
+
+/// The checks every append makes of its events, stream appends and DCB appends alike: at least
+/// one, at most [`crate::limits::APPEND_EVENTS_MAX`], each valid, no id twice, and at most
+/// [`crate::limits::APPEND_BYTES_MAX`] bytes together. `each` checks what goes with an event
+/// (its index and `T`) before the event itself, and says how many bytes that adds.
+pub(crate) fn validate_events<'a, T>(
+    events: impl ExactSizeIterator<Item = (&'a NewEvent, T)>,
+    mut each: impl FnMut(usize, T) -> Result<usize, StoreError>,
+) -> Result<(), StoreError> {
+    let count = events.len();
+    if count == 0 {
         return Err(StoreError::invalid("an append needs at least one event"));
     }
-    if events.len() > crate::limits::APPEND_EVENTS_MAX {
+    if count > crate::limits::APPEND_EVENTS_MAX {
         return Err(StoreError::invalid(format!(
-            "an append of {} events is over the limit of {}",
-            events.len(),
+            "an append of {count} events is over the limit of {}",
             crate::limits::APPEND_EVENTS_MAX
         )));
     }
     let mut bytes = 0usize;
-    let mut ids = std::collections::HashSet::with_capacity(events.len());
-    for (index, event) in events.iter().enumerate() {
+    let mut ids = std::collections::HashSet::with_capacity(count);
+    for (index, (event, with)) in events.enumerate() {
+        bytes += each(index, with)?;
         event.validate(false).map_err(|e| match e {
             StoreError::InvalidInput(why) => StoreError::invalid(format!("event {index}: {why}")),
             other => other,
@@ -387,9 +403,6 @@ pub fn validate_append(
             "an append of {bytes} bytes is over the limit of {}",
             crate::limits::APPEND_BYTES_MAX
         )));
-    }
-    if let Some(checkpoint) = &options.checkpoint {
-        StreamName::checkpoint_stream(&checkpoint.consumer)?;
     }
     Ok(())
 }

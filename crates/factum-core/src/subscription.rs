@@ -70,48 +70,45 @@ impl Subscription {
 
     /// A subscription to `$all` from a position (inclusive).
     pub fn all(store: Arc<dyn EventStore>, from_position: u64, filter: SubscriptionFilter) -> Self {
-        let head = store.watch_head();
-        Subscription {
+        Self::of(
             store,
-            head,
-            source: Source::All {
+            Source::All {
                 next_position: from_position,
                 filter,
             },
-            buffer: VecDeque::new(),
-            batch_size: Self::BATCH_EVENTS_DEFAULT,
-            retry_delay: Duration::ZERO,
-        }
+        )
     }
 
     /// A subscription to one stream from a revision (inclusive). It may start before the
     /// stream exists.
     pub fn stream(store: Arc<dyn EventStore>, stream: StreamName, from_revision: u64) -> Self {
-        let head = store.watch_head();
-        Subscription {
+        Self::of(
             store,
-            head,
-            source: Source::Stream {
+            Source::Stream {
                 stream,
                 next_revision: from_revision,
             },
-            buffer: VecDeque::new(),
-            batch_size: Self::BATCH_EVENTS_DEFAULT,
-            retry_delay: Duration::ZERO,
-        }
+        )
     }
 
     /// A subscription to the events matching a DCB query after a position (from the start
     /// without one), read through [`EventStore::read_query`].
     pub fn query(store: Arc<dyn EventStore>, query: Query, after: Option<u64>) -> Self {
+        Self::of(
+            store,
+            Source::Query {
+                query,
+                next_position: after.map_or(0, |a| a.saturating_add(1)),
+            },
+        )
+    }
+
+    fn of(store: Arc<dyn EventStore>, source: Source) -> Self {
         let head = store.watch_head();
         Subscription {
             store,
             head,
-            source: Source::Query {
-                query,
-                next_position: after.map_or(0, |a| a.saturating_add(1)),
-            },
+            source,
             buffer: VecDeque::new(),
             batch_size: Self::BATCH_EVENTS_DEFAULT,
             retry_delay: Duration::ZERO,
@@ -130,10 +127,7 @@ impl Subscription {
     /// checkpoint even when the filter skips many events.
     pub fn position(&self) -> Option<u64> {
         match &self.source {
-            Source::All { next_position, .. } => {
-                Some(self.buffer.front().map_or(*next_position, |e| e.position))
-            }
-            Source::Query { next_position, .. } => {
+            Source::All { next_position, .. } | Source::Query { next_position, .. } => {
                 Some(self.buffer.front().map_or(*next_position, |e| e.position))
             }
             Source::Stream { .. } => None,

@@ -402,11 +402,21 @@ impl Engine {
             .collect()
     }
 
+    /// Reads the events at `locations`: consecutive positions in large chunks, others
+    /// `scattered_chunk` bytes at a time.
     async fn read_located(
         &self,
         locations: Vec<(u64, u64)>,
-        chunk_bytes: usize,
+        scattered_chunk: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let consecutive = locations
+            .windows(2)
+            .all(|w| matches!(w, [a, b] if b.0 == a.0 + 1));
+        let chunk_bytes = if consecutive {
+            log::SEQUENTIAL_CHUNK_BYTES
+        } else {
+            scattered_chunk
+        };
         // Large reads must not stall the async workers: on a multi-threaded runtime the worker
         // hands its other tasks off while it reads (the events stay on the thread that
         // allocated them, which keeps the allocator fast); elsewhere they go to the blocking
@@ -477,15 +487,11 @@ impl EventStore for Engine {
                     .collect();
                 (locations, index.catalog.max_age_secs(stream))
             };
-            let sequential = locations
-                .windows(2)
-                .all(|w| matches!(w, [a, b] if b.0 == a.0 + 1));
-            let chunk = if sequential {
-                log::SEQUENTIAL_CHUNK_BYTES
-            } else {
-                log::SCATTERED_CHUNK_BYTES
-            };
-            Ok((self.read_located(locations, chunk).await?, max_age))
+            Ok((
+                self.read_located(locations, log::SCATTERED_CHUNK_BYTES)
+                    .await?,
+                max_age,
+            ))
         })
         .await
     }
@@ -548,16 +554,10 @@ impl EventStore for Engine {
                 .filter_map(|p| index.locations.get(p as usize).map(|l| (p, *l)))
                 .collect()
         };
-        let sequential = locations
-            .windows(2)
-            .all(|w| matches!(w, [a, b] if b.0 == a.0 + 1));
-        let chunk = if sequential {
-            log::SEQUENTIAL_CHUNK_BYTES
-        } else {
-            log::SPARSE_CHUNK_BYTES
-        };
         Ok(factum_core::QueryRead {
-            events: self.read_located(locations, chunk).await?,
+            events: self
+                .read_located(locations, log::SPARSE_CHUNK_BYTES)
+                .await?,
             head: end.checked_sub(1),
         })
     }

@@ -90,55 +90,33 @@ impl Target {
 /// A connection and its prepared statements.
 pub(crate) struct Conn {
     pub client: Client,
-    statements: parking_lot::Mutex<HashMap<&'static str, Statement>>,
-    /// Statements built at run time (DCB queries: one shape per number of items, tags and
-    /// types), at most [`DYNAMIC_STATEMENTS_MAX`].
-    dynamic: parking_lot::Mutex<HashMap<String, Statement>>,
+    /// The statements prepared on this connection, by their text: the store's own, and those
+    /// built at run time (DCB queries: one shape per number of items, tags and types), at most
+    /// [`STATEMENTS_MAX`].
+    statements: parking_lot::Mutex<HashMap<String, Statement>>,
 }
 
-/// Most statements built at run time that a connection keeps prepared.
-const DYNAMIC_STATEMENTS_MAX: usize = 256;
+/// Most statements a connection keeps prepared; past it, they are prepared again as used.
+const STATEMENTS_MAX: usize = 256;
 
 impl Conn {
     pub async fn open(target: &Target) -> Result<Self, StoreError> {
         Ok(Conn {
             client: target.connect().await?,
             statements: parking_lot::Mutex::new(HashMap::new()),
-            dynamic: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
-    /// Runs a statement built at run time, prepared once per connection.
-    pub async fn query_built(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, StoreError> {
-        let cached = self.dynamic.lock().get(sql).cloned();
-        let statement = match cached {
-            Some(statement) => statement,
-            None => {
-                let statement = self.client.prepare(sql).await.map_err(unavailable)?;
-                let mut dynamic = self.dynamic.lock();
-                if dynamic.len() >= DYNAMIC_STATEMENTS_MAX {
-                    dynamic.clear();
-                }
-                dynamic.insert(sql.to_owned(), statement.clone());
-                statement
-            }
-        };
-        self.client
-            .query(&statement, params)
-            .await
-            .map_err(unavailable)
-    }
-
-    async fn statement(&self, sql: &'static str) -> Result<Statement, StoreError> {
+    async fn statement(&self, sql: &str) -> Result<Statement, StoreError> {
         if let Some(statement) = self.statements.lock().get(sql) {
             return Ok(statement.clone());
         }
         let statement = self.client.prepare(sql).await.map_err(unavailable)?;
-        self.statements.lock().insert(sql, statement.clone());
+        let mut statements = self.statements.lock();
+        if statements.len() >= STATEMENTS_MAX {
+            statements.clear();
+        }
+        statements.insert(sql.to_owned(), statement.clone());
         Ok(statement)
     }
 
@@ -158,7 +136,7 @@ impl Conn {
 
     pub async fn query(
         &self,
-        sql: &'static str,
+        sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
         let statement = self.statement(sql).await?;
@@ -170,7 +148,7 @@ impl Conn {
 
     pub async fn query_opt(
         &self,
-        sql: &'static str,
+        sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, StoreError> {
         let statement = self.statement(sql).await?;

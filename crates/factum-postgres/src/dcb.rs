@@ -12,6 +12,8 @@ use tokio_postgres::types::ToSql;
 pub(crate) struct QuerySql {
     pub sql: String,
     pub arrays: Vec<Vec<String>>,
+    /// `ASC` or `DESC`: the order of the positions, for a statement around this one.
+    pub order: &'static str,
 }
 
 impl QuerySql {
@@ -35,7 +37,7 @@ impl QuerySql {
             "SELECT position FROM ({}) q ORDER BY position {order} LIMIT $3",
             parts.join(" UNION ")
         );
-        QuerySql { sql, arrays }
+        QuerySql { sql, arrays, order }
     }
 
     /// The parameters after the three fixed ones.

@@ -449,21 +449,18 @@ impl EventStore for PgStore {
             });
         }
         let positions = dcb::QuerySql::new(query, direction);
-        let order = match direction {
-            Direction::Forwards => "ASC",
-            Direction::Backwards => "DESC",
-        };
         let sql = format!(
-            "{} WHERE position IN ({}) ORDER BY position {order}",
+            "{} WHERE position IN ({}) ORDER BY position {}",
             events_query!(""),
-            positions.sql
+            positions.sql,
+            positions.order
         );
         let after = after.map_or(-1, to_i64);
         let end_sql = to_i64(end);
         let limit_sql = to_i64(limit as u64);
         let params = positions.params([&after, &end_sql, &limit_sql]);
         let conn = self.inner.readers.get().await?;
-        let rows = conn.query_built(&sql, &params).await?;
+        let rows = conn.query(&sql, &params).await?;
         let events = rows
             .iter()
             .map(|row| self.event(row))

@@ -462,40 +462,31 @@ async fn load_dcb(
             continue;
         };
         let count = append.events.len() as u64;
-        if let Some(last) = append.events.last()
-            && let Some(row) = committed.streams.get(&last.stream)
-            && row.last_id == Some(last.event.id)
-            && let Some(end) = row.last_position
-            && end + 1 >= count
-        {
-            ranges.push((end + 1 - count, end + 1));
-        }
-        let Some(condition) = &append.condition else {
-            continue;
-        };
-        let query = &condition.fail_if_events_match;
-        let key = (query.clone(), condition.after);
-        let found = match committed.matches.get(&key) {
-            Some(found) => *found,
-            None => {
-                let sql = crate::dcb::QuerySql::new(query, Direction::Forwards);
-                let after = condition.after.map_or(-1, to_i64);
-                let one = 1i64;
-                let params = sql.params([&after, &end, &one]);
-                let rows = conn.query_built(&sql.sql, &params).await?;
-                let found = rows.first().map(|row| to_u64(row.get(0)));
-                committed.matches.insert(key, found);
-                found
+        let tail = append.events.last().and_then(|last| {
+            let row = committed.streams.get(&last.stream)?;
+            Some((row.last_id, row.last_position?))
+        });
+        let found = match &append.condition {
+            None => None,
+            Some(condition) => {
+                let query = &condition.fail_if_events_match;
+                let key = (query.clone(), condition.after);
+                match committed.matches.get(&key) {
+                    Some(found) => *found,
+                    None => {
+                        let sql = crate::dcb::QuerySql::new(query, Direction::Forwards);
+                        let after = condition.after.map_or(-1, to_i64);
+                        let one = 1i64;
+                        let params = sql.params([&after, &end, &one]);
+                        let rows = conn.query(&sql.sql, &params).await?;
+                        let found = rows.first().map(|row| to_u64(row.get(0)));
+                        committed.matches.insert(key, found);
+                        found
+                    }
+                }
             }
         };
-        if let Some(found) = found
-            && let Some(offset) = append
-                .events
-                .iter()
-                .position(|e| query.matches(&e.stream, &e.event.event_type, &e.event.tags))
-            && found >= offset as u64
-        {
-            let start = found - offset as u64;
+        for start in catalog::dcb_retry_starts(append, tail, found) {
             ranges.push((start, start + count));
         }
     }

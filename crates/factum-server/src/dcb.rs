@@ -363,13 +363,10 @@ pub(crate) async fn subscribe(
 ) -> Result<Response> {
     caller.require_all()?;
     let params = query(params)?;
-    let dcb_query: Query = match &params.query {
+    let dcb_query = match &params.query {
         None => Query::all(),
-        Some(text) => {
-            serde_json::from_str(text).map_err(|e| ApiError::bad_request(format!("query: {e}")))?
-        }
+        Some(text) => parse_query(text)?,
     };
-    dcb_query.validate()?;
     let after = last_event_id(&headers)?.or(params.after);
     let subscription = state.store.subscribe_query(dcb_query, after);
     Ok(sse::respond(&state, Follow::Own(subscription)))

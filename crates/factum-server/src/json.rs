@@ -121,15 +121,8 @@ impl DcbEventLine {
             Some(BINARY) => {
                 let text: String = serde_json::from_str(line.data.get())
                     .map_err(|_| bad("binary data must be a hex string"))?;
-                let mut event = EventLine {
-                    data: raw("null".into())?,
-                    ..line
-                }
-                .into_event()?;
-                event.content_type = ContentType::Binary;
-                event.data = Bytes::from(unhex(&text)?);
-                event.validate(false)?;
-                event
+                let data = Bytes::from(unhex(&text)?);
+                line.with_data(ContentType::Binary, data)?
             }
             Some(other) => {
                 return Err(bad(format!(
@@ -176,6 +169,12 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
 impl EventLine {
     /// The event to append (validated); an event without an id gets a new UUIDv7.
     pub fn into_event(self) -> Result<NewEvent> {
+        let data = Bytes::copy_from_slice(self.data.get().as_bytes());
+        self.with_data(ContentType::Json, data)
+    }
+
+    /// The event with `data` of `content_type` in place of the line's (validated).
+    fn with_data(self, content_type: ContentType, data: Bytes) -> Result<NewEvent> {
         let metadata = match self.metadata {
             Some(raw) if raw.get() != "null" => {
                 if !raw.get().trim_start().starts_with('{') {
@@ -188,8 +187,8 @@ impl EventLine {
         let event = NewEvent {
             id: self.id.unwrap_or_else(Uuid::now_v7),
             event_type: self.event_type,
-            content_type: ContentType::Json,
-            data: Bytes::copy_from_slice(self.data.get().as_bytes()),
+            content_type,
+            data,
             metadata,
             tags: self.tags,
         };

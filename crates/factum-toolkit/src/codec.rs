@@ -140,6 +140,21 @@ impl Upcasters {
     }
 }
 
+/// The stored type and JSON data of a variant of a serde enum in its default (externally
+/// tagged) representation: the variant's name and its fields.
+pub(crate) fn split_variant<E: serde::Serialize>(event: &E) -> Result<(String, Value), CodecError> {
+    match serde_json::to_value(event).map_err(|e| CodecError::Serialize(e.to_string()))? {
+        Value::String(unit) => Ok((unit, Value::Null)),
+        Value::Object(map) if map.len() == 1 => {
+            let Some((event_type, data)) = map.into_iter().next() else {
+                return Err(CodecError::NotAVariant("an empty object".into()));
+            };
+            Ok((event_type, data))
+        }
+        other => Err(CodecError::NotAVariant(other.to_string())),
+    }
+}
+
 /// Encodes a decider's events for the store and decodes them back, upcasting old versions.
 pub struct EventCodec<D: Decider> {
     upcasters: Upcasters,
@@ -163,16 +178,7 @@ impl<D: Decider> EventCodec<D> {
 
     /// The stored type and JSON data of an event.
     pub fn split(event: &D::Event) -> Result<(String, Value), CodecError> {
-        match serde_json::to_value(event).map_err(|e| CodecError::Serialize(e.to_string()))? {
-            Value::String(unit) => Ok((unit, Value::Null)),
-            Value::Object(map) if map.len() == 1 => {
-                let Some((event_type, data)) = map.into_iter().next() else {
-                    return Err(CodecError::NotAVariant("an empty object".into()));
-                };
-                Ok((event_type, data))
-            }
-            other => Err(CodecError::NotAVariant(other.to_string())),
-        }
+        split_variant(event)
     }
 
     /// The event to append, with the context's correlation and causation in its metadata.

@@ -251,29 +251,15 @@ impl<D: Decision> Decisions<D> {
     }
 }
 
-/// The stored type and data of an event of an externally tagged enum.
-pub(crate) fn split<E: Serialize, R: std::error::Error>(
-    event: &E,
-) -> Result<(String, serde_json::Value), DecisionError<R>> {
-    let bad = |reason: String| DecisionError::Codec {
-        position: None,
-        reason,
-    };
-    match serde_json::to_value(event).map_err(|e| bad(e.to_string()))? {
-        serde_json::Value::String(unit) => Ok((unit, serde_json::Value::Null)),
-        serde_json::Value::Object(map) if map.len() == 1 => map
-            .into_iter()
-            .next()
-            .ok_or_else(|| bad("an empty object".into())),
-        other => Err(bad(format!("{other} is not an enum variant"))),
-    }
-}
-
 fn encode<E: Serialize, R: std::error::Error>(
     event: &E,
     context: &CommandContext,
 ) -> Result<NewEvent, DecisionError<R>> {
-    let (event_type, data) = split(event)?;
+    let (event_type, data) =
+        crate::codec::split_variant(event).map_err(|e| DecisionError::Codec {
+            position: None,
+            reason: e.to_string(),
+        })?;
     NewEvent::json(event_type, &data)
         .and_then(|e| e.with_metadata(&context.metadata(1)))
         .map_err(|e| DecisionError::Codec {

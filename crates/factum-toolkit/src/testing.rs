@@ -89,19 +89,13 @@ where
     where
         D::Error: PartialEq,
     {
-        match self.outcome {
-            Ok(events) => panic!("expected rejection '{expected}', got events {events:?}"),
-            Err(error) => assert_eq!(error, expected, "rejected for another reason"),
-        }
+        rejected(self.outcome, expected);
     }
 
     /// Asserts the command was rejected, for a reason the predicate accepts.
     #[track_caller]
     pub fn then_rejected_with(self, accept: impl FnOnce(&D::Error) -> bool) {
-        match self.outcome {
-            Ok(events) => panic!("expected a rejection, got events {events:?}"),
-            Err(error) => assert!(accept(&error), "rejected for another reason: {error}"),
-        }
+        rejected_with(self.outcome, accept);
     }
 }
 
@@ -165,7 +159,7 @@ where
                     .iter()
                     .map(|event| {
                         let tags = self.decision.tags(event);
-                        let event_type = crate::dcb::split::<_, std::convert::Infallible>(event)
+                        let event_type = crate::codec::split_variant(event)
                             .map(|(t, _)| t)
                             .unwrap_or_default();
                         let stream = self.decision.stream(event).unwrap_or_else(|| dcb.clone());
@@ -187,18 +181,31 @@ where
     where
         D::Error: PartialEq,
     {
-        match self.outcome {
-            Ok(events) => panic!("expected rejection '{expected}', got events {events:?}"),
-            Err(error) => assert_eq!(error, expected, "rejected for another reason"),
-        }
+        rejected(self.outcome, expected);
     }
 
     /// Asserts the command was rejected, for a reason the predicate accepts.
     #[track_caller]
     pub fn then_rejected_with(self, accept: impl FnOnce(&D::Error) -> bool) {
-        match self.outcome {
-            Ok(events) => panic!("expected a rejection, got events {events:?}"),
-            Err(error) => assert!(accept(&error), "rejected for another reason: {error}"),
-        }
+        rejected_with(self.outcome, accept);
+    }
+}
+
+#[track_caller]
+fn rejected<E: std::error::Error + PartialEq, V: Debug>(outcome: Result<Vec<V>, E>, expected: E) {
+    match outcome {
+        Ok(events) => panic!("expected rejection '{expected}', got events {events:?}"),
+        Err(error) => assert_eq!(error, expected, "rejected for another reason"),
+    }
+}
+
+#[track_caller]
+fn rejected_with<E: std::error::Error, V: Debug>(
+    outcome: Result<Vec<V>, E>,
+    accept: impl FnOnce(&E) -> bool,
+) {
+    match outcome {
+        Ok(events) => panic!("expected a rejection, got events {events:?}"),
+        Err(error) => assert!(accept(&error), "rejected for another reason: {error}"),
     }
 }

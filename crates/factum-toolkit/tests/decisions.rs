@@ -3,6 +3,7 @@
 //! nothing written; an event the query matches that is not one of the decision's is a codec
 //! error; on the in-memory store, the engine and PostgreSQL.
 #![allow(clippy::unwrap_used)]
+mod backends;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,9 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use factum_core::backend::catalog::WriteRequest;
 use factum_core::{
-    AppendResult, CurrentRevision, DcbAppend, DcbEvent, Direction, EventStore, MemoryStore,
-    NewEvent, Query, QueryRead, RecordedEvent, Shared, StoreError, StreamInfo, StreamMetadata,
-    StreamName,
+    AppendResult, CurrentRevision, DcbAppend, DcbEvent, Direction, EventStore, NewEvent, Query,
+    QueryRead, RecordedEvent, Shared, StoreError, StreamInfo, StreamMetadata, StreamName,
 };
 use factum_toolkit::{CommandContext, Decision, DecisionError, Decisions};
 use serde::{Deserialize, Serialize};
@@ -140,56 +140,9 @@ impl EventStore for Rival {
     }
 }
 
-async fn postgres(name: &str) -> Option<Arc<dyn EventStore>> {
-    let url = std::env::var("FACTUM_TEST_POSTGRES")
-        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into());
-    let schema = format!("decisions_{name}_{}", std::process::id());
-    let (admin, connection) = match factum_pgconnect::PgConnect::parse(&url)
-        .unwrap()
-        .connect()
-        .await
-    {
-        Ok(connected) => connected,
-        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
-            eprintln!("skipping PostgreSQL: {url} is not reachable ({e})");
-            return None;
-        }
-        Err(e) => panic!("PostgreSQL at {url} is needed under CI=true: {e}"),
-    };
-    tokio::spawn(connection);
-    admin
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .await
-        .unwrap();
-    let options = factum_postgres::PgOptions {
-        schema,
-        readers: 2,
-        ..Default::default()
-    };
-    Some(Arc::new(
-        factum_postgres::PgStore::connect(&url, options)
-            .await
-            .unwrap(),
-    ))
-}
-
-async fn stores(name: &str) -> Vec<(&'static str, Arc<dyn EventStore>, Option<tempfile::TempDir>)> {
-    let dir = tempfile::tempdir().unwrap();
-    let engine =
-        factum_engine::Engine::open(dir.path(), factum_engine::EngineOptions::default()).unwrap();
-    let mut all: Vec<(&'static str, Arc<dyn EventStore>, Option<tempfile::TempDir>)> = vec![
-        ("memory", Arc::new(MemoryStore::new()), None),
-        ("engine", Arc::new(engine), Some(dir)),
-    ];
-    if let Some(pg) = postgres(name).await {
-        all.push(("postgres", pg, None));
-    }
-    all
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflict_is_decided_again_on_a_fresh_read_and_attempts_run_out_writing_nothing() {
-    for (kind, inner, _dir) in stores("conflict").await {
+    for (kind, inner, _dir) in backends::all("decisions_conflict").await {
         let rival = Rival {
             inner: inner.clone(),
             interfere: 2,

@@ -1,6 +1,7 @@
 //! Persistent subscription groups: sharing, pinning, retries, parking, replay, restarts, bad
 //! input — on the in-memory store, the engine and PostgreSQL.
 #![allow(clippy::unwrap_used)]
+mod backends;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -16,56 +17,14 @@ use factum_toolkit::{
 use parking_lot::Mutex;
 use uuid::Uuid;
 
-const URL: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
-
-/// PostgreSQL in a fresh schema, or `None` (with the reason printed) where it is not reachable
-/// outside CI; under `CI=true` it must be.
+/// PostgreSQL in a fresh schema of this file's (see [`backends::postgres`]).
 async fn postgres(name: &str) -> Option<Arc<dyn EventStore>> {
-    let url = std::env::var("FACTUM_TEST_POSTGRES").unwrap_or_else(|_| URL.into());
-    let schema = format!("groups_{name}_{}", std::process::id());
-    let admin = match factum_pgconnect::PgConnect::parse(&url)
-        .unwrap()
-        .connect()
-        .await
-    {
-        Ok((client, connection)) => {
-            tokio::spawn(connection);
-            client
-        }
-        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
-            eprintln!("skipping PostgreSQL: {url} is not reachable ({e})");
-            return None;
-        }
-        Err(e) => panic!("PostgreSQL at {url} is needed under CI=true: {e}"),
-    };
-    admin
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .await
-        .unwrap();
-    let options = factum_postgres::PgOptions {
-        schema,
-        readers: 2,
-        ..Default::default()
-    };
-    Some(Arc::new(
-        factum_postgres::PgStore::connect(&url, options)
-            .await
-            .unwrap(),
-    ))
+    backends::postgres(&format!("groups_{name}")).await
 }
 
-/// Every store a check runs on, with the directory that keeps the engine's files.
+/// Every store a check runs on (see [`backends::all`]).
 async fn stores(name: &str) -> Vec<(&'static str, Arc<dyn EventStore>, Option<tempfile::TempDir>)> {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
-    let mut all: Vec<(&'static str, Arc<dyn EventStore>, Option<tempfile::TempDir>)> = vec![
-        ("memory", Arc::new(MemoryStore::new()), None),
-        ("engine", Arc::new(engine), Some(dir)),
-    ];
-    if let Some(pg) = postgres(name).await {
-        all.push(("postgres", pg, None));
-    }
-    all
+    backends::all(&format!("groups_{name}")).await
 }
 
 async fn append(store: &dyn EventStore, stream: &str, n: usize) -> Vec<Uuid> {
@@ -900,7 +859,7 @@ async fn many_messages_acked_in_batches_reach_each_one_consumer_once() {
 /// acknowledged does not come again, what was not comes as retries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_whose_claim_is_lost_stops_and_another_process_takes_it_over() {
-    let url = std::env::var("FACTUM_TEST_POSTGRES").unwrap_or_else(|_| URL.into());
+    let url = backends::url();
     let Some(first) = postgres("claim_lost").await else {
         return;
     };

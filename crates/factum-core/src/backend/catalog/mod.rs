@@ -24,7 +24,10 @@ use crate::{
     StoreError, StreamMetadata, StreamName,
 };
 
-pub use plan::{append_result, changes_of, idempotency_window, import_plan, plan, push_changes};
+pub use plan::{
+    append_result, changes_of, dcb_retry_starts, idempotency_window, import_plan, plan,
+    push_changes,
+};
 pub use read::{read_on_after_age, read_range, visible_by_age};
 pub use state::Catalog;
 pub use view::CommittedLog;

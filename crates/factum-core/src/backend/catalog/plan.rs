@@ -293,27 +293,14 @@ fn dcb_already_written(
         return Ok(None);
     };
     let count = append.events.len() as u64;
-    let mut starts = Vec::new();
-    if view.summary(&last.stream).last_id == Some(last.event.id)
-        && let Some(end) = view.last_position(&last.stream)
-        && end + 1 >= count
-    {
-        starts.push(end + 1 - count);
-    }
-    if let Some(condition) = &append.condition
-        && let Some(found) = view.first_match(&condition.fail_if_events_match, condition.after)?
-    {
-        // The first of its events that matches the query is at `found`.
-        if let Some(offset) = append.events.iter().position(|e| {
-            condition
-                .fail_if_events_match
-                .matches(&e.stream, &e.event.event_type, &e.event.tags)
-        }) && found >= offset as u64
-        {
-            starts.push(found - offset as u64);
-        }
-    }
-    'start: for start in starts {
+    let tail = view
+        .last_position(&last.stream)
+        .map(|end| (view.summary(&last.stream).last_id, end));
+    let found = match &append.condition {
+        Some(condition) => view.first_match(&condition.fail_if_events_match, condition.after)?,
+        None => None,
+    };
+    'start: for start in dcb_retry_starts(append, tail, found) {
         if view.id_at_position(start)? != Some(first.event.id) {
             continue;
         }
@@ -329,6 +316,39 @@ fn dcb_already_written(
         }));
     }
     Ok(None)
+}
+
+/// Where a DCB append's events may already be written, by an earlier try of it: its first
+/// event's position in each case. `tail` is the last id and position of its last event's
+/// stream (its events may be the last of that stream); `first_match` the first event after the
+/// condition's position that matches its query (its events may be where the condition now
+/// fails). A backend that loads ids for the comparison ([`plan`]) loads those from these
+/// positions on, as many as the append has events.
+pub fn dcb_retry_starts(
+    append: &crate::DcbAppend,
+    tail: Option<(Option<Uuid>, u64)>,
+    first_match: Option<u64>,
+) -> Vec<u64> {
+    let count = append.events.len() as u64;
+    let mut starts = Vec::new();
+    if let (Some(last), Some((last_id, end))) = (append.events.last(), tail)
+        && last_id == Some(last.event.id)
+        && end + 1 >= count
+    {
+        starts.push(end + 1 - count);
+    }
+    if let (Some(condition), Some(found)) = (&append.condition, first_match)
+        // The first of its events that matches the query is at `found`.
+        && let Some(offset) = append.events.iter().position(|e| {
+            condition
+                .fail_if_events_match
+                .matches(&e.stream, &e.event.event_type, &e.event.tags)
+        })
+        && found >= offset as u64
+    {
+        starts.push(found - offset as u64);
+    }
+    starts
 }
 
 fn system_record(
