@@ -91,6 +91,9 @@ pub enum StoreError {
     /// The store was closed.
     #[error("the store is closed")]
     Closed,
+    /// This store does not offer the operation (for instance scavenging the in-memory store).
+    #[error("{0} is not supported by this store")]
+    Unsupported(String),
     /// An operating-system I/O error.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

@@ -30,6 +30,7 @@ pub mod dcb;
 mod error;
 mod event;
 mod memory;
+mod scavenge;
 mod store;
 mod stream;
 mod subscription;
@@ -39,6 +40,9 @@ pub use dcb::{AppendCondition, DcbAppend, DcbEvent, Query, QueryItem, QueryRead}
 pub use error::StoreError;
 pub use event::{ContentType, NewEvent, RecordedEvent, now_micros};
 pub use memory::MemoryStore;
+pub use scavenge::{
+    CHECKPOINT_PREFIX, ScavengeOptions, ScavengeReport, checkpoint_bound, hidden_for_good,
+};
 pub use store::{
     AppendOptions, AppendResult, Checkpoint, Direction, EventStore, IntoStore, Shared, StreamInfo,
 };

@@ -40,10 +40,10 @@ struct Committed<'a> {
 }
 
 impl CommittedLog for Committed<'_> {
-    fn id_at(&self, position: u64) -> Result<uuid::Uuid, StoreError> {
+    fn id_at(&self, position: u64) -> Result<Option<uuid::Uuid>, StoreError> {
         self.log
             .get(position as usize)
-            .map(|e| e.id)
+            .map(|e| Some(e.id))
             .ok_or_else(|| StoreError::invalid(format!("no event at {position}")))
     }
 

@@ -70,7 +70,9 @@ pub struct StreamInfo {
 /// passes the same conformance suite (`factum::backend::testkit`).
 ///
 /// Reads of `$all` and of streams take a start that is *inclusive*; `u64::MAX` read backwards
-/// means "from the end". Positions are dense: 0, 1, 2, …
+/// means "from the end". Positions increase with every record: 0, 1, 2, … A position whose
+/// event a scavenge removed stays taken and is never given again, so a read of `$all` skips it
+/// (pages are still full while more events follow); see [`EventStore::scavenge`].
 ///
 /// A backend implements the reads, [`EventStore::write`] (through which every append,
 /// metadata, delete, tombstone and checkpoint reaches it, planned by the rules of
@@ -295,6 +297,20 @@ pub trait EventStore: Send + Sync + Shared {
     /// in-memory store). Processors, relays and saga managers claim their checkpoint's name
     /// before they work, so that a second copy waits instead of doing the work twice.
     async fn claim(&self, name: &str) -> Result<Option<Claim>, StoreError>;
+
+    /// Removes the events hidden for good (see [`hidden_for_good`](crate::hidden_for_good))
+    /// below `options.below`, while reads and appends go on. Positions and revisions stay what
+    /// they are; a read never returns a removed event again, whatever the metadata says later.
+    /// `progress` gets (work done, work in all), in the backend's units. Stores that cannot
+    /// scavenge answer [`StoreError::Unsupported`] and change nothing.
+    async fn scavenge(
+        &self,
+        options: crate::ScavengeOptions,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<crate::ScavengeReport, StoreError> {
+        let _ = (options, progress);
+        Err(StoreError::Unsupported("scavenging".into()))
+    }
 }
 
 /// A shared handle to the store: what a subscription keeps, and what the toolkit's runners

@@ -189,6 +189,11 @@ impl Subscription {
                     .read_all(*next_position, Direction::Forwards, self.batch_size)
                     .await?;
                 let Some(last) = events.last() else {
+                    // Nothing below the head but removed events (a scavenge took them): the
+                    // subscription is past them.
+                    if head != u64::MAX {
+                        *next_position = head;
+                    }
                     return Ok(false);
                 };
                 *next_position = last.position + 1;

@@ -35,6 +35,7 @@
 
 mod index;
 mod log;
+mod scavenge;
 mod verify;
 mod writer;
 
@@ -45,18 +46,18 @@ use std::sync::mpsc::{self, Sender};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
-use factum_core::backend::catalog::{self, WriteRequest};
+use factum_core::backend::catalog::{self, GONE, WriteRequest};
 use factum_core::backend::{Job, LocalClaims, Reply, read_visible, validate_import};
 use factum_core::{
-    AppendResult, Claim, CurrentRevision, Direction, EventStore, RecordedEvent, StoreError,
-    StreamInfo, StreamMetadata, StreamName,
+    AppendResult, Claim, CurrentRevision, Direction, EventStore, RecordedEvent, ScavengeOptions,
+    ScavengeReport, StoreError, StreamInfo, StreamMetadata, StreamName,
 };
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{oneshot, watch};
 
 use index::{Index, IndexedUpTo};
 use log::recovery::{self, Start};
-use log::{SegmentWriter, Segments, format::SEGMENT_HEADER_BYTES, pack};
+use log::{SegmentWriter, Segments, Snapshot, format::SEGMENT_HEADER_BYTES, pack};
 pub use verify::VerifyReport;
 use writer::Writer;
 
@@ -86,6 +87,8 @@ pub(crate) struct Shared {
     segments: Segments,
     head: watch::Sender<u64>,
     poisoned: Mutex<Option<String>>,
+    /// Held by a scavenge, and by a verification, which must not see a segment replaced.
+    scavenging: Mutex<()>,
 }
 
 struct WriterHandle {
@@ -235,10 +238,13 @@ impl Engine {
         index
             .locations
             .reserve((most_events.saturating_sub(loaded)) as usize);
+        // Both callbacks below write the index, one at a time.
+        let replayed = std::cell::RefCell::new(&mut index);
         let end = recovery::replay(
             &segments,
             start,
             |segment, offset, position, record| {
+                let index = &mut **replayed.borrow_mut();
                 debug_assert_eq!(index.locations.len() as u64, position);
                 index.locations.push(pack(segment.number, offset));
                 let fits = |e: StoreError| {
@@ -269,6 +275,14 @@ impl Engine {
                     index.catalog.apply(change).map_err(fits)?;
                 }
                 Ok(())
+            },
+            |first, count| {
+                let index = &mut **replayed.borrow_mut();
+                debug_assert_eq!(index.locations.len() as u64, first);
+                index
+                    .locations
+                    .resize(index.locations.len() + count as usize, GONE);
+                index.tags.advance(first + u64::from(count));
             },
             |_| {},
         )?;
@@ -302,6 +316,7 @@ impl Engine {
             ),
             head: watch::channel(end.next_position).0,
             poisoned: Mutex::new(None),
+            scavenging: Mutex::new(()),
         });
         let mut writer = Writer {
             shared: shared.clone(),
@@ -395,18 +410,41 @@ impl Engine {
         verify::verify(&self.inner.shared, progress)
     }
 
-    fn locations(&self, positions: impl Iterator<Item = u64>) -> Vec<(u64, u64)> {
+    /// The locations of the events of `$all` from `from` on in `direction` below `head`, at
+    /// most `limit` of them, skipping positions whose events a scavenge removed; with the
+    /// segments they are offsets in.
+    fn all_locations(
+        &self,
+        from: u64,
+        direction: Direction,
+        limit: usize,
+        head: u64,
+    ) -> (Vec<(u64, u64)>, Snapshot) {
         let index = self.inner.shared.index.read();
-        positions
-            .filter_map(|p| index.locations.get(p as usize).map(|l| (p, *l)))
-            .collect()
+        let head = head.min(index.locations.len() as u64);
+        let located = |p: u64| {
+            index
+                .locations
+                .get(p as usize)
+                .filter(|l| **l != GONE)
+                .map(|l| (p, *l))
+        };
+        let found: Vec<(u64, u64)> = match direction {
+            Direction::Forwards => (from..head).filter_map(located).take(limit).collect(),
+            Direction::Backwards => (0..head.min(from.saturating_add(1)))
+                .rev()
+                .filter_map(located)
+                .take(limit)
+                .collect(),
+        };
+        (found, self.inner.shared.segments.snapshot())
     }
 
-    /// Reads the events at `locations`: consecutive positions in large chunks, others
-    /// `scattered_chunk` bytes at a time.
+    /// Reads the events at `locations` (found with `segments`): consecutive positions in large
+    /// chunks, others `scattered_chunk` bytes at a time.
     async fn read_located(
         &self,
-        locations: Vec<(u64, u64)>,
+        (locations, segments): (Vec<(u64, u64)>, Snapshot),
         scattered_chunk: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let consecutive = locations
@@ -421,7 +459,6 @@ impl Engine {
         // hands its other tasks off while it reads (the events stay on the thread that
         // allocated them, which keeps the allocator fast); elsewhere they go to the blocking
         // pool.
-        let segments = &self.inner.shared.segments;
         if locations.len() <= 256 {
             return segments.read_events(&locations, chunk_bytes);
         }
@@ -430,12 +467,9 @@ impl Engine {
                 tokio::task::block_in_place(|| segments.read_events(&locations, chunk_bytes))
             }
             Ok(_) => {
-                let shared = self.inner.shared.clone();
-                tokio::task::spawn_blocking(move || {
-                    shared.segments.read_events(&locations, chunk_bytes)
-                })
-                .await
-                .map_err(|e| StoreError::invalid(format!("read task failed: {e}")))?
+                tokio::task::spawn_blocking(move || segments.read_events(&locations, chunk_bytes))
+                    .await
+                    .map_err(|e| StoreError::invalid(format!("read task failed: {e}")))?
             }
             Err(_) => segments.read_events(&locations, chunk_bytes),
         }
@@ -447,12 +481,9 @@ impl Engine {
         from_position: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let end = from_position.saturating_add(limit as u64);
-        let locations = self.locations(from_position..end);
-        self.inner
-            .shared
-            .segments
-            .read_events(&locations, log::SEQUENTIAL_CHUNK_BYTES)
+        let (locations, segments) =
+            self.all_locations(from_position, Direction::Forwards, limit, u64::MAX);
+        segments.read_events(&locations, log::SEQUENTIAL_CHUNK_BYTES)
     }
 
     fn stop_if_poisoned(&self) -> Result<(), StoreError> {
@@ -485,7 +516,10 @@ impl EventStore for Engine {
                     .into_iter()
                     .filter_map(|p| index.locations.get(p as usize).map(|l| (p, *l)))
                     .collect();
-                (locations, index.catalog.max_age_secs(stream))
+                (
+                    (locations, self.inner.shared.segments.snapshot()),
+                    index.catalog.max_age_secs(stream),
+                )
             };
             Ok((
                 self.read_located(locations, log::SCATTERED_CHUNK_BYTES)
@@ -503,32 +537,17 @@ impl EventStore for Engine {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let head = self.head();
-        let locations = match direction {
-            Direction::Forwards => {
-                let end = from_position.saturating_add(limit as u64).min(head);
-                self.locations(from_position..end)
-            }
-            Direction::Backwards => {
-                if head == 0 {
-                    return Ok(Vec::new());
-                }
-                let top = from_position.min(head - 1);
-                let bottom = (top + 1).saturating_sub(limit as u64);
-                let mut located = self.locations(bottom..top + 1);
-                located.reverse();
-                located
-            }
-        };
+        let (locations, segments) = self.all_locations(from_position, direction, limit, head);
         let mut events = if direction == Direction::Backwards {
             let mut forwards: Vec<_> = locations.into_iter().rev().collect();
             forwards.shrink_to_fit();
             let mut events = self
-                .read_located(forwards, log::SEQUENTIAL_CHUNK_BYTES)
+                .read_located((forwards, segments), log::SEQUENTIAL_CHUNK_BYTES)
                 .await?;
             events.reverse();
             events
         } else {
-            self.read_located(locations, log::SEQUENTIAL_CHUNK_BYTES)
+            self.read_located((locations, segments), log::SEQUENTIAL_CHUNK_BYTES)
                 .await?
         };
         events.truncate(limit);
@@ -545,14 +564,16 @@ impl EventStore for Engine {
         query.validate()?;
         // The head first: every position below it is in the index.
         let end = self.head();
-        let locations: Vec<(u64, u64)> = {
+        let locations = {
             let index = self.inner.shared.index.read();
-            index
+            let located: Vec<(u64, u64)> = index
                 .tags
                 .query(query, after, end, direction, limit)
                 .into_iter()
                 .filter_map(|p| index.locations.get(p as usize).map(|l| (p, *l)))
-                .collect()
+                .filter(|(_, l)| *l != GONE)
+                .collect();
+            (located, self.inner.shared.segments.snapshot())
         };
         Ok(factum_core::QueryRead {
             events: self
@@ -602,5 +623,24 @@ impl EventStore for Engine {
 
     async fn claim(&self, name: &str) -> Result<Option<Claim>, StoreError> {
         self.inner.claims.try_claim(name)
+    }
+
+    async fn scavenge(
+        &self,
+        options: ScavengeOptions,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<ScavengeReport, StoreError> {
+        self.stop_if_poisoned()?;
+        if self.inner.writer.lock().is_none() {
+            return Err(StoreError::Closed);
+        }
+        let shared = &self.inner.shared;
+        // Long reads and writes of files: off the async workers where the runtime allows.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                tokio::task::block_in_place(|| scavenge::scavenge(shared, &options, progress))
+            }
+            _ => scavenge::scavenge(shared, &options, progress),
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! is rebuilt from the records read and compared).
 
 use factum_core::StoreError;
+use factum_core::backend::catalog::GONE;
 use factum_core::backend::tag_index::TagIndex;
 
 use crate::Shared;
@@ -18,6 +19,8 @@ pub struct VerifyReport {
     pub frames: u64,
     /// Events read.
     pub events: u64,
+    /// Positions whose events a scavenge removed.
+    pub removed: u64,
     /// Bytes read.
     pub bytes: u64,
 }
@@ -26,6 +29,8 @@ pub(crate) fn verify(
     shared: &Shared,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<VerifyReport, StoreError> {
+    // A scavenge replaces segments: verification waits for it and keeps it out.
+    let _scavenge = shared.scavenging.lock();
     // Only what was durable when verification began is checked; later appends are not.
     let head = *shared.head.borrow();
     let segments = shared.segments.all();
@@ -52,6 +57,20 @@ pub(crate) fn verify(
             frame.expect_first_position(segment, next_position)?;
             let records = frame.records(segment)?;
             let index = shared.index.read();
+            if frame.header.is_gap() {
+                // Positions a scavenge removed: the index must know them as removed.
+                let first = frame.header.first_position;
+                for position in first..first + u64::from(frame.header.count) {
+                    if index.locations.get(position as usize) != Some(&GONE) {
+                        return Err(segment.corrupted(
+                            frame.offset,
+                            format!("the index has an event at position {position}, which the log removed"),
+                        ));
+                    }
+                }
+                tags.advance(first + u64::from(frame.header.count));
+                report.removed += u64::from(frame.header.count);
+            }
             for (offset, event) in records {
                 let indexed = index.locations.get(event.position as usize).copied();
                 if indexed != Some(pack(segment.number, offset)) {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 
 use factum_core::backend::catalog::{
-    self, Change, CommittedLog, Overlay, Plan, PlannedRecord, WriteKind,
+    self, Change, CommittedLog, GONE, Overlay, Plan, PlannedRecord, WriteKind,
 };
 use factum_core::backend::{Job, Reply, group};
 use factum_core::{AppendResult, StoreError, now_micros};
@@ -420,13 +420,16 @@ struct Committed<'a> {
 }
 
 impl CommittedLog for Committed<'_> {
-    fn id_at(&self, position: u64) -> Result<uuid::Uuid, StoreError> {
+    fn id_at(&self, position: u64) -> Result<Option<uuid::Uuid>, StoreError> {
         let location = self
             .index
             .locations
             .get(position as usize)
             .ok_or_else(|| StoreError::invalid(format!("no event at {position}")))?;
-        self.segments.read_id(*location)
+        if *location == GONE {
+            return Ok(None);
+        }
+        self.segments.read_id(*location).map(Some)
     }
 
     fn next_position(&self) -> u64 {

@@ -79,11 +79,11 @@ impl View for &Committed {
             .unwrap_or_default()
     }
 
-    fn id_at(&self, stream: &StreamName, revision: u64) -> Result<Uuid, StoreError> {
+    fn id_at(&self, stream: &StreamName, revision: u64) -> Result<Option<Uuid>, StoreError> {
         // Only the revisions `windows` names are loaded, and only those are asked for.
         self.events
             .get(&(stream.clone(), revision))
-            .map(|(id, _)| *id)
+            .map(|(id, _)| Some(*id))
             .ok_or_else(|| {
                 StoreError::invalid(format!("revision {revision} of '{stream}' was not loaded"))
             })

@@ -225,6 +225,50 @@ impl TagIndex {
         Ok(())
     }
 
+    /// Moves past positions that hold no record (scavenging removed them): the next position
+    /// added may be `next` or later.
+    pub fn advance(&mut self, next: u64) {
+        self.next = self.next.max(next);
+    }
+
+    /// Forgets the positions `gone` (sorted, ascending): scavenging removed their events. Every
+    /// list that holds one is built again without them.
+    pub fn remove(&mut self, gone: &[u64]) {
+        if gone.is_empty() {
+            return;
+        }
+        // Both lists are sorted: one walk of each tells what stays.
+        fn kept(list: impl Iterator<Item = u64>, gone: &[u64]) -> (Vec<u64>, bool) {
+            let mut kept = Vec::new();
+            let mut removed = false;
+            let mut g = 0;
+            for p in list {
+                while gone.get(g).is_some_and(|x| *x < p) {
+                    g += 1;
+                }
+                if gone.get(g) == Some(&p) {
+                    removed = true;
+                } else {
+                    kept.push(p);
+                }
+            }
+            (kept, removed)
+        }
+        for lists in [&mut self.tags, &mut self.types] {
+            lists.retain(|_, list| {
+                let (positions, removed) = kept(list.iter(), gone);
+                if removed {
+                    let mut rebuilt = Postings::default();
+                    positions.into_iter().for_each(|p| rebuilt.push(p));
+                    rebuilt.shrink_to_fit();
+                    *list = rebuilt;
+                }
+                !list.is_empty()
+            });
+        }
+        self.system = kept(self.system.iter().copied(), gone).0;
+    }
+
     /// Gives back the room the lists grew into (after a replay of the log).
     pub fn shrink_to_fit(&mut self) {
         for lists in [&mut self.tags, &mut self.types] {
@@ -618,6 +662,20 @@ mod tests {
                 again.add(p as u64, stream.is_system(), &e.event_type, &e.tags).unwrap();
             }
             prop_assert_eq!(&again, &index);
+            // Positions removed (scavenged): the same as an index that never had them.
+            let gone: Vec<u64> = (0..events.len() as u64).filter(|p| p % 3 == to % 3).collect();
+            let mut removed = index.clone();
+            removed.remove(&gone);
+            let mut without = TagIndex::new();
+            for (p, e) in events.iter().enumerate() {
+                if gone.contains(&(p as u64)) {
+                    continue;
+                }
+                let stream = if e.system { &system } else { &user };
+                without.add(p as u64, stream.is_system(), &e.event_type, &e.tags).unwrap();
+            }
+            without.advance(events.len() as u64);
+            prop_assert_eq!(&removed, &without);
         }
     }
 

@@ -4,7 +4,7 @@
 //! segment   = header(32) frame*
 //! header    = magic "FACTUMLG" | version u32 | segment u32 | first_position u64 | crc u32 | zero u32
 //! frame     = magic u32 | body_len u32 | first_position u64 | count u32 | crc u32 | body
-//! body      = record{count}
+//! body      = record{count}   (empty with count > 0: a gap frame, positions a scavenge removed)
 //! record    = len u32 | crc u32 | revision u64 | recorded_at_us u64 | id [16] | content u8 |
 //!             flags u8 | stream_len u16 | type_len u16 | tags_len u16 | data_len u32 |
 //!             metadata_len u32 | stream | type | data | metadata | tags
@@ -181,6 +181,23 @@ impl FrameHeader {
     pub fn total_len(&self) -> usize {
         FRAME_HEADER_BYTES + self.body_len as usize
     }
+
+    /// A gap frame: `count` positions whose events a scavenge removed, and no body. Its
+    /// positions stay taken; no record is read from it.
+    pub fn is_gap(&self) -> bool {
+        self.body_len == 0 && self.count > 0
+    }
+}
+
+/// Appends a gap frame for the `count` positions from `first_position` (see
+/// [`FrameHeader::is_gap`]).
+pub fn encode_gap(buf: &mut Vec<u8>, first_position: u64, count: u32) {
+    let crc = FrameHeader::checksum(0, first_position, count, &[]);
+    buf.extend_from_slice(&FRAME_MAGIC.to_le_bytes());
+    buf.extend_from_slice(&0u32.to_le_bytes());
+    buf.extend_from_slice(&first_position.to_le_bytes());
+    buf.extend_from_slice(&count.to_le_bytes());
+    buf.extend_from_slice(&crc.to_le_bytes());
 }
 
 /// Builds frames into a buffer; remembers where each record starts.
@@ -256,6 +273,15 @@ impl FrameBuilder {
             slot.copy_from_slice(&crc.to_le_bytes());
         }
         debug_assert!(record_id(buf.get(at..).unwrap_or_default()).is_ok());
+        self.count += 1;
+        at
+    }
+
+    /// Appends a record as it was read from another frame (its bytes, checksum included);
+    /// returns its offset inside `buf`.
+    pub fn push_raw(&mut self, buf: &mut Vec<u8>, record: &[u8]) -> usize {
+        let at = buf.len();
+        buf.extend_from_slice(record);
         self.count += 1;
         at
     }

@@ -29,6 +29,9 @@ pub fn unpack(location: u64) -> (u32, u64) {
     ((location >> 40) as u32, location & ((1 << 40) - 1))
 }
 
+/// What a segment being rewritten by a scavenge is called until it is renamed into place.
+pub const SCAVENGE_SUFFIX: &str = ".seg.scavenge";
+
 /// The path of a segment file.
 pub fn segment_path(log_dir: &Path, segment: u32) -> PathBuf {
     log_dir.join(format!("{segment:010}.seg"))
@@ -147,26 +150,57 @@ impl Segments {
         }
     }
 
+    pub fn all(&self) -> Vec<Arc<Segment>> {
+        self.list.read().clone()
+    }
+
+    /// The segments as they are now. Take it under the index's lock together with the
+    /// locations to read: a scavenge replaces a segment (under the index's write lock), and a
+    /// location found before is an offset in the file it was found with.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            log_dir: self.log_dir.clone(),
+            list: self.all(),
+        }
+    }
+
+    pub fn push(&self, segment: Segment) {
+        self.list.write().push(Arc::new(segment));
+    }
+
+    /// Puts a rewritten segment in place of the one with its number (a scavenge, under the
+    /// index's write lock). Readers holding the old one finish on the old file.
+    pub fn replace(&self, segment: Segment) {
+        let mut list = self.list.write();
+        if let Some(slot) = list.iter_mut().find(|s| s.number == segment.number) {
+            *slot = Arc::new(segment);
+        }
+    }
+
+    /// The id of the record at a location, checksum checked.
+    pub fn read_id(&self, location: u64) -> Result<uuid::Uuid, StoreError> {
+        self.snapshot().read_id(location)
+    }
+}
+
+/// The segments as they were when a read found its locations (see [`Segments::snapshot`]).
+pub struct Snapshot {
+    log_dir: PathBuf,
+    list: Vec<Arc<Segment>>,
+}
+
+impl Snapshot {
     pub fn get(&self, number: u32) -> Result<Arc<Segment>, StoreError> {
-        let list = self.list.read();
-        let first = list.first().map_or(0, |s| s.number);
+        let first = self.list.first().map_or(0, |s| s.number);
         number
             .checked_sub(first)
-            .and_then(|i| list.get(i as usize))
+            .and_then(|i| self.list.get(i as usize))
             .cloned()
             .ok_or_else(|| StoreError::Corrupted {
                 file: segment_path(&self.log_dir, number),
                 offset: 0,
                 reason: "the index points into a segment that does not exist".into(),
             })
-    }
-
-    pub fn all(&self) -> Vec<Arc<Segment>> {
-        self.list.read().clone()
-    }
-
-    pub fn push(&self, segment: Segment) {
-        self.list.write().push(Arc::new(segment));
     }
 
     /// Reads the events at the given (position, location) pairs, checking every record's
@@ -322,6 +356,9 @@ impl Frame {
         segment: &Segment,
         mut visit: impl FnMut(u64, u64, format::RecordView<'_>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        if self.header.is_gap() {
+            return Ok(());
+        }
         let mut at = FRAME_HEADER_BYTES;
         for i in 0..self.header.count {
             let offset = self.offset + at as u64;
@@ -347,6 +384,9 @@ impl Frame {
 
     /// Offsets (in the file) and decoded records of the frame, checksums checked.
     pub fn records(&self, segment: &Segment) -> Result<Vec<(u64, RecordedEvent)>, StoreError> {
+        if self.header.is_gap() {
+            return Ok(Vec::new());
+        }
         let mut records = Vec::with_capacity(self.header.count as usize);
         let mut at = FRAME_HEADER_BYTES;
         for i in 0..self.header.count {

@@ -40,6 +40,12 @@ pub fn open_segments(log_dir: &Path) -> Result<(Vec<(Segment, u64)>, u64), Store
     for entry in std::fs::read_dir(log_dir)? {
         let name = entry?.file_name();
         let Some(name) = name.to_str() else { continue };
+        if name.ends_with(super::SCAVENGE_SUFFIX) {
+            // A segment a scavenge was writing when it stopped: the original is still in place.
+            warn!(file = name, "removing an unfinished scavenge's segment");
+            std::fs::remove_file(log_dir.join(name))?;
+            continue;
+        }
         if let Some(number) = name
             .strip_suffix(".seg")
             .and_then(|n| n.parse::<u32>().ok())
@@ -89,11 +95,13 @@ pub fn open_segments(log_dir: &Path) -> Result<(Vec<(Segment, u64)>, u64), Store
 }
 
 /// Replays every frame from `start` to the end of the log, handing each record (with the file
-/// offset where it starts and its position) to `apply`. Cuts a torn tail off the last segment.
+/// offset where it starts and its position) to `apply`, and each gap frame's first position
+/// and count (positions a scavenge removed) to `gap`. Cuts a torn tail off the last segment.
 pub fn replay(
     segments: &[(Segment, u64)],
     start: Start,
     mut apply: impl FnMut(&Segment, u64, u64, super::format::RecordView<'_>) -> Result<(), StoreError>,
+    mut gap: impl FnMut(u64, u32),
     mut progress: impl FnMut(u64),
 ) -> Result<End, StoreError> {
     let mut next_position = start.next_position;
@@ -143,6 +151,9 @@ pub fn replay(
                 Ok(None) => break,
                 Ok(Some(frame)) => {
                     frame.expect_first_position(segment, next_position)?;
+                    if frame.header.is_gap() {
+                        gap(next_position, frame.header.count);
+                    }
                     frame.visit_records(segment, |offset, position, record| {
                         apply(segment, offset, position, record)
                     })?;

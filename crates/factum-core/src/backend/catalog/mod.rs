@@ -67,10 +67,18 @@ impl StreamSummary {
     }
 }
 
+/// Where [`StreamState::positions`] (and the engine's record locations) hold the place of an
+/// event that scavenging removed: its revision and position stay taken, its record is gone.
+pub const GONE: u64 = u64::MAX;
+
+/// The most revisions a replay fills in as removed before one record: a stream cannot have
+/// more events than the log has positions, so a larger jump is damage, not scavenging.
+const GAP_REVISIONS_MAX: u64 = 1 << 40;
+
 /// Everything a backend knows of one stream.
 #[derive(Clone, Debug, Default)]
 pub struct StreamState {
-    /// `positions[r]` is the position of revision `r`.
+    /// `positions[r]` is the position of revision `r`, or [`GONE`] when scavenging removed it.
     pub positions: Vec<u64>,
     /// Revisions below this were soft-deleted.
     pub deleted_before: u64,
@@ -84,7 +92,13 @@ pub struct StreamState {
 
 impl StreamState {
     /// Records the stream's next event; revisions must arrive in order.
+    /// A revision past the next one follows revisions that scavenging removed (a replay of a
+    /// scavenged log): their places are kept as [`GONE`].
     fn record(&mut self, revision: u64, position: u64, id: Uuid) -> Result<(), StoreError> {
+        let len = self.positions.len() as u64;
+        if revision > len && revision - len <= GAP_REVISIONS_MAX {
+            self.positions.resize(revision as usize, GONE);
+        }
         if revision != self.positions.len() as u64 {
             return Err(StoreError::invalid(format!(
                 "record at position {position} has revision {revision}, expected {}",
@@ -92,7 +106,11 @@ impl StreamState {
             )));
         }
         debug_assert!(
-            self.positions.last().is_none_or(|last| *last < position),
+            self.positions
+                .iter()
+                .rev()
+                .find(|p| **p != GONE)
+                .is_none_or(|last| *last < position),
             "a stream's positions strictly increase: {position} after {:?}",
             self.positions.last()
         );
@@ -269,8 +287,8 @@ pub enum Change {
 pub trait View {
     /// The summary of a stream (default when it was never written).
     fn summary(&self, stream: &StreamName) -> StreamSummary;
-    /// The id of the event at a revision of a stream.
-    fn id_at(&self, stream: &StreamName, revision: u64) -> Result<Uuid, StoreError>;
+    /// The id of the event at a revision of a stream; `None` when scavenging removed it.
+    fn id_at(&self, stream: &StreamName, revision: u64) -> Result<Option<Uuid>, StoreError>;
     /// A consumer's last checkpoint.
     fn checkpoint(&self, consumer: &str) -> Option<u64>;
     /// The position the next record gets (committed ones and those planned before).

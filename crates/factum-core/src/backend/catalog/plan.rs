@@ -410,7 +410,7 @@ fn idempotent(
         return Ok(None);
     }
     for (revision, event) in window.clone().zip(events) {
-        if view.id_at(stream, revision)? != event.id {
+        if view.id_at(stream, revision)? != Some(event.id) {
             return Ok(None);
         }
     }

@@ -106,6 +106,11 @@ impl Catalog {
         self.state(stream.as_str())
     }
 
+    /// A stream's state by its name as a string (no allocation).
+    pub fn stream_named(&self, stream: &str) -> Option<&StreamState> {
+        self.state(stream)
+    }
+
     /// A consumer's checkpoint.
     pub fn checkpoint(&self, consumer: &str) -> Option<u64> {
         self.checkpoints.get(consumer).copied()
@@ -124,6 +129,17 @@ impl Catalog {
     /// All checkpoints.
     pub fn checkpoints(&self) -> impl Iterator<Item = (&String, &u64)> {
         self.checkpoints.iter()
+    }
+
+    /// Marks revision `revision` of `stream` as removed by a scavenge ([`GONE`](super::GONE)):
+    /// reads skip it, its revision stays taken.
+    pub fn mark_gone(&mut self, stream: &str, revision: u64) {
+        if let Some(slot) = self.slots.get(stream)
+            && let Some((_, state)) = self.streams.get_mut(*slot as usize)
+            && let Some(position) = state.positions.get_mut(revision as usize)
+        {
+            *position = super::GONE;
+        }
     }
 
     /// Restores a stream's state wholesale (used when loading a persisted index).
@@ -174,8 +190,9 @@ impl Catalog {
             Direction::Backwards => Box::new(range.rev()),
         };
         Ok(revisions
-            .take(limit)
             .filter_map(|revision| state.positions.get(revision as usize).copied())
+            .filter(|position| *position != super::GONE)
+            .take(limit)
             .collect())
     }
 

@@ -10,8 +10,8 @@ use crate::{Query, StoreError, StreamName};
 
 /// What a [`CatalogView`] needs of the committed log besides the catalog.
 pub trait CommittedLog {
-    /// The id of the committed event at a position.
-    fn id_at(&self, position: u64) -> Result<Uuid, StoreError>;
+    /// The id of the committed event at a position; `None` when scavenging removed it.
+    fn id_at(&self, position: u64) -> Result<Option<Uuid>, StoreError>;
     /// The position after the last committed record.
     fn next_position(&self) -> u64;
     /// The first committed position after `after` of an event matching `query`.
@@ -32,13 +32,16 @@ impl<L: CommittedLog> View for CatalogView<'_, L> {
             .unwrap_or_default()
     }
 
-    fn id_at(&self, stream: &StreamName, revision: u64) -> Result<Uuid, StoreError> {
+    fn id_at(&self, stream: &StreamName, revision: u64) -> Result<Option<Uuid>, StoreError> {
         let position = self
             .catalog
             .stream(stream)
             .and_then(|s| s.positions.get(revision as usize))
             .copied()
             .ok_or_else(|| StoreError::NotFound(stream.to_string()))?;
+        if position == super::GONE {
+            return Ok(None);
+        }
         self.log.id_at(position)
     }
 
@@ -58,7 +61,7 @@ impl<L: CommittedLog> View for CatalogView<'_, L> {
         if position >= self.log.next_position() {
             return Ok(None);
         }
-        self.log.id_at(position).map(Some)
+        self.log.id_at(position)
     }
 
     fn first_match(&self, query: &Query, after: Option<u64>) -> Result<Option<u64>, StoreError> {
@@ -187,7 +190,7 @@ impl<B: View> View for Overlay<B> {
         }
     }
 
-    fn id_at(&self, stream: &StreamName, revision: u64) -> Result<Uuid, StoreError> {
+    fn id_at(&self, stream: &StreamName, revision: u64) -> Result<Option<Uuid>, StoreError> {
         let committed_len = self.base.summary(stream).next_revision;
         if revision < committed_len {
             return self.base.id_at(stream, revision);
@@ -196,6 +199,7 @@ impl<B: View> View for Overlay<B> {
             .get(stream)
             .and_then(|(_, pending, _)| pending.get((revision - committed_len) as usize))
             .copied()
+            .map(Some)
             .ok_or_else(|| StoreError::NotFound(stream.to_string()))
     }
 
