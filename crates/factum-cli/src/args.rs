@@ -129,6 +129,16 @@ pub enum Command {
     },
     /// Read every record and check every checksum; exits non-zero naming the first corruption.
     Verify,
+    /// Reclaim the space of events their streams' metadata hides for good (max count, max age,
+    /// truncate before, soft delete, tombstone). Positions and revisions stay; by default
+    /// nothing a stored checkpoint has not passed goes. Offline on a data directory, or with
+    /// --server on a running `factum serve`.
+    Scavenge {
+        /// Also remove hidden events that a relay, processor, saga or consumer group has not
+        /// read yet.
+        #[arg(long)]
+        past_checkpoints: bool,
+    },
     /// Print every recorded event as a JSON line (the input of `import`).
     Export {
         /// First position.

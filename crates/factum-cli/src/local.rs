@@ -161,6 +161,20 @@ pub async fn run(location: &store::Location, command: Command) -> Result<()> {
             bar.finish_and_clear();
             println!("{}", report?);
         }
+        Command::Scavenge { past_checkpoints } => {
+            let store = open(dir).await?;
+            let bar = bytes_bar(0, "scavenging");
+            let progress = {
+                let bar = bar.clone();
+                move |done: u64, total: u64| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                }
+            };
+            let report = factum::scavenge(&*store, past_checkpoints, &progress).await;
+            bar.finish_and_clear();
+            println!("{}", scavenge_report(&report?));
+        }
         Command::Export { from } => {
             let store = open(dir).await?;
             let head = store.head();
@@ -617,4 +631,18 @@ async fn import(dir: &store::Location, file: Option<PathBuf>) -> Result<()> {
     );
     store.close()?;
     Ok(())
+}
+
+/// A scavenge's report as `factum scavenge` prints it.
+pub fn scavenge_report(report: &factum::ScavengeReport) -> serde_json::Value {
+    serde_json::json!({
+        "ok": true,
+        "below": report.below,
+        "events_examined": report.events_examined,
+        "events_removed": report.events_removed,
+        "segments_rewritten": report.segments_rewritten,
+        "bytes_before": report.bytes_before,
+        "bytes_after": report.bytes_after,
+        "bytes_reclaimed": report.bytes_reclaimed(),
+    })
 }

@@ -67,7 +67,7 @@ fn store_exit_code(error: &StoreError) -> u8 {
         StoreError::NotFound(_) => exit::NOT_FOUND,
         StoreError::StreamDeleted(_) => exit::DELETED,
         StoreError::Corrupted { .. } => exit::CORRUPTED,
-        StoreError::Locked { .. } | StoreError::Claimed(_) => exit::LOCKED,
+        StoreError::Locked { .. } | StoreError::Claimed(_) | StoreError::Busy(_) => exit::LOCKED,
         _ => exit::FAILURE,
     }
 }

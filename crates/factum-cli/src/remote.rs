@@ -616,12 +616,25 @@ pub async fn run(remote: &Remote, command: Command) -> Result<()> {
                 .await?;
             bar.finish_and_clear();
         }
+        Command::Scavenge { past_checkpoints } => {
+            let spinner = indicatif::ProgressBar::new_spinner();
+            spinner.set_message("scavenging on the server");
+            spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+            let mut request = remote.request(Method::POST, &["admin", "scavenge"]);
+            if past_checkpoints {
+                request = request.query(&[("past_checkpoints", "true")]);
+            }
+            let mut report: serde_json::Value = remote.json(request).await?;
+            spinner.finish_and_clear();
+            report["ok"] = true.into();
+            println!("{report}");
+        }
         Command::Subscriptions { action } => remote.subscriptions(action).await?,
         Command::Dcb { action } => remote.dcb(action).await?,
         _ => {
             return Err(bad(
                 "--server: only append, read, read-all, tail, streams, delete, metadata, \
-                 export and subscriptions go to a server; run this command where the store is \
+                 export, scavenge, subscriptions and dcb go to a server; run this command where the store is \
                  (with --data-dir or --store)",
             ));
         }

@@ -127,6 +127,7 @@ impl Store {
                     "segments": report.segments,
                     "appends": report.frames,
                     "events": report.events,
+                    "removed": report.removed,
                     "bytes": report.bytes,
                 }))
             }

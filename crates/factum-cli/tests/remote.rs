@@ -315,3 +315,81 @@ fn a_bad_server_url_is_refused_before_anything_is_sent() {
         "{down:?}"
     );
 }
+
+#[test]
+fn scavenge_reclaims_hidden_events_offline_and_on_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    expect(&factum(&data, &["append", "cart-1"], &events(200, "a")), 0);
+    expect(&factum(&data, &["append", "keep-1"], &events(20, "k")), 0);
+    expect(
+        &factum(
+            &data,
+            &["metadata", "cart-1", "--set", r#"{"max_count": 10}"#],
+            "",
+        ),
+        0,
+    );
+    let before = expect(&factum(&data, &["read", "cart-1"], ""), 0);
+
+    // Offline, on the data directory.
+    let report: serde_json::Value =
+        serde_json::from_str(&expect(&factum(&data, &["scavenge"], ""), 0)).unwrap();
+    assert_eq!(report["events_removed"], 190, "{report}");
+    assert!(
+        report["bytes_reclaimed"].as_u64().unwrap() > 190 * 50,
+        "{report}"
+    );
+    assert_eq!(expect(&factum(&data, &["read", "cart-1"], ""), 0), before);
+    let verified: serde_json::Value =
+        serde_json::from_str(&expect(&factum(&data, &["verify"], ""), 0)).unwrap();
+    assert_eq!(verified["removed"], 190, "{verified}");
+    let all = expect(&factum(&data, &["read-all", "--limit", "1000"], ""), 0);
+    assert_eq!(all.lines().count(), 10 + 20 + 1, "{all}");
+
+    // On a running server: the directory is its own, the command goes to it.
+    let auth = common::write_auth(dir.path());
+    std::fs::write(
+        &auth,
+        format!(
+            "{}[[token]]\nname = \"ops\"\nsecret = \"ops-secret-0123456789\"\nadmin = [\"\"]\n",
+            std::fs::read_to_string(&auth).unwrap()
+        ),
+    )
+    .unwrap();
+    let (server, url) = serve(&data, &["--auth", auth.to_str().unwrap()], "http");
+    let remote = |token: &str, args: &[&str], stdin: &str| {
+        let mut all = vec!["--server", url.as_str(), "--token", token];
+        all.extend_from_slice(args);
+        factum(&data, &all, stdin)
+    };
+    let refused = factum(&data, &["scavenge"], "");
+    expect(&refused, 7);
+    assert!(text(&refused.stderr).contains("--server"), "{refused:?}");
+    expect(
+        &remote(common::APP_TOKEN, &["append", "cart-1"], &events(100, "b")),
+        0,
+    );
+    // Scavenging takes admin on every stream.
+    let denied = remote(common::APP_TOKEN, &["scavenge"], "");
+    assert_ne!(denied.status.code(), Some(0));
+    assert!(text(&denied.stderr).contains("HTTP 403"), "{denied:?}");
+    let report: serde_json::Value = serde_json::from_str(&expect(
+        &remote(
+            "ops-secret-0123456789",
+            &["scavenge", "--past-checkpoints"],
+            "",
+        ),
+        0,
+    ))
+    .unwrap();
+    assert_eq!(report["events_removed"], 100, "{report}");
+    assert_eq!(report["below"], serde_json::Value::Null, "{report}");
+    let read = expect(&remote("ops-secret-0123456789", &["read", "cart-1"], ""), 0);
+    assert_eq!(read.lines().count(), 10);
+    assert!(read.contains("\"revision\":299"), "{read}");
+    stop(server);
+    let verified: serde_json::Value =
+        serde_json::from_str(&expect(&factum(&data, &["verify"], ""), 0)).unwrap();
+    assert_eq!(verified["removed"], 290, "{verified}");
+}

@@ -91,6 +91,9 @@ pub enum StoreError {
     /// The store was closed.
     #[error("the store is closed")]
     Closed,
+    /// An operation that runs one at a time (a scavenge, a verification) is running already.
+    #[error("{0}")]
+    Busy(String),
     /// This store does not offer the operation (for instance scavenging the in-memory store).
     #[error("{0} is not supported by this store")]
     Unsupported(String),

@@ -92,7 +92,7 @@ pub(crate) struct Shared {
 }
 
 struct WriterHandle {
-    requests: Sender<Job>,
+    requests: Sender<writer::Request>,
     thread: JoinHandle<Result<(), StoreError>>,
 }
 
@@ -380,14 +380,24 @@ impl Engine {
 
     async fn send(&self, request: impl FnOnce(Reply) -> Job) -> Result<AppendResult, StoreError> {
         let (reply, answer) = oneshot::channel();
-        {
-            let writer = self.inner.writer.lock();
-            let handle = writer.as_ref().ok_or(StoreError::Closed)?;
-            handle
-                .requests
-                .send(request(reply))
-                .map_err(|_| StoreError::Closed)?;
-        }
+        self.send_request(writer::Request::Job(request(reply)))?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn send_request(&self, request: writer::Request) -> Result<(), StoreError> {
+        let writer = self.inner.writer.lock();
+        let handle = writer.as_ref().ok_or(StoreError::Closed)?;
+        handle
+            .requests
+            .send(request)
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Closes the segment being written and starts a new one (appends go on in it), so that
+    /// everything written so far can be scavenged.
+    async fn seal(&self) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send_request(writer::Request::Seal(reply))?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -631,9 +641,7 @@ impl EventStore for Engine {
         progress: &(dyn Fn(u64, u64) + Send + Sync),
     ) -> Result<ScavengeReport, StoreError> {
         self.stop_if_poisoned()?;
-        if self.inner.writer.lock().is_none() {
-            return Err(StoreError::Closed);
-        }
+        self.seal().await?;
         let shared = &self.inner.shared;
         // Long reads and writes of files: off the async workers where the runtime allows.
         match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {

@@ -43,8 +43,8 @@ pub(crate) fn scavenge(
     progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> Result<ScavengeReport, StoreError> {
     let Some(_running) = shared.scavenging.try_lock() else {
-        return Err(StoreError::invalid(
-            "a scavenge or a verification of this store is already running",
+        return Err(StoreError::Busy(
+            "a scavenge or a verification of this store is already running".into(),
         ));
     };
     let now = factum_core::now_micros();

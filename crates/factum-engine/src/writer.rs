@@ -15,7 +15,9 @@ use tracing::error;
 
 use crate::Shared;
 use crate::index::{Index, IndexError, IndexedUpTo};
-use crate::log::format::{FRAME_HEADER_BYTES, FrameBuilder, RECORD_FIXED_BYTES, RecordRef};
+use crate::log::format::{
+    FRAME_HEADER_BYTES, FrameBuilder, RECORD_FIXED_BYTES, RecordRef, SEGMENT_HEADER_BYTES,
+};
 use crate::log::{SegmentWriter, pack};
 
 /// Most requests committed in one group.
@@ -87,11 +89,29 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn run(mut self, requests: Receiver<Job>) -> Result<(), StoreError> {
+    pub fn run(mut self, requests: Receiver<Request>) -> Result<(), StoreError> {
         while let Ok(first) = requests.recv() {
-            let more = || requests.try_recv().ok();
+            let first = match first {
+                Request::Job(job) => job,
+                Request::Seal(reply) => {
+                    let _ = reply.send(self.seal());
+                    continue;
+                }
+            };
+            // A seal asked for behind the jobs waiting ends the group and comes after it.
+            let mut seal = None;
+            let more = || match requests.try_recv().ok()? {
+                Request::Job(job) => Some(job),
+                Request::Seal(reply) => {
+                    seal = Some(reply);
+                    None
+                }
+            };
             let group = group(first, more, GROUP_REQUESTS_MAX, GROUP_BYTES_MAX);
             self.commit(group);
+            if let Some(reply) = seal {
+                let _ = reply.send(self.seal());
+            }
             if self.shared.poisoned.lock().is_none()
                 && self.next_position - self.saved_at_position >= self.index_save_interval_events
                 && let Err(e) = self.save_index()
@@ -379,6 +399,23 @@ impl Writer {
             .map_err(|source| WriteError::Sync { segment, source })
     }
 
+    /// Closes the segment being written, if it holds any frame, and starts the next one: what
+    /// was written so far is in sealed segments, which a scavenge may rewrite.
+    fn seal(&mut self) -> Result<(), StoreError> {
+        if let Some(reason) = self.shared.poisoned.lock().as_ref() {
+            return Err(StoreError::Poisoned(reason.clone()));
+        }
+        if self.segment.len <= SEGMENT_HEADER_BYTES as u64 {
+            return Ok(());
+        }
+        self.roll(self.next_position).map_err(|e| {
+            let reason = e.to_string();
+            error!(%reason, "starting a new segment failed; the store refuses writes until reopened");
+            *self.shared.poisoned.lock() = Some(reason.clone());
+            StoreError::Poisoned(reason)
+        })
+    }
+
     fn roll(&mut self, first_position: u64) -> Result<(), WriteError> {
         let number = self.segment.number + 1;
         let log_dir = self.shared.segments.log_dir.clone();
@@ -392,6 +429,12 @@ impl Writer {
         self.shared.segments.push(segment);
         Ok(())
     }
+}
+
+/// What the writer thread takes: jobs to commit, and requests to seal the segment.
+pub enum Request {
+    Job(Job),
+    Seal(tokio::sync::oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// The position a record planned earlier in the group will get.

@@ -116,7 +116,9 @@ impl From<StoreError> for ApiError {
             }
             StoreError::CheckpointBehind { .. }
             | StoreError::Claimed(_)
-            | StoreError::ConditionFailed { .. } => StatusCode::CONFLICT,
+            | StoreError::ConditionFailed { .. }
+            | StoreError::Busy(_) => StatusCode::CONFLICT,
+            StoreError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             StoreError::StreamDeleted(_) => StatusCode::GONE,
             StoreError::NotFound(_) => StatusCode::NOT_FOUND,
             StoreError::InvalidInput(_) => StatusCode::BAD_REQUEST,

@@ -22,6 +22,7 @@
 //! it to a program. `GET /` serves the web UI to a browser and the list of endpoints to any
 //! other client.
 
+mod admin;
 mod api;
 pub mod auth;
 mod consumers;

@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::ErrorBody;
-use crate::{AppState, Config, api, dcb, groups};
+use crate::{AppState, Config, admin, api, dcb, groups};
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -88,6 +88,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(groups::ack))
         .routes(routes!(groups::nack))
         .routes(routes!(groups::replay_parked))
+        .routes(routes!(admin::scavenge))
 }
 
 /// The description, rendered once, and the endpoint index at `/` made from it.

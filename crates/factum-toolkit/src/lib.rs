@@ -18,6 +18,7 @@ mod processor;
 mod replay;
 mod repository;
 mod saga;
+mod scavenge;
 mod snapshot;
 mod status;
 pub mod testing;
@@ -52,6 +53,7 @@ pub use repository::{
     DUPLICATE_WINDOW_EVENTS, Executed, Loaded, Repository, RepositoryError, ToAggregate,
 };
 pub use saga::{Saga, SagaDispatch, SagaError, SagaManager, SagaStatus, SagaStep};
+pub use scavenge::{scavenge, scavenge_bound};
 pub use snapshot::{SNAPSHOT_EVENT_TYPE, SnapshotPolicy, snapshot_stream};
 pub use status::{ProcessorStatus, processor_statuses};
 

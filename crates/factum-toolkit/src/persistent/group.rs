@@ -42,6 +42,42 @@ pub(crate) struct StateRecord {
     pub replaying_until: Option<u64>,
 }
 
+/// A group's last state record and its revision, if it stored one.
+async fn stored_state(
+    store: &dyn EventStore,
+    def: &Definition,
+) -> Result<Option<(StateRecord, u64)>, GroupError> {
+    let last = match store
+        .read_stream(&def.state_stream()?, u64::MAX, Direction::Backwards, 1)
+        .await
+    {
+        Ok(last) => last,
+        Err(factum_core::StoreError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(record) = last.first() else {
+        return Ok(None);
+    };
+    let state = serde_json::from_slice::<StateRecord>(&record.data).map_err(|e| {
+        GroupError::Invalid(format!(
+            "group '{}' has a state record that does not parse: {e}",
+            def.key
+        ))
+    })?;
+    Ok(Some((state, record.revision)))
+}
+
+/// Where a group's unsettled messages begin (a revision, or a position on `$all`): its stored
+/// checkpoint, or where it starts when it has none.
+pub(crate) async fn stored_below(
+    store: &dyn EventStore,
+    def: &Definition,
+) -> Result<u64, GroupError> {
+    Ok(stored_state(store, def)
+        .await?
+        .map_or(def.start, |(state, _)| state.below))
+}
+
 /// Sorted keys as ranges `[first, last]`.
 fn ranges(keys: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
@@ -267,25 +303,9 @@ impl Group {
     ) -> Result<Group, GroupError> {
         let parked_stream = def.key.parked_stream()?;
         let state_stream = def.state_stream()?;
-        let mut state_revision = None;
-        let state = match store
-            .read_stream(&state_stream, u64::MAX, Direction::Backwards, 1)
-            .await
-        {
-            Ok(last) => match last.first() {
-                Some(record) => Some(serde_json::from_slice::<StateRecord>(&record.data).map_err(
-                    |e| {
-                        GroupError::Invalid(format!(
-                            "group '{}' has a state record that does not parse: {e}",
-                            def.key
-                        ))
-                    },
-                )?)
-                .inspect(|_| state_revision = Some(record.revision)),
-                None => None,
-            },
-            Err(factum_core::StoreError::NotFound(_)) => None,
-            Err(e) => return Err(e.into()),
+        let (state, state_revision) = match stored_state(store.as_ref(), &def).await? {
+            Some((state, revision)) => (Some(state), Some(revision)),
+            None => (None, None),
         };
         let checkpoint = state.as_ref().map(|s| s.below);
         let replayed_until = state

@@ -142,6 +142,112 @@ fn groups_stream() -> factum_core::StreamName {
     factum_core::StreamName::new(GROUPS_STREAM).expect("a valid stream name")
 }
 
+/// What a record of the groups stream changes.
+enum DefinitionChange {
+    Created(Definition),
+    Updated(GroupKey, GroupSettings),
+    Deleted(GroupKey),
+}
+
+/// Reads a record of the groups stream; `None` for one that does not parse (logged) or of
+/// another type.
+fn definition_change(
+    event: &factum_core::RecordedEvent,
+) -> Result<Option<DefinitionChange>, GroupError> {
+    let Ok(record) = serde_json::from_slice::<GroupRecord>(&event.data) else {
+        tracing::warn!(
+            revision = event.revision,
+            "a group record that does not parse"
+        );
+        return Ok(None);
+    };
+    let key = GroupKey::new(&record.source, &record.group);
+    Ok(match event.event_type.as_str() {
+        GROUP_CREATED => {
+            let source = if record.source == "$all" {
+                GroupSource::All(record.filter.clone().unwrap_or_default())
+            } else {
+                GroupSource::stream(&record.source)?
+            };
+            Some(DefinitionChange::Created(Definition {
+                key,
+                source,
+                settings: record.settings.clone().unwrap_or_default(),
+                start: record.start,
+                parked_from: record.parked_from,
+                incarnation: event.position,
+            }))
+        }
+        GROUP_UPDATED => Some(DefinitionChange::Updated(
+            key,
+            record.settings.clone().unwrap_or_default(),
+        )),
+        GROUP_DELETED => Some(DefinitionChange::Deleted(key)),
+        _ => None,
+    })
+}
+
+/// The lowest position of `$all` that a persistent subscription group stored in `store` has
+/// not settled yet (`None` when no group needs any): a scavenge bounded by it removes no
+/// event a group still owes its consumers. Reads the groups' records and checkpoints only;
+/// it starts no group.
+pub(crate) async fn groups_scavenge_bound(
+    store: &dyn EventStore,
+) -> Result<Option<u64>, GroupError> {
+    let mut defs: BTreeMap<GroupKey, Definition> = BTreeMap::new();
+    let stream = groups_stream();
+    let mut from = 0;
+    loop {
+        let page = match store
+            .read_stream(&stream, from, Direction::Forwards, 512)
+            .await
+        {
+            Ok(page) => page,
+            Err(StoreError::NotFound(_)) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let Some(last) = page.last() else { break };
+        from = last.revision + 1;
+        for event in &page {
+            match definition_change(event)? {
+                Some(DefinitionChange::Created(def)) => {
+                    defs.insert(def.key.clone(), def);
+                }
+                Some(DefinitionChange::Updated(key, settings)) => {
+                    if let Some(def) = defs.get_mut(&key) {
+                        def.settings = settings;
+                    }
+                }
+                Some(DefinitionChange::Deleted(key)) => {
+                    defs.remove(&key);
+                }
+                None => {}
+            }
+        }
+    }
+    let mut lowest: Option<u64> = None;
+    for def in defs.values() {
+        let below = group::stored_below(store, def).await?;
+        let position = match &def.source {
+            GroupSource::All(_) => Some(below),
+            GroupSource::Stream(source) => {
+                match store
+                    .read_stream(source, below, Direction::Forwards, 1)
+                    .await
+                {
+                    Ok(first) => first.first().map(|e| e.position),
+                    Err(StoreError::NotFound(_) | StoreError::StreamDeleted(_)) => None,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        if let Some(position) = position {
+            lowest = Some(lowest.map_or(position, |l| l.min(position)));
+        }
+    }
+    Ok(lowest)
+}
+
 async fn ask<T>(
     key: &GroupKey,
     commands: &mpsc::UnboundedSender<Command>,
@@ -215,48 +321,29 @@ impl Groups {
             };
             registry.revision = Some(last.revision);
             for event in page {
-                let Ok(record) = serde_json::from_slice::<GroupRecord>(&event.data) else {
-                    tracing::warn!(
-                        revision = event.revision,
-                        "a group record that does not parse"
-                    );
-                    continue;
-                };
-                let key = GroupKey::new(&record.source, &record.group);
-                match event.event_type.as_str() {
-                    GROUP_CREATED => {
-                        let source = if record.source == "$all" {
-                            GroupSource::All(record.filter.clone().unwrap_or_default())
-                        } else {
-                            GroupSource::stream(&record.source)?
-                        };
-                        let def = Definition {
-                            key: key.clone(),
-                            source,
-                            settings: record.settings.clone().unwrap_or_default(),
-                            start: record.start,
-                            parked_from: record.parked_from,
-                            incarnation: event.position,
-                        };
-                        if let Some(old) = registry.groups.remove(&key) {
+                match definition_change(&event)? {
+                    Some(DefinitionChange::Created(def)) => {
+                        if let Some(old) = registry.groups.remove(&def.key) {
                             stop(old).await;
                         }
-                        registry.groups.insert(key, Running::to_start(def));
+                        registry
+                            .groups
+                            .insert(def.key.clone(), Running::to_start(def));
                     }
-                    GROUP_UPDATED => {
+                    Some(DefinitionChange::Updated(key, settings)) => {
                         if let Some(old) = registry.groups.remove(&key) {
                             let mut def = old.def.clone();
                             stop(old).await;
-                            def.settings = record.settings.clone().unwrap_or_default();
+                            def.settings = settings;
                             registry.groups.insert(key, Running::to_start(def));
                         }
                     }
-                    GROUP_DELETED => {
+                    Some(DefinitionChange::Deleted(key)) => {
                         if let Some(old) = registry.groups.remove(&key) {
                             stop(old).await;
                         }
                     }
-                    _ => {}
+                    None => {}
                 }
             }
         }
