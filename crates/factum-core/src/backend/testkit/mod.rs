@@ -20,6 +20,7 @@ mod appends;
 mod checkpoints;
 mod dcb;
 mod reads;
+mod scavenge;
 mod streams;
 mod subscriptions;
 
@@ -27,6 +28,7 @@ pub use appends::*;
 pub use checkpoints::*;
 pub use dcb::*;
 pub use reads::*;
+pub use scavenge::*;
 pub use streams::*;
 pub use subscriptions::*;
 
@@ -76,7 +78,10 @@ macro_rules! conformance_tests {
             dcb_appends_retried_with_the_same_ids_return_the_original_position,
             racing_conditional_appends_keep_every_invariant,
             query_subscription_catches_up_then_follows_live,
-            bad_tags_queries_and_conditions_are_refused_and_write_nothing
+            bad_tags_queries_and_conditions_are_refused_and_write_nothing,
+            a_scavenge_removes_what_metadata_hides_and_keeps_everything_else,
+            a_scavenge_stops_at_its_bound,
+            appends_and_subscribers_go_on_while_a_scavenge_runs
         );
     };
     (@each $make:path, required; $($name:ident),*) => {
