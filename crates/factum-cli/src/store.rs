@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use factum::{
-    Direction, Engine, EngineOptions, EventStore, PgOptions, PgStore, RecordedEvent, StoreError,
-};
+use factum::{Engine, EngineOptions, EventStore, PgOptions, PgStore, RecordedEvent, StoreError};
 
 /// Where the store is, from the command line.
 #[derive(Clone, Debug)]
@@ -118,7 +116,7 @@ impl Store {
     /// PostgreSQL store reads every event back (each must decode) and checks that positions
     /// are dense and each stream's revisions continue. `progress` gets (done, total) in bytes
     /// or events.
-    pub async fn verify(&self, mut progress: impl FnMut(u64, u64)) -> Result<serde_json::Value> {
+    pub async fn verify(&self, progress: impl FnMut(u64, u64)) -> Result<serde_json::Value> {
         match self {
             Store::Embedded(engine) => {
                 let report = engine.verify(progress)?;
@@ -132,40 +130,13 @@ impl Store {
                 }))
             }
             Store::Postgres(store) => {
-                let head = store.head();
-                let mut next_revision: std::collections::HashMap<String, u64> = Default::default();
-                let (mut position, mut bytes) = (0u64, 0u64);
-                while position < head {
-                    let events = store.read_all(position, Direction::Forwards, 4096).await?;
-                    if events.is_empty() {
-                        bail!("events {position}..{head} are missing");
-                    }
-                    for event in events {
-                        if event.position != position {
-                            bail!("position {position} is missing (found {})", event.position);
-                        }
-                        let next = next_revision
-                            .entry(event.stream.as_str().to_owned())
-                            .or_default();
-                        if event.revision != *next {
-                            bail!(
-                                "stream '{}' jumps from revision {} to {} at position {position}",
-                                event.stream,
-                                next.wrapping_sub(1) as i64,
-                                event.revision
-                            );
-                        }
-                        *next += 1;
-                        bytes += (event.data.len() + event.metadata.len()) as u64;
-                        position += 1;
-                    }
-                    progress(position, head);
-                }
+                let report = store.verify(progress).await?;
                 Ok(serde_json::json!({
                     "ok": true,
-                    "events": position,
-                    "streams": next_revision.len(),
-                    "bytes": bytes,
+                    "events": report.events,
+                    "removed": report.removed,
+                    "streams": report.streams,
+                    "bytes": report.bytes,
                 }))
             }
         }

@@ -41,7 +41,8 @@ pub use error::StoreError;
 pub use event::{ContentType, NewEvent, RecordedEvent, now_micros};
 pub use memory::MemoryStore;
 pub use scavenge::{
-    CHECKPOINT_PREFIX, ScavengeOptions, ScavengeReport, checkpoint_bound, hidden_for_good,
+    CHECKPOINT_PREFIX, HiddenRule, ScavengeOptions, ScavengeReport, checkpoint_bound,
+    hidden_for_good, hidden_rule,
 };
 pub use store::{
     AppendOptions, AppendResult, Checkpoint, Direction, EventStore, IntoStore, Shared, StreamInfo,

@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::catalog::{StreamState, visible_by_age};
+use crate::backend::catalog::StreamState;
 use crate::{EventStore, StoreError, StreamName};
 
 /// What a scavenge is asked to do.
@@ -50,6 +50,73 @@ impl ScavengeReport {
 /// The prefix of the streams that hold consumers' checkpoints.
 pub const CHECKPOINT_PREFIX: &str = "$checkpoint-";
 
+/// Which events of one stream a scavenge may remove: those below revision `newest` (the
+/// stream's newest record stays) that are below `below_revision` or, when `recorded_before_us`
+/// is set, were recorded before it (older than the maximum age).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HiddenRule {
+    /// The stream's newest revision: it and what follows stay.
+    pub newest: u64,
+    /// Revisions below this are hidden (soft delete, truncate before, max count, tombstone).
+    pub below_revision: u64,
+    /// Events recorded before this time (microseconds since the epoch) are hidden.
+    pub recorded_before_us: Option<u64>,
+}
+
+/// What a scavenge at `now_us` may remove of `stream`, which has `len` revisions, is
+/// soft-deleted below `deleted_before`, maybe tombstoned, and has `metadata`; `None` when
+/// nothing (a metadata stream, or a stream whose metadata hides nothing).
+pub fn hidden_rule(
+    stream: &str,
+    len: u64,
+    deleted_before: u64,
+    tombstoned: bool,
+    metadata: Option<&crate::StreamMetadata>,
+    now_us: u64,
+) -> Option<HiddenRule> {
+    let newest = len.checked_sub(1)?;
+    if stream.starts_with("$$") || newest == 0 {
+        return None;
+    }
+    if stream.starts_with(CHECKPOINT_PREFIX) || tombstoned {
+        return Some(HiddenRule {
+            newest,
+            below_revision: newest,
+            recorded_before_us: None,
+        });
+    }
+    let mut below_revision = deleted_before;
+    let mut recorded_before_us = None;
+    if let Some(metadata) = metadata {
+        if let Some(before) = metadata.truncate_before {
+            below_revision = below_revision.max(before);
+        }
+        if let Some(max_count) = metadata.max_count {
+            below_revision = below_revision.max(len.saturating_sub(max_count));
+        }
+        recorded_before_us = metadata
+            .max_age_secs
+            .map(|age| now_us.saturating_sub(age.saturating_mul(1_000_000)));
+    }
+    let below_revision = below_revision.min(newest);
+    (below_revision > 0 || recorded_before_us.is_some()).then_some(HiddenRule {
+        newest,
+        below_revision,
+        recorded_before_us,
+    })
+}
+
+impl HiddenRule {
+    /// Whether the event at `revision`, recorded at `recorded_at_us`, goes.
+    pub fn hides(&self, revision: u64, recorded_at_us: u64) -> bool {
+        revision < self.newest
+            && (revision < self.below_revision
+                || self
+                    .recorded_before_us
+                    .is_some_and(|before| recorded_at_us < before))
+    }
+}
+
 /// Whether the record at `revision` of `stream`, recorded at `recorded_at_us`, is hidden for
 /// good by the stream's state `state` at `now_us`: a scavenge may remove it.
 pub fn hidden_for_good(
@@ -59,28 +126,15 @@ pub fn hidden_for_good(
     recorded_at_us: u64,
     now_us: u64,
 ) -> bool {
-    let len = state.positions.len() as u64;
-    if revision.saturating_add(1) >= len || stream.starts_with("$$") {
-        return false;
-    }
-    if stream.starts_with(CHECKPOINT_PREFIX) || state.tombstoned {
-        return true;
-    }
-    let mut first_visible = state.deleted_before;
-    if let Some(metadata) = state.metadata.as_deref() {
-        if let Some(before) = metadata.truncate_before {
-            first_visible = first_visible.max(before);
-        }
-        if let Some(max_count) = metadata.max_count {
-            first_visible = first_visible.max(len.saturating_sub(max_count));
-        }
-        if revision >= first_visible
-            && !visible_by_age(metadata.max_age_secs, recorded_at_us, now_us)
-        {
-            return true;
-        }
-    }
-    revision < first_visible
+    hidden_rule(
+        stream,
+        state.positions.len() as u64,
+        state.deleted_before,
+        state.tombstoned,
+        state.metadata.as_deref(),
+        now_us,
+    )
+    .is_some_and(|rule| rule.hides(revision, recorded_at_us))
 }
 
 /// The lowest checkpoint stored in `store` (the `$checkpoint-…` streams of relays, processors,

@@ -25,6 +25,7 @@ mod claim;
 mod conn;
 mod dcb;
 mod head;
+mod scavenge;
 mod schema;
 mod writer;
 
@@ -43,6 +44,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_postgres::Row;
 
 pub use claim::PG_CLAIM_HOLDER_SQL;
+pub use scavenge::PgVerifyReport;
 pub use schema::VERSION as PG_SCHEMA_VERSION;
 
 use conn::{Pool, Target};
@@ -85,6 +87,8 @@ struct Inner {
     schema: String,
     claims: claim::Claims,
     readers: Pool,
+    /// For connections of their own (a scavenge's).
+    target: Target,
     jobs: mpsc::Sender<Job>,
     head: Arc<watch::Sender<u64>>,
     head_rx: watch::Receiver<u64>,
@@ -126,7 +130,8 @@ impl PgStore {
         Ok(PgStore {
             inner: Arc::new(Inner {
                 readers: Pool::new(target.clone(), options.readers),
-                claims: claim::Claims::new(target, options.schema.clone()),
+                claims: claim::Claims::new(target.clone(), options.schema.clone()),
+                target,
                 schema: options.schema,
                 jobs,
                 head,
@@ -134,6 +139,16 @@ impl PgStore {
                 _stop_following: stop,
             }),
         })
+    }
+
+    /// Reads every event below the head and checks the log's shape (positions, revisions,
+    /// and that every position without an event is one a scavenge removed). `progress` gets
+    /// (positions done, head).
+    pub async fn verify(
+        &self,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<PgVerifyReport, StoreError> {
+        scavenge::verify(&self.inner.target, self.head(), &mut progress).await
     }
 
     /// The schema holding the store's tables.
@@ -552,5 +567,13 @@ impl EventStore for PgStore {
 
     async fn claim(&self, name: &str) -> Result<Option<factum_core::Claim>, StoreError> {
         self.inner.claims.claim(name).await
+    }
+
+    async fn scavenge(
+        &self,
+        options: factum_core::ScavengeOptions,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<factum_core::ScavengeReport, StoreError> {
+        scavenge::scavenge(&self.inner.target, &options, progress).await
     }
 }

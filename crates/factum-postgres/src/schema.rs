@@ -57,6 +57,11 @@ CREATE TABLE event_tags (
 -- DCB query items that name types and no tag.
 CREATE INDEX events_type_position ON events (type, position);
 "#,
+    r#"
+-- Scavenging: revisions of a stream below this may have been removed (their positions stay
+-- taken), so that verification tells a scavenged gap from a lost event.
+ALTER TABLE streams ADD COLUMN scavenged_below bigint NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// The schema version this build writes.

@@ -80,13 +80,12 @@ impl View for &Committed {
     }
 
     fn id_at(&self, stream: &StreamName, revision: u64) -> Result<Option<Uuid>, StoreError> {
-        // Only the revisions `windows` names are loaded, and only those are asked for.
-        self.events
+        // Only the revisions `windows` names are loaded, and only those are asked for: one
+        // that was not found was removed by a scavenge.
+        Ok(self
+            .events
             .get(&(stream.clone(), revision))
-            .map(|(id, _)| Some(*id))
-            .ok_or_else(|| {
-                StoreError::invalid(format!("revision {revision} of '{stream}' was not loaded"))
-            })
+            .map(|(id, _)| *id))
     }
 
     fn checkpoint(&self, consumer: &str) -> Option<u64> {
@@ -105,9 +104,9 @@ impl View for &Committed {
         if position >= self.next_position {
             return Ok(None);
         }
-        self.ids.get(&position).copied().map(Some).ok_or_else(|| {
-            StoreError::invalid(format!("the id at position {position} was not loaded"))
-        })
+        // Every position a retry may match is loaded: one that was not found was removed by
+        // a scavenge.
+        Ok(self.ids.get(&position).copied())
     }
 
     fn first_match(&self, query: &Query, after: Option<u64>) -> Result<Option<u64>, StoreError> {
