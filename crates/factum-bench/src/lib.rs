@@ -13,6 +13,7 @@ mod open;
 mod persistent;
 mod projections;
 mod relay;
+mod scavenge;
 mod stores;
 mod toolkit;
 
@@ -37,7 +38,7 @@ pub struct BenchArgs {
     /// Scenarios to run (bulk, concurrent, single, read-all; also open, load, load-snapshot,
     /// bus, processor, saga, project, project-e2e, http, http-sse, grpc, grpc-catch-up,
     /// persistent-grpc, persistent-http, relay-nats, relay-rabbitmq, relay-kafka, dcb,
-    /// dcb-read).
+    /// dcb-read, scavenge).
     #[arg(
         long,
         value_delimiter = ',',
@@ -60,6 +61,10 @@ pub struct BenchArgs {
     /// Events appended by the single scenario (1 per append, one writer).
     #[arg(long, default_value_t = 3_000)]
     single_events: u64,
+    /// Events in the store of the scavenge scenario (90% of them hidden; a tenth of them on
+    /// PostgreSQL).
+    #[arg(long, default_value_t = 10_000_000)]
+    scavenge_events: u64,
     /// Events in the store of the open scenario.
     #[arg(long, default_value_t = 10_000_000)]
     open_events: u64,
@@ -194,6 +199,9 @@ pub async fn run(data_dir: &Path, factum_pg: Option<&str>, args: BenchArgs) -> R
                 )
                 .await,
             ),
+            "scavenge" => Some(
+                scavenge::run(work.path(), &args.postgres, args.scavenge_events, &payloads).await,
+            ),
             "persistent-grpc" | "persistent-http" => {
                 Some(persistent::run(scenario, work.path(), &payloads).await)
             }
@@ -251,7 +259,7 @@ pub async fn run(data_dir: &Path, factum_pg: Option<&str>, args: BenchArgs) -> R
                         "unknown scenario '{other}' (bulk, concurrent, single, read-all, open, \
                          load, load-snapshot, bus, processor, saga, project, project-e2e, http, http-sse, \
                          grpc, grpc-catch-up, persistent-grpc, persistent-http, relay-nats, \
-                         relay-rabbitmq, relay-kafka, dcb, dcb-read)"
+                         relay-rabbitmq, relay-kafka, dcb, dcb-read, scavenge)"
                     )
                 }
             };
