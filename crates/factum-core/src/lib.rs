@@ -29,6 +29,7 @@ mod claim;
 pub mod dcb;
 mod error;
 mod event;
+mod keys;
 mod memory;
 mod scavenge;
 mod store;
@@ -39,6 +40,9 @@ pub use claim::Claim;
 pub use dcb::{AppendCondition, DcbAppend, DcbEvent, Query, QueryItem, QueryRead};
 pub use error::StoreError;
 pub use event::{ContentType, NewEvent, RecordedEvent, now_micros};
+pub use keys::{
+    FileKeyStore, KeyStore, MemoryKeyStore, SUBJECT_BYTES_MAX, SubjectKey, validate_subject,
+};
 pub use memory::MemoryStore;
 pub use scavenge::{
     CHECKPOINT_PREFIX, HiddenRule, ScavengeOptions, ScavengeReport, checkpoint_bound,

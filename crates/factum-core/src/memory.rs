@@ -24,6 +24,7 @@ struct Inner {
     state: Mutex<State>,
     head: watch::Sender<u64>,
     claims: LocalClaims,
+    keys: Arc<crate::MemoryKeyStore>,
 }
 
 #[derive(Default)]
@@ -70,6 +71,7 @@ impl MemoryStore {
                 state: Mutex::new(State::default()),
                 head: watch::channel(0).0,
                 claims: LocalClaims::default(),
+                keys: Arc::default(),
             }),
         }
     }
@@ -262,5 +264,9 @@ impl EventStore for MemoryStore {
 
     async fn claim(&self, name: &str) -> Result<Option<Claim>, StoreError> {
         self.inner.claims.try_claim(name)
+    }
+
+    fn keys(&self) -> Option<Arc<dyn crate::KeyStore>> {
+        Some(self.inner.keys.clone())
     }
 }

@@ -298,6 +298,12 @@ pub trait EventStore: Send + Sync + Shared {
     /// before they work, so that a second copy waits instead of doing the work twice.
     async fn claim(&self, name: &str) -> Result<Option<Claim>, StoreError>;
 
+    /// The store's keys for personal data (see [`KeyStore`](crate::KeyStore)), kept apart from
+    /// its log; `None` when it has none.
+    fn keys(&self) -> Option<std::sync::Arc<dyn crate::KeyStore>> {
+        None
+    }
+
     /// Removes the events hidden for good (see [`hidden_for_good`](crate::hidden_for_good))
     /// below `options.below`, while reads and appends go on. Positions and revisions stay what
     /// they are; a read never returns a removed event again, whatever the metadata says later.

@@ -103,6 +103,8 @@ struct Inner {
     lock: Mutex<Option<DirLock>>,
     // Claims: the directory lock makes this process the only one that can hold any.
     claims: LocalClaims,
+    // Keys for personal data, in `keys/` beside the log.
+    keys: Arc<factum_core::FileKeyStore>,
 }
 
 /// The exclusive lock on a data directory (`LOCK`), and this process's note that it holds it:
@@ -348,6 +350,7 @@ impl Engine {
                 writer: Mutex::new(Some(WriterHandle { requests, thread })),
                 lock: Mutex::new(Some(lock)),
                 claims: LocalClaims::default(),
+                keys: Arc::new(factum_core::FileKeyStore::open(dir.join("keys"))?),
             }),
             report,
         })
@@ -633,6 +636,10 @@ impl EventStore for Engine {
 
     async fn claim(&self, name: &str) -> Result<Option<Claim>, StoreError> {
         self.inner.claims.try_claim(name)
+    }
+
+    fn keys(&self) -> Option<Arc<dyn factum_core::KeyStore>> {
+        Some(self.inner.keys.clone())
     }
 
     async fn scavenge(

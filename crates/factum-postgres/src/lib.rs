@@ -25,6 +25,7 @@ mod claim;
 mod conn;
 mod dcb;
 mod head;
+mod keys;
 mod scavenge;
 mod schema;
 mod writer;
@@ -44,6 +45,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_postgres::Row;
 
 pub use claim::PG_CLAIM_HOLDER_SQL;
+pub use keys::PgKeyStore;
 pub use scavenge::PgVerifyReport;
 pub use schema::VERSION as PG_SCHEMA_VERSION;
 
@@ -89,6 +91,7 @@ struct Inner {
     readers: Pool,
     /// For connections of their own (a scavenge's).
     target: Target,
+    keys: Arc<PgKeyStore>,
     jobs: mpsc::Sender<Job>,
     head: Arc<watch::Sender<u64>>,
     head_rx: watch::Receiver<u64>,
@@ -131,6 +134,7 @@ impl PgStore {
             inner: Arc::new(Inner {
                 readers: Pool::new(target.clone(), options.readers),
                 claims: claim::Claims::new(target.clone(), options.schema.clone()),
+                keys: Arc::new(PgKeyStore::new(target.clone())),
                 target,
                 schema: options.schema,
                 jobs,
@@ -567,6 +571,10 @@ impl EventStore for PgStore {
 
     async fn claim(&self, name: &str) -> Result<Option<factum_core::Claim>, StoreError> {
         self.inner.claims.claim(name).await
+    }
+
+    fn keys(&self) -> Option<Arc<dyn factum_core::KeyStore>> {
+        Some(self.inner.keys.clone())
     }
 
     async fn scavenge(

@@ -61,6 +61,12 @@ CREATE INDEX events_type_position ON events (type, position);
 -- Scavenging: revisions of a stream below this may have been removed (their positions stay
 -- taken), so that verification tells a scavenged gap from a lost event.
 ALTER TABLE streams ADD COLUMN scavenged_below bigint NOT NULL DEFAULT 0;
+-- Keys for personal data, one per subject, apart from the events: deleting a row forgets the
+-- subject (crypto-shredding).
+CREATE TABLE subject_keys (
+    subject text  COLLATE "C" PRIMARY KEY,
+    key     bytea NOT NULL
+);
 "#,
 ];
 

@@ -156,6 +156,7 @@ async fn a_schema_from_before_tags_is_migrated_and_keeps_its_events() {
              DROP TABLE event_tags;
              DROP INDEX events_type_position;
              ALTER TABLE streams DROP COLUMN scavenged_below;
+             DROP TABLE subject_keys;
              DELETE FROM schema_version WHERE version > 1;",
             schema.0
         ))

@@ -49,6 +49,9 @@ pub enum CodecError {
         /// The version today's code reads.
         current: u32,
     },
+    /// Personal data could not be sealed or opened.
+    #[error(transparent)]
+    Personal(#[from] crate::PersonalError),
 }
 
 type Step = Box<dyn Fn(Value) -> Result<Value, String> + Send + Sync>;
@@ -182,13 +185,27 @@ impl<D: Decider> EventCodec<D> {
     }
 
     /// The event to append, with the context's correlation and causation in its metadata.
+    /// An event with [`Personal`](crate::Personal) fields is refused here (they would be
+    /// stored in the clear): the repository seals them with the store's keys.
     pub fn encode(
         &self,
         decider: &D,
         event: &D::Event,
         context: &CommandContext,
     ) -> Result<NewEvent, CodecError> {
-        let (event_type, data) = Self::split(event)?;
+        let (event_type, mut data) = Self::split(event)?;
+        crate::personal::refuse_plain(&mut data)?;
+        self.finish(decider, event_type, data, context)
+    }
+
+    /// The event to append from its type and (sealed) data.
+    pub(crate) fn finish(
+        &self,
+        decider: &D,
+        event_type: String,
+        data: Value,
+        context: &CommandContext,
+    ) -> Result<NewEvent, CodecError> {
         let version = decider.event_version(&event_type);
         Ok(NewEvent {
             id: uuid::Uuid::now_v7(),
@@ -207,14 +224,7 @@ impl<D: Decider> EventCodec<D> {
             position: recorded.position,
             reason,
         };
-        let version = if recorded.metadata.is_empty() {
-            1
-        } else {
-            serde_json::from_slice::<VersionOnly>(&recorded.metadata)
-                .ok()
-                .and_then(|m| m.schema_version)
-                .unwrap_or(1)
-        };
+        let version = stored_version(recorded);
         let current = decider.event_version(&recorded.event_type);
         if version == current && !self.upcasters.applies(&recorded.event_type, version) {
             // The common case: read the stored bytes straight into the enum.
@@ -229,14 +239,32 @@ impl<D: Decider> EventCodec<D> {
             let text = String::from_utf8(text).map_err(|e| bad(e.to_string()))?;
             return serde_json::from_str(&text).map_err(|e| bad(e.to_string()));
         }
-        if version > current && !self.upcasters.applies(&recorded.event_type, version) {
+        let data: Value = serde_json::from_slice(&recorded.data).map_err(|e| bad(e.to_string()))?;
+        self.decode_value(decider, recorded, data)
+    }
+
+    /// Today's event for a stored one whose data was read (and its personal data opened).
+    pub(crate) fn decode_value(
+        &self,
+        decider: &D,
+        recorded: &RecordedEvent,
+        data: Value,
+    ) -> Result<D::Event, CodecError> {
+        let bad = |reason: String| CodecError::Decode {
+            event_type: recorded.event_type.clone(),
+            position: recorded.position,
+            reason,
+        };
+        let version = stored_version(recorded);
+        if version > decider.event_version(&recorded.event_type)
+            && !self.upcasters.applies(&recorded.event_type, version)
+        {
             return Err(CodecError::FutureVersion {
                 event_type: recorded.event_type.clone(),
                 version,
-                current,
+                current: decider.event_version(&recorded.event_type),
             });
         }
-        let data: Value = serde_json::from_slice(&recorded.data).map_err(|e| bad(e.to_string()))?;
         let (event_type, version, data) = self
             .upcasters
             .upcast(recorded.event_type.clone(), version, data)
@@ -256,6 +284,17 @@ impl<D: Decider> EventCodec<D> {
         };
         serde_json::from_value(tagged).map_err(|e| bad(e.to_string()))
     }
+}
+
+/// The schema version a stored event was written with (1 when its metadata says none).
+fn stored_version(recorded: &RecordedEvent) -> u32 {
+    if recorded.metadata.is_empty() {
+        return 1;
+    }
+    serde_json::from_slice::<VersionOnly>(&recorded.metadata)
+        .ok()
+        .and_then(|m| m.schema_version)
+        .unwrap_or(1)
 }
 
 fn to_bytes(value: &Value) -> Result<bytes::Bytes, CodecError> {

@@ -14,6 +14,7 @@ mod dead_letters;
 mod decider;
 mod inbox;
 mod persistent;
+mod personal;
 mod processor;
 mod replay;
 mod repository;
@@ -44,6 +45,7 @@ pub use persistent::{
     GroupSettings, GroupSource, Groups, MESSAGE_PARKED, NackAction, PersistentConsumer,
     PersistentConsumerStats, StartFrom,
 };
+pub use personal::{PERSONAL_KEY, Personal, PersonalError, forget_subject, open_personal};
 pub use processor::{
     EventHandler, EventProcessor, EventProcessorBuilder, HandlerError, ProcessorStats, RetryPolicy,
     handler_fn,

@@ -7,7 +7,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::bus::{BusError, Command, Envelope};
-use crate::replay::replay_stream;
+use crate::personal::{Keys, may_be_sealed};
+use crate::replay::StreamPages;
 use crate::snapshot::{SnapshotPolicy, Snapshots};
 use crate::{CodecError, CommandContext, Decider, EventCodec};
 
@@ -307,6 +308,27 @@ impl<D: Decider> Repository<D> {
             .map_err(|e| RepositoryError::InvalidId(e.to_string()))
     }
 
+    /// The events to append: personal data sealed with its subjects' keys (made where a
+    /// subject has none yet).
+    async fn encode(
+        &self,
+        events: &[D::Event],
+        context: &CommandContext,
+    ) -> Result<Vec<factum_core::NewEvent>, CodecError> {
+        let store_keys = self.store.keys();
+        let mut keys = Keys::default();
+        let mut encoded = Vec::with_capacity(events.len());
+        for event in events {
+            let (event_type, mut data) = EventCodec::<D>::split(event)?;
+            keys.seal(store_keys.as_ref(), &mut data).await?;
+            encoded.push(
+                self.codec
+                    .finish(&self.decider, event_type, data, context)?,
+            );
+        }
+        Ok(encoded)
+    }
+
     /// Loads an aggregate by replaying its events.
     pub async fn load(&self, id: &str) -> Result<Loaded<D::State>, RepositoryError<D::Error>> {
         let stream = self.stream(id)?;
@@ -354,16 +376,47 @@ impl<D: Decider> Repository<D> {
                 .await?;
             seen = before.iter().any(produced);
         }
-        replay_stream(self.store.as_ref(), stream, from, |recorded| {
-            seen = seen || produced(recorded);
-            since_us = since_us.or(Some(recorded.recorded_at_us));
-            let event = self.codec.decode(&self.decider, recorded)?;
-            state = state.take().map(|state| self.decider.evolve(state, &event));
-            revision = Some(recorded.revision);
-            replayed += 1;
-            Ok::<_, RepositoryError<D::Error>>(())
-        })
-        .await?;
+        let store_keys = self.store.keys();
+        let mut keys = Keys::default();
+        let mut pages = StreamPages::new(self.store.as_ref(), stream, from);
+        while let Some(page) = pages.next().await? {
+            // Events with personal data are read as JSON and opened with their subjects' keys
+            // (fetched once per load); the others go straight into the enum.
+            let mut opened: Vec<Option<serde_json::Value>> = Vec::new();
+            if page.iter().any(may_be_sealed) {
+                for recorded in &page {
+                    opened.push(if may_be_sealed(recorded) {
+                        Some(serde_json::from_slice(&recorded.data).map_err(|e| {
+                            CodecError::Decode {
+                                event_type: recorded.event_type.clone(),
+                                position: recorded.position,
+                                reason: e.to_string(),
+                            }
+                        })?)
+                    } else {
+                        None
+                    });
+                }
+                keys.fetch(store_keys.as_ref(), &opened)
+                    .await
+                    .map_err(CodecError::from)?;
+            }
+            let mut opened = opened.into_iter();
+            for recorded in &page {
+                seen = seen || produced(recorded);
+                since_us = since_us.or(Some(recorded.recorded_at_us));
+                let event = match opened.next().flatten() {
+                    Some(mut data) => {
+                        keys.open(&mut data).map_err(CodecError::from)?;
+                        self.codec.decode_value(&self.decider, recorded, data)?
+                    }
+                    None => self.codec.decode(&self.decider, recorded)?,
+                };
+                state = state.take().map(|state| self.decider.evolve(state, &event));
+                revision = Some(recorded.revision);
+                replayed += 1;
+            }
+        }
         let state = state.unwrap_or_else(|| self.decider.initial_state());
         let loaded = Loaded {
             state,
@@ -451,10 +504,7 @@ impl<D: Decider> Repository<D> {
                     duplicate: false,
                 });
             }
-            let encoded = events
-                .iter()
-                .map(|event| self.codec.encode(&self.decider, event, context))
-                .collect::<Result<Vec<_>, _>>()?;
+            let encoded = self.encode(&events, context).await?;
             let expected = match loaded.revision {
                 None => ExpectedState::NoStream,
                 Some(revision) => ExpectedState::Exact(revision),

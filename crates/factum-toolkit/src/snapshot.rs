@@ -172,7 +172,14 @@ impl<S> Snapshots<S> {
             tracing::debug!(%stream, revision = meta.revision, "snapshot no longer matches the stream; replaying");
             return Ok(None);
         }
-        match (self.decode)(&newest.data) {
+        let opened = match crate::personal::open_bytes(store, &newest.data).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                tracing::warn!(%stream, error = %e, "snapshot's personal data does not open; replaying");
+                return Ok(None);
+            }
+        };
+        match (self.decode)(opened.as_deref().unwrap_or(&newest.data)) {
             Ok(state) => Ok(Some(Found {
                 state,
                 revision: meta.revision,
@@ -199,6 +206,10 @@ impl<S> Snapshots<S> {
         };
         let data = (self.encode)(state)
             .map_err(|e| StoreError::invalid(format!("state does not serialise: {e}")))?;
+        // Personal data in the state is stored sealed, as in the events.
+        let data = crate::personal::seal_bytes(store, data)
+            .await
+            .map_err(|e| StoreError::invalid(e.to_string()))?;
         let metadata = serde_json::to_vec(&SnapshotMeta {
             state_version: self.version,
             revision,

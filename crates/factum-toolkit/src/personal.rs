@@ -1,0 +1,487 @@
+//! Personal data in domain events, and forgetting it (crypto-shredding, SPEC R1.11).
+//!
+//! A field of a domain event that holds personal data is a [`Personal<T>`], tied to a subject
+//! (a customer id, say). Before the event is appended, the repository encrypts the field's value
+//! with the subject's key from the store's [`KeyStore`] (ChaCha20-Poly1305, a fresh nonce per
+//! field, the subject as associated data), so the log, `$all`, exports and relayed messages hold
+//! only ciphertext. Loading decrypts it again; once the subject is forgotten
+//! ([`forget_subject`], `factum forget`), its key is gone and the field decodes as
+//! [`Personal::Forgotten`] — a value the domain handles, never an error — while the rest of the
+//! event (its type, ids, amounts, times) stays as it was.
+//!
+//! On the wire a field is `{"$personal": {"subject": "cus-7", "sealed": "<base64>"}}`; in
+//! memory, before sealing and after opening, `{"$personal": {"subject": …, "value": …}}` or
+//! `{"$personal": {"subject": …, "forgotten": true}}`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use factum_core::{EventStore, KeyStore, RecordedEvent, StoreError, SubjectKey};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+/// The key that marks a personal field in an event's JSON.
+pub const PERSONAL_KEY: &str = "$personal";
+
+/// A field holding personal data of `subject`: known, or forgotten for good.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Personal<T> {
+    /// The value, readable while the subject's key exists.
+    Known {
+        /// Whose data it is.
+        subject: String,
+        /// The data.
+        value: T,
+    },
+    /// The subject was forgotten: its key is deleted and the value can never be read again.
+    Forgotten {
+        /// Whose data it was.
+        subject: String,
+    },
+}
+
+impl<T> Personal<T> {
+    /// `value`, personal data of `subject`.
+    pub fn new(subject: impl Into<String>, value: T) -> Self {
+        Personal::Known {
+            subject: subject.into(),
+            value,
+        }
+    }
+
+    /// Whose data it is.
+    pub fn subject(&self) -> &str {
+        match self {
+            Personal::Known { subject, .. } | Personal::Forgotten { subject } => subject,
+        }
+    }
+
+    /// The value, unless it was forgotten.
+    pub fn value(&self) -> Option<&T> {
+        match self {
+            Personal::Known { value, .. } => Some(value),
+            Personal::Forgotten { .. } => None,
+        }
+    }
+
+    /// Whether the subject was forgotten.
+    pub fn is_forgotten(&self) -> bool {
+        matches!(self, Personal::Forgotten { .. })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire<T> {
+    subject: String,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    value: Option<T>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    forgotten: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed: Option<String>,
+}
+
+fn none<T>() -> Option<T> {
+    None
+}
+
+#[derive(Serialize, Deserialize)]
+struct Marked<T> {
+    #[serde(rename = "$personal")]
+    personal: Wire<T>,
+}
+
+impl<T: Serialize> Serialize for Personal<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let personal = match self {
+            Personal::Known { subject, value } => Wire {
+                subject: subject.clone(),
+                value: Some(value),
+                forgotten: false,
+                sealed: None,
+            },
+            Personal::Forgotten { subject } => Wire {
+                subject: subject.clone(),
+                value: None,
+                forgotten: true,
+                sealed: None,
+            },
+        };
+        Marked { personal }.serialize(serializer)
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Personal<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let Marked::<T> { personal } = Marked::deserialize(deserializer)?;
+        match (personal.value, personal.forgotten, personal.sealed) {
+            (Some(value), false, None) => Ok(Personal::Known {
+                subject: personal.subject,
+                value,
+            }),
+            (None, true, None) => Ok(Personal::Forgotten {
+                subject: personal.subject,
+            }),
+            (None, false, Some(_)) => Err(serde::de::Error::custom(
+                "personal data still sealed: decode the event through the repository, which opens it with the store's keys",
+            )),
+            _ => Err(serde::de::Error::custom(
+                "personal data needs exactly one of value, forgotten or sealed",
+            )),
+        }
+    }
+}
+
+/// Why personal data could not be sealed or opened.
+#[derive(Debug, thiserror::Error)]
+pub enum PersonalError {
+    /// An event with personal data, and a store without keys.
+    #[error("an event holds personal data, but the store has no key store")]
+    NoKeyStore,
+    /// A `$personal` field that is not what the toolkit writes.
+    #[error("a personal field that is not {{subject, value | sealed | forgotten}}: {0}")]
+    Malformed(String),
+    /// Sealed data that does not open with its subject's key: damaged, or not this store's.
+    #[error("the personal data of '{0}' does not open with its key (damaged?)")]
+    Damaged(String),
+    /// The key store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The subjects of the personal fields in `value` (sealed ones when `sealed`, else plain).
+fn subjects(value: &Value, sealed: bool, out: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::Object(inner)) = map.get(PERSONAL_KEY)
+                && map.len() == 1
+            {
+                let field = if sealed { "sealed" } else { "value" };
+                if let (Some(Value::String(subject)), true) =
+                    (inner.get("subject"), inner.contains_key(field))
+                {
+                    out.insert(subject.clone());
+                }
+                return;
+            }
+            map.values().for_each(|v| subjects(v, sealed, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| subjects(v, sealed, out)),
+        _ => {}
+    }
+}
+
+/// Applies `change` to every personal field of `value` (its inner object).
+fn each_personal(
+    value: &mut Value,
+    change: &mut dyn FnMut(&mut Map<String, Value>) -> Result<(), PersonalError>,
+) -> Result<(), PersonalError> {
+    match value {
+        Value::Object(map) => {
+            if map.len() == 1
+                && let Some(Value::Object(inner)) = map.get_mut(PERSONAL_KEY)
+            {
+                return change(inner);
+            }
+            for v in map.values_mut() {
+                each_personal(v, change)?;
+            }
+        }
+        Value::Array(items) => {
+            for v in items {
+                each_personal(v, change)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn aead_key(key: &SubjectKey) -> Result<LessSafeKey, PersonalError> {
+    UnboundKey::new(&CHACHA20_POLY1305, key)
+        .map(LessSafeKey::new)
+        .map_err(|_| PersonalError::Malformed("a key of the wrong length".into()))
+}
+
+fn subject_of(inner: &Map<String, Value>) -> Result<String, PersonalError> {
+    match inner.get("subject") {
+        Some(Value::String(subject)) => Ok(subject.clone()),
+        _ => Err(PersonalError::Malformed(
+            Value::Object(inner.clone()).to_string(),
+        )),
+    }
+}
+
+/// The keys of the subjects met, fetched once each.
+#[derive(Default)]
+pub(crate) struct Keys {
+    known: HashMap<String, Option<SubjectKey>>,
+}
+
+impl Keys {
+    /// Makes sure every subject with plain personal data in `value` has a key (a new random one
+    /// when it has none), then encrypts that data in place.
+    pub(crate) async fn seal(
+        &mut self,
+        store: Option<&Arc<dyn KeyStore>>,
+        value: &mut Value,
+    ) -> Result<(), PersonalError> {
+        let mut found = BTreeSet::new();
+        subjects(value, false, &mut found);
+        if found.is_empty() {
+            return Ok(());
+        }
+        let store = store.ok_or(PersonalError::NoKeyStore)?;
+        let random = SystemRandom::new();
+        for subject in found {
+            if matches!(self.known.get(&subject), Some(Some(_))) {
+                continue;
+            }
+            let mut key = [0u8; 32];
+            random
+                .fill(&mut key)
+                .map_err(|_| StoreError::invalid("no randomness for a new key"))?;
+            let key = store.add_key(&subject, key).await?;
+            self.known.insert(subject, Some(key));
+        }
+        each_personal(value, &mut |inner| {
+            let subject = subject_of(inner)?;
+            let Some(plain) = inner.remove("value") else {
+                return Ok(());
+            };
+            let Some(Some(key)) = self.known.get(&subject) else {
+                return Err(PersonalError::NoKeyStore);
+            };
+            let mut nonce = [0u8; NONCE_LEN];
+            random
+                .fill(&mut nonce)
+                .map_err(|_| StoreError::invalid("no randomness for a nonce"))?;
+            let mut bytes =
+                serde_json::to_vec(&plain).map_err(|e| PersonalError::Malformed(e.to_string()))?;
+            aead_key(key)?
+                .seal_in_place_append_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(subject.as_bytes()),
+                    &mut bytes,
+                )
+                .map_err(|_| PersonalError::Damaged(subject.clone()))?;
+            let mut sealed = nonce.to_vec();
+            sealed.extend_from_slice(&bytes);
+            inner.insert(
+                "sealed".into(),
+                Value::String(base64::engine::general_purpose::STANDARD.encode(sealed)),
+            );
+            Ok(())
+        })
+    }
+
+    /// Fetches the keys of the subjects whose sealed data `values` hold (those not fetched yet).
+    pub(crate) async fn fetch(
+        &mut self,
+        store: Option<&Arc<dyn KeyStore>>,
+        values: &[Option<Value>],
+    ) -> Result<(), PersonalError> {
+        let mut found = BTreeSet::new();
+        for value in values.iter().flatten() {
+            subjects(value, true, &mut found);
+        }
+        found.retain(|s| !self.known.contains_key(s));
+        if found.is_empty() {
+            return Ok(());
+        }
+        let store = store.ok_or(PersonalError::NoKeyStore)?;
+        for subject in found {
+            let key = store.key(&subject).await?;
+            self.known.insert(subject, key);
+        }
+        Ok(())
+    }
+
+    /// Decrypts the sealed data in `value` with the keys fetched; data whose subject has no
+    /// key any more becomes `forgotten`.
+    pub(crate) fn open(&self, value: &mut Value) -> Result<(), PersonalError> {
+        each_personal(value, &mut |inner| {
+            let subject = subject_of(inner)?;
+            let Some(Value::String(sealed)) = inner.remove("sealed") else {
+                return Ok(());
+            };
+            let Some(key) = self.known.get(&subject).copied().flatten() else {
+                inner.insert("forgotten".into(), Value::Bool(true));
+                return Ok(());
+            };
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(sealed)
+                .map_err(|_| PersonalError::Damaged(subject.clone()))?;
+            let (nonce, ciphertext) = bytes
+                .split_at_checked(NONCE_LEN)
+                .ok_or_else(|| PersonalError::Damaged(subject.clone()))?;
+            let nonce = Nonce::try_assume_unique_for_key(nonce)
+                .map_err(|_| PersonalError::Damaged(subject.clone()))?;
+            let mut buffer = ciphertext.to_vec();
+            let plain = aead_key(&key)?
+                .open_in_place(nonce, Aad::from(subject.as_bytes()), &mut buffer)
+                .map_err(|_| PersonalError::Damaged(subject.clone()))?;
+            let value: Value = serde_json::from_slice(plain)
+                .map_err(|_| PersonalError::Damaged(subject.clone()))?;
+            inner.insert("value".into(), value);
+            Ok(())
+        })
+    }
+}
+
+/// Refuses `value` if it holds plain personal data: it must be sealed before it is stored.
+pub(crate) fn refuse_plain(value: &mut Value) -> Result<(), PersonalError> {
+    let mut found = BTreeSet::new();
+    subjects(value, false, &mut found);
+    if found.is_empty() {
+        Ok(())
+    } else {
+        Err(PersonalError::NoKeyStore)
+    }
+}
+
+/// Whether a stored event may hold sealed personal data (a byte search of its data).
+pub(crate) fn may_be_sealed(recorded: &RecordedEvent) -> bool {
+    mentions_personal(&recorded.data)
+}
+
+fn mentions_personal(bytes: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"\"$personal\"";
+    bytes.windows(NEEDLE.len()).any(|w| w == NEEDLE)
+}
+
+/// JSON `bytes` (a snapshot's state) with their plain personal data sealed with `store`'s
+/// keys; unchanged when they hold none.
+pub(crate) async fn seal_bytes(
+    store: &dyn EventStore,
+    bytes: Vec<u8>,
+) -> Result<Vec<u8>, PersonalError> {
+    if !mentions_personal(&bytes) {
+        return Ok(bytes);
+    }
+    let mut value: Value =
+        serde_json::from_slice(&bytes).map_err(|e| PersonalError::Malformed(e.to_string()))?;
+    Keys::default()
+        .seal(store.keys().as_ref(), &mut value)
+        .await?;
+    serde_json::to_vec(&value).map_err(|e| PersonalError::Malformed(e.to_string()))
+}
+
+/// JSON `bytes` (a snapshot's state) with their sealed personal data opened; `None` when they
+/// hold none.
+pub(crate) async fn open_bytes(
+    store: &dyn EventStore,
+    bytes: &[u8],
+) -> Result<Option<Vec<u8>>, PersonalError> {
+    if !mentions_personal(bytes) {
+        return Ok(None);
+    }
+    let values = [Some(
+        serde_json::from_slice::<Value>(bytes)
+            .map_err(|e| PersonalError::Malformed(e.to_string()))?,
+    )];
+    let mut keys = Keys::default();
+    keys.fetch(store.keys().as_ref(), &values).await?;
+    let [Some(mut value)] = values else {
+        return Ok(None);
+    };
+    keys.open(&mut value)?;
+    serde_json::to_vec(&value)
+        .map(Some)
+        .map_err(|e| PersonalError::Malformed(e.to_string()))
+}
+
+/// Reads `recorded`'s data with its personal fields opened: decrypted with their subjects'
+/// keys from `store`, or marked forgotten. For read models and handlers that read events
+/// without a repository. `None` when the event holds no personal data.
+pub async fn open_personal(
+    store: &dyn EventStore,
+    recorded: &RecordedEvent,
+) -> Result<Option<Value>, PersonalError> {
+    match open_bytes(store, &recorded.data).await? {
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| PersonalError::Malformed(e.to_string())),
+        None => Ok(None),
+    }
+}
+
+/// Forgets `subject` in `store`: deletes its key, so every personal field of it reads as
+/// forgotten from now on, everywhere. An unknown subject (or one forgotten before) is
+/// [`StoreError::NotFound`] and changes nothing.
+pub async fn forget_subject(store: &dyn EventStore, subject: &str) -> Result<(), StoreError> {
+    let keys = store
+        .keys()
+        .ok_or_else(|| StoreError::Unsupported("personal data".into()))?;
+    if keys.forget(subject).await? {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound(format!("subject '{subject}'")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Registered {
+        customer: String,
+        email: Personal<String>,
+        amount: u64,
+    }
+
+    #[tokio::test]
+    async fn sealed_fields_open_with_their_key_and_read_as_forgotten_without_it() {
+        let store: Arc<dyn KeyStore> = Arc::new(factum_core::MemoryKeyStore::default());
+        let event = Registered {
+            customer: "cus-1".into(),
+            email: Personal::new("cus-1", "ann@example.com".into()),
+            amount: 42,
+        };
+        let mut value = serde_json::to_value(&event).unwrap();
+        let mut keys = Keys::default();
+        keys.seal(Some(&store), &mut value).await.unwrap();
+        let text = value.to_string();
+        assert!(!text.contains("ann@example.com"), "{text}");
+        assert!(
+            text.contains("\"amount\":42") && text.contains("cus-1"),
+            "{text}"
+        );
+        assert!(serde_json::from_value::<Registered>(value.clone()).is_err());
+
+        let mut reader = Keys::default();
+        reader
+            .fetch(Some(&store), &[Some(value.clone())])
+            .await
+            .unwrap();
+        let mut opened = value.clone();
+        reader.open(&mut opened).unwrap();
+        assert_eq!(serde_json::from_value::<Registered>(opened).unwrap(), event);
+
+        assert!(store.forget("cus-1").await.unwrap());
+        let mut reader = Keys::default();
+        reader
+            .fetch(Some(&store), &[Some(value.clone())])
+            .await
+            .unwrap();
+        reader.open(&mut value).unwrap();
+        let forgotten: Registered = serde_json::from_value(value).unwrap();
+        assert!(forgotten.email.is_forgotten());
+        assert_eq!(forgotten.email.subject(), "cus-1");
+        assert_eq!(forgotten.amount, 42);
+
+        // Without a key store an event with personal data is refused.
+        let mut plain = serde_json::to_value(&event).unwrap();
+        assert!(matches!(
+            Keys::default().seal(None, &mut plain).await,
+            Err(PersonalError::NoKeyStore)
+        ));
+    }
+}
