@@ -139,6 +139,12 @@ pub enum Command {
         #[arg(long)]
         past_checkpoints: bool,
     },
+    /// Forget a subject (a customer, a person): delete its key, so that the personal data of
+    /// it in every event reads as forgotten from now on, everywhere. It cannot be undone.
+    Forget {
+        /// The subject's id, as the events' personal fields name it.
+        subject: String,
+    },
     /// Print every recorded event as a JSON line (the input of `import`).
     Export {
         /// First position.

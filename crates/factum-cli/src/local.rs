@@ -175,6 +175,11 @@ pub async fn run(location: &store::Location, command: Command) -> Result<()> {
             bar.finish_and_clear();
             println!("{}", scavenge_report(&report?));
         }
+        Command::Forget { subject } => {
+            let store = open(dir).await?;
+            factum::forget_subject(&*store, &subject).await?;
+            println!("{}", serde_json::json!({"forgotten": subject}));
+        }
         Command::Export { from } => {
             let store = open(dir).await?;
             let head = store.head();

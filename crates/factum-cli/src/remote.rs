@@ -629,12 +629,17 @@ pub async fn run(remote: &Remote, command: Command) -> Result<()> {
             report["ok"] = true.into();
             println!("{report}");
         }
+        Command::Forget { subject } => {
+            let request = remote.request(Method::DELETE, &["admin", "subjects", &subject]);
+            let answer: serde_json::Value = remote.json(request).await?;
+            println!("{answer}");
+        }
         Command::Subscriptions { action } => remote.subscriptions(action).await?,
         Command::Dcb { action } => remote.dcb(action).await?,
         _ => {
             return Err(bad(
                 "--server: only append, read, read-all, tail, streams, delete, metadata, \
-                 export, scavenge, subscriptions and dcb go to a server; run this command where the store is \
+                 export, scavenge, forget, subscriptions and dcb go to a server; run this command where the store is \
                  (with --data-dir or --store)",
             ));
         }

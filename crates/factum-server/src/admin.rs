@@ -1,12 +1,12 @@
 //! Administrative operations on the whole store (admin right on every stream).
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::query;
+use crate::api::{path, query};
 use crate::auth::{Caller, Right};
 use crate::error::ErrorBody;
 use crate::{ApiError, AppState};
@@ -86,4 +86,33 @@ pub(crate) async fn scavenge(
         "scavenge done"
     );
     Ok(Json(report.into()))
+}
+
+/// A subject forgotten.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Forgotten {
+    /// The subject whose key was deleted.
+    forgotten: String,
+}
+
+#[utoipa::path(delete, path = "/admin/subjects/{subject}", tag = "server",
+    summary = "Forget a subject: delete its key, so its personal data reads as forgotten everywhere (admin right on every stream)",
+    description = "Deletes the key the personal fields of the subject's events are encrypted with. From then on those fields decode as forgotten in every read, export, relayed message and rebuilt read model; the rest of each event stays. It cannot be undone.",
+    params(("subject" = String, Path, description = "The subject's id: 1 to 100 bytes without control characters.", min_length = 1, max_length = 100)),
+    responses(
+        (status = 200, description = "Forgotten", body = Forgotten),
+        (status = 400, description = "Not a subject id", body = ErrorBody),
+        (status = 403, description = "The token has no admin right on every stream", body = ErrorBody),
+        (status = 404, description = "No key for this subject: unknown, or forgotten before", body = ErrorBody),
+        (status = 501, description = "This store keeps no keys", body = ErrorBody)))]
+pub(crate) async fn forget(
+    State(state): State<AppState>,
+    caller: Caller,
+    subject: std::result::Result<Path<String>, PathRejection>,
+) -> std::result::Result<Json<Forgotten>, ApiError> {
+    caller.require(Right::Admin, "")?;
+    let subject = path(subject)?;
+    factum_toolkit::forget_subject(state.store.as_ref(), &subject).await?;
+    tracing::info!(subject, "subject forgotten");
+    Ok(Json(Forgotten { forgotten: subject }))
 }

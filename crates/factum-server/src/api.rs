@@ -27,7 +27,7 @@ use crate::{ApiError, AppState};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
-fn path(path: std::result::Result<Path<String>, PathRejection>) -> Result<String> {
+pub(crate) fn path(path: std::result::Result<Path<String>, PathRejection>) -> Result<String> {
     path.map(|Path(p)| p)
         .map_err(|e| ApiError::bad_request(format!("path: {}", e.body_text())))
 }

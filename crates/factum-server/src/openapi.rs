@@ -89,6 +89,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(groups::nack))
         .routes(routes!(groups::replay_parked))
         .routes(routes!(admin::scavenge))
+        .routes(routes!(admin::forget))
 }
 
 /// The description, rendered once, and the endpoint index at `/` made from it.
