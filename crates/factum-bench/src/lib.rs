@@ -36,6 +36,7 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Scenarios to run (bulk, concurrent, single, read-all; also open, load, load-snapshot,
+    /// load-personal,
     /// bus, processor, saga, project, project-e2e, http, http-sse, grpc, grpc-catch-up,
     /// persistent-grpc, persistent-http, relay-nats, relay-rabbitmq, relay-kafka, dcb,
     /// dcb-read, scavenge).
@@ -252,12 +253,19 @@ pub async fn run(data_dir: &Path, factum_pg: Option<&str>, args: BenchArgs) -> R
                     toolkit::load_snapshot(store_engine(store)?, &payloads).await
                 }
                 "processor" if i == 0 => toolkit::processor(store_engine(store)?, &payloads).await,
+                "load-personal" if i == 0 => {
+                    for r in toolkit::load_personal(store_engine(store)?).await? {
+                        print_row(&args, &r);
+                        rows.push(r);
+                    }
+                    continue;
+                }
                 "bus" if i == 0 => toolkit::bus().await,
-                "load" | "load-snapshot" | "bus" | "processor" => continue,
+                "load" | "load-snapshot" | "load-personal" | "bus" | "processor" => continue,
                 other => {
                     bail!(
                         "unknown scenario '{other}' (bulk, concurrent, single, read-all, open, \
-                         load, load-snapshot, bus, processor, saga, project, project-e2e, http, http-sse, \
+                         load, load-snapshot, load-personal, bus, processor, saga, project, project-e2e, http, http-sse, \
                          grpc, grpc-catch-up, persistent-grpc, persistent-http, relay-nats, \
                          relay-rabbitmq, relay-kafka, dcb, dcb-read, scavenge)"
                     )

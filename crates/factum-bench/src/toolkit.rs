@@ -391,3 +391,113 @@ pub async fn saga(store: Arc<dyn EventStore>, label: &str) -> Result<Vec<Row>> {
     ));
     Ok(rows)
 }
+
+/// An order line with the customer's contact details, personal data in `personal`.
+#[derive(Serialize, Deserialize)]
+struct ContactLine<P> {
+    order_id: String,
+    customer_id: String,
+    email: P,
+    name: P,
+    sku: String,
+    quantity: u32,
+    unit_price_cents: u64,
+    note: String,
+}
+
+#[derive(Serialize, Deserialize)]
+enum ContactEvent<P> {
+    ContactLineAdded(ContactLine<P>),
+}
+
+/// Customers whose order lines carry their email and name: as plain strings, or as
+/// [`Personal`](factum::Personal) fields sealed with the customer's key.
+struct Contacts<P>(std::marker::PhantomData<fn() -> P>);
+
+trait Contact: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {
+    const CATEGORY: &'static str;
+    fn of(customer: &str, value: String) -> Self;
+}
+
+impl Contact for String {
+    const CATEGORY: &'static str = "bench-plain";
+    fn of(_: &str, value: String) -> Self {
+        value
+    }
+}
+
+impl Contact for factum::Personal<String> {
+    const CATEGORY: &'static str = "bench-personal";
+    fn of(customer: &str, value: String) -> Self {
+        factum::Personal::new(customer, value)
+    }
+}
+
+impl<P: Contact> Decider for Contacts<P> {
+    type State = u64;
+    type Command = u64;
+    type Event = ContactEvent<P>;
+    type Error = Never;
+    const CATEGORY: &'static str = P::CATEGORY;
+    fn initial_state(&self) -> u64 {
+        0
+    }
+    fn decide(&self, lines: &u64, count: &u64) -> Result<Vec<ContactEvent<P>>, Never> {
+        Ok((0..*count)
+            .map(|i| {
+                let n = lines + i;
+                ContactEvent::ContactLineAdded(ContactLine {
+                    order_id: format!("ord-{n:012}"),
+                    customer_id: "cus-00000042".into(),
+                    email: P::of("cus-00000042", format!("customer-{n}@example.com")),
+                    name: P::of("cus-00000042", "Ann Andersen".into()),
+                    sku: format!("SKU-{:06}", n % 9_973),
+                    quantity: 1 + (n % 7) as u32,
+                    unit_price_cents: 100 + n % 9_000,
+                    note: "x".repeat(64),
+                })
+            })
+            .collect())
+    }
+    fn evolve(&self, lines: u64, _: &ContactEvent<P>) -> u64 {
+        lines + 1
+    }
+}
+
+/// Load and execute a command on an aggregate of 10,000 events whose every event carries two
+/// personal fields, sealed (`load-personal`), and the same aggregate with them in the clear
+/// (`load-plain`): what encrypting personal data costs a command.
+pub async fn load_personal(engine: Engine) -> Result<Vec<Row>> {
+    Ok(vec![
+        load_contacts::<String>(engine.clone(), "load-plain").await?,
+        load_contacts::<factum::Personal<String>>(engine, "load-personal").await?,
+    ])
+}
+
+async fn load_contacts<P: Contact>(engine: Engine, scenario: &str) -> Result<Row> {
+    const EVENTS: u64 = 10_000;
+    const RUNS: usize = 50;
+    let contacts = Repository::new(engine, Contacts::<P>(std::marker::PhantomData));
+    let progress = bar(EVENTS, format!("writing {scenario}"));
+    for _ in 0..EVENTS / 1000 {
+        contacts
+            .execute("long", 1000, &CommandContext::new())
+            .await?;
+        progress.inc(1000);
+    }
+    progress.finish_and_clear();
+    let progress = bar(RUNS as u64, format!("{scenario} factum"));
+    let mut latencies = Vec::with_capacity(RUNS);
+    let started = Instant::now();
+    let mut loaded_events = 0;
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        let done = contacts.execute("long", 1, &CommandContext::new()).await?;
+        latencies.push(t.elapsed().as_micros() as u64);
+        loaded_events += done.revision.unwrap_or(0);
+        progress.inc(1);
+    }
+    let elapsed = started.elapsed();
+    progress.finish_and_clear();
+    Ok(row(scenario, "factum", loaded_events, elapsed, latencies))
+}
