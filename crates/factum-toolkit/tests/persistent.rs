@@ -978,3 +978,88 @@ async fn a_group_whose_claim_is_lost_stops_and_another_process_takes_it_over() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scavenge_stops_at_the_first_message_a_group_has_not_settled() {
+    for (backend, store, _dir) in stores("scavenge").await {
+        let stream = StreamName::user("job-9").unwrap();
+        store
+            .set_metadata(
+                &stream,
+                factum_core::StreamMetadata {
+                    max_count: Some(1),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        append(store.as_ref(), "job-9", 10).await;
+        let groups = Groups::open(store.clone()).await.unwrap();
+        let source = GroupSource::All(FilterSpec {
+            stream_prefixes: vec!["job-".into()],
+            ..FilterSpec::default()
+        });
+        let key = GroupKey::new("$all", "jobs");
+        groups.create(source, "jobs", quick()).await.unwrap();
+        let mut connection = groups.connect(&key, "one", 3).await.unwrap();
+        let mut settled = Vec::new();
+        for _ in 0..3 {
+            let d = next(&mut connection).await;
+            settled.push(d.event.position);
+            connection.ack(&[d.id]).await.unwrap();
+        }
+        // The three acks reach the group's checkpoint.
+        let expected = settled.last().unwrap() + 1;
+        let mut bound = None;
+        for _ in 0..100 {
+            bound = factum_toolkit::scavenge_bound(store.as_ref())
+                .await
+                .unwrap();
+            if bound == Some(expected) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(bound, Some(expected), "{backend}");
+        // A processor's checkpoint further on does not move the bound.
+        store.save_checkpoint("mailer", expected + 5).await.unwrap();
+        assert_eq!(
+            factum_toolkit::scavenge_bound(store.as_ref())
+                .await
+                .unwrap(),
+            Some(expected),
+            "{backend}"
+        );
+        match factum_toolkit::scavenge(store.as_ref(), false, &|_, _| {}).await {
+            Err(factum_core::StoreError::Unsupported(_)) => assert_eq!(backend, "memory"),
+            Ok(report) => {
+                assert_eq!(report.below, Some(expected), "{backend}");
+                let left: Vec<u64> = store
+                    .read_all(0, Direction::Forwards, 100)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .filter(|e| e.stream == stream)
+                    .map(|e| e.revision)
+                    .collect();
+                // What the group settled went; what it has not read stays, hidden as it is.
+                assert_eq!(left, (3..10).collect::<Vec<_>>(), "{backend}");
+                let past = factum_toolkit::scavenge(store.as_ref(), true, &|_, _| {})
+                    .await
+                    .unwrap();
+                assert_eq!(past.below, None);
+                let left = store
+                    .read_all(0, Direction::Forwards, 100)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .filter(|e| e.stream == stream)
+                    .count();
+                assert_eq!(left, 1, "{backend}: only the newest");
+            }
+            Err(e) => panic!("{backend}: {e}"),
+        }
+        drop(connection);
+        groups.close().await;
+    }
+}
