@@ -219,6 +219,17 @@ impl<D: Decider> EventCodec<D> {
 
     /// Today's event for a stored one.
     pub fn decode(&self, decider: &D, recorded: &RecordedEvent) -> Result<D::Event, CodecError> {
+        self.decode_data(decider, recorded, &recorded.data)
+    }
+
+    /// Today's event for a stored one, with `data` read in place of its own (its personal
+    /// data opened).
+    pub(crate) fn decode_data(
+        &self,
+        decider: &D,
+        recorded: &RecordedEvent,
+        data: &[u8],
+    ) -> Result<D::Event, CodecError> {
         let bad = |reason: String| CodecError::Decode {
             event_type: recorded.event_type.clone(),
             position: recorded.position,
@@ -228,18 +239,18 @@ impl<D: Decider> EventCodec<D> {
         let current = decider.event_version(&recorded.event_type);
         if version == current && !self.upcasters.applies(&recorded.event_type, version) {
             // The common case: read the stored bytes straight into the enum.
-            let mut text = Vec::with_capacity(recorded.data.len() + recorded.event_type.len() + 8);
+            let mut text = Vec::with_capacity(data.len() + recorded.event_type.len() + 8);
             text.push(b'{');
             serde_json::to_writer(&mut text, &recorded.event_type)
                 .map_err(|e| bad(e.to_string()))?;
             text.push(b':');
-            text.extend_from_slice(&recorded.data);
+            text.extend_from_slice(data);
             text.push(b'}');
             // One UTF-8 check of the whole text is cheaper than serde's check of each string.
             let text = String::from_utf8(text).map_err(|e| bad(e.to_string()))?;
             return serde_json::from_str(&text).map_err(|e| bad(e.to_string()));
         }
-        let data: Value = serde_json::from_slice(&recorded.data).map_err(|e| bad(e.to_string()))?;
+        let data: Value = serde_json::from_slice(data).map_err(|e| bad(e.to_string()))?;
         self.decode_value(decider, recorded, data)
     }
 

@@ -329,6 +329,29 @@ impl<D: Decider> Repository<D> {
         Ok(encoded)
     }
 
+    /// Decodes an event that holds personal data: opened in place when it is compact JSON (as
+    /// the toolkit writes it), else through a JSON tree.
+    async fn decode_sealed(
+        &self,
+        keys: &mut Keys,
+        store_keys: Option<&Arc<dyn factum_core::KeyStore>>,
+        recorded: &factum_core::RecordedEvent,
+    ) -> Result<D::Event, CodecError> {
+        if let Some(data) = keys.open_bytes(&recorded.data)? {
+            return self.codec.decode_data(&self.decider, recorded, &data);
+        }
+        let mut data: serde_json::Value =
+            serde_json::from_slice(&recorded.data).map_err(|e| CodecError::Decode {
+                event_type: recorded.event_type.clone(),
+                position: recorded.position,
+                reason: e.to_string(),
+            })?;
+        keys.fetch(store_keys, std::slice::from_ref(&Some(data.clone())))
+            .await?;
+        keys.open(&mut data)?;
+        self.codec.decode_value(&self.decider, recorded, data)
+    }
+
     /// Loads an aggregate by replaying its events.
     pub async fn load(&self, id: &str) -> Result<Loaded<D::State>, RepositoryError<D::Error>> {
         let stream = self.stream(id)?;
@@ -380,37 +403,26 @@ impl<D: Decider> Repository<D> {
         let mut keys = Keys::default();
         let mut pages = StreamPages::new(self.store.as_ref(), stream, from);
         while let Some(page) = pages.next().await? {
-            // Events with personal data are read as JSON and opened with their subjects' keys
-            // (fetched once per load); the others go straight into the enum.
-            let mut opened: Vec<Option<serde_json::Value>> = Vec::new();
+            // Events with personal data are opened with their subjects' keys (fetched once per
+            // load) before they are decoded.
             if page.iter().any(may_be_sealed) {
-                for recorded in &page {
-                    opened.push(if may_be_sealed(recorded) {
-                        Some(serde_json::from_slice(&recorded.data).map_err(|e| {
-                            CodecError::Decode {
-                                event_type: recorded.event_type.clone(),
-                                position: recorded.position,
-                                reason: e.to_string(),
-                            }
-                        })?)
-                    } else {
-                        None
-                    });
-                }
-                keys.fetch(store_keys.as_ref(), &opened)
+                let sealed: Vec<&[u8]> = page
+                    .iter()
+                    .filter(|e| may_be_sealed(e))
+                    .map(|e| e.data.as_ref())
+                    .collect();
+                keys.fetch_for_bytes(store_keys.as_ref(), &sealed)
                     .await
                     .map_err(CodecError::from)?;
             }
-            let mut opened = opened.into_iter();
             for recorded in &page {
                 seen = seen || produced(recorded);
                 since_us = since_us.or(Some(recorded.recorded_at_us));
-                let event = match opened.next().flatten() {
-                    Some(mut data) => {
-                        keys.open(&mut data).map_err(CodecError::from)?;
-                        self.codec.decode_value(&self.decider, recorded, data)?
-                    }
-                    None => self.codec.decode(&self.decider, recorded)?,
+                let event = if may_be_sealed(recorded) {
+                    self.decode_sealed(&mut keys, store_keys.as_ref(), recorded)
+                        .await?
+                } else {
+                    self.codec.decode(&self.decider, recorded)?
                 };
                 state = state.take().map(|state| self.decider.evolve(state, &event));
                 revision = Some(recorded.revision);
