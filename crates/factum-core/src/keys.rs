@@ -48,6 +48,19 @@ pub trait KeyStore: Send + Sync {
     async fn forget(&self, subject: &str) -> Result<bool, StoreError>;
 }
 
+/// Opens events for code that reads them without a repository (a projector): their sealed
+/// personal data decrypted with the store's keys, or marked forgotten. The toolkit's
+/// `OpenPersonalData` is the one that knows how.
+#[async_trait]
+pub trait EventOpener: Send + Sync {
+    /// Replaces the data of each of `events` that holds sealed personal data with it opened.
+    async fn open(
+        &self,
+        store: &dyn crate::EventStore,
+        events: &mut [crate::RecordedEvent],
+    ) -> Result<(), StoreError>;
+}
+
 /// Keys in memory, for tests.
 #[derive(Default)]
 pub struct MemoryKeyStore {

@@ -41,7 +41,8 @@ pub use dcb::{AppendCondition, DcbAppend, DcbEvent, Query, QueryItem, QueryRead}
 pub use error::StoreError;
 pub use event::{ContentType, NewEvent, RecordedEvent, now_micros};
 pub use keys::{
-    FileKeyStore, KeyStore, MemoryKeyStore, SUBJECT_BYTES_MAX, SubjectKey, validate_subject,
+    EventOpener, FileKeyStore, KeyStore, MemoryKeyStore, SUBJECT_BYTES_MAX, SubjectKey,
+    validate_subject,
 };
 pub use memory::MemoryStore;
 pub use scavenge::{

@@ -51,6 +51,7 @@ pub struct Projector {
     read_model: Arc<dyn ReadModel>,
     projection: Arc<dyn Projection>,
     batch_size: usize,
+    opener: Option<Arc<dyn factum_core::EventOpener>>,
 }
 
 impl Projector {
@@ -68,7 +69,15 @@ impl Projector {
             read_model,
             projection: Arc::new(projection),
             batch_size: Self::BATCH_EVENTS_DEFAULT,
+            opener: None,
         }
+    }
+
+    /// Opens each batch with `opener` before the projection sees it: with the toolkit's
+    /// `OpenPersonalData`, personal fields reach the projection decrypted (or forgotten).
+    pub fn open_events(mut self, opener: Arc<dyn factum_core::EventOpener>) -> Self {
+        self.opener = Some(opener);
+        self
     }
 
     /// At most this many events per transaction (at least 1).
@@ -276,10 +285,14 @@ impl Projector {
         let limit = usize::try_from(until - from)
             .unwrap_or(usize::MAX)
             .min(self.batch_size);
-        Ok(self
+        let mut events = self
             .store
             .read_all(from, Direction::Forwards, limit)
-            .await?)
+            .await?;
+        if let Some(opener) = &self.opener {
+            opener.open(self.store.as_ref(), &mut events).await?;
+        }
+        Ok(events)
     }
 
     /// Applies the events after `checkpoint` and below `until`, a batch per transaction; the

@@ -43,6 +43,9 @@ fn open_connection(path: &Path) -> Result<Connection, ProjectionError> {
     // the projector applies those events again, exactly once.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // What is deleted or dropped is overwritten with zeros, so data a rebuild replaced (say
+    // personal data of a forgotten subject) does not linger in free pages.
+    conn.pragma_update(None, "secure_delete", true)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
@@ -323,6 +326,11 @@ impl ReadModel for SqliteReadModel {
             )?;
             tx.commit()?;
             inner.committed.send_modify(|n| *n += 1);
+            // The replaced tables' pages leave the write-ahead log too (when no reader holds
+            // it; otherwise at a later checkpoint).
+            if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+                tracing::debug!(error = %e, "checkpointing the read model after a swap");
+            }
             Ok(SwapOutcome::Swapped)
         })
         .await

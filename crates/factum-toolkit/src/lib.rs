@@ -45,7 +45,9 @@ pub use persistent::{
     GroupSettings, GroupSource, Groups, MESSAGE_PARKED, NackAction, PersistentConsumer,
     PersistentConsumerStats, StartFrom,
 };
-pub use personal::{PERSONAL_KEY, Personal, PersonalError, forget_subject, open_personal};
+pub use personal::{
+    OpenPersonalData, PERSONAL_KEY, Personal, PersonalError, forget_subject, open_personal,
+};
 pub use processor::{
     EventHandler, EventProcessor, EventProcessorBuilder, HandlerError, ProcessorStats, RetryPolicy,
     handler_fn,

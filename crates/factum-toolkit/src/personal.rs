@@ -547,6 +547,52 @@ pub async fn open_personal(
     }
 }
 
+/// Opens the personal data of events read without a repository (see
+/// [`factum_core::EventOpener`]): give it to a projector (`Projector::open_events`) whose
+/// projection reads [`Personal`] fields, and a read model rebuilt after a subject was
+/// forgotten holds `forgotten` where its data was.
+pub struct OpenPersonalData;
+
+#[async_trait::async_trait]
+impl factum_core::EventOpener for OpenPersonalData {
+    async fn open(
+        &self,
+        store: &dyn EventStore,
+        events: &mut [RecordedEvent],
+    ) -> Result<(), StoreError> {
+        if !events.iter().any(may_be_sealed) {
+            return Ok(());
+        }
+        let invalid = |e: PersonalError| match e {
+            PersonalError::Store(e) => e,
+            other => StoreError::invalid(other.to_string()),
+        };
+        let store_keys = store.keys();
+        let mut keys = Keys::default();
+        {
+            let sealed: Vec<&[u8]> = events
+                .iter()
+                .filter(|e| may_be_sealed(e))
+                .map(|e| e.data.as_ref())
+                .collect();
+            keys.fetch_for_bytes(store_keys.as_ref(), &sealed)
+                .await
+                .map_err(invalid)?;
+        }
+        for event in events.iter_mut().filter(|e| may_be_sealed(e)) {
+            let opened = match keys.open_bytes(&event.data).map_err(invalid)? {
+                Some(opened) => opened,
+                None => open_bytes(store, &event.data)
+                    .await
+                    .map_err(invalid)?
+                    .unwrap_or_else(|| event.data.to_vec()),
+            };
+            event.data = bytes::Bytes::from(opened);
+        }
+        Ok(())
+    }
+}
+
 /// Forgets `subject` in `store`: deletes its key, so every personal field of it reads as
 /// forgotten from now on, everywhere. An unknown subject (or one forgotten before) is
 /// [`StoreError::NotFound`] and changes nothing.
