@@ -232,3 +232,70 @@ async fn a_second_copy_of_a_relay_waits_and_takes_over_when_the_first_stops() {
     assert_stream_order(&received);
     delete_jetstream(&url, &js_stream).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personal_data_leaves_sealed_so_forgetting_reaches_relayed_messages_too() {
+    use factum_toolkit::{CommandContext, Decider, Personal, Repository, forget_subject};
+
+    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+    enum Event {
+        Registered {
+            email: Personal<String>,
+            plan: String,
+        },
+    }
+    #[derive(Debug, thiserror::Error)]
+    #[error("never")]
+    struct Never;
+    struct Customers;
+    impl Decider for Customers {
+        type State = ();
+        type Command = ();
+        type Event = Event;
+        type Error = Never;
+        const CATEGORY: &'static str = "customer";
+        fn initial_state(&self) {}
+        fn decide(&self, _: &(), _: &()) -> Result<Vec<Event>, Never> {
+            Ok(vec![Event::Registered {
+                email: Personal::new("cus-1", "ann@example.com".into()),
+                plan: "gold".into(),
+            }])
+        }
+        fn evolve(&self, _: (), _: &Event) {}
+    }
+
+    let url = nats_url();
+    if !reachable("NATS", &url).await {
+        return;
+    }
+    let (_dir, store) = engine_store();
+    Repository::new(store.clone(), Customers)
+        .execute("cus-1", (), &CommandContext::new())
+        .await
+        .unwrap();
+    let js_stream = unique("PERSONAL");
+    let config = NatsConfig {
+        subject_prefix: unique("p"),
+        jetstream_stream: Some(js_stream.clone()),
+        ..NatsConfig::new(&url)
+    };
+    let relay = Relay::builder("customers-out", store.clone())
+        .stream_prefixes(["customer-"])
+        .translator(TypeMap::new().map("Registered", "customer.registered.v1", Payload::Data))
+        .build()
+        .unwrap();
+    let mut running = spawn_relay(relay, NatsPublisher::new(config));
+    caught_up(&mut running.status, store.as_ref()).await;
+    let received = read_jetstream(&url, &js_stream, 1, Duration::from_secs(5)).await;
+    assert_eq!(received.len(), 1);
+    let payload = String::from_utf8_lossy(&received[0].payload).into_owned();
+    assert!(!payload.contains("ann@example.com"), "{payload}");
+    assert!(
+        payload.contains("cus-1") && payload.contains("gold"),
+        "{payload}"
+    );
+    forget_subject(store.as_ref(), "cus-1").await.unwrap();
+    // What a consumer received can never be opened again: the only key is gone.
+    assert!(store.keys().unwrap().key("cus-1").await.unwrap().is_none());
+    running.stop().await;
+}
