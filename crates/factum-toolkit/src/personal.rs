@@ -208,7 +208,7 @@ fn aead_key(key: &SubjectKey) -> Result<LessSafeKey, PersonalError> {
 }
 
 /// The plaintext (JSON bytes) of `sealed` (base64 of nonce, ciphertext and tag).
-fn unseal(key: &SubjectKey, subject: &str, sealed: &str) -> Result<Vec<u8>, PersonalError> {
+fn unseal(aead: &LessSafeKey, subject: &str, sealed: &str) -> Result<Vec<u8>, PersonalError> {
     let damaged = || PersonalError::Damaged(subject.to_owned());
     let mut bytes = base64::engine::general_purpose::STANDARD
         .decode(sealed)
@@ -218,7 +218,7 @@ fn unseal(key: &SubjectKey, subject: &str, sealed: &str) -> Result<Vec<u8>, Pers
     }
     let mut ciphertext = bytes.split_off(NONCE_LEN);
     let nonce = Nonce::try_assume_unique_for_key(&bytes).map_err(|_| damaged())?;
-    let len = aead_key(key)?
+    let len = aead
         .open_in_place(nonce, Aad::from(subject.as_bytes()), &mut ciphertext)
         .map_err(|_| damaged())?
         .len();
@@ -228,18 +228,21 @@ fn unseal(key: &SubjectKey, subject: &str, sealed: &str) -> Result<Vec<u8>, Pers
 
 /// A personal field found in compact JSON: where it starts and ends (the whole
 /// `{"$personal":{…}}` object), and its subject and sealed data when it is sealed.
-struct CompactField {
+struct CompactField<'a> {
     start: usize,
     end: usize,
-    sealed_subject: Option<String>,
-    sealed: Option<String>,
+    subject: std::borrow::Cow<'a, str>,
+    sealed: Option<std::borrow::Cow<'a, str>>,
+    /// It holds its value in the clear (or is marked forgotten): nothing to open.
+    plain: bool,
 }
 
 #[derive(Deserialize)]
-struct SealedWire {
-    subject: String,
-    #[serde(default)]
-    sealed: Option<String>,
+struct SealedWire<'a> {
+    #[serde(borrow)]
+    subject: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    sealed: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     value: Option<serde::de::IgnoredAny>,
     #[serde(default)]
@@ -250,19 +253,15 @@ struct SealedWire {
 /// is not at the start of a compact `{"$personal":{…}}` (then only a JSON tree reads it
 /// right). In compact JSON the quotes of a key are bare, and inside a string they would be
 /// escaped, so the byte pattern finds exactly the fields.
-fn compact_fields(data: &[u8]) -> Option<Vec<Result<CompactField, PersonalError>>> {
+fn compact_fields(data: &[u8]) -> Option<Vec<Result<CompactField<'_>, PersonalError>>> {
     const OPEN: &[u8] = b"{\"$personal\":";
-    const KEY: &[u8] = b"\"$personal\"";
     let mut fields = Vec::new();
     let mut mentions = 0;
     let mut at = 0;
-    while let Some(found) = data
-        .get(at..)
-        .and_then(|rest| rest.windows(KEY.len()).position(|w| w == KEY))
-    {
+    while let Some(found) = data.get(at..).and_then(|rest| PERSONAL_FINDER.find(rest)) {
         let key_at = at + found;
         mentions += 1;
-        at = key_at + KEY.len();
+        at = key_at + PERSONAL_FINDER.needle().len();
         let Some(start) = key_at
             .checked_sub(1)
             .filter(|s| data.get(*s) == Some(&b'{'))
@@ -278,12 +277,12 @@ fn compact_fields(data: &[u8]) -> Option<Vec<Result<CompactField, PersonalError>
                 if data.get(end) != Some(&b'}') {
                     return None;
                 }
-                let _ = (wire.value, wire.forgotten);
                 at = end + 1;
                 Ok(CompactField {
                     start,
                     end: end + 1,
-                    sealed_subject: wire.sealed.is_some().then_some(wire.subject),
+                    plain: wire.value.is_some() || wire.forgotten,
+                    subject: wire.subject,
                     sealed: wire.sealed,
                 })
             }
@@ -306,7 +305,20 @@ fn subject_of(inner: &Map<String, Value>) -> Result<String, PersonalError> {
 /// The keys of the subjects met, fetched once each.
 #[derive(Default)]
 pub(crate) struct Keys {
-    known: HashMap<String, Option<SubjectKey>>,
+    known: HashMap<String, Option<Known>>,
+}
+
+/// A subject's key, ready for ChaCha20-Poly1305.
+struct Known {
+    aead: LessSafeKey,
+}
+
+impl Known {
+    fn new(key: SubjectKey) -> Result<Self, PersonalError> {
+        Ok(Known {
+            aead: aead_key(&key)?,
+        })
+    }
 }
 
 impl Keys {
@@ -333,14 +345,14 @@ impl Keys {
                 .fill(&mut key)
                 .map_err(|_| StoreError::invalid("no randomness for a new key"))?;
             let key = store.add_key(&subject, key).await?;
-            self.known.insert(subject, Some(key));
+            self.known.insert(subject, Some(Known::new(key)?));
         }
         each_personal(value, &mut |inner| {
             let subject = subject_of(inner)?;
             let Some(plain) = inner.remove("value") else {
                 return Ok(());
             };
-            let Some(Some(key)) = self.known.get(&subject) else {
+            let Some(Some(known)) = self.known.get(&subject) else {
                 return Err(PersonalError::NoKeyStore);
             };
             let mut nonce = [0u8; NONCE_LEN];
@@ -349,7 +361,8 @@ impl Keys {
                 .map_err(|_| StoreError::invalid("no randomness for a nonce"))?;
             let mut bytes =
                 serde_json::to_vec(&plain).map_err(|e| PersonalError::Malformed(e.to_string()))?;
-            aead_key(key)?
+            known
+                .aead
                 .seal_in_place_append_tag(
                     Nonce::assume_unique_for_key(nonce),
                     Aad::from(subject.as_bytes()),
@@ -382,44 +395,22 @@ impl Keys {
         }
         let store = store.ok_or(PersonalError::NoKeyStore)?;
         for subject in found {
-            let key = store.key(&subject).await?;
+            let key = store.key(&subject).await?.map(Known::new).transpose()?;
             self.known.insert(subject, key);
         }
         Ok(())
     }
 
-    /// Fetches the keys of the subjects whose sealed fields `data` holds, as
-    /// [`Keys::open_bytes`] reads them (those not fetched yet).
-    pub(crate) async fn fetch_for_bytes(
+    /// `data` (compact JSON, as the toolkit stores it) with each sealed personal field opened
+    /// (its subject's key fetched the first time it is met), written byte for byte around
+    /// them — without building a JSON tree, which costs more than the decryption. `None` when
+    /// `data` is not compact where a field is (written by other means): [`Keys::open`] reads
+    /// it then.
+    pub(crate) async fn open_data(
         &mut self,
         store: Option<&Arc<dyn KeyStore>>,
-        data: &[&[u8]],
-    ) -> Result<(), PersonalError> {
-        let mut found = BTreeSet::new();
-        for bytes in data {
-            for field in compact_fields(bytes).into_iter().flatten() {
-                if let Some(subject) = field?.sealed_subject {
-                    found.insert(subject);
-                }
-            }
-        }
-        found.retain(|s| !self.known.contains_key(s));
-        if found.is_empty() {
-            return Ok(());
-        }
-        let store = store.ok_or(PersonalError::NoKeyStore)?;
-        for subject in found {
-            let key = store.key(&subject).await?;
-            self.known.insert(subject, key);
-        }
-        Ok(())
-    }
-
-    /// `data` (compact JSON, as the toolkit stores it) with each sealed personal field opened,
-    /// written byte for byte around them — without building a JSON tree, which costs more
-    /// than the decryption. `None` when `data` is not compact where a field is (written by
-    /// other means): [`Keys::open`] reads it then.
-    pub(crate) fn open_bytes(&self, data: &[u8]) -> Result<Option<Vec<u8>>, PersonalError> {
+        data: &[u8],
+    ) -> Result<Option<Vec<u8>>, PersonalError> {
         let Some(fields) = compact_fields(data) else {
             return Ok(None);
         };
@@ -427,18 +418,23 @@ impl Keys {
         let mut copied = 0;
         for field in fields {
             let field = field?;
-            let Some(subject) = field.sealed_subject else {
+            let (Some(sealed), false) = (field.sealed, field.plain) else {
                 continue;
             };
+            let subject = field.subject;
+            if !self.known.contains_key(subject.as_ref()) {
+                let store = store.ok_or(PersonalError::NoKeyStore)?;
+                let key = store.key(&subject).await?.map(Known::new).transpose()?;
+                self.known.insert(subject.clone().into_owned(), key);
+            }
             out.extend_from_slice(data.get(copied..field.start).unwrap_or_default());
             out.extend_from_slice(b"{\"$personal\":{\"subject\":");
-            serde_json::to_writer(&mut out, &subject)
+            serde_json::to_writer(&mut out, subject.as_ref())
                 .map_err(|e| PersonalError::Malformed(e.to_string()))?;
-            match self.known.get(&subject).copied().flatten() {
-                Some(key) => {
+            match self.known.get(subject.as_ref()).and_then(Option::as_ref) {
+                Some(known) => {
                     out.extend_from_slice(b",\"value\":");
-                    let sealed = field.sealed.unwrap_or_default();
-                    out.extend_from_slice(&unseal(&key, &subject, &sealed)?);
+                    out.extend_from_slice(&unseal(&known.aead, &subject, &sealed)?);
                 }
                 None => out.extend_from_slice(b",\"forgotten\":true"),
             }
@@ -457,11 +453,11 @@ impl Keys {
             let Some(Value::String(sealed)) = inner.remove("sealed") else {
                 return Ok(());
             };
-            let Some(key) = self.known.get(&subject).copied().flatten() else {
+            let Some(known) = self.known.get(&subject).and_then(Option::as_ref) else {
                 inner.insert("forgotten".into(), Value::Bool(true));
                 return Ok(());
             };
-            let plain = unseal(&key, &subject, &sealed)?;
+            let plain = unseal(&known.aead, &subject, &sealed)?;
             let value: Value = serde_json::from_slice(&plain)
                 .map_err(|_| PersonalError::Damaged(subject.clone()))?;
             inner.insert("value".into(), value);
@@ -486,9 +482,12 @@ pub(crate) fn may_be_sealed(recorded: &RecordedEvent) -> bool {
     mentions_personal(&recorded.data)
 }
 
+/// Finds `"$personal"` in bytes.
+static PERSONAL_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"$personal\""));
+
 fn mentions_personal(bytes: &[u8]) -> bool {
-    const NEEDLE: &[u8] = b"\"$personal\"";
-    bytes.windows(NEEDLE.len()).any(|w| w == NEEDLE)
+    PERSONAL_FINDER.find(bytes).is_some()
 }
 
 /// JSON `bytes` (a snapshot's state) with their plain personal data sealed with `store`'s
@@ -569,18 +568,12 @@ impl factum_core::EventOpener for OpenPersonalData {
         };
         let store_keys = store.keys();
         let mut keys = Keys::default();
-        {
-            let sealed: Vec<&[u8]> = events
-                .iter()
-                .filter(|e| may_be_sealed(e))
-                .map(|e| e.data.as_ref())
-                .collect();
-            keys.fetch_for_bytes(store_keys.as_ref(), &sealed)
-                .await
-                .map_err(invalid)?;
-        }
         for event in events.iter_mut().filter(|e| may_be_sealed(e)) {
-            let opened = match keys.open_bytes(&event.data).map_err(invalid)? {
+            let opened = match keys
+                .open_data(store_keys.as_ref(), &event.data)
+                .await
+                .map_err(invalid)?
+            {
                 Some(opened) => opened,
                 None => open_bytes(store, &event.data)
                     .await
@@ -653,18 +646,31 @@ mod tests {
         // Opened in place in the stored bytes: the same, and every other byte as it was.
         let stored = serde_json::to_vec(&value).unwrap();
         let mut bytes_reader = Keys::default();
-        bytes_reader
-            .fetch_for_bytes(Some(&store), &[&stored])
+        let in_place = bytes_reader
+            .open_data(Some(&store), &stored)
             .await
+            .unwrap()
             .unwrap();
-        let in_place = bytes_reader.open_bytes(&stored).unwrap().unwrap();
         assert_eq!(serde_json::from_slice::<Value>(&in_place).unwrap(), opened);
         // JSON that is not compact is left to the tree.
         let spaced = serde_json::to_vec_pretty(&value).unwrap();
-        assert!(bytes_reader.open_bytes(&spaced).unwrap().is_none());
+        assert!(
+            bytes_reader
+                .open_data(Some(&store), &spaced)
+                .await
+                .unwrap()
+                .is_none()
+        );
         // A string that mentions the key is no field.
         let mention = br#"{"note":"{\"$personal\":1}"}"#;
-        assert_eq!(bytes_reader.open_bytes(mention).unwrap().unwrap(), mention);
+        assert_eq!(
+            bytes_reader
+                .open_data(Some(&store), mention)
+                .await
+                .unwrap()
+                .unwrap(),
+            mention
+        );
 
         assert!(store.forget("cus-1").await.unwrap());
         let mut reader = Keys::default();

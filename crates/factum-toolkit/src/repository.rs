@@ -337,7 +337,7 @@ impl<D: Decider> Repository<D> {
         store_keys: Option<&Arc<dyn factum_core::KeyStore>>,
         recorded: &factum_core::RecordedEvent,
     ) -> Result<D::Event, CodecError> {
-        if let Some(data) = keys.open_bytes(&recorded.data)? {
+        if let Some(data) = keys.open_data(store_keys, &recorded.data).await? {
             return self.codec.decode_data(&self.decider, recorded, &data);
         }
         let mut data: serde_json::Value =
@@ -405,16 +405,6 @@ impl<D: Decider> Repository<D> {
         while let Some(page) = pages.next().await? {
             // Events with personal data are opened with their subjects' keys (fetched once per
             // load) before they are decoded.
-            if page.iter().any(may_be_sealed) {
-                let sealed: Vec<&[u8]> = page
-                    .iter()
-                    .filter(|e| may_be_sealed(e))
-                    .map(|e| e.data.as_ref())
-                    .collect();
-                keys.fetch_for_bytes(store_keys.as_ref(), &sealed)
-                    .await
-                    .map_err(CodecError::from)?;
-            }
             for recorded in &page {
                 seen = seen || produced(recorded);
                 since_us = since_us.or(Some(recorded.recorded_at_us));
