@@ -175,10 +175,13 @@ fn subjects(value: &Value, sealed: bool, out: &mut BTreeSet<String>) {
     }
 }
 
+/// What [`each_personal`] does to a personal field's inner object.
+type FieldChange<'a> = dyn FnMut(&mut Map<String, Value>) -> Result<(), PersonalError> + 'a;
+
 /// Applies `change` to every personal field of `value` (its inner object).
 fn each_personal(
     value: &mut Value,
-    change: &mut dyn FnMut(&mut Map<String, Value>) -> Result<(), PersonalError>,
+    change: &mut FieldChange<'_>,
 ) -> Result<(), PersonalError> {
     match value {
         Value::Object(map) => {
