@@ -64,7 +64,7 @@ fn store_exit_code(error: &StoreError) -> u8 {
         StoreError::WrongExpectedRevision { .. }
         | StoreError::CheckpointBehind { .. }
         | StoreError::ConditionFailed { .. } => exit::WRONG_EXPECTED_REVISION,
-        StoreError::NotFound(_) => exit::NOT_FOUND,
+        StoreError::NotFound(_) | StoreError::UnknownSubject(_) => exit::NOT_FOUND,
         StoreError::StreamDeleted(_) => exit::DELETED,
         StoreError::Corrupted { .. } => exit::CORRUPTED,
         StoreError::Locked { .. } | StoreError::Claimed(_) | StoreError::Busy(_) => exit::LOCKED,

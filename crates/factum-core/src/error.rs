@@ -91,6 +91,9 @@ pub enum StoreError {
     /// The store was closed.
     #[error("the store is closed")]
     Closed,
+    /// No key for this subject: it never had personal data, or it was forgotten before.
+    #[error("no key for subject '{0}': unknown, or forgotten before")]
+    UnknownSubject(String),
     /// An operation that runs one at a time (a scavenge, a verification) is running already.
     #[error("{0}")]
     Busy(String),

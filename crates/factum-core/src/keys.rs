@@ -20,17 +20,18 @@ use crate::StoreError;
 /// A subject's key: 256 bits.
 pub type SubjectKey = [u8; 32];
 
-/// Longest subject id, in bytes.
-pub const SUBJECT_BYTES_MAX: usize = 100;
+/// Longest subject id, in characters (Unicode scalar values).
+pub const SUBJECT_CHARS_MAX: usize = 100;
 
-/// Checks a subject id: 1 to [`SUBJECT_BYTES_MAX`] bytes of UTF-8 without control characters.
+/// Checks a subject id: 1 to [`SUBJECT_CHARS_MAX`] characters, none of them a control
+/// character.
 pub fn validate_subject(subject: &str) -> Result<(), StoreError> {
     if subject.is_empty()
-        || subject.len() > SUBJECT_BYTES_MAX
+        || subject.chars().count() > SUBJECT_CHARS_MAX
         || subject.chars().any(char::is_control)
     {
         return Err(StoreError::invalid(format!(
-            "a subject id is 1 to {SUBJECT_BYTES_MAX} bytes without control characters, got {subject:?}"
+            "a subject id is 1 to {SUBJECT_CHARS_MAX} characters without control characters, got {subject:?}"
         )));
     }
     Ok(())
@@ -85,8 +86,9 @@ impl KeyStore for MemoryKeyStore {
     }
 }
 
-/// Keys as files of a directory of their own, one per subject (its name the subject's bytes in
-/// hex, its content the 32 bytes of the key and their CRC32C). A key is written to a temporary
+/// Keys as files of a directory of their own, one per subject: its name a name-based UUID of
+/// the subject (version 5), its content the subject (2 bytes of length, then its UTF-8), the
+/// 32 bytes of the key, and the CRC32C of both. A key is written to a temporary
 /// file, synced and renamed into place, and the directory synced, before it is used; forgetting
 /// removes the file and syncs the directory. Only the process that holds the store's directory
 /// uses it; a key read once is kept in memory.
@@ -112,12 +114,18 @@ impl FileKeyStore {
     }
 
     fn path(&self, subject: &str) -> PathBuf {
-        let mut name = String::with_capacity(subject.len() * 2 + 4);
-        for byte in subject.as_bytes() {
-            name.push_str(&format!("{byte:02x}"));
-        }
-        name.push_str(".key");
-        self.dir.join(name)
+        let name = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, subject.as_bytes());
+        self.dir.join(format!("{name}.key"))
+    }
+
+    fn contents(subject: &str, key: &SubjectKey) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(2 + subject.len() + 32 + 4);
+        bytes.extend_from_slice(&(subject.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(subject.as_bytes());
+        bytes.extend_from_slice(key);
+        let crc = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        bytes
     }
 
     fn read(&self, subject: &str) -> Result<Option<SubjectKey>, StoreError> {
@@ -132,18 +140,32 @@ impl FileKeyStore {
             offset: 0,
             reason: reason.into(),
         };
-        let (key, crc) = bytes
-            .split_at_checked(32)
-            .ok_or_else(|| damaged("a key file shorter than a key"))?;
+        let (body, crc) = bytes
+            .split_at_checked(bytes.len().saturating_sub(4))
+            .ok_or_else(|| damaged("a key file too short"))?;
         let crc: [u8; 4] = crc
             .try_into()
-            .map_err(|_| damaged("a key file of the wrong length"))?;
-        if crc32c::crc32c(key) != u32::from_le_bytes(crc) {
+            .map_err(|_| damaged("a key file too short"))?;
+        if crc32c::crc32c(body) != u32::from_le_bytes(crc) {
             return Err(damaged("a key file whose checksum does not match"));
         }
-        let mut out = [0u8; 32];
-        out.copy_from_slice(key);
-        Ok(Some(out))
+        let stored_len = body
+            .get(..2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+            .ok_or_else(|| damaged("a key file too short"))?;
+        let stored = body
+            .get(2..2 + stored_len)
+            .ok_or_else(|| damaged("a key file too short"))?;
+        if stored != subject.as_bytes() {
+            return Err(damaged(
+                "the key file of another subject has this one's name",
+            ));
+        }
+        let key: SubjectKey = body
+            .get(2 + stored_len..)
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| damaged("a key file whose key is not 32 bytes"))?;
+        Ok(Some(key))
     }
 }
 
@@ -174,8 +196,7 @@ impl KeyStore for FileKeyStore {
         let path = self.path(subject);
         let tmp = path.with_extension("key.tmp");
         let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&key)?;
-        file.write_all(&crc32c::crc32c(&key).to_le_bytes())?;
+        file.write_all(&Self::contents(subject, &key))?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path)?;
         std::fs::File::open(&self.dir)?.sync_all()?;
@@ -223,5 +244,17 @@ mod tests {
         );
         assert!(keys.add_key("", [1; 32]).await.is_err());
         assert!(keys.add_key(&"x".repeat(101), [1; 32]).await.is_err());
+        assert!(keys.add_key("a\tb", [1; 32]).await.is_err());
+        // The longest subject, in characters of four bytes each.
+        let long = "\u{10348}".repeat(100);
+        assert_eq!(keys.add_key(&long, [3; 32]).await.unwrap(), [3; 32]);
+        assert_eq!(
+            FileKeyStore::open(dir.path().join("keys"))
+                .unwrap()
+                .key(&long)
+                .await
+                .unwrap(),
+            Some([3; 32])
+        );
     }
 }

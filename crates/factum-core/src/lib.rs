@@ -41,7 +41,7 @@ pub use dcb::{AppendCondition, DcbAppend, DcbEvent, Query, QueryItem, QueryRead}
 pub use error::StoreError;
 pub use event::{ContentType, NewEvent, RecordedEvent, now_micros};
 pub use keys::{
-    EventOpener, FileKeyStore, KeyStore, MemoryKeyStore, SUBJECT_BYTES_MAX, SubjectKey,
+    EventOpener, FileKeyStore, KeyStore, MemoryKeyStore, SUBJECT_CHARS_MAX, SubjectKey,
     validate_subject,
 };
 pub use memory::MemoryStore;

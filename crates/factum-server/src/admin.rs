@@ -98,7 +98,7 @@ pub(crate) struct Forgotten {
 #[utoipa::path(delete, path = "/admin/subjects/{subject}", tag = "server",
     summary = "Forget a subject: delete its key, so its personal data reads as forgotten everywhere (admin right on every stream)",
     description = "Deletes the key the personal fields of the subject's events are encrypted with. From then on those fields decode as forgotten in every read, export, relayed message and rebuilt read model; the rest of each event stays. It cannot be undone.",
-    params(("subject" = String, Path, description = "The subject's id: 1 to 100 bytes without control characters.", min_length = 1, max_length = 100)),
+    params(("subject" = String, Path, description = "The subject's id: 1 to 100 characters, none a control character.", min_length = 1, max_length = 100, pattern = r"^[^\x00-\x1f\x7f-\x9f]+$")),
     responses(
         (status = 200, description = "Forgotten", body = Forgotten),
         (status = 400, description = "Not a subject id", body = ErrorBody),

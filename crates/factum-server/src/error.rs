@@ -120,7 +120,7 @@ impl From<StoreError> for ApiError {
             | StoreError::Busy(_) => StatusCode::CONFLICT,
             StoreError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             StoreError::StreamDeleted(_) => StatusCode::GONE,
-            StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+            StoreError::NotFound(_) | StoreError::UnknownSubject(_) => StatusCode::NOT_FOUND,
             StoreError::InvalidInput(_) => StatusCode::BAD_REQUEST,
             StoreError::Closed
             | StoreError::Poisoned(_)

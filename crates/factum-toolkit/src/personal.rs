@@ -179,10 +179,7 @@ fn subjects(value: &Value, sealed: bool, out: &mut BTreeSet<String>) {
 type FieldChange<'a> = dyn FnMut(&mut Map<String, Value>) -> Result<(), PersonalError> + 'a;
 
 /// Applies `change` to every personal field of `value` (its inner object).
-fn each_personal(
-    value: &mut Value,
-    change: &mut FieldChange<'_>,
-) -> Result<(), PersonalError> {
+fn each_personal(value: &mut Value, change: &mut FieldChange<'_>) -> Result<(), PersonalError> {
     match value {
         Value::Object(map) => {
             if map.len() == 1
@@ -591,7 +588,7 @@ impl factum_core::EventOpener for OpenPersonalData {
 
 /// Forgets `subject` in `store`: deletes its key, so every personal field of it reads as
 /// forgotten from now on, everywhere. An unknown subject (or one forgotten before) is
-/// [`StoreError::NotFound`] and changes nothing.
+/// [`StoreError::UnknownSubject`] and changes nothing.
 pub async fn forget_subject(store: &dyn EventStore, subject: &str) -> Result<(), StoreError> {
     let keys = store
         .keys()
@@ -599,7 +596,7 @@ pub async fn forget_subject(store: &dyn EventStore, subject: &str) -> Result<(),
     if keys.forget(subject).await? {
         Ok(())
     } else {
-        Err(StoreError::NotFound(format!("subject '{subject}'")))
+        Err(StoreError::UnknownSubject(subject.to_owned()))
     }
 }
 

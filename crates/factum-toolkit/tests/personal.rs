@@ -206,11 +206,11 @@ async fn a_forgotten_subjects_personal_data_reads_as_forgotten_and_its_plaintext
         // Forgetting an unknown subject (or twice) says so and changes nothing.
         assert!(matches!(
             forget_subject(store.as_ref(), "cus-1").await,
-            Err(StoreError::NotFound(_))
+            Err(StoreError::UnknownSubject(_))
         ));
         assert!(matches!(
             forget_subject(store.as_ref(), "nobody").await,
-            Err(StoreError::NotFound(_))
+            Err(StoreError::UnknownSubject(_))
         ));
         assert!(matches!(
             forget_subject(store.as_ref(), "").await,
