@@ -151,7 +151,8 @@ impl FileKeyStore {
         }
         let stored_len = body
             .get(..2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+            .and_then(|b| <[u8; 2]>::try_from(b).ok())
+            .map(|b| u16::from_le_bytes(b) as usize)
             .ok_or_else(|| damaged("a key file too short"))?;
         let stored = body
             .get(2..2 + stored_len)
