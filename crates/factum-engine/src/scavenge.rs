@@ -111,13 +111,7 @@ fn rewrite_segment(
     let mut decisions: Vec<bool> = Vec::new();
     let mut any = false;
     let mut reader = FrameReader::new(segment, len, SEGMENT_HEADER_BYTES as u64);
-    loop {
-        let at = reader.offset;
-        let frame = match reader.next()? {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break,
-            Err(reason) => return Err(segment.corrupted(at, reason)),
-        };
+    while let Some(frame) = reader.next_whole()? {
         let index = shared.index.read();
         frame.visit_records(segment, |_, position, record| {
             report.events_examined += 1;
@@ -156,13 +150,7 @@ fn rewrite_segment(
     let mut decided = decisions.into_iter();
     let mut frame_buf: Vec<u8> = Vec::new();
     let mut reader = FrameReader::new(segment, len, SEGMENT_HEADER_BYTES as u64);
-    loop {
-        let at = reader.offset;
-        let frame = match reader.next()? {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break,
-            Err(reason) => return Err(segment.corrupted(at, reason)),
-        };
+    while let Some(frame) = reader.next_whole()? {
         if frame.header.is_gap() {
             Sink {
                 out: &mut out,

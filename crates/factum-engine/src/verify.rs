@@ -48,11 +48,8 @@ pub(crate) fn verify(
         let mut reader = FrameReader::new(segment, len, SEGMENT_HEADER_BYTES as u64);
         report.bytes += SEGMENT_HEADER_BYTES as u64;
         while next_position < head {
-            let at = reader.offset;
-            let frame = match reader.next()? {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(reason) => return Err(segment.corrupted(at, reason)),
+            let Some(frame) = reader.next_whole()? else {
+                break;
             };
             frame.expect_first_position(segment, next_position)?;
             let records = frame.records(segment)?;

@@ -10,11 +10,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use factum_core::backend::testkit::{
-    FILL_HIDDEN, check_after, fill_for_scavenge, fill_mostly_hidden, hidden, scavenge_event, shown,
+    FILL_HIDDEN, aged_events, check_after, fill_for_scavenge, fill_mostly_hidden, hidden,
+    scavenge_event, shown,
 };
 use factum_core::{
-    EventStore, ExpectedState, NewEvent, RecordedEvent, ScavengeOptions, StreamMetadata,
-    StreamName, now_micros,
+    EventStore, ExpectedState, NewEvent, ScavengeOptions, StreamMetadata, StreamName,
 };
 use factum_engine::{Engine, EngineOptions};
 use rand::Rng;
@@ -69,23 +69,7 @@ async fn events_past_their_maximum_age_go_and_the_store_verifies_and_reopens() {
             .await
             .unwrap();
         // Events recorded two hours ago, past the maximum age, then two new ones.
-        let old: Vec<RecordedEvent> = (0..10)
-            .map(|r| {
-                let e = event(aged.as_str(), r);
-                RecordedEvent {
-                    stream: aged.clone(),
-                    revision: r as u64,
-                    position: 0,
-                    id: e.id,
-                    event_type: e.event_type,
-                    content_type: e.content_type,
-                    data: e.data,
-                    metadata: e.metadata,
-                    recorded_at_us: now_micros() - 2 * 3600 * 1_000_000,
-                    tags: e.tags,
-                }
-            })
-            .collect();
+        let old = aged_events(&aged, 10);
         store.import(old).await.unwrap();
         let new = (10..12).map(|r| event(aged.as_str(), r)).collect();
         store.append(&aged, ExpectedState::Any, new).await.unwrap();

@@ -4,11 +4,10 @@
 mod common;
 
 use factum_core::backend::testkit::{
-    FILL_HIDDEN, check_after, fill_for_scavenge, hidden, scavenge_event, shown,
+    FILL_HIDDEN, aged_events, check_after, fill_for_scavenge, hidden, scavenge_event, shown,
 };
 use factum_core::{
-    EventStore, ExpectedState, RecordedEvent, ScavengeOptions, StoreError, StreamMetadata,
-    StreamName, now_micros,
+    EventStore, ExpectedState, ScavengeOptions, StoreError, StreamMetadata, StreamName,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,23 +28,7 @@ async fn aged_events_go_and_verification_tells_scavenged_gaps_from_lost_events()
             )
             .await
             .unwrap();
-        let old: Vec<RecordedEvent> = (0..10)
-            .map(|r| {
-                let e = scavenge_event(aged.as_str(), r);
-                RecordedEvent {
-                    stream: aged.clone(),
-                    revision: r as u64,
-                    position: 0,
-                    id: e.id,
-                    event_type: e.event_type,
-                    content_type: e.content_type,
-                    data: e.data,
-                    metadata: e.metadata,
-                    recorded_at_us: now_micros() - 2 * 3600 * 1_000_000,
-                    tags: e.tags,
-                }
-            })
-            .collect();
+        let old = aged_events(&aged, 10);
         store.import(old).await.unwrap();
         let new = (10..12).map(|r| scavenge_event(aged.as_str(), r)).collect();
         store.append(&aged, ExpectedState::Any, new).await.unwrap();

@@ -453,6 +453,14 @@ impl<'a> FrameReader<'a> {
         Ok(self.chunk.slice(from..(from + len).min(self.chunk.len())))
     }
 
+    /// The next frame of a segment whose frames must all be whole (a sealed one, or what
+    /// verification reads): a frame that cannot be read is corruption. `None` at the end.
+    pub fn next_whole(&mut self) -> Result<Option<Frame>, StoreError> {
+        let at = self.offset;
+        self.next()?
+            .map_err(|reason| self.segment.corrupted(at, reason))
+    }
+
     /// The next frame; `Ok(None)` at the end of the file.
     pub fn next(&mut self) -> Result<Result<Option<Frame>, FrameFault>, StoreError> {
         let offset = self.offset;

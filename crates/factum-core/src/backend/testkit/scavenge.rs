@@ -25,6 +25,28 @@ fn name(s: &str) -> StreamName {
     StreamName::new(s).unwrap()
 }
 
+/// `count` events of `stream` from revision 0, recorded two hours ago (for an import: a
+/// maximum age of an hour hides them).
+pub fn aged_events(stream: &StreamName, count: usize) -> Vec<RecordedEvent> {
+    (0..count)
+        .map(|r| {
+            let e = scavenge_event(stream.as_str(), r);
+            RecordedEvent {
+                stream: stream.clone(),
+                revision: r as u64,
+                position: 0,
+                id: e.id,
+                event_type: e.event_type,
+                content_type: e.content_type,
+                data: e.data,
+                metadata: e.metadata,
+                recorded_at_us: crate::now_micros() - 2 * 3600 * 1_000_000,
+                tags: e.tags,
+            }
+        })
+        .collect()
+}
+
 /// Whether `store` scavenges at all (asked on an empty store, where it removes nothing).
 pub async fn scavenges<S: EventStore + ?Sized>(store: &S) -> bool {
     match store.scavenge(ScavengeOptions::default(), &|_, _| {}).await {
