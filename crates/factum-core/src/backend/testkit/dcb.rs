@@ -306,12 +306,16 @@ pub async fn dcb_appends_retried_with_the_same_ids_return_the_original_position<
 pub async fn racing_conditional_appends_keep_every_invariant<S: EventStore + 'static>(store: S) {
     let store = Arc::new(store);
     let tasks = 64u64;
+    // Every task reads before any appends its first invoice, so they certainly race.
+    let all_read = Arc::new(tokio::sync::Barrier::new(tasks as usize));
     let mut handles = Vec::new();
     for task in 0..tasks {
         let store = store.clone();
+        let all_read = all_read.clone();
         handles.push(tokio::spawn(async move {
             let mut written = 0u64;
             let mut refused = 0u64;
+            let mut first = true;
             // The next invoice number: one more than the last issued.
             let invoices = Query::item(["InvoiceIssued"], Vec::<String>::new());
             loop {
@@ -319,6 +323,9 @@ pub async fn racing_conditional_appends_keep_every_invariant<S: EventStore + 'st
                     .read_query(&invoices, None, Direction::Backwards, 1)
                     .await
                     .unwrap();
+                if std::mem::take(&mut first) {
+                    all_read.wait().await;
+                }
                 let next = read.events.first().map_or(0, |e| {
                     let v: serde_json::Value = serde_json::from_slice(&e.data).unwrap();
                     v["n"].as_u64().unwrap() + 1
