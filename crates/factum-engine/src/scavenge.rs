@@ -65,27 +65,33 @@ pub(crate) fn scavenge(
     let mut done = 0u64;
     let mut removed_positions: Vec<u64> = Vec::new();
     progress(0, total);
-    for (segment, len) in segments.iter().zip(&lengths).take(sealed) {
-        if segment.first_position >= bound {
-            break;
+    let mut rewrite_all = || -> Result<(), StoreError> {
+        for (segment, len) in segments.iter().zip(&lengths).take(sealed) {
+            if segment.first_position >= bound {
+                break;
+            }
+            let tmp = shared
+                .segments
+                .log_dir
+                .join(format!("{:010}{SCAVENGE_SUFFIX}", segment.number));
+            let rewrite = rewrite_segment(shared, segment, *len, &tmp, bound, now, &mut report)?;
+            done += len;
+            progress(done, total);
+            let Some(rewrite) = rewrite else {
+                continue;
+            };
+            install(shared, segment, &tmp, &rewrite)?;
+            report.segments_rewritten += 1;
+            report.events_removed += rewrite.removed.len() as u64;
+            removed_positions.extend(rewrite.removed.iter().map(|(p, _, _)| *p));
         }
-        let tmp = shared
-            .segments
-            .log_dir
-            .join(format!("{:010}{SCAVENGE_SUFFIX}", segment.number));
-        let rewrite = rewrite_segment(shared, segment, *len, &tmp, bound, now, &mut report)?;
-        done += len;
-        progress(done, total);
-        let Some(rewrite) = rewrite else {
-            continue;
-        };
-        install(shared, segment, &tmp, &rewrite)?;
-        report.segments_rewritten += 1;
-        report.events_removed += rewrite.removed.len() as u64;
-        removed_positions.extend(rewrite.removed.iter().map(|(p, _, _)| *p));
-    }
-    // DCB reads and conditions no longer see the removed events.
+        Ok(())
+    };
+    let rewritten = rewrite_all();
+    // DCB reads and conditions no longer see the removed events: also those of the segments
+    // put in place before a failure.
     shared.index.write().tags.remove(&removed_positions);
+    rewritten?;
     report.bytes_after = shared
         .segments
         .all()
@@ -281,11 +287,29 @@ fn install(
         Err(e) => return Err(e.into()),
     }
     std::fs::rename(tmp, &path)?;
-    sync_dir(log_dir)?;
-    let (rewritten, _) = Segment::open(path)?;
-    if rewritten.first_position != segment.first_position || rewritten.number != segment.number {
-        return Err(rewritten.corrupted(0, "the rewritten segment's header changed"));
-    }
+    // From here the file on disk is the new one: if it cannot be taken in, the index in memory
+    // (which points into the old one) must never be saved, so the store stops taking writes
+    // until it is reopened (and rebuilds its index from the log).
+    let taken_in = sync_dir(log_dir)
+        .map_err(StoreError::from)
+        .and_then(|()| Segment::open(path.clone()))
+        .and_then(|(rewritten, _)| {
+            if rewritten.first_position != segment.first_position
+                || rewritten.number != segment.number
+            {
+                return Err(rewritten.corrupted(0, "the rewritten segment's header changed"));
+            }
+            Ok(rewritten)
+        });
+    let rewritten = match taken_in {
+        Ok(rewritten) => rewritten,
+        Err(e) => {
+            let reason = format!("a scavenge could not take in {}: {e}", path.display());
+            tracing::error!(%reason, "the store refuses writes until reopened");
+            *shared.poisoned.lock() = Some(reason);
+            return Err(e);
+        }
+    };
     shared.segments.replace(rewritten);
     for (position, location) in &rewrite.kept {
         if let Some(slot) = index.locations.get_mut(*position as usize) {
