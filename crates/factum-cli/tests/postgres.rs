@@ -143,6 +143,18 @@ fn commands_work_on_postgres_and_export_import_moves_a_store_across_backends() {
         from_pg.stdout
     );
 
+    // Scavenging on PostgreSQL: what max count and the soft delete hide goes, reads stay.
+    let read_before = factum(dir, pg, &["read", "cart-1"], "").stdout;
+    let scavenged = factum(dir, pg, &["scavenge"], "");
+    assert!(scavenged.status.success(), "{}", stderr(&scavenged));
+    let report: serde_json::Value = serde_json::from_slice(&scavenged.stdout).unwrap();
+    assert_eq!(report["events_removed"], 4, "{report}");
+    assert_eq!(factum(dir, pg, &["read", "cart-1"], "").stdout, read_before);
+    let verified = factum(dir, pg, &["verify"], "");
+    assert!(verified.status.success(), "{}", stderr(&verified));
+    let report: serde_json::Value = serde_json::from_slice(&verified.stdout).unwrap();
+    assert_eq!(report["removed"], 4, "{report}");
+
     // factum serve on the PostgreSQL store.
     let mut server = Command::new(env!("CARGO_BIN_EXE_factum"))
         .args([
