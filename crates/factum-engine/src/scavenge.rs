@@ -143,11 +143,14 @@ fn rewrite_segment(
         return Ok(None);
     }
 
-    let file = File::create(tmp)?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let mut sink = Sink {
+        out: BufWriter::with_capacity(1 << 20, File::create(tmp)?),
+        written: 0,
+        segment: segment.number,
+    };
     let header = segment.read(0, SEGMENT_HEADER_BYTES)?;
-    out.write_all(&header)?;
-    let mut written = SEGMENT_HEADER_BYTES as u64;
+    sink.out.write_all(&header)?;
+    sink.written = header.len() as u64;
     let mut rewrite = Rewrite {
         kept: Vec::new(),
         removed: Vec::new(),
@@ -158,22 +161,12 @@ fn rewrite_segment(
     let mut reader = FrameReader::new(segment, len, SEGMENT_HEADER_BYTES as u64);
     while let Some(frame) = reader.next_whole()? {
         if frame.header.is_gap() {
-            Sink {
-                out: &mut out,
-                written: &mut written,
-                segment: segment.number,
-            }
-            .extend_gap(&mut gap, frame.header.first_position, frame.header.count)?;
+            sink.extend_gap(&mut gap, frame.header.first_position, frame.header.count)?;
             continue;
         }
         // Kept records of one frame stay together, in one frame of their own.
         let mut kept: Option<FrameBuilder> = None;
         let mut kept_at: Vec<(u64, usize)> = Vec::new();
-        let mut sink = Sink {
-            out: &mut out,
-            written: &mut written,
-            segment: segment.number,
-        };
         frame.visit_records(segment, |offset, position, record| {
             if decided.next().unwrap_or(false) {
                 sink.finish_frame(&mut kept, &mut frame_buf, &mut kept_at, &mut rewrite)?;
@@ -196,25 +189,20 @@ fn rewrite_segment(
         })?;
         sink.finish_frame(&mut kept, &mut frame_buf, &mut kept_at, &mut rewrite)?;
     }
-    Sink {
-        out: &mut out,
-        written: &mut written,
-        segment: segment.number,
-    }
-    .flush_gap(&mut gap)?;
-    let file = out.into_inner().map_err(|e| e.into_error())?;
+    sink.flush_gap(&mut gap)?;
+    let file = sink.out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     Ok(Some(rewrite))
 }
 
 /// Where the rewritten segment's bytes go, and how many were written.
-struct Sink<'a, W> {
-    out: &'a mut W,
-    written: &'a mut u64,
+struct Sink<W> {
+    out: W,
+    written: u64,
     segment: u32,
 }
 
-impl<W: Write> Sink<'_, W> {
+impl<W: Write> Sink<W> {
     /// Adds `count` positions from `first` to the gap being collected (writing the gap first
     /// when they do not follow it or its count would overflow).
     fn extend_gap(
@@ -241,7 +229,7 @@ impl<W: Write> Sink<'_, W> {
             let mut buf = Vec::with_capacity(24);
             encode_gap(&mut buf, open.first, open.count);
             self.out.write_all(&buf)?;
-            *self.written += buf.len() as u64;
+            self.written += buf.len() as u64;
         }
         Ok(())
     }
@@ -261,10 +249,10 @@ impl<W: Write> Sink<'_, W> {
         for (position, at) in kept_at.drain(..) {
             rewrite
                 .kept
-                .push((position, pack(self.segment, *self.written + at as u64)));
+                .push((position, pack(self.segment, self.written + at as u64)));
         }
         self.out.write_all(frame_buf)?;
-        *self.written += frame_buf.len() as u64;
+        self.written += frame_buf.len() as u64;
         frame_buf.clear();
         Ok(())
     }

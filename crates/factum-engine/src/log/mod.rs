@@ -128,10 +128,13 @@ pub fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<u
     Ok(done)
 }
 
-/// All segments, shared by the writer (which adds new ones) and readers.
+/// All segments, shared by the writer (which adds new ones) and readers. The list is shared
+/// with the snapshots taken of it (every read takes one) and copied only when it changes
+/// while one is held.
 pub struct Segments {
     pub log_dir: PathBuf,
-    list: RwLock<Vec<Arc<Segment>>>,
+    shared_dir: Arc<Path>,
+    list: RwLock<Arc<Vec<Arc<Segment>>>>,
 }
 
 /// Bytes a sequential read fetches at once.
@@ -145,13 +148,14 @@ pub const SPARSE_CHUNK_BYTES: usize = 1024;
 impl Segments {
     pub fn new(log_dir: PathBuf, list: Vec<Arc<Segment>>) -> Self {
         Segments {
+            shared_dir: Arc::from(log_dir.as_path()),
             log_dir,
-            list: RwLock::new(list),
+            list: RwLock::new(Arc::new(list)),
         }
     }
 
     pub fn all(&self) -> Vec<Arc<Segment>> {
-        self.list.read().clone()
+        self.list.read().as_ref().clone()
     }
 
     /// The segments as they are now. Take it under the index's lock together with the
@@ -159,20 +163,23 @@ impl Segments {
     /// location found before is an offset in the file it was found with.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            log_dir: self.log_dir.clone(),
-            list: self.all(),
+            log_dir: self.shared_dir.clone(),
+            list: self.list.read().clone(),
         }
     }
 
     pub fn push(&self, segment: Segment) {
-        self.list.write().push(Arc::new(segment));
+        Arc::make_mut(&mut self.list.write()).push(Arc::new(segment));
     }
 
     /// Puts a rewritten segment in place of the one with its number (a scavenge, under the
     /// index's write lock). Readers holding the old one finish on the old file.
     pub fn replace(&self, segment: Segment) {
         let mut list = self.list.write();
-        if let Some(slot) = list.iter_mut().find(|s| s.number == segment.number) {
+        if let Some(slot) = Arc::make_mut(&mut list)
+            .iter_mut()
+            .find(|s| s.number == segment.number)
+        {
             *slot = Arc::new(segment);
         }
     }
@@ -185,8 +192,8 @@ impl Segments {
 
 /// The segments as they were when a read found its locations (see [`Segments::snapshot`]).
 pub struct Snapshot {
-    log_dir: PathBuf,
-    list: Vec<Arc<Segment>>,
+    log_dir: Arc<Path>,
+    list: Arc<Vec<Arc<Segment>>>,
 }
 
 impl Snapshot {
