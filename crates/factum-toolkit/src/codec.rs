@@ -250,32 +250,14 @@ impl<D: Decider> EventCodec<D> {
             let text = String::from_utf8(text).map_err(|e| bad(e.to_string()))?;
             return serde_json::from_str(&text).map_err(|e| bad(e.to_string()));
         }
-        let data: Value = serde_json::from_slice(data).map_err(|e| bad(e.to_string()))?;
-        self.decode_value(decider, recorded, data)
-    }
-
-    /// Today's event for a stored one whose data was read (and its personal data opened).
-    pub(crate) fn decode_value(
-        &self,
-        decider: &D,
-        recorded: &RecordedEvent,
-        data: Value,
-    ) -> Result<D::Event, CodecError> {
-        let bad = |reason: String| CodecError::Decode {
-            event_type: recorded.event_type.clone(),
-            position: recorded.position,
-            reason,
-        };
-        let version = stored_version(recorded);
-        if version > decider.event_version(&recorded.event_type)
-            && !self.upcasters.applies(&recorded.event_type, version)
-        {
+        if version > current && !self.upcasters.applies(&recorded.event_type, version) {
             return Err(CodecError::FutureVersion {
                 event_type: recorded.event_type.clone(),
                 version,
-                current: decider.event_version(&recorded.event_type),
+                current,
             });
         }
+        let data: Value = serde_json::from_slice(data).map_err(|e| bad(e.to_string()))?;
         let (event_type, version, data) = self
             .upcasters
             .upcast(recorded.event_type.clone(), version, data)

@@ -305,20 +305,8 @@ fn subject_of(inner: &Map<String, Value>) -> Result<String, PersonalError> {
 /// The keys of the subjects met, fetched once each.
 #[derive(Default)]
 pub(crate) struct Keys {
-    known: HashMap<String, Option<Known>>,
-}
-
-/// A subject's key, ready for ChaCha20-Poly1305.
-struct Known {
-    aead: LessSafeKey,
-}
-
-impl Known {
-    fn new(key: SubjectKey) -> Result<Self, PersonalError> {
-        Ok(Known {
-            aead: aead_key(&key)?,
-        })
-    }
+    /// Each subject's key, ready for ChaCha20-Poly1305; `None` when it has none.
+    known: HashMap<String, Option<LessSafeKey>>,
 }
 
 impl Keys {
@@ -345,14 +333,14 @@ impl Keys {
                 .fill(&mut key)
                 .map_err(|_| StoreError::invalid("no randomness for a new key"))?;
             let key = store.add_key(&subject, key).await?;
-            self.known.insert(subject, Some(Known::new(key)?));
+            self.known.insert(subject, Some(aead_key(&key)?));
         }
         each_personal(value, &mut |inner| {
             let subject = subject_of(inner)?;
             let Some(plain) = inner.remove("value") else {
                 return Ok(());
             };
-            let Some(Some(known)) = self.known.get(&subject) else {
+            let Some(Some(aead)) = self.known.get(&subject) else {
                 return Err(PersonalError::NoKeyStore);
             };
             let mut nonce = [0u8; NONCE_LEN];
@@ -361,14 +349,12 @@ impl Keys {
                 .map_err(|_| StoreError::invalid("no randomness for a nonce"))?;
             let mut bytes =
                 serde_json::to_vec(&plain).map_err(|e| PersonalError::Malformed(e.to_string()))?;
-            known
-                .aead
-                .seal_in_place_append_tag(
-                    Nonce::assume_unique_for_key(nonce),
-                    Aad::from(subject.as_bytes()),
-                    &mut bytes,
-                )
-                .map_err(|_| PersonalError::Damaged(subject.clone()))?;
+            aead.seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(subject.as_bytes()),
+                &mut bytes,
+            )
+            .map_err(|_| PersonalError::Damaged(subject.clone()))?;
             let mut sealed = nonce.to_vec();
             sealed.extend_from_slice(&bytes);
             inner.insert(
@@ -379,34 +365,59 @@ impl Keys {
         })
     }
 
-    /// Fetches the keys of the subjects whose sealed data `values` hold (those not fetched yet).
-    pub(crate) async fn fetch(
+    /// Fetches the keys of the subjects whose sealed data `value` holds (those not fetched yet).
+    async fn fetch(
         &mut self,
         store: Option<&Arc<dyn KeyStore>>,
-        values: &[Option<Value>],
+        value: &Value,
     ) -> Result<(), PersonalError> {
         let mut found = BTreeSet::new();
-        for value in values.iter().flatten() {
-            subjects(value, true, &mut found);
-        }
+        subjects(value, true, &mut found);
         found.retain(|s| !self.known.contains_key(s));
         if found.is_empty() {
             return Ok(());
         }
         let store = store.ok_or(PersonalError::NoKeyStore)?;
         for subject in found {
-            let key = store.key(&subject).await?.map(Known::new).transpose()?;
+            let key = store
+                .key(&subject)
+                .await?
+                .as_ref()
+                .map(aead_key)
+                .transpose()?;
             self.known.insert(subject, key);
         }
         Ok(())
     }
 
-    /// `data` (compact JSON, as the toolkit stores it) with each sealed personal field opened
-    /// (its subject's key fetched the first time it is met), written byte for byte around
-    /// them — without building a JSON tree, which costs more than the decryption. `None` when
-    /// `data` is not compact where a field is (written by other means): [`Keys::open`] reads
-    /// it then.
-    pub(crate) async fn open_data(
+    /// JSON `data` with each sealed personal field opened: decrypted with its subject's key
+    /// (fetched the first time the subject is met), or marked forgotten. `None` when it holds
+    /// no personal data.
+    pub(crate) async fn open_json(
+        &mut self,
+        store: Option<&Arc<dyn KeyStore>>,
+        data: &[u8],
+    ) -> Result<Option<Vec<u8>>, PersonalError> {
+        if !mentions_personal(data) {
+            return Ok(None);
+        }
+        if let Some(opened) = self.open_compact(store, data).await? {
+            return Ok(Some(opened));
+        }
+        let mut value: Value =
+            serde_json::from_slice(data).map_err(|e| PersonalError::Malformed(e.to_string()))?;
+        self.fetch(store, &value).await?;
+        self.open(&mut value)?;
+        serde_json::to_vec(&value)
+            .map(Some)
+            .map_err(|e| PersonalError::Malformed(e.to_string()))
+    }
+
+    /// `data` (compact JSON, as the toolkit stores it) with each sealed personal field opened,
+    /// written byte for byte around them — without building a JSON tree, which costs more
+    /// than the decryption. `None` when `data` is not compact where a field is (written by
+    /// other means): [`Keys::open`] reads it then.
+    async fn open_compact(
         &mut self,
         store: Option<&Arc<dyn KeyStore>>,
         data: &[u8],
@@ -424,7 +435,12 @@ impl Keys {
             let subject = field.subject;
             if !self.known.contains_key(subject.as_ref()) {
                 let store = store.ok_or(PersonalError::NoKeyStore)?;
-                let key = store.key(&subject).await?.map(Known::new).transpose()?;
+                let key = store
+                    .key(&subject)
+                    .await?
+                    .as_ref()
+                    .map(aead_key)
+                    .transpose()?;
                 self.known.insert(subject.clone().into_owned(), key);
             }
             out.extend_from_slice(data.get(copied..field.start).unwrap_or_default());
@@ -432,9 +448,9 @@ impl Keys {
             serde_json::to_writer(&mut out, subject.as_ref())
                 .map_err(|e| PersonalError::Malformed(e.to_string()))?;
             match self.known.get(subject.as_ref()).and_then(Option::as_ref) {
-                Some(known) => {
+                Some(aead) => {
                     out.extend_from_slice(b",\"value\":");
-                    out.extend_from_slice(&unseal(&known.aead, &subject, &sealed)?);
+                    out.extend_from_slice(&unseal(aead, &subject, &sealed)?);
                 }
                 None => out.extend_from_slice(b",\"forgotten\":true"),
             }
@@ -447,17 +463,17 @@ impl Keys {
 
     /// Decrypts the sealed data in `value` with the keys fetched; data whose subject has no
     /// key any more becomes `forgotten`.
-    pub(crate) fn open(&self, value: &mut Value) -> Result<(), PersonalError> {
+    fn open(&self, value: &mut Value) -> Result<(), PersonalError> {
         each_personal(value, &mut |inner| {
             let subject = subject_of(inner)?;
             let Some(Value::String(sealed)) = inner.remove("sealed") else {
                 return Ok(());
             };
-            let Some(known) = self.known.get(&subject).and_then(Option::as_ref) else {
+            let Some(aead) = self.known.get(&subject).and_then(Option::as_ref) else {
                 inner.insert("forgotten".into(), Value::Bool(true));
                 return Ok(());
             };
-            let plain = unseal(&known.aead, &subject, &sealed)?;
+            let plain = unseal(aead, &subject, &sealed)?;
             let value: Value = serde_json::from_slice(&plain)
                 .map_err(|_| PersonalError::Damaged(subject.clone()))?;
             inner.insert("value".into(), value);
@@ -475,11 +491,6 @@ pub(crate) fn refuse_plain(value: &mut Value) -> Result<(), PersonalError> {
     } else {
         Err(PersonalError::NoKeyStore)
     }
-}
-
-/// Whether a stored event may hold sealed personal data (a byte search of its data).
-pub(crate) fn may_be_sealed(recorded: &RecordedEvent) -> bool {
-    mentions_personal(&recorded.data)
 }
 
 /// Finds `"$personal"` in bytes.
@@ -513,22 +524,9 @@ pub(crate) async fn open_bytes(
     store: &dyn EventStore,
     bytes: &[u8],
 ) -> Result<Option<Vec<u8>>, PersonalError> {
-    if !mentions_personal(bytes) {
-        return Ok(None);
-    }
-    let values = [Some(
-        serde_json::from_slice::<Value>(bytes)
-            .map_err(|e| PersonalError::Malformed(e.to_string()))?,
-    )];
-    let mut keys = Keys::default();
-    keys.fetch(store.keys().as_ref(), &values).await?;
-    let [Some(mut value)] = values else {
-        return Ok(None);
-    };
-    keys.open(&mut value)?;
-    serde_json::to_vec(&value)
-        .map(Some)
-        .map_err(|e| PersonalError::Malformed(e.to_string()))
+    Keys::default()
+        .open_json(store.keys().as_ref(), bytes)
+        .await
 }
 
 /// Reads `recorded`'s data with its personal fields opened: decrypted with their subjects'
@@ -559,28 +557,20 @@ impl factum_core::EventOpener for OpenPersonalData {
         store: &dyn EventStore,
         events: &mut [RecordedEvent],
     ) -> Result<(), StoreError> {
-        if !events.iter().any(may_be_sealed) {
-            return Ok(());
-        }
         let invalid = |e: PersonalError| match e {
             PersonalError::Store(e) => e,
             other => StoreError::invalid(other.to_string()),
         };
         let store_keys = store.keys();
         let mut keys = Keys::default();
-        for event in events.iter_mut().filter(|e| may_be_sealed(e)) {
-            let opened = match keys
-                .open_data(store_keys.as_ref(), &event.data)
+        for event in events.iter_mut() {
+            if let Some(opened) = keys
+                .open_json(store_keys.as_ref(), &event.data)
                 .await
                 .map_err(invalid)?
             {
-                Some(opened) => opened,
-                None => open_bytes(store, &event.data)
-                    .await
-                    .map_err(invalid)?
-                    .unwrap_or_else(|| event.data.to_vec()),
-            };
-            event.data = bytes::Bytes::from(opened);
+                event.data = bytes::Bytes::from(opened);
+            }
         }
         Ok(())
     }
@@ -633,10 +623,7 @@ mod tests {
         assert!(serde_json::from_value::<Registered>(value.clone()).is_err());
 
         let mut reader = Keys::default();
-        reader
-            .fetch(Some(&store), &[Some(value.clone())])
-            .await
-            .unwrap();
+        reader.fetch(Some(&store), &value).await.unwrap();
         let mut opened = value.clone();
         reader.open(&mut opened).unwrap();
         assert_eq!(
@@ -647,7 +634,7 @@ mod tests {
         let stored = serde_json::to_vec(&value).unwrap();
         let mut bytes_reader = Keys::default();
         let in_place = bytes_reader
-            .open_data(Some(&store), &stored)
+            .open_compact(Some(&store), &stored)
             .await
             .unwrap()
             .unwrap();
@@ -656,7 +643,7 @@ mod tests {
         let spaced = serde_json::to_vec_pretty(&value).unwrap();
         assert!(
             bytes_reader
-                .open_data(Some(&store), &spaced)
+                .open_compact(Some(&store), &spaced)
                 .await
                 .unwrap()
                 .is_none()
@@ -665,7 +652,7 @@ mod tests {
         let mention = br#"{"note":"{\"$personal\":1}"}"#;
         assert_eq!(
             bytes_reader
-                .open_data(Some(&store), mention)
+                .open_compact(Some(&store), mention)
                 .await
                 .unwrap()
                 .unwrap(),
@@ -674,10 +661,7 @@ mod tests {
 
         assert!(store.forget("cus-1").await.unwrap());
         let mut reader = Keys::default();
-        reader
-            .fetch(Some(&store), &[Some(value.clone())])
-            .await
-            .unwrap();
+        reader.fetch(Some(&store), &value).await.unwrap();
         reader.open(&mut value).unwrap();
         let forgotten: Registered = serde_json::from_value(value).unwrap();
         assert!(forgotten.email.is_forgotten());

@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::bus::{BusError, Command, Envelope};
-use crate::personal::{Keys, may_be_sealed};
+use crate::personal::Keys;
 use crate::replay::StreamPages;
 use crate::snapshot::{SnapshotPolicy, Snapshots};
 use crate::{CodecError, CommandContext, Decider, EventCodec};
@@ -329,29 +329,6 @@ impl<D: Decider> Repository<D> {
         Ok(encoded)
     }
 
-    /// Decodes an event that holds personal data: opened in place when it is compact JSON (as
-    /// the toolkit writes it), else through a JSON tree.
-    async fn decode_sealed(
-        &self,
-        keys: &mut Keys,
-        store_keys: Option<&Arc<dyn factum_core::KeyStore>>,
-        recorded: &factum_core::RecordedEvent,
-    ) -> Result<D::Event, CodecError> {
-        if let Some(data) = keys.open_data(store_keys, &recorded.data).await? {
-            return self.codec.decode_data(&self.decider, recorded, &data);
-        }
-        let mut data: serde_json::Value =
-            serde_json::from_slice(&recorded.data).map_err(|e| CodecError::Decode {
-                event_type: recorded.event_type.clone(),
-                position: recorded.position,
-                reason: e.to_string(),
-            })?;
-        keys.fetch(store_keys, std::slice::from_ref(&Some(data.clone())))
-            .await?;
-        keys.open(&mut data)?;
-        self.codec.decode_value(&self.decider, recorded, data)
-    }
-
     /// Loads an aggregate by replaying its events.
     pub async fn load(&self, id: &str) -> Result<Loaded<D::State>, RepositoryError<D::Error>> {
         let stream = self.stream(id)?;
@@ -408,11 +385,13 @@ impl<D: Decider> Repository<D> {
             for recorded in &page {
                 seen = seen || produced(recorded);
                 since_us = since_us.or(Some(recorded.recorded_at_us));
-                let event = if may_be_sealed(recorded) {
-                    self.decode_sealed(&mut keys, store_keys.as_ref(), recorded)
-                        .await?
-                } else {
-                    self.codec.decode(&self.decider, recorded)?
+                let event = match keys
+                    .open_json(store_keys.as_ref(), &recorded.data)
+                    .await
+                    .map_err(CodecError::from)?
+                {
+                    Some(data) => self.codec.decode_data(&self.decider, recorded, &data)?,
+                    None => self.codec.decode(&self.decider, recorded)?,
                 };
                 state = state.take().map(|state| self.decider.evolve(state, &event));
                 revision = Some(recorded.revision);

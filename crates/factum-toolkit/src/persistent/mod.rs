@@ -195,36 +195,24 @@ pub(crate) async fn groups_scavenge_bound(
     store: &dyn EventStore,
 ) -> Result<Option<u64>, GroupError> {
     let mut defs: BTreeMap<GroupKey, Definition> = BTreeMap::new();
-    let stream = groups_stream();
-    let mut from = 0;
-    loop {
-        let page = match store
-            .read_stream(&stream, from, Direction::Forwards, 512)
-            .await
-        {
-            Ok(page) => page,
-            Err(StoreError::NotFound(_)) => break,
-            Err(e) => return Err(e.into()),
-        };
-        let Some(last) = page.last() else { break };
-        from = last.revision + 1;
-        for event in &page {
-            match definition_change(event)? {
-                Some(DefinitionChange::Created(def)) => {
-                    defs.insert(def.key.clone(), def);
-                }
-                Some(DefinitionChange::Updated(key, settings)) => {
-                    if let Some(def) = defs.get_mut(&key) {
-                        def.settings = settings;
-                    }
-                }
-                Some(DefinitionChange::Deleted(key)) => {
-                    defs.remove(&key);
-                }
-                None => {}
+    crate::replay_stream(store, &groups_stream(), 0, |event| {
+        match definition_change(event)? {
+            Some(DefinitionChange::Created(def)) => {
+                defs.insert(def.key.clone(), def);
             }
+            Some(DefinitionChange::Updated(key, settings)) => {
+                if let Some(def) = defs.get_mut(&key) {
+                    def.settings = settings;
+                }
+            }
+            Some(DefinitionChange::Deleted(key)) => {
+                defs.remove(&key);
+            }
+            None => {}
         }
-    }
+        Ok::<_, GroupError>(())
+    })
+    .await?;
     let mut lowest: Option<u64> = None;
     for def in defs.values() {
         let below = group::stored_below(store, def).await?;
