@@ -269,4 +269,8 @@ impl EventStore for MemoryStore {
     fn keys(&self) -> Option<Arc<dyn crate::KeyStore>> {
         Some(self.inner.keys.clone())
     }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
 }

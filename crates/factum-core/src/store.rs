@@ -317,6 +317,18 @@ pub trait EventStore: Send + Sync + Shared {
         let _ = (options, progress);
         Err(StoreError::Unsupported("scavenging".into()))
     }
+
+    /// What kind of store this is, as a person would name it: `"embedded"`, `"postgresql"`,
+    /// `"memory"` (the server's dashboard shows it).
+    fn kind(&self) -> &'static str {
+        "other"
+    }
+
+    /// The bytes the store takes on disk (its files, or its tables and their indexes); `None`
+    /// when it keeps nothing on disk or cannot tell.
+    async fn disk_usage(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// A shared handle to the store: what a subscription keeps, and what the toolkit's runners

@@ -642,6 +642,18 @@ impl EventStore for Engine {
         Some(self.inner.keys.clone())
     }
 
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn disk_usage(&self) -> Result<Option<u64>, StoreError> {
+        let dir = self.inner.shared.dir.clone();
+        let size = tokio::task::spawn_blocking(move || directory_size(&dir))
+            .await
+            .map_err(|e| StoreError::invalid(format!("disk usage: {e}")))??;
+        Ok(Some(size))
+    }
+
     async fn scavenge(
         &self,
         options: ScavengeOptions,
@@ -658,4 +670,22 @@ impl EventStore for Engine {
             _ => scavenge::scavenge(shared, &options, progress),
         }
     }
+}
+
+/// The bytes of the files under `dir` (a file removed while it is counted counts nothing).
+fn directory_size(dir: &Path) -> Result<u64, StoreError> {
+    let mut size = 0;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => dirs.push(entry.path()),
+                Ok(meta) => size += meta.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(size)
 }

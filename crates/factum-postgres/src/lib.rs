@@ -577,6 +577,23 @@ impl EventStore for PgStore {
         Some(self.inner.keys.clone())
     }
 
+    fn kind(&self) -> &'static str {
+        "postgresql"
+    }
+
+    async fn disk_usage(&self) -> Result<Option<u64>, StoreError> {
+        let conn = self.inner.readers.get().await?;
+        let row = conn
+            .query_opt(
+                "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::BIGINT \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relkind = 'r'",
+                &[&self.inner.schema],
+            )
+            .await?;
+        Ok(row.map(|row| to_u64(row.get(0))))
+    }
+
     async fn scavenge(
         &self,
         options: factum_core::ScavengeOptions,

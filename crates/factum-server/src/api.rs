@@ -345,10 +345,9 @@ pub(crate) async fn append(
         events.len() as u64,
         events.iter().map(|e| e.size_bytes() as u64).sum::<u64>(),
     );
+    let started = std::time::Instant::now();
     let result = state.store.append(&stream, expected, events).await?;
-    state.metrics.appends.inc();
-    state.metrics.events.inc_by(count);
-    state.metrics.bytes.inc_by(bytes);
+    state.appended(count, bytes, started.elapsed());
     Ok((StatusCode::CREATED, Json(result)))
 }
 

@@ -273,6 +273,7 @@ pub(crate) async fn append(
             .sum::<u64>(),
     );
     let condition = append.condition.clone();
+    let started = std::time::Instant::now();
     let position = match state.store.append_conditional(append).await {
         Ok(position) => position,
         Err(StoreError::ConditionFailed { after, position }) => {
@@ -284,9 +285,7 @@ pub(crate) async fn append(
         }
         Err(e) => return Err(e.into()),
     };
-    state.metrics.appends.inc();
-    state.metrics.events.inc_by(count);
-    state.metrics.bytes.inc_by(bytes);
+    state.appended(count, bytes, started.elapsed());
     Ok((StatusCode::CREATED, Json(Appended { position })))
 }
 

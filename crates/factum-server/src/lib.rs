@@ -26,6 +26,7 @@ mod admin;
 mod api;
 pub mod auth;
 mod consumers;
+mod dashboard;
 pub mod dcb;
 mod error;
 mod groups;
@@ -34,6 +35,7 @@ pub mod json;
 mod metrics;
 mod openapi;
 mod sse;
+mod stats;
 pub mod tls;
 
 use factum_core::IntoStore;
@@ -85,6 +87,8 @@ pub(crate) struct AppState {
     pub(crate) store: Arc<dyn EventStore>,
     pub(crate) config: Arc<Config>,
     pub(crate) metrics: Arc<metrics::Metrics>,
+    /// What the dashboard's stats stream reads besides the metrics.
+    pub(crate) stats: Arc<stats::Stats>,
     /// Becomes `true` when the server shuts down: subscriptions end.
     pub(crate) closing: watch::Receiver<bool>,
     /// The one reader of `$all` that feeds every SSE follower of it.
@@ -93,6 +97,16 @@ pub(crate) struct AppState {
     pub(crate) docs: Arc<openapi::Docs>,
     /// The persistent subscription groups, opened with the server (or on first use).
     pub(crate) groups: Arc<tokio::sync::OnceCell<factum_toolkit::Groups>>,
+}
+
+impl AppState {
+    /// An append of `count` events and `bytes` bytes was acknowledged after `took`.
+    pub(crate) fn appended(&self, count: u64, bytes: u64, took: std::time::Duration) {
+        self.metrics.appends.inc();
+        self.metrics.events.inc_by(count);
+        self.metrics.bytes.inc_by(bytes);
+        self.stats.append_latency.observe(took);
+    }
 }
 
 /// The OpenAPI description of the API as a server with `config` serves it (its page limit;
@@ -120,6 +134,7 @@ fn build(store: Arc<dyn EventStore>, config: Config) -> (Router, watch::Sender<b
         fanout: Arc::new(sse::Fanout::new(config.sse_buffer.max(1))),
         config: Arc::new(config),
         metrics: Arc::new(metrics::Metrics::new()),
+        stats: Arc::new(stats::Stats::new()),
         closing,
         docs: Arc::new(openapi::Docs::new(&doc)),
         groups: Arc::new(tokio::sync::OnceCell::new()),

@@ -321,6 +321,14 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
         next.run(request).instrument(span.clone()).await
     };
     span.record("status", response.status().as_u16());
+    if response.status().is_success()
+        && matches!(
+            (method.as_str(), route.as_str()),
+            ("GET", "/streams/{stream}" | "/all") | ("POST", "/dcb/read")
+        )
+    {
+        state.stats.read();
+    }
     let metrics: &Arc<Metrics> = &state.metrics;
     metrics
         .latency

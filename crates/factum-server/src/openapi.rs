@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::ErrorBody;
-use crate::{AppState, Config, admin, api, dcb, groups};
+use crate::{AppState, Config, admin, api, dashboard, dcb, groups};
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -90,6 +90,10 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(groups::replay_parked))
         .routes(routes!(admin::scavenge))
         .routes(routes!(admin::forget))
+        .routes(routes!(dashboard::stats))
+        .routes(routes!(dashboard::search))
+        .routes(routes!(dashboard::replay_dead_letters))
+        .routes(routes!(dashboard::rebuild_projection))
 }
 
 /// The description, rendered once, and the endpoint index at `/` made from it.

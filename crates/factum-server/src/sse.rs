@@ -22,6 +22,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::json::recorded;
 use crate::metrics::Subscribed;
+use crate::stats::Stats;
 use crate::{ApiError, AppState};
 
 /// How many events one read of the store takes.
@@ -174,6 +175,7 @@ impl Out {
 
 /// Sends the frames of the events in `*next..until`, read from the store; moves `*next`.
 async fn read_gap(
+    stats: &Stats,
     store: &Arc<dyn EventStore>,
     next: &mut u64,
     until: u64,
@@ -188,9 +190,12 @@ async fn read_gap(
             break;
         };
         let mut chunk = Vec::new();
+        let mut sent = 0;
         for event in events.iter().take_while(|e| e.position < until) {
             chunk.extend_from_slice(&encode(event)?);
+            sent += 1;
         }
+        stats.delivered(sent);
         *next = until.min(last + 1);
         out.send(chunk).await?;
     }
@@ -208,7 +213,8 @@ async fn follow_all(state: &AppState, from: u64, out: &Out) -> Result<(), Stop> 
     let mut closing = state.closing.clone();
     let mut next = from;
     let store = &state.store;
-    read_gap(store, &mut next, store.head(), out).await?;
+    let stats = &state.stats;
+    read_gap(stats, store, &mut next, store.head(), out).await?;
     let mut keep_alive = keep_alive();
     loop {
         let first = tokio::select! {
@@ -220,7 +226,7 @@ async fn follow_all(state: &AppState, from: u64, out: &Out) -> Result<(), Stop> 
             _ = set(&mut closing) => return Ok(()),
             _ = set(&mut ended) => {
                 // Send what the store still serves, then say why the stream ends.
-                read_gap(store, &mut next, u64::MAX, out).await?;
+                read_gap(stats, store, &mut next, u64::MAX, out).await?;
                 return Err(Some(ApiError::from(StoreError::Closed)));
             }
         };
@@ -243,9 +249,10 @@ async fn follow_all(state: &AppState, from: u64, out: &Out) -> Result<(), Stop> 
             }
             if next < frame.after {
                 out.send(std::mem::take(&mut chunk)).await?;
-                read_gap(store, &mut next, frame.after, out).await?;
+                read_gap(stats, store, &mut next, frame.after, out).await?;
             }
             chunk.extend_from_slice(&frame.bytes);
+            stats.delivered(1);
             next = frame.position + 1;
         }
         out.send(chunk).await?;
@@ -262,7 +269,10 @@ async fn follow_own(
     let mut keep_alive = keep_alive();
     loop {
         let chunk = tokio::select! {
-            event = subscription.next() => encode(&event.map_err(ApiError::from)?)?,
+            event = subscription.next() => {
+                state.stats.delivered(1);
+                encode(&event.map_err(ApiError::from)?)?
+            }
             _ = keep_alive.tick() => Bytes::from_static(b":\n\n"),
             _ = set(&mut closing) => return Ok(()),
         };
@@ -298,9 +308,12 @@ async fn follow_group(
             () = out.chunks.closed() => return Err(None),
         };
         let mut chunk = group_frame(&first)?;
+        let mut sent = 1;
         while let Some(more) = connection.try_next() {
             chunk.extend_from_slice(&group_frame(&more)?);
+            sent += 1;
         }
+        state.stats.delivered(sent);
         out.send(chunk).await?;
     }
 }

@@ -12,7 +12,13 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{events, start};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::{events, start, start_with_client};
+use factum_core::{Direction, EventStore, StreamName};
+use factum_projections::{Projector, ReadModel, SqliteReadModel};
+use factum_server::auth::Auth;
 use serde_json::{Value, json};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -197,6 +203,40 @@ impl Browser {
         old.as_str().unwrap().to_owned()
     }
 
+    /// Saves a screenshot of the page as `target/ui-screenshots/{name}.png`.
+    async fn screenshot(&self, name: &str) {
+        use base64::Engine as _;
+        let png = self
+            .session(reqwest::Method::GET, "/screenshot", json!({}))
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/ui-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    /// Sets the window's size, as a laptop's or a phone's screen.
+    async fn resize(&self, width: u32, height: u32) {
+        self.session(
+            reqwest::Method::POST,
+            "/window/rect",
+            json!({"width": width, "height": height}),
+        )
+        .await;
+    }
+
+    /// Uses `token` from now on, as a person types it into the token field.
+    async fn use_token(&self, token: &str) {
+        self.script(&format!(
+            "localStorage.setItem('factum-token', '{token}'); \
+             document.getElementById('token').value = '{token}'; return true"
+        ))
+        .await;
+    }
+
     async fn switch_to(&self, handle: &str) {
         self.session(reqwest::Method::POST, "/window", json!({"handle": handle}))
             .await;
@@ -229,8 +269,8 @@ async fn a_person_browses_streams_appends_through_the_form_and_sees_it_live() {
         return;
     };
 
-    // The UI opens on the streams; a search by prefix narrows them.
-    browser.open(&server.url).await;
+    // The streams page lists them; a search by prefix narrows them.
+    browser.open(&format!("{}/#/streams", server.url)).await;
     browser
         .wait_for(
             "the stream list",
@@ -270,11 +310,11 @@ async fn a_person_browses_streams_appends_through_the_form_and_sees_it_live() {
             "const d = document.querySelector('#event'); return d && d.innerText.includes('req-42')",
         )
         .await;
-    browser.click("#event a[href=\"#/related/req-42\"]").await;
+    browser.click("#event a[href=\"#/search?q=req-42\"]").await;
     browser
         .wait_for(
             "the related events",
-            "const rows = document.querySelectorAll('table.events tbody tr'); \
+            "const rows = document.querySelectorAll('#search-results table.events tbody tr'); \
              return rows.length === 1 && rows[0].innerText.includes('cart-7')",
         )
         .await;
@@ -344,12 +384,12 @@ async fn a_person_browses_streams_appends_through_the_form_and_sees_it_live() {
         "one event was written"
     );
 
-    // Processors and projections: none here, and the page says so.
+    // Processors, projections and groups: none here yet, and the page says so.
     browser.open(&format!("{}/#/consumers", server.url)).await;
     browser
         .wait_for(
-            "the processors page",
-            "return document.body.innerText.includes('without a read model')",
+            "the moving parts page",
+            "return document.body.innerText.includes('Nothing has a place in this store yet')",
         )
         .await;
     // A persistent subscription group with a parked message: listed, described, replayed.
@@ -419,6 +459,291 @@ async fn a_person_browses_streams_appends_through_the_form_and_sees_it_live() {
              return r && r.innerText.includes('1 parked message')",
         )
         .await;
+    browser
+        .session(reqwest::Method::DELETE, "", json!({}))
+        .await;
+    server.stop().await;
+}
+
+const TOKENS: &str = r#"
+[[token]]
+name = "viewer"
+secret = "viewer-0123456789"
+read = [""]
+
+[[token]]
+name = "operator"
+secret = "operator-0123456789"
+admin = [""]
+"#;
+
+/// A projection that counts events in one table.
+struct Counting;
+
+impl factum_projections::Projection for Counting {
+    fn name(&self) -> &str {
+        "counting"
+    }
+    fn tables(&self) -> Vec<factum_projections::Table> {
+        vec![factum_projections::Table::new(
+            "seen",
+            "id TEXT PRIMARY KEY",
+        )]
+    }
+    fn apply(
+        &self,
+        tx: &mut factum_projections::Tx,
+        event: &factum_core::RecordedEvent,
+    ) -> Result<(), factum_projections::ApplyError> {
+        tx.insert("seen").key("id", event.id.to_string());
+        Ok(())
+    }
+}
+
+fn bearer_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_moves_search_finds_events_and_only_an_admin_acts() {
+    let dir = tempfile::tempdir().unwrap();
+    let read_model: Arc<dyn ReadModel> = Arc::new(
+        SqliteReadModel::open(dir.path().join("read.db"))
+            .await
+            .unwrap(),
+    );
+    let server = start_with_client(
+        factum_server::Config {
+            auth: Some(Arc::new(Auth::from_toml(TOKENS).unwrap())),
+            read_model: Some(read_model.clone()),
+            ..factum_server::Config::default()
+        },
+        "http",
+        bearer_client("operator-0123456789"),
+    )
+    .await;
+    // One request's events, sharing its correlation id, among others.
+    server
+        .append("order-10", None, events(5, "OrderPlaced"))
+        .await;
+    let (status, _) = server
+        .append(
+            "order-9",
+            None,
+            json!([
+                {"type": "OrderPlaced", "data": {"total_cents": 1200, "lines": [{"sku": "pear"}]},
+                 "metadata": {"$correlationId": "req-77", "$causationId": "req-77"}},
+                {"type": "OrderPaid", "data": {"by": "card"},
+                 "metadata": {"$correlationId": "req-77", "$causationId": "cmd-2"}},
+            ]),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED);
+    server
+        .append("order-11", None, events(3, "OrderPlaced"))
+        .await;
+    let store: Arc<dyn EventStore> = Arc::new(server.store.clone());
+    let placed = store
+        .read_stream(
+            &StreamName::user("order-9").unwrap(),
+            0,
+            Direction::Forwards,
+            1,
+        )
+        .await
+        .unwrap()
+        .remove(0);
+    // A projection that has applied only the first two events: it is behind.
+    Projector::new(store.clone(), read_model.clone(), Counting)
+        .run_until(2)
+        .await
+        .unwrap();
+    let Some(browser) = Browser::start().await else {
+        server.stop().await;
+        return;
+    };
+
+    // A writer appends all along.
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (writing, client, url) = (writing.clone(), server.client.clone(), server.url.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while writing.load(Ordering::Relaxed) {
+                let response = client
+                    .post(format!("{url}/streams/tick-{}", n % 7))
+                    .json(&events(3, "Ticked"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    // The UI opens on the dashboard: its charts draw, and move.
+    browser.open(&server.url).await;
+    browser.use_token("viewer-0123456789").await;
+    browser.open(&format!("{}/#/dashboard", server.url)).await;
+    let chart = "document.querySelector('svg[data-chart=\"events\"]').dataset";
+    browser
+        .wait_for(
+            "the events chart with a rate above 0",
+            &format!("const d = {chart}; return Number(d.points) >= 2 && Number(d.last) > 0"),
+        )
+        .await;
+    let first = browser.script(&format!("return {chart}.lastT")).await;
+    browser
+        .wait_for(
+            "the chart to move",
+            &format!("return {chart}.lastT !== {first}"),
+        )
+        .await;
+    for other in ["appends", "latency", "reads", "subscribers"] {
+        browser
+            .wait_for(
+                &format!("the {other} chart"),
+                &format!(
+                    "return Number(document.querySelector('svg[data-chart=\"{other}\"]').dataset.points) >= 1"
+                ),
+            )
+            .await;
+    }
+    let cards = browser
+        .script("return document.querySelector('.cards').innerText")
+        .await;
+    let cards = cards.as_str().unwrap();
+    assert!(cards.contains("embedded"), "{cards}");
+    assert!(cards.contains("KiB") || cards.contains("MiB"), "{cards}");
+    // The projection is behind, and the dashboard says so.
+    let lag = "document.querySelector('#lag tr[data-consumer=\"projection:counting\"]')";
+    browser
+        .wait_for(
+            "the projection behind",
+            &format!("const r = {lag}; return r && r.classList.contains('behind') && Number(r.dataset.behind) > 0"),
+        )
+        .await;
+    browser.screenshot("dashboard").await;
+    browser.resize(390, 844).await;
+    browser.screenshot("dashboard-phone").await;
+    browser.resize(1280, 900).await;
+
+    // It catches up once its projector has run, and the dashboard shows that too.
+    writing.store(false, Ordering::Relaxed);
+    writer.await.unwrap();
+    Projector::new(store.clone(), read_model.clone(), Counting)
+        .run_until(store.head())
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "the projection caught up",
+            &format!("const r = {lag}; return r && r.dataset.behind === '0' && !r.classList.contains('behind')"),
+        )
+        .await;
+
+    // Search by event id: the server finds the one event.
+    browser
+        .open(&format!("{}/#/search?q={}", server.url, placed.id))
+        .await;
+    let rows = "document.querySelectorAll('#search-results table.events tbody tr')";
+    let found = browser
+        .wait_for(
+            "the event found by its id",
+            &format!("const r = {rows}; return r.length === 1 && r[0].innerText"),
+        )
+        .await;
+    assert!(found.as_str().unwrap().contains("order-9"), "{found}");
+    // By correlation id: the request's two events.
+    browser
+        .open(&format!("{}/#/search?q=req-77", server.url))
+        .await;
+    browser
+        .wait_for(
+            "the request's events",
+            &format!("const r = {rows}; return r.length === 2 && [...r].every(x => x.innerText.includes('order-9'))"),
+        )
+        .await;
+    browser.screenshot("search").await;
+    // The event itself: its fields laid out, its correlation a link, copy buttons.
+    browser
+        .open(&format!("{}/#/event/{}", server.url, placed.position))
+        .await;
+    let detail = browser
+        .wait_for(
+            "the event's detail",
+            "const d = document.querySelector('#event-data'); return d && d.innerText",
+        )
+        .await;
+    assert!(detail.as_str().unwrap().contains("total_cents"), "{detail}");
+    browser
+        .wait_for(
+            "the correlation link and copy buttons",
+            "return document.querySelector('#event a[href=\"#/search?q=req-77\"]') \
+                 && document.querySelectorAll('button.copy').length >= 4",
+        )
+        .await;
+    browser.screenshot("event").await;
+
+    // An operator's action: refused without an admin token, done with one.
+    browser.open(&format!("{}/#/consumers", server.url)).await;
+    let rebuild = "document.querySelector('#parts tr[data-consumer=\"projection:counting\"] button[data-action=\"rebuild\"]')";
+    browser
+        .wait_for("the rebuild button", &format!("return {rebuild}"))
+        .await;
+    browser
+        .script(&format!("{rebuild}.click(); return true"))
+        .await;
+    browser
+        .wait_for(
+            "the confirmation",
+            "return document.getElementById('confirm-yes')",
+        )
+        .await;
+    browser.click("#confirm-yes").await;
+    let refused = browser
+        .wait_for(
+            "the refusal",
+            "const r = document.querySelector('#action-result.error'); return r && r.innerText",
+        )
+        .await;
+    assert!(refused.as_str().unwrap().starts_with("403"), "{refused}");
+    assert!(
+        !read_model.states().await.unwrap()[0].rebuild_requested,
+        "nothing was asked"
+    );
+    browser.use_token("operator-0123456789").await;
+    browser
+        .script(&format!("{rebuild}.click(); return true"))
+        .await;
+    browser
+        .wait_for(
+            "the confirmation",
+            "return document.getElementById('confirm-yes')",
+        )
+        .await;
+    browser.click("#confirm-yes").await;
+    let done = browser
+        .wait_for(
+            "the rebuild requested",
+            "const r = document.querySelector('#action-result.ok'); return r && r.innerText",
+        )
+        .await;
+    assert!(
+        done.as_str()
+            .unwrap()
+            .contains("Rebuild of counting requested"),
+        "{done}"
+    );
+    assert!(read_model.states().await.unwrap()[0].rebuild_requested);
+    browser.screenshot("moving-parts").await;
     browser
         .session(reqwest::Method::DELETE, "", json!({}))
         .await;

@@ -473,6 +473,9 @@ pub(crate) async fn read(
         Some(opts::FilterOption::Filter(filter)) => Some(Filter::parse(filter)?),
         Some(opts::FilterOption::NoFilter(())) | None => None,
     };
+    if limit.is_some() {
+        state.stats.read();
+    }
     let store = state.store.clone();
     let source = match options.stream_option {
         Some(opts::StreamOption::Stream(stream)) => {

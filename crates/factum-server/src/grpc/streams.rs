@@ -89,6 +89,7 @@ impl Streams {
             proposed.events.len() as u64,
             proposed.events.iter().map(|e| e.size_bytes() as u64).sum(),
         );
+        let started = std::time::Instant::now();
         match store
             .append(&stream, proposed.expected, proposed.events)
             .await
@@ -98,9 +99,7 @@ impl Streams {
                 position,
                 ..
             }) => {
-                self.state.metrics.appends.inc();
-                self.state.metrics.events.inc_by(count);
-                self.state.metrics.bytes.inc_by(bytes);
+                self.state.appended(count, bytes, started.elapsed());
                 Ok(Appended::Done {
                     revision: Some(last_revision),
                     position: Some(position),
