@@ -8,6 +8,9 @@
 //!   10,000 events/s for 5 s; every subscriber must receive every event, in order. Events/s is
 //!   the rate the appends were made at (below 10,000 when appends fall behind); latency is the
 //!   delivery delay: from the moment the append was sent until a subscriber has the event.
+//! - `http-dashboards`: `http` twice in one run, each on a fresh store: without a dashboard,
+//!   and with 64 dashboards following the stats stream (`/stats/subscribe`) all along; what
+//!   the dashboards cost the append path.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,6 +30,37 @@ pub async fn run(
     writers: usize,
     payloads: &Arc<Payloads>,
 ) -> Result<Vec<Row>> {
+    if scenario == "http-dashboards" {
+        return Ok(vec![
+            serve_and_run("http", work, events, writers, payloads, 0).await?,
+            serve_and_run(
+                "http-dashboards",
+                work,
+                events,
+                writers,
+                payloads,
+                DASHBOARDS,
+            )
+            .await?,
+        ]);
+    }
+    Ok(vec![
+        serve_and_run(scenario, work, events, writers, payloads, 0).await?,
+    ])
+}
+
+/// How many dashboards follow the stats stream in `http-dashboards`.
+const DASHBOARDS: usize = 64;
+
+/// Runs `scenario` against a server on a fresh store, with `dashboards` following its stats.
+async fn serve_and_run(
+    scenario: &str,
+    work: &Path,
+    events: u64,
+    writers: usize,
+    payloads: &Arc<Payloads>,
+    dashboards: usize,
+) -> Result<Row> {
     let dir = tempfile::Builder::new().prefix("http-").tempdir_in(work)?;
     let engine = Engine::open(dir.path().join("store"), EngineOptions::default())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -43,14 +77,61 @@ pub async fn run(
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
+    let mut followers = Vec::new();
+    for _ in 0..dashboards {
+        followers.push(follow_stats(&client, &url).await?);
+    }
     let result = match scenario {
-        "http" => appends(&client, &url, events, writers, payloads).await,
+        "http" | "http-dashboards" => {
+            appends(scenario, &client, &url, events, writers, payloads).await
+        }
         _ => subscribers(&client, &url).await,
     };
     let _ = stop.send(());
     server.await??;
     engine.close()?;
-    Ok(vec![result?])
+    for follower in followers {
+        let snapshots = follower.await??;
+        // A dashboard gets a snapshot a second: every one of them was served all along.
+        ensure!(
+            snapshots > 0 || result.as_ref().is_ok_and(|r| r.seconds < 2.0),
+            "a dashboard got no snapshot"
+        );
+    }
+    result
+}
+
+/// A dashboard: follows the stats stream until the server ends it; how many snapshots it got.
+async fn follow_stats(
+    client: &reqwest::Client,
+    url: &str,
+) -> Result<tokio::task::JoinHandle<Result<u64>>> {
+    let response = client.get(format!("{url}/stats/subscribe")).send().await?;
+    ensure!(
+        response.status().is_success(),
+        "the stats stream answered {}",
+        response.status()
+    );
+    Ok(tokio::spawn(async move {
+        let mut body = response.bytes_stream();
+        let mut snapshots = 0;
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                // The server ended the stream as it shut down.
+                Err(_) => break,
+            };
+            snapshots += occurrences(&chunk, b"event: stats") as u64;
+        }
+        Ok(snapshots)
+    }))
+}
+
+fn occurrences(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
 }
 
 async fn append_one(client: &reqwest::Client, url: &str, stream: u64, data: &str) -> Result<()> {
@@ -72,13 +153,14 @@ async fn append_one(client: &reqwest::Client, url: &str, stream: u64, data: &str
 }
 
 async fn appends(
+    scenario: &str,
     client: &reqwest::Client,
     url: &str,
     events: u64,
     writers: usize,
     payloads: &Arc<Payloads>,
 ) -> Result<Row> {
-    let progress = bar(events, format!("http ({writers} clients)"));
+    let progress = bar(events, format!("{scenario} ({writers} clients)"));
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let tasks: Vec<_> = (0..writers)
@@ -111,7 +193,7 @@ async fn appends(
     }
     let elapsed = started.elapsed();
     progress.finish_and_clear();
-    Ok(row("http", "factum", events, elapsed, latencies))
+    Ok(row(scenario, "factum", events, elapsed, latencies))
 }
 
 fn now_us() -> u64 {

@@ -37,7 +37,7 @@ pub struct BenchArgs {
     json: bool,
     /// Scenarios to run (bulk, concurrent, single, read-all; also open, load, load-snapshot,
     /// load-personal,
-    /// bus, processor, saga, project, project-e2e, http, http-sse, grpc, grpc-catch-up,
+    /// bus, processor, saga, project, project-e2e, http, http-sse, http-dashboards, grpc, grpc-catch-up,
     /// persistent-grpc, persistent-http, relay-nats, relay-rabbitmq, relay-kafka, dcb,
     /// dcb-read, scavenge).
     #[arg(
@@ -170,7 +170,7 @@ pub async fn run(data_dir: &Path, factum_pg: Option<&str>, args: BenchArgs) -> R
     for scenario in &args.scenarios {
         // Scenarios with a store of their own, run once.
         let own = match scenario.as_str() {
-            "http" | "http-sse" => Some(
+            "http" | "http-sse" | "http-dashboards" => Some(
                 http::run(
                     scenario,
                     work.path(),
@@ -265,7 +265,7 @@ pub async fn run(data_dir: &Path, factum_pg: Option<&str>, args: BenchArgs) -> R
                 other => {
                     bail!(
                         "unknown scenario '{other}' (bulk, concurrent, single, read-all, open, \
-                         load, load-snapshot, load-personal, bus, processor, saga, project, project-e2e, http, http-sse, \
+                         load, load-snapshot, load-personal, bus, processor, saga, project, project-e2e, http, http-sse, http-dashboards, \
                          grpc, grpc-catch-up, persistent-grpc, persistent-http, relay-nats, \
                          relay-rabbitmq, relay-kafka, dcb, dcb-read, scavenge)"
                     )

@@ -79,9 +79,10 @@ pub enum StoreError {
         /// Whether this process holds it (an earlier open not closed yet).
         by_this_process: bool,
     },
-    /// A write failed to become durable; the store refuses writes until it is reopened,
-    /// which recovers from what is on disk.
-    #[error("the store stopped accepting writes after a failed write: {0}")]
+    /// A write failed to become durable; the store refuses writes until it has recovered
+    /// from what is on disk (the embedded store tries again by itself, with backoff; reads go
+    /// on meanwhile).
+    #[error("the store refuses writes after a failed write: {0}")]
     Poisoned(String),
     /// The database behind the store failed or could not be reached. Nothing is acknowledged
     /// that was not committed; an append that fails this way may or may not have been stored,

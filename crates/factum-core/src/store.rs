@@ -318,6 +318,12 @@ pub trait EventStore: Send + Sync + Shared {
         Err(StoreError::Unsupported("scavenging".into()))
     }
 
+    /// Why the store refuses writes now (a failed write it has not recovered from, a database
+    /// it cannot reach), or `None` while it takes them. Reads may go on meanwhile.
+    fn write_refusal(&self) -> Option<String> {
+        None
+    }
+
     /// What kind of store this is, as a person would name it: `"embedded"`, `"postgresql"`,
     /// `"memory"` (the server's dashboard shows it).
     fn kind(&self) -> &'static str {

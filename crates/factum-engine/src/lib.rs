@@ -89,6 +89,8 @@ pub(crate) struct Shared {
     poisoned: Mutex<Option<String>>,
     /// Held by a scavenge, and by a verification, which must not see a segment replaced.
     scavenging: Mutex<()>,
+    /// Faults a test injects below the writer.
+    faults: writer::Faults,
 }
 
 struct WriterHandle {
@@ -319,6 +321,7 @@ impl Engine {
             head: watch::channel(end.next_position).0,
             poisoned: Mutex::new(None),
             scavenging: Mutex::new(()),
+            faults: writer::Faults::default(),
         });
         let mut writer = Writer {
             shared: shared.clone(),
@@ -328,6 +331,7 @@ impl Engine {
             index_save_interval_events: options.index_save_interval_events,
             saved_at_position: loaded,
             group_bytes_hint: 64 * 1024,
+            recovery: None,
         };
         if report.replayed_events >= options.index_save_interval_events {
             shared.index.read().save(
@@ -499,6 +503,16 @@ impl Engine {
         segments.read_events(&locations, log::SEQUENTIAL_CHUNK_BYTES)
     }
 
+    /// For fault-injection tests: the next `writes` writes to the log and the next `syncs`
+    /// `fdatasync`s of it fail with an I/O error, as a full or failing disk's would.
+    #[doc(hidden)]
+    pub fn inject_faults(&self, writes: u32, syncs: u32) {
+        use std::sync::atomic::Ordering;
+        let faults = &self.inner.shared.faults;
+        faults.writes.store(writes, Ordering::Relaxed);
+        faults.syncs.store(syncs, Ordering::Relaxed);
+    }
+
     fn stop_if_poisoned(&self) -> Result<(), StoreError> {
         match self.inner.shared.poisoned.lock().as_ref() {
             Some(reason) => Err(StoreError::Poisoned(reason.clone())),
@@ -644,6 +658,10 @@ impl EventStore for Engine {
 
     fn kind(&self) -> &'static str {
         "embedded"
+    }
+
+    fn write_refusal(&self) -> Option<String> {
+        self.inner.shared.poisoned.lock().clone()
     }
 
     async fn disk_usage(&self) -> Result<Option<u64>, StoreError> {

@@ -4,14 +4,16 @@
 //! (index, head) and answers (group commit). Nothing is acknowledged before it is durable.
 
 use std::sync::Arc;
-use std::sync::mpsc::Receiver;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use factum_core::backend::catalog::{
     self, Change, CommittedLog, GONE, Overlay, Plan, PlannedRecord, WriteKind,
 };
 use factum_core::backend::{Job, Reply, group};
 use factum_core::{AppendResult, StoreError, now_micros};
-use tracing::error;
+use tracing::{error, info, warn};
 
 use crate::Shared;
 use crate::index::{Index, IndexError, IndexedUpTo};
@@ -25,9 +27,11 @@ pub const GROUP_REQUESTS_MAX: usize = 4096;
 /// Most bytes committed in one group (a single larger append still goes alone).
 pub const GROUP_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-/// Why a group was not written, and where. After one the store refuses writes until it is
-/// reopened: a failed `fdatasync` may have dropped pages the kernel still shows, so nothing
-/// in memory is trusted, and the next open reads the log back from disk.
+/// Why a group was not written, and where. After one the store refuses writes until it has
+/// recovered: a failed `fdatasync` may have dropped pages the kernel still shows, so the
+/// writer never syncs again and carries on; it cuts the log back to the end of what was
+/// acknowledged, reads that back from disk and checks it, and tries the disk with a probe —
+/// again and again, with backoff, until all of it succeeds (see [`Writer::try_recover`]).
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     /// Writing the group's frames to the segment failed.
@@ -86,11 +90,75 @@ pub struct Writer {
     pub saved_at_position: u64,
     /// The size of the largest group written so far, so the buffer is allocated once.
     pub group_bytes_hint: usize,
+    /// After a failed write: where the acknowledged log ends, and when to try to recover.
+    pub recovery: Option<Recovery>,
+}
+
+/// Where the log ended when a write failed (everything before it was acknowledged, so
+/// durable), and the next attempt to take writes again.
+pub struct Recovery {
+    segment: u32,
+    len: u64,
+    attempts: u32,
+    next_attempt: Instant,
+}
+
+/// The first wait before a recovery is tried, doubled after each failed try up to
+/// [`RECOVERY_BACKOFF_MAX`].
+const RECOVERY_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// The longest wait between two tries to recover.
+pub const RECOVERY_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Bytes written and synced past the end of the log to find out whether the disk takes writes
+/// again, then cut off.
+const PROBE_BYTES: usize = 64 * 1024;
+
+/// Faults a test injects below the writer: the next `writes` segment writes, and the next
+/// `syncs` `fdatasync`s, fail with an I/O error.
+#[derive(Default)]
+pub struct Faults {
+    pub writes: AtomicU32,
+    pub syncs: AtomicU32,
+}
+
+impl Faults {
+    /// Takes one injected fault of `counter`, if any is left.
+    fn take(counter: &AtomicU32, what: &str) -> std::io::Result<()> {
+        match counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)) {
+            Ok(_) => Err(std::io::Error::other(format!("injected {what} fault"))),
+            Err(_) => Ok(()),
+        }
+    }
 }
 
 impl Writer {
     pub fn run(mut self, requests: Receiver<Request>) -> Result<(), StoreError> {
-        while let Ok(first) = requests.recv() {
+        loop {
+            let first = match &self.recovery {
+                None => match requests.recv() {
+                    Ok(first) => first,
+                    Err(_) => break,
+                },
+                Some(recovery) => {
+                    let wait = recovery
+                        .next_attempt
+                        .saturating_duration_since(Instant::now());
+                    match requests.recv_timeout(wait) {
+                        Ok(first) => first,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.try_recover();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            };
+            if self
+                .recovery
+                .as_ref()
+                .is_some_and(|r| Instant::now() >= r.next_attempt)
+            {
+                self.try_recover();
+            }
             let first = match first {
                 Request::Job(job) => job,
                 Request::Seal(reply) => {
@@ -239,6 +307,7 @@ impl Writer {
             }
             debug_assert!(planned_positions >= self.next_position);
         }
+        let acknowledged = (self.segment.number, self.segment.len);
         let written = if frames.is_empty() {
             Ok(Vec::new())
         } else {
@@ -248,10 +317,10 @@ impl Writer {
             Ok(results) => results,
             Err(e) => {
                 let reason = format!(
-                    "{e}; appends of this group may or may not be stored, reopen the store to recover"
+                    "{e}; none of the appends written with it was acknowledged, and the store \
+                     refuses writes until it has recovered (it tries again by itself)"
                 );
-                error!(%reason, "a write failed; the store refuses writes until reopened");
-                *self.shared.poisoned.lock() = Some(reason.clone());
+                self.refuse(reason.clone(), acknowledged);
                 for (reply, outcome) in replies {
                     let answer = match outcome {
                         Outcome::Failed(e) => Err(e),
@@ -391,12 +460,118 @@ impl Writer {
     /// Writes `buf` at the end of the segment and makes it durable.
     fn write_and_sync(&mut self, buf: &[u8]) -> Result<(), WriteError> {
         let segment = self.segment.number;
-        self.segment
-            .write(buf)
+        let faults = &self.shared.faults;
+        Faults::take(&faults.writes, "write")
+            .and_then(|()| self.segment.write(buf))
             .map_err(|source| WriteError::Write { segment, source })?;
-        self.segment
-            .sync()
+        Faults::take(&faults.syncs, "fdatasync")
+            .and_then(|()| self.segment.sync())
             .map_err(|source| WriteError::Sync { segment, source })
+    }
+
+    /// Refuses writes from now on, for `reason`, until a recovery to the acknowledged end of
+    /// the log (`segment`, `len`) succeeds.
+    fn refuse(&mut self, reason: String, (segment, len): (u32, u64)) {
+        error!(%reason, "a write failed; the store refuses writes until it has recovered");
+        *self.shared.poisoned.lock() = Some(reason);
+        self.recovery = Some(Recovery {
+            segment,
+            len,
+            attempts: 0,
+            next_attempt: Instant::now() + RECOVERY_BACKOFF_MIN,
+        });
+    }
+
+    /// Tries to take writes again after a failed one, as an open would, without trusting
+    /// what the page cache holds: removes the segments started after the acknowledged end,
+    /// cuts the last one back to it (durably), reads it back from disk and checks that it holds
+    /// exactly the acknowledged events, and writes, syncs and cuts off a probe to find out
+    /// whether the disk takes writes again. On success the store accepts writes; otherwise it
+    /// tries again later, waiting twice as long each time (up to [`RECOVERY_BACKOFF_MAX`]).
+    pub fn try_recover(&mut self) {
+        let Some(mut recovery) = self.recovery.take() else {
+            return;
+        };
+        match self.recover_to(recovery.segment, recovery.len) {
+            Ok(()) => {
+                *self.shared.poisoned.lock() = None;
+                info!(
+                    attempts = recovery.attempts + 1,
+                    next_position = self.next_position,
+                    "the store recovered from the failed write and accepts writes again"
+                );
+            }
+            Err(e) => {
+                if recovery.attempts == 0 {
+                    warn!(error = %e, "the store cannot take writes yet; it keeps trying");
+                } else {
+                    tracing::debug!(error = %e, attempts = recovery.attempts, "not recovered yet");
+                }
+                recovery.attempts += 1;
+                let backoff = RECOVERY_BACKOFF_MIN
+                    .saturating_mul(1 << recovery.attempts.min(16))
+                    .min(RECOVERY_BACKOFF_MAX);
+                recovery.next_attempt = Instant::now() + backoff;
+                self.recovery = Some(recovery);
+            }
+        }
+    }
+
+    fn recover_to(&mut self, number: u32, len: u64) -> Result<(), StoreError> {
+        let log_dir = self.shared.segments.log_dir.clone();
+        // Segments started after the acknowledged end hold nothing acknowledged.
+        self.shared.segments.remove_after(number);
+        let mut removed = false;
+        for entry in std::fs::read_dir(&log_dir)? {
+            let path = entry?.path();
+            let later = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| n > number);
+            if later {
+                std::fs::remove_file(&path)?;
+                removed = true;
+            }
+        }
+        if removed {
+            crate::log::sync_dir(&log_dir)?;
+        }
+        let path = crate::log::segment_path(&log_dir, number);
+        let mut writer = SegmentWriter::open(&path, number, len)?;
+        // Read back from disk: the segment must hold exactly what was acknowledged.
+        let (segment, on_disk) = crate::log::Segment::open(path)?;
+        if on_disk != len {
+            return Err(StoreError::invalid(format!(
+                "segment {number} is {on_disk} bytes after it was cut to {len}"
+            )));
+        }
+        let first_position = segment.first_position;
+        let end = crate::log::recovery::replay(
+            &[(segment, on_disk)],
+            crate::log::recovery::Start {
+                segment: number,
+                offset: SEGMENT_HEADER_BYTES as u64,
+                next_position: first_position,
+            },
+            |_, _, _, _| Ok(()),
+            |_, _| {},
+            |_| {},
+        )?;
+        if end.next_position != self.next_position || end.len != len || end.cut_bytes != 0 {
+            return Err(StoreError::invalid(format!(
+                "segment {number} read back ends at position {} ({} bytes), not at the \
+                 acknowledged {} ({len} bytes)",
+                end.next_position, end.len, self.next_position
+            )));
+        }
+        let faults = &self.shared.faults;
+        Faults::take(&faults.writes, "write")
+            .and_then(|()| Faults::take(&faults.syncs, "fdatasync"))
+            .and_then(|()| writer.probe(PROBE_BYTES))?;
+        self.segment = writer;
+        Ok(())
     }
 
     /// Closes the segment being written, if it holds any frame, and starts the next one: what
@@ -408,10 +583,12 @@ impl Writer {
         if self.segment.len <= SEGMENT_HEADER_BYTES as u64 {
             return Ok(());
         }
+        let acknowledged = (self.segment.number, self.segment.len);
         self.roll(self.next_position).map_err(|e| {
-            let reason = e.to_string();
-            error!(%reason, "starting a new segment failed; the store refuses writes until reopened");
-            *self.shared.poisoned.lock() = Some(reason.clone());
+            let reason = format!(
+                "{e}; the store refuses writes until it has recovered (it tries again by itself)"
+            );
+            self.refuse(reason.clone(), acknowledged);
             StoreError::Poisoned(reason)
         })
     }

@@ -173,13 +173,17 @@ pub(crate) struct Written {
     position: u64,
 }
 
-/// Liveness.
+/// Liveness and readiness.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct Health {
-    /// Always `ok` when the server answers.
+    /// `ok` when the store takes writes; `refusing-writes` while it does not (it recovers by
+    /// itself once the fault is gone; reads are served meanwhile).
     status: &'static str,
     /// The store's head: the position the next event will take.
     head: u64,
+    /// Why the store refuses writes (only while it does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
 }
 
 /// A page of streams.
@@ -259,17 +263,34 @@ pub(crate) async fn openapi(
 }
 
 #[utoipa::path(get, path = "/health", tag = "server", security(()),
-    summary = "Liveness and the store's head",
-    responses((status = 200, description = "The server is up", body = Health)))]
+    summary = "Whether the server is up and its store takes writes, and the store's head",
+    responses(
+        (status = 200, description = "Up, and the store takes writes", body = Health),
+        (status = 503, description = "Up, but the store refuses writes (a full or failing disk, a database it cannot reach): the reason; reads are served, and it recovers by itself once the fault is gone", body = Health)))]
 pub(crate) async fn health(
     State(state): State<AppState>,
     params: std::result::Result<Query<NoParams>, QueryRejection>,
-) -> Result<Json<Health>> {
+) -> Result<(StatusCode, Json<Health>)> {
     query(params)?;
-    Ok(Json(Health {
-        status: "ok",
-        head: state.store.head(),
-    }))
+    let head = state.store.head();
+    Ok(match state.store.write_refusal() {
+        None => (
+            StatusCode::OK,
+            Json(Health {
+                status: "ok",
+                head,
+                reason: None,
+            }),
+        ),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "refusing-writes",
+                head,
+                reason: Some(reason),
+            }),
+        ),
+    })
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "server",
@@ -286,9 +307,13 @@ pub(crate) async fn metrics(
     let processors = processor_statuses(&*state.store).await?;
     let projections = consumers::projections(&state).await?.unwrap_or_default();
     let groups = crate::groups::groups(&state).await?.list(None).await?;
-    let text = state
-        .metrics
-        .render(state.store.head(), &processors, &projections, &groups);
+    let text = state.metrics.render(
+        state.store.head(),
+        state.store.write_refusal().is_none(),
+        &processors,
+        &projections,
+        &groups,
+    );
     Ok((
         [(
             header::CONTENT_TYPE,

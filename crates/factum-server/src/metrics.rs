@@ -87,6 +87,7 @@ pub(crate) struct Metrics {
     pub(crate) bytes: Counter,
     pub(crate) subscribers: Gauge,
     head: Gauge,
+    writable: Gauge,
     processor_lag: Family<ProcessorLabels, Gauge>,
     processor_dead_letters: Family<ProcessorLabels, Gauge>,
     projection_lag: Family<ProjectionLabels, Gauge>,
@@ -153,6 +154,12 @@ impl Metrics {
             "head_position",
             "The position the next event will get",
             head.clone(),
+        );
+        let writable = Gauge::default();
+        registry.register(
+            "store_writable",
+            "1 while the store takes writes, 0 while it refuses them after a fault (see /health)",
+            writable.clone(),
         );
         let processor_lag = Family::<ProcessorLabels, Gauge>::default();
         let processor_dead_letters = Family::<ProcessorLabels, Gauge>::default();
@@ -224,6 +231,7 @@ impl Metrics {
             bytes,
             subscribers,
             head,
+            writable,
         }
     }
 
@@ -232,12 +240,14 @@ impl Metrics {
     pub(crate) fn render(
         &self,
         head: u64,
+        writable: bool,
         processors: &[ProcessorStatus],
         projections: &[ProjectionStatus],
         groups: &[factum_toolkit::GroupInfo],
     ) -> String {
         let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.head.set(gauge(head));
+        self.writable.set(i64::from(writable));
         self.processor_lag.clear();
         self.processor_dead_letters.clear();
         for p in processors {

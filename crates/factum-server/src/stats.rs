@@ -148,6 +148,8 @@ struct Snapshot<'a> {
     t: u64,
     uptime_seconds: f64,
     store: &'static str,
+    /// Why the store refuses writes, while it does (`null` while it takes them).
+    refusing_writes: Option<String>,
     head: u64,
     disk_bytes: Option<u64>,
     appends: u64,
@@ -285,6 +287,7 @@ async fn tick(state: AppState) {
             t: now_ms(),
             uptime_seconds: stats.started.elapsed().as_secs_f64(),
             store: state.store.kind(),
+            refusing_writes: state.store.write_refusal(),
             head: state.store.head(),
             disk_bytes: disk,
             appends: metrics.appends.get(),

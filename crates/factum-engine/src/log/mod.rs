@@ -172,6 +172,15 @@ impl Segments {
         Arc::make_mut(&mut self.list.write()).push(Arc::new(segment));
     }
 
+    /// Forgets the segments numbered after `number` (a failed write's, which hold nothing
+    /// acknowledged). Readers holding them finish on them.
+    pub fn remove_after(&self, number: u32) {
+        let mut list = self.list.write();
+        if list.iter().any(|s| s.number > number) {
+            Arc::make_mut(&mut list).retain(|s| s.number <= number);
+        }
+    }
+
     /// Puts a rewritten segment in place of the one with its number (a scavenge, under the
     /// index's write lock). Readers holding the old one finish on the old file.
     pub fn replace(&self, segment: Segment) {
@@ -321,6 +330,20 @@ impl SegmentWriter {
     /// Makes everything written durable (`fdatasync`).
     pub fn sync(&self) -> std::io::Result<()> {
         self.file.sync_data()
+    }
+
+    /// Writes `bytes` zeros past the end and syncs them, then cuts them off again (durably):
+    /// whether the disk takes writes. The segment is as it was afterwards, whatever happened.
+    pub fn probe(&mut self, bytes: usize) -> std::io::Result<()> {
+        let tried = self
+            .file
+            .write_all_at(&vec![0u8; bytes], self.len)
+            .and_then(|()| self.file.sync_data());
+        let cut = self
+            .file
+            .set_len(self.len)
+            .and_then(|()| self.file.sync_all());
+        tried.and(cut)
     }
 }
 
