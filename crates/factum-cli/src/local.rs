@@ -37,7 +37,7 @@ pub async fn run(location: &store::Location, command: Command) -> Result<()> {
                     "position": result.position,
                 })
             );
-            store.close()?;
+            close_after_write(&store);
         }
         Command::Read {
             stream,
@@ -46,7 +46,7 @@ pub async fn run(location: &store::Location, command: Command) -> Result<()> {
             limit,
         } => {
             let stream = StreamName::new(stream).map_err(|e| bad(e.to_string()))?;
-            let store = open(dir).await?;
+            let store = open_read_only(dir).await?;
             print_pages(
                 limit,
                 from,
@@ -65,7 +65,7 @@ pub async fn run(location: &store::Location, command: Command) -> Result<()> {
             backwards,
             limit,
         } => {
-            let store = open(dir).await?;
+            let store = open_read_only(dir).await?;
             print_pages(
                 limit,
                 from,
@@ -83,7 +83,7 @@ pub async fn run(location: &store::Location, command: Command) -> Result<()> {
             stream_prefixes,
             event_types,
         } => {
-            let store = open(dir).await?;
+            let store = open_read_only(dir).await?;
             let from = from.unwrap_or_else(|| store.head());
             let filter = SubscriptionFilter {
                 stream_prefixes,
@@ -104,7 +104,7 @@ pub async fn run(location: &store::Location, command: Command) -> Result<()> {
             }
         }
         Command::Streams { prefix, limit } => {
-            let store = open(dir).await?;
+            let store = open_read_only(dir).await?;
             let mut out = stdout();
             for_each_stream_page(&*store, &prefix, limit, |page| {
                 for info in page {
@@ -132,7 +132,7 @@ pub async fn run(location: &store::Location, command: Command) -> Result<()> {
                 "{}",
                 serde_json::json!({"stream": stream.as_str(), "tombstoned": tombstone, "position": position})
             );
-            store.close()?;
+            close_after_write(&store);
         }
         Command::Metadata { stream, set } => {
             let stream = stream_arg(&stream)?;
@@ -143,14 +143,14 @@ pub async fn run(location: &store::Location, command: Command) -> Result<()> {
             }
             let metadata = store.get_metadata(&stream).await?;
             println!("{}", serde_json::to_string(&metadata.unwrap_or_default())?);
-            store.close()?;
+            close_after_write(&store);
         }
         Command::Deadletters { action } => dead_letters(dir, action).await?,
         Command::Subscriptions { action } => subscriptions(dir, action).await?,
         Command::Dcb { action } => dcb(dir, action).await?,
         Command::Projections { action } => projections::run(dir, action).await?,
         Command::Verify => {
-            let store = open(dir).await?;
+            let store = open_read_only(dir).await?;
             let bar = bytes_bar(0, "verifying");
             let report = store
                 .verify(|done, total| {
@@ -181,7 +181,7 @@ pub async fn run(location: &store::Location, command: Command) -> Result<()> {
             println!("{}", serde_json::json!({"forgotten": subject}));
         }
         Command::Export { from } => {
-            let store = open(dir).await?;
+            let store = open_read_only(dir).await?;
             let head = store.head();
             let bar = count_bar(head.saturating_sub(from), "exporting");
             let mut out = stdout();
@@ -286,7 +286,7 @@ async fn serve(
     if let Some(relays) = relays {
         relays.stop().await?;
     }
-    store.close()?;
+    close_after_write(&store);
     eprintln!("factum serve: stopped");
     Ok(())
 }
@@ -322,13 +322,30 @@ async fn relay(dir: &store::Location, config: &std::path::Path) -> Result<()> {
         () = terminated() => running.stop().await?,
         failed = running.until_failed() => failed?,
     }
-    store.close()?;
+    close_after_write(&store);
     eprintln!("factum relay: stopped");
     Ok(())
 }
 
 async fn open(location: &store::Location) -> Result<store::Store> {
     store::Store::open(location).await
+}
+
+/// Opens the store for a command that only reads: nothing in the data directory is written.
+async fn open_read_only(location: &store::Location) -> Result<store::Store> {
+    store::Store::open_read_only(location).await
+}
+
+/// Closes the store after a write whose result is durable (and printed): a failure to save the
+/// index then is a warning, not a failed command — the index is rebuilt from the log on the
+/// next open.
+fn close_after_write(store: &store::Store) {
+    if let Err(e) = store.close() {
+        eprintln!(
+            "warning: closing the store: {e} (what was written is durable; the index is rebuilt \
+             from the log on the next open)"
+        );
+    }
 }
 
 /// A request the server's API would refuse, refused the same way (bad input).
@@ -342,7 +359,7 @@ async fn dcb(dir: &store::Location, action: Dcb) -> Result<()> {
     match action {
         Dcb::Read { request } => {
             let read = parse_read(&dcb_request(request)?).map_err(refused)?;
-            let store = open(dir).await?;
+            let store = open_read_only(dir).await?;
             // The server's default page, so that the command answers as the server does.
             let limit = read.limit.unwrap_or(100);
             let found = store
@@ -355,8 +372,16 @@ async fn dcb(dir: &store::Location, action: Dcb) -> Result<()> {
             let append = parse_append(&dcb_request(request)?).map_err(refused)?;
             let store = open(dir).await?;
             let position = store.append_conditional(append).await;
-            store.close()?;
-            println!("{}", serde_json::json!({ "position": position? }));
+            match position {
+                Ok(position) => {
+                    println!("{}", serde_json::json!({ "position": position }));
+                    close_after_write(&store);
+                }
+                Err(e) => {
+                    store.close()?;
+                    return Err(e.into());
+                }
+            }
         }
         Dcb::Tail {
             query,
@@ -447,7 +472,7 @@ async fn dead_letters(dir: &store::Location, action: DeadLetters) -> Result<()> 
             processor: Some(processor),
         } => {
             processor_arg(&processor)?;
-            let store = open(dir).await?;
+            let store = open_read_only(dir).await?;
             let letters = Letters::of(&*store, &processor)?;
             let mut out = stdout();
             let mut listed = 0;
@@ -467,7 +492,7 @@ async fn dead_letters(dir: &store::Location, action: DeadLetters) -> Result<()> 
             store.close()?;
         }
         DeadLetters::List { processor: None } => {
-            let store = open(dir).await?;
+            let store = open_read_only(dir).await?;
             let mut out = stdout();
             let mut listed = 0;
             for processor in processor_statuses(&*store).await? {
@@ -515,7 +540,7 @@ async fn dead_letters(dir: &store::Location, action: DeadLetters) -> Result<()> 
                     "'{processor}' replays its {unresolved} dead letter(s) when it next starts"
                 );
             }
-            store.close()?;
+            close_after_write(&store);
         }
     }
     Ok(())
@@ -634,7 +659,7 @@ async fn import(dir: &store::Location, file: Option<PathBuf>) -> Result<()> {
         "{}",
         serde_json::json!({"imported": total, "head": store.head()})
     );
-    store.close()?;
+    close_after_write(&store);
     Ok(())
 }
 

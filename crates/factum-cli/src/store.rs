@@ -88,6 +88,15 @@ impl Store {
         })
     }
 
+    /// Opens the store for reading only: the embedded store's directory is not written at all
+    /// (see [`Engine::open_read_only`]); PostgreSQL opens as for any command.
+    pub async fn open_read_only(location: &Location) -> Result<Self> {
+        match &location.postgres {
+            None => Ok(Store::Embedded(Engine::open_read_only(&location.data_dir)?)),
+            Some(_) => Self::open(location).await,
+        }
+    }
+
     /// The store as the trait every backend implements.
     pub fn shared(&self) -> Arc<dyn EventStore> {
         match self {

@@ -513,3 +513,96 @@ fn a_consumers_parked_messages_are_listed_and_a_replay_is_requested() {
     assert_eq!(lines(&out)[0]["unresolved"], 1);
     assert!(stderr(&out).contains("'billing' replays its 1 dead letter(s) when it next starts"));
 }
+
+/// Every file under `dir` with its bytes.
+fn files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                found.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn read_only_commands_leave_the_data_directory_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = factum(dir.path(), &["append", "cart-1"], TWO_EVENTS);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before = files(dir.path());
+    for args in [
+        &["read", "cart-1"][..],
+        &["read-all"],
+        &["streams"],
+        &["verify"],
+        &["export"],
+        &["deadletters", "list"],
+        &["dcb", "read", "{\"query\": {\"items\": []}}"],
+    ] {
+        let out = factum(dir.path(), args, "");
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert!(
+            files(dir.path()) == before,
+            "{args:?} changed the data directory"
+        );
+    }
+    // A directory without a store reads as an empty one, and is not created.
+    let none = dir.path().join("none");
+    let out = factum(&none, &["read-all"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    assert!(!none.exists());
+}
+
+#[test]
+fn an_append_that_is_durable_exits_0_even_when_the_index_cannot_be_saved() {
+    // The data directory on a tmpfs with no page left: the append's frame fits in the last page
+    // of the log, saving the index at close does not.
+    let mount = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(mount.path())
+        .output()
+        .unwrap();
+    if !mounted.status.success() {
+        eprintln!(
+            "skipping the full-disk test: mounting a tmpfs is not allowed here ({})",
+            String::from_utf8_lossy(&mounted.stderr).trim()
+        );
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.path());
+    let data = mount.path().join("data");
+    let small = "{\"type\": \"Noted\", \"data\": {}}\n";
+    let out = factum(&data, &["append", "note-1"], small);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Fill the disk.
+    let mut filler = std::fs::File::create(mount.path().join("filler")).unwrap();
+    let page = vec![7u8; 4096];
+    while std::io::Write::write_all(&mut filler, &page).is_ok() {}
+    drop(filler);
+    let out = factum(&data, &["append", "note-1", "--expected", "0"], small);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(lines(&out)[0]["last_revision"], 1);
+    assert!(stderr(&out).contains("warning"), "{}", stderr(&out));
+    // Durable, as the exit code said: there after the index is rebuilt from the log.
+    std::fs::remove_file(mount.path().join("filler")).unwrap();
+    let out = factum(&data, &["read", "note-1"], "");
+    assert_eq!(lines(&out).len(), 2, "{}", stderr(&out));
+    let out = factum(&data, &["verify"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -108,6 +108,15 @@ impl FileKeyStore {
         })
     }
 
+    /// The key store in `dir` as it is, for reading only: nothing is created (a store opened
+    /// read-only); adding a key fails when `dir` does not exist.
+    pub fn existing(dir: impl AsRef<Path>) -> Self {
+        FileKeyStore {
+            dir: dir.as_ref().to_path_buf(),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// The directory of the key files: back it up on its own schedule (see the guide).
     pub fn dir(&self) -> &Path {
         &self.dir

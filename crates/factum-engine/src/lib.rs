@@ -101,6 +101,8 @@ struct WriterHandle {
 struct Inner {
     shared: Arc<Shared>,
     writer: Mutex<Option<WriterHandle>>,
+    /// Opened with [`Engine::open_read_only`]: it has no writer.
+    read_only: bool,
     // The exclusive lock on the data directory, held until the store is closed.
     lock: Mutex<Option<DirLock>>,
     // Claims: the directory lock makes this process the only one that can hold any.
@@ -121,7 +123,7 @@ struct DirLock {
 static HELD_HERE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 impl DirLock {
-    fn take(dir: &Path) -> Result<Self, StoreError> {
+    fn take(dir: &Path, read_only: bool) -> Result<Self, StoreError> {
         let canonical = dir.canonicalize()?;
         let locked = |by_this_process| StoreError::Locked {
             dir: dir.to_path_buf(),
@@ -131,11 +133,15 @@ impl DirLock {
         if held.contains(&canonical) {
             return Err(locked(true));
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("LOCK"))?;
+        let file = if read_only {
+            File::open(dir.join("LOCK"))?
+        } else {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join("LOCK"))?
+        };
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Err(locked(false)),
@@ -203,13 +209,37 @@ fn index_tags(
 impl Engine {
     /// Opens (or creates) a store in `dir`. Only one process may have a directory open.
     pub fn open(dir: impl AsRef<Path>, options: EngineOptions) -> Result<Self, StoreError> {
-        let dir = dir.as_ref().to_path_buf();
-        let log_dir = dir.join("log");
-        std::fs::create_dir_all(&log_dir)?;
-        let lock = DirLock::take(&dir)?;
+        Self::open_as(dir.as_ref(), options, false)
+    }
 
-        let (mut segments, removed_segments) = recovery::open_segments(&log_dir)?;
-        if segments.is_empty() {
+    /// Opens the store in `dir` for reading only: nothing in the directory is created, cut,
+    /// removed or saved (a torn tail is read past, not cut; the index is not saved on close),
+    /// and every write answers [`StoreError::Unsupported`]. What `factum verify`, `read`,
+    /// `export` and the other read-only commands use. A directory that holds no store reads
+    /// as an empty one (and is not created); no other process may have a store open.
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_as(dir.as_ref(), EngineOptions::default(), true)
+    }
+
+    fn open_as(dir: &Path, options: EngineOptions, read_only: bool) -> Result<Self, StoreError> {
+        let dir = dir.to_path_buf();
+        let log_dir = dir.join("log");
+        // A read-only open of a directory without a store sees an empty one.
+        let lock = if read_only && !log_dir.is_dir() {
+            None
+        } else {
+            if !read_only {
+                std::fs::create_dir_all(&log_dir)?;
+            }
+            Some(DirLock::take(&dir, read_only)?)
+        };
+
+        let (mut segments, removed_segments) = if lock.is_some() {
+            recovery::open_segments_as(&log_dir, !read_only)?
+        } else {
+            (Vec::new(), 0)
+        };
+        if segments.is_empty() && !read_only {
             // A new store, or one whose only segment never got past creation.
             SegmentWriter::create(&log_dir, 0, 0)?;
             segments = recovery::open_segments(&log_dir)?.0;
@@ -303,8 +333,15 @@ impl Engine {
                 "log replay did not reach the last segment",
             ));
         }
-        let segment_writer =
-            SegmentWriter::open(&log::segment_path(&log_dir, last), last, end.len)?;
+        let segment_writer = if read_only {
+            None
+        } else {
+            Some(SegmentWriter::open(
+                &log::segment_path(&log_dir, last),
+                last,
+                end.len,
+            )?)
+        };
         let report = OpenReport {
             events: end.next_position,
             replayed_events: end.next_position - loaded,
@@ -323,6 +360,24 @@ impl Engine {
             scavenging: Mutex::new(()),
             faults: writer::Faults::default(),
         });
+        let keys = if read_only {
+            factum_core::FileKeyStore::existing(dir.join("keys"))
+        } else {
+            factum_core::FileKeyStore::open(dir.join("keys"))?
+        };
+        let Some(segment_writer) = segment_writer else {
+            return Ok(Engine {
+                inner: Arc::new(Inner {
+                    shared,
+                    writer: Mutex::new(None),
+                    read_only: true,
+                    lock: Mutex::new(lock),
+                    claims: LocalClaims::default(),
+                    keys: Arc::new(keys),
+                }),
+                report,
+            });
+        };
         let mut writer = Writer {
             shared: shared.clone(),
             segment: segment_writer,
@@ -352,9 +407,10 @@ impl Engine {
             inner: Arc::new(Inner {
                 shared,
                 writer: Mutex::new(Some(WriterHandle { requests, thread })),
-                lock: Mutex::new(Some(lock)),
+                read_only: false,
+                lock: Mutex::new(lock),
                 claims: LocalClaims::default(),
-                keys: Arc::new(factum_core::FileKeyStore::open(dir.join("keys"))?),
+                keys: Arc::new(keys),
             }),
             report,
         })
@@ -392,6 +448,11 @@ impl Engine {
     }
 
     fn send_request(&self, request: writer::Request) -> Result<(), StoreError> {
+        if self.inner.read_only {
+            return Err(StoreError::Unsupported(
+                "writing to a store opened read-only".into(),
+            ));
+        }
         let writer = self.inner.writer.lock();
         let handle = writer.as_ref().ok_or(StoreError::Closed)?;
         handle
@@ -514,6 +575,11 @@ impl Engine {
     }
 
     fn stop_if_poisoned(&self) -> Result<(), StoreError> {
+        if self.inner.read_only {
+            return Err(StoreError::Unsupported(
+                "writing to a store opened read-only".into(),
+            ));
+        }
         match self.inner.shared.poisoned.lock().as_ref() {
             Some(reason) => Err(StoreError::Poisoned(reason.clone())),
             None => Ok(()),

@@ -237,3 +237,79 @@ async fn import_keeps_ids_order_revisions_and_times() {
     ));
     assert_eq!(target.head(), head);
 }
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_only_open_changes_nothing_in_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nothing-here");
+    let empty = Engine::open_read_only(&missing).unwrap();
+    assert_eq!(empty.head(), 0);
+    assert!(all(&empty).await.is_empty());
+    empty.close().unwrap();
+    assert!(!missing.exists(), "a read-only open creates nothing");
+
+    let store = Engine::open(dir.path(), small_segments()).unwrap();
+    fill(&store, 3, 200).await;
+    let events = all(&store).await;
+    store.close().unwrap();
+    // A torn tail (a crash in the middle of a write), which an open for writing would cut.
+    let last = std::fs::read_dir(dir.path().join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&last)
+        .unwrap();
+    std::io::Write::write_all(&mut file, &[0xAB; 37]).unwrap();
+    drop(file);
+    let before = snapshot(dir.path());
+
+    let reader = Engine::open_read_only(dir.path()).unwrap();
+    assert_eq!(all(&reader).await, events);
+    let report = reader.verify(|_, _| {}).unwrap();
+    assert_eq!(report.events, events.len() as u64);
+    let refused = reader
+        .append(
+            &StreamName::user("s-0").unwrap(),
+            ExpectedState::Any,
+            vec![event(0)],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, StoreError::Unsupported(_)), "{refused}");
+    // One process at a time, for reading too.
+    assert!(matches!(
+        Engine::open(dir.path(), small_segments()),
+        Err(StoreError::Locked { .. })
+    ));
+    reader.close().unwrap();
+    drop(reader);
+    assert!(
+        snapshot(dir.path()) == before,
+        "the directory is byte for byte as it was"
+    );
+    // Opened for writing, the store cuts the torn tail and goes on.
+    let store = Engine::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(all(&store).await, events);
+    store.close().unwrap();
+}

@@ -36,14 +36,25 @@ pub struct End {
 /// how many were removed (reported like a torn tail: without a saved index that vouches for the
 /// segment, a segment cut to less than its header looks the same).
 pub fn open_segments(log_dir: &Path) -> Result<(Vec<(Segment, u64)>, u64), StoreError> {
+    open_segments_as(log_dir, true)
+}
+
+/// [`open_segments`], removing what it finds unfinished only when `repair` (a store opened
+/// read-only leaves it and reads past it).
+pub fn open_segments_as(
+    log_dir: &Path,
+    repair: bool,
+) -> Result<(Vec<(Segment, u64)>, u64), StoreError> {
     let mut numbers = Vec::new();
     for entry in std::fs::read_dir(log_dir)? {
         let name = entry?.file_name();
         let Some(name) = name.to_str() else { continue };
         if name.ends_with(super::SCAVENGE_SUFFIX) {
             // A segment a scavenge was writing when it stopped: the original is still in place.
-            warn!(file = name, "removing an unfinished scavenge's segment");
-            std::fs::remove_file(log_dir.join(name))?;
+            if repair {
+                warn!(file = name, "removing an unfinished scavenge's segment");
+                std::fs::remove_file(log_dir.join(name))?;
+            }
             continue;
         }
         if let Some(number) = name
@@ -74,6 +85,10 @@ pub fn open_segments(log_dir: &Path) -> Result<(Vec<(Segment, u64)>, u64), Store
             // A header is written and synced before anything else, so a segment this short
             // with a bad header never held an acknowledged event.
             if let Err(StoreError::Corrupted { .. }) = Segment::open(path.clone()) {
+                if !repair {
+                    removed += 1;
+                    continue;
+                }
                 warn!(
                     file = %path.display(),
                     bytes = len,
