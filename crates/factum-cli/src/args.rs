@@ -188,6 +188,8 @@ pub enum Command {
         listen: std::net::SocketAddr,
         #[command(flatten)]
         security: ServeSecurity,
+        #[command(flatten)]
+        limits: ServeLimits,
         /// A read model (a SQLite file or a PostgreSQL URL) whose projections' lag the server
         /// reports at `/projections` and in `/metrics`.
         #[arg(long)]
@@ -319,6 +321,30 @@ pub struct ServeSecurity {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "FACTUM_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+}
+
+/// What the server takes on at once: load beyond it is refused (or waits), so that clients
+/// cannot exhaust its memory.
+#[derive(clap::Args)]
+pub struct ServeLimits {
+    /// The most subscriptions (server-sent events) open at once; a new one beyond it gets 503
+    /// with Retry-After.
+    #[arg(long, env = "FACTUM_MAX_SUBSCRIPTIONS", default_value_t = 4096)]
+    pub max_subscriptions: usize,
+    /// The most subscriptions one token holds at once; beyond it 429 with Retry-After.
+    #[arg(
+        long,
+        env = "FACTUM_MAX_SUBSCRIPTIONS_PER_TOKEN",
+        default_value_t = 1024
+    )]
+    pub max_subscriptions_per_token: usize,
+    /// The most client connections open at once; further ones wait to be accepted.
+    #[arg(long, env = "FACTUM_MAX_CONNECTIONS", default_value_t = 16384)]
+    pub max_connections: usize,
+    /// Seconds a subscriber may take nothing while events wait for it before its connection is
+    /// closed.
+    #[arg(long, env = "FACTUM_STALL_TIMEOUT", default_value_t = 60)]
+    pub stall_timeout: u64,
 }
 
 pub fn stream_arg(name: &str) -> Result<StreamName> {

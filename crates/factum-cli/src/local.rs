@@ -205,6 +205,7 @@ pub async fn run(location: &store::Location, command: Command) -> Result<()> {
         Command::Serve {
             listen,
             security,
+            limits,
             read_model,
             read_model_schema,
             relays,
@@ -213,7 +214,7 @@ pub async fn run(location: &store::Location, command: Command) -> Result<()> {
                 Some(url) => Some(projections::open_url(&url, &read_model_schema).await?),
                 None => None,
             };
-            serve(dir, listen, security, read_model, relays.as_deref()).await?
+            serve(dir, listen, security, limits, read_model, relays.as_deref()).await?
         }
         Command::Relay { config } => relay(dir, &config).await?,
         Command::Demo => demo::run(&dir.data_dir).await?,
@@ -227,11 +228,21 @@ async fn serve(
     dir: &store::Location,
     listen: std::net::SocketAddr,
     security: ServeSecurity,
+    limits: crate::args::ServeLimits,
     read_model: Option<std::sync::Arc<dyn factum::ReadModel>>,
     relays: Option<&std::path::Path>,
 ) -> Result<()> {
+    if limits.max_subscriptions == 0 || limits.max_connections == 0 {
+        anyhow::bail!(bad(
+            "--max-subscriptions and --max-connections must be at least 1"
+        ));
+    }
     let mut config = factum::server::Config {
         read_model,
+        max_subscriptions: limits.max_subscriptions,
+        max_subscriptions_per_token: limits.max_subscriptions_per_token,
+        max_connections: limits.max_connections,
+        stall_timeout: std::time::Duration::from_secs(limits.stall_timeout.max(1)),
         ..factum::server::Config::default()
     };
     if let Some(path) = &security.auth {

@@ -87,6 +87,8 @@ pub struct PgStore {
 
 struct Inner {
     schema: String,
+    /// Why the writer cannot write now (the database cannot be reached), while it cannot.
+    refusal: Arc<std::sync::Mutex<Option<String>>>,
     claims: claim::Claims,
     readers: Pool,
     /// For connections of their own (a scavenge's).
@@ -121,6 +123,7 @@ impl PgStore {
             head.clone(),
             options.hold_before_commit.clone(),
         );
+        let refusal = writer.refusal.clone();
         tokio::spawn(writer.run(receiver));
         let (stop, stopped) = oneshot::channel();
         tokio::spawn(head::follow(
@@ -132,6 +135,7 @@ impl PgStore {
         ));
         Ok(PgStore {
             inner: Arc::new(Inner {
+                refusal,
                 readers: Pool::new(target.clone(), options.readers),
                 claims: claim::Claims::new(target.clone(), options.schema.clone()),
                 keys: Arc::new(PgKeyStore::new(target.clone())),
@@ -579,6 +583,14 @@ impl EventStore for PgStore {
 
     fn kind(&self) -> &'static str {
         "postgresql"
+    }
+
+    fn write_refusal(&self) -> Option<String> {
+        self.inner
+            .refusal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     async fn disk_usage(&self) -> Result<Option<u64>, StoreError> {

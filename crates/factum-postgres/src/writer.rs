@@ -123,7 +123,13 @@ pub(crate) struct Writer {
     pub head: Arc<watch::Sender<u64>>,
     pub hold_before_commit: Option<Arc<Semaphore>>,
     conn: Option<Conn>,
+    /// Why writes fail now: the database cannot be reached (what `write_refusal` reports);
+    /// cleared by the next commit, or by a reconnection the writer tries by itself.
+    pub refusal: Arc<std::sync::Mutex<Option<String>>>,
 }
+
+/// How often the writer tries to reach the database again while it cannot.
+const RECONNECT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What became of one job of a batch.
 enum Outcome {
@@ -151,11 +157,51 @@ impl Writer {
             head,
             hold_before_commit,
             conn: None,
+            refusal: Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
+    fn set_refusal(&self, reason: Option<String>) {
+        let mut refusal = self
+            .refusal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (&*refusal, &reason) {
+            (None, Some(reason)) => {
+                tracing::warn!(%reason, "the PostgreSQL store cannot write; it reconnects by itself");
+            }
+            (Some(_), None) => tracing::info!("the PostgreSQL store writes again"),
+            _ => {}
+        }
+        *refusal = reason;
+    }
+
     pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
-        while let Some(first) = jobs.recv().await {
+        loop {
+            let refusing = self
+                .refusal
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_some();
+            let first = if refusing {
+                tokio::select! {
+                    job = jobs.recv() => job,
+                    () = tokio::time::sleep(RECONNECT_EVERY) => {
+                        // Reach the database again without waiting for an append.
+                        match self.conn().await {
+                            Ok(conn) => match conn.client.batch_execute("SELECT 1").await {
+                                Ok(()) => self.set_refusal(None),
+                                Err(_) => self.conn = None,
+                            },
+                            Err(_) => self.conn = None,
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                jobs.recv().await
+            };
+            let Some(first) = first else { break };
             let batch = group(
                 first,
                 || jobs.try_recv().ok(),
@@ -176,6 +222,7 @@ impl Writer {
             .unzip();
         match self.transaction(jobs).await {
             Ok(outcomes) => {
+                self.set_refusal(None);
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(outcome);
                 }
@@ -187,6 +234,9 @@ impl Writer {
                 {
                     let _ = conn.client.batch_execute("ROLLBACK").await;
                     self.conn = Some(conn);
+                }
+                if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
+                    self.set_refusal(Some(e.to_string()));
                 }
                 for reply in replies {
                     let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));

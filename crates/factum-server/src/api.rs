@@ -723,12 +723,13 @@ pub(crate) async fn subscribe_all(
         Some(last) => last + 1,
         None => from.unwrap_or(0),
     };
+    let admitted = sse::admit(&state, &caller)?;
     // Every follower of all of `$all` shares one reader; a filtered one reads for itself.
     if filter.stream_prefixes.is_empty() && filter.event_types.is_empty() {
-        Ok(sse::respond(&state, Follow::All { from }))
+        Ok(sse::respond(&state, admitted, Follow::All { from }))
     } else {
         let subscription = state.store.subscribe_all(from, filter);
-        Ok(sse::respond(&state, Follow::Own(subscription)))
+        Ok(sse::respond(&state, admitted, Follow::Own(subscription)))
     }
 }
 
@@ -778,8 +779,9 @@ pub(crate) async fn subscribe_stream(
         }
         None => params.from.unwrap_or(0),
     };
+    let admitted = sse::admit(&state, &caller)?;
     let subscription = Subscription::stream(state.store.clone(), stream, from);
-    Ok(sse::respond(&state, Follow::Own(subscription)))
+    Ok(sse::respond(&state, admitted, Follow::Own(subscription)))
 }
 
 #[utoipa::path(get, path = "/processors", tag = "consumers",

@@ -255,6 +255,11 @@ impl Caller {
         }
     }
 
+    /// The caller's token's name (`None` without auth).
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.0.as_ref().map(|token| token.name.as_str())
+    }
+
     /// Whether the caller may read `stream` (for filtering listings).
     pub(crate) fn can_read(&self, stream: &str) -> bool {
         self.0

@@ -367,6 +367,7 @@ pub(crate) async fn subscribe(
         Some(text) => parse_query(text)?,
     };
     let after = last_event_id(&headers)?.or(params.after);
+    let admitted = sse::admit(&state, &caller)?;
     let subscription = state.store.subscribe_query(dcb_query, after);
-    Ok(sse::respond(&state, Follow::Own(subscription)))
+    Ok(sse::respond(&state, admitted, Follow::Own(subscription)))
 }

@@ -35,6 +35,8 @@ pub struct ErrorBody {
 pub struct ApiError {
     status: StatusCode,
     body: ErrorBody,
+    /// Seconds a client should wait before it tries again (`Retry-After`), when it should.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -49,7 +51,14 @@ impl ApiError {
                 condition: None,
                 position: None,
             },
+            retry_after: None,
         }
+    }
+
+    /// The same error, telling the client to try again after `seconds` (`Retry-After`).
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// 409: a DCB append's condition failed; nothing was written.
@@ -112,6 +121,7 @@ impl From<StoreError> for ApiError {
                         condition: None,
                         position: None,
                     },
+                    retry_after: None,
                 };
             }
             StoreError::CheckpointBehind { .. }
@@ -137,6 +147,13 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body)).into_response()
+        let mut response = (self.status, axum::Json(self.body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds),
+            );
+        }
+        response
     }
 }

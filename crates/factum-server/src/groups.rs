@@ -292,9 +292,10 @@ pub(crate) async fn messages(
         )));
     }
     require_on(groups(&state).await?, &caller, Right::Read, &key).await?;
+    let admitted = sse::admit(&state, &caller)?;
     let name = params.consumer.unwrap_or_else(|| "http".into());
     let connection = groups(&state).await?.connect(&key, &name, capacity).await?;
-    Ok(sse::respond(&state, Follow::Group(connection)))
+    Ok(sse::respond(&state, admitted, Follow::Group(connection)))
 }
 
 /// Messages to acknowledge.

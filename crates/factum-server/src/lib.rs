@@ -25,6 +25,7 @@
 mod admin;
 mod api;
 pub mod auth;
+mod connections;
 mod consumers;
 mod dashboard;
 pub mod dcb;
@@ -66,6 +67,19 @@ pub struct Config {
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// The read model whose projections `/projections` and `/metrics` report on.
     pub read_model: Option<Arc<dyn factum_projections::ReadModel>>,
+    /// The most subscriptions (server-sent events of streams, `$all`, DCB queries and group
+    /// consumers) open at once; beyond it a new one is answered 503 with `Retry-After`.
+    /// Default 4096.
+    pub max_subscriptions: usize,
+    /// The most subscriptions one token holds at once; beyond it 429 with `Retry-After`.
+    /// Default 1024.
+    pub max_subscriptions_per_token: usize,
+    /// The most client connections open at once; further ones wait to be accepted. Default
+    /// 16384.
+    pub max_connections: usize,
+    /// A subscriber that takes nothing for this long while events wait for it is dropped and
+    /// its connection closed. Default 60 s.
+    pub stall_timeout: std::time::Duration,
 }
 
 impl Default for Config {
@@ -77,6 +91,53 @@ impl Default for Config {
             auth: None,
             tls: None,
             read_model: None,
+            max_subscriptions: 4096,
+            max_subscriptions_per_token: 1024,
+            max_connections: 16384,
+            stall_timeout: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the caps count: subscriptions overall and by token.
+pub(crate) struct Limits {
+    pub(crate) subscriptions: Arc<tokio::sync::Semaphore>,
+    by_token: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl Limits {
+    fn new(config: &Config) -> Self {
+        Limits {
+            subscriptions: Arc::new(tokio::sync::Semaphore::new(config.max_subscriptions)),
+            by_token: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Counts one more subscription of `token`, unless it holds `most` already.
+    pub(crate) fn enter(&self, token: &str, most: usize) -> bool {
+        let mut by_token = self
+            .by_token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let held = by_token.entry(token.to_owned()).or_default();
+        if *held >= most {
+            return false;
+        }
+        *held += 1;
+        true
+    }
+
+    /// Counts one subscription of `token` less.
+    pub(crate) fn leave(&self, token: &str) {
+        let mut by_token = self
+            .by_token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(held) = by_token.get_mut(token) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                by_token.remove(token);
+            }
         }
     }
 }
@@ -89,6 +150,8 @@ pub(crate) struct AppState {
     pub(crate) metrics: Arc<metrics::Metrics>,
     /// What the dashboard's stats stream reads besides the metrics.
     pub(crate) stats: Arc<stats::Stats>,
+    /// The caps on subscriptions.
+    pub(crate) limits: Arc<Limits>,
     /// Becomes `true` when the server shuts down: subscriptions end.
     pub(crate) closing: watch::Receiver<bool>,
     /// The one reader of `$all` that feeds every SSE follower of it.
@@ -119,19 +182,27 @@ pub fn openapi(config: &Config) -> utoipa::openapi::OpenApi {
 
 /// The API as a router, and the switch that ends its subscriptions (send `true`).
 pub fn router(store: impl IntoStore, config: Config) -> (Router, watch::Sender<bool>) {
-    let (router, close, _) = build(store.into_store(), config);
+    let (router, close, _, _) = build(store.into_store(), config);
     (router, close)
 }
 
 type GroupsCell = Arc<tokio::sync::OnceCell<factum_toolkit::Groups>>;
 
-fn build(store: Arc<dyn EventStore>, config: Config) -> (Router, watch::Sender<bool>, GroupsCell) {
+type Built = (
+    Router,
+    watch::Sender<bool>,
+    GroupsCell,
+    Arc<metrics::Metrics>,
+);
+
+fn build(store: Arc<dyn EventStore>, config: Config) -> Built {
     let (close, closing) = watch::channel(false);
     let (routes, mut doc) = openapi::routes().split_for_parts();
     openapi::complete(&mut doc, &config);
     let state = AppState {
         store,
         fanout: Arc::new(sse::Fanout::new(config.sse_buffer.max(1))),
+        limits: Arc::new(Limits::new(&config)),
         config: Arc::new(config),
         metrics: Arc::new(metrics::Metrics::new()),
         stats: Arc::new(stats::Stats::new()),
@@ -140,6 +211,7 @@ fn build(store: Arc<dyn EventStore>, config: Config) -> (Router, watch::Sender<b
         groups: Arc::new(tokio::sync::OnceCell::new()),
     };
     let groups = state.groups.clone();
+    let metrics = state.metrics.clone();
     let router = routes
         .fallback(api::no_such_endpoint)
         .layer(axum::middleware::from_fn_with_state(
@@ -156,7 +228,7 @@ fn build(store: Arc<dyn EventStore>, config: Config) -> (Router, watch::Sender<b
             grpc::dispatch,
         ))
         .with_state(state);
-    (router, close, groups)
+    (router, close, groups, metrics)
 }
 
 /// Serves the API on `listener` (over TLS when the config has it) until `shutdown` completes;
@@ -169,8 +241,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let tls = config.tls.clone();
+    let most = config.max_connections;
     let store = store.into_store();
-    let (router, close, groups) = build(store.clone(), config);
+    let (router, close, groups, metrics) = build(store.clone(), config);
     // The groups start with the server, so that they resume before anyone asks.
     if let Err(e) = groups
         .get_or_try_init(|| factum_toolkit::Groups::open(store))
@@ -185,7 +258,8 @@ pub async fn serve(
     };
     let served = match tls {
         Some(tls) => {
-            axum::serve(tls::TlsListener::new(listener, tls)?, router)
+            let listener = tls::TlsListener::new(listener, tls)?;
+            axum::serve(connections::Capped::new(listener, most, metrics), router)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
@@ -196,7 +270,7 @@ pub async fn serve(
                     tracing::debug!(error = %e, "TCP_NODELAY could not be set");
                 }
             });
-            axum::serve(listener, router)
+            axum::serve(connections::Capped::new(listener, most, metrics), router)
                 .with_graceful_shutdown(shutdown)
                 .await
         }

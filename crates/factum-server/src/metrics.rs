@@ -86,6 +86,12 @@ pub(crate) struct Metrics {
     pub(crate) events: Counter,
     pub(crate) bytes: Counter,
     pub(crate) subscribers: Gauge,
+    /// Subscriptions refused at the caps.
+    pub(crate) refused: Counter,
+    /// Subscribers dropped because they took nothing for the stall timeout.
+    pub(crate) stalled: Counter,
+    /// Open connections.
+    pub(crate) connections: Gauge,
     head: Gauge,
     writable: Gauge,
     processor_lag: Family<ProcessorLabels, Gauge>,
@@ -154,6 +160,24 @@ impl Metrics {
             "head_position",
             "The position the next event will get",
             head.clone(),
+        );
+        let refused = Counter::default();
+        let stalled = Counter::default();
+        let connections = Gauge::default();
+        registry.register(
+            "subscriptions_refused",
+            "Subscriptions refused because the server or the token held its most (503, 429)",
+            refused.clone(),
+        );
+        registry.register(
+            "subscribers_stalled",
+            "Subscribers whose connection was closed because they took nothing for the stall timeout",
+            stalled.clone(),
+        );
+        registry.register(
+            "connections",
+            "Open client connections",
+            connections.clone(),
         );
         let writable = Gauge::default();
         registry.register(
@@ -232,6 +256,9 @@ impl Metrics {
             subscribers,
             head,
             writable,
+            refused,
+            stalled,
+            connections,
         }
     }
 

@@ -9,7 +9,15 @@
 //! is lost and nothing is sent twice; the common case costs one copy of bytes per follower.
 //!
 //! A frame is `id: <position>\ndata: <event JSON>\n\n`. Frames ready together go out as one
-//! chunk; a comment line every 15 seconds keeps idle connections open.
+//! chunk (of at most [`CHUNK_BYTES_MAX`]); a comment line every 15 seconds keeps idle
+//! connections open.
+//!
+//! What one subscriber holds is bounded: at most [`QUEUED_CHUNKS`] chunks wait for its
+//! connection, and a follower whose client stops reading waits there — it reads from the store
+//! again when the client goes on, as followers that fall behind do. One that cannot send for
+//! [`Config::stall_timeout`](crate::Config::stall_timeout) is dropped, its connection closed.
+//! The number of subscriptions is capped overall and per token (503 and 429 with
+//! `Retry-After` beyond).
 
 use std::sync::{Arc, Once};
 use std::time::Duration;
@@ -25,8 +33,17 @@ use crate::metrics::Subscribed;
 use crate::stats::Stats;
 use crate::{ApiError, AppState};
 
-/// How many events one read of the store takes.
+/// How many events one read of the store takes (the fan-out's).
 const PAGE_EVENTS: usize = 512;
+/// How many events a follower reads from the store at a time while it catches up: it holds
+/// them while its client is slow, so few.
+const GAP_PAGE_EVENTS: usize = 64;
+/// The most bytes of frames one chunk takes (a single larger frame goes alone).
+pub(crate) const CHUNK_BYTES_MAX: usize = 4 * 1024;
+/// How many chunks wait for one subscriber's connection, at most.
+pub(crate) const QUEUED_CHUNKS: usize = 2;
+/// How long a client refused a subscription is asked to wait before it tries again.
+const RETRY_AFTER_SECONDS: u64 = 5;
 /// How often an idle connection gets a comment line.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -160,17 +177,95 @@ type Stop = Option<ApiError>;
 /// Where a follower sends its chunks.
 struct Out {
     chunks: mpsc::Sender<Bytes>,
+    /// How long a chunk may wait for room before the client counts as stalled.
+    stall_timeout: Duration,
+    /// Set when the client stalled: its connection is then closed, not ended cleanly.
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Out {
-    /// Sends a chunk (nothing if it is empty); `Err(None)` when the client has gone.
+    /// Sends a chunk (nothing if it is empty); `Err(None)` when the client has gone or has not
+    /// taken anything for the stall timeout.
     async fn send(&self, chunk: impl Into<Bytes>) -> Result<(), Stop> {
         let chunk = chunk.into();
         if chunk.is_empty() {
             return Ok(());
         }
-        self.chunks.send(chunk).await.map_err(|_| None)
+        match tokio::time::timeout(self.stall_timeout, self.chunks.send(chunk)).await {
+            Ok(sent) => sent.map_err(|_| None),
+            Err(_) => {
+                self.stalled
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.stalled.inc();
+                tracing::info!(
+                    seconds = self.stall_timeout.as_secs(),
+                    "a subscriber took nothing for the stall timeout; its connection is closed"
+                );
+                Err(None)
+            }
+        }
     }
+
+    /// Sends `chunk` once it holds [`CHUNK_BYTES_MAX`] bytes, leaving it empty.
+    async fn flush_full(&self, chunk: &mut Vec<u8>) -> Result<(), Stop> {
+        if chunk.len() >= CHUNK_BYTES_MAX {
+            self.send(std::mem::take(chunk)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A subscription counted against the server's caps while it lives.
+pub(crate) struct Admitted {
+    _overall: tokio::sync::OwnedSemaphorePermit,
+    token: Option<(Arc<crate::Limits>, String)>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some((limits, name)) = self.token.take() {
+            limits.leave(&name);
+        }
+    }
+}
+
+/// Counts a new subscription against the caps: 503 when the server holds its most, 429 when
+/// the caller's token holds its most; either with `Retry-After`.
+pub(crate) fn admit(state: &AppState, caller: &crate::auth::Caller) -> Result<Admitted, ApiError> {
+    let limits = &state.limits;
+    let refuse = |status: StatusCode, message: String| {
+        state.metrics.refused.inc();
+        ApiError::new(status, message).retry_after(RETRY_AFTER_SECONDS)
+    };
+    let Ok(overall) = limits.subscriptions.clone().try_acquire_owned() else {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the server holds its most subscriptions ({}); try again later",
+                state.config.max_subscriptions
+            ),
+        ));
+    };
+    let token = match caller.name() {
+        None => None,
+        Some(name) => {
+            if !limits.enter(name, state.config.max_subscriptions_per_token) {
+                return Err(refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "token '{name}' holds its most subscriptions ({}); try again later",
+                        state.config.max_subscriptions_per_token
+                    ),
+                ));
+            }
+            Some((limits.clone(), name.to_owned()))
+        }
+    };
+    Ok(Admitted {
+        _overall: overall,
+        token,
+    })
 }
 
 /// Sends the frames of the events in `*next..until`, read from the store; moves `*next`.
@@ -183,7 +278,7 @@ async fn read_gap(
 ) -> Result<(), Stop> {
     while *next < until {
         let events = store
-            .read_all(*next, Direction::Forwards, PAGE_EVENTS)
+            .read_all(*next, Direction::Forwards, GAP_PAGE_EVENTS)
             .await
             .map_err(|e| Some(ApiError::from(e)))?;
         let Some(last) = events.last().map(|e| e.position) else {
@@ -194,6 +289,7 @@ async fn read_gap(
         for event in events.iter().take_while(|e| e.position < until) {
             chunk.extend_from_slice(&encode(event)?);
             sent += 1;
+            out.flush_full(&mut chunk).await?;
         }
         stats.delivered(sent);
         *next = until.min(last + 1);
@@ -224,6 +320,8 @@ async fn follow_all(state: &AppState, from: u64, out: &Out) -> Result<(), Stop> 
                 continue;
             }
             _ = set(&mut closing) => return Ok(()),
+            // The client went away: its place is given up at once.
+            () = out.chunks.closed() => return Err(None),
             _ = set(&mut ended) => {
                 // Send what the store still serves, then say why the stream ends.
                 read_gap(stats, store, &mut next, u64::MAX, out).await?;
@@ -254,6 +352,7 @@ async fn follow_all(state: &AppState, from: u64, out: &Out) -> Result<(), Stop> 
             chunk.extend_from_slice(&frame.bytes);
             stats.delivered(1);
             next = frame.position + 1;
+            out.flush_full(&mut chunk).await?;
         }
         out.send(chunk).await?;
     }
@@ -275,6 +374,7 @@ async fn follow_own(
             }
             _ = keep_alive.tick() => Bytes::from_static(b":\n\n"),
             _ = set(&mut closing) => return Ok(()),
+            () = out.chunks.closed() => return Err(None),
         };
         out.send(chunk).await?;
     }
@@ -312,6 +412,7 @@ async fn follow_group(
         while let Some(more) = connection.try_next() {
             chunk.extend_from_slice(&group_frame(&more)?);
             sent += 1;
+            out.flush_full(&mut chunk).await?;
         }
         state.stats.delivered(sent);
         out.send(chunk).await?;
@@ -349,13 +450,19 @@ pub(crate) enum Follow {
 }
 
 /// Starts a follower and answers with its events as `text/event-stream`.
-pub(crate) fn respond(state: &AppState, follow: Follow) -> Response {
-    let (chunks, mut rx) = mpsc::channel::<Bytes>(64);
-    let out = Out { chunks };
+pub(crate) fn respond(state: &AppState, admitted: Admitted, follow: Follow) -> Response {
+    let (chunks, mut rx) = mpsc::channel::<Bytes>(QUEUED_CHUNKS);
+    let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let out = Out {
+        chunks,
+        stall_timeout: state.config.stall_timeout,
+        stalled: stalled.clone(),
+        metrics: state.metrics.clone(),
+    };
     let subscribed = Subscribed::new(state.metrics.clone());
     let state = state.clone();
     tokio::spawn(async move {
-        let _counted = subscribed;
+        let _counted = (subscribed, admitted);
         let stopped = match follow {
             Follow::All { from } => follow_all(&state, from, &out).await,
             Follow::Own(subscription) => follow_own(&state, subscription, &out).await,
@@ -366,9 +473,18 @@ pub(crate) fn respond(state: &AppState, follow: Follow) -> Response {
             let _ = out.chunks.send(error_frame(&error)).await;
         }
     });
+    // A stalled client's connection is closed (the body fails) rather than ended cleanly,
+    // which would wait to flush to a client that does not read.
+    let mut failed = false;
     let body = futures::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-            .map(|chunk| chunk.map(Ok::<_, std::convert::Infallible>))
+        rx.poll_recv(cx).map(|chunk| match chunk {
+            Some(chunk) => Some(Ok(chunk)),
+            None if !failed && stalled.load(std::sync::atomic::Ordering::Relaxed) => {
+                failed = true;
+                Some(Err(std::io::Error::other("the subscriber stalled")))
+            }
+            None => None,
+        })
     });
     let mut response = Body::from_stream(body).into_response();
     let headers = response.headers_mut();
