@@ -133,6 +133,9 @@ pub(crate) struct ConsumerLag {
     /// in the store), `projection` or `group` (a persistent subscription group).
     kind: &'static str,
     name: String,
+    /// Where it is: the last position it finished with (a checkpoint's, a projection's), or a
+    /// group's checkpoint in its source; `null` before its first.
+    checkpoint: Option<u64>,
     /// Events it has not handled yet.
     behind: u64,
     /// Seconds between the newest event and the last one it handled, when known.
@@ -195,6 +198,7 @@ async fn consumers(state: &AppState) -> Vec<ConsumerLag> {
                 };
                 out.push(ConsumerLag {
                     kind: "checkpoint",
+                    checkpoint: p.checkpoint,
                     name: p.name,
                     behind: p.behind,
                     behind_seconds,
@@ -209,6 +213,7 @@ async fn consumers(state: &AppState) -> Vec<ConsumerLag> {
             for p in projections.unwrap_or_default() {
                 out.push(ConsumerLag {
                     kind: "projection",
+                    checkpoint: p.state.position,
                     name: p.state.name.clone(),
                     behind: p.behind,
                     behind_seconds: p.behind_seconds,
@@ -224,6 +229,7 @@ async fn consumers(state: &AppState) -> Vec<ConsumerLag> {
                 for g in list {
                     out.push(ConsumerLag {
                         kind: "group",
+                        checkpoint: g.checkpoint,
                         name: format!("{}::{}", g.source, g.group),
                         behind: g.lag,
                         behind_seconds: None,

@@ -118,6 +118,7 @@ async fn the_stats_stream_sends_history_then_a_snapshot_a_second() {
     let mailer = consumer(&first, "checkpoint", "mailer").unwrap();
     let head = first["head"].as_u64().unwrap();
     assert_eq!(mailer["behind"], head - 1, "{first}");
+    assert_eq!(mailer["checkpoint"], 0, "{first}");
     assert!(mailer["behind_seconds"].as_f64().is_some(), "{first}");
 
     // Appends show in the totals and in the latency of the second they happened in.

@@ -35,6 +35,11 @@ struct Browser {
 
 impl Browser {
     async fn start() -> Option<Browser> {
+        Browser::start_with(&[]).await
+    }
+
+    /// A browser with more command-line switches (a dark system theme, say).
+    async fn start_with(extra: &[&str]) -> Option<Browser> {
         let missing: Vec<&str> = [CHROMEDRIVER, CHROMIUM]
             .into_iter()
             .filter(|p| !std::path::Path::new(p).exists())
@@ -83,14 +88,21 @@ impl Browser {
             session: String::new(),
             http,
         };
+        let mut args = vec![
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,900",
+        ];
+        args.extend_from_slice(extra);
         let session = browser
             .call(
                 reqwest::Method::POST,
                 "/session",
                 json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
                     "binary": CHROMIUM,
-                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                             "--disable-dev-shm-usage", "--window-size=1280,900"],
+                    "args": args,
                 }}}}),
             )
             .await;
@@ -747,5 +759,22 @@ async fn the_dashboard_moves_search_finds_events_and_only_an_admin_acts() {
     browser
         .session(reqwest::Method::DELETE, "", json!({}))
         .await;
+    drop(browser);
+
+    // A system set to a dark theme gets the dark one.
+    let dark = Browser::start_with(&["--blink-settings=preferredColorScheme=0"])
+        .await
+        .unwrap();
+    dark.open(&server.url).await;
+    dark.use_token("viewer-0123456789").await;
+    dark.open(&format!("{}/#/dashboard", server.url)).await;
+    dark.wait_for(
+        "the dashboard in the dark theme",
+        "return document.querySelector('#card-head').innerText !== '—' \
+             && getComputedStyle(document.body).backgroundColor === 'rgb(18, 21, 27)'",
+    )
+    .await;
+    dark.screenshot("dashboard-dark").await;
+    dark.session(reqwest::Method::DELETE, "", json!({})).await;
     server.stop().await;
 }
