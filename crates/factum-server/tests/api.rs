@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::Counting;
+
 use common::{Sse, events, start, start_with};
 
 use std::sync::Arc;
@@ -850,29 +852,6 @@ async fn a_closed_store_answers_503_and_writes_nothing() {
     assert!(body["error"].as_str().unwrap().contains("closed"));
     assert_eq!(server.store.head(), 1);
     server.stop().await;
-}
-
-/// A projection that counts events in one table.
-struct Counting;
-
-impl factum_projections::Projection for Counting {
-    fn name(&self) -> &str {
-        "counting"
-    }
-    fn tables(&self) -> Vec<factum_projections::Table> {
-        vec![factum_projections::Table::new(
-            "seen",
-            "id TEXT PRIMARY KEY",
-        )]
-    }
-    fn apply(
-        &self,
-        tx: &mut factum_projections::Tx,
-        event: &factum_core::RecordedEvent,
-    ) -> Result<(), factum_projections::ApplyError> {
-        tx.insert("seen").key("id", event.id.to_string());
-        Ok(())
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::Counting;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -195,15 +197,6 @@ async fn the_stats_stream_reports_the_postgresql_store() {
     common::drop_schema(&schema).await;
 }
 
-fn client(token: &str) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap()
-}
-
 async fn get(client: &reqwest::Client, url: &str) -> (StatusCode, Value) {
     let response = client.get(url).send().await.unwrap();
     (
@@ -228,7 +221,7 @@ async fn search_finds_an_event_by_id_and_a_request_by_correlation_id() {
             ..factum_server::Config::default()
         },
         "http",
-        client("operator-0123456789"),
+        common::bearer("operator-0123456789"),
     )
     .await;
     let request = |stream: &str, correlation: &str, causation: &str| {
@@ -287,7 +280,7 @@ async fn search_finds_an_event_by_id_and_a_request_by_correlation_id() {
     assert_eq!(rest["events"].as_array().unwrap().len(), 1);
     assert_eq!(rest["events"][0]["stream"], "order-1");
     // A token sees only what it may read.
-    let (status, mine) = get(&client("orders-0123456789"), &url("req-1")).await;
+    let (status, mine) = get(&common::bearer("orders-0123456789"), &url("req-1")).await;
     assert_eq!(status, StatusCode::OK);
     let streams: Vec<&str> = mine["events"]
         .as_array()
@@ -308,29 +301,6 @@ async fn search_finds_an_event_by_id_and_a_request_by_correlation_id() {
     server.stop().await;
 }
 
-/// A projection that counts events in one table.
-struct Counting;
-
-impl factum_projections::Projection for Counting {
-    fn name(&self) -> &str {
-        "counting"
-    }
-    fn tables(&self) -> Vec<factum_projections::Table> {
-        vec![factum_projections::Table::new(
-            "seen",
-            "id TEXT PRIMARY KEY",
-        )]
-    }
-    fn apply(
-        &self,
-        tx: &mut factum_projections::Tx,
-        event: &factum_core::RecordedEvent,
-    ) -> Result<(), factum_projections::ApplyError> {
-        tx.insert("seen").key("id", event.id.to_string());
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_an_admin_replays_dead_letters_and_rebuilds_projections() {
     use factum_projections::{Projector, ReadModel, SqliteReadModel};
@@ -348,7 +318,7 @@ async fn only_an_admin_replays_dead_letters_and_rebuilds_projections() {
             ..factum_server::Config::default()
         },
         "http",
-        client("operator-0123456789"),
+        common::bearer("operator-0123456789"),
     )
     .await;
     server.append("order-1", None, events(3, "Placed")).await;
@@ -357,7 +327,7 @@ async fn only_an_admin_replays_dead_letters_and_rebuilds_projections() {
         .run_until(3)
         .await
         .unwrap();
-    let (viewer, operator) = (client("viewer-0123456789"), server.client.clone());
+    let (viewer, operator) = (common::bearer("viewer-0123456789"), server.client.clone());
     let at = |path: &str| server.at(path);
 
     // Dead letters: nothing to replay yet.

@@ -26,15 +26,6 @@ secret = "b-0123456789abcdef"
 read = [""]
 "#;
 
-fn client(token: &str) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap()
-}
-
 async fn metric(server: &common::Server, name: &str) -> f64 {
     let text = server
         .client
@@ -62,10 +53,13 @@ async fn subscriptions_are_capped_overall_and_per_token_with_retry_after() {
             ..factum_server::Config::default()
         },
         "http",
-        client("a-0123456789abcdef"),
+        common::bearer("a-0123456789abcdef"),
     )
     .await;
-    let (a, b) = (client("a-0123456789abcdef"), client("b-0123456789abcdef"));
+    let (a, b) = (
+        common::bearer("a-0123456789abcdef"),
+        common::bearer("b-0123456789abcdef"),
+    );
     let open = |c: &reqwest::Client, path: &str| {
         let (c, url) = (c.clone(), server.at(path));
         async move { c.get(url).send().await.unwrap() }

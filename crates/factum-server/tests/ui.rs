@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::Counting;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -489,38 +491,6 @@ secret = "operator-0123456789"
 admin = [""]
 "#;
 
-/// A projection that counts events in one table.
-struct Counting;
-
-impl factum_projections::Projection for Counting {
-    fn name(&self) -> &str {
-        "counting"
-    }
-    fn tables(&self) -> Vec<factum_projections::Table> {
-        vec![factum_projections::Table::new(
-            "seen",
-            "id TEXT PRIMARY KEY",
-        )]
-    }
-    fn apply(
-        &self,
-        tx: &mut factum_projections::Tx,
-        event: &factum_core::RecordedEvent,
-    ) -> Result<(), factum_projections::ApplyError> {
-        tx.insert("seen").key("id", event.id.to_string());
-        Ok(())
-    }
-}
-
-fn bearer_client(token: &str) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_moves_search_finds_events_and_only_an_admin_acts() {
     let dir = tempfile::tempdir().unwrap();
@@ -536,7 +506,7 @@ async fn the_dashboard_moves_search_finds_events_and_only_an_admin_acts() {
             ..factum_server::Config::default()
         },
         "http",
-        bearer_client("operator-0123456789"),
+        common::bearer("operator-0123456789"),
     )
     .await;
     // One request's events, sharing its correlation id, among others.

@@ -269,3 +269,33 @@ impl Sse {
         }
     }
 }
+
+/// A projection that counts events in one table.
+pub struct Counting;
+
+impl factum_projections::Projection for Counting {
+    fn name(&self) -> &str {
+        "counting"
+    }
+    fn tables(&self) -> Vec<factum_projections::Table> {
+        vec![factum_projections::Table::new(
+            "seen",
+            "id TEXT PRIMARY KEY",
+        )]
+    }
+    fn apply(
+        &self,
+        tx: &mut factum_projections::Tx,
+        event: &factum_core::RecordedEvent,
+    ) -> Result<(), factum_projections::ApplyError> {
+        tx.insert("seen").key("id", event.id.to_string());
+        Ok(())
+    }
+}
+
+/// A client that sends `token` as its bearer token with every request.
+pub fn bearer(token: &str) -> Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    Client::builder().default_headers(headers).build().unwrap()
+}
