@@ -575,11 +575,6 @@ impl Engine {
     }
 
     fn stop_if_poisoned(&self) -> Result<(), StoreError> {
-        if self.inner.read_only {
-            return Err(StoreError::Unsupported(
-                "writing to a store opened read-only".into(),
-            ));
-        }
         match self.inner.shared.poisoned.lock().as_ref() {
             Some(reason) => Err(StoreError::Poisoned(reason.clone())),
             None => Ok(()),

@@ -11,7 +11,7 @@ use factum_core::{Direction, RecordedEvent};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::{int64, limit, lines, path, query};
+use crate::api::{NoParams, int64, limit, lines, path, query};
 use crate::auth::{Caller, Right};
 use crate::error::ErrorBody;
 use crate::json::RecordedLine;
@@ -26,15 +26,9 @@ const SEARCH_PAGE: usize = 1000;
 /// The longest search text.
 const SEARCH_CHARS_MAX: usize = 200;
 
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NoParams {}
-
 #[utoipa::path(get, path = "/stats/subscribe", tag = "server",
     summary = "The dashboard's stats as server-sent events (any valid token)",
     description = "First a `history` event: a JSON array of the snapshots of the last five minutes. Then, once a second, a `stats` event with one snapshot: totals since the server started (appends, events, bytes, reads, subscription deliveries), open subscribers, the append latency of the last second (p50, p99, µs), the head, the store's kind and size on disk, and each checkpoint's, projection's and persistent subscription group's lag. One snapshot is made per second for every dashboard together.",
-    params(NoParams),
     responses(
         (status = 200, description = "The stream of snapshots", content_type = "text/event-stream", body = String)))]
 pub(crate) async fn stats(

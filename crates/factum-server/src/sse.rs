@@ -486,7 +486,12 @@ pub(crate) fn respond(state: &AppState, admitted: Admitted, follow: Follow) -> R
             None => None,
         })
     });
-    let mut response = Body::from_stream(body).into_response();
+    event_stream(Body::from_stream(body))
+}
+
+/// `body` as a `text/event-stream` answer that is not cached.
+pub(crate) fn event_stream(body: Body) -> Response {
+    let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -10,8 +10,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -367,14 +366,7 @@ pub(crate) fn respond(state: &AppState) -> Response {
             }
         }
     });
-    let mut response = Body::from_stream(futures::StreamExt::chain(first, rest)).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
+    crate::sse::event_stream(Body::from_stream(futures::StreamExt::chain(first, rest)))
 }
 
 #[cfg(test)]
