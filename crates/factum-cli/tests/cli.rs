@@ -606,3 +606,15 @@ fn an_append_that_is_durable_exits_0_even_when_the_index_cannot_be_saved() {
     let out = factum(&data, &["verify"], "");
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn serve_refuses_caps_of_zero_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for flag in ["--max-subscriptions", "--max-connections"] {
+        let out = factum(&data, &["serve", "--listen", "127.0.0.1:0", flag, "0"], "");
+        assert_eq!(out.status.code(), Some(2), "{flag}: {}", stderr(&out));
+        assert!(stderr(&out).contains("at least 1"), "{}", stderr(&out));
+        assert!(!data.exists(), "{flag}: nothing was created");
+    }
+}
