@@ -1,5 +1,6 @@
-//! Compiles the KurrentDB client protocol's definitions (`proto/`) into Rust with protox, a
-//! protobuf compiler written in Rust, so that a build needs no system `protoc`.
+//! Compiles the KurrentDB client protocol's definitions and gRPC's health checking protocol
+//! (`proto/`) into Rust with protox, a protobuf compiler written in Rust, so that a build
+//! needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -7,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/event_store/client/server_features.proto",
         "proto/event_store/client/gossip.proto",
         "proto/event_store/client/persistent.proto",
+        "proto/grpc/health/v1/health.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(files, ["proto"])?;

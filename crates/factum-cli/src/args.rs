@@ -327,11 +327,12 @@ pub struct ServeSecurity {
 /// cannot exhaust its memory.
 #[derive(clap::Args)]
 pub struct ServeLimits {
-    /// The most subscriptions (server-sent events) open at once; a new one beyond it gets 503
-    /// with Retry-After.
+    /// The most subscriptions (server-sent events and gRPC) open at once; a new one beyond it
+    /// gets 503 with Retry-After (gRPC: UNAVAILABLE).
     #[arg(long, env = "FACTUM_MAX_SUBSCRIPTIONS", default_value_t = 4096)]
     pub max_subscriptions: usize,
-    /// The most subscriptions one token holds at once; beyond it 429 with Retry-After.
+    /// The most subscriptions one token holds at once; beyond it 429 with Retry-After (gRPC:
+    /// RESOURCE_EXHAUSTED).
     #[arg(
         long,
         env = "FACTUM_MAX_SUBSCRIPTIONS_PER_TOKEN",
@@ -345,6 +346,11 @@ pub struct ServeLimits {
     /// closed.
     #[arg(long, env = "FACTUM_STALL_TIMEOUT", default_value_t = 60)]
     pub stall_timeout: u64,
+    /// Seconds a connection may send nothing before it is closed: one that sends nothing at
+    /// all, an HTTP/1.1 connection between requests, an HTTP/2 connection that does not
+    /// answer a ping (a request in flight is never cut).
+    #[arg(long, env = "FACTUM_IDLE_TIMEOUT", default_value_t = 60)]
+    pub idle_timeout: u64,
 }
 
 pub fn stream_arg(name: &str) -> Result<StreamName> {

@@ -243,6 +243,7 @@ async fn serve(
         max_subscriptions_per_token: limits.max_subscriptions_per_token,
         max_connections: limits.max_connections,
         stall_timeout: std::time::Duration::from_secs(limits.stall_timeout.max(1)),
+        idle_timeout: std::time::Duration::from_secs(limits.idle_timeout.max(1)),
         ..factum::server::Config::default()
     };
     if let Some(path) = &security.auth {

@@ -80,6 +80,11 @@ pub struct Config {
     /// A subscriber that takes nothing for this long while events wait for it is dropped and
     /// its connection closed. Default 60 s.
     pub stall_timeout: std::time::Duration,
+    /// A connection that sends nothing for this long is closed: one that sends nothing at
+    /// all, an HTTP/1.1 connection whose next request's head has not arrived (idle keep-alive
+    /// included; a request in flight is never cut), an HTTP/2 connection that does not answer
+    /// the ping sent after half of it of quiet. Default 60 s.
+    pub idle_timeout: std::time::Duration,
 }
 
 impl Default for Config {
@@ -95,6 +100,7 @@ impl Default for Config {
             max_subscriptions_per_token: 1024,
             max_connections: 16384,
             stall_timeout: std::time::Duration::from_secs(60),
+            idle_timeout: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -242,6 +248,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let tls = config.tls.clone();
     let most = config.max_connections;
+    let idle_timeout = config.idle_timeout;
     let store = store.into_store();
     let (router, close, groups, metrics) = build(store.clone(), config);
     // The groups start with the server, so that they resume before anyone asks.
@@ -256,12 +263,11 @@ pub async fn serve(
         tracing::info!("shutting down: finishing requests in flight");
         let _ = close.send(true);
     };
-    let served = match tls {
+    match tls {
         Some(tls) => {
             let listener = tls::TlsListener::new(listener, tls)?;
-            axum::serve(connections::Capped::new(listener, most, metrics), router)
-                .with_graceful_shutdown(shutdown)
-                .await
+            let listener = connections::Capped::new(listener, most, metrics);
+            connections::serve(listener, router, idle_timeout, shutdown).await;
         }
         None => {
             // Answers go out at once instead of waiting for the client's acknowledgement.
@@ -270,14 +276,13 @@ pub async fn serve(
                     tracing::debug!(error = %e, "TCP_NODELAY could not be set");
                 }
             });
-            axum::serve(connections::Capped::new(listener, most, metrics), router)
-                .with_graceful_shutdown(shutdown)
-                .await
+            let listener = connections::Capped::new(listener, most, metrics);
+            connections::serve(listener, router, idle_timeout, shutdown).await;
         }
-    };
+    }
     // Each group stores its checkpoint before the server returns.
     if let Some(groups) = groups.get() {
         groups.close().await;
     }
-    served
+    Ok(())
 }

@@ -153,7 +153,7 @@ impl Metrics {
         );
         registry.register(
             "subscribers",
-            "Open server-sent-event subscriptions",
+            "Open subscriptions: server-sent events and gRPC (of streams, $all and groups)",
             subscribers.clone(),
         );
         registry.register(
@@ -166,12 +166,12 @@ impl Metrics {
         let connections = Gauge::default();
         registry.register(
             "subscriptions_refused",
-            "Subscriptions refused because the server or the token held its most (503, 429)",
+            "Subscriptions refused because the server or the token held its most (HTTP 503 and 429; gRPC UNAVAILABLE and RESOURCE_EXHAUSTED)",
             refused.clone(),
         );
         registry.register(
             "subscribers_stalled",
-            "Subscribers whose connection was closed because they took nothing for the stall timeout",
+            "Subscribers dropped because they took nothing for the stall timeout",
             stalled.clone(),
         );
         registry.register(

@@ -43,7 +43,7 @@ pub(crate) const CHUNK_BYTES_MAX: usize = 4 * 1024;
 /// How many chunks wait for one subscriber's connection, at most.
 pub(crate) const QUEUED_CHUNKS: usize = 2;
 /// How long a client refused a subscription is asked to wait before it tries again.
-const RETRY_AFTER_SECONDS: u64 = 5;
+pub(crate) const RETRY_AFTER_SECONDS: u64 = 5;
 /// How often an idle connection gets a comment line.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 

@@ -2,6 +2,7 @@
 //! full disk get 503 and `/health` says the store refuses writes (with the reason) while reads
 //! are served; once space is freed (the `tmpfs` remounted larger) the server takes appends
 //! again by itself, without a restart, and every acknowledged event is there byte for byte.
+//! gRPC's health protocol (`grpc.health.v1.Health`) tells the same as `/health` throughout.
 //!
 //! Mounting takes root (CI runs as root); where mounting is not allowed the test is skipped
 //! with the reason printed.
@@ -15,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use factum_core::EventStore;
 use factum_engine::{Engine, EngineOptions};
+use factum_server::grpc::proto::grpc::health::v1::health_check_response::ServingStatus;
+use factum_server::grpc::proto::grpc::health::v1::health_client::HealthClient;
+use factum_server::grpc::proto::grpc::health::v1::{HealthCheckRequest, HealthCheckResponse};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -65,6 +69,30 @@ async fn health(client: &reqwest::Client, url: &str) -> (StatusCode, Value) {
     (response.status(), response.json().await.unwrap())
 }
 
+type Health = HealthClient<common::grpc::Channel>;
+
+/// The server's status by gRPC's health protocol.
+async fn grpc_status(health: &mut Health) -> ServingStatus {
+    let answer = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    ServingStatus::try_from(answer.status).unwrap()
+}
+
+/// The next status a watch tells.
+async fn watched(watch: &mut tonic::Streaming<HealthCheckResponse>) -> ServingStatus {
+    let answer = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("the watch told the change")
+        .unwrap()
+        .unwrap();
+    ServingStatus::try_from(answer.status).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_reported_and_the_server_takes_writes_again_once_space_is_freed() {
     let disk = match Tmpfs::mount("1m") {
@@ -82,6 +110,18 @@ async fn a_full_disk_is_reported_and_the_server_takes_writes_again_once_space_is
     let url = format!("http://127.0.0.1:{}", served.port);
     let client = reqwest::Client::new();
     assert_eq!(health(&client, &url).await.0, StatusCode::OK);
+    // gRPC's health protocol says the same, and a watch hears each change.
+    let mut grpc_health =
+        HealthClient::with_origin(common::grpc::channel(), common::grpc::origin(served.port));
+    assert_eq!(grpc_status(&mut grpc_health).await, ServingStatus::Serving);
+    let mut watch = grpc_health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watched(&mut watch).await, ServingStatus::Serving);
 
     // Append until the disk is full; keep what was acknowledged.
     let pad = "x".repeat(2000);
@@ -127,6 +167,11 @@ async fn a_full_disk_is_reported_and_the_server_takes_writes_again_once_space_is
         .await
         .unwrap();
     assert!(metrics.contains("factum_store_writable 0"), "{metrics}");
+    assert_eq!(
+        grpc_status(&mut grpc_health).await,
+        ServingStatus::NotServing
+    );
+    assert_eq!(watched(&mut watch).await, ServingStatus::NotServing);
     let page: Value = client
         .get(format!("{url}/all?limit=1000"))
         .send()
@@ -159,6 +204,9 @@ async fn a_full_disk_is_reported_and_the_server_takes_writes_again_once_space_is
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(grpc_status(&mut grpc_health).await, ServingStatus::Serving);
+    assert_eq!(watched(&mut watch).await, ServingStatus::Serving);
+    drop(watch);
     for n in 5000..5010u64 {
         let response = client
             .post(format!("{url}/streams/fill-after"))

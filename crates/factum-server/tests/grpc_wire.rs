@@ -365,6 +365,33 @@ async fn what_clients_call_around_the_streams() {
         assert_eq!(code, Code::Unimplemented, "{path}");
         assert!(message.contains(path.trim_start_matches('/')), "{message}");
     }
+    // gRPC's health protocol: serving, for the server and for each service it has; a service
+    // it does not have is NOT_FOUND to a check and SERVICE_UNKNOWN to a watch.
+    {
+        use factum_server::grpc::proto::grpc::health::v1::HealthCheckRequest;
+        use factum_server::grpc::proto::grpc::health::v1::health_check_response::ServingStatus;
+        use factum_server::grpc::proto::grpc::health::v1::health_client::HealthClient;
+        let mut health = HealthClient::with_origin(grpc::channel(), served.origin());
+        for service in ["", "event_store.client.streams.Streams"] {
+            let answer = health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(answer.status, ServingStatus::Serving as i32, "{service}");
+        }
+        let unknown = HealthCheckRequest {
+            service: "event_store.client.projections.Projections".into(),
+        };
+        let refused = health.check(unknown.clone()).await.unwrap_err();
+        assert_eq!(refused.code(), Code::NotFound);
+        assert!(refused.message().contains("Projections"), "{refused:?}");
+        let mut watch = health.watch(unknown).await.unwrap().into_inner();
+        let first = watch.message().await.unwrap().unwrap();
+        assert_eq!(first.status, ServingStatus::ServiceUnknown as i32);
+    }
     // HTTP/2 without TLS (prior knowledge) reaches the HTTP API too.
     let client: Http2<HttpConnector, http_body_util::Empty<Bytes>> =
         Http2::builder(TokioExecutor::new())

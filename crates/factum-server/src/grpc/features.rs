@@ -124,4 +124,5 @@ pub(crate) fn is_offered(path: &str) -> bool {
     SUPPORTED
         .iter()
         .any(|(s, m)| s.eq_ignore_ascii_case(service) && m.eq_ignore_ascii_case(method))
+        || (service == "grpc.health.v1.Health" && matches!(method, "Check" | "Watch"))
 }

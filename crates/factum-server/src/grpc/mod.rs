@@ -4,7 +4,8 @@
 //! A request whose content type is `application/grpc…` goes to the services here; any other
 //! goes to the HTTP API. The services: streams (`streams.rs`, `read.rs`), persistent
 //! subscriptions (`persistent.rs`, over the server's groups), server features and gossip
-//! (`features.rs`); every other service a client may call answers `UNIMPLEMENTED`
+//! (`features.rs`), and gRPC's standard health checking protocol (`health.rs`); every other
+//! service a client may call answers `UNIMPLEMENTED`
 //! naming what Factum does not offer. Calls are checked with the HTTP API's tokens and rights
 //! (`auth.rs`), counted and timed in `/metrics`, and logged with the client's
 //! `connection-name`.
@@ -15,6 +16,7 @@
 mod auth;
 mod convert;
 mod features;
+mod health;
 mod metadata;
 mod persistent;
 pub mod proto;
@@ -44,6 +46,7 @@ use proto::event_store::client::gossip::gossip_server::GossipServer;
 use proto::event_store::client::persistent_subscriptions::persistent_subscriptions_server::PersistentSubscriptionsServer;
 use proto::event_store::client::server_features::server_features_server::ServerFeaturesServer;
 use proto::event_store::client::streams::streams_server::StreamsServer;
+use proto::grpc::health::v1::health_server::HealthServer;
 
 /// The authority (host and port) a client reached the server by, for `Gossip.Read`.
 #[derive(Clone, Debug)]
@@ -73,6 +76,9 @@ impl Grpc {
             .add_service(ServerFeaturesServer::new(features::Features))
             .add_service(GossipServer::new(features::Gossip {
                 instance: uuid::Uuid::new_v4(),
+            }))
+            .add_service(HealthServer::new(health::Health {
+                state: state.clone(),
             }))
             .into_axum_router()
             .fallback(not_offered);

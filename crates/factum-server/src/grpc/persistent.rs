@@ -4,6 +4,8 @@
 //! on its source, managing it admin.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use factum_toolkit::{
@@ -447,6 +449,7 @@ impl persistent_subscriptions_server::PersistentSubscriptions for Persistent {
         };
         let key = GroupKey::new(source, options.group_name);
         self.checked(&caller, Right::Read, &key).await?;
+        let admitted = super::read::admit(&self.state, &caller)?;
         let capacity = usize::try_from(options.buffer_size.max(1)).unwrap_or(1);
         let mut connection = self
             .groups()
@@ -464,7 +467,16 @@ impl persistent_subscriptions_server::PersistentSubscriptions for Persistent {
         };
         let _ = out.send(Ok(confirmation)).await;
         let mut closing = self.state.closing.clone();
+        let counted = (
+            admitted,
+            crate::metrics::Subscribed::new(self.state.metrics.clone()),
+        );
+        let (stall_timeout, metrics) =
+            (self.state.config.stall_timeout, self.state.metrics.clone());
+        let stalled = Arc::new(AtomicBool::new(false));
+        let stalled_here = stalled.clone();
         tokio::spawn(async move {
+            let _counted = counted;
             // Once the client stops taking messages, the acks and nacks it sent before are
             // still applied (up to the end of its requests, for at most a second); only
             // then does the connection give back what it holds.
@@ -482,10 +494,25 @@ impl persistent_subscriptions_server::PersistentSubscriptions for Persistent {
                             ))).await;
                             break;
                         };
-                        if out.send(Ok(event_of(message, form))).await.is_err() {
+                        match tokio::time::timeout(stall_timeout, out.send(Ok(event_of(message, form)))).await {
+                            Ok(Ok(())) => {}
                             // Not sent: the connection gives it back with the rest.
-                            draining = true;
-                            drain.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
+                            Ok(Err(_)) => {
+                                draining = true;
+                                drain.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
+                            }
+                            // The client took nothing for the stall timeout: what it holds
+                            // goes back to the group for the other consumers.
+                            Err(_) => {
+                                stalled_here.store(true, Ordering::Relaxed);
+                                metrics.stalled.inc();
+                                tracing::info!(
+                                    group = %key,
+                                    seconds = stall_timeout.as_secs(),
+                                    "a gRPC consumer took nothing for the stall timeout; it is dropped"
+                                );
+                                break;
+                            }
                         }
                     }
                     request = incoming.message() => {
@@ -530,8 +557,23 @@ impl persistent_subscriptions_server::PersistentSubscriptions for Persistent {
                 }
             }
         });
-        let stream = futures::stream::unfold(messages, |mut messages| async move {
-            messages.recv().await.map(|item| (item, messages))
+        let mut messages = messages;
+        let mut ended = false;
+        let stream = futures::stream::poll_fn(move |cx| {
+            if ended {
+                return std::task::Poll::Ready(None);
+            }
+            let next = std::task::ready!(messages.poll_recv(cx));
+            if next.is_none() {
+                ended = true;
+                if stalled.load(Ordering::Relaxed) {
+                    return std::task::Poll::Ready(Some(Err(Status::unavailable(format!(
+                        "the consumer took nothing for {} s; it was dropped, connect again to go on",
+                        stall_timeout.as_secs()
+                    )))));
+                }
+            }
+            std::task::Poll::Ready(next)
         });
         Ok(Response::new(Box::pin(stream)))
     }

@@ -2,6 +2,12 @@
 //! live. Answers are made as the client takes them (a page of the store at a time), so a slow
 //! client holds nothing but its own page and a client that goes away ends its read.
 //!
+//! Subscriptions count against the same caps as the HTTP API's (`UNAVAILABLE` when the server
+//! holds its most, `RESOURCE_EXHAUSTED` when the caller's token does; either with
+//! `grpc-retry-pushback-ms`), and run on a task of their own that hands the call one page of
+//! answers at a time: one whose client takes nothing for
+//! [`Config::stall_timeout`](crate::Config::stall_timeout) is dropped with `UNAVAILABLE`.
+//!
 //! Positions on the wire are Factum's plus one (`convert::commit_of`): reading `$all`
 //! forwards from commit `c` starts at Factum's `c - 1`; backwards from `c` starts below it; a
 //! subscription from `c` starts at Factum's `c` (after the event the client last saw). A
@@ -9,10 +15,11 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use factum_core::{Direction, EventStore, RecordedEvent, StoreError, StreamName};
 use fancy_regex::Regex;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tonic::{Response, Status};
 
 use super::auth;
@@ -28,6 +35,7 @@ use super::proto::event_store::client::streams::{ReadReq, ReadResp, read_resp};
 use super::streams::Answers;
 use crate::AppState;
 use crate::auth::{Caller, Right};
+use crate::metrics::Subscribed;
 
 /// How many events one read of the store takes: few enough that the embedded store reads
 /// them on the task's own thread (a larger read hands the thread's other tasks to another
@@ -412,6 +420,80 @@ impl Reader {
         }
     }
 
+    /// A subscription's answers: read on a task of its own, handed over a page at a time
+    /// while the client takes them; dropped when it takes nothing for the stall timeout.
+    fn into_live_answers(
+        mut self,
+        counted: impl Send + 'static,
+        stall_timeout: std::time::Duration,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Answers<ReadResp> {
+        let (pages, mut taken) = mpsc::channel::<Vec<Result<ReadResp, Status>>>(1);
+        let stalled = Arc::new(AtomicBool::new(false));
+        let stalled_here = stalled.clone();
+        tokio::spawn(async move {
+            let _counted = counted;
+            loop {
+                let page: Vec<_> = if !self.buffer.is_empty() {
+                    self.buffer.drain(..).map(Ok).collect()
+                } else if self.done {
+                    break;
+                } else {
+                    tokio::select! {
+                        filled = self.fill() => match filled {
+                            Ok(()) => continue,
+                            Err(status) => {
+                                self.done = true;
+                                vec![Err(status)]
+                            }
+                        },
+                        // The client went away while the subscription waited for events.
+                        () = pages.closed() => break,
+                    }
+                };
+                match tokio::time::timeout(stall_timeout, pages.send(page)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        stalled_here.store(true, Ordering::Relaxed);
+                        metrics.stalled.inc();
+                        tracing::info!(
+                            seconds = stall_timeout.as_secs(),
+                            "a gRPC subscriber took nothing for the stall timeout; it is dropped"
+                        );
+                        break;
+                    }
+                }
+            }
+        });
+        let mut page = Vec::new().into_iter();
+        let mut ended = false;
+        Box::pin(futures::stream::poll_fn(move |cx| {
+            loop {
+                if let Some(answer) = page.next() {
+                    return std::task::Poll::Ready(Some(answer));
+                }
+                if ended {
+                    return std::task::Poll::Ready(None);
+                }
+                match std::task::ready!(taken.poll_recv(cx)) {
+                    Some(next) => page = next.into_iter(),
+                    None => {
+                        ended = true;
+                        if stalled.load(Ordering::Relaxed) {
+                            return std::task::Poll::Ready(Some(Err(Status::unavailable(
+                                format!(
+                                    "the subscriber took nothing for {} s; it was dropped, subscribe again to go on",
+                                    stall_timeout.as_secs()
+                                ),
+                            ))));
+                        }
+                    }
+                }
+            }
+        }))
+    }
+
     fn into_answers(self) -> Answers<ReadResp> {
         Box::pin(futures::stream::unfold(self, |mut reader| async move {
             loop {
@@ -497,6 +579,10 @@ pub(crate) async fn read(
         }
         None => return Err(invalid("the read names neither a stream nor $all")),
     };
+    let admitted = match limit {
+        Some(_) => None,
+        None => Some(admit(&state, &caller)?),
+    };
     let live = limit.is_none().then(|| Live {
         head: store.watch_head(),
         closing: state.closing.clone(),
@@ -517,20 +603,46 @@ pub(crate) async fn read(
         done: false,
         compatible: control_option.is_some_and(|control| control.compatibility >= 1),
     };
-    if reader.live.is_none() {
+    let Some(admitted) = admitted else {
         // The first page is read before the answer starts, so that a read the store refuses
         // (a tombstoned stream, say) fails as the call itself, as on a KurrentDB node.
         reader.fill().await?;
-    } else {
-        reader
-            .buffer
-            .push_back(message(read_resp::Content::Confirmation(
-                read_resp::SubscriptionConfirmation {
-                    subscription_id: uuid::Uuid::now_v7().to_string(),
-                },
-            )));
-    }
-    Ok(Response::new(reader.into_answers()))
+        return Ok(Response::new(reader.into_answers()));
+    };
+    reader
+        .buffer
+        .push_back(message(read_resp::Content::Confirmation(
+            read_resp::SubscriptionConfirmation {
+                subscription_id: uuid::Uuid::now_v7().to_string(),
+            },
+        )));
+    let counted = (admitted, Subscribed::new(state.metrics.clone()));
+    Ok(Response::new(reader.into_live_answers(
+        counted,
+        state.config.stall_timeout,
+        state.metrics.clone(),
+    )))
+}
+
+/// Counts a new subscription against the server's caps, as the HTTP API does: `UNAVAILABLE`
+/// when the server holds its most, `RESOURCE_EXHAUSTED` when the caller's token does; either
+/// tells the client when to try again (`grpc-retry-pushback-ms`).
+pub(crate) fn admit(state: &AppState, caller: &Caller) -> Result<crate::sse::Admitted, Status> {
+    crate::sse::admit(state, caller).map_err(|refused| {
+        let code = if refused.status() == axum::http::StatusCode::TOO_MANY_REQUESTS {
+            tonic::Code::ResourceExhausted
+        } else {
+            tonic::Code::Unavailable
+        };
+        let mut status = Status::new(code, refused.body().error.clone());
+        let pushback = crate::sse::RETRY_AFTER_SECONDS * 1000;
+        if let Ok(value) = pushback.to_string().parse() {
+            status
+                .metadata_mut()
+                .insert("grpc-retry-pushback-ms", value);
+        }
+        status
+    })
 }
 
 /// Where a read of `$all` starts.
