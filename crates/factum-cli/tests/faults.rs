@@ -1,5 +1,6 @@
 //! `factum serve` through faults and load, as a process: killed with SIGKILL while HTTP clients
-//! append (every acknowledged append survives, five rounds in a row), and a thousand
+//! and gRPC clients (KurrentDB's Rust client) append (every acknowledged append survives, five
+//! rounds in a row), and a thousand
 //! subscribers that stop reading while appends go on (memory stays bounded, appends keep at
 //! least half their rate, and subscribers that read again get every event).
 #![allow(clippy::unwrap_used)]
@@ -68,6 +69,58 @@ async fn append_until(
     all
 }
 
+/// `writers` KurrentDB clients append one event a call over gRPC until `stop`; the ids of the
+/// appends that were acknowledged, with their stream.
+async fn append_over_grpc_until(
+    port: u16,
+    writers: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<(String, String)> {
+    // The client looks for the node again every 50 ms (500 ms by default) when it connects.
+    let settings: kurrentdb::ClientSettings =
+        format!("kurrentdb://127.0.0.1:{port}?tls=false&discoveryInterval=50")
+            .parse()
+            .unwrap();
+    let client = kurrentdb::Client::new(settings).unwrap();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let id = uuid::Uuid::new_v4();
+                    let stream = format!("g-{w}");
+                    let event = kurrentdb::EventData::json("Wrote", &json!({"w": w, "n": n}))
+                        .unwrap()
+                        .id(id);
+                    n += 1;
+                    let options = kurrentdb::AppendToStreamOptions::default();
+                    match client
+                        .append_to_stream(stream.as_str(), &options, event)
+                        .await
+                    {
+                        Ok(_) => acknowledged.push((stream, id.to_string())),
+                        // Refused, or no answer (the server was killed): not acknowledged.
+                        Err(_) => {
+                            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all
+}
+
 /// A UUID made of a writer's number and a counter (unique across rounds with the round in it).
 fn uuid_v4(writer: u64, n: u64) -> String {
     let nanos = std::time::SystemTime::now()
@@ -95,17 +148,22 @@ fn every_acknowledged_append_survives_sigkill_five_rounds_in_a_row() {
         let url = format!("http://127.0.0.1:{port}");
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writers = rt.spawn(append_until(url, 8, stop.clone(), 100));
+        let grpc_writers = rt.spawn(append_over_grpc_until(port, 4, stop.clone()));
         // Kill it at a moment that differs from round to round, appends in flight.
         std::thread::sleep(Duration::from_millis(400 + 170 * round));
         server.kill().unwrap();
         server.wait().unwrap();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let acked = rt.block_on(writers).unwrap();
+        let grpc_acked = rt.block_on(grpc_writers).unwrap();
         assert!(
-            !acked.is_empty(),
-            "round {round}: some appends were acknowledged"
+            !acked.is_empty() && !grpc_acked.is_empty(),
+            "round {round}: some appends were acknowledged over HTTP ({}) and over gRPC ({})",
+            acked.len(),
+            grpc_acked.len()
         );
         acknowledged.extend(acked);
+        acknowledged.extend(grpc_acked);
     }
     // Every acknowledged append is there, once.
     let out = common::factum_in(dir.path(), &["read-all"], "");
