@@ -95,3 +95,33 @@ pub async fn fresh(label: &str) -> Option<(PgStore, Schema)> {
         .unwrap();
     Some((store, schema))
 }
+
+/// Restarts the local cluster with `pg_ctlcluster`; `false` when this machine cannot.
+pub fn restart_postgres() -> bool {
+    let Ok(versions) = std::fs::read_dir("/etc/postgresql") else {
+        return false;
+    };
+    let Some(version) = versions
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .next()
+    else {
+        return false;
+    };
+    let status = std::process::Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect"])
+        .arg(&version)
+        .args(["main", "restart", "--", "-m", "fast"])
+        .status();
+    matches!(status, Ok(s) if s.success())
+}
+
+/// Skips (outside CI) when this machine cannot restart PostgreSQL.
+pub fn cannot_restart() {
+    assert_ne!(
+        std::env::var("CI").as_deref(),
+        Ok("true"),
+        "CI must be able to restart PostgreSQL"
+    );
+    eprintln!("skipping: cannot restart PostgreSQL here (pg_ctlcluster)");
+}
