@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 pub(crate) async fn serve<L>(
     mut listener: Capped<L>,
     router: axum::Router,
+    grpc: crate::grpc::Grpc,
     idle_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -58,8 +59,20 @@ pub(crate) async fn serve<L>(
             (io, _addr) = listener.accept() => io,
             () = &mut shutdown => break,
         };
-        let service = TowerToHyperService::new(router.clone().map_request(
-            |request: http::Request<hyper::body::Incoming>| request.map(axum::body::Body::new),
+        // gRPC calls go straight to the gRPC services; the rest to the HTTP API's router.
+        let (router, grpc) = (router.clone(), grpc.clone());
+        let service = TowerToHyperService::new(tower::service_fn(
+            move |request: http::Request<hyper::body::Incoming>| {
+                let request = request.map(axum::body::Body::new);
+                let (router, grpc) = (router.clone(), grpc.clone());
+                async move {
+                    if crate::grpc::is_grpc(request.headers()) {
+                        Ok(crate::grpc::call(grpc, request).await)
+                    } else {
+                        router.oneshot(request).await
+                    }
+                }
+            },
         ));
         let (builder, mut stop, open) = (builder.clone(), stop.clone(), all_closed.clone());
         tokio::spawn(async move {

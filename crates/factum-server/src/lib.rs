@@ -188,7 +188,7 @@ pub fn openapi(config: &Config) -> utoipa::openapi::OpenApi {
 
 /// The API as a router, and the switch that ends its subscriptions (send `true`).
 pub fn router(store: impl IntoStore, config: Config) -> (Router, watch::Sender<bool>) {
-    let (router, close, _, _) = build(store.into_store(), config);
+    let (router, close, _, _, _) = build(store.into_store(), config);
     (router, close)
 }
 
@@ -199,6 +199,7 @@ type Built = (
     watch::Sender<bool>,
     GroupsCell,
     Arc<metrics::Metrics>,
+    grpc::Grpc,
 );
 
 fn build(store: Arc<dyn EventStore>, config: Config) -> Built {
@@ -218,6 +219,7 @@ fn build(store: Arc<dyn EventStore>, config: Config) -> Built {
     };
     let groups = state.groups.clone();
     let metrics = state.metrics.clone();
+    let grpc = grpc::Grpc::new(&state);
     let router = routes
         .fallback(api::no_such_endpoint)
         .layer(axum::middleware::from_fn_with_state(
@@ -230,11 +232,11 @@ fn build(store: Arc<dyn EventStore>, config: Config) -> Built {
         ))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
-            grpc::Grpc::new(&state),
+            grpc.clone(),
             grpc::dispatch,
         ))
         .with_state(state);
-    (router, close, groups, metrics)
+    (router, close, groups, metrics, grpc)
 }
 
 /// Serves the API on `listener` (over TLS when the config has it) until `shutdown` completes;
@@ -250,7 +252,7 @@ pub async fn serve(
     let most = config.max_connections;
     let idle_timeout = config.idle_timeout;
     let store = store.into_store();
-    let (router, close, groups, metrics) = build(store.clone(), config);
+    let (router, close, groups, metrics, grpc) = build(store.clone(), config);
     // The groups start with the server, so that they resume before anyone asks.
     if let Err(e) = groups
         .get_or_try_init(|| factum_toolkit::Groups::open(store))
@@ -267,7 +269,7 @@ pub async fn serve(
         Some(tls) => {
             let listener = tls::TlsListener::new(listener, tls)?;
             let listener = connections::Capped::new(listener, most, metrics);
-            connections::serve(listener, router, idle_timeout, shutdown).await;
+            connections::serve(listener, router, grpc, idle_timeout, shutdown).await;
         }
         None => {
             // Answers go out at once instead of waiting for the client's acknowledgement.
@@ -277,7 +279,7 @@ pub async fn serve(
                 }
             });
             let listener = connections::Capped::new(listener, most, metrics);
-            connections::serve(listener, router, idle_timeout, shutdown).await;
+            connections::serve(listener, router, grpc, idle_timeout, shutdown).await;
         }
     }
     // Each group stores its checkpoint before the server returns.
