@@ -9,16 +9,30 @@
 //! [`Personal::Forgotten`] — a value the domain handles, never an error — while the rest of the
 //! event (its type, ids, amounts, times) stays as it was.
 //!
-//! On the wire a field is `{"$personal": {"subject": "cus-7", "sealed": "<base64>"}}`; in
-//! memory, before sealing and after opening, `{"$personal": {"subject": …, "value": …}}` or
-//! `{"$personal": {"subject": …, "forgotten": true}}`.
+//! On the wire the personal fields of one subject in one event share one envelope: the first
+//! (in the order of the event's JSON) is `{"$personal": {"subject": "cus-7", "box": "<base64>"}}`
+//! — AES-256-GCM with a key derived from the subject's (HKDF-SHA256), a fresh nonce per
+//! envelope, the subject as associated data, sealing the JSON array of the subject's values —
+//! and each other is `{"$personal": {"subject": "cus-7", "part": k}}`, its value the array's
+//! k-th. Events written before envelopes seal each field on its own, `"sealed": "<base64>"`
+//! (ChaCha20-Poly1305 with the subject's key, the value's JSON); they read as they always did.
+//! In memory, before sealing and after opening, a field is
+//! `{"$personal": {"subject": …, "value": …}}` or `{"$personal": {"subject": …, "forgotten": true}}`.
+//!
+//! The repository decodes an event with its personal fields opened as serde meets them (the
+//! keys fetched once per load), without rewriting the event's JSON first; anything out of the
+//! ordinary (a part before its envelope, a field the event's type reads as plain JSON, damaged
+//! data) goes the long way: the JSON opened as a whole, then decoded.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
 use std::sync::Arc;
 
 use base64::Engine as _;
 use factum_core::{EventStore, KeyStore, RecordedEvent, StoreError, SubjectKey};
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -74,22 +88,16 @@ impl<T> Personal<T> {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct Wire<T> {
     subject: String,
-    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     value: Option<T>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     forgotten: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    sealed: Option<String>,
 }
 
-fn none<T>() -> Option<T> {
-    None
-}
-
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct Marked<T> {
     #[serde(rename = "$personal")]
     personal: Wire<T>,
@@ -102,36 +110,87 @@ impl<T: Serialize> Serialize for Personal<T> {
                 subject: subject.clone(),
                 value: Some(value),
                 forgotten: false,
-                sealed: None,
             },
             Personal::Forgotten { subject } => Wire {
                 subject: subject.clone(),
                 value: None,
                 forgotten: true,
-                sealed: None,
             },
         };
         Marked { personal }.serialize(serializer)
     }
 }
 
+/// A personal field as read: in the clear, forgotten, or sealed in one of the envelopes.
+/// Strings are borrowed from the JSON where they can be (an empty one is one not there).
+#[derive(Deserialize)]
+struct WireIn<'a, T> {
+    #[serde(borrow)]
+    subject: Cow<'a, str>,
+    #[serde(default = "none")]
+    value: Option<T>,
+    #[serde(default)]
+    forgotten: bool,
+    #[serde(default, borrow)]
+    sealed: Cow<'a, str>,
+    #[serde(default, borrow, rename = "box")]
+    envelope: Cow<'a, str>,
+    #[serde(default)]
+    part: Option<usize>,
+}
+
+fn none<T>() -> Option<T> {
+    None
+}
+
+#[derive(Deserialize)]
+struct MarkedIn<'a, T> {
+    #[serde(rename = "$personal", borrow)]
+    personal: WireIn<'a, T>,
+}
+
 impl<'de, T: DeserializeOwned> Deserialize<'de> for Personal<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let Marked::<T> { personal } = Marked::deserialize(deserializer)?;
-        match (personal.value, personal.forgotten, personal.sealed) {
-            (Some(value), false, None) => Ok(Personal::Known {
-                subject: personal.subject,
+        let MarkedIn::<T> { personal } = MarkedIn::deserialize(deserializer)?;
+        let sealed = match (
+            personal.value,
+            personal.forgotten,
+            personal.sealed.is_empty(),
+            personal.envelope.is_empty(),
+            personal.part,
+        ) {
+            (Some(value), false, true, true, None) => {
+                met_in_opening();
+                return Ok(Personal::Known {
+                    subject: personal.subject.into_owned(),
+                    value,
+                });
+            }
+            (None, true, true, true, None) => {
+                met_in_opening();
+                return Ok(Personal::Forgotten {
+                    subject: personal.subject.into_owned(),
+                });
+            }
+            (None, false, false, true, None) => SealedIn::Field(&personal.sealed),
+            (None, false, true, false, None) => SealedIn::Envelope(&personal.envelope),
+            (None, false, true, true, Some(part)) => SealedIn::Part(part),
+            _ => {
+                return Err(serde::de::Error::custom(
+                    "personal data needs exactly one of value, forgotten, sealed, box or part",
+                ));
+            }
+        };
+        let subject = personal.subject;
+        match open_in_opening(&subject, sealed) {
+            Ok(Some(value)) => Ok(Personal::Known {
+                subject: subject.into_owned(),
                 value,
             }),
-            (None, true, None) => Ok(Personal::Forgotten {
-                subject: personal.subject,
+            Ok(None) => Ok(Personal::Forgotten {
+                subject: subject.into_owned(),
             }),
-            (None, false, Some(_)) => Err(serde::de::Error::custom(
-                "personal data still sealed: decode the event through the repository, which opens it with the store's keys",
-            )),
-            _ => Err(serde::de::Error::custom(
-                "personal data needs exactly one of value, forgotten or sealed",
-            )),
+            Err(reason) => Err(serde::de::Error::custom(reason)),
         }
     }
 }
@@ -160,10 +219,14 @@ fn subjects(value: &Value, sealed: bool, out: &mut BTreeSet<String>) {
             if let Some(Value::Object(inner)) = map.get(PERSONAL_KEY)
                 && map.len() == 1
             {
-                let field = if sealed { "sealed" } else { "value" };
-                if let (Some(Value::String(subject)), true) =
-                    (inner.get("subject"), inner.contains_key(field))
-                {
+                let wanted = if sealed {
+                    ["sealed", "box", "part"]
+                        .iter()
+                        .any(|k| inner.contains_key(*k))
+                } else {
+                    inner.contains_key("value")
+                };
+                if let (Some(Value::String(subject)), true) = (inner.get("subject"), wanted) {
                     out.insert(subject.clone());
                 }
                 return;
@@ -201,13 +264,34 @@ fn each_personal(value: &mut Value, change: &mut FieldChange<'_>) -> Result<(), 
     Ok(())
 }
 
-fn aead_key(key: &SubjectKey) -> Result<LessSafeKey, PersonalError> {
-    UnboundKey::new(&CHACHA20_POLY1305, key)
-        .map(LessSafeKey::new)
-        .map_err(|_| PersonalError::Malformed("a key of the wrong length".into()))
+/// A subject's key, ready for both envelopes.
+pub(crate) struct Cipher {
+    /// ChaCha20-Poly1305 with the subject's key: fields sealed one by one (`sealed`).
+    field: LessSafeKey,
+    /// AES-256-GCM with a key derived from the subject's: one envelope per event (`box`).
+    envelope: LessSafeKey,
 }
 
-/// The plaintext (JSON bytes) of `sealed` (base64 of nonce, ciphertext and tag).
+/// The HKDF salt and info that derive a subject's envelope key from its key: distinct keys
+/// for distinct ciphers.
+const ENVELOPE_SALT: &[u8] = b"factum personal data";
+const ENVELOPE_INFO: &[u8] = b"envelope aes-256-gcm v1";
+
+fn cipher(key: &SubjectKey) -> Result<Cipher, PersonalError> {
+    let wrong = |_| PersonalError::Malformed("a key of the wrong length".into());
+    let field = UnboundKey::new(&CHACHA20_POLY1305, key).map_err(wrong)?;
+    let envelope: UnboundKey = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, ENVELOPE_SALT)
+        .extract(key)
+        .expand(&[ENVELOPE_INFO], &AES_256_GCM)
+        .map_err(wrong)?
+        .into();
+    Ok(Cipher {
+        field: LessSafeKey::new(field),
+        envelope: LessSafeKey::new(envelope),
+    })
+}
+
+/// The plaintext of `sealed` (base64 of nonce, ciphertext and tag) under `aead`.
 fn unseal(aead: &LessSafeKey, subject: &str, sealed: &str) -> Result<Vec<u8>, PersonalError> {
     let damaged = || PersonalError::Damaged(subject.to_owned());
     let mut bytes = base64::engine::general_purpose::STANDARD
@@ -216,37 +300,301 @@ fn unseal(aead: &LessSafeKey, subject: &str, sealed: &str) -> Result<Vec<u8>, Pe
     if bytes.len() < NONCE_LEN {
         return Err(damaged());
     }
-    let mut ciphertext = bytes.split_off(NONCE_LEN);
-    let nonce = Nonce::try_assume_unique_for_key(&bytes).map_err(|_| damaged())?;
+    let nonce = Nonce::try_assume_unique_for_key(bytes.get(..NONCE_LEN).unwrap_or_default())
+        .map_err(|_| damaged())?;
     let len = aead
-        .open_in_place(nonce, Aad::from(subject.as_bytes()), &mut ciphertext)
+        .open_within(
+            nonce,
+            Aad::from(subject.as_bytes()),
+            &mut bytes,
+            NONCE_LEN..,
+        )
         .map_err(|_| damaged())?
         .len();
-    ciphertext.truncate(len);
-    Ok(ciphertext)
+    bytes.truncate(len);
+    Ok(bytes)
+}
+
+/// `plain` sealed under `aead` with a fresh nonce: base64 of nonce, ciphertext and tag.
+/// `plain` sealed under `aead` with a fresh nonce: base64 of `version` (none for fields sealed
+/// one by one), nonce, ciphertext and tag.
+fn seal_with(
+    aead: &LessSafeKey,
+    random: &SystemRandom,
+    version: &[u8],
+    subject: &str,
+    plain: &[u8],
+) -> Result<String, PersonalError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    random
+        .fill(&mut nonce)
+        .map_err(|_| StoreError::invalid("no randomness for a nonce"))?;
+    let head = version.len() + NONCE_LEN;
+    let mut bytes = Vec::with_capacity(head + plain.len() + aead.algorithm().tag_len());
+    bytes.extend_from_slice(version);
+    bytes.extend_from_slice(&nonce);
+    bytes.extend_from_slice(plain);
+    let tag = aead
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(subject.as_bytes()),
+            bytes.get_mut(head..).unwrap_or_default(),
+        )
+        .map_err(|_| PersonalError::Damaged(subject.to_owned()))?;
+    bytes.extend_from_slice(tag.as_ref());
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// The first byte of an envelope: AES-256-GCM under the subject's derived key, the plaintext
+/// its values one after another, each its JSON after 4 bytes of length (little-endian).
+const ENVELOPE_V1: u8 = 1;
+
+/// `values` (JSON each) as an envelope's plaintext.
+fn envelope_plaintext(values: &[Value]) -> Result<Vec<u8>, PersonalError> {
+    let mut plain = Vec::new();
+    for value in values {
+        let at = plain.len();
+        plain.extend_from_slice(&[0; 4]);
+        serde_json::to_writer(&mut plain, value)
+            .map_err(|e| PersonalError::Malformed(e.to_string()))?;
+        let len = u32::try_from(plain.len() - at - 4)
+            .map_err(|_| PersonalError::Malformed("a personal value over 4 GiB".into()))?;
+        if let Some(head) = plain.get_mut(at..at + 4) {
+            head.copy_from_slice(&len.to_le_bytes());
+        }
+    }
+    Ok(plain)
+}
+
+/// An opened envelope: its plaintext, where each value lies in it, and the decode it was
+/// opened for (a part is read only from its own event's envelope).
+#[derive(Default)]
+struct Opened {
+    subject: String,
+    generation: u64,
+    plain: Vec<u8>,
+    parts: Vec<Range<usize>>,
+}
+
+impl Opened {
+    /// Opens `sealed` (base64) into this one's buffers, kept from envelope to envelope.
+    fn open(
+        &mut self,
+        aead: &LessSafeKey,
+        subject: &str,
+        sealed: &str,
+    ) -> Result<(), PersonalError> {
+        let damaged = || PersonalError::Damaged(subject.to_owned());
+        let plain = &mut self.plain;
+        plain.clear();
+        plain.resize(base64::decoded_len_estimate(sealed.len()), 0);
+        let len = base64::engine::general_purpose::STANDARD
+            .decode_slice(sealed, plain)
+            .map_err(|_| damaged())?;
+        plain.truncate(len);
+        const HEAD: usize = 1 + NONCE_LEN;
+        if plain.first() != Some(&ENVELOPE_V1) || plain.len() < HEAD {
+            return Err(damaged());
+        }
+        let nonce = Nonce::try_assume_unique_for_key(plain.get(1..HEAD).unwrap_or_default())
+            .map_err(|_| damaged())?;
+        let len = aead
+            .open_within(nonce, Aad::from(subject.as_bytes()), plain, HEAD..)
+            .map_err(|_| damaged())?
+            .len();
+        plain.truncate(len);
+        self.parts.clear();
+        let mut at = 0;
+        while at < len {
+            let head: [u8; 4] = plain
+                .get(at..at + 4)
+                .and_then(|head| head.try_into().ok())
+                .ok_or_else(damaged)?;
+            let part = u32::from_le_bytes(head) as usize;
+            let range = at + 4..at + 4 + part;
+            if range.end > len {
+                return Err(damaged());
+            }
+            at = range.end;
+            self.parts.push(range);
+        }
+        if self.subject != subject {
+            subject.clone_into(&mut self.subject);
+        }
+        Ok(())
+    }
+
+    fn part(&self, k: usize) -> Option<&[u8]> {
+        self.parts.get(k).and_then(|r| self.plain.get(r.clone()))
+    }
+}
+
+/// Why decoding in an opening could not finish there.
+pub(crate) enum Miss {
+    /// A subject whose key is not fetched yet: fetch it and decode again.
+    Key(String),
+    /// Something only the long way reads right: open the JSON as a whole, then decode.
+    Elsewhere,
+}
+
+/// What a decode in [`Keys::decoding`] opens personal fields with.
+struct Opening {
+    keys: Keys,
+    /// Personal fields decoded.
+    met: usize,
+    miss: Option<Miss>,
+}
+
+thread_local! {
+    static OPENING: RefCell<Option<Opening>> = const { RefCell::new(None) };
+}
+
+/// A sealed field as met by serde.
+enum SealedIn<'a> {
+    Field(&'a str),
+    Envelope(&'a str),
+    Part(usize),
+}
+
+/// A sealed field's value as opened in an opening.
+enum Got {
+    /// Its subject was forgotten.
+    Forgotten,
+    /// The JSON of a field sealed on its own.
+    Field(Vec<u8>),
+    /// An envelope's plaintext (lent out while the value is decoded, then given back to the
+    /// envelope at `at`) and where the value lies in it.
+    Part {
+        plain: Vec<u8>,
+        range: Range<usize>,
+        at: usize,
+    },
+}
+
+fn met_in_opening() {
+    OPENING.with(|cell| {
+        if let Some(opening) = cell.borrow_mut().as_mut() {
+            opening.met += 1;
+        }
+    });
+}
+
+fn miss_in_opening(miss: Miss) {
+    OPENING.with(|cell| {
+        if let Some(opening) = cell.borrow_mut().as_mut() {
+            opening.miss.get_or_insert(miss);
+        }
+    });
+}
+
+const STILL_SEALED: &str = "personal data still sealed: decode the event through the repository, which opens it with the store's keys";
+
+/// Opens a sealed field with the keys of the decode in progress on this thread, and decodes
+/// its value; `None` when its subject was forgotten. The error is serde's message: no opening
+/// (the event was not decoded through a repository), or a [`Miss`] noted for the repository.
+fn open_in_opening<T: DeserializeOwned>(
+    subject: &str,
+    sealed: SealedIn<'_>,
+) -> Result<Option<T>, String> {
+    let got = OPENING.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let Some(opening) = cell.as_mut() else {
+            return Err(STILL_SEALED.to_owned());
+        };
+        let got = opening.keys.open_sealed(subject, sealed);
+        match got {
+            Ok(got) => {
+                opening.met += 1;
+                Ok(got)
+            }
+            Err(miss) => {
+                opening.miss.get_or_insert(miss);
+                Err(STILL_SEALED.to_owned())
+            }
+        }
+    })?;
+    // The value is decoded outside the opening's borrow: it may hold personal fields itself.
+    let decoded = match &got {
+        Got::Forgotten => return Ok(None),
+        Got::Field(json) => serde_json::from_slice(json),
+        Got::Part { plain, range, .. } => {
+            serde_json::from_slice(plain.get(range.clone()).unwrap_or_default())
+        }
+    };
+    if let Got::Part { plain, at, .. } = got {
+        OPENING.with(|cell| {
+            if let Some(opening) = cell.borrow_mut().as_mut()
+                && let Some(opened) = opening.keys.opened.get_mut(at)
+            {
+                opened.plain = plain;
+            }
+        });
+    }
+    match decoded {
+        Ok(value) => Ok(Some(value)),
+        Err(_) => {
+            miss_in_opening(Miss::Elsewhere);
+            Err(PersonalError::Damaged(subject.to_owned()).to_string())
+        }
+    }
 }
 
 /// A personal field found in compact JSON: where it starts and ends (the whole
-/// `{"$personal":{…}}` object), and its subject and sealed data when it is sealed.
+/// `{"$personal":{…}}` object), its subject, and how it is sealed (`None`: it holds its value
+/// in the clear or is marked forgotten, nothing to open).
 struct CompactField<'a> {
     start: usize,
     end: usize,
-    subject: std::borrow::Cow<'a, str>,
-    sealed: Option<std::borrow::Cow<'a, str>>,
-    /// It holds its value in the clear (or is marked forgotten): nothing to open.
-    plain: bool,
+    subject: Cow<'a, str>,
+    sealed: Option<SealedAt<'a>>,
+}
+
+/// How a field found in compact JSON is sealed.
+enum SealedAt<'a> {
+    Field(Cow<'a, str>),
+    Envelope(Cow<'a, str>),
+    Part(usize),
 }
 
 #[derive(Deserialize)]
 struct SealedWire<'a> {
     #[serde(borrow)]
-    subject: std::borrow::Cow<'a, str>,
+    subject: Cow<'a, str>,
     #[serde(default, borrow)]
-    sealed: Option<std::borrow::Cow<'a, str>>,
+    sealed: Cow<'a, str>,
+    #[serde(default, borrow, rename = "box")]
+    envelope: Cow<'a, str>,
+    #[serde(default)]
+    part: Option<usize>,
     #[serde(default)]
     value: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     forgotten: bool,
+}
+
+impl<'a> SealedWire<'a> {
+    fn sealed(self) -> Result<(Cow<'a, str>, Option<SealedAt<'a>>), PersonalError> {
+        let malformed = || {
+            PersonalError::Malformed(format!(
+                "the field of '{}' is not one of value, forgotten, sealed, box or part",
+                self.subject
+            ))
+        };
+        let sealed = match (
+            self.value.is_some(),
+            self.forgotten,
+            self.sealed.is_empty(),
+            self.envelope.is_empty(),
+            self.part,
+        ) {
+            (true, false, true, true, None) | (false, true, true, true, None) => None,
+            (false, false, false, true, None) => Some(SealedAt::Field(self.sealed)),
+            (false, false, true, false, None) => Some(SealedAt::Envelope(self.envelope)),
+            (false, false, true, true, Some(k)) => Some(SealedAt::Part(k)),
+            _ => return Err(malformed()),
+        };
+        Ok((self.subject, sealed))
+    }
 }
 
 /// The personal fields of compact JSON `data`, in order; `None` when some `"$personal"` in it
@@ -278,12 +626,11 @@ fn compact_fields(data: &[u8]) -> Option<Vec<Result<CompactField<'_>, PersonalEr
                     return None;
                 }
                 at = end + 1;
-                Ok(CompactField {
+                wire.sealed().map(|(subject, sealed)| CompactField {
                     start,
                     end: end + 1,
-                    plain: wire.value.is_some() || wire.forgotten,
-                    subject: wire.subject,
-                    sealed: wire.sealed,
+                    subject,
+                    sealed,
                 })
             }
             Err(e) => Err(PersonalError::Malformed(e.to_string())),
@@ -305,13 +652,70 @@ fn subject_of(inner: &Map<String, Value>) -> Result<String, PersonalError> {
 /// The keys of the subjects met, fetched once each.
 #[derive(Default)]
 pub(crate) struct Keys {
-    /// Each subject's key, ready for ChaCha20-Poly1305; `None` when it has none.
-    known: HashMap<String, Option<LessSafeKey>>,
+    /// Each subject's cipher; `None` when it has no key (forgotten).
+    known: HashMap<String, Option<Cipher>>,
+    /// The envelopes opened, one per subject, their buffers kept from event to event.
+    opened: Vec<Opened>,
+    /// Counts the decodes, so that a part is read only from its own event's envelope.
+    generation: u64,
 }
 
 impl Keys {
+    /// A sealed field met in a decode, opened: what the decode then reads, or what it missed.
+    fn open_sealed(&mut self, subject: &str, sealed: SealedIn<'_>) -> Result<Got, Miss> {
+        let cipher = match self.known.get(subject) {
+            None => return Err(Miss::Key(subject.to_owned())),
+            Some(None) => return Ok(Got::Forgotten),
+            Some(Some(cipher)) => cipher,
+        };
+        let (at, k) = match sealed {
+            SealedIn::Field(sealed) => {
+                return unseal(&cipher.field, subject, sealed)
+                    .map(Got::Field)
+                    .map_err(|_| Miss::Elsewhere);
+            }
+            SealedIn::Envelope(sealed) => {
+                let at = match self.opened.iter().position(|o| o.subject == subject) {
+                    Some(at) => at,
+                    None => {
+                        self.opened.push(Opened::default());
+                        self.opened.len() - 1
+                    }
+                };
+                let opened = self.opened.get_mut(at).ok_or(Miss::Elsewhere)?;
+                opened.generation = self.generation;
+                if opened.open(&cipher.envelope, subject, sealed).is_err() {
+                    // Not to be read by a later part.
+                    opened.generation = 0;
+                    return Err(Miss::Elsewhere);
+                }
+                (at, 0)
+            }
+            SealedIn::Part(k) => {
+                let at = self
+                    .opened
+                    .iter()
+                    .position(|o| o.subject == subject && o.generation == self.generation)
+                    .ok_or(Miss::Elsewhere)?;
+                (at, k)
+            }
+        };
+        let opened = self.opened.get_mut(at).ok_or(Miss::Elsewhere)?;
+        let range = opened.parts.get(k).cloned().ok_or(Miss::Elsewhere)?;
+        if opened.plain.len() < range.end {
+            // Lent out to a decode in progress (a value holding personal fields itself).
+            return Err(Miss::Elsewhere);
+        }
+        Ok(Got::Part {
+            plain: std::mem::take(&mut opened.plain),
+            range,
+            at,
+        })
+    }
+
     /// Makes sure every subject with plain personal data in `value` has a key (a new random one
-    /// when it has none), then encrypts that data in place.
+    /// when it has none), then encrypts that data in place: one envelope per subject, in the
+    /// subject's first field, the others pointing into it.
     pub(crate) async fn seal(
         &mut self,
         store: Option<&Arc<dyn KeyStore>>,
@@ -324,45 +728,65 @@ impl Keys {
         }
         let store = store.ok_or(PersonalError::NoKeyStore)?;
         let random = SystemRandom::new();
-        for subject in found {
-            if matches!(self.known.get(&subject), Some(Some(_))) {
+        for subject in &found {
+            if matches!(self.known.get(subject), Some(Some(_))) {
                 continue;
             }
             let mut key = [0u8; 32];
             random
                 .fill(&mut key)
                 .map_err(|_| StoreError::invalid("no randomness for a new key"))?;
-            let key = store.add_key(&subject, key).await?;
-            self.known.insert(subject, Some(aead_key(&key)?));
+            let key = store.add_key(subject, key).await?;
+            self.known.insert(subject.clone(), Some(cipher(&key)?));
+        }
+        // Each subject's values in the order of the JSON, then one envelope for them.
+        let mut values: HashMap<String, Vec<Value>> = HashMap::new();
+        each_personal(value, &mut |inner| {
+            let subject = subject_of(inner)?;
+            if let Some(plain) = inner.get("value") {
+                values.entry(subject).or_default().push(plain.clone());
+            }
+            Ok(())
+        })?;
+        let mut envelopes = HashMap::new();
+        for (subject, values) in values {
+            let Some(Some(cipher)) = self.known.get(&subject) else {
+                return Err(PersonalError::NoKeyStore);
+            };
+            let plain = envelope_plaintext(&values)?;
+            let sealed = seal_with(&cipher.envelope, &random, &[ENVELOPE_V1], &subject, &plain)?;
+            envelopes.insert(subject, (Some(sealed), 0usize));
         }
         each_personal(value, &mut |inner| {
             let subject = subject_of(inner)?;
-            let Some(plain) = inner.remove("value") else {
+            if inner.remove("value").is_none() {
                 return Ok(());
-            };
-            let Some(Some(aead)) = self.known.get(&subject) else {
+            }
+            let Some((envelope, next)) = envelopes.get_mut(&subject) else {
                 return Err(PersonalError::NoKeyStore);
             };
-            let mut nonce = [0u8; NONCE_LEN];
-            random
-                .fill(&mut nonce)
-                .map_err(|_| StoreError::invalid("no randomness for a nonce"))?;
-            let mut bytes =
-                serde_json::to_vec(&plain).map_err(|e| PersonalError::Malformed(e.to_string()))?;
-            aead.seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(subject.as_bytes()),
-                &mut bytes,
-            )
-            .map_err(|_| PersonalError::Damaged(subject.clone()))?;
-            let mut sealed = nonce.to_vec();
-            sealed.extend_from_slice(&bytes);
-            inner.insert(
-                "sealed".into(),
-                Value::String(base64::engine::general_purpose::STANDARD.encode(sealed)),
-            );
+            match envelope.take() {
+                Some(sealed) => inner.insert("box".into(), Value::String(sealed)),
+                None => inner.insert("part".into(), Value::from(*next)),
+            };
+            *next += 1;
             Ok(())
         })
+    }
+
+    /// Fetches the key of `subject` unless it is fetched already.
+    async fn fetch_one(
+        &mut self,
+        store: Option<&Arc<dyn KeyStore>>,
+        subject: &str,
+    ) -> Result<(), PersonalError> {
+        if self.known.contains_key(subject) {
+            return Ok(());
+        }
+        let store = store.ok_or(PersonalError::NoKeyStore)?;
+        let key = store.key(subject).await?.as_ref().map(cipher).transpose()?;
+        self.known.insert(subject.to_owned(), key);
+        Ok(())
     }
 
     /// Fetches the keys of the subjects whose sealed data `value` holds (those not fetched yet).
@@ -373,21 +797,74 @@ impl Keys {
     ) -> Result<(), PersonalError> {
         let mut found = BTreeSet::new();
         subjects(value, true, &mut found);
-        found.retain(|s| !self.known.contains_key(s));
-        if found.is_empty() {
-            return Ok(());
-        }
-        let store = store.ok_or(PersonalError::NoKeyStore)?;
         for subject in found {
-            let key = store
-                .key(&subject)
-                .await?
-                .as_ref()
-                .map(aead_key)
-                .transpose()?;
-            self.known.insert(subject, key);
+            self.fetch_one(store, &subject).await?;
         }
         Ok(())
+    }
+
+    /// Runs `decode` (a serde decode of stored JSON) with these keys opening each personal
+    /// field it meets, and says what it missed, if anything: then its result is not to be
+    /// trusted. `fields` is how many personal fields the JSON holds: a decode that meets fewer
+    /// (a type that reads some as plain JSON) missed them.
+    pub(crate) fn decoding<R>(
+        &mut self,
+        fields: usize,
+        decode: impl FnOnce() -> R,
+    ) -> (R, Option<Miss>) {
+        /// Puts the keys back even if `decode` panics.
+        struct Restore<'k>(&'k mut Keys, Option<Opening>);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                if let Some(opening) = OPENING.with(|cell| cell.replace(self.1.take())) {
+                    *self.0 = opening.keys;
+                }
+            }
+        }
+        self.generation += 1;
+        let opening = Opening {
+            keys: std::mem::take(self),
+            met: 0,
+            miss: None,
+        };
+        let outer = OPENING.with(|cell| cell.replace(Some(opening)));
+        let restore = Restore(self, outer);
+        let decoded = decode();
+        let (met, miss) = OPENING.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            match cell.as_mut() {
+                Some(opening) => (opening.met, opening.miss.take()),
+                None => (0, Some(Miss::Elsewhere)),
+            }
+        });
+        drop(restore);
+        let miss = miss.or_else(|| (met < fields).then_some(Miss::Elsewhere));
+        (decoded, miss)
+    }
+
+    /// Decodes stored JSON `data` whose personal fields (`fields` of them) are opened with
+    /// these keys as the decode meets them, fetching each subject's key the first time. When
+    /// that cannot be done in one go, the JSON is opened as a whole first and
+    /// `decode(Some(opened))` reads it; `decode(None)` reads `data` as stored.
+    pub(crate) async fn decode_opened<E, Err: From<PersonalError>>(
+        &mut self,
+        store: Option<&Arc<dyn KeyStore>>,
+        data: &[u8],
+        fields: usize,
+        decode: impl Fn(Option<&[u8]>) -> Result<E, Err>,
+    ) -> Result<E, Err> {
+        loop {
+            match self.decoding(fields, || decode(None)) {
+                (decoded, None) => return decoded,
+                (_, Some(Miss::Key(subject))) => self.fetch_one(store, &subject).await?,
+                (_, Some(Miss::Elsewhere)) => {
+                    return match self.open_json(store, data).await? {
+                        Some(opened) => decode(Some(&opened)),
+                        None => decode(None),
+                    };
+                }
+            }
+        }
     }
 
     /// JSON `data` with each sealed personal field opened: decrypted with its subject's key
@@ -398,7 +875,7 @@ impl Keys {
         store: Option<&Arc<dyn KeyStore>>,
         data: &[u8],
     ) -> Result<Option<Vec<u8>>, PersonalError> {
-        if !mentions_personal(data) {
+        if personal_mentions(data) == 0 {
             return Ok(None);
         }
         if let Some(opened) = self.open_compact(store, data).await? {
@@ -416,7 +893,7 @@ impl Keys {
     /// `data` (compact JSON, as the toolkit stores it) with each sealed personal field opened,
     /// written byte for byte around them — without building a JSON tree, which costs more
     /// than the decryption. `None` when `data` is not compact where a field is (written by
-    /// other means): [`Keys::open`] reads it then.
+    /// other means), or a part comes before its envelope: [`Keys::open`] reads it then.
     async fn open_compact(
         &mut self,
         store: Option<&Arc<dyn KeyStore>>,
@@ -426,31 +903,49 @@ impl Keys {
             return Ok(None);
         };
         let mut out = Vec::with_capacity(data.len());
+        let mut opened: Vec<Opened> = Vec::new();
         let mut copied = 0;
         for field in fields {
             let field = field?;
-            let (Some(sealed), false) = (field.sealed, field.plain) else {
+            let Some(sealed) = field.sealed else {
                 continue;
             };
             let subject = field.subject;
-            if !self.known.contains_key(subject.as_ref()) {
-                let store = store.ok_or(PersonalError::NoKeyStore)?;
-                let key = store
-                    .key(&subject)
-                    .await?
-                    .as_ref()
-                    .map(aead_key)
-                    .transpose()?;
-                self.known.insert(subject.clone().into_owned(), key);
-            }
+            self.fetch_one(store, &subject).await?;
+            let value = match self.known.get(subject.as_ref()).and_then(Option::as_ref) {
+                None => None,
+                Some(cipher) => Some(match sealed {
+                    SealedAt::Field(sealed) => unseal(&cipher.field, &subject, &sealed)?,
+                    SealedAt::Envelope(sealed) => {
+                        let mut envelope = Opened::default();
+                        envelope.open(&cipher.envelope, &subject, &sealed)?;
+                        let first = envelope
+                            .part(0)
+                            .ok_or_else(|| PersonalError::Damaged(subject.clone().into_owned()))?
+                            .to_vec();
+                        opened.retain(|o| o.subject != subject);
+                        opened.push(envelope);
+                        first
+                    }
+                    SealedAt::Part(k) => {
+                        let Some(envelope) = opened.iter().find(|o| o.subject == subject) else {
+                            return Ok(None);
+                        };
+                        envelope
+                            .part(k)
+                            .ok_or_else(|| PersonalError::Damaged(subject.clone().into_owned()))?
+                            .to_vec()
+                    }
+                }),
+            };
             out.extend_from_slice(data.get(copied..field.start).unwrap_or_default());
             out.extend_from_slice(b"{\"$personal\":{\"subject\":");
             serde_json::to_writer(&mut out, subject.as_ref())
                 .map_err(|e| PersonalError::Malformed(e.to_string()))?;
-            match self.known.get(subject.as_ref()).and_then(Option::as_ref) {
-                Some(aead) => {
+            match value {
+                Some(value) => {
                     out.extend_from_slice(b",\"value\":");
-                    out.extend_from_slice(&unseal(aead, &subject, &sealed)?);
+                    out.extend_from_slice(&value);
                 }
                 None => out.extend_from_slice(b",\"forgotten\":true"),
             }
@@ -462,20 +957,64 @@ impl Keys {
     }
 
     /// Decrypts the sealed data in `value` with the keys fetched; data whose subject has no
-    /// key any more becomes `forgotten`.
+    /// key any more becomes `forgotten`. Envelopes are opened first, so a part may come before
+    /// its envelope.
     fn open(&self, value: &mut Value) -> Result<(), PersonalError> {
+        let mut envelopes: HashMap<String, Vec<Value>> = HashMap::new();
         each_personal(value, &mut |inner| {
             let subject = subject_of(inner)?;
-            let Some(Value::String(sealed)) = inner.remove("sealed") else {
+            let (Some(Value::String(sealed)), Some(Some(cipher))) =
+                (inner.get("box"), self.known.get(&subject))
+            else {
                 return Ok(());
             };
-            let Some(aead) = self.known.get(&subject).and_then(Option::as_ref) else {
+            let mut envelope = Opened::default();
+            envelope.open(&cipher.envelope, &subject, sealed)?;
+            let values = (0..envelope.parts.len())
+                .map(|k| {
+                    envelope
+                        .part(k)
+                        .and_then(|json| serde_json::from_slice(json).ok())
+                        .ok_or_else(|| PersonalError::Damaged(subject.clone()))
+                })
+                .collect::<Result<Vec<Value>, _>>()?;
+            envelopes.insert(subject, values);
+            Ok(())
+        })?;
+        each_personal(value, &mut |inner| {
+            let subject = subject_of(inner)?;
+            let sealed = if let Some(Value::String(sealed)) = inner.remove("sealed") {
+                SealedAt::Field(Cow::Owned(sealed))
+            } else if inner.remove("box").is_some() {
+                SealedAt::Part(0)
+            } else if let Some(part) = inner.remove("part") {
+                let k = part
+                    .as_u64()
+                    .and_then(|k| usize::try_from(k).ok())
+                    .ok_or_else(|| {
+                        PersonalError::Malformed(Value::Object(inner.clone()).to_string())
+                    })?;
+                SealedAt::Part(k)
+            } else {
+                return Ok(());
+            };
+            let Some(cipher) = self.known.get(&subject).and_then(Option::as_ref) else {
                 inner.insert("forgotten".into(), Value::Bool(true));
                 return Ok(());
             };
-            let plain = unseal(aead, &subject, &sealed)?;
-            let value: Value = serde_json::from_slice(&plain)
-                .map_err(|_| PersonalError::Damaged(subject.clone()))?;
+            let damaged = || PersonalError::Damaged(subject.clone());
+            let value = match sealed {
+                SealedAt::Field(sealed) => {
+                    let plain = unseal(&cipher.field, &subject, &sealed)?;
+                    serde_json::from_slice(&plain).map_err(|_| damaged())?
+                }
+                SealedAt::Envelope(_) => return Err(damaged()),
+                SealedAt::Part(k) => envelopes
+                    .get(&subject)
+                    .and_then(|values| values.get(k))
+                    .cloned()
+                    .ok_or_else(damaged)?,
+            };
             inner.insert("value".into(), value);
             Ok(())
         })
@@ -497,8 +1036,10 @@ pub(crate) fn refuse_plain(value: &mut Value) -> Result<(), PersonalError> {
 static PERSONAL_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"$personal\""));
 
-fn mentions_personal(bytes: &[u8]) -> bool {
-    PERSONAL_FINDER.find(bytes).is_some()
+/// How many times `"$personal"` occurs in `bytes`: at least how many personal fields they
+/// hold (exactly that many in compact JSON).
+pub(crate) fn personal_mentions(bytes: &[u8]) -> usize {
+    PERSONAL_FINDER.find_iter(bytes).count()
 }
 
 /// JSON `bytes` (a snapshot's state) with their plain personal data sealed with `store`'s
@@ -507,7 +1048,7 @@ pub(crate) async fn seal_bytes(
     store: &dyn EventStore,
     bytes: Vec<u8>,
 ) -> Result<Vec<u8>, PersonalError> {
-    if !mentions_personal(&bytes) {
+    if personal_mentions(&bytes) == 0 {
         return Ok(bytes);
     }
     let mut value: Value =
@@ -674,5 +1215,225 @@ mod tests {
             Keys::default().seal(None, &mut plain).await,
             Err(PersonalError::NoKeyStore)
         ));
+    }
+
+    /// `value` sealed as events were before envelopes: each field on its own.
+    fn seal_fields_one_by_one(keys: &Keys, value: &mut Value) {
+        let random = SystemRandom::new();
+        each_personal(value, &mut |inner| {
+            let subject = subject_of(inner)?;
+            let plain = serde_json::to_vec(&inner.remove("value").unwrap()).unwrap();
+            let cipher = keys.known.get(&subject).unwrap().as_ref().unwrap();
+            let sealed = seal_with(&cipher.field, &random, &[], &subject, &plain)?;
+            inner.insert("sealed".into(), Value::String(sealed));
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Contact {
+        name: Personal<String>,
+        email: Personal<String>,
+        phones: Personal<Vec<String>>,
+        partner: Personal<String>,
+        amount: u64,
+    }
+
+    fn contact() -> Contact {
+        Contact {
+            name: Personal::new("cus-1", "Ann".into()),
+            email: Personal::new("cus-1", "ann@example.com".into()),
+            phones: Personal::new("cus-1", vec!["+45 1".into(), "+45 2".into()]),
+            partner: Personal::new("cus-\"2\"", "Bob".into()),
+            amount: 7,
+        }
+    }
+
+    /// Decodes `data` as the repository does: fields opened as serde meets them, the long way
+    /// when that cannot be done.
+    async fn decode<T: DeserializeOwned>(
+        keys: &mut Keys,
+        store: &Arc<dyn KeyStore>,
+        data: &[u8],
+    ) -> Result<T, PersonalError> {
+        let fields = personal_mentions(data);
+        keys.decode_opened(Some(store), data, fields, |opened| {
+            serde_json::from_slice(opened.unwrap_or(data))
+                .map_err(|e| PersonalError::Malformed(e.to_string()))
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn one_envelope_per_subject_opens_in_every_order_and_fields_sealed_one_by_one_still_open()
+    {
+        let store: Arc<dyn KeyStore> = Arc::new(factum_core::MemoryKeyStore::default());
+        let mut value = serde_json::to_value(contact()).unwrap();
+        let mut keys = Keys::default();
+        keys.seal(Some(&store), &mut value).await.unwrap();
+        let stored = serde_json::to_vec(&value).unwrap();
+        let text = String::from_utf8(stored.clone()).unwrap();
+        // One envelope per subject, the subject's other fields pointing into it.
+        assert_eq!(text.matches("\"box\"").count(), 2, "{text}");
+        assert_eq!(text.matches("\"part\"").count(), 2, "{text}");
+        for plain in ["Ann", "ann@example.com", "+45", "Bob"] {
+            assert!(!text.contains(plain), "{text}");
+        }
+
+        // Opened as serde meets the fields, the keys fetched on the way.
+        let mut reader = Keys::default();
+        assert_eq!(
+            decode::<Contact>(&mut reader, &store, &stored)
+                .await
+                .unwrap(),
+            contact()
+        );
+        // With the keys fetched, in one go: no JSON opened first.
+        let fields = personal_mentions(&stored);
+        let (decoded, miss) =
+            reader.decoding(fields, || serde_json::from_slice::<Contact>(&stored));
+        assert!(miss.is_none());
+        assert_eq!(decoded.unwrap(), contact());
+        // Opened in place and as a tree: the same.
+        let in_place = Keys::default()
+            .open_json(Some(&store), &stored)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Contact>(&in_place).unwrap(),
+            contact()
+        );
+        let mut tree = value.clone();
+        let mut tree_keys = Keys::default();
+        tree_keys.fetch(Some(&store), &tree).await.unwrap();
+        tree_keys.open(&mut tree).unwrap();
+        assert_eq!(serde_json::from_value::<Contact>(tree).unwrap(), contact());
+
+        // A part before its envelope (the JSON's fields in another order): the long way.
+        let Value::Object(map) = &value else { panic!() };
+        let mut reordered = b"{".to_vec();
+        for (i, (key, field)) in map.iter().rev().enumerate() {
+            if i > 0 {
+                reordered.push(b',');
+            }
+            serde_json::to_writer(&mut reordered, key).unwrap();
+            reordered.push(b':');
+            serde_json::to_writer(&mut reordered, field).unwrap();
+        }
+        reordered.push(b'}');
+        assert_ne!(reordered, stored);
+        let (_, miss) = reader.decoding(fields, || serde_json::from_slice::<Contact>(&reordered));
+        assert!(matches!(miss, Some(Miss::Elsewhere)));
+        assert_eq!(
+            decode::<Contact>(&mut Keys::default(), &store, &reordered)
+                .await
+                .unwrap(),
+            contact()
+        );
+        // A type that reads a personal field as plain JSON gets it opened.
+        #[derive(Deserialize)]
+        struct Loose {
+            email: Value,
+            name: Personal<String>,
+        }
+        let loose: Loose = decode(&mut Keys::default(), &store, &stored).await.unwrap();
+        assert_eq!(loose.email["$personal"]["value"], "ann@example.com");
+        assert_eq!(loose.name.value().map(String::as_str), Some("Ann"));
+
+        // Sealed field by field, as before envelopes: every path reads it.
+        let mut old = serde_json::to_value(contact()).unwrap();
+        seal_fields_one_by_one(&keys, &mut old);
+        let old = serde_json::to_vec(&old).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&old).matches("\"sealed\"").count(),
+            4
+        );
+        assert_eq!(
+            decode::<Contact>(&mut Keys::default(), &store, &old)
+                .await
+                .unwrap(),
+            contact()
+        );
+        let in_place = Keys::default()
+            .open_json(Some(&store), &old)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Contact>(&in_place).unwrap(),
+            contact()
+        );
+
+        // Damaged: a typed error, on every path.
+        let damaged = text
+            .replacen("\"box\":\"", "\"box\":\"AAAA", 1)
+            .into_bytes();
+        assert!(matches!(
+            decode::<Contact>(&mut Keys::default(), &store, &damaged).await,
+            Err(PersonalError::Damaged(_))
+        ));
+        assert!(matches!(
+            Keys::default().open_json(Some(&store), &damaged).await,
+            Err(PersonalError::Damaged(_))
+        ));
+        // Outside a repository's decode, sealed data is refused, not misread.
+        assert!(serde_json::from_slice::<Contact>(&stored).is_err());
+
+        // One subject forgotten: its fields, parts included, read as forgotten; the other's not.
+        assert!(store.forget("cus-1").await.unwrap());
+        for data in [&stored, &reordered, &old] {
+            let read: Contact = decode(&mut Keys::default(), &store, data).await.unwrap();
+            assert!(read.name.is_forgotten() && read.email.is_forgotten());
+            assert!(read.phones.is_forgotten());
+            assert_eq!(read.partner, contact().partner);
+            assert_eq!(read.amount, 7);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_personal_value_that_holds_personal_fields_itself_opens_whole() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Address {
+            street: Personal<String>,
+            city: String,
+        }
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Moved {
+            to: Personal<Address>,
+            phone: Personal<String>,
+        }
+        let moved = Moved {
+            to: Personal::new(
+                "cus-1",
+                Address {
+                    street: Personal::new("cus-1", "Main St 1".into()),
+                    city: "Aarhus".into(),
+                },
+            ),
+            phone: Personal::new("cus-1", "+45 1".into()),
+        };
+        let store: Arc<dyn KeyStore> = Arc::new(factum_core::MemoryKeyStore::default());
+        let mut value = serde_json::to_value(&moved).unwrap();
+        Keys::default()
+            .seal(Some(&store), &mut value)
+            .await
+            .unwrap();
+        let stored = serde_json::to_vec(&value).unwrap();
+        let text = String::from_utf8_lossy(&stored);
+        assert!(
+            !text.contains("Main St") && !text.contains("Aarhus"),
+            "{text}"
+        );
+        let mut keys = Keys::default();
+        assert_eq!(
+            decode::<Moved>(&mut keys, &store, &stored).await.unwrap(),
+            moved
+        );
+        let fields = personal_mentions(&stored);
+        let (decoded, miss) = keys.decoding(fields, || serde_json::from_slice::<Moved>(&stored));
+        assert!(miss.is_none());
+        assert_eq!(decoded.unwrap(), moved);
     }
 }

@@ -380,18 +380,22 @@ impl<D: Decider> Repository<D> {
         let mut keys = Keys::default();
         let mut pages = StreamPages::new(self.store.as_ref(), stream, from);
         while let Some(page) = pages.next().await? {
-            // Events with personal data are opened with their subjects' keys (fetched once per
-            // load) before they are decoded.
+            // Events with personal data are decoded with their subjects' keys (fetched once
+            // per load) opening the fields.
             for recorded in &page {
                 seen = seen || produced(recorded);
                 since_us = since_us.or(Some(recorded.recorded_at_us));
-                let event = match keys
-                    .open_json(store_keys.as_ref(), &recorded.data)
-                    .await
-                    .map_err(CodecError::from)?
-                {
-                    Some(data) => self.codec.decode_data(&self.decider, recorded, &data)?,
-                    None => self.codec.decode(&self.decider, recorded)?,
+                let fields = crate::personal::personal_mentions(&recorded.data);
+                let event = if fields == 0 {
+                    self.codec.decode(&self.decider, recorded)?
+                } else {
+                    keys.decode_opened(store_keys.as_ref(), &recorded.data, fields, |opened| {
+                        match opened {
+                            Some(data) => self.codec.decode_data(&self.decider, recorded, data),
+                            None => self.codec.decode(&self.decider, recorded),
+                        }
+                    })
+                    .await?
                 };
                 state = state.take().map(|state| self.decider.evolve(state, &event));
                 revision = Some(recorded.revision);
