@@ -351,6 +351,11 @@ pub struct ServeLimits {
     /// answer a ping (a request in flight is never cut).
     #[arg(long, env = "FACTUM_IDLE_TIMEOUT", default_value_t = 60)]
     pub idle_timeout: u64,
+    /// Bytes of the kernel's send buffer for each connection (0: the kernel's autotuning). A
+    /// client that stops reading holds about twice this in the kernel; a consumer far away
+    /// reads at most about this much per round trip: raise it for those.
+    #[arg(long, env = "FACTUM_SEND_BUFFER", default_value_t = 65536)]
+    pub send_buffer: usize,
 }
 
 pub fn stream_arg(name: &str) -> Result<StreamName> {

@@ -244,6 +244,7 @@ async fn serve(
         max_connections: limits.max_connections,
         stall_timeout: std::time::Duration::from_secs(limits.stall_timeout.max(1)),
         idle_timeout: std::time::Duration::from_secs(limits.idle_timeout.max(1)),
+        send_buffer: (limits.send_buffer > 0).then_some(limits.send_buffer),
         ..factum::server::Config::default()
     };
     if let Some(path) = &security.auth {

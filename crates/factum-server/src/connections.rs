@@ -103,6 +103,20 @@ pub(crate) async fn serve<L>(
     open.closed().await;
 }
 
+/// Sets up an accepted TCP connection: answers go out at once (`TCP_NODELAY`) instead of
+/// waiting for the client's acknowledgement, and the kernel's send buffer is `send_buffer`
+/// bytes when given (see [`Config::send_buffer`](crate::Config::send_buffer)).
+pub(crate) fn tune(tcp: &tokio::net::TcpStream, send_buffer: Option<usize>) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY could not be set");
+    }
+    if let Some(bytes) = send_buffer
+        && let Err(e) = socket2::SockRef::from(tcp).set_send_buffer_size(bytes)
+    {
+        tracing::debug!(error = %e, "SO_SNDBUF could not be set");
+    }
+}
+
 /// A listener that holds one permit per open connection.
 pub(crate) struct Capped<L> {
     inner: L,

@@ -85,6 +85,12 @@ pub struct Config {
     /// included; a request in flight is never cut), an HTTP/2 connection that does not answer
     /// the ping sent after half of it of quiet. Default 60 s.
     pub idle_timeout: std::time::Duration,
+    /// The kernel's send buffer of each accepted connection (`SO_SNDBUF`), in bytes; `None`
+    /// leaves it to the kernel's autotuning. Bounded, a client that stops reading holds at
+    /// most about twice this in the kernel, and a thousand of them fill their buffers quickly
+    /// instead of taking gigabytes of copying; a consumer far away (a long round trip) reads
+    /// at most about this much per round trip. Default 64 KiB.
+    pub send_buffer: Option<usize>,
 }
 
 impl Default for Config {
@@ -101,6 +107,7 @@ impl Default for Config {
             max_connections: 16384,
             stall_timeout: std::time::Duration::from_secs(60),
             idle_timeout: std::time::Duration::from_secs(60),
+            send_buffer: Some(64 * 1024),
         }
     }
 }
@@ -251,6 +258,7 @@ pub async fn serve(
     let tls = config.tls.clone();
     let most = config.max_connections;
     let idle_timeout = config.idle_timeout;
+    let send_buffer = config.send_buffer;
     let store = store.into_store();
     let (router, close, groups, metrics, grpc) = build(store.clone(), config);
     // The groups start with the server, so that they resume before anyone asks.
@@ -267,16 +275,14 @@ pub async fn serve(
     };
     match tls {
         Some(tls) => {
-            let listener = tls::TlsListener::new(listener, tls)?;
+            let listener = tls::TlsListener::new(listener, tls, send_buffer)?;
             let listener = connections::Capped::new(listener, most, metrics);
             connections::serve(listener, router, grpc, idle_timeout, shutdown).await;
         }
         None => {
-            // Answers go out at once instead of waiting for the client's acknowledgement.
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY could not be set");
-                }
+            // TCP_NODELAY and the send buffer on each connection (`connections::tune`).
+            let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp| {
+                connections::tune(tcp, send_buffer);
             });
             let listener = connections::Capped::new(listener, most, metrics);
             connections::serve(listener, router, grpc, idle_timeout, shutdown).await;

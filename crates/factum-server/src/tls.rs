@@ -80,6 +80,7 @@ impl TlsListener {
     pub(crate) fn new(
         listener: TcpListener,
         config: Arc<rustls::ServerConfig>,
+        send_buffer: Option<usize>,
     ) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let acceptor = TlsAcceptor::from(config);
@@ -95,7 +96,7 @@ impl TlsListener {
                         continue;
                     }
                 };
-                let _ = tcp.set_nodelay(true);
+                crate::connections::tune(&tcp, send_buffer);
                 let (acceptor, done) = (acceptor.clone(), done.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(tcp)).await {
