@@ -12,9 +12,9 @@
 //! On the wire the personal fields of one subject in one event share one envelope: the first
 //! (in the order of the event's JSON) is `{"$personal": {"subject": "cus-7", "box": "<base64>"}}`
 //! — AES-256-GCM with a key derived from the subject's (HKDF-SHA256), a fresh nonce per
-//! envelope, the subject as associated data, sealing the JSON array of the subject's values —
-//! and each other is `{"$personal": {"subject": "cus-7", "part": k}}`, its value the array's
-//! k-th. Events written before envelopes seal each field on its own, `"sealed": "<base64>"`
+//! envelope, the subject as associated data, sealing the subject's values (each its JSON after
+//! 4 bytes of length) — and each other is `{"$personal": {"subject": "cus-7", "part": k}}`, its
+//! value the envelope's k-th. Events written before envelopes seal each field on its own, `"sealed": "<base64>"`
 //! (ChaCha20-Poly1305 with the subject's key, the value's JSON); they read as they always did.
 //! In memory, before sealing and after opening, a field is
 //! `{"$personal": {"subject": …, "value": …}}` or `{"$personal": {"subject": …, "forgotten": true}}`.
@@ -149,39 +149,72 @@ struct MarkedIn<'a, T> {
     personal: WireIn<'a, T>,
 }
 
+/// What a personal field holds.
+enum Form<'a, T> {
+    /// Its value in the clear.
+    Known(T),
+    /// Nothing: the subject was forgotten.
+    Forgotten,
+    /// Its value sealed.
+    Sealed(SealedAt<'a>),
+}
+
+/// How a sealed field is sealed.
+enum SealedAt<'a> {
+    /// On its own (ChaCha20-Poly1305, base64).
+    Field(Cow<'a, str>),
+    /// In the envelope it carries (base64), as its first value.
+    Envelope(Cow<'a, str>),
+    /// As the k-th value of its subject's envelope in the same event.
+    Part(usize),
+}
+
+impl<'a, T> WireIn<'a, T> {
+    /// Its subject and what it holds; `None` unless it holds exactly one of a value, a
+    /// forgotten mark, a sealed value, an envelope or a part.
+    fn form(self) -> Option<(Cow<'a, str>, Form<'a, T>)> {
+        let form = match (
+            self.value,
+            self.forgotten,
+            self.sealed.is_empty(),
+            self.envelope.is_empty(),
+            self.part,
+        ) {
+            (Some(value), false, true, true, None) => Form::Known(value),
+            (None, true, true, true, None) => Form::Forgotten,
+            (None, false, false, true, None) => Form::Sealed(SealedAt::Field(self.sealed)),
+            (None, false, true, false, None) => Form::Sealed(SealedAt::Envelope(self.envelope)),
+            (None, false, true, true, Some(k)) => Form::Sealed(SealedAt::Part(k)),
+            _ => return None,
+        };
+        Some((self.subject, form))
+    }
+}
+
 impl<'de, T: DeserializeOwned> Deserialize<'de> for Personal<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let MarkedIn::<T> { personal } = MarkedIn::deserialize(deserializer)?;
-        let sealed = match (
-            personal.value,
-            personal.forgotten,
-            personal.sealed.is_empty(),
-            personal.envelope.is_empty(),
-            personal.part,
-        ) {
-            (Some(value), false, true, true, None) => {
+        let Some((subject, form)) = personal.form() else {
+            return Err(serde::de::Error::custom(
+                "personal data needs exactly one of value, forgotten, sealed, box or part",
+            ));
+        };
+        let sealed = match form {
+            Form::Known(value) => {
                 met_in_opening();
                 return Ok(Personal::Known {
-                    subject: personal.subject.into_owned(),
+                    subject: subject.into_owned(),
                     value,
                 });
             }
-            (None, true, true, true, None) => {
+            Form::Forgotten => {
                 met_in_opening();
                 return Ok(Personal::Forgotten {
-                    subject: personal.subject.into_owned(),
+                    subject: subject.into_owned(),
                 });
             }
-            (None, false, false, true, None) => SealedIn::Field(&personal.sealed),
-            (None, false, true, false, None) => SealedIn::Envelope(&personal.envelope),
-            (None, false, true, true, Some(part)) => SealedIn::Part(part),
-            _ => {
-                return Err(serde::de::Error::custom(
-                    "personal data needs exactly one of value, forgotten, sealed, box or part",
-                ));
-            }
+            Form::Sealed(sealed) => sealed,
         };
-        let subject = personal.subject;
         match open_in_opening(&subject, sealed) {
             Ok(Some(value)) => Ok(Personal::Known {
                 subject: subject.into_owned(),
@@ -291,31 +324,44 @@ fn cipher(key: &SubjectKey) -> Result<Cipher, PersonalError> {
     })
 }
 
-/// The plaintext of `sealed` (base64 of nonce, ciphertext and tag) under `aead`.
-fn unseal(aead: &LessSafeKey, subject: &str, sealed: &str) -> Result<Vec<u8>, PersonalError> {
+/// The plaintext of `sealed` (base64 of `version`, nonce, ciphertext and tag: what
+/// [`seal_with`] writes) under `aead`, in `plain` (its buffer reused).
+fn unseal_into(
+    aead: &LessSafeKey,
+    version: &[u8],
+    subject: &str,
+    sealed: &str,
+    plain: &mut Vec<u8>,
+) -> Result<(), PersonalError> {
     let damaged = || PersonalError::Damaged(subject.to_owned());
-    let mut bytes = base64::engine::general_purpose::STANDARD
-        .decode(sealed)
+    plain.clear();
+    plain.resize(base64::decoded_len_estimate(sealed.len()), 0);
+    let len = base64::engine::general_purpose::STANDARD
+        .decode_slice(sealed, plain)
         .map_err(|_| damaged())?;
-    if bytes.len() < NONCE_LEN {
+    plain.truncate(len);
+    let head = version.len() + NONCE_LEN;
+    if plain.len() < head || plain.get(..version.len()) != Some(version) {
         return Err(damaged());
     }
-    let nonce = Nonce::try_assume_unique_for_key(bytes.get(..NONCE_LEN).unwrap_or_default())
-        .map_err(|_| damaged())?;
+    let nonce =
+        Nonce::try_assume_unique_for_key(plain.get(version.len()..head).unwrap_or_default())
+            .map_err(|_| damaged())?;
     let len = aead
-        .open_within(
-            nonce,
-            Aad::from(subject.as_bytes()),
-            &mut bytes,
-            NONCE_LEN..,
-        )
+        .open_within(nonce, Aad::from(subject.as_bytes()), plain, head..)
         .map_err(|_| damaged())?
         .len();
-    bytes.truncate(len);
-    Ok(bytes)
+    plain.truncate(len);
+    Ok(())
 }
 
-/// `plain` sealed under `aead` with a fresh nonce: base64 of nonce, ciphertext and tag.
+/// The plaintext of a field sealed on its own.
+fn unseal(aead: &LessSafeKey, subject: &str, sealed: &str) -> Result<Vec<u8>, PersonalError> {
+    let mut plain = Vec::new();
+    unseal_into(aead, &[], subject, sealed, &mut plain)?;
+    Ok(plain)
+}
+
 /// `plain` sealed under `aead` with a fresh nonce: base64 of `version` (none for fields sealed
 /// one by one), nonce, ciphertext and tag.
 fn seal_with(
@@ -385,24 +431,8 @@ impl Opened {
         sealed: &str,
     ) -> Result<(), PersonalError> {
         let damaged = || PersonalError::Damaged(subject.to_owned());
-        let plain = &mut self.plain;
-        plain.clear();
-        plain.resize(base64::decoded_len_estimate(sealed.len()), 0);
-        let len = base64::engine::general_purpose::STANDARD
-            .decode_slice(sealed, plain)
-            .map_err(|_| damaged())?;
-        plain.truncate(len);
-        const HEAD: usize = 1 + NONCE_LEN;
-        if plain.first() != Some(&ENVELOPE_V1) || plain.len() < HEAD {
-            return Err(damaged());
-        }
-        let nonce = Nonce::try_assume_unique_for_key(plain.get(1..HEAD).unwrap_or_default())
-            .map_err(|_| damaged())?;
-        let len = aead
-            .open_within(nonce, Aad::from(subject.as_bytes()), plain, HEAD..)
-            .map_err(|_| damaged())?
-            .len();
-        plain.truncate(len);
+        unseal_into(aead, &[ENVELOPE_V1], subject, sealed, &mut self.plain)?;
+        let (plain, len) = (&self.plain, self.plain.len());
         self.parts.clear();
         let mut at = 0;
         while at < len {
@@ -449,13 +479,6 @@ thread_local! {
     static OPENING: RefCell<Option<Opening>> = const { RefCell::new(None) };
 }
 
-/// A sealed field as met by serde.
-enum SealedIn<'a> {
-    Field(&'a str),
-    Envelope(&'a str),
-    Part(usize),
-}
-
 /// A sealed field's value as opened in an opening.
 enum Got {
     /// Its subject was forgotten.
@@ -494,7 +517,7 @@ const STILL_SEALED: &str = "personal data still sealed: decode the event through
 /// (the event was not decoded through a repository), or a [`Miss`] noted for the repository.
 fn open_in_opening<T: DeserializeOwned>(
     subject: &str,
-    sealed: SealedIn<'_>,
+    sealed: SealedAt<'_>,
 ) -> Result<Option<T>, String> {
     let got = OPENING.with(|cell| {
         let mut cell = cell.borrow_mut();
@@ -549,54 +572,6 @@ struct CompactField<'a> {
     sealed: Option<SealedAt<'a>>,
 }
 
-/// How a field found in compact JSON is sealed.
-enum SealedAt<'a> {
-    Field(Cow<'a, str>),
-    Envelope(Cow<'a, str>),
-    Part(usize),
-}
-
-#[derive(Deserialize)]
-struct SealedWire<'a> {
-    #[serde(borrow)]
-    subject: Cow<'a, str>,
-    #[serde(default, borrow)]
-    sealed: Cow<'a, str>,
-    #[serde(default, borrow, rename = "box")]
-    envelope: Cow<'a, str>,
-    #[serde(default)]
-    part: Option<usize>,
-    #[serde(default)]
-    value: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    forgotten: bool,
-}
-
-impl<'a> SealedWire<'a> {
-    fn sealed(self) -> Result<(Cow<'a, str>, Option<SealedAt<'a>>), PersonalError> {
-        let malformed = || {
-            PersonalError::Malformed(format!(
-                "the field of '{}' is not one of value, forgotten, sealed, box or part",
-                self.subject
-            ))
-        };
-        let sealed = match (
-            self.value.is_some(),
-            self.forgotten,
-            self.sealed.is_empty(),
-            self.envelope.is_empty(),
-            self.part,
-        ) {
-            (true, false, true, true, None) | (false, true, true, true, None) => None,
-            (false, false, false, true, None) => Some(SealedAt::Field(self.sealed)),
-            (false, false, true, false, None) => Some(SealedAt::Envelope(self.envelope)),
-            (false, false, true, true, Some(k)) => Some(SealedAt::Part(k)),
-            _ => return Err(malformed()),
-        };
-        Ok((self.subject, sealed))
-    }
-}
-
 /// The personal fields of compact JSON `data`, in order; `None` when some `"$personal"` in it
 /// is not at the start of a compact `{"$personal":{…}}` (then only a JSON tree reads it
 /// right). In compact JSON the quotes of a key are bare, and inside a string they would be
@@ -617,8 +592,8 @@ fn compact_fields(data: &[u8]) -> Option<Vec<Result<CompactField<'_>, PersonalEr
             continue;
         };
         let inner_at = start + OPEN.len();
-        let mut reader =
-            serde_json::Deserializer::from_slice(data.get(inner_at..)?).into_iter::<SealedWire>();
+        let mut reader = serde_json::Deserializer::from_slice(data.get(inner_at..)?)
+            .into_iter::<WireIn<serde::de::IgnoredAny>>();
         let field = match reader.next()? {
             Ok(wire) => {
                 let end = inner_at + reader.byte_offset();
@@ -626,12 +601,21 @@ fn compact_fields(data: &[u8]) -> Option<Vec<Result<CompactField<'_>, PersonalEr
                     return None;
                 }
                 at = end + 1;
-                wire.sealed().map(|(subject, sealed)| CompactField {
-                    start,
-                    end: end + 1,
-                    subject,
-                    sealed,
-                })
+                match wire.form() {
+                    Some((subject, form)) => Ok(CompactField {
+                        start,
+                        end: end + 1,
+                        subject,
+                        sealed: match form {
+                            Form::Sealed(sealed) => Some(sealed),
+                            Form::Known(_) | Form::Forgotten => None,
+                        },
+                    }),
+                    None => Err(PersonalError::Malformed(
+                        "a personal field that is not one of value, forgotten, sealed, box or part"
+                            .into(),
+                    )),
+                }
             }
             Err(e) => Err(PersonalError::Malformed(e.to_string())),
         };
@@ -662,19 +646,19 @@ pub(crate) struct Keys {
 
 impl Keys {
     /// A sealed field met in a decode, opened: what the decode then reads, or what it missed.
-    fn open_sealed(&mut self, subject: &str, sealed: SealedIn<'_>) -> Result<Got, Miss> {
+    fn open_sealed(&mut self, subject: &str, sealed: SealedAt<'_>) -> Result<Got, Miss> {
         let cipher = match self.known.get(subject) {
             None => return Err(Miss::Key(subject.to_owned())),
             Some(None) => return Ok(Got::Forgotten),
             Some(Some(cipher)) => cipher,
         };
         let (at, k) = match sealed {
-            SealedIn::Field(sealed) => {
-                return unseal(&cipher.field, subject, sealed)
+            SealedAt::Field(sealed) => {
+                return unseal(&cipher.field, subject, &sealed)
                     .map(Got::Field)
                     .map_err(|_| Miss::Elsewhere);
             }
-            SealedIn::Envelope(sealed) => {
+            SealedAt::Envelope(sealed) => {
                 let at = match self.opened.iter().position(|o| o.subject == subject) {
                     Some(at) => at,
                     None => {
@@ -684,14 +668,14 @@ impl Keys {
                 };
                 let opened = self.opened.get_mut(at).ok_or(Miss::Elsewhere)?;
                 opened.generation = self.generation;
-                if opened.open(&cipher.envelope, subject, sealed).is_err() {
+                if opened.open(&cipher.envelope, subject, &sealed).is_err() {
                     // Not to be read by a later part.
                     opened.generation = 0;
                     return Err(Miss::Elsewhere);
                 }
                 (at, 0)
             }
-            SealedIn::Part(k) => {
+            SealedAt::Part(k) => {
                 let at = self
                     .opened
                     .iter()
@@ -1265,6 +1249,16 @@ mod tests {
         .await
     }
 
+    /// `data` opened in place (the JSON rewritten with the fields opened), then decoded.
+    async fn opened_in_place(store: &Arc<dyn KeyStore>, data: &[u8]) -> Contact {
+        let opened = Keys::default()
+            .open_json(Some(store), data)
+            .await
+            .unwrap()
+            .unwrap();
+        serde_json::from_slice(&opened).unwrap()
+    }
+
     #[tokio::test]
     async fn one_envelope_per_subject_opens_in_every_order_and_fields_sealed_one_by_one_still_open()
     {
@@ -1296,15 +1290,7 @@ mod tests {
         assert!(miss.is_none());
         assert_eq!(decoded.unwrap(), contact());
         // Opened in place and as a tree: the same.
-        let in_place = Keys::default()
-            .open_json(Some(&store), &stored)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            serde_json::from_slice::<Contact>(&in_place).unwrap(),
-            contact()
-        );
+        assert_eq!(opened_in_place(&store, &stored).await, contact());
         let mut tree = value.clone();
         let mut tree_keys = Keys::default();
         tree_keys.fetch(Some(&store), &tree).await.unwrap();
@@ -1356,15 +1342,7 @@ mod tests {
                 .unwrap(),
             contact()
         );
-        let in_place = Keys::default()
-            .open_json(Some(&store), &old)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            serde_json::from_slice::<Contact>(&in_place).unwrap(),
-            contact()
-        );
+        assert_eq!(opened_in_place(&store, &old).await, contact());
 
         // Damaged: a typed error, on every path.
         let damaged = text
