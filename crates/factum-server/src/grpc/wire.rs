@@ -7,7 +7,8 @@
 //! string. The bytes are those prost writes for the message the protocol defines (the tests
 //! compare them), so every client reads them as it reads KurrentDB's. Decoding (for Rust
 //! programs that read from a Factum server, as `factum bench` does) takes the same fields
-//! back.
+//! back, reading the metadata map's entries where they lie instead of copying each key and
+//! value.
 
 use bytes::{Buf, BufMut, Bytes};
 use factum_core::ContentType;
@@ -257,23 +258,20 @@ impl prost::Message for RecordedEvent {
             4 => encoding::skip_field(wire_type, tag, buf, ctx),
             5 => encoding::uint64::merge(wire_type, &mut self.commit_position, buf, ctx),
             6 => {
-                let mut entry = Entry::default();
-                encoding::message::merge(wire_type, &mut entry, buf, ctx)?;
-                match entry.key.as_str() {
-                    TYPE_KEY => self.event_type = entry.value,
-                    CONTENT_TYPE_KEY => {
-                        self.content_type = match entry.value.as_str() {
-                            "application/json" => ContentType::Json,
-                            _ => ContentType::Binary,
-                        };
-                    }
-                    CREATED_KEY => {
-                        self.created = entry
-                            .value
-                            .parse()
-                            .map_err(|_| malformed("a 'created' not a number"))?;
-                    }
-                    _ => {}
+                encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+                let len = usize::try_from(encoding::decode_varint(buf)?)
+                    .map_err(|_| malformed("a metadata entry too long"))?;
+                if len > buf.remaining() {
+                    return Err(malformed("a metadata entry past the message's end"));
+                }
+                // The entry read where it lies (no key or value copied) when the buffer holds
+                // it in one piece, as a received message's buffer does; else copied first.
+                if buf.chunk().len() >= len {
+                    self.merge_entry(&buf.chunk()[..len], ctx)?;
+                    buf.advance(len);
+                } else {
+                    let entry = buf.copy_to_bytes(len);
+                    self.merge_entry(&entry, ctx)?;
                 }
                 Ok(())
             }
@@ -309,13 +307,49 @@ fn malformed(what: &'static str) -> DecodeError {
     DecodeError::new(what)
 }
 
-/// A metadata map entry, as decoding meets it.
-#[derive(Clone, PartialEq, prost::Message)]
-struct Entry {
-    #[prost(string, tag = "1")]
-    key: String,
-    #[prost(string, tag = "2")]
-    value: String,
+impl RecordedEvent {
+    /// One entry of the metadata map (its key 1 and value 2, strings; the last of each wins,
+    /// other fields are skipped, as prost reads a map entry): the fields it names taken into
+    /// the event, unknown keys ignored.
+    fn merge_entry(&mut self, mut entry: &[u8], ctx: DecodeContext) -> Result<(), DecodeError> {
+        let (mut key, mut value): (&[u8], &[u8]) = (b"", b"");
+        while !entry.is_empty() {
+            let (tag, wire_type) = encoding::decode_key(&mut entry)?;
+            let field = match tag {
+                1 => &mut key,
+                2 => &mut value,
+                _ => {
+                    encoding::skip_field(wire_type, tag, &mut entry, ctx.clone())?;
+                    continue;
+                }
+            };
+            encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+            let len = usize::try_from(encoding::decode_varint(&mut entry)?)
+                .ok()
+                .filter(|len| *len <= entry.len())
+                .ok_or_else(|| malformed("a metadata string past the entry's end"))?;
+            (*field, entry) = entry.split_at(len);
+        }
+        let text = |bytes| {
+            std::str::from_utf8(bytes).map_err(|_| malformed("a metadata string not UTF-8"))
+        };
+        match text(key)? {
+            TYPE_KEY => text(value)?.clone_into(&mut self.event_type),
+            CONTENT_TYPE_KEY => {
+                self.content_type = match text(value)? {
+                    "application/json" => ContentType::Json,
+                    _ => ContentType::Binary,
+                };
+            }
+            CREATED_KEY => {
+                self.created = text(value)?
+                    .parse()
+                    .map_err(|_| malformed("a 'created' not a number"))?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -450,6 +484,50 @@ mod tests {
         ] {
             let error = RecordedEvent::decode(bad.encode_to_vec().as_slice())
                 .expect_err("a malformed field is refused");
+            assert!(error.to_string().contains(says), "{error}");
+        }
+    }
+
+    #[test]
+    fn reads_entries_in_a_buffer_of_pieces_with_fields_it_does_not_know() {
+        for event in events() {
+            let bytes = reference(&event).encode_to_vec();
+            // The message in pieces of 7 bytes, so that entries straddle them.
+            let pieces: Vec<Bytes> = bytes.chunks(7).map(Bytes::copy_from_slice).collect();
+            let mut buf: Box<dyn Buf> = Box::new(Bytes::new());
+            for piece in pieces {
+                buf = Box::new(buf.chain(piece));
+            }
+            assert_eq!(
+                RecordedEvent::decode(buf).expect("decodes in pieces"),
+                event
+            );
+        }
+        // An entry with a field of its own (3), and a `type` entry met twice: the last wins.
+        let mut bytes = reference(&events()[0]).encode_to_vec();
+        let mut entry = Vec::new();
+        encoding::string::encode(1, &TYPE_KEY.to_owned(), &mut entry);
+        encoding::uint64::encode(3, &9, &mut entry);
+        encoding::string::encode(2, &"Renamed".to_owned(), &mut entry);
+        encoding::bytes::encode(6, &entry, &mut bytes);
+        let event = RecordedEvent::decode(bytes.as_slice()).expect("decodes");
+        assert_eq!(event.event_type, "Renamed");
+    }
+
+    #[test]
+    fn refuses_an_entry_cut_short_or_not_utf8() {
+        let mut cut = Vec::new();
+        let mut entry = Vec::new();
+        encoding::string::encode(1, &TYPE_KEY.to_owned(), &mut entry);
+        entry.truncate(entry.len() - 1);
+        encoding::bytes::encode(6, &entry, &mut cut);
+        let mut not_utf8 = Vec::new();
+        let mut entry = Vec::new();
+        encoding::string::encode(1, &TYPE_KEY.to_owned(), &mut entry);
+        encoding::bytes::encode(2, &vec![0xff, 0xfe], &mut entry);
+        encoding::bytes::encode(6, &entry, &mut not_utf8);
+        for (bad, says) in [(cut, "past the entry's end"), (not_utf8, "not UTF-8")] {
+            let error = RecordedEvent::decode(bad.as_slice()).expect_err("refused");
             assert!(error.to_string().contains(says), "{error}");
         }
     }
