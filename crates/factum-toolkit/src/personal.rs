@@ -3,10 +3,10 @@
 //! A field of a domain event that holds personal data is a [`Personal<T>`], tied to a subject
 //! (a customer id, say). Before the event is appended, the repository encrypts the field's value
 //! with the subject's key from the store's [`KeyStore`] (as the wire form below says), so the
-//! log, `$all`, exports and relayed messages hold only ciphertext. Loading decrypts it again; once the subject is forgotten
-//! ([`forget_subject`], `factum forget`), its key is gone and the field decodes as
-//! [`Personal::Forgotten`] — a value the domain handles, never an error — while the rest of the
-//! event (its type, ids, amounts, times) stays as it was.
+//! log, `$all`, exports and relayed messages hold only ciphertext. Loading decrypts it again;
+//! once the subject is forgotten ([`forget_subject`], `factum forget`), its key is gone and the
+//! field decodes as [`Personal::Forgotten`] — a value the domain handles, never an error —
+//! while the rest of the event (its type, ids, amounts, times) stays as it was.
 //!
 //! On the wire the personal fields of one subject in one event share one envelope: the first
 //! (in the order of the event's JSON) is `{"$personal": {"subject": "cus-7", "box": "<base64>"}}`

@@ -258,12 +258,7 @@ impl prost::Message for RecordedEvent {
             4 => encoding::skip_field(wire_type, tag, buf, ctx),
             5 => encoding::uint64::merge(wire_type, &mut self.commit_position, buf, ctx),
             6 => {
-                encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
-                let len = usize::try_from(encoding::decode_varint(buf)?)
-                    .map_err(|_| malformed("a metadata entry too long"))?;
-                if len > buf.remaining() {
-                    return Err(malformed("a metadata entry past the message's end"));
-                }
+                let len = delimited(wire_type, buf, "a metadata entry past the message's end")?;
                 // The entry read where it lies (no key or value copied) when the buffer holds
                 // it in one piece, as a received message's buffer does; else copied first.
                 if buf.chunk().len() >= len {
@@ -307,6 +302,20 @@ fn malformed(what: &'static str) -> DecodeError {
     DecodeError::new(what)
 }
 
+/// The length of the length-delimited field whose key was just read, refused as `past_end`
+/// when it is longer than what `buf` has left.
+fn delimited(
+    wire_type: WireType,
+    buf: &mut impl Buf,
+    past_end: &'static str,
+) -> Result<usize, DecodeError> {
+    encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+    usize::try_from(encoding::decode_varint(buf)?)
+        .ok()
+        .filter(|len| *len <= buf.remaining())
+        .ok_or_else(|| malformed(past_end))
+}
+
 impl RecordedEvent {
     /// One entry of the metadata map (its key 1 and value 2, strings; the last of each wins,
     /// other fields are skipped, as prost reads a map entry): the fields it names taken into
@@ -323,11 +332,11 @@ impl RecordedEvent {
                     continue;
                 }
             };
-            encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
-            let len = usize::try_from(encoding::decode_varint(&mut entry)?)
-                .ok()
-                .filter(|len| *len <= entry.len())
-                .ok_or_else(|| malformed("a metadata string past the entry's end"))?;
+            let len = delimited(
+                wire_type,
+                &mut entry,
+                "a metadata string past the entry's end",
+            )?;
             (*field, entry) = entry.split_at(len);
         }
         let text = |bytes| {
@@ -515,7 +524,7 @@ mod tests {
     }
 
     #[test]
-    fn refuses_an_entry_cut_short_or_not_utf8() {
+    fn refuses_an_entry_cut_short_too_long_or_not_utf8() {
         let mut cut = Vec::new();
         let mut entry = Vec::new();
         encoding::string::encode(1, &TYPE_KEY.to_owned(), &mut entry);
@@ -526,7 +535,16 @@ mod tests {
         encoding::string::encode(1, &TYPE_KEY.to_owned(), &mut entry);
         encoding::bytes::encode(2, &vec![0xff, 0xfe], &mut entry);
         encoding::bytes::encode(6, &entry, &mut not_utf8);
-        for (bad, says) in [(cut, "past the entry's end"), (not_utf8, "not UTF-8")] {
+        // An entry whose length says more than the message holds.
+        let mut long = Vec::new();
+        encoding::encode_key(6, WireType::LengthDelimited, &mut long);
+        encoding::encode_varint(50, &mut long);
+        long.extend_from_slice(&entry);
+        for (bad, says) in [
+            (cut, "past the entry's end"),
+            (not_utf8, "not UTF-8"),
+            (long, "past the message's end"),
+        ] {
             let error = RecordedEvent::decode(bad.as_slice()).expect_err("refused");
             assert!(error.to_string().contains(says), "{error}");
         }
